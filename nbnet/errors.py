@@ -1,0 +1,21 @@
+"""The exception types nbnet raises on bad input, so callers can catch nbnet's own errors."""
+
+
+class NbnetError(Exception):
+    """Base class of every error nbnet raises on purpose."""
+
+
+class DatasetError(NbnetError):
+    """A dataset could not be found, read or verified."""
+
+
+class ShapeError(NbnetError, ValueError):
+    """An array or layer received a shape it cannot work with."""
+
+
+class ModelFileError(NbnetError):
+    """A model file is missing, truncated, corrupt, foreign or from a newer nbnet."""
+
+
+class ExportError(NbnetError):
+    """A model cannot be exported to ONNX, or the export failed verification."""

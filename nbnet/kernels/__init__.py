@@ -1,0 +1,10 @@
+"""Numba kernels: plain functions over NumPy arrays, grouped by layer, one module per layer family.
+
+Kernels allocate with the dtype of their inputs (float32 in training, float64 in the
+gradient-check reference path), so each compiles once per dtype and rank, never per shape.
+Nothing here compiles at import: Numba compiles on first call and caches to disk (cache=True).
+"""
+
+# Fixed chunk count for parallel reductions: partial sums per chunk, then a serial sum.
+# A fixed count (not the thread count) keeps results bit-identical whatever the threads.
+REDUCTION_CHUNKS = 16

@@ -1,0 +1,17 @@
+"""Dense backward pass: the bias gradient fused with the activation derivative, then BLAS.
+
+The forward pass is one matmul plus ``bias_activation_forward`` (see layers/core.py)."""
+
+import numpy as np
+
+from .activations import activation_backward
+
+
+def dense_backward(x, kernel, y, dy, code, alpha, dkernel, dbias, scratch, dx):
+    """Adds the kernel and bias gradients; writes the input gradient into ``dx`` unless it
+    is None. ``dy`` is overwritten with the gradient before the activation."""
+    activation_backward(y, dy, code, alpha, dy, dbias)
+    np.matmul(x.T, dy, out=scratch)
+    dkernel += scratch
+    if dx is not None:
+        np.matmul(dy, kernel.T, out=dx)

@@ -1,0 +1,82 @@
+"""BatchNormalization kernels over (rows, channels) views: statistics per channel.
+
+Statistics accumulate in float64 per fixed chunk of rows, so a float32 batch of
+hundreds of thousands of rows keeps its precision and the result does not depend on
+the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import REDUCTION_CHUNKS
+
+
+@njit(parallel=True, cache=True)
+def _column_moments(x):
+    rows, channels = x.shape
+    chunks = min(REDUCTION_CHUNKS, rows)
+    sums = np.zeros((chunks, channels))
+    squares = np.zeros((chunks, channels))
+    for chunk in prange(chunks):
+        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            for k in range(channels):
+                value = np.float64(x[i, k])
+                sums[chunk, k] += value
+                squares[chunk, k] += value * value
+    mean = sums.sum(axis=0) / rows
+    variance = np.maximum(squares.sum(axis=0) / rows - mean * mean, 0.0)
+    return mean, variance
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_train_forward(x, gamma, beta, epsilon, x_hat, y, mean_out, variance_out):
+    """Normalise with the batch's own mean and (biased) variance; keeps x_hat for backward."""
+    rows, channels = x.shape
+    mean, variance = _column_moments(x)
+    inv_std = 1.0 / np.sqrt(variance + epsilon)
+    for k in range(channels):
+        mean_out[k] = mean[k]
+        variance_out[k] = variance[k]
+    for i in prange(rows):
+        for k in range(channels):
+            normed = (x[i, k] - mean[k]) * inv_std[k]
+            x_hat[i, k] = normed
+            y[i, k] = gamma[k] * normed + beta[k]
+    return inv_std
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, y):
+    rows, channels = x.shape
+    scale = np.empty(channels, dtype=x.dtype)
+    shift = np.empty(channels, dtype=x.dtype)
+    for k in range(channels):
+        scale[k] = gamma[k] / np.sqrt(moving_variance[k] + epsilon)
+        shift[k] = beta[k] - moving_mean[k] * scale[k]
+    for i in prange(rows):
+        for k in range(channels):
+            y[i, k] = x[i, k] * scale[k] + shift[k]
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_backward(dy, x_hat, gamma, inv_std, dgamma, dbeta, dx):
+    """Adds into dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
+    rows, channels = dy.shape
+    chunks = min(REDUCTION_CHUNKS, rows)
+    sum_dy = np.zeros((chunks, channels))
+    sum_dy_xhat = np.zeros((chunks, channels))
+    for chunk in prange(chunks):
+        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            for k in range(channels):
+                sum_dy[chunk, k] += dy[i, k]
+                sum_dy_xhat[chunk, k] += dy[i, k] * x_hat[i, k]
+    total_dy = sum_dy.sum(axis=0)
+    total_dy_xhat = sum_dy_xhat.sum(axis=0)
+    for k in range(channels):
+        dbeta[k] += total_dy[k]
+        dgamma[k] += total_dy_xhat[k]
+    mean_dy = total_dy / rows
+    mean_dy_xhat = total_dy_xhat / rows
+    for i in prange(rows):
+        for k in range(channels):
+            dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - mean_dy[k] - x_hat[i, k] * mean_dy_xhat[k])

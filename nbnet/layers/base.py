@@ -1,0 +1,132 @@
+"""The Layer lifecycle, as in Keras: ``__init__`` stores config, ``build(input_shape)``
+validates the shape and creates weights, ``forward``/``backward`` compute.
+
+Shapes given to ``build`` and ``compute_output_shape`` exclude the batch axis.
+Trainable weights live in ``params`` (gradients in ``grads``, same keys, added to by
+``backward``); non-trainable weights (BatchNormalization's moving statistics) in ``state``.
+A model may rebind these arrays to views of one flat buffer, so layer code always reads
+them through the dicts.
+"""
+
+import itertools
+import re
+
+import numpy as np
+
+from ..errors import ShapeError
+
+_counters = {}
+
+
+def _auto_name(cls_name):
+    # Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d.
+    snake = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower()
+    count = _counters.setdefault(snake, itertools.count())
+    index = next(count)
+    return snake if index == 0 else f"{snake}_{index}"
+
+
+class Layer:
+    """Base class. Subclasses set ``weight_order`` (Keras's get_weights order)."""
+
+    weight_order = ()
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        self.name = name or _auto_name(type(self).__name__)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.trainable = trainable
+        self.built = False
+        self.params, self.grads, self.state = {}, {}, {}
+        self.regularizers = {}
+        # The first layer of a model needs no input gradient; the model clears this.
+        self.needs_input_grad = True
+        self._buffers = {}
+
+    # -- lifecycle -----------------------------------------------------------------
+    def build(self, input_shape, rng=None):
+        input_shape = tuple(int(d) for d in input_shape)
+        self.validate_input_shape(input_shape)
+        self.built_input_shape = input_shape
+        self.create_weights(input_shape, rng if rng is not None else np.random.default_rng())
+        for key, value in self.params.items():
+            self.grads[key] = np.zeros_like(value)
+        self.built = True
+        return self.compute_output_shape(input_shape)
+
+    def validate_input_shape(self, input_shape):
+        pass
+
+    def create_weights(self, input_shape, rng):
+        pass
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        if self.input_shape is not None:
+            config["input_shape"] = list(self.input_shape)
+        return config
+
+    # -- computation ---------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def regularization(self):
+        """Add each regularizer's gradient into ``grads``; return the summed penalty."""
+        return sum(reg.apply(self.params[key], self.grads[key]) for key, reg in self.regularizers.items() if reg)
+
+    # -- weights -------------------------------------------------------------------
+    def get_weights(self):
+        return [np.array(self._weight(key)) for key in self.weight_order]
+
+    def set_weights(self, weights):
+        if len(weights) != len(self.weight_order):
+            raise ShapeError(
+                f"{type(self).__name__} '{self.name}' has {len(self.weight_order)} weights "
+                f"({', '.join(self.weight_order) or 'none'}), but received {len(weights)} arrays."
+            )
+        for key, value in zip(self.weight_order, weights):
+            target = self._weight(key)
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ShapeError(
+                    f"{type(self).__name__} '{self.name}': weight '{key}' has shape {target.shape}, "
+                    f"but received shape {value.shape}."
+                )
+            target[...] = value
+
+    def _weight(self, key):
+        return self.params[key] if key in self.params else self.state[key]
+
+    def count_params(self):
+        return sum(int(self._weight(key).size) for key in self.weight_order)
+
+    def astype(self, dtype):
+        """Convert weights, gradients and state to ``dtype`` (float64 is the reference
+        path of the gradient checks); forward/backward then run in that dtype."""
+        for store in (self.params, self.grads, self.state):
+            for key in store:
+                store[key] = store[key].astype(dtype)
+        self._buffers.clear()
+        return self
+
+    def _buffer(self, key, shape, dtype):
+        """A scratch array reused across steps while its shape and dtype stay the same."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def _shape_error(self, expected, received):
+        return ShapeError(
+            f"{type(self).__name__} '{self.name}' expects {expected}, but received input shape "
+            f"{(None,) + tuple(received)} (batch axis first)."
+        )
+
+    def __repr__(self):
+        return f"<{type(self).__name__} '{self.name}'>"

@@ -1,0 +1,203 @@
+"""Dense, Flatten, Dropout and the activation layers."""
+
+import numpy as np
+
+from .. import activations, initializers, regularizers
+from ..errors import NbnetError
+from ..kernels.activations import LINEAR, activation_backward, bias_activation_forward
+from ..kernels.dense import dense_backward
+from .base import Layer
+
+_EMPTY = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
+
+
+class ActivationMixin:
+    """A fused output activation. When the model fuses a softmax/sigmoid output with its
+    cross-entropy, it sets ``keep_logits``: forward then also keeps the pre-activation
+    ``logits`` and ``backward(dlogits, from_logits=True)`` skips the activation."""
+
+    def _init_activation(self, activation):
+        self.activation, self._code, self._slope = activations.resolve(activation, f"{type(self).__name__} '{self.name}'")
+        self.keep_logits = False
+        self.logits = None
+
+    def _activate(self, z2d, bias, y2d):
+        """y2d = act(z2d + bias); z2d may be y2d. With keep_logits, z2d is kept as logits."""
+        if self.keep_logits:
+            bias_activation_forward(z2d, bias, LINEAR, 0.0, z2d)
+            self.logits = z2d
+            bias_activation_forward(z2d, _EMPTY[z2d.dtype], self._code, self._slope, y2d)
+        else:
+            bias_activation_forward(z2d, bias, self._code, self._slope, y2d)
+
+    def _backward_code(self, from_logits):
+        return LINEAR if from_logits else self._code
+
+
+class Dense(ActivationMixin, Layer):
+    weight_order = ("kernel", "bias")
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(units) < 1:
+            raise NbnetError(f"Dense '{self.name}': units must be a positive integer, received {units!r}.")
+        self.units = int(units)
+        self.use_bias = use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        owner = f"Dense '{self.name}'"
+        self._kernel_init = initializers.get(kernel_initializer, owner)
+        self._bias_init = initializers.get(bias_initializer, owner)
+        self.regularizers = {"kernel": regularizers.get(kernel_regularizer, owner),
+                             "bias": regularizers.get(bias_regularizer, owner)}
+        if not use_bias:
+            self.weight_order = ("kernel",)
+        self._init_activation(activation)
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise self._shape_error("a flat input (batch, features); add Flatten() before it", input_shape)
+
+    def create_weights(self, input_shape, rng):
+        self.params["kernel"] = self._kernel_init((input_shape[0], self.units), rng)
+        if self.use_bias:
+            self.params["bias"] = self._bias_init((self.units,), rng)
+
+    def compute_output_shape(self, input_shape):
+        return (self.units,)
+
+    def forward(self, x, training=False):
+        kernel = self.params["kernel"]
+        z = self._buffer("logits" if self.keep_logits else "y", (x.shape[0], self.units), x.dtype)
+        np.matmul(x, kernel, out=z)
+        y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
+        self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
+        self._x, self._y = x, y
+        return y
+
+    def backward(self, dy, from_logits=False):
+        x = self._x
+        dx = self._buffer("dx", x.shape, x.dtype) if self.needs_input_grad else None
+        dense_backward(x, self.params["kernel"], self._y, dy, self._backward_code(from_logits), self._slope,
+                       self.grads["kernel"], self.grads.get("bias", _EMPTY[x.dtype]),
+                       self._buffer("dkernel", self.params["kernel"].shape, x.dtype), dx)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer,
+                "kernel_regularizer": _reg_config(self.regularizers["kernel"]),
+                "bias_regularizer": _reg_config(self.regularizers["bias"])}
+
+
+def _reg_config(reg):
+    return reg.get_config() if reg is not None else None
+
+
+class Flatten(Layer):
+    """(batch, h, w, c) -> (batch, h*w*c) in H, W, C order, as Keras flattens channels-last."""
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape) if self.needs_input_grad else None
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training each unit is kept with probability 1 - rate and scaled
+    by 1/(1 - rate); at inference it is the identity. The mask comes from ``rng``, which
+    the model seeds, so a seeded run drops the same units every time."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise NbnetError(f"Dropout '{self.name}': rate must be in [0, 1), received {rate!r}.")
+        self.rate = float(rate)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
+        return np.multiply(x, self._mask, out=self._buffer("y", x.shape, x.dtype))
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        return dy if self._mask is None else np.multiply(dy, self._mask, out=dy)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class Activation(ActivationMixin, Layer):
+    """An activation applied over the last axis (softmax) or elementwise (the others)."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self._init_activation(activation)
+
+    def forward(self, x, training=False):
+        channels = x.shape[-1]
+        y = self._buffer("y", x.shape, x.dtype)
+        z2d = self._buffer("logits", x.shape, x.dtype).reshape(-1, channels) if self.keep_logits else x.reshape(-1, channels)
+        if self.keep_logits:
+            z2d[...] = x.reshape(-1, channels)
+        self._activate(z2d, _EMPTY[x.dtype], y.reshape(-1, channels))
+        self._y = y
+        return y
+
+    def backward(self, dy, from_logits=False):
+        if not self.needs_input_grad:
+            return None
+        channels = dy.shape[-1]
+        dy2d = dy.reshape(-1, channels)
+        activation_backward(self._y.reshape(-1, channels), dy2d, self._backward_code(from_logits), self._slope, dy2d,
+                            _EMPTY[dy.dtype])
+        return dy
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+class _NamedActivation(Activation):
+    """An activation layer whose class names its function (ReLU, Softmax, LeakyReLU)."""
+
+    function = None
+
+    def __init__(self, **kwargs):
+        super().__init__(self.function, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["activation"]
+        return config
+
+
+class ReLU(_NamedActivation):
+    function = "relu"
+
+
+class Softmax(_NamedActivation):
+    function = "softmax"
+
+
+class LeakyReLU(_NamedActivation):
+    """Keras 3's LeakyReLU layer: negative_slope defaults to 0.3 (the function's to 0.2)."""
+
+    function = "leaky_relu"
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        super().__init__(**kwargs)
+        self._slope = self.negative_slope = float(negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}

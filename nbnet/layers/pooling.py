@@ -1,0 +1,72 @@
+"""MaxPooling2D and AveragePooling2D over channels-last input."""
+
+import numpy as np
+
+from ..kernels.conv import output_geometry
+from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward
+from .base import Layer
+from .convolutional import pair, padding_mode
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", **kwargs):
+        super().__init__(**kwargs)
+        owner = f"{type(self).__name__} '{self.name}'"
+        self.pool_size = pair(pool_size, "pool_size", owner)
+        # Keras: strides default to the pool size.
+        self.strides = pair(strides, "strides", owner) if strides is not None else self.pool_size
+        self.padding = padding_mode(padding, owner)
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+        ph, pw = self.pool_size
+        if self.padding == "valid" and (ph > input_shape[0] or pw > input_shape[1]):
+            raise self._shape_error(f"an input at least as large as its {ph}x{pw} pool with padding='valid'",
+                                    input_shape)
+
+    def compute_output_shape(self, input_shape):
+        out_h, out_w, _, _ = output_geometry(input_shape[0], input_shape[1], self.pool_size, self.strides,
+                                             self.padding)
+        return (out_h, out_w, input_shape[2])
+
+    def _window(self, x):
+        out_h, out_w, top, left = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides, self.padding)
+        return (x.shape[0], out_h, out_w, x.shape[3]), (*self.pool_size, *self.strides, top, left)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    def forward(self, x, training=False):
+        out_shape, window = self._window(x)
+        y = self._buffer("y", out_shape, x.dtype)
+        argmax = self._buffer("argmax", out_shape, np.int32)
+        maxpool_forward(x, *window, y, argmax)
+        self._x_shape, self._argmax = x.shape, argmax
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        maxpool_backward(dy, self._argmax, dx)
+        return dx
+
+
+class AveragePooling2D(_Pooling2D):
+    def forward(self, x, training=False):
+        out_shape, window = self._window(x)
+        y = self._buffer("y", out_shape, x.dtype)
+        avgpool_forward(x, *window, y)
+        self._x_shape, self._window_used = x.shape, window
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        avgpool_backward(dy, *self._window_used, dx)
+        return dx

@@ -1,0 +1,41 @@
+"""Weight regularizers (Keras's l1, l2, l1_l2): they add l1*sum|w| + l2*sum(w^2) to the
+loss and its gradient to the weight's gradient."""
+
+from .errors import NbnetError
+from .kernels.regularization import penalty_and_gradient
+
+
+class L1L2:
+    def __init__(self, l1=0.0, l2=0.0):
+        self.l1, self.l2 = float(l1), float(l2)
+
+    def apply(self, weights, grads):
+        """Add the penalty's gradient into ``grads``; return the penalty."""
+        return penalty_and_gradient(weights.reshape(-1), self.l1, self.l2, grads.reshape(-1))
+
+    def get_config(self):
+        return {"l1": self.l1, "l2": self.l2}
+
+
+def l1(l1=0.01):
+    return L1L2(l1=l1)
+
+
+def l2(l2=0.01):
+    return L1L2(l2=l2)
+
+
+def l1_l2(l1=0.01, l2=0.01):
+    return L1L2(l1=l1, l2=l2)
+
+
+def get(identifier, owner="layer"):
+    """None, a regularizer object, a Keras name ('l1', 'l2', 'l1_l2'), or a config dict."""
+    if identifier is None or isinstance(identifier, L1L2):
+        return identifier
+    if isinstance(identifier, dict):
+        return L1L2(**identifier)
+    named = {"l1": l1, "l2": l2, "l1_l2": l1_l2}
+    if identifier in named:
+        return named[identifier]()
+    raise NbnetError(f"{owner}: unknown regularizer {identifier!r}; use 'l1', 'l2', 'l1_l2' or nbnet.regularizers.L1L2.")
