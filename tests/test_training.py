@@ -1,0 +1,158 @@
+"""End-to-end training on real MNIST data, and the Keras-style model API around it."""
+
+import numpy as np
+import pytest
+
+from nbnet import callbacks, layers, models, optimizers, utils
+from nbnet.errors import NbnetError, ShapeError
+
+
+def small_cnn(seed=0):
+    model = models.Sequential([
+        layers.Conv2D(8, (3, 3), activation="relu", input_shape=(28, 28, 1)),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(16, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Flatten(),
+        layers.Dropout(0.25),
+        layers.Dense(32, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ], seed=seed)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_small_cnn_learns_mnist(mnist_slice):
+    (x_train, y_train), (x_test, y_test) = mnist_slice
+    model = small_cnn()
+    history = model.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0, validation_split=0.1)
+    assert set(history.history) == {"accuracy", "loss", "val_accuracy", "val_loss"}
+    assert all(isinstance(v, float) for v in history.history["loss"])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    assert accuracy > 0.8, f"a small CNN on 2700 images should pass 80% test accuracy (chance: 10%), got {accuracy:.3f}"
+    predictions = model.predict(x_test[:50])
+    assert predictions.shape == (50, 10) and predictions.dtype == np.float32
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_keras_script_ports_with_only_the_import_changed(mnist_slice):
+    (x_train, y_train), (x_test, y_test) = mnist_slice
+    x_train, x_test = x_train[..., 0], x_test[..., 0]  # (N, 28, 28), as Keras users pass them
+    utils.set_seed(3)
+    model = models.Sequential([layers.Conv2D(32, (3, 3), activation='relu', input_shape=(28, 28, 1)), layers.MaxPooling2D((2, 2)), layers.Conv2D(64, (3, 3), activation='relu'), layers.MaxPooling2D((2, 2)), layers.Flatten(), layers.Dense(64, activation='relu'), layers.Dense(10, activation='softmax')])  # noqa: E501
+    model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+    model.fit(x_train[:1000], y_train[:1000], epochs=1, batch_size=128, verbose=0)
+    test_loss, test_acc = model.evaluate(x_test, y_test, verbose=0)
+    assert 0.0 < test_loss < 2.3 and test_acc > 0.5
+
+
+def test_save_load_predicts_identically_and_resumes_like_an_uninterrupted_run(mnist_slice, tmp_path):
+    (x_train, y_train), (x_test, _) = mnist_slice
+    x, y = x_train[:1024], y_train[:1024]
+    uninterrupted = small_cnn(seed=7)
+    uninterrupted.fit(x, y, epochs=2, batch_size=128, verbose=0)
+
+    interrupted = small_cnn(seed=7)
+    interrupted.fit(x, y, epochs=1, batch_size=128, verbose=0)
+    path = tmp_path / "model.nbnet"
+    interrupted.save(path)
+    restored = models.load_model(path)
+    np.testing.assert_array_equal(restored.predict(x_test[:100]), interrupted.predict(x_test[:100]))
+    assert restored.epochs_trained == 1 and restored.optimizer.iterations == 8
+
+    restored.fit(x, y, epochs=2, batch_size=128, verbose=0, initial_epoch=1)
+    for resumed, reference in zip(restored.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_array_equal(resumed, reference)
+    assert restored.history_log["loss"] == uninterrupted.history_log["loss"]
+
+
+def test_same_seed_gives_bit_identical_weights(mnist_slice):
+    (x_train, y_train), _ = mnist_slice
+    runs = []
+    for _ in range(2):
+        utils.set_seed(11)
+        model = small_cnn(seed=None)
+        model.fit(x_train[:512], y_train[:512], epochs=1, batch_size=64, verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_get_weights_uses_keras_layouts_and_set_weights_round_trips():
+    model = models.Sequential([layers.Conv2D(4, (3, 2), input_shape=(6, 5, 3)), layers.BatchNormalization(),
+                               layers.Flatten(), layers.Dense(2)])
+    model.build()
+    shapes = [w.shape for w in model.get_weights()]
+    assert shapes == [(3, 2, 3, 4), (4,), (4,), (4,), (4,), (4,), (4 * 4 * 4, 2), (2,)]
+    new = [np.full(s, i, np.float32) for i, s in enumerate(shapes)]
+    model.set_weights(new)
+    for got, expected in zip(model.get_weights(), new):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ShapeError, match="dense"):
+        model.set_weights(new[:-1] + [np.zeros(3)])
+
+
+def test_summary_table_counts_parameters():
+    model = models.Sequential([layers.Dense(5, input_shape=(3,)), layers.BatchNormalization(), layers.Dense(2)])
+    model.build()
+    text = model.summary(print_fn=lambda _: None)
+    assert "(None, 5)" in text and "Dense" in text
+    assert "Total params: 52" in text  # (3*5+5) + 4*5 (BN: gamma, beta, moving mean, variance) + (5*2+2)
+    assert "Trainable params: 42" in text and "Non-trainable params: 10" in text
+
+
+def test_train_on_batch_and_predict_on_batch():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    model = models.Sequential([layers.Dense(8, activation="tanh", input_shape=(4,)),
+                               layers.Dense(1, activation="sigmoid")], seed=0)
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="binary_crossentropy", metrics=["accuracy"])
+    first_loss, _ = model.train_on_batch(x, y)
+    for _ in range(200):
+        loss, accuracy = model.train_on_batch(x, y)
+    assert loss < first_loss and accuracy >= 0.9
+    np.testing.assert_array_equal(model.predict_on_batch(x), model.predict(x))
+
+
+def test_early_stopping_restores_best_weights_and_checkpoint_saves(mnist_slice, tmp_path):
+    (x_train, y_train), _ = mnist_slice
+
+    class WorsenAfterFirstEpoch(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = 1.0 + epoch  # only the first epoch is "best"
+
+    model = small_cnn()
+    seen = {}
+
+    class Snapshot(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.setdefault(epoch, self.model.get_weights())
+
+    stopper = callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch:02d}.nbnet"))
+    history = model.fit(x_train[:256], y_train[:256], epochs=10, batch_size=64, verbose=0, validation_split=0.25,
+                        callbacks=[Snapshot(), WorsenAfterFirstEpoch(), stopper, checkpoint])
+    assert len(history.history["loss"]) == 3  # best at epoch 1, patience 1: stops after epoch 3
+    for got, best in zip(model.get_weights(), seen[0]):
+        np.testing.assert_array_equal(got, best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-01.nbnet", "ckpt-02.nbnet", "ckpt-03.nbnet"]
+
+
+def test_clear_errors_for_bad_input():
+    model = models.Sequential([layers.Dense(3, input_shape=(4,), activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.zeros((5, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"expects input shape \(None, 4\).*\(5, 3\)"):
+        model.predict(np.zeros((5, 3)))
+    with pytest.raises(ShapeError, match="same number of samples"):
+        model.fit(x, np.zeros(4, int), verbose=0)
+    with pytest.raises(NbnetError, match=r"labels must be class ids in \[0, 2\]"):
+        model.fit(x, np.array([0, 1, 2, 3, 0]), verbose=0)
+    with pytest.raises(NbnetError, match="NaN or Inf"):
+        model.predict(np.full((2, 4), np.nan))
+    with pytest.raises(NbnetError, match="batch_size"):
+        model.fit(x, np.zeros(5, int), batch_size=0, verbose=0)
+    with pytest.raises(ShapeError, match="Flatten"):
+        models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)]).build()
