@@ -23,11 +23,27 @@ class Loss:
         self.from_logits = bool(from_logits)
 
     def prepare_targets(self, y, output_width):
-        """Targets as the kernels take them: int64 class ids (sparse) or float32 rows."""
+        """Targets as the kernels take them: int64 class ids (sparse) or float32 rows of
+        the model's output width."""
         y = np.asarray(y)
+        if y.dtype.kind not in "fiub":
+            raise NbnetError(f"y: expected numeric targets for {self.name}, received dtype {y.dtype}.")
         if self.sparse_targets:
-            return y.reshape(-1).astype(np.int64)
-        return y.reshape(len(y), -1).astype(np.float32)
+            if y.ndim > 1 and y.shape[1:] != (1,):
+                raise NbnetError(f"y: {self.name} expects integer class ids of shape (N,), but received shape "
+                                 f"{y.shape}; for one-hot targets use loss='categorical_crossentropy'.")
+            labels = y.reshape(-1)
+            if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+                raise NbnetError(f"y: {self.name} expects integer class ids, but received non-integer values.")
+            return labels.astype(np.int64)
+        rows = y.reshape(len(y), -1).astype(np.float32)
+        if rows.shape[1] != output_width:
+            raise NbnetError(f"y: {self.name} needs targets of width {output_width} (the model's output), but "
+                             f"received shape {y.shape}" + ("; for class ids use loss='sparse_categorical_crossentropy'."
+                                                             if rows.shape[1] == 1 and output_width > 1 else "."))
+        if not np.isfinite(rows).all():
+            raise NbnetError(f"y: contains NaN or Inf values; {self.name} needs finite targets.")
+        return rows
 
     def compute(self, outputs, targets, grad, on_logits):
         """Summed loss over the batch; writes d(mean loss)/d(outputs) into ``grad``.

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import callbacks as callbacks_module
 from . import losses, metrics as metrics_module, optimizers, utils
-from .errors import NbnetError, ShapeError
+from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .layers import Dropout, Layer
 from .progress import ProgressBar
 from .threads import blas_limited
@@ -27,6 +27,10 @@ class Sequential:
         self.stop_training = False
         self.epochs_trained = 0
         self.history_log = {}
+        # Set (to a signal number) by a signal handler: fit stops cleanly after the current step.
+        self.stop_requested = None
+        # Where an interrupted fit stopped inside an epoch, so a resumed fit continues exactly.
+        self.resume_point = None
         for layer in layers or []:
             self.add(layer)
 
@@ -163,6 +167,10 @@ class Sequential:
         return total, grad.reshape(outputs.shape), fused
 
     def _train_batch(self, x, targets):
+        with np.errstate(all="ignore"):  # overflow is detected below and reported as divergence
+            return self._train_batch_unchecked(x, targets)
+
+    def _train_batch_unchecked(self, x, targets):
         self.layers[-1].keep_logits = self._fused()
         self.flat_grads.fill(0.0)
         outputs = self._forward(x, training=True)
@@ -171,9 +179,35 @@ class Sequential:
         grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
         for layer in reversed(self.layers[:-1]):
             grad = layer.backward(grad)
+        loss = total + penalty * len(x)
+        if not (math.isfinite(loss) and np.isfinite(self.flat_grads).all()):
+            raise TrainingDiverged(self._divergence_message(loss / len(x)))
         self.optimizer.apply(self.flat_params, self.flat_grads)
         correct = metrics_module.correct_count(outputs, targets, self.loss.sparse_targets) if self.metrics else 0.0
-        return total + penalty * len(x), correct
+        return loss, correct
+
+    def _divergence_message(self, loss):
+        bad = [layer.name for layer in reversed(self.layers)
+               if any(not np.isfinite(g).all() for g in layer.grads.values())]
+        where = f"non-finite gradients in {', '.join(bad)} (output side first)" if bad else "all gradients finite"
+        return (f"Training diverged at optimizer step {self.optimizer.iterations + 1}: the batch loss is {loss}, "
+                f"{where}; learning rate {self.optimizer.current_learning_rate():g}. The weights are those of the "
+                "last good step. Lower the learning rate, scale the inputs to [0, 1], or check the data for outliers.")
+
+    def _check_memory(self, batch_size):
+        """Fail before the first step when a batch's activations cannot fit in memory."""
+        per_sample = 0
+        for layer, shape in zip(self.layers, self.output_shapes):
+            per_sample += 2 * int(np.prod(shape))  # output and input gradient
+            if hasattr(layer, "kernel_size"):
+                per_sample += 2 * int(np.prod(shape[:-1])) * int(np.prod(layer.params["kernel"].shape[:-1]))
+        needed = per_sample * 4 * batch_size + 3 * 4 * self.flat_params.size
+        available = _available_memory()
+        if available is not None and needed > 0.8 * available:
+            raise ResourceError(
+                f"batch_size={batch_size} needs about {needed / 2**30:.2f} GiB for activations and gradients of "
+                f"model '{self.name}', but only {available / 2**30:.2f} GiB of memory is available; "
+                f"use a batch size of at most {max(int(0.8 * available / (per_sample * 4)), 1)}.")
 
     def _penalty(self):
         """The regularization penalty alone (its gradient goes into scratch grads)."""
@@ -204,7 +238,11 @@ class Sequential:
             callback.set_model(self)
         self.stop_training = False
         steps = math.ceil(len(x) / batch_size)
+        self._check_memory(min(batch_size, len(x)))
         batch_x = np.empty((min(batch_size, len(x)),) + x.shape[1:], np.float32)
+        resume, self.resume_point = self.resume_point, None
+        if resume is not None and resume["epoch"] != int(initial_epoch):
+            resume = None  # a different schedule than the interrupted one: start the epoch afresh
         for callback in callback_list:
             callback.on_train_begin()
         for epoch in range(int(initial_epoch), epochs):
@@ -212,10 +250,13 @@ class Sequential:
                 callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
+            order = self._epoch_order(len(x), shuffle, epoch_rng_state)
             bar = ProgressBar(steps, verbose)
-            loss_sum = correct = seen = 0.0
-            for step in range(steps):
+            first_step, loss_sum, correct, seen = (resume["step"], resume["loss_sum"], resume["correct"],
+                                                   resume["seen"]) if resume else (0, 0.0, 0.0, 0.0)
+            resume = None
+            for step in range(first_step, steps):
                 index = order[step * batch_size:(step + 1) * batch_size]
                 xb = np.take(x, index, axis=0, out=batch_x[:len(index)])
                 batch_loss, batch_correct = self._train_batch(xb, targets[index])
@@ -224,6 +265,13 @@ class Sequential:
                 bar.update(step + 1, logs)
                 for callback in callback_list:
                     callback.on_train_batch_end(step, logs)
+                if self.stop_requested is not None and step + 1 < steps:
+                    self.resume_point = {"epoch": epoch, "step": step + 1, "epoch_rng_state": epoch_rng_state,
+                                         "loss_sum": loss_sum, "correct": correct, "seen": seen}
+                    if verbose:
+                        print()
+                    raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}/{steps}.",
+                                              self.stop_requested)
             if x_val is not None:
                 val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size)
                 logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(x_val)).items()})
@@ -238,6 +286,18 @@ class Sequential:
         for callback in callback_list:
             callback.on_train_end()
         return history
+
+    def _epoch_order(self, count, shuffle, epoch_rng_state):
+        """The epoch's sample order, drawn from the generator state at the epoch's start
+        (which an interrupted run saved), leaving the generator where it is now."""
+        if not shuffle:
+            return np.arange(count)
+        current = self.rng.bit_generator.state
+        self.rng.bit_generator.state = epoch_rng_state
+        order = self.rng.permutation(count)
+        if current != epoch_rng_state:
+            self.rng.bit_generator.state = current
+        return order
 
     def _logs(self, loss_sum, correct, seen):
         logs = {"accuracy": correct / seen} if self.metrics else {}
@@ -332,6 +392,18 @@ class Sequential:
         from .saving import save_model
 
         save_model(self, path)
+
+
+def _available_memory():
+    """Bytes of memory available (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def load_model(path):

@@ -8,13 +8,12 @@ an uninterrupted run would. Files are written atomically (temp file, fsync, rena
 """
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, layers as layers_module, losses, optimizers
-from .errors import ModelFileError, NbnetError
+from .errors import ModelFileError
 from .paths import atomic_write
 
 FORMAT = "nbnet-model"
@@ -38,6 +37,7 @@ def save_model(model, path):
         "epochs_trained": model.epochs_trained,
         "history": model.history_log,
         "rng_state": model.rng.bit_generator.state,
+        "resume_point": model.resume_point,
     }
     arrays = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for index, layer in enumerate(model.layers):
@@ -63,7 +63,7 @@ def _read(path):
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as error:
+    except Exception as error:  # corrupt bytes surface as zlib, zipfile, struct, JSON... errors
         raise ModelFileError(f"{path} is truncated or corrupt and cannot be read ({type(error).__name__}: {error}). "
                              "Restore it from a checkpoint or train again.") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -105,10 +105,11 @@ def load_model(path):
                                      for key, value in arrays.items() if key.startswith("optimizer.")}
         model.epochs_trained = int(meta.get("epochs_trained", 0))
         model.history_log = {key: list(values) for key, values in meta.get("history", {}).items()}
+        model.resume_point = meta.get("resume_point")
         if meta.get("rng_state"):
             model.rng.bit_generator.state = meta["rng_state"]
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, NbnetError) as error:
+    except Exception as error:  # a well-formed zip whose contents do not fit together
         raise ModelFileError(f"{path}: the model description is inconsistent with its weights ({error}).") from None
     return model
