@@ -80,3 +80,27 @@ def batchnorm_backward(dy, x_hat, gamma, inv_std, dgamma, dbeta, dx):
     for i in prange(rows):
         for k in range(channels):
             dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - mean_dy[k] - x_hat[i, k] * mean_dy_xhat[k])
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_infer_backward(dy, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
+    """Backward of the inference transform (moving statistics held fixed): adds into
+    dgamma/dbeta; dx = gamma * dy / sqrt(moving_variance + epsilon)."""
+    rows, channels = dy.shape
+    chunks = max(min(REDUCTION_CHUNKS, rows), 1)
+    inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    sum_dy = np.zeros((chunks, channels))
+    sum_dy_xhat = np.zeros((chunks, channels))
+    for chunk in prange(chunks):
+        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            for k in range(channels):
+                sum_dy[chunk, k] += dy[i, k]
+                sum_dy_xhat[chunk, k] += dy[i, k] * (x[i, k] - moving_mean[k]) * inv_std[k]
+    total_dy = sum_dy.sum(axis=0)
+    total_dy_xhat = sum_dy_xhat.sum(axis=0)
+    for k in range(channels):
+        dbeta[k] += total_dy[k]
+        dgamma[k] += total_dy_xhat[k]
+    for i in prange(rows):
+        for k in range(channels):
+            dx[i, k] = gamma[k] * inv_std[k] * dy[i, k]

@@ -77,7 +77,10 @@ class Layer:
 
     def regularization(self):
         """Add each regularizer's gradient into ``grads``; return the summed penalty."""
-        return sum(reg.apply(self.params[key], self.grads[key]) for key, reg in self.regularizers.items() if reg)
+        # A regularizer for a weight the layer does not have (bias_regularizer with
+        # use_bias=False) is ignored, as in Keras.
+        return sum(reg.apply(self.params[key], self.grads[key]) for key, reg in self.regularizers.items()
+                   if reg and key in self.params)
 
     # -- weights -------------------------------------------------------------------
     def get_weights(self):

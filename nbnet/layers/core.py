@@ -197,6 +197,10 @@ class LeakyReLU(_NamedActivation):
 
     def __init__(self, negative_slope=0.3, **kwargs):
         super().__init__(**kwargs)
+        # The derivative is read off the output's sign, which a negative slope would flip
+        # (Keras rejects negative slopes too).
+        if not float(negative_slope) >= 0.0:
+            raise NbnetError(f"LeakyReLU '{self.name}': negative_slope must be >= 0, received {negative_slope!r}.")
         self._slope = self.negative_slope = float(negative_slope)
 
     def get_config(self):

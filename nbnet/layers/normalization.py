@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from ..kernels.normalization import batchnorm_backward, batchnorm_infer, batchnorm_train_forward
+from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,
+                                     batchnorm_train_forward)
 from .base import Layer
 
 
@@ -28,7 +29,9 @@ class BatchNormalization(Layer):
         x2d = x.reshape(-1, channels)
         y = self._buffer("y", x.shape, x.dtype)
         y2d = y.reshape(-1, channels)
+        self._training = training
         if not training:
+            self._x2d = x2d  # the inference backward needs the input itself
             batchnorm_infer(x2d, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
                             self.state["moving_variance"], self.epsilon, y2d)
             return y
@@ -48,6 +51,11 @@ class BatchNormalization(Layer):
         channels = dy.shape[-1]
         dy2d = dy.reshape(-1, channels)
         dx = self._buffer("dx", dy.shape, dy.dtype)
+        if not self._training:
+            batchnorm_infer_backward(dy2d, self._x2d, self.params["gamma"], self.state["moving_mean"],
+                                     self.state["moving_variance"], self.epsilon, self.grads["gamma"],
+                                     self.grads["beta"], dx.reshape(-1, channels))
+            return dx if self.needs_input_grad else None
         batchnorm_backward(dy2d, self._x_hat, self.params["gamma"], self._inv_std, self.grads["gamma"],
                            self.grads["beta"], dx.reshape(-1, channels))
         return dx if self.needs_input_grad else None

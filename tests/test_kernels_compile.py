@@ -1,0 +1,116 @@
+"""Kernels compile once per dtype and rank, never per batch size, and a second process start
+reuses the on-disk cache instead of compiling again."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+
+from nbnet import layers
+from nbnet.kernels.activations import RELU, bias_activation_forward
+from nbnet.kernels.conv import im2col, output_geometry
+from nbnet.kernels.pool import maxpool_forward
+
+KERNELS = {"im2col": im2col, "bias_activation_forward": bias_activation_forward,
+           "maxpool_forward": maxpool_forward}
+
+
+def _signatures(dispatcher, dtype):
+    """The compiled signatures whose first (data) argument holds ``dtype``."""
+    return [sig for sig in dispatcher.signatures if sig[0].dtype == dtype]
+
+
+def _run_kernels(batch, dtype):
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 7, 6, 3)).astype(dtype)
+    # A 3x2 kernel, strides 2, 'same' padding.
+    out_h, out_w, top, left = output_geometry(7, 6, (3, 2), (2, 2), "same")
+    cols = np.empty((batch * out_h * out_w, 3 * 2 * 3), dtype)
+    im2col(x, 3, 2, 2, 2, top, left, out_h, out_w, cols)
+    z = cols[:, :4].copy()
+    bias_activation_forward(z, np.zeros(4, dtype), RELU, 0.0, z)
+    out_h, out_w, top, left = output_geometry(7, 6, (2, 2), (2, 2), "valid")
+    y = np.empty((batch, out_h, out_w, 3), dtype)
+    maxpool_forward(x, 2, 2, 2, 2, top, left, y, np.empty(y.shape, np.int32))
+    return cols, z, y
+
+
+def test_one_float32_signature_across_batch_sizes():
+    _run_kernels(3, np.float32)
+    after_first = {name: list(d.signatures) for name, d in KERNELS.items()}
+    cols, z, y = _run_kernels(5, np.float32)
+    assert cols.shape[0] == 5 * 4 * 3 and y.shape[0] == 5  # the second call really had batch 5
+    for name, dispatcher in KERNELS.items():
+        assert list(dispatcher.signatures) == after_first[name], f"{name} recompiled for batch 5"
+        float32 = _signatures(dispatcher, numba.float32)
+        assert len(float32) == 1, f"{name}: {float32}"
+        assert float32[0][0].ndim == (4 if name != "bias_activation_forward" else 2)
+
+
+def test_layers_do_not_recompile_for_a_new_batch_size():
+    conv = layers.Conv2D(4, (3, 2), strides=2, padding="same", activation="relu")
+    conv.build((7, 6, 3), np.random.default_rng(0))
+    pool = layers.MaxPooling2D(2)
+    pool.build((4, 3, 4))
+    counts = None
+    for batch in (3, 5, 2):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 6, 3)).astype(np.float32)
+        y = pool.forward(conv.forward(x))
+        assert y.shape == (batch, 2, 1, 4)
+        now = {name: len(d.signatures) for name, d in KERNELS.items()}
+        assert counts is None or now == counts, (batch, counts, now)
+        counts = now
+    for name, dispatcher in KERNELS.items():
+        assert len(_signatures(dispatcher, numba.float32)) == 1, name
+
+
+_CHILD = textwrap.dedent("""
+    import json
+    import numpy as np
+    from nbnet import layers
+    from nbnet.kernels.activations import bias_activation_forward
+    from nbnet.kernels.conv import im2col
+    from nbnet.kernels.pool import maxpool_forward
+
+    conv = layers.Conv2D(2, 3, padding="same", activation="relu")
+    conv.build((5, 5, 1), np.random.default_rng(0))
+    pool = layers.MaxPooling2D(2)
+    pool.build((5, 5, 2))
+    for batch in (3, 5):
+        pool.forward(conv.forward(np.ones((batch, 5, 5, 1), np.float32)))
+    report = {}
+    for name, d in [("im2col", im2col), ("bias_activation_forward", bias_activation_forward),
+                    ("maxpool_forward", maxpool_forward)]:
+        report[name] = {"signatures": len(d.signatures),
+                        "hits": sum(d.stats.cache_hits.values()),
+                        "misses": sum(d.stats.cache_misses.values()),
+                        "cache_path": d.stats.cache_path}
+    print("REPORT " + json.dumps(report))
+""")
+
+
+def _child(cache_dir):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "NUMBA_NUM_THREADS": "1"}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("REPORT ")][-1]
+    return json.loads(line[len("REPORT "):])
+
+
+def test_second_process_reuses_disk_cache(tmp_path):
+    cache_dir = tmp_path / "numba-cache"
+    first = _child(cache_dir)
+    second = _child(cache_dir)
+    for name in first:
+        assert first[name]["signatures"] == second[name]["signatures"] == 1, (name, first, second)
+        assert first[name]["cache_path"].startswith(str(cache_dir)), first[name]
+        # A fresh cache directory: the first process had to compile (and so wrote the cache) ...
+        assert first[name]["misses"] >= 1 and first[name]["hits"] == 0, (name, first[name])
+        # ... and the second loaded every kernel from it.
+        assert second[name]["hits"] >= 1 and second[name]["misses"] == 0, (name, second[name])
+    assert any(cache_dir.rglob("*.nbi")) and any(cache_dir.rglob("*.nbc"))
