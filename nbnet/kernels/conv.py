@@ -3,14 +3,15 @@
 The convolution is im2col + one BLAS matmul: each output pixel's receptive field is
 copied into a row of ``cols`` in (kh, kw, in) order, which is exactly the row order of
 the Keras kernel reshaped to (kh*kw*in, out), so the matmul yields NHWC output directly.
-The matmuls run in NumPy (its BLAS, called from Python between kernels) so that Numba's
-threads and BLAS's threads never run at the same time, and SciPy is not needed.
+The matmuls run in NumPy's BLAS, called from Python between kernels (see matmul.py), so
+that Numba's threads and BLAS's threads never run at the same time, and SciPy is not needed.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from .activations import activation_backward
+from .matmul import add_transposed_product, matmul
 
 
 def same_padding(size, kernel, stride):
@@ -78,13 +79,13 @@ def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
 
 
 def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):
-    """Adds the kernel and bias gradients into ``dkernel2d``/``dbias``; writes the input
+    """Adds the kernel and bias gradients into ``dkernel2d``/``dbias`` (``scratch``: see
+    matmul.add_transposed_product); writes the input
     gradient into ``dx`` unless ``dx`` is None (a first layer needs none). ``dy`` is
     overwritten with the gradient before the activation."""
     dz = dy.reshape(-1, kernel2d.shape[1])
     activation_backward(y.reshape(dz.shape), dz, code, alpha, dz, dbias)
-    np.matmul(cols.T, dz, out=scratch)
-    dkernel2d += scratch
+    add_transposed_product(cols, dz, dkernel2d, scratch)
     if dx is not None:
-        np.matmul(dz, kernel2d.T, out=dcols)
+        matmul(dz, kernel2d.T, out=dcols)
         col2im(dcols, *geometry, dx)

@@ -2,16 +2,14 @@
 
 The forward pass is one matmul plus ``bias_activation_forward`` (see layers/core.py)."""
 
-import numpy as np
-
 from .activations import activation_backward
+from .matmul import add_transposed_product, matmul
 
 
 def dense_backward(x, kernel, y, dy, code, alpha, dkernel, dbias, scratch, dx):
     """Adds the kernel and bias gradients; writes the input gradient into ``dx`` unless it
     is None. ``dy`` is overwritten with the gradient before the activation."""
     activation_backward(y, dy, code, alpha, dy, dbias)
-    np.matmul(x.T, dy, out=scratch)
-    dkernel += scratch
+    add_transposed_product(x, dy, dkernel, scratch)
     if dx is not None:
-        np.matmul(dy, kernel.T, out=dx)
+        matmul(dy, kernel.T, out=dx)

@@ -5,6 +5,7 @@ import numpy as np
 from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.conv import conv2d_backward, im2col, output_geometry
+from ..kernels.matmul import matmul, workers
 from .base import Layer
 from .core import _EMPTY, ActivationMixin, _reg_config
 
@@ -81,7 +82,7 @@ class Conv2D(ActivationMixin, Layer):
         cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
         im2col(x, *geometry, cols)
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        np.matmul(cols, kernel2d, out=z)
+        matmul(cols, kernel2d, out=z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
         self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
         self._x_shape, self._geometry_used, self._cols, self._y = x.shape, geometry, cols, y
@@ -97,7 +98,7 @@ class Conv2D(ActivationMixin, Layer):
             dx = dcols = None
         conv2d_backward(self._cols, kernel2d, self._y, dy, self._geometry_used, self._backward_code(from_logits),
                         self._slope, self.grads["kernel"].reshape(kernel2d.shape),
-                        self.grads.get("bias", _EMPTY[dtype]), self._buffer("dkernel", kernel2d.shape, dtype),
+                        self.grads.get("bias", _EMPTY[dtype]), self._buffer("dkernel", (workers(),) + kernel2d.shape, dtype),
                         dcols, dx)
         return dx
 

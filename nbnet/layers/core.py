@@ -6,6 +6,7 @@ from .. import activations, initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, activation_backward, bias_activation_forward
 from ..kernels.dense import dense_backward
+from ..kernels.matmul import matmul, workers
 from .base import Layer
 
 _EMPTY = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
@@ -69,7 +70,7 @@ class Dense(ActivationMixin, Layer):
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
         z = self._buffer("logits" if self.keep_logits else "y", (x.shape[0], self.units), x.dtype)
-        np.matmul(x, kernel, out=z)
+        matmul(x, kernel, out=z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
         self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
         self._x, self._y = x, y
@@ -80,7 +81,7 @@ class Dense(ActivationMixin, Layer):
         dx = self._buffer("dx", x.shape, x.dtype) if self.needs_input_grad else None
         dense_backward(x, self.params["kernel"], self._y, dy, self._backward_code(from_logits), self._slope,
                        self.grads["kernel"], self.grads.get("bias", _EMPTY[x.dtype]),
-                       self._buffer("dkernel", self.params["kernel"].shape, x.dtype), dx)
+                       self._buffer("dkernel", (workers(),) + self.params["kernel"].shape, x.dtype), dx)
         return dx
 
     def get_config(self):
