@@ -166,5 +166,43 @@ def summary(model_path):
         _fail(error)
 
 
+@main.command("export")
+@click.argument("paths", nargs=-1, required=True, metavar="[MODEL] OUTPUT.onnx")
+@click.option("--opset", type=int, help="ONNX opset, 13 or newer [default: the newest both the installed onnx and "
+                                        "onnxruntime support].")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the graph and compare onnxruntime with nbnet before writing the file.")
+@click.option("--verify-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="MNIST test images to compare on (all 10000 at most; seeded random inputs for a "
+                   "model that does not take MNIST images).")
+@click.option("--keep-failed", is_flag=True, help="Write the file even when verification fails (for inspection).")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="NBNET_DATA_DIR")
+def export_command(paths, opset, verify, verify_samples, keep_failed, data_dir):
+    """Export a model to ONNX, verified against onnxruntime.
+
+    MODEL defaults to the reference model shipped with nbnet, so `nbnet export model.onnx`
+    works. The file is written atomically, and not at all if verification fails."""
+    from .errors import NbnetError
+
+    if len(paths) > 2:
+        raise click.UsageError(f"expected [MODEL] OUTPUT.onnx, received {len(paths)} paths.")
+    model_path, output = (None, paths[0]) if len(paths) == 1 else paths
+    if Path(output).suffix == ".nbnet":
+        raise click.UsageError(f"OUTPUT {output} looks like an nbnet model file; did you mean "
+                               f"`nbnet export {output} {Path(output).with_suffix('.onnx')}`?")
+    try:
+        from . import onnx as nbnet_onnx
+        from .models import load_model
+
+        model = load_model(model_path or _reference_model_path())
+        result = nbnet_onnx.export(model, output, opset=opset, verify=verify, samples=verify_samples,
+                                   keep_failed=keep_failed, data_dir=data_dir, print_fn=click.echo)
+    except NbnetError as error:
+        _fail(error)
+    note = "" if verify else " (not verified: --no-verify)"
+    click.echo(f"Exported '{model.name}' to {Path(output).resolve()} (opset {result.opset}, IR {result.ir_version}, "
+               f"{result.size_bytes / 1024:.0f} KiB){note}")
+
+
 if __name__ == "__main__":
     main()

@@ -16,6 +16,11 @@ from .progress import ProgressBar
 from .threads import blas_limited
 
 
+# Inference runs in chunks of at most this many samples whatever the batch size asked for:
+# the results are the same, and a batch of 1000 CNN images would hold ~300 MB of buffers.
+INFERENCE_CHUNK = 256
+
+
 class Sequential:
     def __init__(self, layers=None, name=None, seed=None):
         self.name = name or "sequential"
@@ -307,6 +312,7 @@ class Sequential:
     def _evaluate_arrays(self, x, targets, batch_size):
         loss_sum = correct = 0.0
         penalty = self._penalty()
+        batch_size = min(batch_size, INFERENCE_CHUNK)
         for start in range(0, len(x), batch_size):
             xb, tb = x[start:start + batch_size], targets[start:start + batch_size]
             self.layers[-1].keep_logits = self._fused()
@@ -337,6 +343,7 @@ class Sequential:
         batch_size = self._check_batch_size(batch_size)
         outputs = np.empty((len(x),) + tuple(self.output_shape), np.float32)
         self.layers[-1].keep_logits = False
+        batch_size = min(batch_size, INFERENCE_CHUNK)
         for start in range(0, len(x), batch_size):
             outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
         return outputs

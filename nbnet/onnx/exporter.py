@@ -1,0 +1,229 @@
+"""nbnet Sequential -> ONNX graph, with standard operators only.
+
+Layout: the graph takes exactly what ``model.predict`` takes, channels-last (NHWC for
+images) float32 with a symbolic batch axis, and returns what it returns. ONNX's Conv,
+MaxPool, AveragePool and BatchNormalization want channels first, so the converter tracks
+each tensor's layout and inserts a Transpose only where the next operator needs the other
+one: before the first Conv/pool/BatchNormalization of a channels-last tensor, and back to
+channels-last before Flatten (Keras flattens in H, W, C order) and before the output.
+Softmax is taken over the channel axis, wherever the layout has put it.
+"""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ExportError
+from ..kernels.conv import same_padding
+from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
+                      MaxPooling2D, ReLU, Softmax)
+from .opsets import ir_version_for, resolve_opset
+
+INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
+PRODUCER = "nbnet"
+# metadata_props keys
+META_VERSION, META_ARCHITECTURE, META_WEIGHTS, META_LAYOUT = ("nbnet.version", "nbnet.architecture", "nbnet.weights",
+                                                              "nbnet.layout")
+
+
+@dataclass
+class _Tensor:
+    name: str
+    rank: int  # with the batch axis
+    channels_first: bool = False
+
+
+class _GraphBuilder:
+    def __init__(self):
+        self.nodes, self.initializers, self.weights = [], [], []
+        self._names = set()
+
+    def unique(self, name):
+        candidate, index = name, 1
+        while candidate in self._names:
+            candidate, index = f"{name}_{index}", index + 1
+        self._names.add(candidate)
+        return candidate
+
+    def initializer(self, name, array, layer_index, key, perm=None):
+        from onnx import numpy_helper
+
+        name = self.unique(name)
+        value = np.asarray(array, np.float32)
+        if perm is not None:
+            value = value.transpose(perm)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.weights.append([layer_index, key, name, None if perm is None else list(perm)])
+        return name
+
+    def node(self, op, inputs, name, **attributes):
+        from onnx import helper
+
+        name = self.unique(name)
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attributes))
+        return name
+
+    def transpose(self, tensor, prefix, channels_first):
+        """The tensor moved to the requested layout (a no-op when it already is, or is 2-D)."""
+        if tensor.rank < 3 or tensor.channels_first == channels_first:
+            return tensor
+        rank = tensor.rank
+        perm = [0, rank - 1, *range(1, rank - 1)] if channels_first else [0, *range(2, rank), 1]
+        suffix = "to_channels_first" if channels_first else "to_channels_last"
+        return _Tensor(self.node("Transpose", [tensor.name], f"{prefix}/{suffix}", perm=perm), rank, channels_first)
+
+
+# -- per-layer converters: (layer, index, prefix, graph, tensor) -> tensor -----------------
+def _activation(graph, prefix, tensor, activation, slope):
+    if activation == "linear":
+        return tensor
+    if activation == "softmax":
+        # The channel axis: last when channels-last, 1 when channels-first (opset >= 13 semantics).
+        axis = 1 if tensor.channels_first else -1
+        return _Tensor(graph.node("Softmax", [tensor.name], f"{prefix}/softmax", axis=axis), tensor.rank,
+                       tensor.channels_first)
+    if activation == "leaky_relu":
+        return _Tensor(graph.node("LeakyRelu", [tensor.name], f"{prefix}/leaky_relu", alpha=float(slope)), tensor.rank,
+                       tensor.channels_first)
+    ops = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+    if activation not in ops:
+        raise ExportError(f"Layer '{prefix}': activation {activation!r} has no ONNX mapping.")
+    return _Tensor(graph.node(ops[activation], [tensor.name], f"{prefix}/{activation}"), tensor.rank,
+                   tensor.channels_first)
+
+
+def _window_pads(layer, input_shape, window):
+    """ONNX pads [top, left, bottom, right]: Keras 'same' puts the odd pixel at the end."""
+    if layer.padding != "same":
+        return [0, 0, 0, 0]
+    _, top, bottom = same_padding(input_shape[0], window[0], layer.strides[0])
+    _, left, right = same_padding(input_shape[1], window[1], layer.strides[1])
+    return [top, left, bottom, right]
+
+
+def _dense(layer, index, prefix, graph, tensor, input_shape):
+    if tensor.rank != 2:
+        raise ExportError(f"Dense '{layer.name}' receives a rank-{tensor.rank} tensor; nbnet's Dense takes (batch, features).")
+    inputs = [tensor.name, graph.initializer(f"{prefix}.kernel", layer.get_weights()[0], index, "kernel")]
+    if layer.use_bias:
+        inputs.append(graph.initializer(f"{prefix}.bias", layer.get_weights()[1], index, "bias"))
+    out = _Tensor(graph.node("Gemm", inputs, prefix), 2)
+    return _activation(graph, prefix, out, layer.activation, layer._slope)
+
+
+def _conv2d(layer, index, prefix, graph, tensor, input_shape):
+    tensor = graph.transpose(tensor, prefix, channels_first=True)
+    weights = layer.get_weights()
+    # Keras (kh, kw, in, out) -> ONNX OIHW (out, in, kh, kw)
+    inputs = [tensor.name, graph.initializer(f"{prefix}.kernel", weights[0], index, "kernel", perm=(3, 2, 0, 1))]
+    if layer.use_bias:
+        inputs.append(graph.initializer(f"{prefix}.bias", weights[1], index, "bias"))
+    out = _Tensor(graph.node("Conv", inputs, prefix, kernel_shape=list(layer.kernel_size), strides=list(layer.strides),
+                             pads=_window_pads(layer, input_shape, layer.kernel_size), dilations=[1, 1], group=1),
+                  4, True)
+    return _activation(graph, prefix, out, layer.activation, layer._slope)
+
+
+def _pooling(op, **extra):
+    def convert(layer, index, prefix, graph, tensor, input_shape):
+        tensor = graph.transpose(tensor, prefix, channels_first=True)
+        # strides written always: ONNX's default is 1, Keras's the pool size
+        name = graph.node(op, [tensor.name], prefix, kernel_shape=list(layer.pool_size), strides=list(layer.strides),
+                          pads=_window_pads(layer, input_shape, layer.pool_size), ceil_mode=0, **extra)
+        return _Tensor(name, 4, True)
+
+    return convert
+
+
+def _batch_normalization(layer, index, prefix, graph, tensor, input_shape):
+    # ONNX normalises axis 1; nbnet the last axis. Rank 2: the same axis.
+    tensor = graph.transpose(tensor, prefix, channels_first=True)
+    inputs = [tensor.name] + [graph.initializer(f"{prefix}.{key}", value, index, key)
+                              for key, value in zip(layer.weight_order, layer.get_weights())]
+    return _Tensor(graph.node("BatchNormalization", inputs, prefix, epsilon=float(layer.epsilon)), tensor.rank,
+                   tensor.channels_first)
+
+
+def _flatten(layer, index, prefix, graph, tensor, input_shape):
+    tensor = graph.transpose(tensor, prefix, channels_first=False)  # Keras order: H, W, C
+    return _Tensor(graph.node("Flatten", [tensor.name], prefix, axis=1), 2)
+
+
+def _activation_layer(layer, index, prefix, graph, tensor, input_shape):
+    return _activation(graph, prefix, tensor, layer.activation, layer._slope)
+
+
+def _dropout(layer, index, prefix, graph, tensor, input_shape):
+    return tensor  # the identity at inference
+
+
+# Exact types only: a subclass may compute something else in forward().
+CONVERTERS = {
+    Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
+    AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
+    Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
+    Softmax: _activation_layer, LeakyReLU: _activation_layer,
+}
+
+
+def _check_exportable(model):
+    if not getattr(model, "built", False):
+        raise ExportError(f"Model '{getattr(model, 'name', model)}' is not built, so its shapes and weights are unknown: "
+                          "give the first layer input_shape=(...) or call model.build(input_shape) before exporting.")
+    for layer in model.layers:
+        if type(layer) not in CONVERTERS:
+            supported = ", ".join(sorted(cls.__name__ for cls in CONVERTERS))
+            base = next((cls.__name__ for cls in CONVERTERS if isinstance(layer, cls)), None)
+            why = (f"it subclasses {base}, but its forward() may compute something else, so nbnet will not guess"
+                   if base else "nbnet only knows how to write its built-in layers as ONNX operators")
+            raise ExportError(f"Cannot export layer '{layer.name}' ({type(layer).__name__}) to ONNX: {why}. "
+                              f"Supported layers: {supported}. Rebuild the model with those layers (copying the "
+                              "weights over with get_weights/set_weights) and export that.")
+
+
+def to_onnx(model, opset=None):
+    """The ONNX ModelProto for ``model`` (not verified, not written)."""
+    from onnx import TensorProto, helper
+
+    opset = resolve_opset(opset)
+    _check_exportable(model)
+    graph = _GraphBuilder()
+    graph.unique(INPUT_NAME)
+    graph.unique(OUTPUT_NAME)
+    tensor = _Tensor(INPUT_NAME, len(model.input_shape) + 1)
+    shape = tuple(model.input_shape)
+    for index, layer in enumerate(model.layers):
+        prefix = graph.unique(layer.name)
+        graph._names.discard(prefix)  # the layer's main node or initializers take the name itself
+        tensor = CONVERTERS[type(layer)](layer, index, prefix, graph, tensor, shape)
+        shape = model.output_shapes[index]
+    tensor = graph.transpose(tensor, OUTPUT_NAME, channels_first=False)
+    if tensor.name == INPUT_NAME:  # nothing but Dropout
+        tensor = _Tensor(graph.node("Identity", [INPUT_NAME], OUTPUT_NAME), tensor.rank)
+    last = graph.nodes[-1]
+    last.output[0] = OUTPUT_NAME  # only the graph output consumes the last node's result
+
+    onnx_graph = helper.make_graph(
+        graph.nodes, model.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *model.input_shape])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *model.output_shape])],
+        graph.initializers,
+        doc_string=f"nbnet Sequential '{model.name}': input {INPUT_NAME} is channels-last float32 "
+                   f"({BATCH_DIM}, {', '.join(map(str, model.input_shape))}), exactly what model.predict takes.")
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(onnx_graph, opset_imports=opsets, ir_version=ir_version_for(opset),
+                              producer_name=PRODUCER, producer_version=__version__,
+                              doc_string=f"Exported by nbnet {__version__} from Sequential '{model.name}'.")
+    try:
+        architecture = json.dumps(model.get_config())
+    except TypeError as error:
+        raise ExportError(f"Model '{model.name}': its configuration is not JSON-serialisable ({error}).") from None
+    helper.set_model_props(proto, {
+        META_VERSION: __version__,
+        META_ARCHITECTURE: architecture,
+        META_WEIGHTS: json.dumps(graph.weights),
+        META_LAYOUT: "channels-last (NHWC) input and output, as model.predict; batch axis symbolic",
+    })
+    return proto

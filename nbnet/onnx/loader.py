@@ -1,0 +1,56 @@
+"""ONNX file written by nbnet -> nbnet Sequential: the architecture from the metadata, the
+weights from the initializers, converted back to Keras layouts."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelFileError
+from .exporter import META_ARCHITECTURE, META_WEIGHTS, PRODUCER
+
+
+def load(path):
+    """Rebuild the nbnet model an ONNX file was exported from (uncompiled; predictions
+    identical to the exported model's). Files nbnet did not write raise ModelFileError."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ..saving import model_from_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"ONNX file {path} does not exist.")
+    try:
+        proto = onnx.load_from_string(path.read_bytes())
+    except Exception as error:
+        raise ModelFileError(f"{path} is not a readable ONNX file ({type(error).__name__}: {error}).") from None
+    meta = {prop.key: prop.value for prop in proto.metadata_props}
+    if proto.producer_name != PRODUCER or META_ARCHITECTURE not in meta or META_WEIGHTS not in meta:
+        producer = f"{proto.producer_name} {proto.producer_version}".strip() or "an unknown producer"
+        raise ModelFileError(f"{path} was not exported by nbnet (written by {producer}, without nbnet's architecture "
+                             "metadata), so it cannot be turned back into an nbnet model; run it with onnxruntime "
+                             "instead.")
+    try:
+        config = json.loads(meta[META_ARCHITECTURE])
+        weights = json.loads(meta[META_WEIGHTS])
+        model = model_from_config(config)
+        if not model.built:
+            raise ValueError("the architecture has no input shape")
+        initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+        by_layer = {(int(index), key): (name, perm) for index, key, name, perm in weights}
+        arrays = []
+        for index, layer in enumerate(model.layers):
+            for key in layer.weight_order:
+                name, perm = by_layer[(index, key)]
+                value = numpy_helper.to_array(initializers[name])
+                if perm is not None:
+                    value = value.transpose(np.argsort(perm))
+                arrays.append(value)
+        model.set_weights(arrays)
+    except ModelFileError:
+        raise
+    except Exception as error:  # missing initializers, wrong shapes, malformed metadata
+        raise ModelFileError(f"{path}: nbnet's metadata does not fit the graph's weights "
+                             f"({type(error).__name__}: {error}); was the file edited after export?") from None
+    return model
