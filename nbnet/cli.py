@@ -1,8 +1,10 @@
 """The ``nbnet`` command. Heavy modules (NumPy kernels, Numba, onnx) are imported inside
 each command, so ``nbnet --help`` and ``nbnet --version`` start fast and compile nothing."""
 
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -58,38 +60,71 @@ def main():
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True)
 def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_dir, output, resume, validation_split,
           device, verbose):
-    """Train a model on MNIST, save it after every epoch, and report test accuracy."""
+    """Train a model on MNIST, save it after every epoch, and report test accuracy.
+
+    Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint to the output file
+    and exits with 130 (143); `--resume` continues exactly where it stopped."""
     from . import models
     from .callbacks import ModelCheckpoint
-    from .errors import NbnetError
+    from .errors import NbnetError, TrainingDiverged, TrainingInterrupted
     from .zoo import get_definition
 
     if device == "cuda":
         _fail("--device cuda is not available yet: nbnet's CUDA kernels have not landed. Use --device cpu.")
     try:
-        definition = get_definition(model_name) if not resume else None
         if resume:
             model = models.load_model(resume)
-            name = model.name
-            click.echo(f"Resuming {resume} after epoch {model.epochs_trained}.")
+            click.echo(f"Resuming {resume} after epoch {model.epochs_trained}"
+                       + (f", step {model.resume_point['step']}." if model.resume_point else "."))
+            defaults = model.fit_config or {}
         else:
+            definition = get_definition(model_name)
             model = definition.build(optimizer=optimizer, learning_rate=learning_rate, seed=seed)
-            name = model.name
-        epochs = epochs or getattr(definition, "EPOCHS", 10)
-        batch_size = batch_size or getattr(definition, "BATCH_SIZE", 128)
-        output = Path(output or (resume if resume else f"{name}.nbnet"))
+            defaults = {"epochs": getattr(definition, "EPOCHS", 10), "batch_size": getattr(definition, "BATCH_SIZE", 128)}
+        epochs = epochs or defaults.get("epochs", 10)
+        batch_size = batch_size or defaults.get("batch_size", 128)
+        output = Path(output or resume or f"{model.name}.nbnet")
         (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
-        if verbose:
+        if verbose and not resume:
             model.summary()
         started = time.perf_counter()
-        model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-                  verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output, save_best_only=False)])
+        with _stop_on_signals(model):
+            model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+                      verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
         seconds = time.perf_counter() - started
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    except TrainingInterrupted as stop:
+        model.save(output)
+        click.echo(f"{stop} Checkpoint saved to {output}.\nResume with: nbnet train --resume {output} "
+                   f"--epochs {epochs}", err=True)
+        sys.exit(128 + (stop.signal_number or 2))
+    except TrainingDiverged as error:
+        kept = (f"The last good checkpoint (end of epoch {model.epochs_trained}) is kept at {output}."
+                if model.epochs_trained and output.exists() else "No epoch finished, so no checkpoint was written.")
+        _fail(f"{error}\n{kept}")
     except NbnetError as error:
         _fail(error)
     click.echo(f"Test accuracy: {accuracy:.4f} - test loss: {loss:.4f} - trained in {seconds:.1f}s")
     click.echo(f"Saved model to {output.resolve()}")
+
+
+@contextmanager
+def _stop_on_signals(model):
+    """While training, SIGINT/SIGTERM ask fit to stop after the current step (a second
+    Ctrl-C stops at once); the previous handlers come back afterwards."""
+    def request_stop(signal_number, frame):
+        if model.stop_requested is not None:
+            raise KeyboardInterrupt
+        model.stop_requested = signal_number
+        click.echo(f"\n{signal.Signals(signal_number).name}: finishing the current step, then saving a checkpoint "
+                   "(press Ctrl-C again to stop at once).", err=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @main.command()

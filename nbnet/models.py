@@ -36,6 +36,8 @@ class Sequential:
         self.stop_requested = None
         # Where an interrupted fit stopped inside an epoch, so a resumed fit continues exactly.
         self.resume_point = None
+        # The last fit's schedule, kept in the model file so a resumed run repeats it.
+        self.fit_config = None
         for layer in layers or []:
             self.add(layer)
 
@@ -242,6 +244,7 @@ class Sequential:
         for callback in callback_list:
             callback.set_model(self)
         self.stop_training = False
+        self.fit_config = {"epochs": int(epochs), "batch_size": batch_size, "shuffle": bool(shuffle)}
         steps = math.ceil(len(x) / batch_size)
         self._check_memory(min(batch_size, len(x)))
         batch_x = np.empty((min(batch_size, len(x)),) + x.shape[1:], np.float32)

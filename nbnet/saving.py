@@ -38,6 +38,7 @@ def save_model(model, path):
         "history": model.history_log,
         "rng_state": model.rng.bit_generator.state,
         "resume_point": model.resume_point,
+        "fit_config": model.fit_config,
     }
     arrays = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for index, layer in enumerate(model.layers):
@@ -106,6 +107,7 @@ def load_model(path):
         model.epochs_trained = int(meta.get("epochs_trained", 0))
         model.history_log = {key: list(values) for key, values in meta.get("history", {}).items()}
         model.resume_point = meta.get("resume_point")
+        model.fit_config = meta.get("fit_config")
         if meta.get("rng_state"):
             model.rng.bit_generator.state = meta["rng_state"]
     except ModelFileError:

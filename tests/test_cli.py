@@ -73,3 +73,37 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 1 and "truncated or corrupt" in result.output
     result = CliRunner().invoke(main, ["train", "--model", "no_such_model"])
     assert result.exit_code == 1 and "Unknown model 'no_such_model'" in result.output
+
+
+def test_sigint_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path):
+    import os
+    import signal
+    import time
+
+    definition = tmp_path / "tiny.py"
+    definition.write_text(TINY_DEFINITION.replace("BATCH_SIZE = 256", "BATCH_SIZE = 16"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "nbnet.cli", "train", "--model", str(definition), "--seed", "5", "--epochs", "2",
+            "--verbose", "2"]
+    reference = tmp_path / "reference.nbnet"
+    subprocess.run(base + ["--output", str(reference)], check=True, capture_output=True, env=env)
+
+    checkpoint = tmp_path / "interrupted.nbnet"
+    process = subprocess.Popen(base + ["--output", str(checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    for line in process.stdout:
+        if line.startswith("Epoch 1/2"):
+            break
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Checkpoint saved to" in err and f"nbnet train --resume {checkpoint}" in err
+    stopped = load_model(checkpoint)
+    assert stopped.resume_point is not None and stopped.epochs_trained == 0
+
+    resumed = subprocess.run([sys.executable, "-m", "nbnet.cli", "train", "--resume", str(checkpoint),
+                              "--verbose", "0"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    for got, expected in zip(load_model(checkpoint).get_weights(), load_model(reference).get_weights()):
+        np.testing.assert_array_equal(got, expected)
