@@ -10,6 +10,7 @@ that Numba's threads and BLAS's threads never run at the same time, and SciPy is
 import numpy as np
 from numba import njit, prange
 
+from . import REDUCTION_CHUNKS
 from .activations import activation_backward
 from .matmul import add_transposed_product, matmul
 
@@ -76,6 +77,79 @@ def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
                         base = (p * kw + q) * channels
                         for c in range(channels):
                             dx[n, y, xx, c] += dcols[row, base + c]
+
+
+# Up to this receptive field (kh*kw*in) a direct loop beats im2col + BLAS: the product is
+# too thin for BLAS to run fast, and im2col would write the input out kh*kw times. The
+# MNIST CNN's first layer (3x3x1 = 9) measured 3.4 ms -> 1 ms per step forward and backward.
+DIRECT_MAX_FIELD = 16
+
+
+@njit(parallel=True, cache=True)
+def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
+    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias), the
+    filters innermost so each input value updates all of them in one vector pass."""
+    batch, height, width, channels = x.shape
+    filters = kernel2d.shape[1]
+    for n in prange(batch):
+        for i in range(out_h):
+            for j in range(out_w):
+                row = (n * out_h + i) * out_w + j
+                for o in range(filters):
+                    z[row, o] = 0
+                for p in range(kh):
+                    r = i * sh - pad_top + p
+                    if r < 0 or r >= height:
+                        continue
+                    for q in range(kw):
+                        s = j * sw - pad_left + q
+                        if s < 0 or s >= width:
+                            continue
+                        base = (p * kw + q) * channels
+                        for c in range(channels):
+                            value = x[n, r, s, c]
+                            for o in range(filters):
+                                z[row, o] += value * kernel2d[base + c, o]
+
+
+@njit(parallel=True, cache=True)
+def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dkernel2d, need_dx, dx):
+    """dkernel2d += the window-by-gradient products summed over the batch (partial sums
+    per fixed chunk of images, so no race and a thread-count-independent result); with
+    ``need_dx``, dx = the gradient spread back through the kernel (each image its own)."""
+    batch, height, width, channels = x.shape
+    field, filters = kernel2d.shape
+    chunks = min(REDUCTION_CHUNKS, batch)
+    partial = np.zeros((chunks, field, filters), dtype=x.dtype)
+    for chunk in prange(chunks):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            if need_dx:
+                dx[n] = 0
+            for i in range(out_h):
+                for j in range(out_w):
+                    row = (n * out_h + i) * out_w + j
+                    for p in range(kh):
+                        r = i * sh - pad_top + p
+                        if r < 0 or r >= height:
+                            continue
+                        for q in range(kw):
+                            s = j * sw - pad_left + q
+                            if s < 0 or s >= width:
+                                continue
+                            base = (p * kw + q) * channels
+                            for c in range(channels):
+                                value = x[n, r, s, c]
+                                for o in range(filters):
+                                    partial[chunk, base + c, o] += value * dz[row, o]
+                                if need_dx:
+                                    total = x.dtype.type(0.0)
+                                    for o in range(filters):
+                                        total += dz[row, o] * kernel2d[base + c, o]
+                                    dx[n, r, s, c] += total
+    for chunk in range(chunks):
+        for k in range(field):
+            for o in range(filters):
+                dkernel2d[k, o] += partial[chunk, k, o]
 
 
 def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):

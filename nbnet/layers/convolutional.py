@@ -4,7 +4,9 @@ import numpy as np
 
 from .. import initializers, regularizers
 from ..errors import NbnetError
-from ..kernels.conv import conv2d_backward, im2col, output_geometry
+from ..kernels.activations import activation_backward
+from ..kernels.conv import (DIRECT_MAX_FIELD, conv2d_backward, direct_conv_backward, direct_conv_forward, im2col,
+                            output_geometry)
 from ..kernels.matmul import matmul, workers
 from .base import Layer
 from .core import _EMPTY, ActivationMixin, _reg_config
@@ -79,18 +81,25 @@ class Conv2D(ActivationMixin, Layer):
         out_h, out_w = geometry[-2:]
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         rows = batch * out_h * out_w
-        cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
-        im2col(x, *geometry, cols)
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        matmul(cols, kernel2d, out=z)
+        if kernel2d.shape[0] <= DIRECT_MAX_FIELD:
+            direct_conv_forward(x, kernel2d, *geometry, z)
+            self._x, self._cols = x, None
+        else:
+            cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
+            im2col(x, *geometry, cols)
+            matmul(cols, kernel2d, out=z)
+            self._x, self._cols = None, cols
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
         self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
-        self._x_shape, self._geometry_used, self._cols, self._y = x.shape, geometry, cols, y
+        self._x_shape, self._geometry_used, self._y = x.shape, geometry, y
         return y.reshape(batch, out_h, out_w, self.filters)
 
     def backward(self, dy, from_logits=False):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         dtype = dy.dtype
+        if self._cols is None:
+            return self._direct_backward(kernel2d, dy, from_logits)
         if self.needs_input_grad:
             dx = self._buffer("dx", self._x_shape, dtype)
             dcols = self._buffer("dcols", self._cols.shape, dtype)
@@ -100,6 +109,15 @@ class Conv2D(ActivationMixin, Layer):
                         self._slope, self.grads["kernel"].reshape(kernel2d.shape),
                         self.grads.get("bias", _EMPTY[dtype]), self._buffer("dkernel", (workers(),) + kernel2d.shape, dtype),
                         dcols, dx)
+        return dx
+
+    def _direct_backward(self, kernel2d, dy, from_logits):
+        dz = dy.reshape(-1, self.filters)
+        activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
+                            self.grads.get("bias", _EMPTY[dy.dtype]))
+        dx = self._buffer("dx", self._x_shape, dy.dtype) if self.needs_input_grad else None
+        direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, self.grads["kernel"].reshape(kernel2d.shape),
+                             dx is not None, dx if dx is not None else self._x[:0])
         return dx
 
     def get_config(self):
