@@ -67,6 +67,7 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
     from . import models
     from .callbacks import ModelCheckpoint
     from .errors import NbnetError, TrainingDiverged, TrainingInterrupted
+    from .warmup import warmup
     from .zoo import get_definition
 
     if device == "cuda":
@@ -87,6 +88,7 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
         (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
         if verbose and not resume:
             model.summary()
+        warmup(model, progress=click.echo if verbose else None)
         started = time.perf_counter()
         with _stop_on_signals(model):
             model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
@@ -186,6 +188,23 @@ def predict(model_path, input_path, output, scale):
             np.save(handle, probabilities)
         click.echo(f"Saved probabilities {probabilities.shape} to {output}", err=True)
     click.echo("\n".join(str(int(c)) for c in probabilities.reshape(len(probabilities), -1).argmax(axis=1)))
+
+
+@main.command("warmup")
+@click.option("--model", "model_name", default="mnist_cnn", show_default=True,
+              help="A model definition name or .py path, or an .nbnet model file.")
+def warmup_command(model_name):
+    """Compile the kernels a model uses into Numba's disk cache, so training starts at once."""
+    from .errors import NbnetError
+    from .models import load_model
+    from .warmup import warmup
+    from .zoo import get_definition
+
+    try:
+        model = load_model(model_name) if model_name.endswith(".nbnet") else get_definition(model_name).build()
+        warmup(model, progress=click.echo)
+    except NbnetError as error:
+        _fail(error)
 
 
 @main.command()

@@ -107,3 +107,9 @@ def test_sigint_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     for got, expected in zip(load_model(checkpoint).get_weights(), load_model(reference).get_weights()):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_warmup_compiles_the_kernels_a_model_uses():
+    result = CliRunner().invoke(main, ["warmup", "--model", "mnist_mlp"])
+    assert result.exit_code == 0, result.output
+    assert "Compiling kernels" in result.output and "Kernels ready in" in result.output
