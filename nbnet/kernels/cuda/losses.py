@@ -1,0 +1,206 @@
+"""CUDA twins of ``nbnet.kernels.losses``: each writes the gradient of the *mean* loss with
+respect to the predictions (or the logits, for the fused forms) and returns the batch's
+summed loss.
+
+One thread per element writes the gradient and that element's loss term (float64) into a
+scratch array; the terms are then summed by a deterministic two-pass reduction (chunk
+partials, then one thread adds them in order) into a float64 device scalar. The launchers
+return that sum as a Python float (one 8-byte copy to the host, which waits for the
+kernels); pass ``total_out`` (a float64 device array of shape (1,)) to keep it on the
+device instead, and the launcher returns ``total_out`` without waiting.
+The softmax form first computes each row's log-sum-exp with one thread per row.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import chunking, launch_1d, workspace
+
+
+@cuda.jit(device=True)
+def _max(a, b):
+    """Python's max(a, b), spelled out: with Numba 0.68's CUDA target the two-argument
+    builtin failed to compile in the offline PTX check (tests/test_cuda_kernels.py)."""
+    return b if b > a else a
+
+
+@cuda.jit(device=True)
+def _min(a, b):
+    """Python's min(a, b), for the same reason as _max."""
+    return b if b < a else a
+
+
+@cuda.jit
+def _sum_partials_kernel(values, partial):
+    n = values.shape[0]
+    chunks = partial.shape[0]
+    for chunk in range(cuda.grid(1), chunks, cuda.gridsize(1)):
+        total = 0.0
+        for i in range(chunk * n // chunks, (chunk + 1) * n // chunks):
+            total += values[i]
+        partial[chunk] = total
+
+
+@cuda.jit
+def _sum_finish_kernel(partial, out):
+    if cuda.grid(1) == 0:
+        total = 0.0
+        for chunk in range(partial.shape[0]):
+            total += partial[chunk]
+        out[0] = total
+
+
+def sum_float64(values, total_out=None):
+    """Deterministic sum of a 1-D float64 device array: a Python float, or written into
+    ``total_out`` (shape (1,), float64, on the device) which is then returned."""
+    n = values.shape[0]
+    out = total_out if total_out is not None else workspace("losses.total", 1, np.float64)
+    chunks = chunking(n)
+    partial = workspace("losses.partial", chunks, np.float64)
+    blocks, threads = launch_1d(chunks)
+    _sum_partials_kernel[blocks, threads](values, partial)
+    _sum_finish_kernel[1, 1](partial, out)
+    if total_out is not None:
+        return total_out
+    return float(out.copy_to_host()[0])
+
+
+def _terms(size):
+    return workspace("losses.terms", max(size, 0), np.float64)
+
+
+@cuda.jit
+def _log_norm_kernel(logits, log_norm):
+    rows, classes = logits.shape
+    for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        peak = logits[i, 0]
+        for k in range(1, classes):
+            peak = _max(peak, logits[i, k])
+        norm = 0.0
+        for k in range(classes):
+            norm += math.exp((logits[i, k] + 0.0) - peak)
+        log_norm[i] = math.log(norm) + peak
+
+
+@cuda.jit
+def _softmax_crossentropy_kernel(logits, targets, sparse_labels, log_norm, scale, terms, grad):
+    rows, classes = logits.shape
+    sparse = sparse_labels.shape[0] > 0
+    for idx in range(cuda.grid(1), rows * classes, cuda.gridsize(1)):
+        i = idx // classes
+        k = idx - i * classes
+        if sparse:
+            target = 1.0 if sparse_labels[i] == k else 0.0
+        else:
+            target = targets[i, k] + 0.0
+        terms[idx] = -target * (logits[i, k] - log_norm[i])
+        grad[i, k] = (math.exp(logits[i, k] - log_norm[i]) - target) * scale
+
+
+def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad, total_out=None):
+    """Softmax + categorical cross-entropy, fused. Targets are ``sparse_labels`` (int
+    class ids) when it is non-empty, else the rows of ``targets``."""
+    rows, classes = logits.shape
+    terms = _terms(rows * classes)
+    if rows * classes:
+        log_norm = workspace("losses.log_norm", rows, np.float64)
+        blocks, threads = launch_1d(rows)
+        _log_norm_kernel[blocks, threads](logits, log_norm)
+        blocks, threads = launch_1d(rows * classes)
+        _softmax_crossentropy_kernel[blocks, threads](logits, targets, sparse_labels, log_norm, 1.0 / max(rows, 1),
+                                                      terms, grad)
+    return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, epsilon, scale, terms, grad):
+    rows, classes = probs.shape
+    sparse = sparse_labels.shape[0] > 0
+    for idx in range(cuda.grid(1), rows * classes, cuda.gridsize(1)):
+        i = idx // classes
+        k = idx - i * classes
+        if sparse:
+            target = 1.0 if sparse_labels[i] == k else 0.0
+        else:
+            target = targets[i, k] + 0.0
+        p = _min(_max(probs[i, k] + 0.0, epsilon), 1.0 - epsilon)
+        terms[idx] = -target * math.log(p)
+        grad[i, k] = -target / p * scale if epsilon < probs[i, k] < 1.0 - epsilon else 0.0
+
+
+def crossentropy_from_probabilities(probs, targets, sparse_labels, epsilon, grad, total_out=None):
+    rows, classes = probs.shape
+    terms = _terms(rows * classes)
+    if rows * classes:
+        blocks, threads = launch_1d(rows * classes)
+        _crossentropy_probabilities_kernel[blocks, threads](probs, targets, sparse_labels, float(epsilon),
+                                                            1.0 / max(rows, 1), terms, grad)
+    return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _sigmoid_crossentropy_kernel(logits, targets, scale, terms, grad):
+    rows, width = logits.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        z = logits[i, k] + 0.0
+        t = targets[i, k] + 0.0
+        terms[idx] = (_max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))) / width
+        sig = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        grad[i, k] = (sig - t) * scale
+
+
+def sigmoid_crossentropy_from_logits(logits, targets, grad, total_out=None):
+    """Binary cross-entropy on logits, averaged over the last axis then the batch."""
+    rows, width = logits.shape
+    terms = _terms(rows * width)
+    if rows * width:
+        blocks, threads = launch_1d(rows * width)
+        _sigmoid_crossentropy_kernel[blocks, threads](logits, targets, 1.0 / (rows * width), terms, grad)
+    return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _binary_crossentropy_kernel(probs, targets, epsilon, scale, terms, grad):
+    rows, width = probs.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        t = targets[i, k] + 0.0
+        p = _min(_max(probs[i, k] + 0.0, epsilon), 1.0 - epsilon)
+        terms[idx] = -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p)) / width
+        inside = epsilon < probs[i, k] < 1.0 - epsilon
+        grad[i, k] = (p - t) / (p * (1.0 - p)) * scale if inside else 0.0
+
+
+def binary_crossentropy_from_probabilities(probs, targets, epsilon, grad, total_out=None):
+    rows, width = probs.shape
+    terms = _terms(rows * width)
+    if rows * width:
+        blocks, threads = launch_1d(rows * width)
+        _binary_crossentropy_kernel[blocks, threads](probs, targets, float(epsilon), 1.0 / (rows * width), terms,
+                                                     grad)
+    return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _mean_squared_error_kernel(preds, targets, scale, terms, grad):
+    rows, width = preds.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        diff = (preds[i, k] + 0.0) - targets[i, k]
+        terms[idx] = diff * diff / width
+        grad[i, k] = diff * scale
+
+
+def mean_squared_error(preds, targets, grad, total_out=None):
+    rows, width = preds.shape
+    terms = _terms(rows * width)
+    if rows * width:
+        blocks, threads = launch_1d(rows * width)
+        _mean_squared_error_kernel[blocks, threads](preds, targets, 2.0 / (rows * width), terms, grad)
+    return sum_float64(terms, total_out)

@@ -1,0 +1,75 @@
+"""CUDA twins of ``nbnet.kernels.optim``: one fused, elementwise update kernel per
+optimizer over the flat parameter vector (one thread per parameter, grid-stride), with the
+CPU kernels' Keras 3 formulas and the hyperparameters cast to the parameters' dtype."""
+
+import math
+
+from numba import cuda
+
+from . import as_scalar, launch_1d
+
+
+@cuda.jit
+def _sgd_kernel(params, grads, velocity, lr, mu, use_momentum, nesterov):
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        if not use_momentum:
+            params[i] -= lr * grads[i]
+        else:
+            v = mu * velocity[i] - lr * grads[i]
+            velocity[i] = v
+            params[i] += mu * v - lr * grads[i] if nesterov else v
+
+
+def sgd_update(params, grads, velocity, learning_rate, momentum, nesterov):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _sgd_kernel[blocks, threads](params, grads, velocity, as_scalar(learning_rate, dtype), as_scalar(momentum, dtype),
+                                 float(momentum) != 0.0, bool(nesterov))
+
+
+@cuda.jit
+def _adam_kernel(params, grads, m, v, alpha, b1, b2, eps, shrink, one):
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        v[i] = b2 * v[i] + (one - b2) * g * g
+        params[i] = params[i] * shrink - alpha * m[i] / (math.sqrt(v[i]) + eps)
+
+
+def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay):
+    """m, v moments; ``step_size`` = lr*sqrt(1-beta_2^t)/(1-beta_1^t) (Keras's folded bias
+    correction); ``decay`` = lr*weight_decay for AdamW's decoupled decay, else 0."""
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _adam_kernel[blocks, threads](params, grads, m, v, as_scalar(step_size, dtype), as_scalar(beta_1, dtype),
+                                  as_scalar(beta_2, dtype), as_scalar(epsilon, dtype), as_scalar(1.0 - decay, dtype),
+                                  as_scalar(1.0, dtype))
+
+
+@cuda.jit
+def _rmsprop_kernel(params, grads, mean_square, velocity, lr, r, mu, use_momentum, eps, one):
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        mean_square[i] = r * mean_square[i] + (one - r) * g * g
+        update = lr * g / (math.sqrt(mean_square[i]) + eps)
+        if use_momentum:
+            velocity[i] = mu * velocity[i] + update
+            update = velocity[i]
+        params[i] -= update
+
+
+def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, momentum, epsilon):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _rmsprop_kernel[blocks, threads](params, grads, mean_square, velocity, as_scalar(learning_rate, dtype),
+                                     as_scalar(rho, dtype), as_scalar(momentum, dtype), float(momentum) > 0.0,
+                                     as_scalar(epsilon, dtype), as_scalar(1.0, dtype))

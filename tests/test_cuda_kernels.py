@@ -1,0 +1,599 @@
+"""The CUDA kernels (nbnet.kernels.cuda) against their CPU twins, under Numba's CUDA
+simulator, so no GPU is needed.
+
+The simulator must be switched on before numba.cuda is first imported, so a plain
+``pytest`` run (no NUMBA_ENABLE_CUDASIM) runs only ``test_cuda_kernels_under_simulator``,
+which re-runs this file in a subprocess with NUMBA_ENABLE_CUDASIM=1; there the kernel tests
+run and the wrapper skips itself. The simulator runs every CUDA thread as a Python thread,
+so shapes are tiny, blocks small (32 threads, 4x4 matmul tiles but one 16x16 check) and
+the grids capped at a few blocks, which also exercises the kernels' grid-stride loops.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+# Elementwise results computed by the same expressions (float32 rounding only).
+RTOL, ATOL = 1e-5, 1e-6
+# Sums taken in another order than the CPU (matmuls, bias gradients, col2im, statistics).
+SUM_RTOL, SUM_ATOL = 1e-4, 1e-5
+# Loss and penalty totals: float64 sums of float64 terms, in another order.
+TOTAL_RTOL = 1e-7
+# Compute capability the PTX check compiles for (CUDA 13's NVVM needs 7.5 or newer).
+PTX_CC = (7, 5)
+# The wrapper's limit on the simulated run (it takes well under a minute).
+SUBPROCESS_TIMEOUT_S = 300
+
+sim_only = pytest.mark.skipif(not SIMULATED, reason="runs in the simulator subprocess started by "
+                                                     "test_cuda_kernels_under_simulator")
+
+
+@pytest.mark.skipif(SIMULATED, reason="already inside the simulator run")
+def test_cuda_kernels_under_simulator():
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p",
+                           "no:cacheprovider"], cwd=root, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    report = proc.stdout[-20000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0 and " passed" in proc.stdout, f"simulated CUDA kernel tests failed:\n{report}"
+
+
+@pytest.mark.skipif(SIMULATED, reason="checked by the plain run")
+def test_import_needs_no_cuda():
+    """Importing the package touches neither numba.cuda nor a GPU; available() explains."""
+    code = ("import sys; import nbnet.kernels.cuda as kc; "
+            "assert 'numba.cuda' not in sys.modules, 'numba.cuda imported eagerly'; "
+            "ok, reason = kc.available(); assert isinstance(ok, bool) and isinstance(reason, str) and reason; "
+            "print(ok, reason)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _ptx_signatures():
+    """{kernel: argument types} for every @cuda.jit kernel, float32 data, as the launchers
+    call them (NumPy float32 scalars, Python ints/floats/bools as int64/float64/boolean)."""
+    from numba import boolean, float32, float64, int32, int64
+
+    from nbnet.kernels.cuda import activations as A
+    from nbnet.kernels.cuda import conv as C
+    from nbnet.kernels.cuda import losses as L
+    from nbnet.kernels.cuda import normalization as N
+    from nbnet.kernels.cuda import optim as O
+    from nbnet.kernels.cuda import pool as P
+    from nbnet.kernels.cuda import regularization as R
+
+    f, i = float32, int64
+    a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
+    d1, d2, i4 = float64[::1], float64[:, ::1], int32[:, :, :, ::1]
+    modules = (A, C, L, N, O, P, R)
+    return modules, {
+        A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
+        A._softmax_rows_kernel: (a2, a1, f, a2),
+        A._activation_backward_kernel: (a2, a2, i, f, f, a2),
+        A._activation_backward_partials_kernel: (a2, a2, i, f, f, a2, a2),
+        A._softmax_backward_kernel: (a2, a2, a2),
+        A._column_partials_kernel: (a2, f, a2),
+        A._add_partials_kernel: (a2, a1),
+        C._im2col_kernel: (a4,) + (i,) * 8 + (f, a2),
+        C._col2im_kernel: (a2,) + (i,) * 8 + (f, a4),
+        C._direct_conv_forward_kernel: (a4, a2) + (i,) * 8 + (f, a2),
+        C._direct_conv_dkernel_partials_kernel: (a4, a2) + (i,) * 8 + (f, a2),
+        C._direct_conv_dx_kernel: (a2, a2) + (i,) * 8 + (f, a4),
+        P._maxpool_forward_kernel: (a4,) + (i,) * 6 + (a4, i4),
+        P._maxpool_backward_kernel: (a4, i4) + (i,) * 6 + (f, a4),
+        P._avgpool_forward_kernel: (a4,) + (i,) * 6 + (f, f, a4),
+        P._avgpool_backward_kernel: (a4,) + (i,) * 6 + (f, f, a4),
+        N._moment_partials_kernel: (a2, d2, d2),
+        N._moments_finish_kernel: (d2, d2, i, float64, a1, a1, d1, d1),
+        N._normalise_kernel: (a2, a1, a1, d1, d1, a2, a2),
+        N._infer_coefficients_kernel: (a1, a1, a1, a1, float64, a1, a1),
+        N._affine_kernel: (a2, a1, a1, a2),
+        N._backward_partials_kernel: (a2, a2, d2, d2),
+        N._backward_finish_kernel: (d2, d2, i, a1, a1, d2),
+        N._backward_dx_kernel: (a2, a2, a1, d1, d2, a2),
+        N._inv_std_kernel: (a1, float64, d1),
+        N._infer_backward_partials_kernel: (a2, a2, a1, d1, d2, d2),
+        N._scale_kernel: (a2, a1, d1, a2),
+        L._sum_partials_kernel: (d1, d1),
+        L._sum_finish_kernel: (d1, d1),
+        L._log_norm_kernel: (a2, d1),
+        L._softmax_crossentropy_kernel: (a2, a2, int64[::1], d1, float64, d1, a2),
+        L._crossentropy_probabilities_kernel: (a2, a2, int64[::1], float64, float64, d1, a2),
+        L._sigmoid_crossentropy_kernel: (a2, a2, float64, d1, a2),
+        L._binary_crossentropy_kernel: (a2, a2, float64, float64, d1, a2),
+        L._mean_squared_error_kernel: (a2, a2, float64, d1, a2),
+        R._penalty_kernel: (a1, float64, float64, f, f, f, d1, a1),
+        O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean),
+        O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6,
+        O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f),
+    }
+
+
+@pytest.mark.skipif(SIMULATED, reason="needs the real numba.cuda compiler, not the simulator")
+def test_kernels_compile_for_a_real_gpu(monkeypatch):
+    """The simulator runs kernels as Python, so it cannot catch what Numba's CUDA compiler
+    rejects; where the CUDA toolkit's NVVM is installed (no GPU or driver needed), compile
+    every kernel to PTX with the argument types the launchers pass."""
+    cuda = pytest.importorskip("numba.cuda")
+    try:
+        from numba.cuda.cudadrv import nvvm
+
+        have_nvvm = nvvm.is_available()
+    except Exception:
+        have_nvvm = False
+    if not have_nvvm:
+        pytest.skip("no NVVM (CUDA toolkit) here: the kernels' PTX compilation is not checked")
+    import types
+
+    import numba.cuda.dispatcher as dispatcher
+    from numba import float32, int64
+
+    from nbnet.kernels.cuda import gemm
+
+    # Device functions called from a kernel ask the current GPU for its compute capability.
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: types.SimpleNamespace(compute_capability=PTX_CC),
+                        raising=False)
+    modules, signatures = _ptx_signatures()
+    kernels = {getattr(m, name) for m in modules for name in dir(m)
+               if name.endswith("_kernel") and isinstance(getattr(m, name), dispatcher.CUDADispatcher)
+               and not getattr(m, name).targetoptions.get("device")}
+    assert kernels == set(signatures), "every kernel needs a signature here"
+    failures = []
+    for kernel, signature in signatures.items():
+        try:
+            cuda.compile_ptx(kernel.py_func, signature, cc=PTX_CC)
+        except Exception as exc:
+            failures.append(f"{kernel.py_func.__qualname__}: {str(exc)[-800:]}")
+    matrix = float32[:, ::1]
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            for accumulate in (False, True):
+                kernel = gemm._kernel(gemm.TILE, trans_a, trans_b, accumulate, np.dtype(np.float32))
+                try:
+                    cuda.compile_ptx(kernel.py_func, (matrix, matrix, matrix, int64, int64, int64), cc=PTX_CC)
+                except Exception as exc:
+                    failures.append(f"matmul {trans_a=} {trans_b=} {accumulate=}: {str(exc)[-800:]}")
+    assert not failures, "\n\n".join(failures)
+
+
+if SIMULATED:
+    from numba import cuda
+
+    import nbnet.kernels.cuda as kc
+    from nbnet.kernels import activations as cpu_act
+    from nbnet.kernels import conv as cpu_conv
+    from nbnet.kernels import dense as cpu_dense
+    from nbnet.kernels import losses as cpu_losses
+    from nbnet.kernels import matmul as cpu_matmul
+    from nbnet.kernels import normalization as cpu_norm
+    from nbnet.kernels import optim as cpu_optim
+    from nbnet.kernels import pool as cpu_pool
+    from nbnet.kernels import regularization as cpu_reg
+    from nbnet.kernels.cuda import activations as gpu_act
+    from nbnet.kernels.cuda import conv as gpu_conv
+    from nbnet.kernels.cuda import dense as gpu_dense
+    from nbnet.kernels.cuda import gemm
+    from nbnet.kernels.cuda import losses as gpu_losses
+    from nbnet.kernels.cuda import normalization as gpu_norm
+    from nbnet.kernels.cuda import optim as gpu_optim
+    from nbnet.kernels.cuda import pool as gpu_pool
+    from nbnet.kernels.cuda import regularization as gpu_reg
+
+    @pytest.fixture(autouse=True, scope="module")
+    def small_launches():
+        """Tiny blocks and grids: fast under the simulator, and every grid-stride loop and
+        the matmul's tile loop run more than once."""
+        saved = (kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID, sys.getswitchinterval())
+        kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID = 32, 3, 3, 4, 2
+        # The simulator's scheduler polls its threads; a short GIL interval speeds syncthreads.
+        sys.setswitchinterval(1e-4)
+        yield
+        kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID = saved[:5]
+        sys.setswitchinterval(saved[5])
+        kc.release_workspaces()
+
+
+def dev(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def close(actual, expected, rtol=RTOL, atol=ATOL):
+    actual = actual.copy_to_host() if hasattr(actual, "copy_to_host") else actual
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def cpu_scratch(shape, dtype=np.float32):
+    """The CPU backward passes' weight-gradient scratch (see kernels/matmul.py)."""
+    return np.empty((cpu_matmul.workers(), *shape), dtype)
+
+
+def rand(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+ALL_CODES = ["LINEAR", "RELU", "SIGMOID", "TANH", "SOFTMAX", "LEAKY_RELU"]
+
+
+@sim_only
+def test_available_reports_the_simulator():
+    ok, reason = kc.available()
+    assert ok is False and "simulator" in reason
+
+
+@sim_only
+@pytest.mark.parametrize("trans_a, trans_b, accumulate",
+                         [(False, False, False), (True, False, True), (False, True, False), (True, True, True)])
+def test_matmul(trans_a, trans_b, accumulate):
+    rng = np.random.default_rng(1)
+    m, k, n = 9, 6, 7  # not multiples of the 4x4 tile; 3x2 tiles on a 2x2 grid
+    a = rand(rng, *((k, m) if trans_a else (m, k)))
+    b = rand(rng, *((n, k) if trans_b else (k, n)))
+    start = rand(rng, m, n)
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + (start if accumulate else 0)
+    out = dev(start)
+    gemm.matmul(dev(a), dev(b), out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate)
+    close(out, expected, SUM_RTOL, SUM_ATOL)
+
+
+@sim_only
+def test_matmul_full_tile():
+    """The production 16x16 tile, with ragged edges in every dimension."""
+    rng = np.random.default_rng(2)
+    a, b = rand(rng, 18, 17), rand(rng, 17, 5)
+    out = cuda.device_array((18, 5), np.float32)
+    gemm.matmul(dev(a), dev(b), out, tile=16)
+    close(out, a @ b, SUM_RTOL, SUM_ATOL)
+
+
+@sim_only
+@pytest.mark.parametrize("code_name", ALL_CODES)
+def test_bias_activation_forward(code_name):
+    code = getattr(cpu_act, code_name)
+    rng = np.random.default_rng(3)
+    z, bias = rand(rng, 7, 3), rand(rng, 3)
+    expected = np.empty_like(z)
+    cpu_act.bias_activation_forward(z, bias, code, 0.2, expected)
+    y = cuda.device_array_like(z)
+    gpu_act.bias_activation_forward(dev(z), dev(bias), code, 0.2, y)
+    close(y, expected)
+    # In place, without a bias.
+    cpu_act.bias_activation_forward(z, np.zeros(0, np.float32), code, 0.2, expected)
+    z_dev = dev(z)
+    gpu_act.bias_activation_forward(z_dev, kc.empty(np.float32), code, 0.2, z_dev)
+    close(z_dev, expected)
+
+
+@sim_only
+@pytest.mark.parametrize("code_name", ALL_CODES)
+def test_activation_backward(code_name):
+    code = getattr(cpu_act, code_name)
+    rng = np.random.default_rng(4)
+    z, dy, dbias = rand(rng, 11, 3), rand(rng, 11, 3), rand(rng, 3)
+    y = np.empty_like(z)
+    cpu_act.bias_activation_forward(z, np.zeros(0, np.float32), code, 0.2, y)
+    dz, expected_dbias = np.empty_like(dy), dbias.copy()
+    cpu_act.activation_backward(y, dy, code, 0.2, dz, expected_dbias)
+    # In place (dz is dy), adding into a non-zero dbias.
+    dy_dev, dbias_dev = dev(dy), dev(dbias)
+    gpu_act.activation_backward(dev(y), dy_dev, code, 0.2, dy_dev, dbias_dev)
+    close(dy_dev, dz)
+    close(dbias_dev, expected_dbias, SUM_RTOL, SUM_ATOL)
+    # Without a bias gradient.
+    dz_dev = cuda.device_array_like(dy)
+    gpu_act.activation_backward(dev(y), dev(dy), code, 0.2, dz_dev, kc.empty(np.float32))
+    close(dz_dev, dz)
+
+
+@sim_only
+def test_column_sums_into():
+    rng = np.random.default_rng(5)
+    dz, dbias = rand(rng, 10, 4), rand(rng, 4)
+    expected = dbias.copy()
+    cpu_act.column_sums_into(dz, expected)
+    dbias_dev = dev(dbias)
+    gpu_act.column_sums_into(dev(dz), dbias_dev)
+    close(dbias_dev, expected, SUM_RTOL, SUM_ATOL)
+
+
+# (window, strides, padding) on 5x6 images: plain, padded and strided, asymmetric.
+CONV_CASES = [((3, 3), (1, 1), "valid"), ((3, 3), (2, 2), "same"), ((2, 3), (2, 1), "same")]
+
+
+@sim_only
+@pytest.mark.parametrize("window, strides, padding", CONV_CASES)
+def test_im2col_and_col2im(window, strides, padding):
+    rng = np.random.default_rng(6)
+    x = rand(rng, 2, 5, 6, 2)
+    out_h, out_w, top, left = cpu_conv.output_geometry(5, 6, window, strides, padding)
+    geometry = (*window, *strides, top, left, out_h, out_w)
+    cols = np.empty((2 * out_h * out_w, window[0] * window[1] * 2), np.float32)
+    cpu_conv.im2col(x, *geometry, cols)
+    cols_dev = cuda.device_array_like(cols)
+    gpu_conv.im2col(dev(x), *geometry, cols_dev)
+    close(cols_dev, cols, 0, 0)  # a copy: exact
+    dcols = rand(rng, *cols.shape)
+    dx = np.empty_like(x)
+    cpu_conv.col2im(dcols, *geometry, dx)
+    dx_dev = dev(np.full_like(x, np.nan))  # overwritten, not added to
+    gpu_conv.col2im(dev(dcols), *geometry, dx_dev)
+    close(dx_dev, dx)  # gathered in the CPU's order
+
+
+@sim_only
+@pytest.mark.parametrize("window, strides, padding, code_name",
+                         [(CONV_CASES[1] + ("RELU",)), (CONV_CASES[2] + ("TANH",))])
+def test_conv2d_forward_backward(window, strides, padding, code_name):
+    code = getattr(cpu_act, code_name)
+    rng = np.random.default_rng(7)
+    x, kernel, bias = rand(rng, 2, 5, 6, 2), rand(rng, *window, 2, 3), rand(rng, 3)
+    out_h, out_w, top, left = cpu_conv.output_geometry(5, 6, window, strides, padding)
+    geometry = (*window, *strides, top, left, out_h, out_w)
+    kernel2d = kernel.reshape(-1, 3)
+    rows = 2 * out_h * out_w
+    # CPU, as layers/convolutional.py runs it.
+    cols = np.empty((rows, kernel2d.shape[0]), np.float32)
+    cpu_conv.im2col(x, *geometry, cols)
+    y = cols @ kernel2d
+    cpu_act.bias_activation_forward(y, bias, code, 0.0, y)
+    dy = rand(rng, rows, 3)
+    dkernel, dbias = rand(rng, *kernel2d.shape), rand(rng, 3)
+    dkernel_dev, dbias_dev = dev(dkernel), dev(dbias)
+    dx, dcols, dy_cpu = np.empty_like(x), np.empty_like(cols), dy.copy()
+    cpu_conv.conv2d_backward(cols, kernel2d, y, dy_cpu, geometry, code, 0.0, dkernel, dbias,
+                             cpu_scratch(kernel2d.shape), dcols, dx)
+    # GPU.
+    cols_dev, y_dev, kernel2d_dev = cuda.device_array_like(cols), cuda.device_array((rows, 3), np.float32), dev(kernel2d)
+    gpu_conv.conv2d_forward(dev(x), kernel2d_dev, dev(bias), geometry, code, 0.0, cols_dev, y_dev)
+    close(y_dev, y, SUM_RTOL, SUM_ATOL)
+    dy_dev, dx_dev = dev(dy), cuda.device_array_like(x)
+    gpu_conv.conv2d_backward(cols_dev, kernel2d_dev, y_dev, dy_dev, geometry, code, 0.0, dkernel_dev, dbias_dev,
+                             None, cuda.device_array_like(cols), dx_dev)
+    close(dy_dev, dy_cpu, SUM_RTOL, SUM_ATOL)
+    close(dkernel_dev, dkernel, SUM_RTOL, SUM_ATOL)
+    close(dbias_dev, dbias, SUM_RTOL, SUM_ATOL)
+    close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
+
+
+@sim_only
+@pytest.mark.parametrize("dtype, code_name, with_dx", [(np.float32, "SIGMOID", True), (np.float64, "LINEAR", False)])
+def test_dense_forward_backward(dtype, code_name, with_dx):
+    code = getattr(cpu_act, code_name)
+    rng = np.random.default_rng(8)
+    x, kernel, bias = rand(rng, 5, 6, dtype=dtype), rand(rng, 6, 3, dtype=dtype), rand(rng, 3, dtype=dtype)
+    y = x @ kernel
+    cpu_act.bias_activation_forward(y, bias, code, 0.0, y)
+    dy = rand(rng, 5, 3, dtype=dtype)
+    dkernel, dbias = rand(rng, 6, 3, dtype=dtype), rand(rng, 3, dtype=dtype)
+    dkernel_dev, dbias_dev = dev(dkernel), dev(dbias)
+    dx, dy_cpu = (np.empty_like(x) if with_dx else None), dy.copy()
+    cpu_dense.dense_backward(x, kernel, y, dy_cpu, code, 0.0, dkernel, dbias, cpu_scratch(kernel.shape, dtype), dx)
+    x_dev, kernel_dev, y_dev = dev(x), dev(kernel), cuda.device_array((5, 3), dtype)
+    gpu_dense.dense_forward(x_dev, kernel_dev, dev(bias), code, 0.0, y_dev)
+    close(y_dev, y, SUM_RTOL, SUM_ATOL)
+    dy_dev = dev(dy)
+    dx_dev = cuda.device_array_like(x) if with_dx else None
+    gpu_dense.dense_backward(x_dev, kernel_dev, y_dev, dy_dev, code, 0.0, dkernel_dev, dbias_dev, None, dx_dev)
+    close(dy_dev, dy_cpu, SUM_RTOL, SUM_ATOL)
+    close(dkernel_dev, dkernel, SUM_RTOL, SUM_ATOL)
+    close(dbias_dev, dbias, SUM_RTOL, SUM_ATOL)
+    if with_dx:
+        close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
+
+
+@sim_only
+@pytest.mark.parametrize("window, strides, padding, need_dx", [(CONV_CASES[0] + (True,)), (CONV_CASES[1] + (True,)),
+                                                               (CONV_CASES[2] + (False,))])
+def test_direct_conv(window, strides, padding, need_dx):
+    rng = np.random.default_rng(16)
+    x, kernel = rand(rng, 2, 5, 6, 2), rand(rng, *window, 2, 3)
+    out_h, out_w, top, left = cpu_conv.output_geometry(5, 6, window, strides, padding)
+    geometry = (*window, *strides, top, left, out_h, out_w)
+    kernel2d = kernel.reshape(-1, 3)
+    rows = 2 * out_h * out_w
+    z = np.empty((rows, 3), np.float32)
+    cpu_conv.direct_conv_forward(x, kernel2d, *geometry, z)
+    x_dev, kernel2d_dev, z_dev = dev(x), dev(kernel2d), cuda.device_array((rows, 3), np.float32)
+    gpu_conv.direct_conv_forward(x_dev, kernel2d_dev, *geometry, z_dev)
+    close(z_dev, z)  # summed in the CPU's order
+    dz, dkernel = rand(rng, rows, 3), rand(rng, *kernel2d.shape)
+    dkernel_dev = dev(dkernel)
+    dx = np.empty_like(x) if need_dx else x[:0]
+    cpu_conv.direct_conv_backward(x, kernel2d, dz, *geometry, dkernel, need_dx, dx)
+    dx_dev = dev(np.full_like(x, np.nan)) if need_dx else None
+    gpu_conv.direct_conv_backward(x_dev, kernel2d_dev, dev(dz), *geometry, dkernel_dev, need_dx, dx_dev)
+    close(dkernel_dev, dkernel, SUM_RTOL, SUM_ATOL)
+    if need_dx:
+        close(dx_dev, dx)
+
+
+# (pool, strides, padding) on 5x6 images: Keras's default, overlapping windows, padded.
+POOL_CASES = [((2, 2), (2, 2), "valid"), ((3, 3), (2, 2), "same"), ((2, 2), (1, 1), "valid")]
+
+
+@sim_only
+@pytest.mark.parametrize("pool, strides, padding", POOL_CASES)
+def test_maxpool(pool, strides, padding):
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 4, (2, 5, 6, 2)).astype(np.float32)  # ties: the first maximum wins on both
+    out_h, out_w, top, left = cpu_conv.output_geometry(5, 6, pool, strides, padding)
+    window = (*pool, *strides, top, left)
+    y, argmax = np.empty((2, out_h, out_w, 2), np.float32), np.empty((2, out_h, out_w, 2), np.int32)
+    cpu_pool.maxpool_forward(x, *window, y, argmax)
+    y_dev, argmax_dev = cuda.device_array_like(y), cuda.device_array_like(argmax)
+    gpu_pool.maxpool_forward(dev(x), *window, y_dev, argmax_dev)
+    close(y_dev, y, 0, 0)
+    np.testing.assert_array_equal(argmax_dev.copy_to_host(), argmax)
+    dy, dx = rand(rng, *y.shape), np.empty_like(x)
+    cpu_pool.maxpool_backward(dy, argmax, dx)
+    dx_dev = dev(np.full_like(x, np.nan))
+    gpu_pool.maxpool_backward(dev(dy), argmax_dev, *window, dx_dev)
+    close(dx_dev, dx)
+
+
+@sim_only
+@pytest.mark.parametrize("pool, strides, padding", POOL_CASES)
+def test_avgpool(pool, strides, padding):
+    rng = np.random.default_rng(10)
+    x = rand(rng, 2, 5, 6, 2)
+    out_h, out_w, top, left = cpu_conv.output_geometry(5, 6, pool, strides, padding)
+    window = (*pool, *strides, top, left)
+    y = np.empty((2, out_h, out_w, 2), np.float32)
+    cpu_pool.avgpool_forward(x, *window, y)
+    y_dev = cuda.device_array_like(y)
+    gpu_pool.avgpool_forward(dev(x), *window, y_dev)
+    close(y_dev, y)
+    dy, dx = rand(rng, *y.shape), np.empty_like(x)
+    cpu_pool.avgpool_backward(dy, *window, dx)
+    dx_dev = dev(np.full_like(x, np.nan))
+    gpu_pool.avgpool_backward(dev(dy), *window, dx_dev)
+    close(dx_dev, dx)
+
+
+@sim_only
+def test_batchnorm_train_forward_and_backward():
+    rng = np.random.default_rng(11)
+    rows, channels, eps = 13, 3, 1e-3
+    x = rand(rng, rows, channels) * 2 + 1
+    gamma, beta = rand(rng, channels), rand(rng, channels)
+    x_hat, y = np.empty_like(x), np.empty_like(x)
+    mean, variance = np.empty(channels, np.float32), np.empty(channels, np.float32)
+    inv_std = cpu_norm.batchnorm_train_forward(x, gamma, beta, eps, x_hat, y, mean, variance)
+    x_hat_dev, y_dev = cuda.device_array_like(x), cuda.device_array_like(x)
+    mean_dev, variance_dev = cuda.device_array(channels, np.float32), cuda.device_array(channels, np.float32)
+    gamma_dev = dev(gamma)
+    inv_std_dev = gpu_norm.batchnorm_train_forward(dev(x), gamma_dev, dev(beta), eps, x_hat_dev, y_dev, mean_dev,
+                                                   variance_dev)
+    close(mean_dev, mean, SUM_RTOL, SUM_ATOL)
+    close(variance_dev, variance, SUM_RTOL, SUM_ATOL)
+    close(inv_std_dev, inv_std, SUM_RTOL, SUM_ATOL)
+    close(x_hat_dev, x_hat, SUM_RTOL, SUM_ATOL)
+    close(y_dev, y, SUM_RTOL, SUM_ATOL)
+
+    dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
+    dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
+    dx = np.empty_like(x)
+    cpu_norm.batchnorm_backward(dy, x_hat, gamma, inv_std, dgamma, dbeta, dx)
+    gpu_norm.batchnorm_backward(dev(dy), x_hat_dev, gamma_dev, inv_std_dev, dgamma_dev, dbeta_dev, dx_dev)
+    close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
+    close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
+    close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
+
+
+@sim_only
+def test_batchnorm_infer_forward_and_backward():
+    rng = np.random.default_rng(12)
+    rows, channels, eps = 13, 3, 1e-3
+    x, gamma, beta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
+    moving_mean, moving_variance = rand(rng, channels), rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    stats = [dev(a) for a in (gamma, beta, moving_mean, moving_variance)]
+    y = np.empty_like(x)
+    cpu_norm.batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, eps, y)
+    y_dev = cuda.device_array_like(x)
+    gpu_norm.batchnorm_infer(dev(x), *stats, eps, y_dev)
+    close(y_dev, y)
+
+    dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
+    dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
+    dx = np.empty_like(x)
+    cpu_norm.batchnorm_infer_backward(dy, x, gamma, moving_mean, moving_variance, eps, dgamma, dbeta, dx)
+    gpu_norm.batchnorm_infer_backward(dev(dy), dev(x), stats[0], stats[2], stats[3], eps, dgamma_dev, dbeta_dev,
+                                      dx_dev)
+    close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
+    close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
+    close(dx_dev, dx)
+
+
+NO_LABELS, NO_TARGETS, EPSILON = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 1e-7
+
+
+def _loss_case(name, sparse):
+    """(CPU kernel, GPU launcher, CPU args, with the grad array last)."""
+    rng = np.random.default_rng(13)
+    rows, classes = 5, 4
+    logits = rand(rng, rows, classes)
+    probs = rng.uniform(0.02, 0.98, (rows, classes)).astype(np.float32)
+    probs[0, 0], probs[1, 1] = 0.0, 1.0  # clipped: zero gradient
+    labels = rng.integers(0, classes, rows).astype(np.int64)
+    onehot = np.eye(classes, dtype=np.float32)[labels]
+    binary = rng.integers(0, 2, (rows, classes)).astype(np.float32)
+    grad = np.empty((rows, classes), np.float32)
+    args = {
+        "softmax_crossentropy_from_logits": (logits, NO_TARGETS, labels, grad) if sparse
+        else (logits, onehot, NO_LABELS, grad),
+        "crossentropy_from_probabilities": (probs, NO_TARGETS, labels, EPSILON, grad) if sparse
+        else (probs, onehot, NO_LABELS, EPSILON, grad),
+        "sigmoid_crossentropy_from_logits": (logits, binary, grad),
+        "binary_crossentropy_from_probabilities": (probs, binary, EPSILON, grad),
+        "mean_squared_error": (logits, probs, grad),
+    }[name]
+    return getattr(cpu_losses, name), getattr(gpu_losses, name), args
+
+
+@sim_only
+@pytest.mark.parametrize("name, sparse", [("softmax_crossentropy_from_logits", True),
+                                          ("softmax_crossentropy_from_logits", False),
+                                          ("crossentropy_from_probabilities", True),
+                                          ("crossentropy_from_probabilities", False),
+                                          ("sigmoid_crossentropy_from_logits", False),
+                                          ("binary_crossentropy_from_probabilities", False),
+                                          ("mean_squared_error", False)])
+def test_losses(name, sparse):
+    cpu_kernel, gpu_kernel, args = _loss_case(name, sparse)
+    total = cpu_kernel(*args)
+    gpu_args = [a if np.isscalar(a) else dev(a) for a in args]
+    gpu_args[-1] = cuda.device_array_like(args[-1])
+    gpu_total = gpu_kernel(*gpu_args)
+    assert isinstance(gpu_total, float)
+    np.testing.assert_allclose(gpu_total, total, rtol=TOTAL_RTOL)
+    close(gpu_args[-1], args[-1])
+    # Kept on the device when asked.
+    total_out = cuda.device_array(1, np.float64)
+    assert gpu_kernel(*gpu_args, total_out=total_out) is total_out
+    np.testing.assert_allclose(total_out.copy_to_host()[0], total, rtol=TOTAL_RTOL)
+
+
+@sim_only
+def test_penalty_and_gradient():
+    rng = np.random.default_rng(14)
+    weights, grads = rand(rng, 37), rand(rng, 37)
+    weights[[3, 10]] = 0.0  # sign(0) = 0
+    expected_grads = grads.copy()
+    total = cpu_reg.penalty_and_gradient(weights, 0.01, 0.02, expected_grads)
+    grads_dev = dev(grads)
+    gpu_total = gpu_reg.penalty_and_gradient(dev(weights), 0.01, 0.02, grads_dev)
+    np.testing.assert_allclose(gpu_total, total, rtol=TOTAL_RTOL)
+    close(grads_dev, expected_grads)
+
+
+def _optimizer_cases():
+    return [
+        ("sgd_update", 1, (0.1, 0.0, False)),
+        ("sgd_update", 1, (0.1, 0.9, False)),
+        ("sgd_update", 1, (0.1, 0.9, True)),
+        ("adam_update", 2, (0.01, 0.9, 0.999, 1e-7, 0.0)),
+        ("adam_update", 2, (0.01, 0.9, 0.999, 1e-7, 4e-5)),
+        ("rmsprop_update", 2, (0.01, 0.9, 0.0, 1e-7)),
+        ("rmsprop_update", 2, (0.01, 0.9, 0.5, 1e-7)),
+    ]
+
+
+@sim_only
+@pytest.mark.parametrize("name, slots, hyper", _optimizer_cases())
+def test_optimizers(name, slots, hyper):
+    rng = np.random.default_rng(15)
+    n = 101
+    params, grads = rand(rng, n), rand(rng, n)
+    state = [np.abs(rand(rng, n)) * 0.1 for _ in range(slots)]
+    devs = [dev(a) for a in (params, grads, *state)]
+    for _ in range(2):  # two steps, so the slots' updates matter
+        getattr(cpu_optim, name)(params, grads, *state, *hyper)
+        getattr(gpu_optim, name)(*devs, *hyper)
+    for got, expected in zip([devs[0]] + devs[2:], [params] + state):
+        close(got, expected)
