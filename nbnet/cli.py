@@ -70,8 +70,15 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
     from .warmup import warmup
     from .zoo import get_definition
 
-    if device == "cuda":
-        _fail("--device cuda is not available yet: nbnet's CUDA kernels have not landed. Use --device cpu.")
+    if device in ("cuda", "auto"):
+        from .kernels.cuda import available
+
+        usable, reason = available()
+        if device == "cuda":
+            # The CUDA kernels exist (nbnet/kernels/cuda) but the GPU training path does not yet.
+            _fail("--device cuda: GPU training is not wired into the trainer yet"
+                  + ("" if usable else f" (and this machine cannot run it: {reason})") + ". Use --device cpu.")
+        click.echo(f"--device auto: training on the CPU ({'GPU training is not wired in yet' if usable else reason}).")
     try:
         if resume:
             model = models.load_model(resume)
