@@ -3,7 +3,6 @@ in one flat float32 vector (each layer holds views into it), so the optimizer up
 the whole model in one kernel launch per step and saving or restoring is one copy."""
 
 import math
-import sys
 import time
 
 import numpy as np

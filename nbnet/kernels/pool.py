@@ -5,7 +5,6 @@ pass is a scatter that needs no search. Average pooling with 'same' padding divi
 the number of real (unpadded) pixels in the window, as Keras and ONNX (count_include_pad=0) do.
 """
 
-import numpy as np
 from numba import njit, prange
 
 

@@ -2,14 +2,13 @@
 
 import numpy as np
 
-from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import activation_backward
 from ..kernels.conv import (DIRECT_MAX_FIELD, conv2d_backward, direct_conv_backward, direct_conv_forward, im2col,
                             output_geometry)
 from ..kernels.matmul import matmul, workers
 from .base import Layer
-from .core import _EMPTY, ActivationMixin, _reg_config
+from .core import _EMPTY, KernelMixin
 
 
 def pair(value, what, owner):
@@ -27,7 +26,7 @@ def padding_mode(padding, owner):
     return mode
 
 
-class Conv2D(ActivationMixin, Layer):
+class Conv2D(KernelMixin, Layer):
     weight_order = ("kernel", "bias")
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
@@ -41,15 +40,8 @@ class Conv2D(ActivationMixin, Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", owner)
         self.strides = pair(strides, "strides", owner)
         self.padding = padding_mode(padding, owner)
-        self.use_bias = use_bias
-        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
-        self._kernel_init = initializers.get(kernel_initializer, owner)
-        self._bias_init = initializers.get(bias_initializer, owner)
-        self.regularizers = {"kernel": regularizers.get(kernel_regularizer, owner),
-                             "bias": regularizers.get(bias_regularizer, owner)}
-        if not use_bias:
-            self.weight_order = ("kernel",)
-        self._init_activation(activation)
+        self._init_kernel(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                          bias_regularizer)
 
     def validate_input_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -61,10 +53,7 @@ class Conv2D(ActivationMixin, Layer):
                                     input_shape)
 
     def create_weights(self, input_shape, rng):
-        kh, kw = self.kernel_size
-        self.params["kernel"] = self._kernel_init((kh, kw, input_shape[2], self.filters), rng)
-        if self.use_bias:
-            self.params["bias"] = self._bias_init((self.filters,), rng)
+        self._create_kernel(self.kernel_size + (input_shape[2], self.filters), rng)
 
     def compute_output_shape(self, input_shape):
         out_h, out_w, _, _ = output_geometry(input_shape[0], input_shape[1], self.kernel_size, self.strides,
@@ -122,8 +111,4 @@ class Conv2D(ActivationMixin, Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "activation": self.activation,
-                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer,
-                "kernel_regularizer": _reg_config(self.regularizers["kernel"]),
-                "bias_regularizer": _reg_config(self.regularizers["bias"])}
+                "strides": list(self.strides), "padding": self.padding, **self._kernel_config()}

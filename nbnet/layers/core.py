@@ -35,18 +35,15 @@ class ActivationMixin:
         return LINEAR if from_logits else self._code
 
 
-class Dense(ActivationMixin, Layer):
-    weight_order = ("kernel", "bias")
+class KernelMixin(ActivationMixin):
+    """What Dense and Conv2D share: a kernel, an optional bias, their initializers and
+    regularizers, and a fused activation."""
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
-        super().__init__(**kwargs)
-        if int(units) < 1:
-            raise NbnetError(f"Dense '{self.name}': units must be a positive integer, received {units!r}.")
-        self.units = int(units)
+    def _init_kernel(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                     bias_regularizer):
+        owner = f"{type(self).__name__} '{self.name}'"
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
-        owner = f"Dense '{self.name}'"
         self._kernel_init = initializers.get(kernel_initializer, owner)
         self._bias_init = initializers.get(bias_initializer, owner)
         self.regularizers = {"kernel": regularizers.get(kernel_regularizer, owner),
@@ -55,14 +52,36 @@ class Dense(ActivationMixin, Layer):
             self.weight_order = ("kernel",)
         self._init_activation(activation)
 
+    def _create_kernel(self, kernel_shape, rng):
+        self.params["kernel"] = self._kernel_init(kernel_shape, rng)
+        if self.use_bias:
+            self.params["bias"] = self._bias_init((kernel_shape[-1],), rng)
+
+    def _kernel_config(self):
+        return {"activation": self.activation, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer,
+                "kernel_regularizer": _reg_config(self.regularizers["kernel"]),
+                "bias_regularizer": _reg_config(self.regularizers["bias"])}
+
+
+class Dense(KernelMixin, Layer):
+    weight_order = ("kernel", "bias")
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(units) < 1:
+            raise NbnetError(f"Dense '{self.name}': units must be a positive integer, received {units!r}.")
+        self.units = int(units)
+        self._init_kernel(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                          bias_regularizer)
+
     def validate_input_shape(self, input_shape):
         if len(input_shape) != 1:
             raise self._shape_error("a flat input (batch, features); add Flatten() before it", input_shape)
 
     def create_weights(self, input_shape, rng):
-        self.params["kernel"] = self._kernel_init((input_shape[0], self.units), rng)
-        if self.use_bias:
-            self.params["bias"] = self._bias_init((self.units,), rng)
+        self._create_kernel((input_shape[0], self.units), rng)
 
     def compute_output_shape(self, input_shape):
         return (self.units,)
@@ -85,10 +104,7 @@ class Dense(ActivationMixin, Layer):
         return dx
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer,
-                "kernel_regularizer": _reg_config(self.regularizers["kernel"]),
-                "bias_regularizer": _reg_config(self.regularizers["bias"])}
+        return {**super().get_config(), "units": self.units, **self._kernel_config()}
 
 
 def _reg_config(reg):
