@@ -265,5 +265,13 @@ def export_command(paths, opset, verify, verify_samples, keep_failed, data_dir):
                f"{result.size_bytes / 1024:.0f} KiB){note}")
 
 
+def _register_tune():
+    from .tune.cli import tune  # imports only click: `nbnet --help` stays fast
+
+    main.add_command(tune)
+
+
+_register_tune()
+
 if __name__ == "__main__":
     main()
