@@ -73,18 +73,21 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from nbnet import layers
     from nbnet.kernels.activations import bias_activation_forward
-    from nbnet.kernels.conv import im2col
+    from nbnet.kernels.conv import direct_conv_forward, im2col
     from nbnet.kernels.pool import maxpool_forward
 
-    conv = layers.Conv2D(2, 3, padding="same", activation="relu")
-    conv.build((5, 5, 1), np.random.default_rng(0))
+    # 3x3x1 runs the direct convolution, 3x3x2 im2col + BLAS (see conv.DIRECT_MAX_FIELD).
+    direct = layers.Conv2D(2, 3, padding="same", activation="relu")
+    direct.build((5, 5, 1), np.random.default_rng(0))
+    unfolded = layers.Conv2D(2, 3, padding="same", activation="relu")
+    unfolded.build((5, 5, 2), np.random.default_rng(0))
     pool = layers.MaxPooling2D(2)
     pool.build((5, 5, 2))
     for batch in (3, 5):
-        pool.forward(conv.forward(np.ones((batch, 5, 5, 1), np.float32)))
+        pool.forward(unfolded.forward(direct.forward(np.ones((batch, 5, 5, 1), np.float32))))
     report = {}
-    for name, d in [("im2col", im2col), ("bias_activation_forward", bias_activation_forward),
-                    ("maxpool_forward", maxpool_forward)]:
+    for name, d in [("im2col", im2col), ("direct_conv_forward", direct_conv_forward),
+                    ("bias_activation_forward", bias_activation_forward), ("maxpool_forward", maxpool_forward)]:
         report[name] = {"signatures": len(d.signatures),
                         "hits": sum(d.stats.cache_hits.values()),
                         "misses": sum(d.stats.cache_misses.values()),
