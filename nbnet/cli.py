@@ -18,15 +18,21 @@ def _fail(error):
 
 
 def _mnist(data_dir, verbose=True):
-    """MNIST as float32 images in [0, 1] with a channel axis, and int labels."""
+    """MNIST as uint8 images and int64 labels; ``_scaled`` turns images into model input."""
     import numpy as np
 
     from .datasets import mnist
 
     (x_train, y_train), (x_test, y_test) = mnist.load_data(data_dir=data_dir, verbose=verbose)
-    scale = np.float32(1.0 / 255.0)
-    return ((x_train[..., None] * scale, y_train.astype(np.int64)),
-            (x_test[..., None] * scale, y_test.astype(np.int64)))
+    return (x_train, y_train.astype(np.int64)), (x_test, y_test.astype(np.int64))
+
+
+def _scaled(images):
+    """uint8 images -> float32 in [0, 1] with a channel axis, as the MNIST models train on.
+    Done per split when needed, so the test images are not held as float32 while training."""
+    import numpy as np
+
+    return images[..., None] * np.float32(1.0 / 255.0)
 
 
 def _reference_model_path():
@@ -93,6 +99,7 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
         batch_size = batch_size or defaults.get("batch_size", 128)
         output = Path(output or resume or f"{model.name}.nbnet")
         (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
+        x_train = _scaled(x_train)
         if verbose and not resume:
             model.summary()
         warmup(model, progress=click.echo if verbose else None)
@@ -101,7 +108,8 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
             model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                       verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
         seconds = time.perf_counter() - started
-        loss, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+        del x_train
+        loss, accuracy = model.evaluate(_scaled(x_test), y_test, batch_size=1000, verbose=0)
     except TrainingInterrupted as stop:
         model.save(output)
         click.echo(f"{stop} Checkpoint saved to {output}.\nResume with: nbnet train --resume {output} "
@@ -152,6 +160,7 @@ def evaluate(model_path, data_dir, batch_size):
     try:
         model = load_model(model_path or _reference_model_path())
         _, (x_test, y_test) = _mnist(data_dir, verbose=False)
+        x_test = _scaled(x_test)
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0)
         predicted = model.predict(x_test, batch_size=batch_size).argmax(axis=1)
     except NbnetError as error:

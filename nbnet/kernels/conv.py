@@ -154,7 +154,7 @@ def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out
 
 def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):
     """Adds the kernel and bias gradients into ``dkernel2d``/``dbias`` (``scratch``: see
-    matmul.add_transposed_product); writes the input
+    matmul.add_transposed_product); ``dcols`` may be ``cols`` itself. Writes the input
     gradient into ``dx`` unless ``dx`` is None (a first layer needs none). ``dy`` is
     overwritten with the gradient before the activation."""
     dz = dy.reshape(-1, kernel2d.shape[1])

@@ -89,11 +89,11 @@ class Conv2D(KernelMixin, Layer):
         dtype = dy.dtype
         if self._cols is None:
             return self._direct_backward(kernel2d, dy, from_logits)
-        if self.needs_input_grad:
-            dx = self._buffer("dx", self._x_shape, dtype)
-            dcols = self._buffer("dcols", self._cols.shape, dtype)
-        else:
-            dx = dcols = None
+        # The column gradient overwrites the columns: conv2d_backward reads them (for the
+        # kernel gradient) before it writes, and the next forward refills them. Saves a
+        # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
+        dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
+        dcols = self._cols if self.needs_input_grad else None
         conv2d_backward(self._cols, kernel2d, self._y, dy, self._geometry_used, self._backward_code(from_logits),
                         self._slope, self.grads["kernel"].reshape(kernel2d.shape),
                         self.grads.get("bias", _EMPTY[dtype]), self._buffer("dkernel", (workers(),) + kernel2d.shape, dtype),
