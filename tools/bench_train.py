@@ -34,18 +34,20 @@ def forward_flops_per_image():
     return 2 * (26 * 26 * 9 * 32 + 11 * 11 * 288 * 64 + 1600 * 64 + 64 * 10)
 
 
-def sgemm_gflops(threads, size=2048, repeats=5):
+def sgemm_gflops(threads, size=2048, repeats=10):
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = a.copy()
     with threadpool_limits(threads, user_api="blas"):
         a @ b
-        start = time.perf_counter()
+        seconds = []
         for _ in range(repeats):
+            start = time.perf_counter()
             a @ b
-        seconds = (time.perf_counter() - start) / repeats
-    return 2 * size ** 3 / seconds / 1e9
+            seconds.append(time.perf_counter() - start)
+    # The best repeat: the rate BLAS can reach here (the mean swung 240-400 GFLOP/s run to run).
+    return 2 * size ** 3 / min(seconds) / 1e9
 
 
 def peak_rss_mib():
