@@ -352,8 +352,7 @@ class Sequential:
         return outputs
 
     def predict_on_batch(self, x):
-        x = self._prepare_x(x)
-        return self.predict(x, batch_size=len(x))
+        return self.predict(x, batch_size=max(len(x), 1))
 
     @blas_limited
     def train_on_batch(self, x, y):

@@ -15,6 +15,8 @@ from .kernels.optim import adam_update, rmsprop_update, sgd_update
 
 class Optimizer:
     slot_names = ()
+    # Constructor arguments beyond learning_rate, saved by get_config.
+    _hyperparameters = ()
 
     def __init__(self, learning_rate=0.001):
         if isinstance(learning_rate, dict):
@@ -51,8 +53,6 @@ class Optimizer:
                   "learning_rate": lr.get_config() if isinstance(lr, schedules.LearningRateSchedule) else float(lr)}
         config.update({key: getattr(self, key) for key in self._hyperparameters})
         return config
-
-    _hyperparameters = ()
 
 
 class SGD(Optimizer):

@@ -7,6 +7,7 @@ BLAS. Left alone, OpenBLAS keeps its own threads spinning after each call, and o
 copy loaded in the process, and restores the user's setting afterwards.
 """
 
+import functools
 from contextlib import contextmanager
 
 _controller = None
@@ -25,8 +26,6 @@ def single_threaded_blas():
 
 def blas_limited(method):
     """Run ``method`` under single_threaded_blas."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         with single_threaded_blas():

@@ -94,17 +94,3 @@ def activation_backward(y, dy, code, alpha, dz, dbias):
             for k in range(channels):
                 dbias[k] += partial[chunk, k]
 
-
-@njit(parallel=True, cache=True)
-def column_sums_into(dz, dbias):
-    """dbias += column sums of dz (the bias gradient when no activation is fused)."""
-    rows, channels = dz.shape
-    chunks = min(REDUCTION_CHUNKS, rows) if rows > 0 else 1
-    partial = np.zeros((chunks, channels), dtype=dz.dtype)
-    for chunk in prange(chunks):
-        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            for k in range(channels):
-                partial[chunk, k] += dz[i, k]
-    for chunk in range(chunks):
-        for k in range(channels):
-            dbias[k] += partial[chunk, k]

@@ -28,4 +28,4 @@ def __getattr__(name):  # these import nbnet.callbacks (NumPy): only on first us
 
 __all__ = ["run_search", "SearchSpace", "Uniform", "LogUniform", "Int", "Choice", "Fixed", "Distribution",
            "load_space", "tunable_cnn", "tunable_mlp", "DEFAULT_SPACES", "PruningCallback", "TrialPruned",
-           "SearchResult", "TuneError"]
+           "SearchResult", "TuneError", "best_table", "write_history"]
