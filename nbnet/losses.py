@@ -4,11 +4,8 @@ one log-sum-exp kernel on the logits, which is both faster and numerically stabl
 
 import numpy as np
 
+from .devices import cpu
 from .errors import NbnetError
-from .kernels import losses as kernels
-
-_NO_LABELS = np.zeros(0, np.int64)
-_NO_TARGETS = np.zeros((0, 0), np.float32)
 # Keras's backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON].
 EPSILON = 1e-7
 
@@ -45,9 +42,11 @@ class Loss:
             raise NbnetError(f"y: contains NaN or Inf values; {self.name} needs finite targets.")
         return rows
 
-    def compute(self, outputs, targets, grad, on_logits):
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
         """Summed loss over the batch; writes d(mean loss)/d(outputs) into ``grad``.
-        ``on_logits``: the outputs are logits (from_logits, or the fused path)."""
+        ``on_logits``: the outputs are logits (from_logits, or the fused path). The arrays
+        live on the device ``ops``; given ``total_out`` the sum is written there instead
+        (on the GPU it then stays on the device)."""
         raise NotImplementedError
 
     def __call__(self, y_true, y_pred):
@@ -65,11 +64,11 @@ class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
     fusable_activation = "softmax"
 
-    def compute(self, outputs, targets, grad, on_logits):
-        labels, rows = (targets, _NO_TARGETS) if self.sparse_targets else (_NO_LABELS, targets)
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
+        labels, rows = split_targets(targets, self.sparse_targets, ops)
         if on_logits:
-            return kernels.softmax_crossentropy_from_logits(outputs, rows, labels, grad)
-        return kernels.crossentropy_from_probabilities(outputs, rows, labels, EPSILON, grad)
+            return ops.softmax_crossentropy_from_logits(outputs, rows, labels, grad, total_out=total_out)
+        return ops.crossentropy_from_probabilities(outputs, rows, labels, EPSILON, grad, total_out=total_out)
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -90,17 +89,24 @@ class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
     fusable_activation = "sigmoid"
 
-    def compute(self, outputs, targets, grad, on_logits):
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
         if on_logits:
-            return kernels.sigmoid_crossentropy_from_logits(outputs, targets, grad)
-        return kernels.binary_crossentropy_from_probabilities(outputs, targets, EPSILON, grad)
+            return ops.sigmoid_crossentropy_from_logits(outputs, targets, grad, total_out=total_out)
+        return ops.binary_crossentropy_from_probabilities(outputs, targets, EPSILON, grad, total_out=total_out)
 
 
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
-    def compute(self, outputs, targets, grad, on_logits):
-        return kernels.mean_squared_error(outputs, targets, grad)
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
+        return ops.mean_squared_error(outputs, targets, grad, total_out=total_out)
+
+
+def split_targets(targets, sparse, ops=cpu):
+    """(class ids, one-hot rows) as the kernels take them: the unused one is empty."""
+    if sparse:
+        return targets, ops.nothing(np.float32, 2)
+    return ops.nothing(np.int64), targets
 
 
 _BY_NAME = {

@@ -2,7 +2,9 @@
 
 import numpy as np
 
+from .devices import cpu
 from .errors import NbnetError
+from .losses import split_targets
 
 SUPPORTED = ("accuracy",)
 
@@ -18,12 +20,12 @@ def resolve(metrics):
     return names
 
 
-def correct_count(outputs, targets, sparse, threshold=0.5):
+def correct_count(outputs, targets, sparse, threshold=0.5, ops=cpu, out=None):
     """How many predictions are right: argmax against class ids or one-hot rows, or, for
-    a single output unit, the output against ``threshold`` (a fraction per element)."""
-    outputs = outputs.reshape(len(outputs), -1)
-    if outputs.shape[1] == 1 and not sparse:
-        return float(((outputs > threshold) == (targets.reshape(outputs.shape) > 0.5)).mean(axis=1).sum())
-    predicted = outputs.argmax(axis=1)
-    expected = targets if sparse else targets.argmax(axis=1)
-    return float(np.count_nonzero(predicted == expected))
+    a single output unit, the output against ``threshold``. Returns the count, or, given
+    ``out`` (a (1,) float64 array on the device ``ops``), writes it there."""
+    outputs = outputs.reshape(outputs.shape[0], outputs.size // max(outputs.shape[0], 1))
+    labels, rows = split_targets(targets, sparse, ops)
+    target = out if out is not None else np.zeros(1)
+    ops.count_correct(outputs, labels, rows, float(threshold), target)
+    return out if out is not None else float(target[0])

@@ -1,14 +1,26 @@
 """Sequential: the Keras-style model. Layers run in order; all trainable parameters live
 in one flat float32 vector (each layer holds views into it), so the optimizer updates
-the whole model in one kernel launch per step and saving or restoring is one copy."""
+the whole model in one kernel launch per step and saving or restoring is one copy.
+
+The same training step runs on the CPU and on a GPU (``compile(device=...)`` or
+``model.to(device)``): layers launch their kernels through the device module ``ops``.
+On a GPU, each fit, evaluate or predict copies the weights, optimizer slots and layer
+state to the device at the start and back at the end (and at each epoch's end, for the
+callbacks), so between calls the host arrays are current: saving, ``get_weights`` and
+ONNX export never see device arrays. During fit the training set is copied to the GPU
+once, batches are gathered there, and the per-step loss and accuracy totals stay on the
+device until the loop reads them back, every ``steps_per_execution`` steps (Keras's name).
+"""
 
 import math
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
 from . import callbacks as callbacks_module
-from . import losses, metrics as metrics_module, optimizers, utils
+from . import devices, losses, metrics as metrics_module, optimizers, utils
+from .devices import cpu
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .layers import Dropout, Layer
 from .progress import ProgressBar
@@ -19,6 +31,9 @@ from .threads import blas_limited
 # the results are the same, a batch of 1000 CNN images would hold ~300 MB of buffers, and
 # at the usual training batch the training buffers are reused.
 INFERENCE_CHUNK = 128
+# Steps between reading the loss and accuracy back from a GPU (each read waits for the
+# device); on the CPU every step is read, which costs nothing.
+GPU_STEPS_PER_EXECUTION = 20
 
 
 class Sequential:
@@ -38,6 +53,10 @@ class Sequential:
         self.resume_point = None
         # The last fit's schedule, kept in the model file so a resumed run repeats it.
         self.fit_config = None
+        self.ops, self.device_message, self._announce_device = cpu, None, False
+        self.steps_per_execution = None
+        self._on_device_depth = 0
+        self._scratch_buffers = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -82,29 +101,155 @@ class Sequential:
     def _gather_parameters(self):
         """Move trainable weights and their gradients into two flat vectors and rebind
         each layer's arrays to views of them."""
-        entries = [(layer, key) for layer in self.layers if layer.trainable for key in layer.params]
-        total = sum(layer.params[key].size for layer, key in entries)
-        self.flat_params = np.empty(total, np.float32)
-        self.flat_grads = np.zeros(total, np.float32)
+        self._flat_entries = [(layer, key) for layer in self.layers if layer.trainable for key in layer.params]
+        total = sum(layer.params[key].size for layer, key in self._flat_entries)
+        flat_params = np.empty(total, np.float32)
         offset = 0
-        for layer, key in entries:
+        for layer, key in self._flat_entries:
             value = layer.params[key]
-            view = self.flat_params[offset:offset + value.size].reshape(value.shape)
-            view[...] = value
-            layer.params[key] = view
-            layer.grads[key] = self.flat_grads[offset:offset + value.size].reshape(value.shape)
+            flat_params[offset:offset + value.size] = value.reshape(-1)
             offset += value.size
+        self._bind_flat(flat_params, np.zeros(total, np.float32))
+
+    def _bind_flat(self, flat_params, flat_grads):
+        """Make ``flat_params``/``flat_grads`` the model's vectors, each layer's trainable
+        weights and gradients views of them."""
+        self.flat_params, self.flat_grads = flat_params, flat_grads
+        offset = 0
+        for layer, key in self._flat_entries:
+            shape = tuple(layer.params[key].shape)
+            size = int(np.prod(shape))
+            layer.params[key] = flat_params[offset:offset + size].reshape(shape)
+            layer.grads[key] = flat_grads[offset:offset + size].reshape(shape)
+            offset += size
+
+    # -- devices -------------------------------------------------------------------------
+    def to(self, device):
+        """Compute on ``device`` from now on: 'cpu', 'cuda' (an NVIDIA GPU; an error that
+        names what is missing when none is usable) or 'auto' (the GPU when usable, else
+        the CPU, saying which). The weights stay where they are between calls, so a model
+        trained on one device continues on the other. Returns the model."""
+        ops, message = devices.resolve(device)
+        self.ops, self.device_message = ops, message
+        self._announce_device = devices.normalise(device) != "cpu"
+        return self
+
+    @property
+    def device(self):
+        return self.ops.name
+
+    @contextmanager
+    def _on_device(self):
+        """Run the enclosed computation on ``self.ops``: the weights, gradients, optimizer
+        slots and layer state move there, and back into the host arrays at the end."""
+        ops = self.ops
+        self._on_device_depth += 1
+        if ops is cpu or self._on_device_depth > 1:
+            try:
+                yield
+            finally:
+                self._on_device_depth -= 1
+            return
+        host = self._host_arrays = self._arrays()
+        try:
+            self._bind_arrays(self._arrays_to(ops, host), ops)
+            yield
+        finally:
+            try:
+                self._copy_back(host)
+            finally:
+                self._bind_arrays(host, cpu)
+                self._on_device_depth -= 1
+
+    @contextmanager
+    def _on_host(self):
+        """Inside ``_on_device``: make the host arrays current and the model a CPU one for
+        the enclosed code (callbacks that save, read or set weights), then carry any
+        change back to the device."""
+        ops = self.ops
+        if ops is cpu or not self._on_device_depth:
+            yield
+            return
+        device_arrays, depth = self._arrays(), self._on_device_depth
+        host = self._host_arrays
+        self._copy_back(host)
+        self._bind_arrays(host, cpu)
+        self._on_device_depth = 0  # a fit or predict called from here starts its own session
+        try:
+            yield
+        finally:
+            self._on_device_depth = depth
+            self._bind_arrays(self._arrays_to(ops, self._arrays(), into=device_arrays), ops)
+
+    def _arrays(self):
+        """Every array the model computes with: the flat vectors, the arrays outside them
+        (frozen layers' weights and gradients, BatchNormalization's moving statistics) and
+        the optimizer's slots."""
+        flat = {(id(layer), key) for layer, key in self._flat_entries}
+        loose = {(index, store, key): getattr(layer, store)[key] for index, layer in enumerate(self.layers)
+                 for store in ("params", "grads", "state") for key in getattr(layer, store)
+                 if store == "state" or (id(layer), key) not in flat}
+        slots = dict(self.optimizer.slots) if self.optimizer is not None else {}
+        return {"flat_params": self.flat_params, "flat_grads": self.flat_grads, "loose": loose, "slots": slots}
+
+    def _arrays_to(self, ops, arrays, into=None):
+        """``arrays`` copied to the device ``ops``: into the matching arrays of ``into``
+        where given (so device arrays keep their identity), else into new ones."""
+        def move(value, target):
+            if target is not None and tuple(target.shape) == tuple(value.shape):
+                ops.upload(value, target)
+                return target
+            return ops.to_device(value)
+        into = into or {"flat_params": None, "flat_grads": None, "loose": {}, "slots": {}}
+        return {"flat_params": move(arrays["flat_params"], into["flat_params"]),
+                "flat_grads": into["flat_grads"] if into["flat_grads"] is not None
+                else ops.zeros(arrays["flat_grads"].shape[0], np.float32),
+                "loose": {k: move(v, into["loose"].get(k)) for k, v in arrays["loose"].items()},
+                "slots": {k: move(v, into["slots"].get(k)) for k, v in arrays["slots"].items()}}
+
+    def _bind_arrays(self, arrays, ops):
+        self._bind_flat(arrays["flat_params"], arrays["flat_grads"])
+        for (index, store, key), value in arrays["loose"].items():
+            getattr(self.layers[index], store)[key] = value
+        if self.optimizer is not None:
+            self.optimizer.slots = dict(arrays["slots"])
+        for layer in self.layers:
+            layer.set_device(ops)
+        if ops is cpu:
+            self._host_arrays = arrays
+
+    def _copy_back(self, host):
+        """Copy the device's current weights, state and slots into the host arrays ``host``
+        (gradients are scratch and stay behind); slots created on the device are added."""
+        ops, current = self.ops, self._arrays()
+        ops.copy_to_host(current["flat_params"], host["flat_params"])
+        for key, value in current["loose"].items():
+            if key[1] != "grads":
+                ops.copy_to_host(value, host["loose"][key])
+        for name, value in current["slots"].items():
+            if name in host["slots"] and tuple(host["slots"][name].shape) == tuple(value.shape):
+                ops.copy_to_host(value, host["slots"][name])
+            else:
+                host["slots"][name] = ops.to_host(value)
 
     @property
     def output_shape(self):
         return self.output_shapes[-1]
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, device=None, steps_per_execution=None):
+        """Keras's compile, plus ``device`` ('cpu', 'cuda' or 'auto'; see ``to``).
+        ``steps_per_execution``: steps between reading the loss and metrics back (and
+        calling the batch callbacks); default 1 on the CPU, GPU_STEPS_PER_EXECUTION on a GPU."""
         if loss is None:
             raise NbnetError(f"Sequential '{self.name}': compile needs a loss, e.g. loss='sparse_categorical_crossentropy'.")
+        if steps_per_execution is not None and int(steps_per_execution) < 1:
+            raise NbnetError(f"steps_per_execution must be at least 1, received {steps_per_execution!r}.")
+        if device is not None:
+            self.to(device)
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
         self.metrics = metrics_module.resolve(metrics)
+        self.steps_per_execution = None if steps_per_execution is None else int(steps_per_execution)
         if self.layers and self.layers[0].input_shape is not None and not self.built:
             self.build()
 
@@ -165,63 +310,103 @@ class Sequential:
             x = layer.forward(x, training=training)
         return x
 
-    def _loss_and_grad(self, outputs, targets):
+    def _loss_and_grad(self, outputs, targets, total_out):
+        """The loss gradient (a reused buffer) and whether the output activation was fused;
+        the batch's summed loss goes into ``total_out`` (a (1,) float64 array, on the device)."""
         fused = self._fused()
         source = self.layers[-1].logits if fused else outputs
-        source = source.reshape(len(outputs), -1)
-        grad = np.empty_like(source)
-        total = self.loss.compute(source, targets, grad, fused or self.loss.from_logits)
-        return total, grad.reshape(outputs.shape), fused
+        source = source.reshape(outputs.shape[0], source.size // max(outputs.shape[0], 1))
+        grad = self._scratch("loss_grad", source.shape, source.dtype)
+        self.loss.compute(source, targets, grad, fused or self.loss.from_logits, self.ops, total_out)
+        return grad.reshape(outputs.shape), fused
 
-    def _train_batch(self, x, targets):
-        with np.errstate(all="ignore"):  # overflow is detected below and reported as divergence
-            return self._train_batch_unchecked(x, targets)
+    def _scratch(self, key, shape, dtype):
+        """A model-level buffer of the current device, reused while its shape stays."""
+        key = (self.ops.name, key)
+        shape = tuple(int(d) for d in shape)
+        buf = self._scratch_buffers.get(key)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
+            buf = self._scratch_buffers[key] = self.ops.empty(shape, dtype)
+        return buf
 
-    def _train_batch_unchecked(self, x, targets):
+    def _train_step(self, x, targets, totals, step):
+        """One optimizer step on a batch already on the device. Its summed loss, correct
+        count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
+        gradients are not finite sets the halt flag instead of updating the weights."""
+        ops = self.ops
         self.layers[-1].keep_logits = self._fused()
-        self.flat_grads.fill(0.0)
-        outputs = self._forward(x, training=True)
-        total, grad, fused = self._loss_and_grad(outputs, targets)
-        penalty = sum(layer.regularization() for layer in self.layers)
-        grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
-        for layer in reversed(self.layers[:-1]):
-            grad = layer.backward(grad)
-        loss = total + penalty * len(x)
-        if not (math.isfinite(loss) and np.isfinite(self.flat_grads).all()):
-            raise TrainingDiverged(self._divergence_message(loss / len(x)))
-        self.optimizer.apply(self.flat_params, self.flat_grads)
-        correct = metrics_module.correct_count(outputs, targets, self.loss.sparse_targets) if self.metrics else 0.0
-        return loss, correct
+        ops.fill_zero(self.flat_grads)
+        with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss: the halt flag
+            outputs = self._forward(x, training=True)
+            grad, fused = self._loss_and_grad(outputs, targets, totals[0:1])
+            column = 2
+            for layer in self.layers:
+                count = len(layer.active_regularizers())
+                if count:
+                    layer.regularization([totals[column + i:column + i + 1] for i in range(count)])
+                    column += count
+            grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
+            for layer in reversed(self.layers[:-1]):
+                grad = layer.backward(grad)
+        ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
+        self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt)
+        if self.metrics:
+            metrics_module.correct_count(outputs, targets, self.loss.sparse_targets, ops=ops, out=totals[1:2])
+
+    def _penalty_columns(self):
+        return sum(len(layer.active_regularizers()) for layer in self.layers)
+
+    def _start_steps(self):
+        """A cleared halt flag, on the device, before a run of training steps."""
+        self._halt = self.ops.zeros(1, np.int32)
+
+    def _check_halt(self, step_losses):
+        """Raise TrainingDiverged if a step halted; ``step_losses`` maps optimizer steps to
+        their mean batch loss."""
+        halted = int(self.ops.to_host(self._halt)[0])
+        if not halted:
+            return
+        # The steps after the bad one changed nothing: the weights are the last good step's.
+        self.optimizer.iterations = halted - 1
+        raise TrainingDiverged(self._divergence_message(step_losses.get(halted, float("nan"))))
 
     def _divergence_message(self, loss):
         bad = [layer.name for layer in reversed(self.layers)
-               if any(not np.isfinite(g).all() for g in layer.grads.values())]
+               if any(not np.isfinite(self.ops.to_host(g)).all() for g in layer.grads.values())]
         where = f"non-finite gradients in {', '.join(bad)} (output side first)" if bad else "all gradients finite"
         return (f"Training diverged at optimizer step {self.optimizer.iterations + 1}: the batch loss is {loss}, "
                 f"{where}; learning rate {self.optimizer.current_learning_rate():g}. The weights are those of the "
                 "last good step. Lower the learning rate, scale the inputs to [0, 1], or check the data for outliers.")
 
-    def _check_memory(self, batch_size):
-        """Fail before the first step when a batch's activations cannot fit in memory."""
+    def _check_memory(self, batch_size, data_bytes=0):
+        """Fail before the first step when a batch's activations (and, on a GPU, the
+        training data) cannot fit in the device's memory."""
         per_sample = 0
         for layer, shape in zip(self.layers, self.output_shapes):
             per_sample += 2 * int(np.prod(shape))  # output and input gradient
             if hasattr(layer, "kernel_size"):
                 per_sample += 2 * int(np.prod(shape[:-1])) * int(np.prod(layer.params["kernel"].shape[:-1]))
-        needed = per_sample * 4 * batch_size + 3 * 4 * self.flat_params.size
-        available = _available_memory()
+        needed = per_sample * 4 * batch_size + 3 * 4 * self.flat_params.size + (data_bytes if self.ops is not cpu else 0)
+        available = self.ops.available_memory()
         if available is not None and needed > 0.8 * available:
+            where = "GPU memory" if self.ops is not cpu else "memory"
             raise ResourceError(
                 f"batch_size={batch_size} needs about {needed / 2**30:.2f} GiB for activations and gradients of "
-                f"model '{self.name}', but only {available / 2**30:.2f} GiB of memory is available; "
+                f"model '{self.name}', but only {available / 2**30:.2f} GiB of {where} is available; "
                 f"use a batch size of at most {max(int(0.8 * available / (per_sample * 4)), 1)}.")
 
     def _penalty(self):
         """The regularization penalty alone (its gradient goes into scratch grads)."""
-        saved = self.flat_grads.copy()
+        saved = self._scratch("saved_grads", self.flat_grads.shape, self.flat_grads.dtype)
+        self.ops.copy(self.flat_grads, saved)
         penalty = sum(layer.regularization() for layer in self.layers)
-        self.flat_grads[...] = saved
+        self.ops.copy(saved, self.flat_grads)
         return penalty
+
+    def _steps_per_execution(self):
+        if self.steps_per_execution is not None:
+            return self.steps_per_execution
+        return 1 if self.ops is cpu else GPU_STEPS_PER_EXECUTION
 
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
@@ -238,7 +423,16 @@ class Sequential:
             split = int(len(x) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
             x, x_val, targets, t_val = x[:split], x[split:], targets[:split], targets[split:]
         else:
-            x_val = None
+            x_val = t_val = None
+        self._check_memory(min(batch_size, len(x)), x.nbytes + targets.nbytes)
+        if verbose and self._announce_device:
+            print(self.device_message)
+            self._announce_device = False
+        with self._on_device():
+            return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch)
+
+    def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch):
+        ops = self.ops
         history = callbacks_module.History()
         callback_list = [history] + list(callbacks or [])
         for callback in callback_list:
@@ -246,8 +440,15 @@ class Sequential:
         self.stop_training = False
         self.fit_config = {"epochs": int(epochs), "batch_size": batch_size, "shuffle": bool(shuffle)}
         steps = math.ceil(len(x) / batch_size)
-        self._check_memory(min(batch_size, len(x)))
-        batch_x = np.empty((min(batch_size, len(x)),) + x.shape[1:], np.float32)
+        # The training set goes to the device once (on the CPU these are views, no copy);
+        # each batch is gathered from it by the epoch's order, as 2-D rows.
+        x_rows = ops.to_device(x.reshape(len(x), -1))
+        t_rows = ops.to_device(targets.reshape(len(targets), -1))
+        rows = min(batch_size, len(x))
+        batch_x = self._scratch("batch_x", (rows,) + x.shape[1:], np.float32)
+        batch_t = self._scratch("batch_t", (rows,) + targets.shape[1:], targets.dtype)
+        totals = _StepTotals(ops, self._steps_per_execution(), self._penalty_columns())
+        self._start_steps()
         resume, self.resume_point = self.resume_point, None
         if resume is not None and resume["epoch"] != int(initial_epoch):
             resume = None  # a different schedule than the interrupted one: start the epoch afresh
@@ -259,16 +460,26 @@ class Sequential:
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
-            order = self._epoch_order(len(x), shuffle, epoch_rng_state)
+            order = ops.to_device(self._epoch_order(len(x), shuffle, epoch_rng_state))
             bar = ProgressBar(steps, verbose)
             first_step, loss_sum, correct, seen = (resume["step"], resume["loss_sum"], resume["correct"],
                                                    resume["seen"]) if resume else (0, 0.0, 0.0, 0.0)
             resume = None
             for step in range(first_step, steps):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                xb = np.take(x, index, axis=0, out=batch_x[:len(index)])
-                batch_loss, batch_correct = self._train_batch(xb, targets[index])
-                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(index)
+                start = step * batch_size
+                count = min(batch_size, len(x) - start)
+                xb, tb = batch_x[:count], batch_t[:count]
+                ops.gather_rows(x_rows, order, start, xb.reshape(count, x_rows.shape[1]))
+                ops.gather_rows(t_rows, order, start, tb.reshape(count, t_rows.shape[1]))
+                optimizer_step = self.optimizer.iterations + 1
+                self._train_step(xb, tb, totals.next_row(count, optimizer_step), optimizer_step)
+                if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
+                    continue
+                step_losses = {}
+                for done_step, size, batch_loss, batch_correct in totals.drain():
+                    loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + size
+                    step_losses[done_step] = batch_loss / size
+                self._check_halt(step_losses)
                 logs = self._logs(loss_sum, correct, seen)
                 bar.update(step + 1, logs)
                 for callback in callback_list:
@@ -287,12 +498,14 @@ class Sequential:
             self.epochs_trained += 1
             for key, value in logs.items():
                 self.history_log.setdefault(key, []).append(float(value))
-            for callback in callback_list:
-                callback.on_epoch_end(epoch, logs)
+            with self._on_host():
+                for callback in callback_list:
+                    callback.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        for callback in callback_list:
-            callback.on_train_end()
+        with self._on_host():
+            for callback in callback_list:
+                callback.on_train_end()
         return history
 
     def _epoch_order(self, count, shuffle, epoch_rng_state):
@@ -313,17 +526,23 @@ class Sequential:
         return logs
 
     def _evaluate_arrays(self, x, targets, batch_size):
-        loss_sum = correct = 0.0
+        """(summed loss, correct count) over host arrays, sent to the device a chunk at a time."""
+        ops = self.ops
         penalty = self._penalty()
-        batch_size = min(batch_size, INFERENCE_CHUNK)
-        for start in range(0, len(x), batch_size):
-            xb, tb = x[start:start + batch_size], targets[start:start + batch_size]
-            self.layers[-1].keep_logits = self._fused()
+        chunk = min(batch_size, INFERENCE_CHUNK)
+        totals = _StepTotals(ops, max(math.ceil(len(x) / chunk), 1), 0)
+        fused = self._fused()
+        for start in range(0, len(x), chunk):
+            xb, tb = ops.to_device(x[start:start + chunk]), ops.to_device(targets[start:start + chunk])
+            self.layers[-1].keep_logits = fused
             outputs = self._forward(xb, training=False)
-            total, _, _ = self._loss_and_grad(outputs, tb)
-            loss_sum += total + penalty * len(xb)
+            row = totals.next_row(len(xb))
+            self._loss_and_grad(outputs, tb, row[0:1])
             if self.metrics:
-                correct += metrics_module.correct_count(outputs, tb, self.loss.sparse_targets)
+                metrics_module.correct_count(outputs, tb, self.loss.sparse_targets, ops=ops, out=row[1:2])
+        loss_sum = correct = 0.0
+        for _, size, chunk_loss, chunk_correct in totals.drain():
+            loss_sum, correct = loss_sum + chunk_loss + penalty * size, correct + chunk_correct
         return loss_sum, correct
 
     @blas_limited
@@ -332,7 +551,8 @@ class Sequential:
         x, targets = self._prepare_xy(x, y)
         batch_size = self._check_batch_size(batch_size)
         start = time.perf_counter()
-        loss_sum, correct = self._evaluate_arrays(x, targets, batch_size)
+        with self._on_device():
+            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size)
         logs = self._logs(loss_sum, correct, len(x))
         if verbose:
             bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
@@ -346,9 +566,12 @@ class Sequential:
         batch_size = self._check_batch_size(batch_size)
         outputs = np.empty((len(x),) + tuple(self.output_shape), np.float32)
         self.layers[-1].keep_logits = False
-        batch_size = min(batch_size, INFERENCE_CHUNK)
-        for start in range(0, len(x), batch_size):
-            outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
+        chunk = min(batch_size, INFERENCE_CHUNK)
+        with self._on_device():
+            ops = self.ops
+            for start in range(0, len(x), chunk):
+                y = self._forward(ops.to_device(x[start:start + chunk]), training=False)
+                ops.copy_to_host(y, outputs[start:start + chunk])
         return outputs
 
     def predict_on_batch(self, x):
@@ -357,7 +580,14 @@ class Sequential:
     @blas_limited
     def train_on_batch(self, x, y):
         x, targets = self._prepare_xy(x, y)
-        loss_sum, correct = self._train_batch(x, targets)
+        with self._on_device():
+            ops = self.ops
+            self._start_steps()
+            totals = _StepTotals(ops, 1, self._penalty_columns())
+            step = self.optimizer.iterations + 1
+            self._train_step(ops.to_device(x), ops.to_device(targets), totals.next_row(len(x), step), step)
+            ((_, _, loss_sum, correct),) = totals.drain()
+            self._check_halt({step: loss_sum / len(x)})
         logs = self._logs(loss_sum, correct, len(x))
         return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
 
@@ -413,16 +643,31 @@ def _first_non_finite_sample(x, chunk=4096):
     return None
 
 
-def _available_memory():
-    """Bytes of memory available (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+class _StepTotals:
+    """The totals of a run of steps, one row each: summed batch loss, correct count, and
+    one column per regularization penalty. They stay on the device where the steps ran
+    (kernels write them through ``total_out``) until ``drain`` reads them back in one copy."""
+
+    def __init__(self, ops, capacity, penalties):
+        self.ops = ops
+        self.values = ops.zeros((capacity, 2 + penalties), np.float64)
+        self.pending = []  # (optimizer step, batch size) of each filled row
+
+    def next_row(self, size, step=0):
+        row = self.values[len(self.pending)]
+        self.pending.append((step, size))
+        return row
+
+    def full(self):
+        return len(self.pending) == self.values.shape[0]
+
+    def drain(self):
+        """[(step, batch size, loss sum with penalties, correct count)] of the pending rows."""
+        values = self.ops.to_host(self.values)
+        done = [(step, size, float(values[k, 0] + values[k, 2:].sum() * size), float(values[k, 1]))
+                for k, (step, size) in enumerate(self.pending)]
+        self.pending = []
+        return done
 
 
 def load_model(path):

@@ -9,8 +9,8 @@ epsilon (1e-8) to sqrt(v_hat); the two differ only when v is tiny.
 import numpy as np
 
 from . import schedules
+from .devices import cpu
 from .errors import NbnetError
-from .kernels.optim import adam_update, rmsprop_update, sgd_update
 
 
 class Optimizer:
@@ -32,19 +32,21 @@ class Optimizer:
             return float(self.learning_rate(self.iterations))
         return float(self.learning_rate)
 
-    def build(self, size):
+    def build(self, size, ops=cpu):
         """Create zeroed slots for ``size`` parameters (kept if already that size)."""
         for name in self.slot_names:
-            if name not in self.slots or self.slots[name].shape != (size,):
-                self.slots[name] = np.zeros(size, np.float32)
+            if name not in self.slots or tuple(self.slots[name].shape) != (size,):
+                self.slots[name] = ops.zeros(size, np.float32)
 
-    def apply(self, params, grads):
-        """One update step of the flat ``params`` with the flat ``grads``."""
-        self.build(params.shape[0])
-        self._update(params, grads, self.current_learning_rate())
+    def apply(self, params, grads, ops=cpu, halt=None):
+        """One update step of the flat ``params`` with the flat ``grads``, on the device
+        ``ops`` (where the slots must be too). The kernels skip the update while
+        ``halt[0]`` is set (see nbnet.devices)."""
+        self.build(params.shape[0], ops)
+        self._update(params, grads, self.current_learning_rate(), ops, halt)
         self.iterations += 1
 
-    def _update(self, params, grads, lr):
+    def _update(self, params, grads, lr, ops, halt):
         raise NotImplementedError
 
     def get_config(self):
@@ -65,8 +67,8 @@ class SGD(Optimizer):
             raise NbnetError(f"SGD: momentum must be in [0, 1), received {momentum!r}.")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def _update(self, params, grads, lr):
-        sgd_update(params, grads, self.slots["velocity"], lr, self.momentum, self.nesterov)
+    def _update(self, params, grads, lr, ops, halt):
+        ops.sgd_update(params, grads, self.slots["velocity"], lr, self.momentum, self.nesterov, halt=halt)
 
 
 class Adam(Optimizer):
@@ -80,11 +82,11 @@ class Adam(Optimizer):
     def _decay(self, lr):
         return 0.0
 
-    def _update(self, params, grads, lr):
+    def _update(self, params, grads, lr, ops, halt):
         t = self.iterations + 1
         step_size = lr * np.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
-        adam_update(params, grads, self.slots["m"], self.slots["v"], step_size, self.beta_1, self.beta_2,
-                    self.epsilon, self._decay(lr))
+        ops.adam_update(params, grads, self.slots["m"], self.slots["v"], step_size, self.beta_1, self.beta_2,
+                        self.epsilon, self._decay(lr), halt=halt)
 
 
 class AdamW(Adam):
@@ -108,9 +110,9 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate)
         self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
 
-    def _update(self, params, grads, lr):
-        rmsprop_update(params, grads, self.slots["mean_square"], self.slots["velocity"], lr, self.rho,
-                       self.momentum, self.epsilon)
+    def _update(self, params, grads, lr, ops, halt):
+        ops.rmsprop_update(params, grads, self.slots["mean_square"], self.slots["velocity"], lr, self.rho,
+                           self.momentum, self.epsilon, halt=halt)
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

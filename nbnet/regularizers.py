@@ -1,17 +1,19 @@
 """Weight regularizers (Keras's l1, l2, l1_l2): they add l1*sum|w| + l2*sum(w^2) to the
 loss and its gradient to the weight's gradient."""
 
+from .devices import cpu
 from .errors import NbnetError
-from .kernels.regularization import penalty_and_gradient
 
 
 class L1L2:
     def __init__(self, l1=0.0, l2=0.0):
         self.l1, self.l2 = float(l1), float(l2)
 
-    def apply(self, weights, grads):
-        """Add the penalty's gradient into ``grads``; return the penalty."""
-        return penalty_and_gradient(weights.reshape(-1), self.l1, self.l2, grads.reshape(-1))
+    def apply(self, weights, grads, ops=cpu, total_out=None):
+        """Add the penalty's gradient into ``grads``; return the penalty (or, given
+        ``total_out``, write it there, on the device ``ops``)."""
+        return ops.penalty_and_gradient(weights.reshape(weights.size), self.l1, self.l2, grads.reshape(grads.size),
+                                        total_out=total_out)
 
     def get_config(self):
         return {"l1": self.l1, "l2": self.l2}

@@ -12,12 +12,15 @@ the grids capped at a few blocks, which also exercises the kernels' grid-stride 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+try:
+    from .simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
+except ImportError:  # tests/ is not a package
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 
 # Elementwise results computed by the same expressions (float32 rounding only).
 RTOL, ATOL = 1e-5, 1e-6
@@ -27,24 +30,13 @@ SUM_RTOL, SUM_ATOL = 1e-4, 1e-5
 TOTAL_RTOL = 1e-7
 # Compute capability the PTX check compiles for (CUDA 13's NVVM needs 7.5 or newer).
 PTX_CC = (7, 5)
-# The wrapper's limit on the simulated run (it takes well under a minute).
-SUBPROCESS_TIMEOUT_S = 300
 
-sim_only = pytest.mark.skipif(not SIMULATED, reason="runs in the simulator subprocess started by "
-                                                     "test_cuda_kernels_under_simulator")
-
-
-@pytest.mark.skipif(SIMULATED, reason="already inside the simulator run")
+@plain_only
 def test_cuda_kernels_under_simulator():
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p",
-                           "no:cacheprovider"], cwd=root, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
-    report = proc.stdout[-20000:] + proc.stderr[-5000:]
-    assert proc.returncode == 0 and " passed" in proc.stdout, f"simulated CUDA kernel tests failed:\n{report}"
+    run_under_simulator(__file__)
 
 
-@pytest.mark.skipif(SIMULATED, reason="checked by the plain run")
+@plain_only
 def test_import_needs_no_cuda():
     """Importing the package touches neither numba.cuda nor a GPU; available() explains."""
     code = ("import sys; import nbnet.kernels.cuda as kc; "
@@ -63,16 +55,19 @@ def _ptx_signatures():
 
     from nbnet.kernels.cuda import activations as A
     from nbnet.kernels.cuda import conv as C
+    from nbnet.kernels.cuda import dropout as D
     from nbnet.kernels.cuda import losses as L
     from nbnet.kernels.cuda import normalization as N
     from nbnet.kernels.cuda import optim as O
     from nbnet.kernels.cuda import pool as P
     from nbnet.kernels.cuda import regularization as R
+    from nbnet.kernels.cuda import training as T
 
     f, i = float32, int64
     a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
     d1, d2, i4 = float64[::1], float64[:, ::1], int32[:, :, :, ::1]
-    modules = (A, C, L, N, O, P, R)
+    h1 = int32[::1]  # the optimizer kernels' halt flag
+    modules = (A, C, D, L, N, O, P, R, T)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -110,9 +105,15 @@ def _ptx_signatures():
         L._binary_crossentropy_kernel: (a2, a2, float64, float64, d1, a2),
         L._mean_squared_error_kernel: (a2, a2, float64, d1, a2),
         R._penalty_kernel: (a1, float64, float64, f, f, f, d1, a1),
-        O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean),
-        O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6,
-        O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f),
+        N._moving_averages_kernel: (a1, a1, a1, a1, f, f),
+        O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
+        O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6 + (h1,),
+        O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f, h1),
+        D._apply_mask_kernel: (a1, a1, a1),
+        T._fill_zero_kernel: (a1, f),
+        T._gather_rows_kernel: (a2, int64[::1], i, a2),
+        T._check_finite_kernel: (a1, d1, i, h1),
+        T._correct_rows_kernel: (a2, int64[::1], a2, float64, d1),
     }
 
 
@@ -170,34 +171,32 @@ if SIMULATED:
     from nbnet.kernels import activations as cpu_act
     from nbnet.kernels import conv as cpu_conv
     from nbnet.kernels import dense as cpu_dense
+    from nbnet.kernels import dropout as cpu_dropout
     from nbnet.kernels import losses as cpu_losses
     from nbnet.kernels import matmul as cpu_matmul
     from nbnet.kernels import normalization as cpu_norm
     from nbnet.kernels import optim as cpu_optim
     from nbnet.kernels import pool as cpu_pool
     from nbnet.kernels import regularization as cpu_reg
+    from nbnet.kernels import training as cpu_training
     from nbnet.kernels.cuda import activations as gpu_act
     from nbnet.kernels.cuda import conv as gpu_conv
     from nbnet.kernels.cuda import dense as gpu_dense
+    from nbnet.kernels.cuda import dropout as gpu_dropout
     from nbnet.kernels.cuda import gemm
     from nbnet.kernels.cuda import losses as gpu_losses
     from nbnet.kernels.cuda import normalization as gpu_norm
     from nbnet.kernels.cuda import optim as gpu_optim
     from nbnet.kernels.cuda import pool as gpu_pool
     from nbnet.kernels.cuda import regularization as gpu_reg
+    from nbnet.kernels.cuda import training as gpu_training
 
     @pytest.fixture(autouse=True, scope="module")
-    def small_launches():
-        """Tiny blocks and grids: fast under the simulator, and every grid-stride loop and
-        the matmul's tile loop run more than once."""
-        saved = (kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID, sys.getswitchinterval())
-        kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID = 32, 3, 3, 4, 2
-        # The simulator's scheduler polls its threads; a short GIL interval speeds syncthreads.
-        sys.setswitchinterval(1e-4)
-        yield
-        kc.THREADS, kc.MAX_BLOCKS, kc.MAX_CHUNKS, gemm.TILE, gemm.MAX_GRID = saved[:5]
-        sys.setswitchinterval(saved[5])
-        kc.release_workspaces()
+    def tiny_launches():
+        """Fast under the simulator, and every grid-stride loop and the matmul's tile loop
+        run more than once."""
+        with small_launches():
+            yield
 
 
 def dev(a):
@@ -596,3 +595,90 @@ def test_optimizers(name, slots, hyper):
         getattr(gpu_optim, name)(*devs, *hyper)
     for got, expected in zip([devs[0]] + devs[2:], [params] + state):
         close(got, expected)
+
+
+@sim_only
+@pytest.mark.parametrize("name, slots, hyper", _optimizer_cases())
+def test_optimizers_change_nothing_while_halted(name, slots, hyper):
+    rng = np.random.default_rng(16)
+    params, grads = rand(rng, 37), rand(rng, 37)
+    state = [np.abs(rand(rng, 37)) for _ in range(slots)]
+    devs = [dev(a) for a in (params, grads, *state)]
+    getattr(gpu_optim, name)(*devs, *hyper, halt=dev(np.array([3], np.int32)))
+    for got, expected in zip([devs[0]] + devs[2:], [params] + state):
+        close(got, expected, rtol=0, atol=0)
+
+
+@sim_only
+def test_moving_averages_and_dropout_mask():
+    rng = np.random.default_rng(17)
+    moving = [np.abs(rand(rng, 5)) for _ in range(2)]
+    batch = [np.abs(rand(rng, 5)) for _ in range(2)]
+    moving_dev = [dev(a) for a in moving]
+    cpu_norm.update_moving_averages(*moving, *batch, 0.9)
+    gpu_norm.update_moving_averages(*moving_dev, *(dev(a) for a in batch), 0.9)
+    for got, expected in zip(moving_dev, moving):
+        close(got, expected)
+    values, mask = rand(rng, 70), (rng.random(70) > 0.4).astype(np.float32) * np.float32(2.5)
+    out = np.empty_like(values)
+    out_dev = dev(out)
+    cpu_dropout.apply_mask(values, mask, out)
+    gpu_dropout.apply_mask(dev(values), dev(mask), out_dev)
+    close(out_dev, out, rtol=0, atol=0)
+
+
+@sim_only
+def test_gather_rows_and_fill_zero():
+    rng = np.random.default_rng(18)
+    source = rand(rng, 9, 7)
+    order = rng.permutation(9).astype(np.int64)
+    out, out_dev = np.empty((4, 7), np.float32), dev(np.empty((4, 7), np.float32))
+    cpu_training.gather_rows(source, order, 3, out)
+    gpu_training.gather_rows(dev(source), dev(order), 3, out_dev)
+    np.testing.assert_array_equal(out, source[order[3:7]])
+    close(out_dev, out, rtol=0, atol=0)
+    values = dev(rand(rng, 75))
+    gpu_training.fill_zero(values)
+    close(values, np.zeros(75, np.float32), rtol=0, atol=0)
+
+
+@sim_only
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0, on purpose
+@pytest.mark.parametrize("bad_at", [None, "total", 0, 40, 99])
+def test_check_finite(bad_at):
+    values, total = np.ones(100, np.float32), np.array([2.5])
+    if bad_at == "total":
+        total[0] = np.nan
+    elif bad_at is not None:
+        values[bad_at] = np.inf if bad_at % 2 else np.nan
+    expected = 0 if bad_at is None else 7
+    for kernel, to in ((cpu_training.check_finite, np.asarray), (gpu_training.check_finite, dev)):
+        halt = to(np.zeros(1, np.int32))
+        kernel(to(values), to(total), 7, halt)
+        kernel(to(values), to(total), 8, halt)  # an earlier halt is never overwritten
+        close(halt, np.array([expected], np.int32), rtol=0, atol=0)
+
+
+@sim_only
+@pytest.mark.parametrize("case", ["sparse", "one_hot", "single_unit"])
+def test_count_correct(case):
+    from nbnet.metrics import correct_count
+
+    rng = np.random.default_rng(19)
+    width = 1 if case == "single_unit" else 4
+    outputs = rng.random((37, width)).astype(np.float32)
+    if case == "sparse":
+        targets = rng.integers(0, width, 37)
+    else:
+        targets = (rng.random((37, width)) > 0.5).astype(np.float32)
+    sparse = case == "sparse"
+    if width > 1:  # an independent reference for the argmax cases
+        expected_rows = targets if sparse else targets.argmax(axis=1)
+        assert correct_count(outputs, targets, sparse) == np.count_nonzero(outputs.argmax(axis=1) == expected_rows)
+    else:
+        assert correct_count(outputs, targets, sparse) == np.count_nonzero((outputs > 0.5) == (targets > 0.5))
+    labels = dev(targets) if sparse else dev(np.zeros(0, np.int64))
+    rows = dev(np.zeros((0, 0), np.float32)) if sparse else dev(targets)
+    out = dev(np.zeros(1))
+    gpu_training.count_correct(dev(outputs), labels, rows, 0.5, out)
+    close(out, np.array([correct_count(outputs, targets, sparse)]), rtol=0, atol=0)

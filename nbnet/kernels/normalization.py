@@ -45,6 +45,16 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, x_hat, y, mean_out, varianc
     return inv_std
 
 
+@njit(cache=True)
+def update_moving_averages(moving_mean, moving_variance, mean, variance, momentum):
+    """moving = momentum * moving + (1 - momentum) * batch statistic (Keras's rule)."""
+    keep = moving_mean.dtype.type(momentum)
+    take = moving_mean.dtype.type(1.0 - momentum)
+    for k in range(moving_mean.shape[0]):
+        moving_mean[k] = keep * moving_mean[k] + take * mean[k]
+        moving_variance[k] = keep * moving_variance[k] + take * variance[k]
+
+
 @njit(parallel=True, cache=True)
 def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, y):
     rows, channels = x.shape

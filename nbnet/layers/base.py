@@ -4,8 +4,9 @@ validates the shape and creates weights, ``forward``/``backward`` compute.
 Shapes given to ``build`` and ``compute_output_shape`` exclude the batch axis.
 Trainable weights live in ``params`` (gradients in ``grads``, same keys, added to by
 ``backward``); non-trainable weights (BatchNormalization's moving statistics) in ``state``.
-A model may rebind these arrays to views of one flat buffer, so layer code always reads
-them through the dicts.
+A model may rebind these arrays to views of one flat buffer, or to arrays on the GPU, so
+layer code always reads them through the dicts. Kernels are launched through ``self.ops``,
+the device module the model runs on (``nbnet.devices.cpu`` unless the model moved it).
 """
 
 import itertools
@@ -13,6 +14,7 @@ import re
 
 import numpy as np
 
+from ..devices import cpu
 from ..errors import ShapeError
 
 _counters = {}
@@ -40,6 +42,7 @@ class Layer:
         self.regularizers = {}
         # The first layer of a model needs no input gradient; the model clears this.
         self.needs_input_grad = True
+        self.ops = cpu
         self._buffers = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -75,12 +78,25 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
-    def regularization(self):
-        """Add each regularizer's gradient into ``grads``; return the summed penalty."""
-        # A regularizer for a weight the layer does not have (bias_regularizer with
-        # use_bias=False) is ignored, as in Keras.
-        return sum(reg.apply(self.params[key], self.grads[key]) for key, reg in self.regularizers.items()
-                   if reg and key in self.params)
+    def active_regularizers(self):
+        """(weight key, regularizer) pairs in effect. A regularizer for a weight the layer
+        does not have (bias_regularizer with use_bias=False) is ignored, as in Keras."""
+        return [(key, reg) for key, reg in self.regularizers.items() if reg and key in self.params]
+
+    def regularization(self, total_outs=None):
+        """Add each regularizer's gradient into ``grads``; return the summed penalty, or,
+        given ``total_outs`` (one (1,) float64 array per active regularizer, on the
+        layer's device), write each penalty there and return None."""
+        active = self.active_regularizers()
+        if total_outs is None:
+            return sum(reg.apply(self.params[key], self.grads[key], self.ops) for key, reg in active)
+        for (key, reg), total_out in zip(active, total_outs):
+            reg.apply(self.params[key], self.grads[key], self.ops, total_out)
+        return None
+
+    def set_device(self, ops):
+        """Compute with the device module ``ops`` from now on; the model moves the weights."""
+        self.ops = ops
 
     # -- weights -------------------------------------------------------------------
     def get_weights(self):
@@ -119,9 +135,12 @@ class Layer:
 
     def _buffer(self, key, shape, dtype):
         """A scratch array reused across steps while its shape and dtype stay the same."""
+        # Kept per device, so moving a model back and forth does not reallocate.
+        key = (self.ops.name, key)
+        shape = tuple(int(d) for d in shape)
         buf = self._buffers.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.empty(shape, dtype=dtype)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
+            buf = self.ops.empty(shape, dtype)
             self._buffers[key] = buf
         return buf
 

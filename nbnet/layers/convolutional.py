@@ -3,12 +3,9 @@
 import numpy as np
 
 from ..errors import NbnetError
-from ..kernels.activations import activation_backward
-from ..kernels.conv import (DIRECT_MAX_FIELD, conv2d_backward, direct_conv_backward, direct_conv_forward, im2col,
-                            output_geometry)
-from ..kernels.matmul import matmul, workers
+from ..kernels.conv import DIRECT_MAX_FIELD, output_geometry
 from .base import Layer
-from .core import _EMPTY, KernelMixin
+from .core import KernelMixin
 
 
 def pair(value, what, owner):
@@ -65,6 +62,7 @@ class Conv2D(KernelMixin, Layer):
         return (*self.kernel_size, *self.strides, top, left, out_h, out_w)
 
     def forward(self, x, training=False):
+        ops = self.ops
         batch, height, width, channels = x.shape
         geometry = self._geometry(height, width)
         out_h, out_w = geometry[-2:]
@@ -72,15 +70,15 @@ class Conv2D(KernelMixin, Layer):
         rows = batch * out_h * out_w
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
         if kernel2d.shape[0] <= DIRECT_MAX_FIELD:
-            direct_conv_forward(x, kernel2d, *geometry, z)
+            ops.direct_conv_forward(x, kernel2d, *geometry, z)
             self._x, self._cols = x, None
         else:
             cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
-            im2col(x, *geometry, cols)
-            matmul(cols, kernel2d, out=z)
+            ops.im2col(x, *geometry, cols)
+            ops.matmul(cols, kernel2d, out=z)
             self._x, self._cols = None, cols
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
+        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
         self._x_shape, self._geometry_used, self._y = x.shape, geometry, y
         return y.reshape(batch, out_h, out_w, self.filters)
 
@@ -94,19 +92,21 @@ class Conv2D(KernelMixin, Layer):
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
         dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
         dcols = self._cols if self.needs_input_grad else None
-        conv2d_backward(self._cols, kernel2d, self._y, dy, self._geometry_used, self._backward_code(from_logits),
-                        self._slope, self.grads["kernel"].reshape(kernel2d.shape),
-                        self.grads.get("bias", _EMPTY[dtype]), self._buffer("dkernel", (workers(),) + kernel2d.shape, dtype),
-                        dcols, dx)
+        ops = self.ops
+        ops.conv2d_backward(self._cols, kernel2d, self._y, dy, self._geometry_used, self._backward_code(from_logits),
+                            self._slope, self.grads["kernel"].reshape(kernel2d.shape),
+                            self._param_or_nothing(self.grads, "bias", dtype),
+                            self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype), dcols, dx)
         return dx
 
     def _direct_backward(self, kernel2d, dy, from_logits):
         dz = dy.reshape(-1, self.filters)
-        activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
-                            self.grads.get("bias", _EMPTY[dy.dtype]))
+        self.ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
+                                     self._param_or_nothing(self.grads, "bias", dy.dtype))
         dx = self._buffer("dx", self._x_shape, dy.dtype) if self.needs_input_grad else None
-        direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, self.grads["kernel"].reshape(kernel2d.shape),
-                             dx is not None, dx if dx is not None else self._x[:0])
+        self.ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used,
+                                      self.grads["kernel"].reshape(kernel2d.shape), dx is not None,
+                                      dx if dx is not None else self._x[:0])
         return dx
 
     def get_config(self):

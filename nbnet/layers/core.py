@@ -4,12 +4,8 @@ import numpy as np
 
 from .. import activations, initializers, regularizers
 from ..errors import NbnetError
-from ..kernels.activations import LINEAR, activation_backward, bias_activation_forward
-from ..kernels.dense import dense_backward
-from ..kernels.matmul import matmul, workers
+from ..kernels.activations import LINEAR
 from .base import Layer
-
-_EMPTY = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
 
 
 class ActivationMixin:
@@ -24,15 +20,20 @@ class ActivationMixin:
 
     def _activate(self, z2d, bias, y2d):
         """y2d = act(z2d + bias); z2d may be y2d. With keep_logits, z2d is kept as logits."""
+        ops = self.ops
         if self.keep_logits:
-            bias_activation_forward(z2d, bias, LINEAR, 0.0, z2d)
+            ops.bias_activation_forward(z2d, bias, LINEAR, 0.0, z2d)
             self.logits = z2d
-            bias_activation_forward(z2d, _EMPTY[z2d.dtype], self._code, self._slope, y2d)
+            ops.bias_activation_forward(z2d, ops.nothing(z2d.dtype), self._code, self._slope, y2d)
         else:
-            bias_activation_forward(z2d, bias, self._code, self._slope, y2d)
+            ops.bias_activation_forward(z2d, bias, self._code, self._slope, y2d)
 
     def _backward_code(self, from_logits):
         return LINEAR if from_logits else self._code
+
+    def _param_or_nothing(self, store, key, dtype):
+        """``store[key]``, or the kernels' zero-length 'none' array (no bias)."""
+        return store[key] if key in store else self.ops.nothing(dtype)
 
 
 class KernelMixin(ActivationMixin):
@@ -89,18 +90,19 @@ class Dense(KernelMixin, Layer):
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
         z = self._buffer("logits" if self.keep_logits else "y", (x.shape[0], self.units), x.dtype)
-        matmul(x, kernel, out=z)
+        self.ops.matmul(x, kernel, out=z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self.params.get("bias", _EMPTY[x.dtype]), y)
+        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
         self._x, self._y = x, y
         return y
 
     def backward(self, dy, from_logits=False):
         x = self._x
         dx = self._buffer("dx", x.shape, x.dtype) if self.needs_input_grad else None
-        dense_backward(x, self.params["kernel"], self._y, dy, self._backward_code(from_logits), self._slope,
-                       self.grads["kernel"], self.grads.get("bias", _EMPTY[x.dtype]),
-                       self._buffer("dkernel", (workers(),) + self.params["kernel"].shape, x.dtype), dx)
+        ops = self.ops
+        ops.dense_backward(x, self.params["kernel"], self._y, dy, self._backward_code(from_logits), self._slope,
+                           self.grads["kernel"], self._param_or_nothing(self.grads, "bias", x.dtype),
+                           self._buffer("dkernel", (ops.workers(),) + self.params["kernel"].shape, x.dtype), dx)
         return dx
 
     def get_config(self):
@@ -119,7 +121,7 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], x.size // max(x.shape[0], 1))
 
     def backward(self, dy):
         return dy.reshape(self._shape) if self.needs_input_grad else None
@@ -142,14 +144,22 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             self._mask = None
             return x
+        # Drawn on the host from the seeded generator, so the CPU and the GPU drop the same units.
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
-        return np.multiply(x, self._mask, out=self._buffer("y", x.shape, x.dtype))
+        mask = self._buffer("mask", (x.size,), x.dtype)
+        self.ops.upload(np.multiply(keep.reshape(-1), x.dtype.type(1.0 / (1.0 - self.rate)), dtype=x.dtype), mask)
+        self._mask = mask
+        y = self._buffer("y", x.shape, x.dtype)
+        self.ops.apply_mask(x.reshape(x.size), mask, y.reshape(y.size))
+        return y
 
     def backward(self, dy):
         if not self.needs_input_grad:
             return None
-        return dy if self._mask is None else np.multiply(dy, self._mask, out=dy)
+        if self._mask is not None:
+            flat = dy.reshape(dy.size)
+            self.ops.apply_mask(flat, self._mask, flat)
+        return dy
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
@@ -163,22 +173,22 @@ class Activation(ActivationMixin, Layer):
         self._init_activation(activation)
 
     def forward(self, x, training=False):
-        channels = x.shape[-1]
+        channels = tuple(x.shape)[-1]  # tuple(): the CUDA simulator's shapes reject negative indices
         y = self._buffer("y", x.shape, x.dtype)
         z2d = self._buffer("logits", x.shape, x.dtype).reshape(-1, channels) if self.keep_logits else x.reshape(-1, channels)
         if self.keep_logits:
-            z2d[...] = x.reshape(-1, channels)
-        self._activate(z2d, _EMPTY[x.dtype], y.reshape(-1, channels))
+            self.ops.copy(x.reshape(-1, channels), z2d)
+        self._activate(z2d, self.ops.nothing(x.dtype), y.reshape(-1, channels))
         self._y = y
         return y
 
     def backward(self, dy, from_logits=False):
         if not self.needs_input_grad:
             return None
-        channels = dy.shape[-1]
+        channels = tuple(dy.shape)[-1]
         dy2d = dy.reshape(-1, channels)
-        activation_backward(self._y.reshape(-1, channels), dy2d, self._backward_code(from_logits), self._slope, dy2d,
-                            _EMPTY[dy.dtype])
+        self.ops.activation_backward(self._y.reshape(-1, channels), dy2d, self._backward_code(from_logits),
+                                     self._slope, dy2d, self.ops.nothing(dy.dtype))
         return dy
 
     def get_config(self):

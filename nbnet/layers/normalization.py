@@ -2,8 +2,6 @@
 
 import numpy as np
 
-from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,
-                                     batchnorm_train_forward)
 from .base import Layer
 
 
@@ -25,39 +23,38 @@ class BatchNormalization(Layer):
         self.state["moving_variance"] = np.ones(channels, np.float32)
 
     def forward(self, x, training=False):
-        channels = x.shape[-1]
+        channels = tuple(x.shape)[-1]  # tuple(): the CUDA simulator's shapes reject negative indices
         x2d = x.reshape(-1, channels)
         y = self._buffer("y", x.shape, x.dtype)
         y2d = y.reshape(-1, channels)
         self._training = training
         if not training:
             self._x2d = x2d  # the inference backward needs the input itself
-            batchnorm_infer(x2d, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
-                            self.state["moving_variance"], self.epsilon, y2d)
+            self.ops.batchnorm_infer(x2d, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
+                                     self.state["moving_variance"], self.epsilon, y2d)
             return y
         x_hat = self._buffer("x_hat", x2d.shape, x.dtype)
-        mean = np.empty(channels, x.dtype)
-        variance = np.empty(channels, x.dtype)
-        self._inv_std = batchnorm_train_forward(x2d, self.params["gamma"], self.params["beta"], self.epsilon, x_hat,
-                                                y2d, mean, variance)
+        mean = self._buffer("mean", (channels,), x.dtype)
+        variance = self._buffer("variance", (channels,), x.dtype)
+        self._inv_std = self.ops.batchnorm_train_forward(x2d, self.params["gamma"], self.params["beta"], self.epsilon,
+                                                         x_hat, y2d, mean, variance,
+                                                         self._buffer("inv_std", (channels,), np.float64))
         self._x_hat = x_hat
-        for key, batch_value in (("moving_mean", mean), ("moving_variance", variance)):
-            moving = self.state[key]
-            moving *= self.momentum
-            moving += (1.0 - self.momentum) * batch_value
+        self.ops.update_moving_averages(self.state["moving_mean"], self.state["moving_variance"], mean, variance,
+                                        self.momentum)
         return y
 
     def backward(self, dy):
-        channels = dy.shape[-1]
+        channels = tuple(dy.shape)[-1]
         dy2d = dy.reshape(-1, channels)
         dx = self._buffer("dx", dy.shape, dy.dtype)
         if not self._training:
-            batchnorm_infer_backward(dy2d, self._x2d, self.params["gamma"], self.state["moving_mean"],
-                                     self.state["moving_variance"], self.epsilon, self.grads["gamma"],
-                                     self.grads["beta"], dx.reshape(-1, channels))
+            self.ops.batchnorm_infer_backward(dy2d, self._x2d, self.params["gamma"], self.state["moving_mean"],
+                                              self.state["moving_variance"], self.epsilon, self.grads["gamma"],
+                                              self.grads["beta"], dx.reshape(-1, channels))
             return dx if self.needs_input_grad else None
-        batchnorm_backward(dy2d, self._x_hat, self.params["gamma"], self._inv_std, self.grads["gamma"],
-                           self.grads["beta"], dx.reshape(-1, channels))
+        self.ops.batchnorm_backward(dy2d, self._x_hat, self.params["gamma"], self._inv_std, self.grads["gamma"],
+                                    self.grads["beta"], dx.reshape(-1, channels))
         return dx if self.needs_input_grad else None
 
     def get_config(self):

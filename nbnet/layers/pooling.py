@@ -3,7 +3,6 @@
 import numpy as np
 
 from ..kernels.conv import output_geometry
-from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward
 from .base import Layer
 from .convolutional import pair, padding_mode
 
@@ -44,15 +43,15 @@ class MaxPooling2D(_Pooling2D):
         out_shape, window = self._window(x)
         y = self._buffer("y", out_shape, x.dtype)
         argmax = self._buffer("argmax", out_shape, np.int32)
-        maxpool_forward(x, *window, y, argmax)
-        self._x_shape, self._argmax = x.shape, argmax
+        self.ops.maxpool_forward(x, *window, y, argmax)
+        self._x_shape, self._argmax, self._window_used = x.shape, argmax, window
         return y
 
     def backward(self, dy):
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", self._x_shape, dy.dtype)
-        maxpool_backward(dy, self._argmax, dx)
+        self.ops.maxpool_backward(dy, self._argmax, *self._window_used, dx)
         return dx
 
 
@@ -60,7 +59,7 @@ class AveragePooling2D(_Pooling2D):
     def forward(self, x, training=False):
         out_shape, window = self._window(x)
         y = self._buffer("y", out_shape, x.dtype)
-        avgpool_forward(x, *window, y)
+        self.ops.avgpool_forward(x, *window, y)
         self._x_shape, self._window_used = x.shape, window
         return y
 
@@ -68,5 +67,5 @@ class AveragePooling2D(_Pooling2D):
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", self._x_shape, dy.dtype)
-        avgpool_backward(dy, *self._window_used, dx)
+        self.ops.avgpool_backward(dy, *self._window_used, dx)
         return dx

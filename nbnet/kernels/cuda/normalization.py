@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import chunking, launch_1d, workspace
+from . import as_scalar, chunking, launch_1d, workspace
 
 
 @cuda.jit(device=True)
@@ -88,6 +88,24 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, x_hat, y, mean_out, varianc
     blocks, threads = launch_1d(rows * channels)
     _normalise_kernel[blocks, threads](x, gamma, beta, mean64, inv_std, x_hat, y)
     return inv_std
+
+
+@cuda.jit
+def _moving_averages_kernel(moving_mean, moving_variance, mean, variance, keep, take):
+    for k in range(cuda.grid(1), moving_mean.shape[0], cuda.gridsize(1)):
+        moving_mean[k] = keep * moving_mean[k] + take * mean[k]
+        moving_variance[k] = keep * moving_variance[k] + take * variance[k]
+
+
+def update_moving_averages(moving_mean, moving_variance, mean, variance, momentum):
+    """moving = momentum * moving + (1 - momentum) * batch statistic (Keras's rule)."""
+    channels = moving_mean.shape[0]
+    if channels == 0:
+        return
+    dtype = moving_mean.dtype
+    blocks, threads = launch_1d(channels)
+    _moving_averages_kernel[blocks, threads](moving_mean, moving_variance, mean, variance,
+                                             as_scalar(momentum, dtype), as_scalar(1.0 - momentum, dtype))
 
 
 @cuda.jit

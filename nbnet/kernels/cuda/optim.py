@@ -1,16 +1,35 @@
 """CUDA twins of ``nbnet.kernels.optim``: one fused, elementwise update kernel per
 optimizer over the flat parameter vector (one thread per parameter, grid-stride), with the
-CPU kernels' Keras 3 formulas and the hyperparameters cast to the parameters' dtype."""
+CPU kernels' Keras 3 formulas and the hyperparameters cast to the parameters' dtype.
+
+Each launcher takes an optional ``halt`` (int32 device array of shape (1,)): while
+halt[0] != 0 the kernel changes nothing. ``training.check_finite`` sets it when a step's
+loss or gradients are not finite, so a diverged run keeps the weights of its last good
+step without the host checking every step."""
 
 import math
 
 from numba import cuda
 
+import numpy as np
+
 from . import as_scalar, launch_1d
+
+_never_halted = []
+
+
+def _halt_flag(halt):
+    if halt is not None:
+        return halt
+    if not _never_halted:
+        _never_halted.append(cuda.to_device(np.zeros(1, np.int32)))
+    return _never_halted[0]
 
 
 @cuda.jit
-def _sgd_kernel(params, grads, velocity, lr, mu, use_momentum, nesterov):
+def _sgd_kernel(params, grads, velocity, lr, mu, use_momentum, nesterov, halt):
+    if halt[0] != 0:
+        return
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         if not use_momentum:
             params[i] -= lr * grads[i]
@@ -20,18 +39,20 @@ def _sgd_kernel(params, grads, velocity, lr, mu, use_momentum, nesterov):
             params[i] += mu * v - lr * grads[i] if nesterov else v
 
 
-def sgd_update(params, grads, velocity, learning_rate, momentum, nesterov):
+def sgd_update(params, grads, velocity, learning_rate, momentum, nesterov, halt=None):
     n = params.shape[0]
     if n == 0:
         return
     dtype = params.dtype
     blocks, threads = launch_1d(n)
     _sgd_kernel[blocks, threads](params, grads, velocity, as_scalar(learning_rate, dtype), as_scalar(momentum, dtype),
-                                 float(momentum) != 0.0, bool(nesterov))
+                                 float(momentum) != 0.0, bool(nesterov), _halt_flag(halt))
 
 
 @cuda.jit
-def _adam_kernel(params, grads, m, v, alpha, b1, b2, eps, shrink, one):
+def _adam_kernel(params, grads, m, v, alpha, b1, b2, eps, shrink, one, halt):
+    if halt[0] != 0:
+        return
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         g = grads[i]
         m[i] = b1 * m[i] + (one - b1) * g
@@ -39,7 +60,7 @@ def _adam_kernel(params, grads, m, v, alpha, b1, b2, eps, shrink, one):
         params[i] = params[i] * shrink - alpha * m[i] / (math.sqrt(v[i]) + eps)
 
 
-def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay):
+def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay, halt=None):
     """m, v moments; ``step_size`` = lr*sqrt(1-beta_2^t)/(1-beta_1^t) (Keras's folded bias
     correction); ``decay`` = lr*weight_decay for AdamW's decoupled decay, else 0."""
     n = params.shape[0]
@@ -49,11 +70,13 @@ def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay):
     blocks, threads = launch_1d(n)
     _adam_kernel[blocks, threads](params, grads, m, v, as_scalar(step_size, dtype), as_scalar(beta_1, dtype),
                                   as_scalar(beta_2, dtype), as_scalar(epsilon, dtype), as_scalar(1.0 - decay, dtype),
-                                  as_scalar(1.0, dtype))
+                                  as_scalar(1.0, dtype), _halt_flag(halt))
 
 
 @cuda.jit
-def _rmsprop_kernel(params, grads, mean_square, velocity, lr, r, mu, use_momentum, eps, one):
+def _rmsprop_kernel(params, grads, mean_square, velocity, lr, r, mu, use_momentum, eps, one, halt):
+    if halt[0] != 0:
+        return
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         g = grads[i]
         mean_square[i] = r * mean_square[i] + (one - r) * g * g
@@ -64,7 +87,7 @@ def _rmsprop_kernel(params, grads, mean_square, velocity, lr, r, mu, use_momentu
         params[i] -= update
 
 
-def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, momentum, epsilon):
+def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, momentum, epsilon, halt=None):
     n = params.shape[0]
     if n == 0:
         return
@@ -72,4 +95,4 @@ def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, mom
     blocks, threads = launch_1d(n)
     _rmsprop_kernel[blocks, threads](params, grads, mean_square, velocity, as_scalar(learning_rate, dtype),
                                      as_scalar(rho, dtype), as_scalar(momentum, dtype), float(momentum) > 0.0,
-                                     as_scalar(epsilon, dtype), as_scalar(1.0, dtype))
+                                     as_scalar(epsilon, dtype), as_scalar(1.0, dtype), _halt_flag(halt))

@@ -1,0 +1,83 @@
+"""The CUDA device: Numba device arrays and the @cuda.jit twins in ``nbnet.kernels.cuda``,
+under the names every device module exposes (see ``nbnet.devices``). Importing this module
+imports numba.cuda; ``nbnet.devices.resolve`` does so only after checking a GPU is usable."""
+
+import numpy as np
+from numba import cuda as _cuda
+
+from ..kernels import cuda as _kernels
+from ..kernels.cuda.activations import activation_backward, bias_activation_forward  # noqa: F401
+from ..kernels.cuda.conv import conv2d_backward, direct_conv_backward, direct_conv_forward, im2col  # noqa: F401
+from ..kernels.cuda.dense import dense_backward  # noqa: F401
+from ..kernels.cuda.dropout import apply_mask  # noqa: F401
+from ..kernels.cuda.gemm import matmul  # noqa: F401
+from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, crossentropy_from_probabilities,  # noqa: F401
+                                   mean_squared_error, sigmoid_crossentropy_from_logits,
+                                   softmax_crossentropy_from_logits)
+from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
+                                          batchnorm_train_forward, update_moving_averages)
+from ..kernels.cuda.optim import adam_update, rmsprop_update, sgd_update  # noqa: F401
+from ..kernels.cuda.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward  # noqa: F401
+from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
+from ..kernels.cuda.training import check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
+
+name = "cuda"
+_nothing = {}
+
+
+def workers():
+    """Rows of the CPU's per-thread weight-gradient scratch: the GPU accumulates in place."""
+    return 0
+
+
+def empty(shape, dtype=np.float32):
+    return _cuda.device_array(shape, dtype=dtype)
+
+
+def zeros(shape, dtype=np.float32):
+    return _cuda.to_device(np.zeros(shape, dtype))
+
+
+def to_device(array):
+    return _cuda.to_device(np.ascontiguousarray(array))
+
+
+def to_host(array):
+    return array.copy_to_host()
+
+
+def copy(source, out):
+    """out[...] = source (same shape, both on the GPU)."""
+    out.copy_to_device(source)
+
+
+def upload(host, out):
+    """Copy the host array ``host`` into ``out``, a device array of the same shape."""
+    out.copy_to_device(np.ascontiguousarray(host))
+
+
+def copy_to_host(array, out):
+    array.copy_to_host(out)
+
+
+def nothing(dtype, ndim=1):
+    """A zero-length device array: the 'no bias' / 'no labels' argument of the kernels."""
+    if ndim == 1:
+        return _kernels.empty(dtype)
+    key = (np.dtype(dtype).str, ndim)
+    if key not in _nothing:
+        _nothing[key] = _cuda.device_array((0,) * ndim, dtype=dtype)
+    return _nothing[key]
+
+
+def synchronize():
+    _cuda.synchronize()
+
+
+def available_memory():
+    """Free bytes of GPU memory, or None where unknown (the simulator)."""
+    try:
+        free, _ = _cuda.current_context().get_memory_info()
+        return int(free)
+    except Exception:
+        return None

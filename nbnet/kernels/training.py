@@ -1,0 +1,55 @@
+"""The training loop's own kernels, beyond the layers': gathering a shuffled batch, the
+divergence check and the accuracy count. Their CUDA twins (``kernels/cuda/training.py``)
+let a whole step stay on the GPU; on the CPU they also spare the per-step temporaries
+that the NumPy spellings (``np.take``, ``np.isfinite(...).all()``, ``argmax``) allocate."""
+
+from numba import njit
+
+
+@njit(cache=True)
+def gather_rows(source, order, start, out):
+    """out[i] = source[order[start + i]] for every row of ``out`` (2-D views, a sample a row)."""
+    for i in range(out.shape[0]):
+        out[i, :] = source[order[start + i], :]
+
+
+@njit(cache=True)
+def check_finite(values, total, step, halt):
+    """Sets halt[0] = step when ``total[0]`` (the step's loss) or any of ``values`` (the
+    gradients) is NaN or Inf, unless an earlier step already halted. The optimizer kernels
+    skip their update while halt[0] != 0, so the weights stay those of the last good step."""
+    if halt[0] != 0:
+        return
+    # Inf * 0 and NaN * 0 are NaN, so one NaN-propagating sum (which vectorises, unlike an
+    # early-exit loop) tells whether every value is finite.
+    probe = total[0] * 0.0
+    for i in range(values.shape[0]):
+        probe += values[i] * 0.0
+    if probe != 0.0:
+        halt[0] = step
+
+
+@njit(cache=True)
+def count_correct(outputs, labels, rows, threshold, out):
+    """out[0] = how many predictions are right: the argmax of each row of ``outputs``
+    against ``labels`` (class ids, when non-empty) or against the argmax of ``rows``
+    (one-hot targets); for a single output unit, output > threshold against row > 0.5."""
+    count, width = outputs.shape
+    correct = 0.0
+    for i in range(count):
+        if width == 1 and labels.shape[0] == 0:
+            correct += 1.0 if (outputs[i, 0] > threshold) == (rows[i, 0] > 0.5) else 0.0
+            continue
+        best = 0
+        for k in range(1, width):
+            if outputs[i, k] > outputs[i, best]:
+                best = k
+        if labels.shape[0] > 0:
+            expected = labels[i]
+        else:
+            expected = 0
+            for k in range(1, width):
+                if rows[i, k] > rows[i, expected]:
+                    expected = k
+        correct += 1.0 if best == expected else 0.0
+    out[0] = correct
