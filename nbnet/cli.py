@@ -62,7 +62,8 @@ def main():
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False),
               help="Continue training from this model file up to --epochs.")
 @click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="cuda: an NVIDIA GPU (pip install 'nbnet[cuda]'); auto: the GPU when usable, else the CPU.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True)
 def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_dir, output, resume, validation_split,
           device, verbose):
@@ -76,15 +77,6 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
     from .warmup import warmup
     from .zoo import get_definition
 
-    if device in ("cuda", "auto"):
-        from .kernels.cuda import available
-
-        usable, reason = available()
-        if device == "cuda":
-            # The CUDA kernels exist (nbnet/kernels/cuda) but the GPU training path does not yet.
-            _fail("--device cuda: GPU training is not wired into the trainer yet"
-                  + ("" if usable else f" (and this machine cannot run it: {reason})") + ". Use --device cpu.")
-        click.echo(f"--device auto: training on the CPU ({'GPU training is not wired in yet' if usable else reason}).")
     try:
         if resume:
             model = models.load_model(resume)
@@ -95,6 +87,9 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
             definition = get_definition(model_name)
             model = definition.build(optimizer=optimizer, learning_rate=learning_rate, seed=seed)
             defaults = {"epochs": getattr(definition, "EPOCHS", 10), "batch_size": getattr(definition, "BATCH_SIZE", 128)}
+        model.to(device)
+        if verbose or device != "cpu":
+            click.echo(model.device_message)
         epochs = epochs or defaults.get("epochs", 10)
         batch_size = batch_size or defaults.get("batch_size", 128)
         output = Path(output or resume or f"{model.name}.nbnet")

@@ -17,11 +17,13 @@ def warmup(model, progress=None):
     from .saving import model_from_config
 
     started = time.perf_counter()
+    on_gpu = model.device != "cpu"
     if progress:
-        progress("Compiling kernels (first run only; cached on disk afterwards)...")
+        progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
+                 else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
     if isinstance(copy, Sequential) and model.loss is not None:
-        copy.compile(type(model.optimizer)(), model.loss, model.metrics)
+        copy.compile(type(model.optimizer)(), model.loss, model.metrics, device=model.device)
         x = np.zeros((2,) + tuple(copy.input_shape), np.float32)
         width = int(np.prod(copy.output_shape))
         y = np.zeros(2, np.int64) if model.loss.sparse_targets else np.zeros((2, width), np.float32)

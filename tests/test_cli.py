@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from nbnet.cli import main
@@ -73,6 +74,16 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 1 and "truncated or corrupt" in result.output
     result = CliRunner().invoke(main, ["train", "--model", "no_such_model"])
     assert result.exit_code == 1 and "Unknown model 'no_such_model'" in result.output
+
+
+def test_device_cuda_without_a_gpu_says_what_is_missing():
+    from nbnet.kernels.cuda import available
+
+    usable, reason = available()
+    if usable:
+        pytest.skip("a GPU is usable here")
+    result = CliRunner().invoke(main, ["train", "--device", "cuda", "--epochs", "1"])
+    assert result.exit_code == 1 and "device='cuda' was requested" in result.output and reason in result.output
 
 
 def test_sigint_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path):
