@@ -3,7 +3,9 @@
 The simulator must be switched on before numba.cuda is first imported, so a plain
 ``pytest`` run cannot use it in-process: each CUDA test module has one wrapper test that
 re-runs the module in a subprocess with NUMBA_ENABLE_CUDASIM=1 (``run_under_simulator``);
-there the module's real tests run (``sim_only``) and the wrapper skips itself. The
+there the module's real tests run (``sim_only``) and the wrapper skips itself. On a
+machine with a GPU, ``NBNET_TEST_GPU=1 pytest tests/test_cuda_*.py`` runs the same tests on
+the real device instead (the wrappers then skip). The
 simulator runs every CUDA thread as a Python thread, so shapes are tiny and launches
 small (``small_launches``), which also makes every grid-stride loop run more than once.
 """
@@ -17,10 +19,12 @@ from pathlib import Path
 import pytest
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# The CUDA tests run in this process: under the simulator, or on a real GPU when asked.
+ON_CUDA = SIMULATED or os.environ.get("NBNET_TEST_GPU") == "1"
 
-sim_only = pytest.mark.skipif(not SIMULATED, reason="runs in the simulator subprocess started by the module's "
-                                                     "*_under_simulator test")
-plain_only = pytest.mark.skipif(SIMULATED, reason="already inside the simulator run")
+sim_only = pytest.mark.skipif(not ON_CUDA, reason="runs in the simulator subprocess started by the module's "
+                                                   "*_under_simulator test (or set NBNET_TEST_GPU=1 on a GPU)")
+plain_only = pytest.mark.skipif(ON_CUDA, reason="already inside the CUDA run")
 
 
 def run_under_simulator(test_file, timeout_s=300):

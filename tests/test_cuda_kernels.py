@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 try:
-    from .simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
+    from .simulator import ON_CUDA, SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 except ImportError:  # tests/ is not a package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
+    from simulator import ON_CUDA, SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 
 # Elementwise results computed by the same expressions (float32 rounding only).
 RTOL, ATOL = 1e-5, 1e-6
@@ -164,7 +164,7 @@ def test_kernels_compile_for_a_real_gpu(monkeypatch):
     assert not failures, "\n\n".join(failures)
 
 
-if SIMULATED:
+if ON_CUDA:
     from numba import cuda
 
     import nbnet.kernels.cuda as kc

@@ -18,10 +18,10 @@ from nbnet.callbacks import ModelCheckpoint
 from nbnet.errors import NbnetError, TrainingDiverged
 
 try:
-    from .simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
+    from .simulator import ON_CUDA, SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 except ImportError:  # tests/ is not a package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from simulator import SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
+    from simulator import ON_CUDA, SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 
 # A few steps of float32 training with sums in another order than the CPU's.
 RTOL, ATOL = 2e-4, 2e-5
@@ -94,7 +94,7 @@ def assert_same_model(gpu, cpu_model):
         np.testing.assert_allclose(gpu.history_log[key], values, rtol=RTOL, atol=ATOL)
 
 
-if SIMULATED:
+if ON_CUDA:
     @pytest.fixture(autouse=True, scope="module")
     def tiny_launches():
         with small_launches():
@@ -175,7 +175,7 @@ def test_divergence_on_cuda_keeps_the_last_good_weights():
         np.testing.assert_array_equal(got, expected)
 
 
-@sim_only
+@pytest.mark.skipif(not SIMULATED, reason="the simulator's own behaviour")
 def test_auto_device_under_the_simulator_is_the_cpu():
     model = models.Sequential([layers.Dense(2, input_shape=(3,))]).to("auto")
     assert model.device == "cpu" and "simulator" in model.device_message
