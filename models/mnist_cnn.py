@@ -1,5 +1,9 @@
 """The classic Keras MNIST CNN: two 3x3 conv + 2x2 max-pool stages, a 64-unit dense layer
-and a softmax over the 10 digits; Adam, sparse categorical cross-entropy, batch 128."""
+and a softmax over the 10 digits; Adam, sparse categorical cross-entropy, batch 128.
+
+It starts with Rescaling(1/255), so it takes MNIST's uint8 pixels as they are and fit
+keeps the training set as uint8: 141 MB less than a float32 copy. It computes with the same
+float32 values as scaling the images by float32(1/255) beforehand."""
 
 from nbnet import layers, models, optimizers
 
@@ -9,7 +13,8 @@ BATCH_SIZE = 128
 
 def build(optimizer="adam", learning_rate=None, seed=None):
     model = models.Sequential([
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)),
+        layers.Rescaling(1.0 / 255.0, input_shape=(28, 28, 1)),
+        layers.Conv2D(32, (3, 3), activation="relu"),
         layers.MaxPooling2D((2, 2)),
         layers.Conv2D(64, (3, 3), activation="relu"),
         layers.MaxPooling2D((2, 2)),

@@ -18,21 +18,13 @@ def _fail(error):
 
 
 def _mnist(data_dir, verbose=True):
-    """MNIST as uint8 images and int64 labels; ``_scaled`` turns images into model input."""
+    """MNIST as uint8 images and int64 labels; ``mnist.model_input`` turns images into model input."""
     import numpy as np
 
     from .datasets import mnist
 
     (x_train, y_train), (x_test, y_test) = mnist.load_data(data_dir=data_dir, verbose=verbose)
     return (x_train, y_train.astype(np.int64)), (x_test, y_test.astype(np.int64))
-
-
-def _scaled(images):
-    """uint8 images -> float32 in [0, 1] with a channel axis, as the MNIST models train on.
-    Done per split when needed, so the test images are not held as float32 while training."""
-    import numpy as np
-
-    return images[..., None] * np.float32(1.0 / 255.0)
 
 
 def _reference_model_path():
@@ -73,6 +65,7 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
     and exits with 130 (143); `--resume` continues exactly where it stopped."""
     from . import models
     from .callbacks import ModelCheckpoint
+    from .datasets.mnist import model_input
     from .errors import NbnetError, TrainingDiverged, TrainingInterrupted
     from .warmup import warmup
     from .zoo import get_definition
@@ -94,7 +87,7 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
         batch_size = batch_size or defaults.get("batch_size", 128)
         output = Path(output or resume or f"{model.name}.nbnet")
         (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
-        x_train = _scaled(x_train)
+        x_train = model_input(x_train, model)
         if verbose and not resume:
             model.summary()
         warmup(model, progress=click.echo if verbose else None)
@@ -104,7 +97,8 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
                       verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
         seconds = time.perf_counter() - started
         del x_train
-        loss, accuracy = model.evaluate(_scaled(x_test), y_test, batch_size=1000, verbose=0)
+        # The test images are converted only now, so they are not held as float32 while training.
+        loss, accuracy = model.evaluate(model_input(x_test, model), y_test, batch_size=1000, verbose=0)
     except TrainingInterrupted as stop:
         model.save(output)
         click.echo(f"{stop} Checkpoint saved to {output}.\nResume with: nbnet train --resume {output} "
@@ -149,13 +143,14 @@ def evaluate(model_path, data_dir, batch_size):
     MODEL_PATH defaults to the reference model shipped with nbnet."""
     import numpy as np
 
+    from .datasets.mnist import model_input
     from .errors import NbnetError
     from .models import load_model
 
     try:
         model = load_model(model_path or _reference_model_path())
         _, (x_test, y_test) = _mnist(data_dir, verbose=False)
-        x_test = _scaled(x_test)
+        x_test = model_input(x_test, model)
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0)
         predicted = model.predict(x_test, batch_size=batch_size).argmax(axis=1)
     except NbnetError as error:
@@ -176,12 +171,14 @@ def evaluate(model_path, data_dir, batch_size):
 @click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the probabilities to this .npy file.")
 @click.option("--scale/--no-scale", default=True, show_default=True,
-              help="Divide uint8 images by 255, as the MNIST models were trained.")
+              help="Scale uint8 images to [0, 1] as the MNIST models were trained (not for a model whose "
+                   "first layer is a Rescaling: it scales them itself).")
 def predict(model_path, input_path, output, scale):
     """Predict classes for images in a .npy array or an IDX file (one class per line)."""
     import numpy as np
 
     from .datasets.idx import read_idx
+    from .datasets.mnist import model_input
     from .errors import NbnetError
     from .models import load_model
     from .paths import atomic_write
@@ -190,7 +187,7 @@ def predict(model_path, input_path, output, scale):
         model = load_model(model_path)
         images = np.load(input_path, allow_pickle=False) if input_path.endswith(".npy") else read_idx(input_path)
         if scale and images.dtype == np.uint8:
-            images = images.astype(np.float32) / np.float32(255.0)
+            images = model_input(images, model)
         probabilities = model.predict(images, batch_size=1000)
     except (NbnetError, ValueError) as error:
         _fail(error)

@@ -271,6 +271,10 @@ class Sequential:
         if x.shape[1:] != expected:
             raise ShapeError(f"{argument}: model '{self.name}' expects input shape {(None,) + expected}, "
                              f"but received {x.shape}.")
+        if x.dtype == np.uint8:
+            # Kept as uint8 (a quarter of float32's memory); each batch is converted as it is
+            # gathered, to the same float32 values a full conversion would give.
+            return np.ascontiguousarray(x)
         x = np.ascontiguousarray(x, dtype=np.float32)
         bad = _first_non_finite_sample(x)
         if bad is not None:
@@ -533,7 +537,7 @@ class Sequential:
         totals = _StepTotals(ops, max(math.ceil(len(x) / chunk), 1), 0)
         fused = self._fused()
         for start in range(0, len(x), chunk):
-            xb, tb = ops.to_device(x[start:start + chunk]), ops.to_device(targets[start:start + chunk])
+            xb, tb = ops.to_device(_float_input(x[start:start + chunk])), ops.to_device(targets[start:start + chunk])
             self.layers[-1].keep_logits = fused
             outputs = self._forward(xb, training=False)
             row = totals.next_row(len(xb))
@@ -570,7 +574,7 @@ class Sequential:
         with self._on_device():
             ops = self.ops
             for start in range(0, len(x), chunk):
-                y = self._forward(ops.to_device(x[start:start + chunk]), training=False)
+                y = self._forward(ops.to_device(_float_input(x[start:start + chunk])), training=False)
                 ops.copy_to_host(y, outputs[start:start + chunk])
         return outputs
 
@@ -585,7 +589,7 @@ class Sequential:
             self._start_steps()
             totals = _StepTotals(ops, 1, self._penalty_columns())
             step = self.optimizer.iterations + 1
-            self._train_step(ops.to_device(x), ops.to_device(targets), totals.next_row(len(x), step), step)
+            self._train_step(ops.to_device(_float_input(x)), ops.to_device(targets), totals.next_row(len(x), step), step)
             ((_, _, loss_sum, correct),) = totals.drain()
             self._check_halt({step: loss_sum / len(x)})
         logs = self._logs(loss_sum, correct, len(x))
@@ -631,6 +635,11 @@ class Sequential:
         from .saving import save_model
 
         save_model(self, path)
+
+
+def _float_input(x):
+    """A chunk of (possibly uint8) input as the float32 the layers compute with."""
+    return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
 def _first_non_finite_sample(x, chunk=4096):

@@ -61,13 +61,14 @@ def _ptx_signatures():
     from nbnet.kernels.cuda import optim as O
     from nbnet.kernels.cuda import pool as P
     from nbnet.kernels.cuda import regularization as R
+    from nbnet.kernels.cuda import rescaling as S
     from nbnet.kernels.cuda import training as T
 
     f, i = float32, int64
     a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
     d1, d2, i4 = float64[::1], float64[:, ::1], int32[:, :, :, ::1]
     h1 = int32[::1]  # the optimizer kernels' halt flag
-    modules = (A, C, D, L, N, O, P, R, T)
+    modules = (A, C, D, L, N, O, P, R, S, T)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -110,6 +111,7 @@ def _ptx_signatures():
         O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6 + (h1,),
         O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f, h1),
         D._apply_mask_kernel: (a1, a1, a1),
+        S._scale_shift_kernel: (a1, f, f, a1),
         T._fill_zero_kernel: (a1, f),
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
         T._check_finite_kernel: (a1, d1, i, h1),
@@ -178,6 +180,7 @@ if ON_CUDA:
     from nbnet.kernels import optim as cpu_optim
     from nbnet.kernels import pool as cpu_pool
     from nbnet.kernels import regularization as cpu_reg
+    from nbnet.kernels import rescaling as cpu_rescaling
     from nbnet.kernels import training as cpu_training
     from nbnet.kernels.cuda import activations as gpu_act
     from nbnet.kernels.cuda import conv as gpu_conv
@@ -189,6 +192,7 @@ if ON_CUDA:
     from nbnet.kernels.cuda import optim as gpu_optim
     from nbnet.kernels.cuda import pool as gpu_pool
     from nbnet.kernels.cuda import regularization as gpu_reg
+    from nbnet.kernels.cuda import rescaling as gpu_rescaling
     from nbnet.kernels.cuda import training as gpu_training
 
     @pytest.fixture(autouse=True, scope="module")
@@ -610,7 +614,7 @@ def test_optimizers_change_nothing_while_halted(name, slots, hyper):
 
 
 @sim_only
-def test_moving_averages_and_dropout_mask():
+def test_moving_averages_dropout_mask_and_rescaling():
     rng = np.random.default_rng(17)
     moving = [np.abs(rand(rng, 5)) for _ in range(2)]
     batch = [np.abs(rand(rng, 5)) for _ in range(2)]
@@ -624,6 +628,9 @@ def test_moving_averages_and_dropout_mask():
     out_dev = dev(out)
     cpu_dropout.apply_mask(values, mask, out)
     gpu_dropout.apply_mask(dev(values), dev(mask), out_dev)
+    close(out_dev, out, rtol=0, atol=0)
+    cpu_rescaling.scale_shift(values, 1 / 255, -0.5, out)
+    gpu_rescaling.scale_shift(dev(values), 1 / 255, -0.5, out_dev)
     close(out_dev, out, rtol=0, atol=0)
 
 

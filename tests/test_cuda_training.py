@@ -179,3 +179,21 @@ def test_divergence_on_cuda_keeps_the_last_good_weights():
 def test_auto_device_under_the_simulator_is_the_cpu():
     model = models.Sequential([layers.Dense(2, input_shape=(3,))]).to("auto")
     assert model.device == "cpu" and "simulator" in model.device_message
+
+
+@sim_only
+def test_uint8_pixels_on_cuda_as_on_cpu():
+    """The uint8 training set goes to the GPU as uint8; batches become float32 as gathered."""
+    rng = np.random.default_rng(6)
+    pixels, labels = rng.integers(0, 256, (9, 6, 6, 1), dtype=np.uint8), rng.integers(0, 2, 9)
+
+    def model():
+        net = models.Sequential([layers.Rescaling(1 / 255, input_shape=(6, 6, 1)), layers.Flatten(),
+                                 layers.Dense(2, activation="softmax")], seed=7)
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return net
+
+    reference, gpu = model(), model().to("cuda")
+    reference.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
+    gpu.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
+    assert_same_model(gpu, reference)

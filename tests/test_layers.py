@@ -518,6 +518,16 @@ def test_flatten_forward_and_gradient():
     assert_gradients(layer, x)
 
 
+@pytest.mark.parametrize("scale, offset", [(1 / 255, 0.0), (-2.0, 0.5)])
+def test_rescaling_forward_and_gradient(scale, offset):
+    layer = build(layers.Rescaling(scale, offset), (3, 4, 2))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 2))
+    np.testing.assert_allclose(layer.forward(x), x * scale + offset, rtol=1e-15)
+    assert_gradients(layer, x)
+    with pytest.raises(NbnetError, match="Rescaling 'r': scale and offset must be numbers"):
+        layers.Rescaling([1, 2], name="r")
+
+
 def test_dropout_training_gradient_with_frozen_mask():
     layer = build(layers.Dropout(0.4), (6, 5))
     x = np.random.default_rng(0).standard_normal((3, 6, 5))

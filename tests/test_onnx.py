@@ -123,6 +123,17 @@ def test_dropout_disappears(stack):
     assert "Dropout" not in {n.op_type for n in proto.graph.node}
 
 
+@pytest.mark.parametrize("offset", [0.0, -0.5])
+def test_rescaling(offset, tmp_path):
+    model = build([layers.Rescaling(1 / 255, offset), layers.Conv2D(2, 3, activation="relu"), layers.Flatten()],
+                  (5, 5, 1))
+    x = np.random.default_rng(0).integers(0, 256, (7, 5, 5, 1)).astype(np.float32)  # raw pixel values
+    proto = assert_matches(model, x)
+    assert ("Add" in {n.op_type for n in proto.graph.node}) == (offset != 0.0)
+    nbnet_onnx.export(model, tmp_path / "r.onnx", verify=False)
+    assert nbnet_onnx.load(tmp_path / "r.onnx").get_config() == model.get_config()
+
+
 @pytest.mark.parametrize("stack", ["flatten_input", "flatten_rank3", "no_bias", "conv_output", "bn_rank3_output",
                                    "mlp_2d_input"])
 def test_other_stacks(stack):

@@ -156,3 +156,35 @@ def test_clear_errors_for_bad_input():
         model.fit(x, np.zeros(5, int), batch_size=0, verbose=0)
     with pytest.raises(ShapeError, match="Flatten"):
         models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)]).build()
+
+
+def test_uint8_input_trains_as_its_float32_scaling_and_stays_uint8(monkeypatch):
+    """A model that starts with Rescaling takes uint8 pixels: fit keeps them uint8 (no float
+    copy of the data set) and computes exactly what a pre-scaled float32 input gives."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 6, 6, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+
+    def model(rescale):
+        stack = [layers.Rescaling(1 / 255, input_shape=(6, 6, 1))] if rescale else []
+        stack += [layers.Conv2D(2, 3, activation="relu", **({} if rescale else {"input_shape": (6, 6, 1)})),
+                  layers.Flatten(), layers.Dense(3, activation="softmax")]
+        net = models.Sequential(stack, seed=1)
+        net.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return net
+
+    reference = model(rescale=False)
+    reference.fit(pixels * np.float32(1 / 255), labels, batch_size=16, epochs=2, verbose=0, validation_split=0.25)
+    rescaled = model(rescale=True)
+    prepared = []
+    original = models.Sequential._prepare_x
+    monkeypatch.setattr(models.Sequential, "_prepare_x",
+                        lambda self, x, argument="x": prepared.append(original(self, x, argument)) or prepared[-1])
+    rescaled.fit(pixels, labels, batch_size=16, epochs=2, verbose=0, validation_split=0.25)
+    assert prepared[0].dtype == np.uint8 and np.shares_memory(prepared[0], pixels)
+    for got, expected in zip(rescaled.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    assert rescaled.history_log == reference.history_log
+    np.testing.assert_array_equal(rescaled.predict(pixels), reference.predict(pixels * np.float32(1 / 255)))
+    assert rescaled.evaluate(pixels, labels, verbose=0) == reference.evaluate(pixels * np.float32(1 / 255), labels,
+                                                                              verbose=0)

@@ -52,6 +52,20 @@ def load_data(data_dir=None, verbose=True):
     return (a["x_train"], a["y_train"]), (a["x_test"], a["y_test"])
 
 
+def model_input(images, model):
+    """uint8 MNIST images as ``model`` takes them: with a channel axis, left uint8 when the
+    model's first layer is a Rescaling (it scales them itself, and fit keeps uint8 data as
+    uint8), else scaled to [0, 1] float32, as the MNIST models without one were trained."""
+    from ..layers import Rescaling
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if model.layers and isinstance(model.layers[0], Rescaling):
+        return images
+    return images * np.float32(1.0 / 255.0)
+
+
 def _load(data_dir, verbose, *, cache_dir, expected):
     """``load_data`` with the cache directory and digests injectable; returns a dict keyed by KEYS."""
     cache = Path(cache_dir) / CACHE_NAME

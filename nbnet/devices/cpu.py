@@ -17,6 +17,7 @@ from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
 from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_forward  # noqa: F401
+from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import check_finite, count_correct, gather_rows  # noqa: F401
 
 name = "cpu"

@@ -19,6 +19,7 @@ from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, b
 from ..kernels.cuda.optim import adam_update, rmsprop_update, sgd_update  # noqa: F401
 from ..kernels.cuda.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward  # noqa: F401
 from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
+from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
 from ..kernels.cuda.training import check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 
 name = "cuda"

@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import ExportError
 from ..kernels.conv import same_padding
 from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
-                      MaxPooling2D, ReLU, Softmax)
+                      MaxPooling2D, ReLU, Rescaling, Softmax)
 from .opsets import ir_version_for, resolve_opset
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
@@ -56,6 +56,14 @@ class _GraphBuilder:
             value = value.transpose(perm)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         self.weights.append([layer_index, key, name, None if perm is None else list(perm)])
+        return name
+
+    def constant(self, name, value):
+        """A float32 scalar initializer that is not a layer weight (the loader skips it)."""
+        from onnx import numpy_helper
+
+        name = self.unique(name)
+        self.initializers.append(numpy_helper.from_array(np.array(value, np.float32), name))
         return name
 
     def node(self, op, inputs, name, **attributes):
@@ -155,6 +163,15 @@ def _activation_layer(layer, index, prefix, graph, tensor, input_shape):
     return _activation(graph, prefix, tensor, layer.activation, layer._slope)
 
 
+def _rescaling(layer, index, prefix, graph, tensor, input_shape):
+    out = _Tensor(graph.node("Mul", [tensor.name, graph.constant(f"{prefix}.scale", layer.scale)], f"{prefix}/scale"),
+                  tensor.rank, tensor.channels_first)
+    if layer.offset == 0.0:
+        return out
+    return _Tensor(graph.node("Add", [out.name, graph.constant(f"{prefix}.offset", layer.offset)], f"{prefix}/offset"),
+                   tensor.rank, tensor.channels_first)
+
+
 def _dropout(layer, index, prefix, graph, tensor, input_shape):
     return tensor  # the identity at inference
 
@@ -164,7 +181,7 @@ CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
     Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
-    Softmax: _activation_layer, LeakyReLU: _activation_layer,
+    Softmax: _activation_layer, LeakyReLU: _activation_layer, Rescaling: _rescaling,
 }
 
 

@@ -36,7 +36,9 @@ def _probe_model(opset):
         return numpy_helper.from_array(np.full(shape, 0.5, np.float32), name)
 
     nodes = [
-        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["x", "k"], ["xm"]),
+        helper.make_node("Add", ["xm", "k"], ["xa"]),
+        helper.make_node("Transpose", ["xa"], ["t"], perm=[0, 3, 1, 2]),
         helper.make_node("Conv", ["t", "w", "wb"], ["c"], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1],
                          dilations=[1, 1]),
         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"], epsilon=1e-3),
@@ -54,7 +56,8 @@ def _probe_model(opset):
         helper.make_node("Identity", ["h"], ["y"]),
     ]
     initializers = [weights("w", (2, 1, 2, 2)), weights("wb", (2,)), weights("s", (2,)), weights("b", (2,)),
-                    weights("m", (2,)), weights("v", (2,)), weights("g", (8, 3)), weights("gb", (3,))]
+                    weights("m", (2,)), weights("v", (2,)), weights("g", (8, 3)), weights("gb", (3,)),
+                    weights("k", ())]
     graph = helper.make_graph(nodes, "opset_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 4, 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version_for(opset))

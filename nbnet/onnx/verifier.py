@@ -188,7 +188,7 @@ def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="g
 
 def verification_data(model, samples=1000, data_dir=None, seed=0):
     """(x, y, description) to verify ``model`` on: the first ``samples`` MNIST test images
-    (scaled to [0, 1]) for an MNIST-shaped input, else seeded standard-normal inputs."""
+    (as ``mnist.model_input`` prepares them) for an MNIST-shaped input, else seeded standard-normal inputs."""
     samples = int(samples)
     if samples < 1:
         raise ExportError(f"verification needs at least one sample, received {samples}.")
@@ -203,7 +203,8 @@ def verification_data(model, samples=1000, data_dir=None, seed=0):
                               "Point --data-dir / data_dir= at the IDX files, pass your own x=, or skip "
                               "verification (--no-verify / verify=False).") from None
         samples = min(samples, len(x_test))
-        x = x_test[:samples].astype(np.float32) * np.float32(1.0 / 255.0)
+        # As the model takes them (its Rescaling, if any, scales them), as float32: ONNX's input type.
+        x = mnist.model_input(x_test[:samples], model).astype(np.float32)
         return x.reshape((samples,) + tuple(model.input_shape)), y_test[:samples].astype(np.int64), "MNIST test images"
     x = np.random.default_rng(seed).standard_normal((samples,) + tuple(model.input_shape), dtype=np.float32)
     return x, None, f"random normal inputs (seed {seed})"
