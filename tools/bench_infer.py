@@ -46,7 +46,9 @@ def main():
 
     model = load_model(args.model or REFERENCE_MODEL)
     _, (x_test, _) = mnist.load_data(verbose=False)
-    x = x_test[..., None].astype(np.float32) / np.float32(255)
+    # As the model takes them (the reference CNN rescales its input itself), as float32:
+    # the type of the ONNX graph's input, so both runtimes get the same array.
+    x = mnist.model_input(x_test, model).astype(np.float32)
     one = x[:1]
 
     with tempfile.TemporaryDirectory() as tmp:
