@@ -56,6 +56,7 @@ class Sequential:
         self.ops, self.device_message, self._announce_device = cpu, None, False
         self.steps_per_execution = None
         self._on_device_depth = 0
+        self._host_arrays = None  # during a GPU session: the host arrays it copies back into
         self._scratch_buffers = {}
         for layer in layers or []:
             self.add(layer)

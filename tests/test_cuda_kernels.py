@@ -352,7 +352,9 @@ def test_conv2d_forward_backward(window, strides, padding, code_name):
                              cpu_scratch(kernel2d.shape), dcols, dx)
     # GPU.
     cols_dev, y_dev, kernel2d_dev = cuda.device_array_like(cols), cuda.device_array((rows, 3), np.float32), dev(kernel2d)
-    gpu_conv.conv2d_forward(dev(x), kernel2d_dev, dev(bias), geometry, code, 0.0, cols_dev, y_dev)
+    gpu_conv.im2col(dev(x), *geometry, cols_dev)  # as the layer runs it on the device
+    gemm.matmul(cols_dev, kernel2d_dev, y_dev)
+    gpu_act.bias_activation_forward(y_dev, dev(bias), code, 0.0, y_dev)
     close(y_dev, y, SUM_RTOL, SUM_ATOL)
     dy_dev, dx_dev = dev(dy), cuda.device_array_like(x)
     gpu_conv.conv2d_backward(cols_dev, kernel2d_dev, y_dev, dy_dev, geometry, code, 0.0, dkernel_dev, dbias_dev,
@@ -377,7 +379,8 @@ def test_dense_forward_backward(dtype, code_name, with_dx):
     dx, dy_cpu = (np.empty_like(x) if with_dx else None), dy.copy()
     cpu_dense.dense_backward(x, kernel, y, dy_cpu, code, 0.0, dkernel, dbias, cpu_scratch(kernel.shape, dtype), dx)
     x_dev, kernel_dev, y_dev = dev(x), dev(kernel), cuda.device_array((5, 3), dtype)
-    gpu_dense.dense_forward(x_dev, kernel_dev, dev(bias), code, 0.0, y_dev)
+    gemm.matmul(x_dev, kernel_dev, y_dev)  # as the layer runs it on the device
+    gpu_act.bias_activation_forward(y_dev, dev(bias), code, 0.0, y_dev)
     close(y_dev, y, SUM_RTOL, SUM_ATOL)
     dy_dev = dev(dy)
     dx_dev = cuda.device_array_like(x) if with_dx else None

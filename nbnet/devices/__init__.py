@@ -3,7 +3,7 @@
 
 A device is a module exposing the same names: array helpers (``empty``, ``zeros``,
 ``to_device``, ``to_host``, ``copy``, ``upload``, ``copy_to_host``, ``nothing``,
-``fill_zero``, ``synchronize``, ``available_memory``) and every kernel the layers, losses,
+``fill_zero``, ``available_memory``) and every kernel the layers, losses,
 optimizers and the training loop launch, with one signature on both devices. Layers and
 models hold the module as ``ops`` and never import kernels themselves, so one forward,
 backward and training step serve both devices.

@@ -67,10 +67,6 @@ def fill_zero(values):
     values.fill(0)
 
 
-def synchronize():
-    pass
-
-
 def available_memory():
     """Bytes of memory available (Linux's MemAvailable), or None where unknown."""
     try:

@@ -71,10 +71,6 @@ def nothing(dtype, ndim=1):
     return _nothing[key]
 
 
-def synchronize():
-    _cuda.synchronize()
-
-
 def available_memory():
     """Free bytes of GPU memory, or None where unknown (the simulator)."""
     try:

@@ -12,9 +12,8 @@ Geometry tuples are the CPU path's: (kh, kw, sh, sw, pad_top, pad_left, out_h, o
 
 from numba import cuda
 
-from ..conv import DIRECT_MAX_FIELD, output_geometry, same_padding  # noqa: F401 (host-side, re-exported)
 from . import as_scalar, chunking, launch_1d, workspace
-from .activations import activation_backward, add_partials, bias_activation_forward
+from .activations import activation_backward, add_partials
 from .gemm import matmul
 
 
@@ -204,20 +203,6 @@ def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out
         blocks, threads = launch_1d(dx.size)
         _direct_conv_dx_kernel[blocks, threads](dz, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w,
                                                 as_scalar(0.0, dx.dtype), dx)
-
-
-def conv2d_forward(x, kernel2d, bias, geometry, code, alpha, cols, y):
-    """The Conv2D forward pass on the device: y = activation(conv(x) + bias) with ``y`` of
-    shape (rows, out) (the layer's z/y buffer; reshape to (batch, out_h, out_w, out)
-    afterwards). With ``cols`` (rows, kh*kw*in): im2col then the tiled matmul; with
-    ``cols=None``: the direct convolution (the CPU path's choice for receptive fields up to
-    DIRECT_MAX_FIELD; its backward is ``direct_conv_backward``)."""
-    if cols is None:
-        direct_conv_forward(x, kernel2d, *geometry, y)
-    else:
-        im2col(x, *geometry, cols)
-        matmul(cols, kernel2d, y)
-    bias_activation_forward(y, bias, code, alpha, y)
 
 
 def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):

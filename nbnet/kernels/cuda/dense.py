@@ -1,15 +1,9 @@
-"""CUDA twin of ``nbnet.kernels.dense``: the Dense passes as tiled matmuls plus the fused
-bias/activation kernels (forward: x @ W then bias + activation; backward: activation
-derivative + bias gradient, then x.T @ dy and dy @ W.T)."""
+"""CUDA twin of ``nbnet.kernels.dense``: the Dense backward pass as the fused activation
+derivative + bias gradient, then x.T @ dy and dy @ W.T as tiled matmuls. (The forward is
+the layer's matmul + bias_activation_forward, on either device.)"""
 
-from .activations import activation_backward, bias_activation_forward
+from .activations import activation_backward
 from .gemm import matmul
-
-
-def dense_forward(x, kernel, bias, code, alpha, y):
-    """y = activation(x @ kernel + bias); ``bias`` of length 0 (or None) means no bias."""
-    matmul(x, kernel, y)
-    bias_activation_forward(y, bias, code, alpha, y)
 
 
 def dense_backward(x, kernel, y, dy, code, alpha, dkernel, dbias, scratch, dx):
