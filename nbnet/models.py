@@ -22,7 +22,7 @@ from . import callbacks as callbacks_module
 from . import devices, losses, metrics as metrics_module, optimizers, utils
 from .devices import cpu
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
-from .layers import Dropout, Layer
+from .layers import Conv2D, Dropout, Layer, MaxPooling2D
 from .progress import ProgressBar
 from .threads import blas_limited
 
@@ -37,6 +37,9 @@ GPU_STEPS_PER_EXECUTION = 20
 
 
 class Sequential:
+    # Run each Conv2D + MaxPooling2D pair as one pass (see _fuse_conv_pool); read at build.
+    fuse_layers = True
+
     def __init__(self, layers=None, name=None, seed=None):
         self.name = name or "sequential"
         self.layers = []
@@ -96,8 +99,22 @@ class Sequential:
             if isinstance(layer, Dropout) and layer.seed is None:
                 layer.rng = self.rng  # one Generator for shuffling and dropout: one state to save
             has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
+        self._fuse_conv_pool()
         self._gather_parameters()
         self.built = True
+
+    def _fuse_conv_pool(self):
+        """Each Conv2D followed by a MaxPooling2D it can absorb (see Conv2D.can_absorb) runs
+        the pool in its own pass: the conv-sized activation and its gradient are never
+        written. Outputs and gradients equal running them apart (a bias gradient sums in
+        another order); ``fuse_layers = False`` turns it off. A model's output layer is
+        never absorbed: the loss works on it."""
+        for before, after in zip([None] + self.layers, self.layers):
+            fuse = (self.fuse_layers and isinstance(before, Conv2D) and isinstance(after, MaxPooling2D)
+                    and after is not self.layers[-1] and before.can_absorb(after))
+            if isinstance(before, Conv2D):
+                before.pool = after if fuse else None
+            after.absorbed = fuse
 
     def _gather_parameters(self):
         """Move trainable weights and their gradients into two flat vectors and rebind
@@ -312,7 +329,8 @@ class Sequential:
 
     def _forward(self, x, training):
         for layer in self.layers:
-            x = layer.forward(x, training=training)
+            if not layer.absorbed:
+                x = layer.forward(x, training=training)
         return x
 
     def _loss_and_grad(self, outputs, targets, total_out):
@@ -352,7 +370,8 @@ class Sequential:
                     column += count
             grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
             for layer in reversed(self.layers[:-1]):
-                grad = layer.backward(grad)
+                if not layer.absorbed:
+                    grad = layer.backward(grad)
         ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
         self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt)
         if self.metrics:

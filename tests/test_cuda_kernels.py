@@ -84,6 +84,8 @@ def _ptx_signatures():
         C._direct_conv_dx_kernel: (a2, a2) + (i,) * 8 + (f, a4),
         P._maxpool_forward_kernel: (a4,) + (i,) * 6 + (a4, i4),
         P._maxpool_backward_kernel: (a4, i4) + (i,) * 6 + (f, a4),
+        P._bias_activation_maxpool_kernel: (a4, a1, boolean, i, i, f, a4, i4),
+        P._maxpool_activation_backward_kernel: (a4, i4, a4, boolean, i, i, f, a4),
         P._avgpool_forward_kernel: (a4,) + (i,) * 6 + (f, f, a4),
         P._avgpool_backward_kernel: (a4,) + (i,) * 6 + (f, f, a4),
         N._moment_partials_kernel: (a2, d2, d2),
@@ -348,8 +350,8 @@ def test_conv2d_forward_backward(window, strides, padding, code_name):
     dkernel, dbias = rand(rng, *kernel2d.shape), rand(rng, 3)
     dkernel_dev, dbias_dev = dev(dkernel), dev(dbias)
     dx, dcols, dy_cpu = np.empty_like(x), np.empty_like(cols), dy.copy()
-    cpu_conv.conv2d_backward(cols, kernel2d, y, dy_cpu, geometry, code, 0.0, dkernel, dbias,
-                             cpu_scratch(kernel2d.shape), dcols, dx)
+    cpu_act.activation_backward(y, dy_cpu, code, 0.0, dy_cpu, dbias)
+    cpu_conv.conv2d_backward(cols, kernel2d, dy_cpu, geometry, dkernel, cpu_scratch(kernel2d.shape), dcols, dx)
     # GPU.
     cols_dev, y_dev, kernel2d_dev = cuda.device_array_like(cols), cuda.device_array((rows, 3), np.float32), dev(kernel2d)
     gpu_conv.im2col(dev(x), *geometry, cols_dev)  # as the layer runs it on the device
@@ -357,8 +359,9 @@ def test_conv2d_forward_backward(window, strides, padding, code_name):
     gpu_act.bias_activation_forward(y_dev, dev(bias), code, 0.0, y_dev)
     close(y_dev, y, SUM_RTOL, SUM_ATOL)
     dy_dev, dx_dev = dev(dy), cuda.device_array_like(x)
-    gpu_conv.conv2d_backward(cols_dev, kernel2d_dev, y_dev, dy_dev, geometry, code, 0.0, dkernel_dev, dbias_dev,
-                             None, cuda.device_array_like(cols), dx_dev)
+    gpu_act.activation_backward(y_dev, dy_dev, code, 0.0, dy_dev, dbias_dev)
+    gpu_conv.conv2d_backward(cols_dev, kernel2d_dev, dy_dev, geometry, dkernel_dev, None, cuda.device_array_like(cols),
+                             dx_dev)
     close(dy_dev, dy_cpu, SUM_RTOL, SUM_ATOL)
     close(dkernel_dev, dkernel, SUM_RTOL, SUM_ATOL)
     close(dbias_dev, dbias, SUM_RTOL, SUM_ATOL)
@@ -440,6 +443,48 @@ def test_maxpool(pool, strides, padding):
     dx_dev = dev(np.full_like(x, np.nan))
     gpu_pool.maxpool_backward(dev(dy), argmax_dev, *window, dx_dev)
     close(dx_dev, dx)
+
+
+@sim_only
+@pytest.mark.parametrize("code_name, with_bias, height", [("RELU", True, 5), ("LINEAR", False, 4)])
+def test_conv_maxpool_fusion(code_name, with_bias, height):
+    """The fused conv + activation + max pool kernels (an odd height leaves a row outside
+    every window) against the CPU's."""
+    code = getattr(cpu_act, code_name)
+    rng = np.random.default_rng(17)
+    # Halves: every sum is exact in any order, so ties (the first maximum wins) match exactly.
+    halves = lambda *shape: (rng.integers(-4, 5, shape) / 2).astype(np.float32)  # noqa: E731
+    x, kernel = halves(2, height + 2, 8, 1), halves(3, 3, 1, 3)
+    bias = halves(3) if with_bias else np.zeros(0, np.float32)
+    geometry = (3, 3, 1, 1, 0, 0, height, 6)
+    kernel2d = kernel.reshape(-1, 3)
+    y, argmax = np.empty((2, height // 2, 3, 3), np.float32), np.empty((2, height // 2, 3, 3), np.int32)
+    cpu_conv.direct_conv_maxpool_forward(x, kernel2d, bias, code, *geometry, 2, 2, y, argmax)
+    x_dev, kernel2d_dev = dev(x), dev(kernel2d)
+    y_dev, argmax_dev = cuda.device_array_like(y), cuda.device_array_like(argmax)
+    gpu_conv.direct_conv_maxpool_forward(x_dev, kernel2d_dev, dev(bias), code, *geometry, 2, 2, y_dev, argmax_dev)
+    close(y_dev, y)
+    np.testing.assert_array_equal(argmax_dev.copy_to_host(), argmax)
+    dy, dkernel, dbias = rand(rng, *y.shape), rand(rng, *kernel2d.shape), rand(rng, 3) if with_bias else bias
+    dkernel_dev, dbias_dev, dx = dev(dkernel), dev(dbias), np.empty_like(x)
+    cpu_conv.direct_conv_maxpool_backward(x, kernel2d, dy, argmax, y, code, *geometry, 2, 2, dkernel, dbias, True, dx)
+    dx_dev = dev(np.full_like(x, np.nan))
+    gpu_conv.direct_conv_maxpool_backward(x_dev, kernel2d_dev, dev(dy), argmax_dev, y_dev, code, *geometry, 2, 2,
+                                          dkernel_dev, dbias_dev, True, dx_dev)
+    close(dkernel_dev, dkernel, SUM_RTOL, SUM_ATOL)
+    close(dbias_dev, dbias, SUM_RTOL, SUM_ATOL)
+    close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
+    # The pool-only pair, as the im2col path runs it.
+    z = rand(rng, 2, height, 6, 3)
+    cpu_pool.bias_activation_maxpool(z, bias, code, 2, 2, y, argmax)
+    gpu_pool.bias_activation_maxpool(dev(z), dev(bias), code, 2, 2, y_dev, argmax_dev)
+    close(y_dev, y)
+    np.testing.assert_array_equal(argmax_dev.copy_to_host(), argmax)
+    dz, dz_dev = np.empty_like(z), dev(np.full_like(z, np.nan))
+    cpu_pool.maxpool_activation_backward(dy, argmax, y, code, 2, 2, dz, dbias)
+    gpu_pool.maxpool_activation_backward(dev(dy), argmax_dev, y_dev, code, 2, 2, dz_dev, dbias_dev)
+    close(dz_dev, dz)
+    close(dbias_dev, dbias, SUM_RTOL, SUM_ATOL)
 
 
 @sim_only

@@ -10,13 +10,15 @@ from ..kernels import optim as _optim
 from ..kernels import pool as _pool
 from ..kernels import regularization as _regularization
 from ..kernels.activations import activation_backward, bias_activation_forward  # noqa: F401
-from ..kernels.conv import conv2d_backward, direct_conv_backward, direct_conv_forward, im2col  # noqa: F401
+from ..kernels.conv import (conv2d_backward, direct_conv_backward, direct_conv_forward,  # noqa: F401
+                           direct_conv_maxpool_backward, direct_conv_maxpool_forward, im2col)
 from ..kernels.dense import dense_backward  # noqa: F401
 from ..kernels.dropout import apply_mask  # noqa: F401
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
-from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_forward  # noqa: F401
+from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
+                            maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import check_finite, count_correct, gather_rows  # noqa: F401
 

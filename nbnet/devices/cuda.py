@@ -7,7 +7,8 @@ from numba import cuda as _cuda
 
 from ..kernels import cuda as _kernels
 from ..kernels.cuda.activations import activation_backward, bias_activation_forward  # noqa: F401
-from ..kernels.cuda.conv import conv2d_backward, direct_conv_backward, direct_conv_forward, im2col  # noqa: F401
+from ..kernels.cuda.conv import (conv2d_backward, direct_conv_backward, direct_conv_forward,  # noqa: F401
+                                direct_conv_maxpool_backward, direct_conv_maxpool_forward, im2col)
 from ..kernels.cuda.dense import dense_backward  # noqa: F401
 from ..kernels.cuda.dropout import apply_mask  # noqa: F401
 from ..kernels.cuda.gemm import matmul  # noqa: F401
@@ -17,7 +18,8 @@ from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, cross
 from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                           batchnorm_train_forward, update_moving_averages)
 from ..kernels.cuda.optim import adam_update, rmsprop_update, sgd_update  # noqa: F401
-from ..kernels.cuda.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward  # noqa: F401
+from ..kernels.cuda.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
+                                maxpool_activation_backward, maxpool_backward, maxpool_forward)
 from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
 from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
 from ..kernels.cuda.training import check_finite, count_correct, fill_zero, gather_rows  # noqa: F401

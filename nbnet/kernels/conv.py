@@ -11,8 +11,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import REDUCTION_CHUNKS
-from .activations import activation_backward
 from .matmul import add_transposed_product, matmul
+from .pool import maxpool_activation_backward_image, maxpool_activation_image
+from .workers import run_chunks
 
 
 def same_padding(size, kernel, stride):
@@ -142,56 +143,87 @@ def _load_window(image, corner, offsets, window):
         window[t] = image[corner + offsets[t]]
 
 
-# 'contract' lets LLVM fuse each multiply-add into an FMA; nothing is reordered.
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
-    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias), a
-    block of filters at a time in one vector pass per window."""
-    batch, channels = x.shape[0], x.shape[3]
-    filters = kernel2d.shape[1]
-    zero = x.dtype.type(0.0)
-    padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
-    for n in prange(batch):
-        image = np.zeros(padded_h * padded_w * channels, x.dtype)
-        window = np.empty(_TAP_GROUP, x.dtype)
+# 'contract' lets LLVM fuse each multiply-add into an FMA; nothing is reordered. The
+# direct kernels run their images on nbnet's worker threads (see workers.py), through
+# one nogil function per kernel; the per-image helpers are compiled apart from it.
+@njit(cache=True, fastmath={"contract"})
+def _direct_forward_image(image, offsets, packed, taps, sh, sw, padded_w, channels, out_h, out_w, window, z):
+    """z[i*out_w + j, o] = the window at (i, j) of the zero-bordered ``image`` times the
+    kernel (no bias), a block of filters at a time in one vector pass per window."""
+    filters = z.shape[1]
+    zero = z.dtype.type(0.0)
+    # One pass over the image per filter block and tap group (one for the MNIST CNN),
+    # so their slices are taken once, not per pixel. A slice's indices count from 0:
+    # LLVM sees them non-negative, so no wraparound (which turns vector loads into gathers).
+    for start in range(0, filters, _FILTER_BLOCK):
+        stop = min(start + _FILTER_BLOCK, filters)
+        for group in range(0, taps, _TAP_GROUP):
+            group_offsets = offsets[group:group + _TAP_GROUP]
+            weights = packed[start * taps + group * _FILTER_BLOCK:]
+            for i in range(out_h):
+                for j in range(out_w):
+                    _load_window(image, np.uintp((i * sh * padded_w + j * sw) * channels), group_offsets, window)
+                    out = z[i * out_w + j, start:stop]
+                    for m in range(stop - start):
+                        total = zero
+                        for t in range(_TAP_GROUP):
+                            total += window[t] * weights[t * _FILTER_BLOCK + m]
+                        if group:
+                            total += out[m]
+                        out[m] = total
+
+
+@njit(cache=True, nogil=True)
+def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h,
+                        padded_w, out_h, out_w, ph, pw, pooled, z, y, argmax):
+    """Images first..stop-1 of direct_conv_forward, or with ``pooled`` of
+    direct_conv_maxpool_forward (each image's rows then go to a one-image buffer)."""
+    channels, filters = x.shape[3], z.shape[1]
+    pixels = out_h * out_w
+    image = np.zeros(padded_h * padded_w * channels, x.dtype)
+    window = np.empty(_TAP_GROUP, x.dtype)
+    image_z = np.empty((pixels if pooled else 0, filters), x.dtype)
+    for n in range(first, stop):
         _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
-        # One pass over the image per filter block and tap group (one for the MNIST CNN),
-        # so their slices are taken once, not per pixel. A slice's indices count from 0:
-        # LLVM sees them non-negative, so no wraparound (which turns vector loads into gathers).
-        for start in range(0, filters, _FILTER_BLOCK):
-            stop = min(start + _FILTER_BLOCK, filters)
-            for group in range(0, taps, _TAP_GROUP):
-                group_offsets = offsets[group:group + _TAP_GROUP]
-                weights = packed[start * taps + group * _FILTER_BLOCK:]
-                for i in range(out_h):
-                    for j in range(out_w):
-                        _load_window(image, np.uintp((i * sh * padded_w + j * sw) * channels), group_offsets, window)
-                        out = z[(n * out_h + i) * out_w + j, start:stop]
-                        for m in range(stop - start):
-                            total = zero
-                            for t in range(_TAP_GROUP):
-                                total += window[t] * weights[t * _FILTER_BLOCK + m]
-                            if group:
-                                total += out[m]
-                            out[m] = total
+        rows = image_z if pooled else z[n * pixels:(n + 1) * pixels]
+        _direct_forward_image(image, offsets, packed, taps, sh, sw, padded_w, channels, out_h, out_w, window, rows)
+        if pooled:
+            maxpool_activation_image(rows.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
 
 
-# Compiled apart from the kernel: inside its parallel loop this would take ~0.5 s longer
-# to compile. 'reassoc' lets LLVM vectorise each sum over filters (several partial sums,
-# added up at the end): still one fixed order for given shapes, whatever the thread count.
+def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
+    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
+    images split over the workers."""
+    padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
+    idle = x[:0]
+    run_chunks(_direct_conv_images, x.shape[0], x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top,
+               pad_left, padded_h, padded_w, out_h, out_w, 1, 1, False, z, idle, idle.astype(np.int32))
+
+
+def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
+                                y, argmax):
+    """direct_conv_forward, then pool.bias_activation_maxpool, one image at a time: the
+    conv-sized output exists only as one image's rows (in cache), never for the batch."""
+    padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
+    run_chunks(_direct_conv_images, x.shape[0], x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left,
+               padded_h, padded_w, out_h, out_w, ph, pw, True, kernel2d[:0], y, argmax)
+
+
+# 'reassoc' lets LLVM vectorise each sum over filters (several partial sums, added up at
+# the end): still one fixed order for given shapes, whatever the thread count.
 @njit(cache=True, fastmath={"contract", "reassoc"})
-def _direct_dx_image(dz, n, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w, padded_h,
-                     padded_w, dimage, dx):
-    """dx[n] = image n's gradient rows spread back through the kernel, summed in the
-    zero-bordered ``dimage`` (so no tap needs a bounds check) and then copied out."""
-    height, width, channels = dx.shape[1:]
+def _direct_dx_image(dz, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w, padded_h, padded_w,
+                     dimage, dx):
+    """dx (H, W, C) = one image's gradient rows ``dz`` spread back through the kernel,
+    summed in the zero-bordered ``dimage`` (so no tap needs a bounds check), then copied out."""
+    height, width, channels = dx.shape
     filters = dz.shape[1]
     zero = dx.dtype.type(0.0)
     dimage[:] = zero
     for i in range(out_h):
         for j in range(out_w):
             corner = np.uintp((i * sh * padded_w + j * sw) * channels)
-            row = (n * out_h + i) * out_w + j
+            row = i * out_w + j
             for t in range(field):
                 total = zero
                 for start in range(0, filters, _FILTER_BLOCK):
@@ -205,67 +237,115 @@ def _direct_dx_image(dz, n, packed, offsets, field, taps, sh, sw, pad_top, pad_l
             py, px = y + pad_top, xx + pad_left
             inside = py < padded_h and px < padded_w
             for c in range(channels):
-                dx[n, y, xx, c] = dimage[(py * padded_w + px) * channels + c] if inside else zero
+                dx[y, xx, c] = dimage[(py * padded_w + px) * channels + c] if inside else zero
 
 
-# 'contract' as in direct_conv_forward; the partial sums keep their order.
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dkernel2d, need_dx, dx):
-    """dkernel2d += the window-by-gradient products summed over the batch (partial sums
-    per fixed chunk of images, so no race and a thread-count-independent result); with
-    ``need_dx``, dx = the gradient spread back through the kernel (each image its own)."""
+# 'contract' as in _direct_forward_image; the partial sums keep their order.
+@njit(cache=True, fastmath={"contract"})
+def _direct_dkernel_image(image, dz, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window, window_b,
+                          no_grads, sums):
+    """sums (laid out as ``packed``) += the window-by-gradient products of one image,
+    ``dz`` its gradient rows."""
+    filters = dz.shape[1]
+    for start in range(0, filters, _FILTER_BLOCK):
+        stop = min(start + _FILTER_BLOCK, filters)
+        for group in range(0, taps, _TAP_GROUP):
+            group_offsets = offsets[group:group + _TAP_GROUP]
+            block = sums[start * taps + group * _FILTER_BLOCK:]
+            for i in range(out_h):
+                # Two pixels at a time: each partial sum is loaded and stored once for
+                # both (an odd row's last pixel pairs with itself, at zero gradient).
+                for j in range(0, out_w, 2):
+                    pair = j + 1 < out_w
+                    corner = np.uintp((i * sh * padded_w + j * sw) * channels)
+                    _load_window(image, corner, group_offsets, window)
+                    _load_window(image, corner + np.uintp(sw * channels) if pair else corner, group_offsets, window_b)
+                    row = i * out_w + j
+                    grads = dz[row, start:stop]
+                    grads_b = dz[row + 1, start:stop] if pair else no_grads[:stop - start]
+                    for m in range(stop - start):
+                        grad, grad_b = grads[m], grads_b[m]
+                        for t in range(_TAP_GROUP):
+                            block[t * _FILTER_BLOCK + m] += window[t] * grad + window_b[t] * grad_b
+
+
+@njit(cache=True, nogil=True)
+def _direct_backward_chunks(first, stop, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
+                            padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
+                            bias_partial, need_dx, dx):
+    """Chunks first..stop-1 of _direct_backward: each adds its images' products into its
+    own row of ``partial`` (laid out as ``packed``) and ``bias_partial``."""
     batch, channels = x.shape[0], x.shape[3]
-    field, filters = kernel2d.shape
-    padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
+    filters = bias_partial.shape[1]
     size = padded_h * padded_w * channels
-    chunks = min(REDUCTION_CHUNKS, batch)
-    # Laid out as ``packed``.
-    partial = np.zeros((chunks, packed.size), dtype=x.dtype)
-    for chunk in prange(chunks):
-        image = np.zeros(size, x.dtype)
-        dimage = np.empty(size if need_dx else 0, x.dtype)
-        window = np.empty(_TAP_GROUP, x.dtype)
-        window_b = np.empty(_TAP_GROUP, x.dtype)
-        no_grads = np.zeros(_FILTER_BLOCK, x.dtype)
+    pixels = out_h * out_w
+    image = np.zeros(size, x.dtype)
+    dimage = np.empty(size if need_dx else 0, x.dtype)
+    window = np.empty(_TAP_GROUP, x.dtype)
+    window_b = np.empty(_TAP_GROUP, x.dtype)
+    no_grads = np.zeros(_FILTER_BLOCK, x.dtype)
+    image_dz = np.empty((pixels if pooled else 0, filters), x.dtype)
+    for chunk in range(first, stop):
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
-            for start in range(0, filters, _FILTER_BLOCK):
-                stop = min(start + _FILTER_BLOCK, filters)
-                for group in range(0, taps, _TAP_GROUP):
-                    group_offsets = offsets[group:group + _TAP_GROUP]
-                    sums = partial[chunk, start * taps + group * _FILTER_BLOCK:]
-                    for i in range(out_h):
-                        # Two pixels at a time: each partial sum is loaded and stored once
-                        # for both (an odd row's last pixel pairs with itself, at zero gradient).
-                        for j in range(0, out_w, 2):
-                            pair = j + 1 < out_w
-                            corner = np.uintp((i * sh * padded_w + j * sw) * channels)
-                            _load_window(image, corner, group_offsets, window)
-                            _load_window(image, corner + np.uintp(sw * channels) if pair else corner, group_offsets,
-                                         window_b)
-                            row = (n * out_h + i) * out_w + j
-                            grads = dz[row, start:stop]
-                            grads_b = dz[row + 1, start:stop] if pair else no_grads[:stop - start]
-                            for m in range(stop - start):
-                                grad, grad_b = grads[m], grads_b[m]
-                                for t in range(_TAP_GROUP):
-                                    sums[t * _FILTER_BLOCK + m] += window[t] * grad + window_b[t] * grad_b
+            if pooled:
+                maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
+                                                  image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])
+                rows = image_dz
+            else:
+                rows = dz[n * pixels:(n + 1) * pixels]
+            _direct_dkernel_image(image, rows, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window,
+                                  window_b, no_grads, partial[chunk])
             if need_dx:
-                _direct_dx_image(dz, n, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w,
-                                 padded_h, padded_w, dimage, dx)
+                _direct_dx_image(rows, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w,
+                                 padded_h, padded_w, dimage, dx[n])
+
+
+def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
+                     pooled, dkernel2d, dbias, need_dx, dx):
+    """direct_conv_backward, and with ``pooled`` its fusion with a max pool: each image's
+    gradient rows are then made from the pooled gradient ``dy`` (see
+    pool.maxpool_activation_backward) into a one-image buffer instead of read from ``dz``.
+    Partial sums per fixed chunk of images (the chunks split over the workers): no race,
+    and a result that does not depend on the thread count."""
+    field, filters = kernel2d.shape
+    padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
+    chunks = min(REDUCTION_CHUNKS, x.shape[0])
+    partial = np.zeros((chunks, packed.size), dtype=x.dtype)
+    bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
+    run_chunks(_direct_backward_chunks, chunks, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
+               padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
+               need_dx, dx)
+    # packed (filter block, tap, filter in block) back to (tap, filter)
+    blocks = packed.size // (taps * _FILTER_BLOCK)
+    unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)
     for chunk in range(chunks):
-        for t in range(field):
-            for o in range(filters):
-                dkernel2d[t, o] += partial[chunk, ((o // _FILTER_BLOCK) * taps + t) * _FILTER_BLOCK + o % _FILTER_BLOCK]
+        dkernel2d += unpacked[chunk, :field, :filters]
+        if pooled and dbias.shape[0] > 0:
+            dbias += bias_partial[chunk]
 
 
-def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):
-    """Adds the kernel and bias gradients into ``dkernel2d``/``dbias`` (``scratch``: see
-    matmul.add_transposed_product); ``dcols`` may be ``cols`` itself. Writes the input
-    gradient into ``dx`` unless ``dx`` is None (a first layer needs none). ``dy`` is
-    overwritten with the gradient before the activation."""
-    dz = dy.reshape(-1, kernel2d.shape[1])
-    activation_backward(y.reshape(dz.shape), dz, code, alpha, dz, dbias)
+def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dkernel2d, need_dx, dx):
+    """dkernel2d += the window-by-gradient products summed over the batch; with
+    ``need_dx``, dx = the gradient ``dz`` spread back through the kernel."""
+    idle4, idle1 = x[:0], kernel2d[:0, 0]
+    _direct_backward(x, kernel2d, dz, idle4, idle4.astype(np.int32), idle4, 0, kh, kw, sh, sw, pad_top, pad_left,
+                     out_h, out_w, 1, 1, False, dkernel2d, idle1, need_dx, dx)
+
+
+def direct_conv_maxpool_backward(x, kernel2d, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w,
+                                 ph, pw, dkernel2d, dbias, need_dx, dx):
+    """The backward pass of direct_conv_maxpool_forward from the pooled gradient ``dy``:
+    adds into ``dkernel2d`` and ``dbias`` (length 0: none); with ``need_dx``, writes dx."""
+    _direct_backward(x, kernel2d, kernel2d[:0], dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h,
+                     out_w, ph, pw, True, dkernel2d, dbias, need_dx, dx)
+
+
+def conv2d_backward(cols, kernel2d, dz, geometry, dkernel2d, scratch, dcols, dx):
+    """Adds the kernel gradient into ``dkernel2d`` (``scratch``: see
+    matmul.add_transposed_product) from ``dz``, the gradient before the activation;
+    ``dcols`` may be ``cols`` itself. Writes the input gradient into ``dx`` unless ``dx``
+    is None (a first layer needs none)."""
     add_transposed_product(cols, dz, dkernel2d, scratch)
     if dx is not None:
         matmul(dz, kernel2d.T, out=dcols)

@@ -5,7 +5,12 @@ pass is a scatter that needs no search. Average pooling with 'same' padding divi
 the number of real (unpadded) pixels in the window, as Keras and ONNX (count_include_pad=0) do.
 """
 
+import numpy as np
 from numba import njit, prange
+
+from . import REDUCTION_CHUNKS
+from .activations import LINEAR, RELU
+from .workers import run_chunks
 
 
 # Loops run channels innermost: NHWC keeps a pixel's channels contiguous, so each window
@@ -90,3 +95,105 @@ def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
                     for s in range(s0, s1):
                         for c in range(channels):
                             dx[n, r, s, c] += dy[n, i, j, c] * inverse
+
+
+# A Conv2D whose activation is ReLU or linear, followed by a max pool whose windows tile
+# the image (strides == pool size, 'valid'), runs as one pass each way: the max is taken
+# over the pre-activation (z + bias), and the activation applied to the window's maximum
+# only. ReLU is non-decreasing, so max(relu(v)) == relu(max(v)) exactly; where the two
+# could pick different window positions (every value <= 0), the ReLU's zero derivative
+# drops the gradient either way. So outputs and gradients equal the unfused layers'; only
+# the bias gradient's sum runs in another order.
+
+
+@njit(cache=True)
+def maxpool_activation_image(z, bias, code, ph, pw, y, argmax):
+    """One image of bias_activation_maxpool: ``z`` (H, W, C), ``y``/``argmax`` (out_h, out_w, C)."""
+    width, channels = z.shape[1], z.shape[2]
+    out_h, out_w = y.shape[0], y.shape[1]
+    has_bias = bias.shape[0] > 0
+    zero = z.dtype.type(0.0)
+    for i in range(out_h):
+        for j in range(out_w):
+            best, where = y[i, j], argmax[i, j]
+            for p in range(ph):
+                r = i * ph + p
+                for q in range(pw):
+                    s = j * pw + q
+                    values = z[r, s]
+                    position = r * width + s
+                    if p == 0 and q == 0:
+                        for c in range(channels):
+                            best[c] = values[c] + bias[c] if has_bias else values[c]
+                            where[c] = position
+                    else:
+                        for c in range(channels):
+                            value = values[c] + bias[c] if has_bias else values[c]
+                            if value > best[c]:  # ties keep the first maximum
+                                best[c] = value
+                                where[c] = position
+            if code == RELU:
+                for c in range(channels):
+                    best[c] = best[c] if best[c] > zero else zero
+
+
+@njit(cache=True)
+def maxpool_activation_backward_image(dy, argmax, y, code, ph, pw, dz, dbias_sums):
+    """One image of maxpool_activation_backward: ``dz`` (H, W, C) from ``dy``, ``argmax``
+    and ``y`` (out_h, out_w, C); adds dz's column sums into ``dbias_sums`` (C,)."""
+    height, width, channels = dz.shape
+    out_h, out_w = dy.shape[0], dy.shape[1]
+    linear = code == LINEAR
+    zero = dz.dtype.type(0.0)
+    # Loops over windows and their positions, so no pixel needs a division to find its window.
+    for i in range(out_h):
+        for p in range(ph):
+            r = i * ph + p
+            for j in range(out_w):
+                pooled_grads, where, pooled = dy[i, j], argmax[i, j], y[i, j]
+                for q in range(pw):
+                    s = j * pw + q
+                    pixel = r * width + s
+                    grads = dz[r, s]
+                    for c in range(channels):
+                        passes = (where[c] == pixel) & (linear | (pooled[c] > zero))
+                        grad = pooled_grads[c] if passes else zero
+                        grads[c] = grad
+                        dbias_sums[c] += grad
+            # A column past the last whole window gets no gradient.
+            dz[r, out_w * pw:] = zero
+    dz[out_h * ph:] = zero
+
+
+@njit(cache=True, nogil=True)
+def _maxpool_activation_images(first, stop, z, bias, code, ph, pw, y, argmax):
+    for n in range(first, stop):
+        maxpool_activation_image(z[n], bias, code, ph, pw, y[n], argmax[n])
+
+
+def bias_activation_maxpool(z, bias, code, ph, pw, y, argmax):
+    """y = maxpool(activation(z + bias)) over (ph, pw) windows at stride (ph, pw), for
+    ``code`` RELU or LINEAR; argmax as maxpool_forward records it. ``z`` is the conv's
+    NHWC pre-activation; ``bias`` of length 0 means no bias. Images split over the workers."""
+    run_chunks(_maxpool_activation_images, z.shape[0], z, bias, code, ph, pw, y, argmax)
+
+
+@njit(cache=True, nogil=True)
+def _maxpool_activation_backward_chunks(first, stop, chunks, dy, argmax, y, code, ph, pw, dz, partial):
+    batch = dz.shape[0]
+    for chunk in range(first, stop):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
+
+
+def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
+    """The conv's pre-activation gradient ``dz`` (NHWC) from the pooled gradient ``dy``:
+    each window's gradient goes to its maximum where the activation passed it; adds the
+    column sums of dz into ``dbias`` unless it has length 0 (partial sums per fixed chunk
+    of images, so the result does not depend on the thread count)."""
+    chunks = max(min(REDUCTION_CHUNKS, dz.shape[0]), 1)
+    partial = np.zeros((chunks, dz.shape[3]), dtype=dz.dtype)
+    run_chunks(_maxpool_activation_backward_chunks, chunks, chunks, dy, argmax, y, code, ph, pw, dz, partial)
+    if dbias.shape[0] > 0:
+        for chunk in range(chunks):
+            dbias += partial[chunk]

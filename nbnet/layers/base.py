@@ -42,6 +42,9 @@ class Layer:
         self.regularizers = {}
         # The first layer of a model needs no input gradient; the model clears this.
         self.needs_input_grad = True
+        # Set by the model when the layer before runs this one inside its own pass
+        # (Conv2D + MaxPooling2D): the model then calls neither forward nor backward.
+        self.absorbed = False
         self.ops = cpu
         self._buffers = {}
 

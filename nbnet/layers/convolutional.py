@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..errors import NbnetError
+from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import DIRECT_MAX_FIELD, output_geometry
 from .base import Layer
 from .core import KernelMixin
@@ -39,6 +40,9 @@ class Conv2D(KernelMixin, Layer):
         self.padding = padding_mode(padding, owner)
         self._init_kernel(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
                           bias_regularizer)
+        # The MaxPooling2D after this layer when the model runs it inside this layer's pass
+        # (Sequential decides, see can_absorb); forward then returns the pooled output.
+        self.pool = None
 
     def validate_input_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -61,52 +65,79 @@ class Conv2D(KernelMixin, Layer):
         out_h, out_w, top, left = output_geometry(height, width, self.kernel_size, self.strides, self.padding)
         return (*self.kernel_size, *self.strides, top, left, out_h, out_w)
 
+    def can_absorb(self, pool):
+        """Whether ``pool``, a max pool right after this layer, can run inside its pass:
+        windows that tile the image, and an activation that commutes with the max."""
+        return pool.tiles_input() and self._code in (LINEAR, RELU)
+
     def forward(self, x, training=False):
         ops = self.ops
         batch, height, width, channels = x.shape
         geometry = self._geometry(height, width)
         out_h, out_w = geometry[-2:]
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
+        bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
+        direct = kernel2d.shape[0] <= DIRECT_MAX_FIELD
+        self._x_shape, self._geometry_used = x.shape, geometry
+        self._x, self._cols = (x, None) if direct else (None, self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
+        if self.pool is not None:
+            # Returns the pool's output: the conv's own activation is never stored.
+            self._y = None
+            self._pooled, self._argmax = self.pool.absorbed_outputs((batch, out_h, out_w, self.filters), x.dtype)
+            if direct:
+                ops.direct_conv_maxpool_forward(x, kernel2d, bias, self._code, *geometry, *self.pool.pool_size,
+                                                self._pooled, self._argmax)
+            else:
+                z = self._buffer("y", (rows, self.filters), x.dtype)
+                ops.im2col(x, *geometry, self._cols)
+                ops.matmul(self._cols, kernel2d, out=z)
+                ops.bias_activation_maxpool(z.reshape(batch, out_h, out_w, self.filters), bias, self._code,
+                                            *self.pool.pool_size, self._pooled, self._argmax)
+            return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        if kernel2d.shape[0] <= DIRECT_MAX_FIELD:
+        if direct:
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
-            self._x, self._cols = x, None
         else:
-            cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
-            ops.im2col(x, *geometry, cols)
-            ops.matmul(cols, kernel2d, out=z)
-            self._x, self._cols = None, cols
+            ops.im2col(x, *geometry, self._cols)
+            ops.matmul(self._cols, kernel2d, out=z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
-        self._x_shape, self._geometry_used, self._y = x.shape, geometry, y
+        self._activate(z, bias, y)
+        self._y = y
         return y.reshape(batch, out_h, out_w, self.filters)
 
     def backward(self, dy, from_logits=False):
+        ops = self.ops
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         dtype = dy.dtype
+        dbias = self._param_or_nothing(self.grads, "bias", dtype)
+        dkernel = self.grads["kernel"].reshape(kernel2d.shape)
+        dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
+        pool_size = self.pool.pool_size if self.pool is not None else None
+        if self._cols is None and pool_size:
+            # dy is the pool's gradient; each image's conv gradient is made, used and dropped in one pass.
+            ops.direct_conv_maxpool_backward(self._x, kernel2d, dy, self._argmax, self._pooled, self._code,
+                                             *self._geometry_used, *pool_size, dkernel, dbias, dx is not None,
+                                             dx if dx is not None else self._x[:0])
+            return dx
+        if pool_size:
+            out_h, out_w = self._geometry_used[-2:]
+            dz = self._buffer("dz", (self._x_shape[0] * out_h * out_w, self.filters), dtype)
+            ops.maxpool_activation_backward(dy, self._argmax, self._pooled, self._code, *pool_size,
+                                            dz.reshape(-1, out_h, out_w, self.filters), dbias)
+        else:
+            dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
+            ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
         if self._cols is None:
-            return self._direct_backward(kernel2d, dy, from_logits)
+            ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, dkernel, dx is not None,
+                                     dx if dx is not None else self._x[:0])
+            return dx
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
-        dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
-        dcols = self._cols if self.needs_input_grad else None
-        ops = self.ops
-        ops.conv2d_backward(self._cols, kernel2d, self._y, dy, self._geometry_used, self._backward_code(from_logits),
-                            self._slope, self.grads["kernel"].reshape(kernel2d.shape),
-                            self._param_or_nothing(self.grads, "bias", dtype),
-                            self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype), dcols, dx)
-        return dx
-
-    def _direct_backward(self, kernel2d, dy, from_logits):
-        dz = dy.reshape(-1, self.filters)
-        self.ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
-                                     self._param_or_nothing(self.grads, "bias", dy.dtype))
-        dx = self._buffer("dx", self._x_shape, dy.dtype) if self.needs_input_grad else None
-        self.ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used,
-                                      self.grads["kernel"].reshape(kernel2d.shape), dx is not None,
-                                      dx if dx is not None else self._x[:0])
+        ops.conv2d_backward(self._cols, kernel2d, dz, self._geometry_used, dkernel,
+                            self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype),
+                            self._cols if dx is not None else None, dx)
         return dx
 
     def get_config(self):

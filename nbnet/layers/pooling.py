@@ -39,6 +39,18 @@ class _Pooling2D(Layer):
 
 
 class MaxPooling2D(_Pooling2D):
+    def tiles_input(self):
+        """Whether the windows tile the input (no overlap, no padding): the condition for
+        running inside the Conv2D before it (see Conv2D.can_absorb)."""
+        return self.padding == "valid" and self.strides == self.pool_size
+
+    def absorbed_outputs(self, conv_shape, dtype):
+        """The output and argmax buffers for the Conv2D that absorbed this layer (its
+        output shape ``conv_shape``): it pools into them with the bias_activation_maxpool
+        kernels, which take this layer's pool_size."""
+        out_shape = (conv_shape[0],) + self.compute_output_shape(conv_shape[1:])
+        return self._buffer("y", out_shape, dtype), self._buffer("argmax", out_shape, np.int32)
+
     def forward(self, x, training=False):
         out_shape, window = self._window(x)
         y = self._buffer("y", out_shape, x.dtype)

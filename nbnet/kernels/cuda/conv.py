@@ -13,8 +13,9 @@ Geometry tuples are the CPU path's: (kh, kw, sh, sw, pad_top, pad_left, out_h, o
 from numba import cuda
 
 from . import as_scalar, chunking, launch_1d, workspace
-from .activations import activation_backward, add_partials
+from .activations import add_partials
 from .gemm import matmul
+from .pool import bias_activation_maxpool, maxpool_activation_backward
 
 
 @cuda.jit
@@ -205,14 +206,31 @@ def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out
                                                 as_scalar(0.0, dx.dtype), dx)
 
 
-def conv2d_backward(cols, kernel2d, y, dy, geometry, code, alpha, dkernel2d, dbias, scratch, dcols, dx):
-    """Adds the kernel and bias gradients into ``dkernel2d``/``dbias``; writes the input
-    gradient into ``dx`` unless ``dx`` is None (a first layer needs none). ``dy`` is
-    overwritten with the gradient before the activation. ``scratch`` is unused (the
-    kernel gradient accumulates straight into ``dkernel2d``); kept for the CPU signature."""
-    dz = dy.reshape(-1, kernel2d.shape[1])
-    activation_backward(y.reshape(dz.shape), dz, code, alpha, dz, dbias)
+def conv2d_backward(cols, kernel2d, dz, geometry, dkernel2d, scratch, dcols, dx):
+    """Adds the kernel gradient into ``dkernel2d`` from ``dz``, the gradient before the
+    activation; writes the input gradient into ``dx`` unless ``dx`` is None (a first layer
+    needs none). ``scratch`` is unused (the kernel gradient accumulates straight into
+    ``dkernel2d``); kept for the CPU signature."""
     matmul(cols, dz, dkernel2d, trans_a=True, accumulate=True)
     if dx is not None:
         matmul(dz, kernel2d, dcols, trans_b=True)
         col2im(dcols, *geometry, dx)
+
+
+def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
+                                y, argmax):
+    """direct_conv_forward, then pool.bias_activation_maxpool (the CPU kernel fuses them
+    per image to keep the conv output in cache; here it passes through a workspace)."""
+    z = workspace("conv.direct_pool_z", (x.shape[0], out_h, out_w, kernel2d.shape[1]), x.dtype)
+    direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w,
+                        z.reshape(z.size // kernel2d.shape[1], kernel2d.shape[1]))
+    bias_activation_maxpool(z, bias, code, ph, pw, y, argmax)
+
+
+def direct_conv_maxpool_backward(x, kernel2d, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w,
+                                 ph, pw, dkernel2d, dbias, need_dx, dx):
+    """The backward pass of direct_conv_maxpool_forward from the pooled gradient ``dy``."""
+    dz = workspace("conv.direct_pool_z", (x.shape[0], out_h, out_w, kernel2d.shape[1]), x.dtype)
+    maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias)
+    direct_conv_backward(x, kernel2d, dz.reshape(dz.size // kernel2d.shape[1], kernel2d.shape[1]), kh, kw, sh, sw,
+                         pad_top, pad_left, out_h, out_w, dkernel2d, need_dx, dx)

@@ -12,7 +12,9 @@ import math
 
 from numba import cuda
 
+from ..activations import RELU
 from . import as_scalar, launch_1d
+from .activations import column_sums_into
 
 
 @cuda.jit(device=True)
@@ -161,3 +163,68 @@ def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
     blocks, threads = launch_1d(dx.size)
     _avgpool_backward_kernel[blocks, threads](dy, ph, pw, sh, sw, pad_top, pad_left, as_scalar(1.0, dx.dtype),
                                               as_scalar(0.0, dx.dtype), dx)
+
+
+@cuda.jit
+def _bias_activation_maxpool_kernel(z, bias, relu, ph, pw, zero, y, argmax):
+    batch, height, width, channels = z.shape
+    _, out_h, out_w, _ = y.shape
+    has_bias = bias.shape[0] > 0
+    for idx in range(cuda.grid(1), batch * out_h * out_w * channels, cuda.gridsize(1)):
+        c = idx % channels
+        j = (idx // channels) % out_w
+        i = (idx // (channels * out_w)) % out_h
+        n = idx // (channels * out_w * out_h)
+        best = zero
+        where = -1
+        for p in range(ph):
+            r = i * ph + p
+            for q in range(pw):
+                s = j * pw + q
+                value = z[n, r, s, c] + bias[c] if has_bias else z[n, r, s, c]
+                if value > best or where < 0:  # ties keep the first maximum
+                    best = value
+                    where = r * width + s
+        if relu and not best > zero:
+            best = zero
+        y[n, i, j, c] = best
+        argmax[n, i, j, c] = where
+
+
+def bias_activation_maxpool(z, bias, code, ph, pw, y, argmax):
+    """y = maxpool(activation(z + bias)) over windows that tile ``z`` (stride = pool size),
+    ``code`` RELU or LINEAR, as the CPU kernel; one thread per output value."""
+    if y.size == 0:
+        return
+    blocks, threads = launch_1d(y.size)
+    _bias_activation_maxpool_kernel[blocks, threads](z, bias, code == RELU, ph, pw, as_scalar(0.0, z.dtype), y,
+                                                     argmax)
+
+
+@cuda.jit
+def _maxpool_activation_backward_kernel(dy, argmax, y, relu, ph, pw, zero, dz):
+    batch, height, width, channels = dz.shape
+    _, out_h, out_w, _ = dy.shape
+    for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
+        c = idx % channels
+        s = (idx // channels) % width
+        r = (idx // (channels * width)) % height
+        n = idx // (channels * width * height)
+        i, j = r // ph, s // pw
+        grad = zero
+        if i < out_h and j < out_w and argmax[n, i, j, c] == r * width + s and (not relu or y[n, i, j, c] > zero):
+            grad = dy[n, i, j, c]
+        dz[n, r, s, c] = grad
+
+
+def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
+    """dz (the conv's gradient before its activation, NHWC) from the pooled gradient, one
+    thread per value (gathering, as maxpool_backward); adds its column sums into ``dbias``
+    unless that has length 0."""
+    if dz.size == 0:
+        return
+    blocks, threads = launch_1d(dz.size)
+    _maxpool_activation_backward_kernel[blocks, threads](dy, argmax, y, code == RELU, ph, pw,
+                                                         as_scalar(0.0, dz.dtype), dz)
+    if dbias.shape[0] > 0:
+        column_sums_into(dz.reshape(dz.size // dz.shape[3], dz.shape[3]), dbias)

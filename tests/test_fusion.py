@@ -1,0 +1,79 @@
+"""Conv2D + MaxPooling2D fusion (Sequential._fuse_conv_pool): the fused kernels must give
+what the layers give apart: the same outputs and gradients exactly, the same training up to
+the order of the bias gradient's sum."""
+
+import numpy as np
+import pytest
+
+from nbnet import layers, models
+
+
+def stack(activation="relu", use_bias=True, odd=False, fuse=True, pool_strides=None, first_filters=4):
+    """Two conv + pool pairs: the first conv takes the direct path (3x3x1 field); the
+    second the im2col path (3x3x4), or with ``first_filters=1`` the direct path with an
+    input gradient. ``odd`` leaves a conv row and column outside every window."""
+    size = 13 if odd else 12
+    net = models.Sequential([
+        layers.Conv2D(first_filters, 3, activation=activation, use_bias=use_bias, input_shape=(size, size, 1)),
+        layers.MaxPooling2D(2, strides=pool_strides),
+        layers.Conv2D(6, 3, activation=activation, use_bias=use_bias),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(3, activation="softmax"),
+    ], seed=3)
+    net.fuse_layers = fuse
+    net.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    net.build()
+    return net
+
+
+def data(odd=False, count=48):
+    rng = np.random.default_rng(5)
+    size = 13 if odd else 12
+    return rng.standard_normal((count, size, size, 1)).astype(np.float32), rng.integers(0, 3, count)
+
+
+@pytest.mark.parametrize("activation, use_bias, odd, first_filters", [
+    ("relu", True, False, 4), ("relu", False, True, 4), ("linear", True, True, 4), ("relu", True, True, 1)])
+def test_fused_step_equals_unfused(activation, use_bias, odd, first_filters):
+    x, y = data(odd)
+    fused = stack(activation, use_bias, odd, first_filters=first_filters)
+    plain = stack(activation, use_bias, odd, fuse=False, first_filters=first_filters)
+    assert [layer.absorbed for layer in fused.layers] == [False, True, False, True, False, False]
+    assert not any(layer.absorbed for layer in plain.layers)
+    np.testing.assert_array_equal(fused.predict(x), plain.predict(x))
+    fused.train_on_batch(x, y)
+    plain.train_on_batch(x, y)
+    for layer_fused, layer_plain in zip(fused.layers, plain.layers):
+        for key in layer_plain.grads:
+            # Kernel gradients and every other value exactly; a bias gradient sums the same
+            # terms in another order.
+            tolerance = 1e-6 if key == "bias" else 0
+            np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=tolerance,
+                                       atol=tolerance, err_msg=f"{layer_plain.name}.{key}")
+
+
+def test_fused_training_tracks_unfused():
+    x, y = data(count=96)
+    fused, plain = stack(), stack(fuse=False)
+    fused.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    plain.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    for got, expected in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_only_fusable_pairs_fuse():
+    """Overlapping windows, or an activation that does not commute with max, keep the
+    layers apart; the model still computes the same."""
+    overlapping = stack(pool_strides=1)
+    assert [layer.absorbed for layer in overlapping.layers] == [False, False, False, True, False, False]
+    tanh = stack("tanh")
+    assert not any(layer.absorbed for layer in tanh.layers)
+    x, y = data()
+    np.testing.assert_array_equal(tanh.predict(x), stack("tanh", fuse=False).predict(x))
+    # A pool that is the model's output stays a layer of its own (the loss needs it).
+    ending = models.Sequential([layers.Conv2D(2, 3, activation="relu", input_shape=(12, 12, 1)),
+                                layers.MaxPooling2D(10)], seed=1)
+    ending.compile(optimizer="sgd", loss="mse")
+    ending.train_on_batch(x, np.zeros((len(x), 1, 1, 2), np.float32))
+    assert not ending.layers[1].absorbed
