@@ -73,7 +73,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from nbnet import layers
     from nbnet.kernels.activations import bias_activation_forward
-    from nbnet.kernels.conv import _direct_conv_images, im2col
+    from nbnet.kernels.conv import _direct_conv_parallel, im2col
     from nbnet.kernels.pool import maxpool_forward
 
     # 3x3x1 runs the direct convolution, 3x3x2 im2col + BLAS (see conv.DIRECT_MAX_FIELD).
@@ -87,7 +87,7 @@ _CHILD = textwrap.dedent("""
         pool.forward(unfolded.forward(direct.forward(np.ones((batch, 5, 5, 1), np.float32))))
     report = {}
     # The direct convolution's compiled part (its launcher is plain Python).
-    for name, d in [("im2col", im2col), ("direct_conv_images", _direct_conv_images),
+    for name, d in [("im2col", im2col), ("direct_conv_parallel", _direct_conv_parallel),
                     ("bias_activation_forward", bias_activation_forward), ("maxpool_forward", maxpool_forward)]:
         report[name] = {"signatures": len(d.signatures),
                         "hits": sum(d.stats.cache_hits.values()),

@@ -13,7 +13,6 @@ from numba import njit, prange
 from . import REDUCTION_CHUNKS
 from .matmul import add_transposed_product, matmul
 from .pool import maxpool_activation_backward_image, maxpool_activation_image
-from .workers import run_chunks
 
 
 def same_padding(size, kernel, stride):
@@ -144,8 +143,7 @@ def _load_window(image, corner, offsets, window):
 
 
 # 'contract' lets LLVM fuse each multiply-add into an FMA; nothing is reordered. The
-# direct kernels run their images on nbnet's worker threads (see workers.py), through
-# one nogil function per kernel; the per-image helpers are compiled apart from it.
+# per-image helpers are compiled apart from the parallel kernels that call them.
 @njit(cache=True, fastmath={"contract"})
 def _direct_forward_image(image, offsets, packed, taps, sh, sw, padded_w, channels, out_h, out_w, window, z):
     """z[i*out_w + j, o] = the window at (i, j) of the zero-bordered ``image`` times the
@@ -173,7 +171,7 @@ def _direct_forward_image(image, offsets, packed, taps, sh, sw, padded_w, channe
                         out[m] = total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h,
                         padded_w, out_h, out_w, ph, pw, pooled, z, y, argmax):
     """Images first..stop-1 of direct_conv_forward, or with ``pooled`` of
@@ -191,13 +189,25 @@ def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, s
             maxpool_activation_image(rows.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
 
 
+# A parallel loop whose body is one call: Numba's parallel lowering of anything larger
+# cost ~2 s more compile time per kernel.
+@njit(parallel=True, cache=True)
+def _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
+                          out_w, ph, pw, pooled, z, y, argmax):
+    batch = x.shape[0]
+    chunks = min(REDUCTION_CHUNKS, batch)
+    for chunk in prange(chunks):
+        _direct_conv_images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, offsets, packed, taps, bias,
+                            code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph, pw, pooled, z, y,
+                            argmax)
+
+
 def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
-    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
-    images split over the workers."""
+    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias)."""
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
     idle = x[:0]
-    run_chunks(_direct_conv_images, x.shape[0], x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top,
-               pad_left, padded_h, padded_w, out_h, out_w, 1, 1, False, z, idle, idle.astype(np.int32))
+    _direct_conv_parallel(x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top, pad_left, padded_h, padded_w,
+                          out_h, out_w, 1, 1, False, z, idle, idle.astype(np.int32))
 
 
 def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -205,8 +215,8 @@ def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top
     """direct_conv_forward, then pool.bias_activation_maxpool, one image at a time: the
     conv-sized output exists only as one image's rows (in cache), never for the batch."""
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
-    run_chunks(_direct_conv_images, x.shape[0], x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left,
-               padded_h, padded_w, out_h, out_w, ph, pw, True, kernel2d[:0], y, argmax)
+    _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
+                          out_w, ph, pw, True, kernel2d[:0], y, argmax)
 
 
 # 'reassoc' lets LLVM vectorise each sum over filters (several partial sums, added up at
@@ -269,7 +279,7 @@ def _direct_dkernel_image(image, dz, offsets, taps, sh, sw, padded_w, channels, 
                             block[t * _FILTER_BLOCK + m] += window[t] * grad + window_b[t] * grad_b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _direct_backward_chunks(first, stop, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
                             padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
                             bias_partial, need_dx, dx):
@@ -301,21 +311,33 @@ def _direct_backward_chunks(first, stop, chunks, x, dz, dy, argmax, y, code, fie
                                  padded_h, padded_w, dimage, dx[n])
 
 
+@njit(parallel=True, cache=True)
+def _direct_backward_parallel(chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
+                              padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
+                              need_dx, dx):
+    for chunk in prange(chunks):
+        # int64: the parallel lowering types a prange index as unsigned, which would
+        # compile the callee a second time (~1 s).
+        first = np.int64(chunk)
+        _direct_backward_chunks(first, first + 1, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top,
+                                pad_left, padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled,
+                                partial, bias_partial, need_dx, dx)
+
+
 def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
                      pooled, dkernel2d, dbias, need_dx, dx):
     """direct_conv_backward, and with ``pooled`` its fusion with a max pool: each image's
     gradient rows are then made from the pooled gradient ``dy`` (see
     pool.maxpool_activation_backward) into a one-image buffer instead of read from ``dz``.
-    Partial sums per fixed chunk of images (the chunks split over the workers): no race,
-    and a result that does not depend on the thread count."""
+    Partial sums per fixed chunk of images: no race, and a result that does not depend
+    on the thread count."""
     field, filters = kernel2d.shape
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, packed.size), dtype=x.dtype)
     bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
-    run_chunks(_direct_backward_chunks, chunks, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
-               padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
-               need_dx, dx)
+    _direct_backward_parallel(chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w,
+                              out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
     # packed (filter block, tap, filter in block) back to (tap, filter)
     blocks = packed.size // (taps * _FILTER_BLOCK)
     unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)

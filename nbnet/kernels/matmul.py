@@ -3,16 +3,30 @@
 BLAS is held to one thread while nbnet runs (see nbnet/threads.py), because OpenBLAS's
 own threads spin after each call and starve Numba's. To still use every core for the
 large products, they are split into row blocks (or, for x.T @ dy, blocks of the summed
-axis) and each block runs on one of nbnet's worker threads (see workers.py): NumPy releases
-the GIL inside BLAS.
+axis) and each block runs on a plain worker thread: NumPy releases the GIL inside BLAS,
+and idle workers sleep on a queue instead of spinning.
 """
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .workers import executor as _executor
-
 # Below this many multiply-adds a product is faster on one thread than handed out.
 PARALLEL_MIN_MACS = 2_000_000
+
+_pool = None
+_workers = None
+
+
+def _executor():
+    global _pool, _workers
+    if _pool is None:
+        import numba
+
+        _workers = max(1, min(numba.get_num_threads(), os.cpu_count() or 1))
+        _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="nbnet-matmul")
+    return _pool, _workers
 
 
 def matmul(a, b, out):
@@ -48,5 +62,4 @@ def add_transposed_product(a, b, grad, scratch):
 
 
 def workers():
-    """Rows of the per-worker weight-gradient scratch add_transposed_product takes."""
     return _executor()[1]

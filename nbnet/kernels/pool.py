@@ -10,7 +10,6 @@ from numba import njit, prange
 
 from . import REDUCTION_CHUNKS
 from .activations import LINEAR, RELU
-from .workers import run_chunks
 
 
 # Loops run channels innermost: NHWC keeps a pixel's channels contiguous, so each window
@@ -165,35 +164,28 @@ def maxpool_activation_backward_image(dy, argmax, y, code, ph, pw, dz, dbias_sum
     dz[out_h * ph:] = zero
 
 
-@njit(cache=True, nogil=True)
-def _maxpool_activation_images(first, stop, z, bias, code, ph, pw, y, argmax):
-    for n in range(first, stop):
-        maxpool_activation_image(z[n], bias, code, ph, pw, y[n], argmax[n])
-
-
+@njit(parallel=True, cache=True)
 def bias_activation_maxpool(z, bias, code, ph, pw, y, argmax):
     """y = maxpool(activation(z + bias)) over (ph, pw) windows at stride (ph, pw), for
     ``code`` RELU or LINEAR; argmax as maxpool_forward records it. ``z`` is the conv's
-    NHWC pre-activation; ``bias`` of length 0 means no bias. Images split over the workers."""
-    run_chunks(_maxpool_activation_images, z.shape[0], z, bias, code, ph, pw, y, argmax)
+    NHWC pre-activation; ``bias`` of length 0 means no bias."""
+    for n in prange(z.shape[0]):
+        maxpool_activation_image(z[n], bias, code, ph, pw, y[n], argmax[n])
 
 
-@njit(cache=True, nogil=True)
-def _maxpool_activation_backward_chunks(first, stop, chunks, dy, argmax, y, code, ph, pw, dz, partial):
-    batch = dz.shape[0]
-    for chunk in range(first, stop):
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
-
-
+@njit(parallel=True, cache=True)
 def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
     """The conv's pre-activation gradient ``dz`` (NHWC) from the pooled gradient ``dy``:
     each window's gradient goes to its maximum where the activation passed it; adds the
     column sums of dz into ``dbias`` unless it has length 0 (partial sums per fixed chunk
     of images, so the result does not depend on the thread count)."""
-    chunks = max(min(REDUCTION_CHUNKS, dz.shape[0]), 1)
-    partial = np.zeros((chunks, dz.shape[3]), dtype=dz.dtype)
-    run_chunks(_maxpool_activation_backward_chunks, chunks, chunks, dy, argmax, y, code, ph, pw, dz, partial)
+    batch, channels = dz.shape[0], dz.shape[3]
+    chunks = max(min(REDUCTION_CHUNKS, batch), 1)
+    partial = np.zeros((chunks, channels), dtype=dz.dtype)
+    for chunk in prange(chunks):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
     if dbias.shape[0] > 0:
         for chunk in range(chunks):
-            dbias += partial[chunk]
+            for c in range(channels):
+                dbias[c] += partial[chunk, c]
