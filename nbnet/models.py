@@ -109,12 +109,14 @@ class Sequential:
         written. Outputs and gradients equal running them apart (a bias gradient sums in
         another order); ``fuse_layers = False`` turns it off. A model's output layer is
         never absorbed: the loss works on it."""
-        for before, after in zip([None] + self.layers, self.layers):
-            fuse = (self.fuse_layers and isinstance(before, Conv2D) and isinstance(after, MaxPooling2D)
-                    and after is not self.layers[-1] and before.can_absorb(after))
-            if isinstance(before, Conv2D):
-                before.pool = after if fuse else None
-            after.absorbed = fuse
+        for layer in self.layers:
+            layer.absorbed = False
+            if isinstance(layer, Conv2D):
+                layer.pool = None
+        for before, after in zip(self.layers, self.layers[1:-1]):
+            if (self.fuse_layers and isinstance(before, Conv2D) and isinstance(after, MaxPooling2D)
+                    and before.can_absorb(after)):
+                before.pool, after.absorbed = after, True
 
     def _gather_parameters(self):
         """Move trainable weights and their gradients into two flat vectors and rebind

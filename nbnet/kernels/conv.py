@@ -98,6 +98,8 @@ DIRECT_MAX_FIELD = 16
 # the loops would roughly double the compile time, for fields of 10-16 only.
 _TAP_GROUP = 9
 _FILTER_BLOCK = 32
+# The argmax argument of the shared direct kernels when no max pool is fused.
+_NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
 
 
 @njit(cache=True)
@@ -189,8 +191,8 @@ def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, s
             maxpool_activation_image(rows.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
 
 
-# A parallel loop whose body is one call: Numba's parallel lowering of anything larger
-# cost ~2 s more compile time per kernel.
+# One parallel kernel for both forward passes (a body of one call, shared), so the
+# MNIST CNN's first layer and an unpooled direct conv compile the same code once.
 @njit(parallel=True, cache=True)
 def _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
                           out_w, ph, pw, pooled, z, y, argmax):
@@ -205,9 +207,8 @@ def _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top,
 def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
     """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias)."""
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
-    idle = x[:0]
     _direct_conv_parallel(x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top, pad_left, padded_h, padded_w,
-                          out_h, out_w, 1, 1, False, z, idle, idle.astype(np.int32))
+                          out_h, out_w, 1, 1, False, z, x[:0], _NO_ARGMAX)
 
 
 def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -280,11 +281,11 @@ def _direct_dkernel_image(image, dz, offsets, taps, sh, sw, padded_w, channels, 
 
 
 @njit(cache=True)
-def _direct_backward_chunks(first, stop, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
-                            padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
-                            bias_partial, need_dx, dx):
-    """Chunks first..stop-1 of _direct_backward: each adds its images' products into its
-    own row of ``partial`` (laid out as ``packed``) and ``bias_partial``."""
+def _direct_backward_chunk(chunk, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
+                           padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
+                           bias_partial, need_dx, dx):
+    """One chunk of _direct_backward: adds its images' products into its own row of
+    ``partial`` (laid out as ``packed``) and ``bias_partial``."""
     batch, channels = x.shape[0], x.shape[3]
     filters = bias_partial.shape[1]
     size = padded_h * padded_w * channels
@@ -295,20 +296,19 @@ def _direct_backward_chunks(first, stop, chunks, x, dz, dy, argmax, y, code, fie
     window_b = np.empty(_TAP_GROUP, x.dtype)
     no_grads = np.zeros(_FILTER_BLOCK, x.dtype)
     image_dz = np.empty((pixels if pooled else 0, filters), x.dtype)
-    for chunk in range(first, stop):
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
-            if pooled:
-                maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
-                                                  image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])
-                rows = image_dz
-            else:
-                rows = dz[n * pixels:(n + 1) * pixels]
-            _direct_dkernel_image(image, rows, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window,
-                                  window_b, no_grads, partial[chunk])
-            if need_dx:
-                _direct_dx_image(rows, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w,
-                                 padded_h, padded_w, dimage, dx[n])
+    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+        _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
+        if pooled:
+            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
+                                              image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])
+            rows = image_dz
+        else:
+            rows = dz[n * pixels:(n + 1) * pixels]
+        _direct_dkernel_image(image, rows, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window, window_b,
+                              no_grads, partial[chunk])
+        if need_dx:
+            _direct_dx_image(rows, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w, padded_h,
+                             padded_w, dimage, dx[n])
 
 
 @njit(parallel=True, cache=True)
@@ -318,10 +318,9 @@ def _direct_backward_parallel(chunks, x, dz, dy, argmax, y, code, field, sh, sw,
     for chunk in prange(chunks):
         # int64: the parallel lowering types a prange index as unsigned, which would
         # compile the callee a second time (~1 s).
-        first = np.int64(chunk)
-        _direct_backward_chunks(first, first + 1, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top,
-                                pad_left, padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled,
-                                partial, bias_partial, need_dx, dx)
+        _direct_backward_chunk(np.int64(chunk), chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
+                               padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
+                               bias_partial, need_dx, dx)
 
 
 def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -351,7 +350,7 @@ def direct_conv_backward(x, kernel2d, dz, kh, kw, sh, sw, pad_top, pad_left, out
     """dkernel2d += the window-by-gradient products summed over the batch; with
     ``need_dx``, dx = the gradient ``dz`` spread back through the kernel."""
     idle4, idle1 = x[:0], kernel2d[:0, 0]
-    _direct_backward(x, kernel2d, dz, idle4, idle4.astype(np.int32), idle4, 0, kh, kw, sh, sw, pad_top, pad_left,
+    _direct_backward(x, kernel2d, dz, idle4, _NO_ARGMAX, idle4, 0, kh, kw, sh, sw, pad_top, pad_left,
                      out_h, out_w, 1, 1, False, dkernel2d, idle1, need_dx, dx)
 
 

@@ -15,7 +15,7 @@ from numba import cuda
 from . import as_scalar, chunking, launch_1d, workspace
 from .activations import add_partials
 from .gemm import matmul
-from .pool import bias_activation_maxpool, maxpool_activation_backward
+from .pool import bias_activation_maxpool, maxpool_activation_backward, nhwc_index
 
 
 @cuda.jit
@@ -54,10 +54,7 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
 def _col2im_kernel(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, zero, dx):
     batch, height, width, channels = dx.shape
     for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
-        c = idx % channels
-        xx = (idx // channels) % width
-        y = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        n, y, xx, c = nhwc_index(idx, height, width, channels)
         total = zero
         # Window rows p from the last down to 0 visit output rows i in increasing order
         # (and likewise q, j), the order the CPU kernel adds in.
@@ -157,10 +154,7 @@ def _direct_conv_dx_kernel(dz, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_
     batch, height, width, channels = dx.shape
     filters = dz.shape[1]
     for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
-        c = idx % channels
-        s = (idx // channels) % width
-        r = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        n, r, s, c = nhwc_index(idx, height, width, channels)
         acc = zero
         # Output positions in increasing (i, j) order, as the CPU kernel adds them.
         for p in range(kh - 1, -1, -1):

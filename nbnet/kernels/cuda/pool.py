@@ -18,6 +18,14 @@ from .activations import column_sums_into
 
 
 @cuda.jit(device=True)
+def nhwc_index(idx, height, width, channels):
+    """(n, row, column, channel) of the flat index ``idx`` into an NHWC array."""
+    c = idx % channels
+    pixel = idx // channels
+    return pixel // (width * height), (pixel // width) % height, pixel % width, c
+
+
+@cuda.jit(device=True)
 def _max(a, b):
     """Python's max(a, b), spelled out: with Numba 0.68's CUDA target the two-argument
     builtin failed to compile in the offline PTX check (tests/test_cuda_kernels.py)."""
@@ -35,10 +43,7 @@ def _maxpool_forward_kernel(x, ph, pw, sh, sw, pad_top, pad_left, y, argmax):
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = y.shape
     for idx in range(cuda.grid(1), batch * out_h * out_w * channels, cuda.gridsize(1)):
-        c = idx % channels
-        j = (idx // channels) % out_w
-        i = (idx // (channels * out_w)) % out_h
-        n = idx // (channels * out_w * out_h)
+        n, i, j, c = nhwc_index(idx, out_h, out_w, channels)
         best = -math.inf
         where = -1
         for p in range(ph):
@@ -82,10 +87,7 @@ def _maxpool_backward_kernel(dy, argmax, ph, pw, sh, sw, pad_top, pad_left, zero
     batch, height, width, channels = dx.shape
     _, out_h, out_w, _ = dy.shape
     for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
-        c = idx % channels
-        s = (idx // channels) % width
-        r = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        n, r, s, c = nhwc_index(idx, height, width, channels)
         here = r * width + s
         total = zero
         i0, i1 = _window_range(r, pad_top, ph, sh, out_h)
@@ -112,10 +114,7 @@ def _avgpool_forward_kernel(x, ph, pw, sh, sw, pad_top, pad_left, one, zero, y):
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = y.shape
     for idx in range(cuda.grid(1), batch * out_h * out_w * channels, cuda.gridsize(1)):
-        c = idx % channels
-        j = (idx // channels) % out_w
-        i = (idx // (channels * out_w)) % out_h
-        n = idx // (channels * out_w * out_h)
+        n, i, j, c = nhwc_index(idx, out_h, out_w, channels)
         r0, r1 = _max(i * sh - pad_top, 0), _min(i * sh - pad_top + ph, height)
         s0, s1 = _max(j * sw - pad_left, 0), _min(j * sw - pad_left + pw, width)
         inverse = one / ((r1 - r0) * (s1 - s0))
@@ -140,10 +139,7 @@ def _avgpool_backward_kernel(dy, ph, pw, sh, sw, pad_top, pad_left, one, zero, d
     batch, height, width, channels = dx.shape
     _, out_h, out_w, _ = dy.shape
     for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
-        c = idx % channels
-        s = (idx // channels) % width
-        r = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        n, r, s, c = nhwc_index(idx, height, width, channels)
         total = zero
         i0, i1 = _window_range(r, pad_top, ph, sh, out_h)
         j0, j1 = _window_range(s, pad_left, pw, sw, out_w)
@@ -171,10 +167,7 @@ def _bias_activation_maxpool_kernel(z, bias, relu, ph, pw, zero, y, argmax):
     _, out_h, out_w, _ = y.shape
     has_bias = bias.shape[0] > 0
     for idx in range(cuda.grid(1), batch * out_h * out_w * channels, cuda.gridsize(1)):
-        c = idx % channels
-        j = (idx // channels) % out_w
-        i = (idx // (channels * out_w)) % out_h
-        n = idx // (channels * out_w * out_h)
+        n, i, j, c = nhwc_index(idx, out_h, out_w, channels)
         best = zero
         where = -1
         for p in range(ph):
@@ -206,10 +199,7 @@ def _maxpool_activation_backward_kernel(dy, argmax, y, relu, ph, pw, zero, dz):
     batch, height, width, channels = dz.shape
     _, out_h, out_w, _ = dy.shape
     for idx in range(cuda.grid(1), batch * height * width * channels, cuda.gridsize(1)):
-        c = idx % channels
-        s = (idx // channels) % width
-        r = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        n, r, s, c = nhwc_index(idx, height, width, channels)
         i, j = r // ph, s // pw
         grad = zero
         if i < out_h and j < out_w and argmax[n, i, j, c] == r * width + s and (not relu or y[n, i, j, c] > zero):
