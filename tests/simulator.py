@@ -13,6 +13,7 @@ small (``small_launches``), which also makes every grid-stride loop run more tha
 import os
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,42 @@ import pytest
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # The CUDA tests run in this process: under the simulator, or on a real GPU when asked.
 ON_CUDA = SIMULATED or os.environ.get("NBNET_TEST_GPU") == "1"
+
+
+
+def _allocate_shared_arrays_under_a_lock():
+    """Numba's simulator (0.68) gives a block's threads one ``cuda.shared.array`` per call
+    site by check-then-set on a dict with no lock: two threads that both find the site
+    empty each allocate, and one of them then works on a private array, so the tiled
+    matmul reads garbage. It shows as rare wrong results (a CI run's Conv2D weights off by
+    1e-4; with ``sys.setswitchinterval(1e-6)`` it happens every few trainings). The same
+    allocation, keyed the same way by the caller's file and line, under a lock."""
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+    dynamic = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:  # dynamic shared memory: one buffer, no per-site allocation
+            return dynamic(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            allocated = self._allocations.get(site)
+            if allocated is None:
+                allocated = self._allocations[site] = np.empty(shape, dtype)
+        return allocated
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIMULATED:
+    _allocate_shared_arrays_under_a_lock()
 
 sim_only = pytest.mark.skipif(not ON_CUDA, reason="runs in the simulator subprocess started by the module's "
                                                    "*_under_simulator test (or set NBNET_TEST_GPU=1 on a GPU)")

@@ -257,6 +257,35 @@ def test_matmul_full_tile():
     close(out, a @ b, SUM_RTOL, SUM_ATOL)
 
 
+
+@pytest.mark.skipif(not SIMULATED, reason="checks the simulator's shared arrays (simulator.py)")
+def test_simulated_block_shares_one_shared_array(monkeypatch):
+    """Every thread of a block gets the same cuda.shared.array even when the allocation
+    is slow enough for the others to reach it meanwhile (the race simulator.py closes)."""
+    import time
+
+    slow_empty = np.empty
+
+    def empty(*args, **kwargs):
+        time.sleep(0.002)  # gives the GIL to the other threads mid-allocation
+        return slow_empty(*args, **kwargs)
+
+    @cuda.jit
+    def kernel(out):
+        shared = cuda.shared.array(8, np.float32)
+        shared[cuda.threadIdx.x] = cuda.threadIdx.x + 1
+        cuda.syncthreads()
+        total = 0.0
+        for i in range(8):
+            total += shared[i]
+        out[cuda.threadIdx.x] = total
+
+    out = cuda.device_array(8, np.float32)
+    monkeypatch.setattr(np, "empty", empty)
+    kernel[1, 8](out)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(out.copy_to_host(), np.full(8, 36.0, np.float32))
+
 @sim_only
 @pytest.mark.parametrize("code_name", ALL_CODES)
 def test_bias_activation_forward(code_name):
