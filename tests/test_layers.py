@@ -830,3 +830,20 @@ def test_pool_property(config, kind, default_strides, seed):
     assert rel_err(y, expected) <= FORWARD_RTOL
     report = check_gradients(layer, x, seed=seed, limit=HYPO_COORDS)
     assert report["x"][0] <= GRAD_RTOL, report
+
+
+@pytest.mark.parametrize("rows", [7, 64])
+def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows):
+    """The row-split matmul and the batch-split weight gradient (kernels/matmul.py), which
+    large products take, against NumPy; forced on for small shapes."""
+    from nbnet.kernels import matmul
+
+    monkeypatch.setattr(matmul, "PARALLEL_MIN_MACS", 0)
+    rng = np.random.default_rng(4)
+    a, b = rng.random((rows, 5), dtype=np.float32), rng.random((5, 3), dtype=np.float32)
+    dy = rng.random((rows, 3), dtype=np.float32)
+    out = np.full((rows, 3), np.nan, np.float32)
+    np.testing.assert_allclose(matmul.matmul(a, b, out), a @ b, rtol=1e-6)
+    grad = np.ones((5, 3), np.float32)
+    matmul.add_transposed_product(a, dy, grad, np.empty((matmul.workers(), 5, 3), np.float32))
+    np.testing.assert_allclose(grad, 1 + a.T @ dy, rtol=1e-6)
