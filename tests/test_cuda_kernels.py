@@ -51,7 +51,7 @@ def test_import_needs_no_cuda():
 def _ptx_signatures():
     """{kernel: argument types} for every @cuda.jit kernel, float32 data, as the launchers
     call them (NumPy float32 scalars, Python ints/floats/bools as int64/float64/boolean)."""
-    from numba import boolean, float32, float64, int32, int64
+    from numba import boolean, float32, float64, int32, int64, uint32
 
     from nbnet.kernels.cuda import activations as A
     from nbnet.kernels.cuda import conv as C
@@ -112,7 +112,7 @@ def _ptx_signatures():
         O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
         O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6 + (h1,),
         O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f, h1),
-        D._apply_mask_kernel: (a1, a1, a1),
+        D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         T._fill_zero_kernel: (a1, f),
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
@@ -700,11 +700,13 @@ def test_moving_averages_dropout_mask_and_rescaling():
     gpu_norm.update_moving_averages(*moving_dev, *(dev(a) for a in batch), 0.9)
     for got, expected in zip(moving_dev, moving):
         close(got, expected)
-    values, mask = rand(rng, 70), (rng.random(70) > 0.4).astype(np.float32) * np.float32(2.5)
+    values, bits = rand(rng, 70), rng.integers(0, 2 ** 32, 70, dtype=np.uint32)
+    threshold, scale = np.uint32(0.4 * 2 ** 32), np.float32(1 / 0.6)
     out = np.empty_like(values)
     out_dev = dev(out)
-    cpu_dropout.apply_mask(values, mask, out)
-    gpu_dropout.apply_mask(dev(values), dev(mask), out_dev)
+    cpu_dropout.apply_mask(values, bits, threshold, scale, out)
+    gpu_dropout.apply_mask(dev(values), cuda.to_device(bits), threshold, scale, out_dev)
+    np.testing.assert_array_equal(out, np.where(bits >= threshold, values * scale, 0))
     close(out_dev, out, rtol=0, atol=0)
     cpu_rescaling.scale_shift(values, 1 / 255, -0.5, out)
     gpu_rescaling.scale_shift(dev(values), 1 / 255, -0.5, out_dev)

@@ -1,12 +1,14 @@
-"""Dropout's kernel: multiply by a keep-mask already scaled by 1/(1 - rate). The mask is
-drawn on the host from the model's seeded generator, so a seeded run drops the same units
-on the CPU and on the GPU."""
+"""Dropout's kernel: keep a unit, scaled by 1/(1 - rate), where its 32 random bits reach
+the threshold rate * 2**32. The bits are drawn on the host from the model's seeded
+generator, so a seeded run drops the same units on the CPU and on the GPU."""
 
 from numba import njit
 
 
 @njit(cache=True)
-def apply_mask(values, mask, out):
-    """out = values * mask, elementwise over 1-D views; ``out`` may be ``values``."""
+def apply_mask(values, keep_bits, threshold, scale, out):
+    """out = values * scale where keep_bits >= threshold, else 0, elementwise over 1-D
+    views (``keep_bits`` uint32, ``threshold`` a uint32 scalar); ``out`` may be ``values``."""
+    zero = out.dtype.type(0.0)
     for i in range(values.shape[0]):
-        out[i] = values[i] * mask[i]
+        out[i] = values[i] * scale if keep_bits[i] >= threshold else zero

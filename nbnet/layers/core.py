@@ -142,23 +142,27 @@ class Dropout(Layer):
 
     def forward(self, x, training=False):
         if not training or self.rate == 0.0:
-            self._mask = None
+            self._keep_bits = None
             return x
-        # Drawn on the host from the seeded generator, so the CPU and the GPU drop the same units.
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        mask = self._buffer("mask", (x.size,), x.dtype)
-        self.ops.upload(np.multiply(keep.reshape(-1), x.dtype.type(1.0 / (1.0 - self.rate)), dtype=x.dtype), mask)
-        self._mask = mask
+        # Raw generator output, 32 bits a unit, drawn on the host from the seeded generator
+        # so the CPU and the GPU drop the same units; the kernel keeps a unit where its bits
+        # reach rate * 2**32. Half the host time of random floats, a compare and a scaling.
+        count = x.size
+        bits = self.rng.bit_generator.random_raw((count + 1) // 2).view(np.uint32)[:count]
+        self._keep_bits = self._buffer("keep_bits", (count,), np.uint32)
+        self.ops.upload(bits, self._keep_bits)
+        self._threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
+        self._scale = x.dtype.type(1.0 / (1.0 - self.rate))
         y = self._buffer("y", x.shape, x.dtype)
-        self.ops.apply_mask(x.reshape(x.size), mask, y.reshape(y.size))
+        self.ops.apply_mask(x.reshape(count), self._keep_bits, self._threshold, self._scale, y.reshape(count))
         return y
 
     def backward(self, dy):
         if not self.needs_input_grad:
             return None
-        if self._mask is not None:
+        if self._keep_bits is not None:
             flat = dy.reshape(dy.size)
-            self.ops.apply_mask(flat, self._mask, flat)
+            self.ops.apply_mask(flat, self._keep_bits, self._threshold, self._scale, flat)
         return dy
 
     def get_config(self):
