@@ -24,13 +24,12 @@ SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ON_CUDA = SIMULATED or os.environ.get("NBNET_TEST_GPU") == "1"
 
 
-
 def _allocate_shared_arrays_under_a_lock():
     """Numba's simulator (0.68) gives a block's threads one ``cuda.shared.array`` per call
     site by check-then-set on a dict with no lock: two threads that both find the site
     empty each allocate, and one of them then works on a private array, so the tiled
-    matmul reads garbage. It shows as rare wrong results (a CI run's Conv2D weights off by
-    1e-4; with ``sys.setswitchinterval(1e-6)`` it happens every few trainings). The same
+    matmul reads garbage. It shows as rare wrong results: a CI run's Conv2D weights off by
+    1e-4; with ``sys.setswitchinterval(1e-6)``, 2 of 9 small trainings here. The same
     allocation, keyed the same way by the caller's file and line, under a lock."""
     import numpy as np
     from numba.core import types
