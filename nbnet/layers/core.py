@@ -139,19 +139,20 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # A unit is kept where its 32 random bits reach this (P = 1 - rate, to 2**-32).
+        self._threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
 
     def forward(self, x, training=False):
         if not training or self.rate == 0.0:
             self._keep_bits = None
             return x
         # Raw generator output, 32 bits a unit, drawn on the host from the seeded generator
-        # so the CPU and the GPU drop the same units; the kernel keeps a unit where its bits
-        # reach rate * 2**32. Half the host time of random floats, a compare and a scaling.
+        # so the CPU and the GPU drop the same units. Half the host time of random floats,
+        # a compare and a scaling.
         count = x.size
         bits = self.rng.bit_generator.random_raw((count + 1) // 2).view(np.uint32)[:count]
         self._keep_bits = self._buffer("keep_bits", (count,), np.uint32)
         self.ops.upload(bits, self._keep_bits)
-        self._threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
         self._scale = x.dtype.type(1.0 / (1.0 - self.rate))
         y = self._buffer("y", x.shape, x.dtype)
         self.ops.apply_mask(x.reshape(count), self._keep_bits, self._threshold, self._scale, y.reshape(count))
