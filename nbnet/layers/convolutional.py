@@ -62,7 +62,14 @@ class Conv2D(KernelMixin, Layer):
         return (out_h, out_w, self.filters)
 
     def _geometry(self, height, width):
+        """The kernels' window arguments: (kh, kw, sh, sw, pad_top, pad_left, out_h, out_w).
+        With an absorbed pool, out_h and out_w count only the pixels its windows cover: a
+        tiling pool drops the last row and column of an odd-sized output, so computing
+        them is wasted work (the MNIST CNN's second layer: 10x10 of 11x11, 17% less)."""
         out_h, out_w, top, left = output_geometry(height, width, self.kernel_size, self.strides, self.padding)
+        if self.pool is not None:
+            ph, pw = self.pool.pool_size
+            out_h, out_w = out_h // ph * ph, out_w // pw * pw
         return (*self.kernel_size, *self.strides, top, left, out_h, out_w)
 
     def can_absorb(self, pool):
