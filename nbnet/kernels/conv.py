@@ -126,7 +126,7 @@ def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
 
 
 @njit(inline="always")
-def _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image):
+def pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image):
     """Copies x[n] into ``image`` at (pad_top, pad_left); the border keeps its zeros."""
     height, width, channels = x.shape[1:]
     for y in range(min(height, padded_h - pad_top)):
@@ -184,7 +184,7 @@ def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, s
     window = np.empty(_TAP_GROUP, x.dtype)
     image_z = np.empty((pixels if pooled else 0, filters), x.dtype)
     for n in range(first, stop):
-        _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
+        pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
         rows = image_z if pooled else z[n * pixels:(n + 1) * pixels]
         _direct_forward_image(image, offsets, packed, taps, sh, sw, padded_w, channels, out_h, out_w, window, rows)
         if pooled:
@@ -297,7 +297,7 @@ def _direct_backward_chunk(chunk, chunks, x, dz, dy, argmax, y, code, field, sh,
     no_grads = np.zeros(_FILTER_BLOCK, x.dtype)
     image_dz = np.empty((pixels if pooled else 0, filters), x.dtype)
     for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-        _pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
+        pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
         if pooled:
             maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
                                               image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])

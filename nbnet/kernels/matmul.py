@@ -64,5 +64,19 @@ def add_transposed_product(a, b, grad, scratch):
         grad += scratch[k]
 
 
+def for_each_worker(task, count):
+    """Runs task(first, stop) on each worker thread over its contiguous part of
+    range(count), and waits for all; in the calling thread when there is one part."""
+    pool, count_workers = _executor()
+    parts = min(count_workers, count)
+    if parts <= 1:
+        task(0, count)
+        return
+    bounds = [count * i // parts for i in range(parts + 1)]
+    futures = [pool.submit(task, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    for future in futures:
+        future.result()
+
+
 def workers():
     return _executor()[1]

@@ -5,6 +5,7 @@ import numpy as np
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import DIRECT_MAX_FIELD, output_geometry
+from ..kernels.winograd import applies as winograd_applies
 from .base import Layer
 from .core import KernelMixin
 
@@ -86,8 +87,12 @@ class Conv2D(KernelMixin, Layer):
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
         direct = kernel2d.shape[0] <= DIRECT_MAX_FIELD
-        self._x_shape, self._geometry_used = x.shape, geometry
-        self._x, self._cols = (x, None) if direct else (None, self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
+        winograd = (not direct and self.pool is not None and ops.conv3x3_maxpool_forward is not None
+                    and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
+        self._x_shape, self._geometry_used, self._direct = x.shape, geometry, direct
+        # The direct and Winograd passes read the input again in backward; im2col keeps its columns.
+        self._x = x if direct or winograd else None
+        self._cols = None if direct or winograd else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
         if self.pool is not None:
             # Returns the pool's output: the conv's own activation is never stored.
             self._y = None
@@ -95,6 +100,10 @@ class Conv2D(KernelMixin, Layer):
             if direct:
                 ops.direct_conv_maxpool_forward(x, kernel2d, bias, self._code, *geometry, *self.pool.pool_size,
                                                 self._pooled, self._argmax)
+            elif winograd:
+                transformed = self._buffer("kernel_transform", (16, channels, self.filters), x.dtype)
+                ops.conv3x3_maxpool_forward(x, self.params["kernel"], bias, self._code, *geometry[4:6], transformed,
+                                            self._pooled, self._argmax)
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 ops.im2col(x, *geometry, self._cols)
@@ -121,7 +130,7 @@ class Conv2D(KernelMixin, Layer):
         dkernel = self.grads["kernel"].reshape(kernel2d.shape)
         dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
         pool_size = self.pool.pool_size if self.pool is not None else None
-        if self._cols is None and pool_size:
+        if self._direct and pool_size:
             # dy is the pool's gradient; each image's conv gradient is made, used and dropped in one pass.
             ops.direct_conv_maxpool_backward(self._x, kernel2d, dy, self._argmax, self._pooled, self._code,
                                              *self._geometry_used, *pool_size, dkernel, dbias, dx is not None,
@@ -135,16 +144,20 @@ class Conv2D(KernelMixin, Layer):
         else:
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
             ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
-        if self._cols is None:
+        if self._direct:
             ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, dkernel, dx is not None,
                                      dx if dx is not None else self._x[:0])
             return dx
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
-        ops.conv2d_backward(self._cols, kernel2d, dz, self._geometry_used, dkernel,
+        cols = self._cols
+        if cols is None:  # the Winograd forward made no columns
+            cols = self._buffer("cols", (dz.shape[0], kernel2d.shape[0]), dtype)
+            ops.im2col(self._x, *self._geometry_used, cols)
+        ops.conv2d_backward(cols, kernel2d, dz, self._geometry_used, dkernel,
                             self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype),
-                            self._cols if dx is not None else None, dx)
+                            cols if dx is not None else None, dx)
         return dx
 
     def get_config(self):
