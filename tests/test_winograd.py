@@ -1,5 +1,6 @@
-"""The Winograd F(2x2, 3x3) conv + max pool forward pass against im2col + matmul + the
-fused bias/activation/pool kernel it replaces on the CPU."""
+"""The Winograd F(2x2, 3x3) conv + max pool passes against the im2col ones they replace on
+the CPU: im2col + matmul + the fused bias/activation/pool kernel forward, and the pool's
+gradient + the two matmuls + col2im backward."""
 
 import numpy as np
 import pytest
@@ -46,6 +47,55 @@ def test_winograd_matches_im2col(batch, size, channels, filters, padding, code, 
         assert (y == 0).sum() == (expected == 0).sum()
 
 
+def reference_backward(x, kernel, dy, argmax, y, code, padding):
+    batch, height, width, channels = x.shape
+    filters = kernel.shape[3]
+    out_h, out_w, top, left = conv.output_geometry(height, width, (3, 3), (1, 1), padding)
+    geometry = (3, 3, 1, 1, top, left, out_h // 2 * 2, out_w // 2 * 2)
+    cols = np.empty((batch * geometry[-2] * geometry[-1], 9 * channels), x.dtype)
+    conv.im2col(x, *geometry, cols)
+    dz = np.empty((batch, geometry[-2], geometry[-1], filters), x.dtype)
+    dbias = np.zeros(filters, x.dtype)
+    pool.maxpool_activation_backward(dy, argmax, y, code, 2, 2, dz, dbias)
+    dz = dz.reshape(-1, filters)
+    dx = np.empty_like(x)
+    conv.col2im(dz @ kernel.reshape(-1, filters).T, *geometry, dx)
+    return (cols.T @ dz).reshape(kernel.shape), dbias, dx
+
+
+@pytest.mark.parametrize("batch, size, channels, filters, padding, code, dtype", [
+    (6, 13, 32, 64, "valid", RELU, np.float32),
+    (3, 9, 3, 5, "same", RELU, np.float32),
+    (2, 8, 2, 3, "valid", LINEAR, np.float64),
+])
+def test_winograd_backward_matches_im2col(batch, size, channels, filters, padding, code, dtype):
+    """The kernel, bias and input gradients from the pooled gradient, against the
+    im2col pass's, given the same forward argmax."""
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((batch, size, size + 1, channels)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, channels, filters)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    y, argmax, (top, left) = reference(x, kernel, bias, code, padding)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    expected_dkernel, expected_dbias, expected_dx = reference_backward(x, kernel, dy, argmax, y, code, padding)
+    dkernel = np.ones_like(kernel)  # the kernel gradient is added to what is there
+    dbias = np.ones_like(bias)
+    dx = np.full_like(x, np.nan)
+    winograd.conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, top, left,
+                                      np.empty((16, channels, filters), dtype), dkernel, dbias, True, dx)
+    rounding = 1e-5 if dtype == np.float32 else 1e-12
+    for got, expected in ((dkernel - 1, expected_dkernel), (dbias - 1, expected_dbias), (dx, expected_dx)):
+        np.testing.assert_allclose(got, expected, rtol=rounding, atol=rounding * np.abs(expected).max())
+    # Without an input gradient, the same kernel gradient and dx untouched.
+    again = np.zeros_like(kernel)
+    untouched = np.full_like(x, 7)
+    winograd.conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, top, left,
+                                      np.empty((16, channels, filters), dtype), again, np.zeros(0, dtype), False,
+                                      untouched)
+    np.testing.assert_allclose(again, expected_dkernel, rtol=rounding, atol=rounding * np.abs(expected_dkernel).max())
+    assert (untouched == 7).all()
+
+
 def test_chunks_cover_every_image(monkeypatch):
     """Batches split into workers' parts and each part into chunks: every image once."""
     monkeypatch.setattr(winograd, "CHUNK_TILES", 7)  # 2 images of 3x3 blocks a chunk
@@ -58,6 +108,22 @@ def test_chunks_cover_every_image(monkeypatch):
     winograd.conv3x3_maxpool_forward(x, kernel, bias, LINEAR, 1, 1, np.empty((16, 2, 4), np.float32), y,
                                      np.empty(expected.shape, np.int32))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parts_run_one_after_another_on_one_thread(monkeypatch):
+    """A thread pool may run both workers' parts on one thread in turn: the kernel
+    gradient must still sum both (each part's sums live in that thread's scratch)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 9, 9, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    y, argmax, (top, left) = reference(x, kernel, np.zeros(0, np.float32), LINEAR, "valid")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expected, _, _ = reference_backward(x, kernel, dy, argmax, y, LINEAR, "valid")
+    monkeypatch.setattr(winograd, "for_each_worker", lambda task, count: [task(0, 1), task(1, count)])
+    dkernel = np.zeros_like(kernel)
+    winograd.conv3x3_maxpool_backward(x, kernel, dy, argmax, y, LINEAR, top, left, np.empty((16, 3, 4), np.float32),
+                                      dkernel, np.zeros(0, np.float32), False, x[:0])
+    np.testing.assert_allclose(dkernel, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_applies_only_to_3x3_stride_1_with_2x2_pool():

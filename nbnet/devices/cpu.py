@@ -21,7 +21,7 @@ from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_m
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import check_finite, count_correct, gather_rows  # noqa: F401
-from ..kernels.winograd import conv3x3_maxpool_forward  # noqa: F401
+from ..kernels.winograd import conv3x3_maxpool_backward, conv3x3_maxpool_forward  # noqa: F401
 
 name = "cpu"
 _nothing = {}

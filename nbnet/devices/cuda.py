@@ -27,7 +27,7 @@ from ..kernels.cuda.training import check_finite, count_correct, fill_zero, gath
 name = "cuda"
 # Conv2D's Winograd pass (see nbnet/kernels/winograd.py) is the CPU's alone: on the GPU a
 # 3x3 conv with its pool runs as im2col and the tiled GEMM.
-conv3x3_maxpool_forward = None
+conv3x3_maxpool_forward = conv3x3_maxpool_backward = None
 _nothing = {}
 
 

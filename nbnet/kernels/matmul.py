@@ -66,16 +66,15 @@ def add_transposed_product(a, b, grad, scratch):
 
 def for_each_worker(task, count):
     """Runs task(first, stop) on each worker thread over its contiguous part of
-    range(count), and waits for all; in the calling thread when there is one part."""
+    range(count), waits for all and returns their results in order; in the calling
+    thread when there is one part."""
     pool, count_workers = _executor()
     parts = min(count_workers, count)
     if parts <= 1:
-        task(0, count)
-        return
+        return [task(0, count)]
     bounds = [count * i // parts for i in range(parts + 1)]
     futures = [pool.submit(task, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-    for future in futures:
-        future.result()
+    return [future.result() for future in futures]
 
 
 def workers():

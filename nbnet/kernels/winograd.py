@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) forward pass of a 3x3, stride-1 Conv2D with its 2x2 max pool fused.
+"""Winograd F(2x2, 3x3) passes of a 3x3, stride-1 Conv2D with its 2x2 max pool fused.
 
 Each 2x2 block of conv outputs, which is exactly one window of the pool, comes from the
 4x4 input patch under it: transformed (B^T d B) per input channel, multiplied position by
@@ -6,7 +6,8 @@ position with the transformed kernel (G g G^T), summed over input channels, and 
 back (A^T m A). That is 16 multiply-adds per (input, output) channel pair and block
 instead of 36, 2.25x fewer, and the sum over input channels is 16 small matmuls (one per
 position), which run in BLAS. Lavin & Gray, "Fast Algorithms for Convolutional Neural
-Networks" (2016). The results equal the direct convolution's up to float rounding.
+Networks" (2016). The backward pass is the exact adjoint of these steps, so its gradients
+are those of the forward pass; both equal the direct convolution's up to float rounding.
 
 The batch is split across the matmul workers (see matmul.py), and each worker runs its
 images a chunk at a time, so the transformed input and products of a chunk (CHUNK_TILES
@@ -20,7 +21,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from .activations import RELU
+from .activations import LINEAR, RELU
 from .conv import pad_image
 from .matmul import for_each_worker
 
@@ -127,6 +128,105 @@ def output_maxpool(m, bias, code, first, stop, y, argmax):
                 tile += 1
 
 
+# The backward pass is the adjoint of each forward step, in reverse: the pooled gradient
+# into the transformed domain (A Y A^T), the 16 matmuls transposed (one for the kernel's
+# gradient, one for the input's), and B V B^T added back onto the overlapping patches.
+# A = the transpose of A^T above: column r of A weighs output row (or column) r.
+_A = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]])
+# The adjoint of B^T: patch row r = sum over a of _ADJOINT_SIGNS[r, a] * transformed row
+# _ADJOINT_ROWS[r, a] (d0 = v0, d1 = v1 - v2 + v3, d2 = v1 + v2 - v0, d3 = -v3), padded
+# to three terms with zero signs so every patch position is one fixed-size sum.
+_ADJOINT_ROWS = np.array([[0, 0, 0], [1, 2, 3], [0, 1, 2], [3, 3, 3]], np.intp)
+_ADJOINT_SIGNS = np.array([[1.0, 0.0, 0.0], [1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [-1.0, 0.0, 0.0]])
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
+    """m[4*i + j, t, o] = (A E A^T)[i, j] for block t's 2x2 gradient E of the conv
+    output: the pooled gradient dy at the window's maximum (argmax) where the activation
+    passed it, zero elsewhere. ``quad`` (4, filters) is scratch for E. Adds the passed
+    gradients into ``bias_sums``."""
+    tiles_h, tiles_w, filters = dy.shape[1], dy.shape[2], dy.shape[3]
+    width = 2 * tiles_w
+    linear = code == LINEAR
+    zero = dy.dtype.type(0.0)
+    tile = 0
+    for n in range(first, stop):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                grads, where, pooled = dy[n, ti, tj], argmax[n, ti, tj], y[n, ti, tj]
+                corner = 2 * ti * width + 2 * tj
+                # E, one window position a pass (r, s = position // 2, position % 2).
+                for position in range(4):
+                    pixel = corner + (position // 2) * width + position % 2
+                    out = quad[position]
+                    for o in range(filters):
+                        passes = (where[o] == pixel) & (linear | (pooled[o] > zero))
+                        out[o] = grads[o] if passes else zero
+                for position in range(4):
+                    passed = quad[position]
+                    for o in range(filters):
+                        bias_sums[o] += passed[o]
+                # Then A E A^T, one output position a pass.
+                e00, e01, e10, e11 = quad[0], quad[1], quad[2], quad[3]
+                for i in range(4):
+                    top_i, bottom_i = dy.dtype.type(_A[i, 0]), dy.dtype.type(_A[i, 1])
+                    for j in range(4):
+                        left_j, right_j = dy.dtype.type(_A[j, 0]), dy.dtype.type(_A[j, 1])
+                        w00, w01 = top_i * left_j, top_i * right_j
+                        w10, w11 = bottom_i * left_j, bottom_i * right_j
+                        out = m[4 * i + j, tile]
+                        for o in range(filters):
+                            out[o] = w00 * e00[o] + w01 * e01[o] + w10 * e10[o] + w11 * e11[o]
+                tile += 1
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx):
+    """dx[n] = the sum over blocks of B dv B^T, each on its 4x4 patch: the adjoint of
+    input_transform for images first..stop-1. ``rows`` (16, channels) and ``dimage`` (the
+    padded image's size) are scratch; input pixels no patch reaches get zero."""
+    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
+    padded_h, padded_w = 2 * tiles_h + 2, 2 * tiles_w + 2
+    zero = dx.dtype.type(0.0)
+    tile = 0
+    for n in range(first, stop):
+        dimage[:] = zero
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                # B (.) down the rows into ``rows``, then (.) B^T along them onto the patch:
+                # passes of three inputs and one output each, which LLVM vectorises (one
+                # pass of nine inputs per patch position stayed scalar, 2.5x slower).
+                for r in range(4):
+                    i0, i1, i2 = _ADJOINT_ROWS[r, 0], _ADJOINT_ROWS[r, 1], _ADJOINT_ROWS[r, 2]
+                    a0 = dx.dtype.type(_ADJOINT_SIGNS[r, 0])
+                    a1 = dx.dtype.type(_ADJOINT_SIGNS[r, 1])
+                    a2 = dx.dtype.type(_ADJOINT_SIGNS[r, 2])
+                    for j in range(4):
+                        w0, w1, w2 = dv[4 * i0 + j, tile], dv[4 * i1 + j, tile], dv[4 * i2 + j, tile]
+                        out = rows[4 * r + j]
+                        for c in range(channels):
+                            out[c] = a0 * w0[c] + a1 * w1[c] + a2 * w2[c]
+                for r in range(4):
+                    for s in range(4):
+                        j0, j1, j2 = _ADJOINT_ROWS[s, 0], _ADJOINT_ROWS[s, 1], _ADJOINT_ROWS[s, 2]
+                        b0 = dx.dtype.type(_ADJOINT_SIGNS[s, 0])
+                        b1 = dx.dtype.type(_ADJOINT_SIGNS[s, 1])
+                        b2 = dx.dtype.type(_ADJOINT_SIGNS[s, 2])
+                        t0, t1, t2 = rows[4 * r + j0], rows[4 * r + j1], rows[4 * r + j2]
+                        out = dimage[np.uintp(((2 * ti + r) * padded_w + 2 * tj + s) * channels):]
+                        for c in range(channels):
+                            out[c] += b0 * t0[c] + b1 * t1[c] + b2 * t2[c]
+                tile += 1
+        for row in range(height):
+            for col in range(width):
+                py, px = row + pad_top, col + pad_left
+                inside = py < padded_h and px < padded_w
+                base = (py * padded_w + px) * channels
+                for c in range(channels):
+                    dx[n, row, col, c] = dimage[base + c] if inside else zero
+
+
 def _worker_scratch(shape_v, shape_m, image_size, dtype):
     """This worker thread's chunk buffers, kept between calls (reallocated on a new shape)."""
     key = (shape_v, shape_m, image_size, np.dtype(dtype).str)
@@ -162,3 +262,62 @@ def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argm
             output_maxpool(m, bias, code, start, end, y, argmax)
 
     for_each_worker(run, batch)
+
+
+def _worker_backward_scratch(shape_dv, shape_du, image_size, filters, dtype):
+    """This worker thread's buffers for the backward pass, as _worker_scratch."""
+    key = (shape_dv, shape_du, image_size, filters, np.dtype(dtype).str)
+    if getattr(_scratch, "backward_key", None) != key:
+        _scratch.backward_key = key
+        _scratch.dv = np.empty(shape_dv, dtype)
+        _scratch.du_chunk = np.empty(shape_du, dtype)
+        _scratch.du = np.empty(shape_du, dtype)
+        _scratch.dimage = np.empty(image_size, dtype)
+        _scratch.rows = np.empty((16, shape_dv[2]), dtype)
+        _scratch.quad = np.empty((4, filters), dtype)
+        _scratch.bias_sums = np.empty(filters, dtype)
+    return _scratch.dv, _scratch.du_chunk, _scratch.du, _scratch.dimage, _scratch.rows, _scratch.quad, _scratch.bias_sums
+
+
+def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, u, dkernel, dbias, need_dx, dx):
+    """The backward pass of conv3x3_maxpool_forward from the pooled gradient ``dy`` and
+    the forward's ``argmax`` and ``y``: adds into ``dkernel`` (3, 3, in, out) and ``dbias``
+    (length 0: none); with ``need_dx``, writes the input gradient into ``dx``. Each worker
+    sums its images' kernel gradient; the workers' sums are added in a fixed order."""
+    batch, tiles_h, tiles_w, filters = dy.shape
+    channels = x.shape[3]
+    kernel_transform(kernel, u)
+    u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
+    per_image = tiles_h * tiles_w
+    images = max(1, CHUNK_TILES // per_image)
+    image_size = (2 * tiles_h + 2) * (2 * tiles_w + 2) * channels
+
+    def run(first, stop):
+        v, m, image = _worker_scratch((16, images * per_image, channels), (16, images * per_image, filters),
+                                      image_size, x.dtype)
+        dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(
+            (16, images * per_image, channels), (16, channels, filters), image_size, filters, x.dtype)
+        du[:] = 0
+        bias_sums[:] = 0
+        for start in range(first, stop, images):
+            end = min(start + images, stop)
+            tiles = (end - start) * per_image
+            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            gradient_transform(dy, argmax, y, code, start, end, quad, m, bias_sums)
+            np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
+            du += du_chunk
+            if need_dx:
+                np.matmul(m[:, :tiles], u_t, out=dv[:, :tiles])
+                input_transform_adjoint(dv, start, end, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx)
+        # Copies: the pool may run both parts on one thread, one after the other, and
+        # the second would reset the first's sums in this thread's scratch.
+        return du.copy(), bias_sums.copy()
+
+    sums = for_each_worker(run, batch)
+    du = sums[0][0]
+    for more, _ in sums[1:]:
+        du += more
+    dkernel.reshape(9, -1)[...] += _GG[kernel.dtype].T @ du.reshape(16, -1)
+    if dbias.shape[0] > 0:
+        for _, bias_sums in sums:
+            dbias += bias_sums

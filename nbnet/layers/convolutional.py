@@ -89,7 +89,7 @@ class Conv2D(KernelMixin, Layer):
         direct = kernel2d.shape[0] <= DIRECT_MAX_FIELD
         winograd = (not direct and self.pool is not None and ops.conv3x3_maxpool_forward is not None
                     and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
-        self._x_shape, self._geometry_used, self._direct = x.shape, geometry, direct
+        self._x_shape, self._geometry_used, self._direct, self._winograd = x.shape, geometry, direct, winograd
         # The direct and Winograd passes read the input again in backward; im2col keeps its columns.
         self._x = x if direct or winograd else None
         self._cols = None if direct or winograd else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
@@ -101,9 +101,8 @@ class Conv2D(KernelMixin, Layer):
                 ops.direct_conv_maxpool_forward(x, kernel2d, bias, self._code, *geometry, *self.pool.pool_size,
                                                 self._pooled, self._argmax)
             elif winograd:
-                transformed = self._buffer("kernel_transform", (16, channels, self.filters), x.dtype)
-                ops.conv3x3_maxpool_forward(x, self.params["kernel"], bias, self._code, *geometry[4:6], transformed,
-                                            self._pooled, self._argmax)
+                ops.conv3x3_maxpool_forward(x, self.params["kernel"], bias, self._code, *geometry[4:6],
+                                            self._kernel_transform(), self._pooled, self._argmax)
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 ops.im2col(x, *geometry, self._cols)
@@ -136,6 +135,11 @@ class Conv2D(KernelMixin, Layer):
                                              *self._geometry_used, *pool_size, dkernel, dbias, dx is not None,
                                              dx if dx is not None else self._x[:0])
             return dx
+        if self._winograd:
+            ops.conv3x3_maxpool_backward(self._x, self.params["kernel"], dy, self._argmax, self._pooled, self._code,
+                                         *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
+                                         dbias, dx is not None, dx if dx is not None else self._x[:0])
+            return dx
         if pool_size:
             out_h, out_w = self._geometry_used[-2:]
             dz = self._buffer("dz", (self._x_shape[0] * out_h * out_w, self.filters), dtype)
@@ -151,14 +155,15 @@ class Conv2D(KernelMixin, Layer):
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
-        cols = self._cols
-        if cols is None:  # the Winograd forward made no columns
-            cols = self._buffer("cols", (dz.shape[0], kernel2d.shape[0]), dtype)
-            ops.im2col(self._x, *self._geometry_used, cols)
-        ops.conv2d_backward(cols, kernel2d, dz, self._geometry_used, dkernel,
+        ops.conv2d_backward(self._cols, kernel2d, dz, self._geometry_used, dkernel,
                             self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype),
-                            cols if dx is not None else None, dx)
+                            self._cols if dx is not None else None, dx)
         return dx
+
+    def _kernel_transform(self):
+        """The Winograd pass's buffer for the transformed kernel (16, in, out)."""
+        kernel = self.params["kernel"]
+        return self._buffer("kernel_transform", (16,) + tuple(kernel.shape[2:]), kernel.dtype)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
