@@ -276,7 +276,8 @@ def _worker_backward_scratch(shape_dv, shape_du, image_size, filters, dtype):
         _scratch.rows = np.empty((16, shape_dv[2]), dtype)
         _scratch.quad = np.empty((4, filters), dtype)
         _scratch.bias_sums = np.empty(filters, dtype)
-    return _scratch.dv, _scratch.du_chunk, _scratch.du, _scratch.dimage, _scratch.rows, _scratch.quad, _scratch.bias_sums
+    return (_scratch.dv, _scratch.du_chunk, _scratch.du, _scratch.dimage, _scratch.rows, _scratch.quad,
+            _scratch.bias_sums)
 
 
 def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, u, dkernel, dbias, need_dx, dx):
@@ -317,7 +318,7 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
     du = sums[0][0]
     for more, _ in sums[1:]:
         du += more
-    dkernel.reshape(9, -1)[...] += _GG[kernel.dtype].T @ du.reshape(16, -1)
+    dkernel += (_GG[kernel.dtype].T @ du.reshape(16, -1)).reshape(dkernel.shape)
     if dbias.shape[0] > 0:
         for _, bias_sums in sums:
             dbias += bias_sums

@@ -80,7 +80,7 @@ class Conv2D(KernelMixin, Layer):
 
     def forward(self, x, training=False):
         ops = self.ops
-        batch, height, width, channels = x.shape
+        batch, height, width, _ = x.shape
         geometry = self._geometry(height, width)
         out_h, out_w = geometry[-2:]
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
