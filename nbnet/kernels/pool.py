@@ -106,6 +106,23 @@ def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
 
 
 @njit(inline="always")
+def max_of_window(top_left, top_right, bottom_left, bottom_right, corner, width, relu, zero):
+    """(value, position) of a 2x2 window's maximum, ties keeping the first in row-major
+    order, ``position`` the flat index from the top-left pixel's ``corner`` in rows of
+    ``width``; with ``relu`` a value not above ``zero`` (NaN included) becomes zero."""
+    value, position = top_left, corner
+    if top_right > value:
+        value, position = top_right, corner + 1
+    if bottom_left > value:
+        value, position = bottom_left, corner + width
+    if bottom_right > value:
+        value, position = bottom_right, corner + width + 1
+    if relu and not value > zero:
+        value = zero
+    return value, position
+
+
+@njit(inline="always")
 def _maxpool_activation_2x2(z, bias, code, y, argmax):
     """maxpool_activation_image for 2x2 windows: each window's four pixels in one pass
     over the channels, which halves the time of a pass per pixel (3.97 -> 1.96 us per
@@ -122,20 +139,8 @@ def _maxpool_activation_2x2(z, bias, code, y, argmax):
             corner = r * width + s
             for c in range(channels):
                 shift = bias[c] if has_bias else zero
-                value, position = top_left[c] + shift, corner
-                other = top_right[c] + shift
-                if other > value:  # ties keep the first maximum
-                    value, position = other, corner + 1
-                other = bottom_left[c] + shift
-                if other > value:
-                    value, position = other, corner + width
-                other = bottom_right[c] + shift
-                if other > value:
-                    value, position = other, corner + width + 1
-                if relu and not value > zero:
-                    value = zero
-                best[c] = value
-                where[c] = position
+                best[c], where[c] = max_of_window(top_left[c] + shift, top_right[c] + shift, bottom_left[c] + shift,
+                                                  bottom_right[c] + shift, corner, width, relu, zero)
 
 
 @njit(cache=True)

@@ -24,6 +24,7 @@ from numba import njit
 from .activations import LINEAR, RELU
 from .conv import pad_image
 from .matmul import for_each_worker
+from .pool import max_of_window
 
 CHUNK_TILES = 400
 _scratch = threading.local()
@@ -112,19 +113,9 @@ def output_maxpool(m, bias, code, first, stop, y, argmax):
                     b1 = m[5, tile, o] - m[9, tile, o] - m[13, tile, o]
                     c1 = m[6, tile, o] - m[10, tile, o] - m[14, tile, o]
                     d1 = m[7, tile, o] - m[11, tile, o] - m[15, tile, o]
-                    top_left, top_right = a0 + b0 + c0 + shift, b0 - c0 - d0 + shift
-                    bottom_left, bottom_right = a1 + b1 + c1 + shift, b1 - c1 - d1 + shift
-                    value, position = top_left, corner
-                    if top_right > value:
-                        value, position = top_right, corner + 1
-                    if bottom_left > value:
-                        value, position = bottom_left, corner + width
-                    if bottom_right > value:
-                        value, position = bottom_right, corner + width + 1
-                    if relu and not value > zero:
-                        value = zero
-                    best[o] = value
-                    where[o] = position
+                    best[o], where[o] = max_of_window(a0 + b0 + c0 + shift, b0 - c0 - d0 + shift,
+                                                      a1 + b1 + c1 + shift, b1 - c1 - d1 + shift,
+                                                      corner, width, relu, zero)
                 tile += 1
 
 
@@ -227,14 +218,26 @@ def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w
                     dx[n, row, col, c] = dimage[base + c] if inside else zero
 
 
-def _worker_scratch(shape_v, shape_m, image_size, dtype):
-    """This worker thread's chunk buffers, kept between calls (reallocated on a new shape)."""
-    key = (shape_v, shape_m, image_size, np.dtype(dtype).str)
+def _chunks(first, stop, per_image):
+    """(start, end, blocks) of the chunks of images first..stop-1, CHUNK_TILES blocks or
+    fewer each (at least one image)."""
+    images = max(1, CHUNK_TILES // per_image)
+    for start in range(first, stop, images):
+        end = min(start + images, stop)
+        yield start, end, (end - start) * per_image
+
+
+def _worker_scratch(x, tiles_h, tiles_w, filters):
+    """This worker thread's chunk buffers (v, m, the padded image), kept between calls and
+    reallocated on a new shape."""
+    blocks = max(1, CHUNK_TILES // (tiles_h * tiles_w)) * tiles_h * tiles_w
+    channels = x.shape[3]
+    key = (blocks, channels, filters, tiles_h, tiles_w, x.dtype.str)
     if getattr(_scratch, "key", None) != key:
         _scratch.key = key
-        _scratch.v = np.empty(shape_v, dtype)
-        _scratch.m = np.empty(shape_m, dtype)
-        _scratch.image = np.zeros(image_size, dtype)
+        _scratch.v = np.empty((16, blocks, channels), x.dtype)
+        _scratch.m = np.empty((16, blocks, filters), x.dtype)
+        _scratch.image = np.zeros((2 * tiles_h + 2) * (2 * tiles_w + 2) * channels, x.dtype)
     return _scratch.v, _scratch.m, _scratch.image
 
 
@@ -245,18 +248,11 @@ def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argm
     (-pad_top, -pad_left). ``kernel`` is (3, 3, in, out); ``u`` a (16, in, out) buffer
     for its transform; ``bias`` of length 0 means none."""
     batch, tiles_h, tiles_w, filters = y.shape
-    channels = x.shape[3]
     kernel_transform(kernel, u)
-    per_image = tiles_h * tiles_w
-    images = max(1, CHUNK_TILES // per_image)
-    image_size = (2 * tiles_h + 2) * (2 * tiles_w + 2) * channels
 
     def run(first, stop):
-        v, m, image = _worker_scratch((16, images * per_image, channels), (16, images * per_image, filters),
-                                      image_size, x.dtype)
-        for start in range(first, stop, images):
-            end = min(start + images, stop)
-            tiles = (end - start) * per_image
+        v, m, image = _worker_scratch(x, tiles_h, tiles_w, filters)
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
             output_maxpool(m, bias, code, start, end, y, argmax)
@@ -264,18 +260,21 @@ def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argm
     for_each_worker(run, batch)
 
 
-def _worker_backward_scratch(shape_dv, shape_du, image_size, filters, dtype):
-    """This worker thread's buffers for the backward pass, as _worker_scratch."""
-    key = (shape_dv, shape_du, image_size, filters, np.dtype(dtype).str)
+def _worker_backward_scratch(v, m):
+    """This worker thread's buffers for the backward pass, shaped after its forward ones
+    (``v`` and ``m`` from _worker_scratch) and kept the same way."""
+    _, blocks, channels = v.shape
+    filters = m.shape[2]
+    key = (blocks, channels, filters, _scratch.image.size, v.dtype.str)
     if getattr(_scratch, "backward_key", None) != key:
         _scratch.backward_key = key
-        _scratch.dv = np.empty(shape_dv, dtype)
-        _scratch.du_chunk = np.empty(shape_du, dtype)
-        _scratch.du = np.empty(shape_du, dtype)
-        _scratch.dimage = np.empty(image_size, dtype)
-        _scratch.rows = np.empty((16, shape_dv[2]), dtype)
-        _scratch.quad = np.empty((4, filters), dtype)
-        _scratch.bias_sums = np.empty(filters, dtype)
+        _scratch.dv = np.empty_like(v)
+        _scratch.du_chunk = np.empty((16, channels, filters), v.dtype)
+        _scratch.du = np.empty((16, channels, filters), v.dtype)
+        _scratch.dimage = np.empty_like(_scratch.image)
+        _scratch.rows = np.empty((16, channels), v.dtype)
+        _scratch.quad = np.empty((4, filters), v.dtype)
+        _scratch.bias_sums = np.empty(filters, v.dtype)
     return (_scratch.dv, _scratch.du_chunk, _scratch.du, _scratch.dimage, _scratch.rows, _scratch.quad,
             _scratch.bias_sums)
 
@@ -286,23 +285,15 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
     (length 0: none); with ``need_dx``, writes the input gradient into ``dx``. Each worker
     sums its images' kernel gradient; the workers' sums are added in a fixed order."""
     batch, tiles_h, tiles_w, filters = dy.shape
-    channels = x.shape[3]
     kernel_transform(kernel, u)
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
-    per_image = tiles_h * tiles_w
-    images = max(1, CHUNK_TILES // per_image)
-    image_size = (2 * tiles_h + 2) * (2 * tiles_w + 2) * channels
 
     def run(first, stop):
-        v, m, image = _worker_scratch((16, images * per_image, channels), (16, images * per_image, filters),
-                                      image_size, x.dtype)
-        dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(
-            (16, images * per_image, channels), (16, channels, filters), image_size, filters, x.dtype)
+        v, m, image = _worker_scratch(x, tiles_h, tiles_w, filters)
+        dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(v, m)
         du[:] = 0
         bias_sums[:] = 0
-        for start in range(first, stop, images):
-            end = min(start + images, stop)
-            tiles = (end - start) * per_image
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             gradient_transform(dy, argmax, y, code, start, end, quad, m, bias_sums)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
