@@ -5,7 +5,9 @@ A callback reaches the model through ``self.model``; setting
 ``self.model.stop_training = True`` ends ``fit`` after the current epoch.
 """
 
-import math
+import csv
+import os
+import warnings
 
 import numpy as np
 
@@ -13,10 +15,18 @@ from .errors import NbnetError
 
 
 class Callback:
+    """Keras's hook set. As in Keras, the train batch hooks call the older
+    ``on_batch_begin``/``on_batch_end`` by default, so a callback that overrides those
+    still runs."""
+
     model = None
+    params = None
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = params
 
     def on_train_begin(self, logs=None):
         pass
@@ -30,8 +40,65 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None):
         pass
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_batch_begin(self, batch, logs=None):
         pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
+    def on_test_begin(self, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
+
+    def on_test_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_test_batch_end(self, batch, logs=None):
+        pass
+
+    def on_predict_begin(self, logs=None):
+        pass
+
+    def on_predict_end(self, logs=None):
+        pass
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_predict_batch_end(self, batch, logs=None):
+        pass
+
+
+class LambdaCallback(Callback):
+    """Keras's LambdaCallback: each hook given as a function of the hook's arguments."""
+
+    _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_begin", "on_train_end", "on_train_batch_begin",
+              "on_train_batch_end")
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_begin=None, on_train_batch_end=None, **kwargs):
+        given = dict(zip(self._HOOKS, (on_epoch_begin, on_epoch_end, on_train_begin, on_train_end,
+                                       on_train_batch_begin, on_train_batch_end)))
+        # Keras 2's names for the train batch hooks, and the test/predict hooks.
+        given["on_train_batch_begin"] = given["on_train_batch_begin"] or kwargs.pop("on_batch_begin", None)
+        given["on_train_batch_end"] = given["on_train_batch_end"] or kwargs.pop("on_batch_end", None)
+        for name in list(kwargs):
+            if not (name.startswith("on_") and hasattr(Callback, name)):
+                raise NbnetError(f"LambdaCallback: unknown hook {name}=; Keras's hooks are on_epoch_begin, "
+                                 "on_epoch_end, on_train_begin, on_train_end, on_train_batch_begin, on_train_batch_end, "
+                                 "on_test_*, on_predict_*.")
+        given.update(kwargs)
+        for name, function in given.items():
+            if function is not None:
+                setattr(self, name, function)
 
 
 class History(Callback):
@@ -48,53 +115,82 @@ class History(Callback):
 
 
 class _Monitor:
-    """Tracks the best value of a logged metric ('min' for losses, 'max' for accuracies)."""
+    """Tracks the best value of a logged metric ('min' for losses, 'max' for accuracies),
+    as Keras 3's MonitorCallback: the first value seen is the best so far."""
 
     def __init__(self, monitor, mode, min_delta=0.0):
         if mode not in ("auto", "min", "max"):
             raise NbnetError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', received {mode!r}.")
         if mode == "auto":
-            mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+            name = monitor.removeprefix("val_")
+            mode = "max" if ("acc" in name or name.endswith("auc") or name in _RISING_METRICS) else "min"
         self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
-        self.best = math.inf if mode == "min" else -math.inf
+        self.best = None
+        self._warned = False
 
     def current(self, logs):
+        """The monitored value, or None (with one warning, as Keras) when the logs lack it."""
         if self.monitor not in (logs or {}):
-            raise NbnetError(
-                f"{type(self).__name__}: cannot monitor {self.monitor!r}; the logs hold {sorted(logs or {})}. "
-                "Monitor 'val_…' only when fit gets validation data."
-            )
+            if not self._warned:
+                warnings.warn(f"{type(self).__name__}: cannot monitor {self.monitor!r}, the logs hold "
+                              f"{sorted(logs or {})}; monitor 'val_...' only when fit gets validation data.",
+                              stacklevel=3)
+                self._warned = True
+            return None
         return float(logs[self.monitor])
 
-    def improved(self, value):
+    def improved(self, value, reference=None):
+        """Whether ``value`` beats ``reference`` (default: the best so far) by more than min_delta."""
+        reference = self.best if reference is None else reference
+        if reference is None:
+            return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+
+# Metrics whose names do not say 'acc' but that rise as the model improves.
+_RISING_METRICS = ("precision", "recall")
 
 
 class EarlyStopping(Callback, _Monitor):
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False,
-                 verbose=0):
+    """Keras 3's EarlyStopping: every epoch from ``start_from_epoch`` on counts towards
+    ``patience`` unless it improves on the best (and on ``baseline``, when given); with
+    ``restore_best_weights`` the best epoch's weights are put back when training ends."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0):
         _Monitor.__init__(self, monitor, mode, min_delta)
-        self.patience, self.restore_best_weights, self.verbose = int(patience), restore_best_weights, verbose
-        self.wait, self.stopped_epoch, self.best_weights, self.best_epoch = 0, None, None, None
+        self.patience, self.restore_best_weights, self.verbose = int(patience), bool(restore_best_weights), verbose
+        self.baseline, self.start_from_epoch = baseline, int(start_from_epoch)
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        # Keras resets here, so one callback serves several fits.
+        self.wait, self.stopped_epoch, self.best, self.best_weights, self.best_epoch = 0, 0, None, None, 0
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.current(logs)
+        if value is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+        self.wait += 1
         if self.improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
+            if self.baseline is None or self.improved(value, float(self.baseline)):
+                self.wait = 0
             return
-        self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch is not None and self.verbose:
+        if self.stopped_epoch > 0 and self.verbose:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
-        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch is not None:
+        if self.restore_best_weights and self.best_weights is not None:
             if self.verbose:
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
@@ -104,19 +200,28 @@ class ModelCheckpoint(Callback, _Monitor):
     """Save the model after each epoch (or only when ``monitor`` improves); ``filepath``
     may hold ``{epoch}`` and log keys, e.g. ``'ckpt-{epoch:02d}-{val_loss:.3f}.nbnet'``."""
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto", initial_value_threshold=None):
+        if save_weights_only:
+            raise NbnetError("ModelCheckpoint: save_weights_only=True is not supported yet; nbnet saves the whole "
+                             "model (a .nbnet file, weights included), so leave save_weights_only out.")
         _Monitor.__init__(self, monitor, mode)
         self.filepath, self.save_best_only, self.verbose = str(filepath), save_best_only, verbose
+        self.best = initial_value_threshold
 
     def on_epoch_end(self, epoch, logs=None):
         path = self.filepath.format(epoch=epoch + 1, **(logs or {}))
         if self.save_best_only:
             value = self.current(logs)
-            if not self.improved(value):
-                return
-            if self.verbose:
-                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}, saving model to {path}")
-            self.best = value
+            if value is not None:  # Keras saves every epoch when the monitored value is missing
+                if not self.improved(value):
+                    if self.verbose:
+                        print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    return
+                if self.verbose:
+                    best = "None" if self.best is None else f"{self.best:.5f}"
+                    print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, saving model to {path}")
+                self.best = value
         self.model.save(path)
 
 
@@ -136,3 +241,83 @@ class TerminateOnNaN(Callback):
         if not np.isfinite(logs.get("loss", 0.0)):
             print(f"Batch {batch}: invalid loss, terminating training")
             self.model.stop_training = True
+
+
+class ReduceLROnPlateau(Callback, _Monitor):
+    """Keras 3's ReduceLROnPlateau: after ``patience`` epochs without an improvement of
+    more than ``min_delta``, multiply the learning rate by ``factor`` (not below
+    ``min_lr``), then wait ``cooldown`` epochs. Adds 'learning_rate' to the epoch's logs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, **kwargs):
+        if "epsilon" in kwargs:  # Keras 1-2's name for min_delta
+            min_delta = kwargs.pop("epsilon")
+        if kwargs:
+            raise NbnetError(f"ReduceLROnPlateau: unknown arguments {sorted(kwargs)}.")
+        if factor >= 1.0:
+            raise NbnetError(f"ReduceLROnPlateau: factor must be below 1, received factor={factor!r}.")
+        _Monitor.__init__(self, monitor, mode, min_delta)
+        self.factor, self.patience, self.verbose = float(factor), int(patience), verbose
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.best, self.cooldown_counter, self.wait = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = optimizer.current_learning_rate()
+        value = self.current(logs)
+        if value is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.improved(value):
+            self.best, self.wait = value, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = optimizer.current_learning_rate()
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    optimizer.learning_rate = new
+                    if self.verbose:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """Keras's CSVLogger: one row per epoch ('epoch' and the sorted log keys), flushed as it goes."""
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename, self.separator, self.append = str(filename), separator, bool(append)
+        self._file = self._writer = self._keys = None
+
+    def on_train_begin(self, logs=None):
+        header = True
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename) as existing:
+                header = not existing.readline()
+        self._header = header
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._writer = self._keys = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = sorted(logs)
+            if not any(key.startswith("val_") for key in self._keys):
+                self._keys += [f"val_{key}" for key in self._keys]  # as Keras: columns for later validation
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self._keys, delimiter=self.separator)
+            if self._header:
+                self._writer.writeheader()
+        self._writer.writerow({"epoch": epoch, **{key: logs.get(key, "NA") for key in self._keys}})
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        self._writer = None

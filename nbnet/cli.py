@@ -95,6 +95,8 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
         with _stop_on_signals(model):
             model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                       verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
+        if model.diverged is not None:
+            raise model.diverged
         seconds = time.perf_counter() - started
         del x_train
         # The test images are converted only now, so they are not held as float32 while training.
@@ -105,8 +107,8 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
                    f"--epochs {epochs}", err=True)
         sys.exit(128 + (stop.signal_number or 2))
     except TrainingDiverged as error:
-        kept = (f"The last good checkpoint (end of epoch {model.epochs_trained}) is kept at {output}."
-                if model.epochs_trained and output.exists() else "No epoch finished, so no checkpoint was written.")
+        kept = (f"The weights of the last good step are saved at {output}." if output.exists()
+                else "No checkpoint was written.")
         _fail(f"{error}\n{kept}")
     except NbnetError as error:
         _fail(error)

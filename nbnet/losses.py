@@ -6,6 +6,7 @@ import numpy as np
 
 from .devices import cpu
 from .errors import NbnetError
+from .tensor import as_tensor
 # Keras's backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON].
 EPSILON = 1e-7
 
@@ -50,11 +51,13 @@ class Loss:
         raise NotImplementedError
 
     def __call__(self, y_true, y_pred):
-        """The mean loss of a batch, as Keras's ``loss(y_true, y_pred)``."""
+        """The mean loss of a batch, as Keras's ``loss(y_true, y_pred)`` (a float32 scalar
+        that also answers ``.numpy()``)."""
         y_pred = np.asarray(y_pred, np.float32)
         y_pred = y_pred.reshape(len(y_pred), -1)
         grad = np.empty_like(y_pred)
-        return self.compute(y_pred, self.prepare_targets(y_true, y_pred.shape[1]), grad, self.from_logits) / len(y_pred)
+        total = self.compute(y_pred, self.prepare_targets(y_true, y_pred.shape[1]), grad, self.from_logits)
+        return as_tensor(np.float32(total / len(y_pred)))
 
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
@@ -109,6 +112,35 @@ def split_targets(targets, sparse, ops=cpu):
     return ops.nothing(np.int64), targets
 
 
+def per_sample(loss, y_true, y_pred):
+    """Keras's loss functions: one loss per sample (the batch axis kept), as a float32 array."""
+    y_pred = np.asarray(y_pred, np.float32)
+    rows = y_pred.reshape(len(y_pred), -1)
+    targets = loss.prepare_targets(y_true, rows.shape[1])
+    grad = np.empty_like(rows[:1])
+    values = np.array([loss.compute(rows[i:i + 1], targets[i:i + 1], grad, loss.from_logits)
+                       for i in range(len(rows))], np.float32)
+    return as_tensor(values)
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    return per_sample(CategoricalCrossentropy(from_logits=from_logits), y_true, y_pred)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    return per_sample(SparseCategoricalCrossentropy(from_logits=from_logits), y_true, y_pred)
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False):
+    return per_sample(BinaryCrossentropy(from_logits=from_logits), y_true, y_pred)
+
+
+def mean_squared_error(y_true, y_pred):
+    return per_sample(MeanSquaredError(), y_true, y_pred)
+
+
+mse = MSE = mean_squared_error
+
 _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
@@ -116,10 +148,14 @@ _BY_NAME = {
     "mean_squared_error": MeanSquaredError,
     "mse": MeanSquaredError,
 }
+# compile(loss=keras.losses.categorical_crossentropy): the function stands for its class.
+_BY_FUNCTION = {categorical_crossentropy: CategoricalCrossentropy,
+                sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
+                binary_crossentropy: BinaryCrossentropy, mean_squared_error: MeanSquaredError}
 
 
 def get(identifier):
-    """A Loss from an instance, a Keras name, or a config dict."""
+    """A Loss from an instance, a Keras name, one of Keras's loss functions, or a config dict."""
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, dict):
@@ -127,5 +163,8 @@ def get(identifier):
         return _BY_NAME[config.pop("name")](**config)
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
-    raise NbnetError(f"Unknown loss {identifier!r}; nbnet supports {', '.join(_BY_NAME)} or a nbnet.losses.Loss.")
+    if callable(identifier) and identifier in _BY_FUNCTION:
+        return _BY_FUNCTION[identifier]()
+    raise NbnetError(f"Unknown loss {identifier!r}; nbnet supports {', '.join(_BY_NAME)}, their classes "
+                     "(nbnet.losses.CategoricalCrossentropy(...)) or functions (nbnet.losses.categorical_crossentropy).")
 

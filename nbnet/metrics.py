@@ -9,14 +9,20 @@ from .losses import split_targets
 SUPPORTED = ("accuracy",)
 
 
+# Keras's names for accuracy: the logs use the name as the script spelled it ('acc' -> 'acc',
+# 'val_acc'), as Keras does.
+ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy")
+
+
 def resolve(metrics):
+    """The log names of the compiled metrics (each one of Keras's accuracy names)."""
     names = []
     for metric in metrics or []:
-        name = {"acc": "accuracy", "sparse_categorical_accuracy": "accuracy",
-                "categorical_accuracy": "accuracy", "binary_accuracy": "accuracy"}.get(metric, metric)
-        if name not in SUPPORTED:
-            raise NbnetError(f"Unknown metric {metric!r}; nbnet supports {', '.join(SUPPORTED)}.")
-        names.append(name)
+        if metric not in ACCURACY_NAMES:
+            raise NbnetError(f"Unknown metric {metric!r}; nbnet supports {', '.join(ACCURACY_NAMES)}.")
+        if names:
+            raise NbnetError(f"compile(metrics=...): nbnet computes one accuracy per model, received {metrics!r}.")
+        names.append(metric)
     return names
 
 

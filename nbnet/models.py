@@ -14,6 +14,7 @@ device until the loop reads them back, every ``steps_per_execution`` steps (Kera
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -22,8 +23,9 @@ from . import callbacks as callbacks_module
 from . import devices, losses, metrics as metrics_module, optimizers, utils
 from .devices import cpu
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
-from .layers import Conv2D, Dropout, Layer, MaxPooling2D
+from .layers import Conv2D, Dropout, InputLayer, Layer, MaxPooling2D
 from .progress import ProgressBar
+from .tensor import as_tensor
 from .threads import blas_limited
 
 
@@ -48,6 +50,8 @@ class Sequential:
         self.optimizer = self.loss = None
         self.metrics = []
         self.stop_training = False
+        # The last fit's TrainingDiverged (it stopped at a non-finite loss), else None.
+        self.diverged = None
         self.epochs_trained = 0
         self.history_log = {}
         # Set (to a signal number) by a signal handler: fit stops cleanly after the current step.
@@ -61,44 +65,82 @@ class Sequential:
         self._on_device_depth = 0
         self._host_arrays = None  # during a GPU session: the host arrays it copies back into
         self._scratch_buffers = {}
+        self._input_layer = None
+        self.output_shapes = []
         for layer in layers or []:
             self.add(layer)
 
     # -- construction ----------------------------------------------------------------
     def add(self, layer):
+        """Append ``layer``. As in Keras, once the input shape is known (an ``Input`` first,
+        or a first layer given ``input_shape``) each added layer is built at once, so
+        ``summary()`` works before ``compile``."""
+        if isinstance(layer, InputLayer):
+            if self.layers or self._input_layer is not None:
+                raise NbnetError(f"Sequential '{self.name}': an Input can only come first, received "
+                                 f"'{layer.name}' after {len(self.layers)} layers.")
+            self._input_layer = layer
+            return
         if not isinstance(layer, Layer):
             raise NbnetError(f"Sequential.add expects an nbnet layer, received {type(layer).__name__}.")
         if self.built:
-            raise NbnetError(f"Sequential '{self.name}': cannot add layer '{layer.name}' after the model is built.")
+            self._build_layers([layer])
+            self.layers.append(layer)
+            self._finish_build()
+            return
         self.layers.append(layer)
+        if self._known_input_shape() is not None:
+            try:
+                self.build()
+            except NbnetError:
+                self.layers.pop()  # nothing half-added: the model stays as it was
+                raise
+
+    def _known_input_shape(self):
+        if self._input_layer is not None:
+            return self._input_layer.shape
+        return self.layers[0].input_shape if self.layers else None
 
     def build(self, input_shape=None):
         """Create every layer's weights for ``input_shape`` (batch axis optional: Keras's
-        ``build((None, 28, 28, 1))`` and ``(28, 28, 1)`` both work)."""
+        ``build((None, 28, 28, 1))`` and ``(28, 28, 1)`` both work). A model already built
+        for that shape stays as it is."""
         if not self.layers:
             raise NbnetError(f"Sequential '{self.name}' has no layers to build.")
         if input_shape is None:
-            input_shape = self.layers[0].input_shape
+            input_shape = self._known_input_shape()
             if input_shape is None:
-                raise NbnetError(f"Sequential '{self.name}': give the first layer input_shape=(...), "
-                                 "or call model.build(input_shape), before using the model.")
+                raise NbnetError(f"Sequential '{self.name}': give the first layer input_shape=(...), start with "
+                                 "keras.Input(shape=...), or call model.build(input_shape), before using the model.")
         shape = tuple(input_shape)
         if shape and shape[0] is None:
             shape = shape[1:]
-        self.input_shape = tuple(int(d) for d in shape)
+        shape = tuple(int(d) for d in shape)
+        if self.built and shape == self.input_shape:
+            self._fuse_conv_pool()  # fuse_layers may have changed since
+            return
+        self.input_shape = shape
         if self.seed is None:
             self.seed = utils.next_model_seed()
         self.rng = np.random.default_rng(self.seed)
-        shape = self.input_shape
         self.output_shapes = []
-        has_params_before = False
-        for layer in self.layers:
+        self._build_layers(self.layers)
+        self._finish_build()
+
+    def _build_layers(self, new_layers):
+        """Build ``new_layers``, which follow the layers already in ``output_shapes``."""
+        shape = self.output_shapes[-1] if self.output_shapes else self.input_shape
+        has_params_before = any(bool(layer.params) and layer.trainable
+                                for layer in self.layers[:len(self.output_shapes)])
+        for layer in new_layers:
             layer.needs_input_grad = has_params_before
             shape = layer.build(shape, self.rng)
             self.output_shapes.append(shape)
             if isinstance(layer, Dropout) and layer.seed is None:
                 layer.rng = self.rng  # one Generator for shuffling and dropout: one state to save
             has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
+
+    def _finish_build(self):
         self._fuse_conv_pool()
         self._gather_parameters()
         self.built = True
@@ -120,8 +162,15 @@ class Sequential:
 
     def _gather_parameters(self):
         """Move trainable weights and their gradients into two flat vectors and rebind
-        each layer's arrays to views of them."""
+        each layer's arrays to views of them; frozen layers get arrays of their own."""
+        previous = {(id(layer), key) for layer, key in getattr(self, "_flat_entries", [])}
         self._flat_entries = [(layer, key) for layer in self.layers if layer.trainable for key in layer.params]
+        for layer in self.layers:
+            if not layer.trainable:
+                for key in layer.params:
+                    if (id(layer), key) in previous:
+                        layer.params[key] = layer.params[key].copy()
+                        layer.grads[key] = np.zeros_like(layer.params[key])
         total = sum(layer.params[key].size for layer, key in self._flat_entries)
         flat_params = np.empty(total, np.float32)
         offset = 0
@@ -270,8 +319,22 @@ class Sequential:
         self.loss = losses.get(loss)
         self.metrics = metrics_module.resolve(metrics)
         self.steps_per_execution = None if steps_per_execution is None else int(steps_per_execution)
-        if self.layers and self.layers[0].input_shape is not None and not self.built:
+        if not self.built and self._known_input_shape() is not None:
             self.build()
+        elif self.built:
+            self._apply_trainable()
+
+    def _apply_trainable(self):
+        """Keras applies ``layer.trainable = False`` (or True) at the next compile: the
+        flat vectors are gathered afresh when the set of trainable layers changed."""
+        if [(id(layer), key) for layer, key in self._flat_entries] == [
+                (id(layer), key) for layer in self.layers if layer.trainable for key in layer.params]:
+            return
+        has_params_before = False
+        for layer in self.layers:
+            layer.needs_input_grad = has_params_before
+            has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
+        self._gather_parameters()
 
     # -- input checks ------------------------------------------------------------------
     def _ensure_built(self, x):
@@ -372,6 +435,8 @@ class Sequential:
                     column += count
             grad = self.layers[-1].backward(grad, from_logits=True) if fused else self.layers[-1].backward(grad)
             for layer in reversed(self.layers[:-1]):
+                if grad is None:
+                    break  # no trainable weight before this point (frozen or weightless layers)
                 if not layer.absorbed:
                     grad = layer.backward(grad)
         ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
@@ -386,15 +451,15 @@ class Sequential:
         """A cleared halt flag, on the device, before a run of training steps."""
         self._halt = self.ops.zeros(1, np.int32)
 
-    def _check_halt(self, step_losses):
-        """Raise TrainingDiverged if a step halted; ``step_losses`` maps optimizer steps to
-        their mean batch loss."""
+    def _halted(self, step_losses):
+        """A TrainingDiverged error if a step halted, else None; ``step_losses`` maps
+        optimizer steps to their mean batch loss."""
         halted = int(self.ops.to_host(self._halt)[0])
         if not halted:
-            return
+            return None
         # The steps after the bad one changed nothing: the weights are the last good step's.
         self.optimizer.iterations = halted - 1
-        raise TrainingDiverged(self._divergence_message(step_losses.get(halted, float("nan"))))
+        return TrainingDiverged(self._divergence_message(step_losses.get(halted, float("nan"))))
 
     def _divergence_message(self, loss):
         bad = [layer.name for layer in reversed(self.layers)
@@ -436,7 +501,7 @@ class Sequential:
 
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
-    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0):
         x, targets = self._prepare_xy(x, y)
         batch_size = self._check_batch_size(batch_size)
@@ -460,12 +525,15 @@ class Sequential:
     def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch):
         ops = self.ops
         history = callbacks_module.History()
-        callback_list = [history] + list(callbacks or [])
+        # History last, as Keras: it records what the other callbacks add to the logs.
+        callback_list = list(callbacks or []) + [history]
+        steps = math.ceil(len(x) / batch_size)
         for callback in callback_list:
             callback.set_model(self)
+            callback.set_params({"verbose": verbose, "epochs": int(epochs), "steps": steps})
         self.stop_training = False
+        self.diverged = None
         self.fit_config = {"epochs": int(epochs), "batch_size": batch_size, "shuffle": bool(shuffle)}
-        steps = math.ceil(len(x) / batch_size)
         # The training set goes to the device once (on the CPU these are views, no copy);
         # each batch is gathered from it by the epoch's order, as 2-D rows.
         x_rows = ops.to_device(x.reshape(len(x), -1))
@@ -497,6 +565,8 @@ class Sequential:
                 xb, tb = batch_x[:count], batch_t[:count]
                 ops.gather_rows(x_rows, order, start, xb.reshape(count, x_rows.shape[1]))
                 ops.gather_rows(t_rows, order, start, tb.reshape(count, t_rows.shape[1]))
+                for callback in callback_list:
+                    callback.on_train_batch_begin(step)
                 optimizer_step = self.optimizer.iterations + 1
                 self._train_step(xb, tb, totals.next_row(count, optimizer_step), optimizer_step)
                 if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
@@ -505,8 +575,14 @@ class Sequential:
                 for done_step, size, batch_loss, batch_correct in totals.drain():
                     loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + size
                     step_losses[done_step] = batch_loss / size
-                self._check_halt(step_losses)
+                diverged = self._halted(step_losses)
                 logs = self._logs(loss_sum, correct, seen)
+                if diverged is not None:
+                    # As Keras with TerminateOnNaN: the epoch ends here with a NaN loss, and
+                    # fit returns its History; the weights are the last good step's.
+                    logs["loss"] = float("nan")
+                    self.diverged, self.stop_training = diverged, True
+                    warnings.warn(str(diverged), RuntimeWarning, stacklevel=3)
                 bar.update(step + 1, logs)
                 for callback in callback_list:
                     callback.on_train_batch_end(step, logs)
@@ -517,6 +593,8 @@ class Sequential:
                         print()
                     raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}/{steps}.",
                                               self.stop_requested)
+                if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
+                    break
             if x_val is not None:
                 val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size)
                 logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(x_val)).items()})
@@ -547,7 +625,7 @@ class Sequential:
         return order
 
     def _logs(self, loss_sum, correct, seen):
-        logs = {"accuracy": correct / seen} if self.metrics else {}
+        logs = {self.metrics[0]: correct / seen} if self.metrics else {}
         logs["loss"] = loss_sum / seen
         return logs
 
@@ -572,8 +650,9 @@ class Sequential:
         return loss_sum, correct
 
     @blas_limited
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1):
-        """[loss, accuracy] (just the loss when compiled without metrics)."""
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", return_dict=False):
+        """[loss, accuracy] (just the loss when compiled without metrics), or with
+        ``return_dict`` a dict keyed as the logs are."""
         x, targets = self._prepare_xy(x, y)
         batch_size = self._check_batch_size(batch_size)
         start = time.perf_counter()
@@ -584,7 +663,9 @@ class Sequential:
             bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
             bar.start = start
             bar.finish(logs)
-        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+        if return_dict:
+            return {"loss": logs["loss"], **{name: logs[name] for name in self.metrics}}
+        return [logs["loss"]] + [logs[name] for name in self.metrics] if self.metrics else logs["loss"]
 
     @blas_limited
     def predict(self, x, batch_size=32, verbose=0):
@@ -600,6 +681,18 @@ class Sequential:
                 ops.copy_to_host(y, outputs[start:start + chunk])
         return outputs
 
+    def __call__(self, x, training=False):
+        """The model on a batch, as Keras's ``model(x)``: inference unless ``training=True``
+        (Dropout active, BatchNormalization on the batch's statistics, which it also moves
+        into its moving averages, as Keras does). Returns an array with ``.numpy()``."""
+        if not training:
+            return as_tensor(self.predict(x, batch_size=max(len(x), 1)))
+        x = self._prepare_x(x)
+        self.layers[-1].keep_logits = False
+        with self._on_device():
+            y = self._forward(self.ops.to_device(_float_input(x)), training=True)
+            return as_tensor(self.ops.to_host(y).copy())
+
     def predict_on_batch(self, x):
         return self.predict(x, batch_size=max(len(x), 1))
 
@@ -613,9 +706,39 @@ class Sequential:
             step = self.optimizer.iterations + 1
             self._train_step(ops.to_device(_float_input(x)), ops.to_device(targets), totals.next_row(len(x), step), step)
             ((_, _, loss_sum, correct),) = totals.drain()
-            self._check_halt({step: loss_sum / len(x)})
+            diverged = self._halted({step: loss_sum / len(x)})
+            if diverged is not None:
+                raise diverged
         logs = self._logs(loss_sum, correct, len(x))
-        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+        return [logs["loss"]] + [logs[name] for name in self.metrics] if self.metrics else logs["loss"]
+
+    @property
+    def trainable_weights(self):
+        """The trainable layers' weights (Keras's order), as arrays."""
+        return [layer.params[key] for layer in self.layers if layer.trainable
+                for key in layer.weight_order if key in layer.params]
+
+    @property
+    def non_trainable_weights(self):
+        """Frozen layers' weights and every layer's state (BatchNormalization's moving statistics)."""
+        return [layer.params[key] if key in layer.params else layer.state[key] for layer in self.layers
+                for key in layer.weight_order if not (layer.trainable and key in layer.params)]
+
+    @property
+    def weights(self):
+        return [w for layer in self.layers for w in (layer.params.get(k, layer.state.get(k))
+                                                    for k in layer.weight_order)]
+
+    def get_layer(self, name=None, index=None):
+        """A layer by name or by index, as Keras's get_layer."""
+        if index is not None:
+            if not -len(self.layers) <= int(index) < len(self.layers):
+                raise NbnetError(f"get_layer: index {index} is out of range; the model has {len(self.layers)} layers.")
+            return self.layers[int(index)]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise NbnetError(f"get_layer: no layer named {name!r}; the layers are {[layer.name for layer in self.layers]}.")
 
     def get_weights(self):
         self._require_built()

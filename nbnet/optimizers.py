@@ -11,6 +11,7 @@ import numpy as np
 from . import schedules
 from .devices import cpu
 from .errors import NbnetError
+from .variables import Variable
 
 
 class Optimizer:
@@ -19,18 +20,38 @@ class Optimizer:
     _hyperparameters = ()
 
     def __init__(self, learning_rate=0.001):
-        if isinstance(learning_rate, dict):
-            learning_rate = schedules.deserialize(learning_rate)
-        if not isinstance(learning_rate, schedules.LearningRateSchedule) and float(learning_rate) <= 0:
-            raise NbnetError(f"{type(self).__name__}: learning_rate must be positive, received {learning_rate!r}.")
-        self.learning_rate = learning_rate
         self.iterations = 0
         self.slots = {}
+        self.learning_rate = learning_rate
+
+    @property
+    def learning_rate(self):
+        """A Variable (``.assign(x)``, ``backend.set_value``, reads as a float), or the
+        schedule the optimizer was given."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(value, dict):
+            value = schedules.deserialize(value)
+        if isinstance(value, schedules.LearningRateSchedule):
+            self._learning_rate = value
+            return
+        value = float(value)
+        if not value > 0:
+            raise NbnetError(f"{type(self).__name__}: learning_rate must be positive, received {value!r}.")
+        if isinstance(getattr(self, "_learning_rate", None), Variable):
+            self._learning_rate.assign(value)
+        else:
+            self._learning_rate = Variable(value, name="learning_rate")
+
+    # Keras 2's name.
+    lr = learning_rate
 
     def current_learning_rate(self):
-        if isinstance(self.learning_rate, schedules.LearningRateSchedule):
-            return float(self.learning_rate(self.iterations))
-        return float(self.learning_rate)
+        if isinstance(self._learning_rate, schedules.LearningRateSchedule):
+            return float(self._learning_rate(self.iterations))
+        return float(self._learning_rate)
 
     def build(self, size, ops=cpu):
         """Create zeroed slots for ``size`` parameters (kept if already that size)."""
@@ -50,7 +71,7 @@ class Optimizer:
         raise NotImplementedError
 
     def get_config(self):
-        lr = self.learning_rate
+        lr = self._learning_rate
         config = {"name": type(self).__name__,
                   "learning_rate": lr.get_config() if isinstance(lr, schedules.LearningRateSchedule) else float(lr)}
         config.update({key: getattr(self, key) for key in self._hyperparameters})
@@ -103,19 +124,109 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
-    slot_names = ("mean_square", "velocity")
-    _hyperparameters = ("rho", "momentum", "epsilon")
+    """Keras 3's RMSprop: ms = rho*ms + (1-rho)*g^2, step lr*g/sqrt(ms + epsilon) (epsilon
+    inside the root, unlike PyTorch's sqrt(ms) + eps); ``centered`` divides by the
+    estimated variance, ms - mean(g)^2, instead; ``momentum`` accumulates the steps."""
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7):
+    slot_names = ("mean_square", "average_gradient", "velocity")
+    _hyperparameters = ("rho", "momentum", "epsilon", "centered")
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
         super().__init__(learning_rate)
+        if not 0.0 <= rho < 1.0:
+            raise NbnetError(f"RMSprop: rho must be in [0, 1), received {rho!r}.")
+        if not 0.0 <= momentum < 1.0:
+            raise NbnetError(f"RMSprop: momentum must be in [0, 1), received {momentum!r}.")
         self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
 
     def _update(self, params, grads, lr, ops, halt):
-        ops.rmsprop_update(params, grads, self.slots["mean_square"], self.slots["velocity"], lr, self.rho,
-                           self.momentum, self.epsilon, halt=halt)
+        ops.rmsprop_update(params, grads, self.slots["mean_square"], self.slots["average_gradient"],
+                           self.slots["velocity"], lr, self.rho, self.momentum, self.epsilon, self.centered, halt=halt)
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+class Adagrad(Optimizer):
+    """Keras 3's Adagrad: acc starts at ``initial_accumulator_value``, acc += g^2,
+    step lr * g / sqrt(acc + epsilon)."""
+
+    slot_names = ("accumulator",)
+    _hyperparameters = ("initial_accumulator_value", "epsilon")
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.initial_accumulator_value, self.epsilon = float(initial_accumulator_value), float(epsilon)
+
+    def build(self, size, ops=cpu):
+        fresh = "accumulator" not in self.slots or tuple(self.slots["accumulator"].shape) != (size,)
+        if fresh:
+            self.slots["accumulator"] = ops.to_device(np.full(size, self.initial_accumulator_value, np.float32))
+
+    def _update(self, params, grads, lr, ops, halt):
+        ops.adagrad_update(params, grads, self.slots["accumulator"], lr, self.epsilon, halt=halt)
+
+
+class Adadelta(Optimizer):
+    """Keras 3's Adadelta (default learning rate 0.001, where Keras 2 had 1.0)."""
+
+    slot_names = ("accumulated_grad", "accumulated_delta")
+    _hyperparameters = ("rho", "epsilon")
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.rho, self.epsilon = float(rho), float(epsilon)
+
+    def _update(self, params, grads, lr, ops, halt):
+        ops.adadelta_update(params, grads, self.slots["accumulated_grad"], self.slots["accumulated_delta"], lr,
+                            self.rho, self.epsilon, halt=halt)
+
+
+class Adamax(Optimizer):
+    """Keras 3's Adamax: the infinity-norm Adam, u = max(beta_2 * u, |g|)."""
+
+    slot_names = ("m", "u")
+    _hyperparameters = ("beta_1", "beta_2", "epsilon")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def _update(self, params, grads, lr, ops, halt):
+        step_size = lr / (1.0 - self.beta_1 ** (self.iterations + 1))
+        ops.adamax_update(params, grads, self.slots["m"], self.slots["u"], step_size, self.beta_1, self.beta_2,
+                          self.epsilon, halt=halt)
+
+
+class Nadam(Optimizer):
+    """Keras 3's Nadam: Adam with Nesterov momentum and the momentum schedule
+    mu_t = beta_1 * (1 - 0.5 * 0.96^t)."""
+
+    slot_names = ("m", "v")
+    _hyperparameters = ("beta_1", "beta_2", "epsilon")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self._mu_product = (0, 1.0)  # (steps, product of mu_1..mu_steps), carried along
+
+    def _mu(self, t):
+        return self.beta_1 * (1.0 - 0.5 * 0.96 ** t)
+
+    def _update(self, params, grads, lr, ops, halt):
+        t = self.iterations + 1
+        steps, product = self._mu_product
+        if steps > t - 1:  # the optimizer was rewound (a resumed run): recount from the start
+            steps, product = 0, 1.0
+        for k in range(steps + 1, t + 1):
+            product *= self._mu(k)
+        self._mu_product = (t, product)
+        mu_t, mu_next = self._mu(t), self._mu(t + 1)
+        ops.nadam_update(params, grads, self.slots["m"], self.slots["v"], lr, self.beta_1, self.beta_2,
+                         mu_next / (1.0 - product * mu_next), (1.0 - mu_t) / (1.0 - product),
+                         1.0 / (1.0 - self.beta_2 ** t), self.epsilon, halt=halt)
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "adadelta": Adadelta,
+            "adamax": Adamax, "nadam": Nadam}
 
 
 def get(identifier, learning_rate=None):

@@ -27,6 +27,7 @@ class ProgressBar:
     ``verbose=2``: the final line only; ``verbose=0``: silent."""
 
     def __init__(self, total_steps, verbose=1, stream=None):
+        verbose = 1 if verbose == "auto" else int(verbose)  # Keras's 'auto' is 1 here
         self.total, self.verbose = total_steps, verbose
         self.stream = stream or sys.stdout
         self.live = verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -19,16 +19,19 @@ class L1L2:
         return {"l1": self.l1, "l2": self.l2}
 
 
-def l1(l1=0.01):
-    return L1L2(l1=l1)
+class L1(L1L2):
+    def __init__(self, l1=0.01):
+        super().__init__(l1=l1)
 
 
-def l2(l2=0.01):
-    return L1L2(l2=l2)
+class L2(L1L2):
+    def __init__(self, l2=0.01):
+        super().__init__(l2=l2)
 
 
-def l1_l2(l1=0.01, l2=0.01):
-    return L1L2(l1=l1, l2=l2)
+# Keras 3's lower-case names are the classes themselves; l1_l2, like Keras 3's L1L2,
+# defaults to no penalty at all (Keras 2's function defaulted to 0.01 each).
+l1, l2, l1_l2 = L1, L2, L1L2
 
 
 def get(identifier, owner="layer"):
@@ -37,7 +40,8 @@ def get(identifier, owner="layer"):
         return identifier
     if isinstance(identifier, dict):
         return L1L2(**identifier)
-    named = {"l1": l1, "l2": l2, "l1_l2": l1_l2}
+    # The strings are Keras 2's (Keras 3 accepts only 'l1' and 'l2'): 'l1_l2' means 0.01 each.
+    named = {"l1": L1, "l2": L2, "l1_l2": lambda: L1L2(l1=0.01, l2=0.01)}
     if identifier in named:
         return named[identifier]()
     raise NbnetError(f"{owner}: unknown regularizer {identifier!r}; use 'l1', 'l2', 'l1_l2' or nbnet.regularizers.L1L2.")

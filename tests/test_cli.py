@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from nbnet.cli import main
+from nbnet.datasets import idx, mnist
 from nbnet.models import load_model
 
 TINY_DEFINITION = '''
@@ -23,6 +24,22 @@ def build(optimizer="adam", learning_rate=None, seed=None):
     model.compile(optimizers.get(optimizer, learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
     return model
 '''
+
+
+def _evaluate_report(output):
+    """The numbers `nbnet evaluate` prints: loss, accuracy, per-class accuracy and count, confusion matrix."""
+    lines = output.splitlines()
+    report = {"loss": float(lines[0].removeprefix("loss: ")), "accuracy": float(lines[1].removeprefix("accuracy: "))}
+    start = lines.index("class  accuracy  count") + 1
+    rows = [line.split() for line in lines[start:start + 10]]
+    assert [int(row[0]) for row in rows] == list(range(10)), output
+    report["class_accuracy"] = np.array([float(row[1]) for row in rows])
+    report["counts"] = np.array([int(row[2]) for row in rows])
+    start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix")) + 2
+    matrix = np.array([[int(n) for n in line.split()] for line in lines[start:start + 10]])
+    assert matrix.shape == (10, 11) and matrix[:, 0].tolist() == list(range(10)), output
+    report["confusion"] = matrix[:, 1:]
+    return report
 
 
 def test_help_and_version_start_without_importing_numba():
@@ -49,19 +66,39 @@ def test_train_resume_evaluate_predict_summary(tmp_path):
     assert "Resuming" in result.output and "Epoch 2/2" in result.output and "Epoch 1/2" not in result.output
     assert load_model(output).epochs_trained == 2
 
+    # evaluate and predict print what the Python API gives on the same model and data.
+    model = load_model(output)
+    _, (x_test, y_test) = mnist.load_data(verbose=False)
+    x = x_test[..., None] * np.float32(1 / 255)  # as the MNIST models were trained
+    loss, accuracy = model.evaluate(x, y_test, verbose=0)
+    probabilities = model.predict(x)
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (y_test.astype(np.int64), predicted), 1)
+    assert accuracy == pytest.approx(np.mean(predicted == y_test), abs=1e-6)
+
     result = runner.invoke(main, ["evaluate", str(output)])
     assert result.exit_code == 0, result.output
-    assert "confusion matrix" in result.output and "accuracy:" in result.output
+    printed = _evaluate_report(result.output)
+    half_unit = 5e-5 + 1e-6  # printed to 4 decimals
+    assert abs(printed["loss"] - loss) <= half_unit and abs(printed["accuracy"] - accuracy) <= half_unit, result.output
+    np.testing.assert_array_equal(printed["counts"], np.bincount(y_test, minlength=10))
+    np.testing.assert_allclose(printed["class_accuracy"], confusion.diagonal() / confusion.sum(axis=1), atol=half_unit)
+    np.testing.assert_array_equal(printed["confusion"], confusion)
 
-    images = np.zeros((3, 28, 28), np.uint8)
-    images[1, 10:18, 14] = 255  # a vertical stroke
+    images = np.concatenate([x_test[:40], np.zeros((2, 28, 28), np.uint8)])
+    images[41, 10:18, 14] = 255  # a vertical stroke
     np.save(tmp_path / "images.npy", images)
-    result = runner.invoke(main, ["predict", str(output), str(tmp_path / "images.npy"),
-                                  "--output", str(tmp_path / "p.npy")])
-    assert result.exit_code == 0, result.output
-    classes = [int(line) for line in result.stdout.split()]
-    assert len(classes) == 3 and all(0 <= c <= 9 for c in classes)
-    assert np.load(tmp_path / "p.npy").shape == (3, 10)
+    idx.write_idx(tmp_path / "images-idx3-ubyte", images)
+    expected = model.predict(images[..., None] * np.float32(1 / 255))
+    np.testing.assert_array_equal(expected[:40].argmax(axis=1), predicted[:40])
+    for source in ("images.npy", "images-idx3-ubyte"):
+        result = runner.invoke(main, ["predict", str(output), str(tmp_path / source),
+                                      "--output", str(tmp_path / "p.npy")])
+        assert result.exit_code == 0, result.output
+        classes = [int(line) for line in result.stdout.split()]
+        assert classes == expected.argmax(axis=1).tolist()
+        np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=1e-6, atol=1e-7)
 
     result = runner.invoke(main, ["summary", str(output)])
     assert result.exit_code == 0 and "Total params: 25,450" in result.output

@@ -32,8 +32,9 @@ TOTAL_RTOL = 1e-7
 PTX_CC = (7, 5)
 
 @plain_only
-def test_cuda_kernels_under_simulator():
-    run_under_simulator(__file__)
+def test_cuda_kernels_under_simulator(request):
+    # The PTX check needs Numba's real CUDA compiler: it skips under the simulator on purpose.
+    run_under_simulator(request, not_simulated=("test_kernels_compile_for_a_real_gpu",))
 
 
 @plain_only
@@ -111,7 +112,11 @@ def _ptx_signatures():
         N._moving_averages_kernel: (a1, a1, a1, a1, f, f),
         O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
         O._adam_kernel: (a1, a1, a1, a1) + (f,) * 6 + (h1,),
-        O._rmsprop_kernel: (a1, a1, a1, a1, f, f, f, boolean, f, f, h1),
+        O._rmsprop_kernel: (a1, a1, a1, a1, a1, f, f, f, boolean, f, boolean, f, h1),
+        O._adagrad_kernel: (a1, a1, a1, f, f, h1),
+        O._adadelta_kernel: (a1, a1, a1, a1, f, f, f, f, h1),
+        O._adamax_kernel: (a1, a1, a1, a1) + (f,) * 5 + (h1,),
+        O._nadam_kernel: (a1, a1, a1, a1) + (f,) * 8 + (h1,),
         D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         T._fill_zero_kernel: (a1, f),
@@ -658,8 +663,13 @@ def _optimizer_cases():
         ("sgd_update", 1, (0.1, 0.9, True)),
         ("adam_update", 2, (0.01, 0.9, 0.999, 1e-7, 0.0)),
         ("adam_update", 2, (0.01, 0.9, 0.999, 1e-7, 4e-5)),
-        ("rmsprop_update", 2, (0.01, 0.9, 0.0, 1e-7)),
-        ("rmsprop_update", 2, (0.01, 0.9, 0.5, 1e-7)),
+        ("rmsprop_update", 3, (0.01, 0.9, 0.0, 1e-7, False)),
+        ("rmsprop_update", 3, (0.01, 0.9, 0.5, 1e-7, False)),
+        ("rmsprop_update", 3, (0.01, 0.8, 0.5, 1e-5, True)),
+        ("adagrad_update", 1, (0.01, 1e-7)),
+        ("adadelta_update", 2, (1.0, 0.95, 1e-7)),
+        ("adamax_update", 2, (0.01, 0.9, 0.999, 1e-7)),
+        ("nadam_update", 2, (0.01, 0.9, 0.999, 0.5, 0.1, 1.2, 1e-7)),
     ]
 
 
@@ -670,6 +680,8 @@ def test_optimizers(name, slots, hyper):
     n = 101
     params, grads = rand(rng, n), rand(rng, n)
     state = [np.abs(rand(rng, n)) * 0.1 for _ in range(slots)]
+    if name == "rmsprop_update":
+        state[1][:] = 0.0  # the gradient's running mean from zero, so mean square >= its square (centered)
     devs = [dev(a) for a in (params, grads, *state)]
     for _ in range(2):  # two steps, so the slots' updates matter
         getattr(cpu_optim, name)(params, grads, *state, *hyper)

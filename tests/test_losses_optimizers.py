@@ -5,8 +5,6 @@ import pytest
 
 from nbnet import losses, optimizers, schedules
 
-RNG = np.random.default_rng(0)
-
 
 def softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -31,18 +29,21 @@ def run(loss, outputs, targets, on_logits):
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_fused_softmax_crossentropy_matches_formula_and_is_stable(sparse):
-    logits = RNG.standard_normal((6, 5)).astype(np.float32) * 3
-    labels = RNG.integers(0, 5, 6)
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((6, 5)).astype(np.float32) * 3
+    labels = rng.integers(0, 5, 6)
     targets = labels if sparse else np.eye(5, dtype=np.float32)[labels]
     loss = losses.get("sparse_categorical_crossentropy" if sparse else "categorical_crossentropy")
     value, grad = run(loss, logits, targets, on_logits=True)
     p = softmax(logits.astype(np.float64))
     assert value == pytest.approx(-np.log(p[np.arange(6), labels]).mean(), rel=1e-6)
     np.testing.assert_allclose(grad, (p - np.eye(5)[labels]) / 6, atol=1e-7)
-    # Logits far apart: probabilities underflow in float32, the fused loss stays finite and exact.
-    extreme = np.array([[0.0, 200.0]], np.float32)
-    value, grad = run(losses.SparseCategoricalCrossentropy(), extreme, np.array([0]), on_logits=True)
-    assert value == pytest.approx(200.0) and np.isfinite(grad).all()
+    # Logits far apart: exp overflows even float64 (past 709) without the max shift; the
+    # fused loss stays finite and exact.
+    extreme = np.array([[0.0, 2000.0, -2000.0], [800.0, 900.0, 1000.0]], np.float32)
+    value, grad = run(losses.SparseCategoricalCrossentropy(), extreme, np.array([0, 2]), on_logits=True)
+    assert value == pytest.approx(1000.0) and np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, [[-0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-12)
 
 
 def test_crossentropy_on_probabilities_clips_like_keras():
@@ -51,12 +52,27 @@ def test_crossentropy_on_probabilities_clips_like_keras():
     assert value == pytest.approx((-np.log(0.8) - np.log(1e-7)) / 2, rel=1e-5)
 
 
+def test_crossentropy_on_probabilities_divides_rows_by_their_sum_like_keras():
+    """Keras rescales each row to sum to 1 before the log: doubling a row changes nothing."""
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(4), 5).astype(np.float32)
+    labels = rng.integers(0, 4, 5)
+    loss = losses.SparseCategoricalCrossentropy()
+    value, grad = run(loss, probs, labels, on_logits=False)
+    scaled_value, scaled_grad = run(loss, probs * np.float32(2.0), labels, on_logits=False)
+    assert scaled_value == pytest.approx(value, rel=1e-6)
+    np.testing.assert_allclose(scaled_grad, grad / 2, rtol=1e-5)
+    # Along a row the gradient is orthogonal to the row itself: scaling a row is free.
+    np.testing.assert_allclose((grad * probs).sum(axis=1), 0.0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,on_logits", [("binary_crossentropy", True), ("binary_crossentropy", False),
                                             ("mse", False), ("categorical_crossentropy", False)])
 def test_loss_gradients_match_finite_differences(name, on_logits):
+    rng = np.random.default_rng(3)
     loss = losses.get(name)
-    outputs = RNG.uniform(0.1, 0.9, (4, 3)).astype(np.float32)
-    targets = RNG.uniform(0, 1, (4, 3)).astype(np.float32)
+    outputs = rng.uniform(0.1, 0.9, (4, 3)).astype(np.float32)
+    targets = rng.uniform(0, 1, (4, 3)).astype(np.float32)
     _, grad = run(loss, outputs, targets, on_logits)
     numeric = numeric_grad(lambda o: run(loss, o.astype(np.float64), targets.astype(np.float64), on_logits)[0],
                            outputs)
@@ -64,17 +80,30 @@ def test_loss_gradients_match_finite_differences(name, on_logits):
 
 
 def test_binary_crossentropy_from_logits_matches_formula():
-    z = RNG.standard_normal((5, 2)) * 4
-    t = RNG.integers(0, 2, (5, 2)).astype(np.float64)
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((5, 2)) * 4
+    t = rng.integers(0, 2, (5, 2)).astype(np.float64)
     value, _ = run(losses.BinaryCrossentropy(from_logits=True), z, t, on_logits=True)
     p = 1 / (1 + np.exp(-z))
     assert value == pytest.approx(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean(), rel=1e-9)
 
 
+def test_mean_squared_error_averages_over_outputs_and_batch():
+    rng = np.random.default_rng(5)
+    preds = rng.standard_normal((4, 3)).astype(np.float32)
+    targets = rng.standard_normal((4, 3)).astype(np.float32)
+    value, grad = run(losses.MeanSquaredError(), preds, targets, on_logits=False)
+    diff = preds.astype(np.float64) - targets
+    assert value == pytest.approx((diff ** 2).mean(), rel=1e-6)
+    np.testing.assert_allclose(grad, 2 * diff / diff.size, rtol=1e-5)
+
+
 def reference_steps(name, params, grads, steps, **hp):
+    """Keras 3's update rules, written out in float64."""
     p = params.astype(np.float64)
     m = np.zeros_like(p)
     v = np.zeros_like(p)
+    mg = np.zeros_like(p)
     for t in range(1, steps + 1):
         g = grads[t - 1]
         if name == "adam" or name == "adamw":
@@ -87,8 +116,17 @@ def reference_steps(name, params, grads, steps, **hp):
             m = hp["momentum"] * m - hp["lr"] * g
             p = p + (hp["momentum"] * m - hp["lr"] * g if hp["nesterov"] else m)
         elif name == "rmsprop":
-            v = 0.9 * v + 0.1 * g * g
-            p = p - hp["lr"] * g / (np.sqrt(v) + 1e-7)
+            rho, eps = hp.get("rho", 0.9), hp.get("epsilon", 1e-7)
+            v = rho * v + (1 - rho) * g * g
+            denominator = v + eps
+            if hp.get("centered"):
+                mg = rho * mg + (1 - rho) * g
+                denominator = denominator - mg * mg
+            step = hp["lr"] * g / np.sqrt(denominator)
+            if hp.get("momentum"):
+                m = hp["momentum"] * m + step
+                step = m
+            p = p - step
     return p
 
 
@@ -100,10 +138,17 @@ def reference_steps(name, params, grads, steps, **hp):
      {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
     (optimizers.SGD(learning_rate=0.1), "sgd", {"lr": 0.1, "momentum": 0.0, "nesterov": False}),
     (optimizers.RMSprop(learning_rate=0.01), "rmsprop", {"lr": 0.01}),
+    (optimizers.RMSprop(learning_rate=0.01, momentum=0.9), "rmsprop", {"lr": 0.01, "momentum": 0.9}),
+    (optimizers.RMSprop(learning_rate=0.01, rho=0.8, centered=True, epsilon=1e-5), "rmsprop",
+     {"lr": 0.01, "rho": 0.8, "centered": True, "epsilon": 1e-5}),
 ])
-def test_optimizer_kernels_follow_keras_formulas(optimizer, name, hp):
-    params = RNG.standard_normal(50).astype(np.float32)
-    grads = RNG.standard_normal((5, 50)).astype(np.float32)
+@pytest.mark.parametrize("scale", [1.0, 1e-6])
+def test_optimizer_kernels_follow_keras_formulas(optimizer, name, hp, scale):
+    """Gradients of 1 and of 1e-6 (where epsilon's placement decides the step)."""
+    optimizer = optimizer.__class__(**{k: v for k, v in optimizer.get_config().items() if k != "name"})
+    rng = np.random.default_rng(6)
+    params = rng.standard_normal(50).astype(np.float32)
+    grads = (rng.standard_normal((5, 50)) * scale).astype(np.float32)
     flat = params.copy()
     for g in grads:
         optimizer.apply(flat, g.copy())

@@ -55,10 +55,15 @@ def test_divergence_stops_before_writing_nan_weights():
     x[5] = 3e38  # an outlier near float32's limit: the first matmul overflows to inf
     model = mlp(learning_rate=1e-3)
     before = model.get_weights()
-    with pytest.raises(TrainingDiverged, match=r"non-finite gradients in .*learning rate 0.001"):
-        model.fit(x, y, epochs=1, batch_size=200, verbose=0, shuffle=False)
+    # As Keras with TerminateOnNaN, fit warns, ends the epoch and returns its History.
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradients in .*learning rate 0.001"):
+        history = model.fit(x, y, epochs=3, batch_size=200, verbose=0, shuffle=False)
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+    assert isinstance(model.diverged, TrainingDiverged) and model.optimizer.iterations == 0
     for got, expected in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, expected)  # the bad step was never applied
+    with pytest.raises(TrainingDiverged, match="non-finite gradients"):  # train_on_batch still raises
+        model.train_on_batch(x[:200], y[:200])
 
 
 def test_batch_too_large_for_memory_fails_before_the_first_step():

@@ -134,10 +134,54 @@ def test_early_stopping_restores_best_weights_and_checkpoint_saves(mnist_slice, 
     checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch:02d}.nbnet"))
     history = model.fit(x_train[:256], y_train[:256], epochs=10, batch_size=64, verbose=0, validation_split=0.25,
                         callbacks=[Snapshot(), WorsenAfterFirstEpoch(), stopper, checkpoint])
-    assert len(history.history["loss"]) == 3  # best at epoch 1, patience 1: stops after epoch 3
+    assert len(history.history["loss"]) == 2  # best at epoch 1, patience 1: stops after epoch 2, as Keras 3
     for got, best in zip(model.get_weights(), seen[0]):
         np.testing.assert_array_equal(got, best)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-01.nbnet", "ckpt-02.nbnet", "ckpt-03.nbnet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-01.nbnet", "ckpt-02.nbnet"]
+
+
+def test_model_checkpoint_files_hold_the_weights_of_their_epoch(tmp_path):
+    """Each checkpoint file holds the model's weights (BatchNormalization's moving statistics
+    included) as they were at the end of the epoch it is named after, and its epoch count;
+    with save_best_only, only improving epochs are written, and a fixed name ends up
+    holding the last improving epoch's weights."""
+    rng = np.random.default_rng(11)
+    x = rng.random((96, 6, 6, 1), dtype=np.float32)
+    y = (x[:, :3].sum(axis=(1, 2, 3)) > x[:, 3:].sum(axis=(1, 2, 3))).astype(np.int64)
+    model = models.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(6, 6, 1)),
+                               layers.BatchNormalization(), layers.Flatten(), layers.Dropout(0.2),
+                               layers.Dense(2, activation="softmax")], seed=3)
+    model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+    planted_val_loss = [3.0, 1.0, 2.0, 0.5]  # epochs 1, 2 and 4 improve; 3 does not
+
+    class PlantValLoss(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = planted_val_loss[epoch]
+
+    at_epoch_end = {}
+
+    class Record(callbacks.Callback):  # after the checkpoints: sees what they saved
+        def on_epoch_end(self, epoch, logs=None):
+            at_epoch_end[epoch + 1] = self.model.get_weights()
+
+    every = callbacks.ModelCheckpoint(tmp_path / "every-{epoch:02d}.nbnet")
+    best = callbacks.ModelCheckpoint(str(tmp_path / "best-{epoch:02d}-{val_loss:.1f}.nbnet"), save_best_only=True)
+    latest_best = callbacks.ModelCheckpoint(str(tmp_path / "best.nbnet"), monitor="val_loss", save_best_only=True)
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[PlantValLoss(), every, best, latest_best, Record()])
+
+    assert sorted(at_epoch_end) == [1, 2, 3, 4]
+    for epoch in (2, 3, 4):  # training moved every weight array between epochs, so a wrong epoch shows
+        assert all(not np.array_equal(a, b) for a, b in zip(at_epoch_end[epoch - 1], at_epoch_end[epoch]))
+    expected_files = {f"every-{e:02d}.nbnet": e for e in (1, 2, 3, 4)}
+    expected_files.update({"best-01-3.0.nbnet": 1, "best-02-1.0.nbnet": 2, "best-04-0.5.nbnet": 4, "best.nbnet": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected_files)
+    for name, epoch in expected_files.items():
+        saved = models.load_model(tmp_path / name)
+        assert saved.epochs_trained == epoch, name
+        weights = saved.get_weights()
+        assert len(weights) == len(at_epoch_end[epoch]), name
+        for got, expected in zip(weights, at_epoch_end[epoch]):
+            np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
 def test_clear_errors_for_bad_input():

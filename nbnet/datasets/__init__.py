@@ -1,5 +1,6 @@
-"""Data sets: ``idx`` reads MNIST-format files, ``mnist`` fetches and verifies MNIST itself."""
+"""Data sets: ``idx`` reads MNIST-format files; ``mnist`` and ``fashion_mnist`` fetch and
+verify those data sets, with Keras's ``load_data()``."""
 
-from . import idx, mnist
+from . import fashion_mnist, idx, mnist
 
-__all__ = ["idx", "mnist"]
+__all__ = ["fashion_mnist", "idx", "mnist"]

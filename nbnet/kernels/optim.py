@@ -41,7 +41,10 @@ def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay):
 
 
 @njit(parallel=True, cache=True)
-def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, momentum, epsilon):
+def rmsprop_update(params, grads, mean_square, average_grad, velocity, learning_rate, rho, momentum, epsilon,
+                   centered):
+    """Keras 3's RMSprop: epsilon inside the square root, lr * g / sqrt(ms + eps); centered
+    subtracts the squared running mean of the gradient (``average_grad``) from ms."""
     lr = params.dtype.type(learning_rate)
     r = params.dtype.type(rho)
     mu = params.dtype.type(momentum)
@@ -50,8 +53,74 @@ def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, mom
     for i in prange(params.shape[0]):
         g = grads[i]
         mean_square[i] = r * mean_square[i] + (one - r) * g * g
-        update = lr * g / (np.sqrt(mean_square[i]) + eps)
+        denominator = mean_square[i] + eps
+        if centered:
+            average_grad[i] = r * average_grad[i] + (one - r) * g
+            denominator -= average_grad[i] * average_grad[i]
+        update = lr * g / np.sqrt(denominator)
         if momentum > 0.0:
             velocity[i] = mu * velocity[i] + update
             update = velocity[i]
         params[i] -= update
+
+
+@njit(parallel=True, cache=True)
+def adagrad_update(params, grads, accumulator, learning_rate, epsilon):
+    """Keras 3's Adagrad: acc += g^2; p -= lr * g / sqrt(acc + eps)."""
+    lr = params.dtype.type(learning_rate)
+    eps = params.dtype.type(epsilon)
+    for i in prange(params.shape[0]):
+        g = grads[i]
+        accumulator[i] += g * g
+        params[i] -= lr * g / np.sqrt(accumulator[i] + eps)
+
+
+@njit(parallel=True, cache=True)
+def adadelta_update(params, grads, accumulated_grad, accumulated_delta, learning_rate, rho, epsilon):
+    """Keras 3's Adadelta: the step is g scaled by rms(past steps) / rms(past gradients),
+    each rms with epsilon inside the root, then multiplied by lr."""
+    lr = params.dtype.type(learning_rate)
+    r = params.dtype.type(rho)
+    eps = params.dtype.type(epsilon)
+    one = params.dtype.type(1.0)
+    for i in prange(params.shape[0]):
+        g = grads[i]
+        accumulated_grad[i] = r * accumulated_grad[i] + (one - r) * g * g
+        delta = -np.sqrt(accumulated_delta[i] + eps) * g / np.sqrt(accumulated_grad[i] + eps)
+        accumulated_delta[i] = r * accumulated_delta[i] + (one - r) * delta * delta
+        params[i] += lr * delta
+
+
+@njit(parallel=True, cache=True)
+def adamax_update(params, grads, m, u, step_size, beta_1, beta_2, epsilon):
+    """Keras 3's Adamax: u = max(beta_2 * u, |g|); ``step_size`` = lr / (1 - beta_1^t)."""
+    b1 = params.dtype.type(beta_1)
+    b2 = params.dtype.type(beta_2)
+    alpha = params.dtype.type(step_size)
+    eps = params.dtype.type(epsilon)
+    one = params.dtype.type(1.0)
+    for i in prange(params.shape[0]):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        u[i] = max(b2 * u[i], abs(g))
+        params[i] -= alpha * m[i] / (u[i] + eps)
+
+
+@njit(parallel=True, cache=True)
+def nadam_update(params, grads, m, v, learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale,
+                 epsilon):
+    """Keras 3's Nadam. The per-step scalars come from the optimizer: m_hat =
+    momentum_scale * m + gradient_scale * g, v_hat = velocity_scale * v."""
+    lr = params.dtype.type(learning_rate)
+    b1 = params.dtype.type(beta_1)
+    b2 = params.dtype.type(beta_2)
+    cm = params.dtype.type(momentum_scale)
+    cg = params.dtype.type(gradient_scale)
+    cv = params.dtype.type(velocity_scale)
+    eps = params.dtype.type(epsilon)
+    one = params.dtype.type(1.0)
+    for i in prange(params.shape[0]):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        v[i] = b2 * v[i] + (one - b2) * g * g
+        params[i] -= lr * (cm * m[i] + cg * g) / (np.sqrt(cv * v[i]) + eps)

@@ -20,6 +20,11 @@ from ..errors import ShapeError
 _counters = {}
 
 
+def reset_names():
+    """Start every layer name's count afresh (``backend.clear_session``)."""
+    _counters.clear()
+
+
 def _auto_name(cls_name):
     # Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d.
     snake = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower()

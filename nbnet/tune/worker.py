@@ -143,6 +143,8 @@ def run_trial(job, channel):
     try:
         model.fit(x, y, batch_size=batch_size, epochs=job["epochs"], verbose=0, callbacks=[callback],
                   validation_data=validation)
+        if model.diverged is not None:
+            raise model.diverged
     except (TrialPruned, trial_pruned_class()) as exc:
         state, reason = "pruned", str(exc)
     except TrainingDiverged as exc:  # a learning rate too large to train: as bad as a pruned trial

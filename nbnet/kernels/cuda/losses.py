@@ -14,7 +14,7 @@ The softmax form first computes each row's log-sum-exp with one thread per row.
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float32, float64
 
 from . import chunking, launch_1d, workspace
 
@@ -30,6 +30,12 @@ def _max(a, b):
 def _min(a, b):
     """Python's min(a, b), for the same reason as _max."""
     return b if b < a else a
+
+
+@cuda.jit(device=True)
+def _upper_clip(epsilon):
+    """1 - epsilon rounded to float32, as Keras clips (the CPU kernels' upper_clip)."""
+    return float64(float32(1.0 - epsilon))
 
 
 @cuda.jit
@@ -116,25 +122,36 @@ def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad, total
 
 @cuda.jit
 def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, epsilon, scale, terms, grad):
+    """One thread per row: the row is divided by its sum, clipped, and the gradient taken
+    through both (the CPU kernel's formula)."""
     rows, classes = probs.shape
     sparse = sparse_labels.shape[0] > 0
-    for idx in range(cuda.grid(1), rows * classes, cuda.gridsize(1)):
-        i = idx // classes
-        k = idx - i * classes
-        if sparse:
-            target = 1.0 if sparse_labels[i] == k else 0.0
-        else:
-            target = targets[i, k] + 0.0
-        p = _min(_max(probs[i, k] + 0.0, epsilon), 1.0 - epsilon)
-        terms[idx] = -target * math.log(p)
-        grad[i, k] = -target / p * scale if epsilon < probs[i, k] < 1.0 - epsilon else 0.0
+    high = _upper_clip(epsilon)
+    for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        row_sum = 0.0
+        for k in range(classes):
+            row_sum += probs[i, k]
+        weighted = 0.0
+        for k in range(classes):
+            if sparse:
+                target = 1.0 if sparse_labels[i] == k else 0.0
+            else:
+                target = targets[i, k] + 0.0
+            q = (probs[i, k] + 0.0) / row_sum
+            clipped = _min(_max(q, epsilon), high)
+            terms[i * classes + k] = -target * math.log(clipped)
+            d_q = -target / q if epsilon <= q <= high else 0.0
+            weighted += d_q * q
+            grad[i, k] = d_q
+        for k in range(classes):
+            grad[i, k] = (grad[i, k] - weighted) / row_sum * scale
 
 
 def crossentropy_from_probabilities(probs, targets, sparse_labels, epsilon, grad, total_out=None):
     rows, classes = probs.shape
     terms = _terms(rows * classes)
     if rows * classes:
-        blocks, threads = launch_1d(rows * classes)
+        blocks, threads = launch_1d(rows)
         _crossentropy_probabilities_kernel[blocks, threads](probs, targets, sparse_labels, float(epsilon),
                                                             1.0 / max(rows, 1), terms, grad)
     return sum_float64(terms, total_out)
@@ -166,13 +183,14 @@ def sigmoid_crossentropy_from_logits(logits, targets, grad, total_out=None):
 @cuda.jit
 def _binary_crossentropy_kernel(probs, targets, epsilon, scale, terms, grad):
     rows, width = probs.shape
+    high = _upper_clip(epsilon)
     for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         i = idx // width
         k = idx - i * width
         t = targets[i, k] + 0.0
-        p = _min(_max(probs[i, k] + 0.0, epsilon), 1.0 - epsilon)
+        p = _min(_max(probs[i, k] + 0.0, epsilon), high)
         terms[idx] = -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p)) / width
-        inside = epsilon < probs[i, k] < 1.0 - epsilon
+        inside = epsilon <= probs[i, k] <= high
         grad[i, k] = (p - t) / (p * (1.0 - p)) * scale if inside else 0.0
 
 

@@ -74,25 +74,121 @@ def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay, 
 
 
 @cuda.jit
-def _rmsprop_kernel(params, grads, mean_square, velocity, lr, r, mu, use_momentum, eps, one, halt):
+def _rmsprop_kernel(params, grads, mean_square, average_grad, velocity, lr, r, mu, use_momentum, eps, centered, one,
+                    halt):
     if halt[0] != 0:
         return
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         g = grads[i]
         mean_square[i] = r * mean_square[i] + (one - r) * g * g
-        update = lr * g / (math.sqrt(mean_square[i]) + eps)
+        denominator = mean_square[i] + eps
+        if centered:
+            average_grad[i] = r * average_grad[i] + (one - r) * g
+            denominator -= average_grad[i] * average_grad[i]
+        update = lr * g / math.sqrt(denominator)
         if use_momentum:
             velocity[i] = mu * velocity[i] + update
             update = velocity[i]
         params[i] -= update
 
 
-def rmsprop_update(params, grads, mean_square, velocity, learning_rate, rho, momentum, epsilon, halt=None):
+def rmsprop_update(params, grads, mean_square, average_grad, velocity, learning_rate, rho, momentum, epsilon,
+                   centered, halt=None):
     n = params.shape[0]
     if n == 0:
         return
     dtype = params.dtype
     blocks, threads = launch_1d(n)
-    _rmsprop_kernel[blocks, threads](params, grads, mean_square, velocity, as_scalar(learning_rate, dtype),
-                                     as_scalar(rho, dtype), as_scalar(momentum, dtype), float(momentum) > 0.0,
-                                     as_scalar(epsilon, dtype), as_scalar(1.0, dtype), _halt_flag(halt))
+    _rmsprop_kernel[blocks, threads](params, grads, mean_square, average_grad, velocity,
+                                     as_scalar(learning_rate, dtype), as_scalar(rho, dtype), as_scalar(momentum, dtype),
+                                     float(momentum) > 0.0, as_scalar(epsilon, dtype), bool(centered),
+                                     as_scalar(1.0, dtype), _halt_flag(halt))
+
+
+@cuda.jit
+def _adagrad_kernel(params, grads, accumulator, lr, eps, halt):
+    if halt[0] != 0:
+        return
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        accumulator[i] += g * g
+        params[i] -= lr * g / math.sqrt(accumulator[i] + eps)
+
+
+def adagrad_update(params, grads, accumulator, learning_rate, epsilon, halt=None):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _adagrad_kernel[blocks, threads](params, grads, accumulator, as_scalar(learning_rate, dtype),
+                                     as_scalar(epsilon, dtype), _halt_flag(halt))
+
+
+@cuda.jit
+def _adadelta_kernel(params, grads, accumulated_grad, accumulated_delta, lr, r, eps, one, halt):
+    if halt[0] != 0:
+        return
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        accumulated_grad[i] = r * accumulated_grad[i] + (one - r) * g * g
+        delta = -math.sqrt(accumulated_delta[i] + eps) * g / math.sqrt(accumulated_grad[i] + eps)
+        accumulated_delta[i] = r * accumulated_delta[i] + (one - r) * delta * delta
+        params[i] += lr * delta
+
+
+def adadelta_update(params, grads, accumulated_grad, accumulated_delta, learning_rate, rho, epsilon, halt=None):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _adadelta_kernel[blocks, threads](params, grads, accumulated_grad, accumulated_delta,
+                                      as_scalar(learning_rate, dtype), as_scalar(rho, dtype), as_scalar(epsilon, dtype),
+                                      as_scalar(1.0, dtype), _halt_flag(halt))
+
+
+@cuda.jit
+def _adamax_kernel(params, grads, m, u, alpha, b1, b2, eps, one, halt):
+    if halt[0] != 0:
+        return
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        scaled = b2 * u[i]
+        magnitude = abs(g)
+        u[i] = scaled if scaled > magnitude else magnitude
+        params[i] -= alpha * m[i] / (u[i] + eps)
+
+
+def adamax_update(params, grads, m, u, step_size, beta_1, beta_2, epsilon, halt=None):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _adamax_kernel[blocks, threads](params, grads, m, u, as_scalar(step_size, dtype), as_scalar(beta_1, dtype),
+                                    as_scalar(beta_2, dtype), as_scalar(epsilon, dtype), as_scalar(1.0, dtype),
+                                    _halt_flag(halt))
+
+
+@cuda.jit
+def _nadam_kernel(params, grads, m, v, lr, b1, b2, cm, cg, cv, eps, one, halt):
+    if halt[0] != 0:
+        return
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        v[i] = b2 * v[i] + (one - b2) * g * g
+        params[i] -= lr * (cm * m[i] + cg * g) / (math.sqrt(cv * v[i]) + eps)
+
+
+def nadam_update(params, grads, m, v, learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale,
+                 epsilon, halt=None):
+    n = params.shape[0]
+    if n == 0:
+        return
+    dtype = params.dtype
+    blocks, threads = launch_1d(n)
+    _nadam_kernel[blocks, threads](params, grads, m, v, *(as_scalar(value, dtype) for value in (
+        learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale, epsilon, 1.0)), _halt_flag(halt))

@@ -1,0 +1,361 @@
+"""Record what real Keras 3 computes, for tests/test_keras_parity.py to check nbnet against.
+
+Runs in the benchmark virtualenv, never in CI:
+
+    python -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch==2.13.0 keras h5py
+    KERAS_BACKEND=torch /work/bench-venv/bin/python tools/keras_parity.py
+
+and writes tests/fixtures/keras_parity.json (inputs and Keras's outputs, float64 values of
+float32 numbers, so the test needs neither Keras nor this script). Every input is drawn
+here from seeded generators, so rerunning gives the same file unless Keras changes.
+
+What it records: loss values and gradients (probabilities, unnormalised rows, values at
+0 and 1, logits far apart); optimizer weights after several steps (default and other
+hyperparameters, tiny gradients where epsilon decides, a schedule as the learning rate);
+initializer statistics (Dense and Conv2D shapes); schedules at many steps; regularizer
+penalties and gradients; BatchNormalization's outputs, gradients and moving statistics;
+EarlyStopping, ModelCheckpoint, LearningRateScheduler and TerminateOnNaN on scripted logs.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+
+try:
+    import keras  # noqa: E402
+    import torch  # noqa: E402
+except ImportError as exc:  # pragma: no cover - a tool, run by hand
+    sys.exit(f"keras_parity.py needs Keras 3 on PyTorch (pip install torch==2.13.0 keras h5py): {exc}")
+
+OUTPUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "keras_parity.json"
+
+
+def as_list(value):
+    return np.asarray(value, np.float64).tolist()
+
+
+def f32(value):
+    return np.asarray(value, np.float32)
+
+
+# ---------------------------------------------------------------------------- losses
+def loss_value_and_grad(loss, y_true, y_pred):
+    pred = torch.tensor(f32(y_pred), requires_grad=True)
+    value = loss(torch.tensor(y_true), pred)
+    value.backward()
+    return float(value.detach()), pred.grad.numpy()
+
+
+def loss_cases():
+    rng = np.random.default_rng(22)
+    classes = 5
+    labels = rng.integers(0, classes, 8)
+    one_hot = np.eye(classes, dtype=np.float32)[labels]
+    soft = rng.dirichlet(np.ones(classes), 8).astype(np.float32)
+    probs = rng.dirichlet(np.ones(classes), 8).astype(np.float32)
+    unnormalised = (probs * rng.uniform(0.3, 3.0, (8, 1))).astype(np.float32)
+    saturated = probs.copy()
+    saturated[0] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    saturated[1] = [0.0, 0.0, 1.0, 0.0, 0.0]
+    saturated[2, :] = [1e-9, 0.5, 0.5 - 1e-9, 0.0, 0.0]
+    logits = (rng.standard_normal((8, classes)) * 3).astype(np.float32)
+    far_logits = logits * 400  # exp overflows even in float64 without the max shift
+    binary_targets = rng.integers(0, 2, (8, 3)).astype(np.float32)
+    binary_probs = rng.uniform(0.02, 0.98, (8, 3)).astype(np.float32)
+    binary_probs[0] = [0.0, 1.0, 1e-9]
+    binary_logits = (rng.standard_normal((8, 3)) * 4).astype(np.float32)
+    binary_logits[1] = [120.0, -120.0, 0.0]
+    regression_true = rng.standard_normal((8, 3)).astype(np.float32)
+    regression_pred = rng.standard_normal((8, 3)).astype(np.float32)
+
+    cases = [
+        ("categorical_crossentropy", False, one_hot, probs, "one-hot, rows summing to 1"),
+        ("categorical_crossentropy", False, soft, unnormalised, "soft labels, rows not summing to 1"),
+        ("categorical_crossentropy", False, one_hot, saturated, "probabilities at 0 and 1 (clipped)"),
+        ("categorical_crossentropy", True, soft, logits, "logits"),
+        ("categorical_crossentropy", True, one_hot, far_logits, "logits far apart"),
+        ("sparse_categorical_crossentropy", False, labels, probs, "rows summing to 1"),
+        ("sparse_categorical_crossentropy", False, labels, unnormalised, "rows not summing to 1"),
+        ("sparse_categorical_crossentropy", False, labels, saturated, "probabilities at 0 and 1 (clipped)"),
+        ("sparse_categorical_crossentropy", True, labels, logits, "logits"),
+        ("sparse_categorical_crossentropy", True, labels, far_logits, "logits far apart"),
+        ("binary_crossentropy", False, binary_targets, binary_probs, "probabilities, some at 0 and 1"),
+        ("binary_crossentropy", True, binary_targets, binary_logits, "logits, some at +-120"),
+        ("mean_squared_error", False, regression_true, regression_pred, "three outputs"),
+    ]
+    constructors = {
+        "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+        "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+        "binary_crossentropy": keras.losses.BinaryCrossentropy,
+        "mean_squared_error": keras.losses.MeanSquaredError,
+    }
+    out = []
+    for name, from_logits, y_true, y_pred, what in cases:
+        loss = constructors[name](from_logits=from_logits) if name != "mean_squared_error" else constructors[name]()
+        value, grad = loss_value_and_grad(loss, y_true, y_pred)
+        out.append({"loss": name, "from_logits": from_logits, "what": what, "y_true": as_list(y_true),
+                    "y_pred": as_list(y_pred), "value": value, "grad": as_list(grad)})
+    return out
+
+
+# ---------------------------------------------------------------------------- optimizers
+OPTIMIZER_CASES = [
+    ("SGD", {}),
+    ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
+    ("SGD", {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("Adam", {}),
+    ("Adam", {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-5}),
+    ("AdamW", {}),
+    ("AdamW", {"learning_rate": 0.01, "weight_decay": 0.1}),
+    ("RMSprop", {}),
+    ("RMSprop", {"learning_rate": 0.01, "momentum": 0.9}),
+    ("RMSprop", {"centered": True}),
+    ("RMSprop", {"learning_rate": 0.01, "rho": 0.8, "momentum": 0.5, "epsilon": 1e-5, "centered": True}),
+    ("Adagrad", {}),
+    ("Adagrad", {"learning_rate": 0.05, "initial_accumulator_value": 0.01, "epsilon": 1e-5}),
+    ("Adadelta", {}),
+    ("Adadelta", {"learning_rate": 1.0, "rho": 0.9, "epsilon": 1e-6}),
+    ("Adamax", {}),
+    ("Adamax", {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-5}),
+    ("Nadam", {}),
+    ("Nadam", {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-5}),
+]
+SCHEDULED = ("Adam", {"learning_rate": {"class_name": "ExponentialDecay",
+                                        "config": {"initial_learning_rate": 0.01, "decay_steps": 2, "decay_rate": 0.5}}})
+
+
+def make_schedule(config):
+    return getattr(keras.optimizers.schedules, config["class_name"])(**config["config"])
+
+
+def optimizer_cases():
+    rng = np.random.default_rng(23)
+    steps = 6
+    params = f32(rng.standard_normal(40))
+    gradient_sets = {
+        "normal": f32(rng.standard_normal((steps, 40))),
+        # |g| <= 1e-6: epsilon's placement decides the step.
+        "tiny": f32(rng.uniform(-1e-6, 1e-6, (steps, 40))),
+    }
+    out = []
+    for name, kwargs in OPTIMIZER_CASES + [SCHEDULED]:
+        for scale, grads in gradient_sets.items():
+            built = dict(kwargs)
+            if isinstance(built.get("learning_rate"), dict):
+                built["learning_rate"] = make_schedule(built["learning_rate"])
+            optimizer = getattr(keras.optimizers, name)(**built)
+            variable = keras.Variable(params.copy(), dtype="float32")
+            history = []
+            for g in grads:
+                optimizer.apply_gradients([(torch.tensor(g), variable)])
+                history.append(as_list(keras.ops.convert_to_numpy(variable)))
+            out.append({"optimizer": name, "kwargs": kwargs, "gradients": scale, "params": as_list(params),
+                        "grads": as_list(grads), "after_each_step": history})
+    return out
+
+
+# ---------------------------------------------------------------------------- initializers
+def initializer_cases():
+    shapes = {"dense": (300, 200), "conv2d": (3, 3, 32, 64), "conv2d_5x5_one_channel": (5, 5, 1, 40)}
+    out = []
+    for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones"):
+        for kind, shape in shapes.items():
+            values = keras.ops.convert_to_numpy(keras.initializers.get(name)(shape))
+            values = np.asarray(values, np.float64)
+            config = keras.initializers.get(name).get_config() if name not in ("zeros", "ones") else {}
+            out.append({"initializer": name, "layer": kind, "shape": list(shape), "keras_config": config,
+                        "mean": values.mean(), "std": values.std(), "max_abs": np.abs(values).max()})
+    return out
+
+
+# ---------------------------------------------------------------------------- schedules
+def schedule_cases():
+    steps = list(range(0, 61))
+    configs = [
+        ("ExponentialDecay", {"initial_learning_rate": 0.1, "decay_steps": 7, "decay_rate": 0.5}),
+        ("ExponentialDecay", {"initial_learning_rate": 0.1, "decay_steps": 7, "decay_rate": 0.5, "staircase": True}),
+        ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 40}),
+        ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 40, "alpha": 0.2}),
+        ("PiecewiseConstantDecay", {"boundaries": [5, 12], "values": [0.1, 0.05, 0.01]}),
+    ]
+    out = []
+    for name, kwargs in configs:
+        schedule = getattr(keras.optimizers.schedules, name)(**kwargs)
+        values = [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
+        out.append({"schedule": name, "kwargs": kwargs, "steps": steps, "values": values})
+    return out
+
+
+# ---------------------------------------------------------------------------- regularizers
+def regularizer_cases():
+    rng = np.random.default_rng(24)
+    weights = f32(rng.standard_normal((6, 5)))
+    weights[0, :2] = 0.0  # |w| has no derivative at 0: Keras (and nbnet) use 0 there
+    # Keras 3's l1_l2 (an alias of L1L2) defaults to l1=l2=0, unlike Keras 2's function (0.01 each).
+    cases = [("l1", {}), ("l2", {}), ("l1_l2", {}), ("l1_l2", {"l1": 0.01, "l2": 0.01}),
+             ("L1L2", {"l1": 0.003, "l2": 0.02}), ("L2", {"l2": 0.5})]
+    out = []
+    for name, kwargs in cases:
+        regularizer = getattr(keras.regularizers, name)(**kwargs)
+        w = torch.tensor(weights, requires_grad=True)
+        penalty = regularizer(w)
+        if penalty.requires_grad:
+            penalty.backward()
+        grad = w.grad.numpy() if w.grad is not None else np.zeros_like(weights)
+        out.append({"regularizer": name, "kwargs": kwargs, "config": regularizer.get_config(),
+                    "weights": as_list(weights), "penalty": float(penalty.detach()), "grad": as_list(grad)})
+    return out
+
+
+# ---------------------------------------------------------------------------- BatchNormalization
+def batchnorm_cases():
+    rng = np.random.default_rng(25)
+    out = []
+    for kwargs, shape in (({}, (16, 4)), ({"momentum": 0.9, "epsilon": 1e-5}, (4, 3, 3, 5))):
+        channels = shape[-1]
+        layer = keras.layers.BatchNormalization(**kwargs)
+        layer.build(shape)
+        gamma, beta = f32(rng.uniform(0.5, 1.5, channels)), f32(rng.standard_normal(channels))
+        layer.set_weights([gamma, beta, np.zeros(channels, np.float32), np.ones(channels, np.float32)])
+        batches, outputs, grads, moving = [], [], [], []
+        for _ in range(3):
+            x = f32(rng.standard_normal(shape) * 2 + 1)
+            upstream = f32(rng.standard_normal(shape))
+            xt = torch.tensor(x, requires_grad=True)
+            y = layer(xt, training=True)
+            (y * torch.tensor(upstream)).sum().backward()
+            batches.append({"x": as_list(x), "upstream": as_list(upstream)})
+            outputs.append(as_list(y.detach().numpy()))
+            grads.append({"x": as_list(xt.grad.numpy()),
+                          "gamma": as_list(layer.gamma.value.grad.numpy()),
+                          "beta": as_list(layer.beta.value.grad.numpy())})
+            layer.gamma.value.grad = None
+            layer.beta.value.grad = None
+            moving.append([as_list(keras.ops.convert_to_numpy(w)) for w in (layer.moving_mean, layer.moving_variance)])
+        x = f32(rng.standard_normal(shape))
+        inference = keras.ops.convert_to_numpy(layer(torch.tensor(x), training=False))
+        out.append({"kwargs": kwargs, "shape": list(shape), "gamma": as_list(gamma), "beta": as_list(beta),
+                    "batches": batches, "outputs": outputs, "grads": grads, "moving_after_each": moving,
+                    "inference_x": as_list(x), "inference_y": as_list(inference),
+                    "weight_names": [w.path.split("/")[-1] for w in layer.weights]})
+    return out
+
+
+# ---------------------------------------------------------------------------- callbacks
+def tiny_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=["accuracy"])
+    model.evaluate(np.zeros((2, 2)), np.zeros((2, 1)), verbose=0)  # builds the metrics 'auto' mode reads
+    return model
+
+
+def mark(model, epoch):
+    """Weights that say which epoch they are from."""
+    model.set_weights([np.full(w.shape, float(epoch), np.float32) for w in model.get_weights()])
+
+
+def drive(callback, model, sequence, key):
+    """Call the callback's epoch hooks with ``key`` taking the scripted values; return the
+    epochs after which it asked training to stop (fit would stop at the first)."""
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    stopped_at = None
+    for epoch, value in enumerate(sequence):
+        callback.on_epoch_begin(epoch)
+        mark(model, epoch)
+        callback.on_epoch_end(epoch, {key: value, "loss": 1.0})
+        if model.stop_training:
+            stopped_at = epoch
+            break
+    callback.on_train_end()
+    return stopped_at
+
+
+def callback_cases():
+    out = {"early_stopping": [], "model_checkpoint": [], "learning_rate_scheduler": [], "terminate_on_nan": []}
+    losses = [1.0, 0.8, 0.81, 0.79, 0.795, 0.8, 0.85, 0.7, 0.9, 0.95, 0.99, 1.0]
+    accuracies = [0.5, 0.6, 0.6, 0.61, 0.605, 0.7, 0.69, 0.69, 0.7, 0.68, 0.6, 0.6]
+    configs = [
+        ({"monitor": "val_loss", "patience": 0}, losses),
+        ({"monitor": "val_loss", "patience": 2}, losses),
+        ({"monitor": "val_loss", "patience": 2, "min_delta": 0.015}, losses),
+        ({"monitor": "val_loss", "patience": 1, "restore_best_weights": True}, losses),
+        ({"monitor": "val_loss", "patience": 20, "restore_best_weights": True}, losses),
+        ({"monitor": "val_accuracy", "patience": 1}, accuracies),
+        ({"monitor": "val_accuracy", "patience": 2, "mode": "max", "min_delta": 0.02}, accuracies),
+        ({"monitor": "val_loss", "patience": 2, "baseline": 0.75}, losses),
+        ({"monitor": "val_loss", "patience": 1, "start_from_epoch": 3, "restore_best_weights": True}, losses),
+    ]
+    for kwargs, sequence in configs:
+        model = tiny_model()
+        callback = keras.callbacks.EarlyStopping(**kwargs)
+        stopped_at = drive(callback, model, sequence, kwargs["monitor"])
+        out["early_stopping"].append({"kwargs": kwargs, "sequence": sequence, "stopped_at": stopped_at,
+                                      "weights_epoch": float(model.get_weights()[0].ravel()[0])})
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (kwargs, sequence, key) in enumerate([
+                ({"monitor": "val_loss", "save_best_only": True}, losses, "val_loss"),
+                ({"monitor": "val_accuracy", "save_best_only": True}, accuracies, "val_accuracy"),
+                ({"monitor": "val_loss", "save_best_only": True, "mode": "max"}, losses, "val_loss"),
+                ({"monitor": "val_loss", "save_best_only": False}, losses[:4], "val_loss")]):
+            model = tiny_model()
+            pattern = os.path.join(folder, f"case{index}-{{epoch:02d}}.weights.h5")
+            callback = keras.callbacks.ModelCheckpoint(pattern, save_weights_only=True, **kwargs)
+            drive(callback, model, sequence, key)
+            saved = sorted(int(name.split("-")[1].split(".")[0]) for name in os.listdir(folder)
+                           if name.startswith(f"case{index}-"))
+            out["model_checkpoint"].append({"kwargs": kwargs, "sequence": sequence, "saved_epochs": saved})
+    model = tiny_model()
+    model.optimizer.learning_rate = 0.1
+    rates = []
+    callback = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch < 2 else lr * 0.5)
+    callback.set_model(model)
+    for epoch in range(6):
+        callback.on_epoch_begin(epoch)
+        rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+    out["learning_rate_scheduler"].append({"schedule": "lr if epoch < 2 else lr * 0.5", "initial": 0.1,
+                                           "rates": rates})
+    # TerminateOnNaN in a real fit: MSE whose weights grow 39-fold a step until the loss overflows.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="ones")])
+    model.compile(keras.optimizers.SGD(learning_rate=0.1), "mse")
+    x = np.full((64, 2), 10.0, np.float32)
+    y = np.zeros((64, 1), np.float32)
+    seen = []
+    history = model.fit(x, y, batch_size=8, epochs=10, verbose=0, shuffle=False,
+                        callbacks=[keras.callbacks.TerminateOnNaN(),
+                                   keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))])
+    out["terminate_on_nan"].append({"steps_per_epoch": 8, "batches_run": len(seen),
+                                    "epochs_in_history": len(history.history["loss"]),
+                                    "last_loss_finite": bool(np.isfinite(history.history["loss"][-1]))})
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+    fixture = {"keras_version": keras.__version__, "backend": keras.backend.backend(), "torch_version": torch.__version__,
+               "epsilon": keras.backend.epsilon(),
+               "losses": loss_cases(), "optimizers": optimizer_cases(), "initializers": initializer_cases(),
+               "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
+               "callbacks": callback_cases()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.output.with_suffix(".tmp")
+    temporary.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")
+    os.replace(temporary, args.output)
+    print(json.dumps({"written": str(args.output), "bytes": args.output.stat().st_size,
+                      "keras": keras.__version__, "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
