@@ -197,23 +197,53 @@ class EarlyStopping(Callback, _Monitor):
 
 
 class ModelCheckpoint(Callback, _Monitor):
-    """Save the model after each epoch (or only when ``monitor`` improves); ``filepath``
-    may hold ``{epoch}`` and log keys, e.g. ``'ckpt-{epoch:02d}-{val_loss:.3f}.nbnet'``."""
+    """Save the model (or, with ``save_weights_only``, a Keras ``.weights.h5`` file) after
+    each epoch, or every ``save_freq`` batches, or only when ``monitor`` improves;
+    ``filepath`` may hold ``{epoch}``, ``{batch}`` and log keys, e.g.
+    ``'ckpt-{epoch:02d}-{val_loss:.3f}.nbnet'``."""
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
-                 mode="auto", initial_value_threshold=None):
-        if save_weights_only:
-            raise NbnetError("ModelCheckpoint: save_weights_only=True is not supported yet; nbnet saves the whole "
-                             "model (a .nbnet file, weights included), so leave save_weights_only out.")
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
         _Monitor.__init__(self, monitor, mode)
         self.filepath, self.save_best_only, self.verbose = str(filepath), save_best_only, verbose
+        self.save_weights_only = bool(save_weights_only)
+        if self.save_weights_only and not self.filepath.endswith(".weights.h5"):
+            raise NbnetError(f"ModelCheckpoint: with save_weights_only=True the file name must end in .weights.h5 "
+                             f"(Keras's weights format), received filepath={self.filepath!r}.")
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise NbnetError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive number of batches, received "
+                             f"{save_freq!r}.")
+        self.save_freq = save_freq
         self.best = initial_value_threshold
+        self._epoch, self._batches_since_save, self._last_batch = 0, 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        # Keras's count: a batch index that did not grow means a new epoch began.
+        seen = batch + 1 if self._last_batch is None or batch <= self._last_batch else batch - self._last_batch
+        self._batches_since_save += seen
+        self._last_batch = batch
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._epoch, batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        path = self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _save(self, epoch, batch, logs):
+        logs = dict(logs or {})
+        fields = {"epoch": epoch + 1, **logs}
+        if batch is not None and "batch" not in logs:
+            fields["batch"] = batch + 1
+        path = self.filepath.format(**fields)
         if self.save_best_only:
             value = self.current(logs)
-            if value is not None:  # Keras saves every epoch when the monitored value is missing
+            if value is not None:  # Keras saves every time when the monitored value is missing
                 if not self.improved(value):
                     if self.verbose:
                         print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
@@ -222,7 +252,12 @@ class ModelCheckpoint(Callback, _Monitor):
                     best = "None" if self.best is None else f"{self.best:.5f}"
                     print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, saving model to {path}")
                 self.best = value
-        self.model.save(path)
+        elif self.verbose:
+            print(f"Epoch {epoch + 1}: saving model to {path}")
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
 
 
 class LearningRateScheduler(Callback):

@@ -317,7 +317,7 @@ class Sequential:
             self.to(device)
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
-        self.metrics = metrics_module.resolve(metrics)
+        self.metrics = metrics_module.resolve(metrics, self.loss)
         self.steps_per_execution = None if steps_per_execution is None else int(steps_per_execution)
         if not self.built and self._known_input_shape() is not None:
             self.build()
@@ -441,15 +441,33 @@ class Sequential:
                     grad = layer.backward(grad)
         ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
         self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt)
-        if self.metrics:
-            metrics_module.correct_count(outputs, targets, self.loss.sparse_targets, ops=ops, out=totals[1:2])
+        self._update_metrics(outputs, targets, totals[1:2])
+
+    def _split_metrics(self):
+        """Decide, for the metrics compiled, which one the device counts (an accuracy the
+        correct count gives exactly) and which update on the host; their states start afresh."""
+        width = int(np.prod(self.output_shape))
+        self._counted = next((m for m in self.metrics if metrics_module.counted_on_device(m, self.loss, width)), None)
+        self._host_metrics = [m for m in self.metrics if m is not self._counted]
+        for metric in self._host_metrics:
+            metric.reset_state()
+
+    def _update_metrics(self, outputs, targets, correct_out):
+        if self._counted is not None:
+            metrics_module.correct_count(outputs, targets, self.loss.sparse_targets, ops=self.ops, out=correct_out)
+        if self._host_metrics:
+            y_pred = self.ops.to_host(outputs).reshape((-1,) + tuple(self.output_shape))
+            y_true = self.ops.to_host(targets)
+            for metric in self._host_metrics:
+                metric.update_state(y_true, y_pred)
 
     def _penalty_columns(self):
         return sum(len(layer.active_regularizers()) for layer in self.layers)
 
     def _start_steps(self):
-        """A cleared halt flag, on the device, before a run of training steps."""
+        """A cleared halt flag, on the device, before a run of training steps; metrics afresh."""
         self._halt = self.ops.zeros(1, np.int32)
+        self._split_metrics()
 
     def _halted(self, step_losses):
         """A TrainingDiverged error if a step halted, else None; ``step_losses`` maps
@@ -553,6 +571,8 @@ class Sequential:
                 callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
+            for metric in self._host_metrics:
+                metric.reset_state()
             epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
             order = ops.to_device(self._epoch_order(len(x), shuffle, epoch_rng_state))
             bar = ProgressBar(steps, verbose)
@@ -625,7 +645,8 @@ class Sequential:
         return order
 
     def _logs(self, loss_sum, correct, seen):
-        logs = {self.metrics[0]: correct / seen} if self.metrics else {}
+        logs = {metric.name: correct / seen if metric is self._counted else float(metric.result())
+                for metric in self.metrics}
         logs["loss"] = loss_sum / seen
         return logs
 
@@ -636,14 +657,14 @@ class Sequential:
         chunk = min(batch_size, INFERENCE_CHUNK)
         totals = _StepTotals(ops, max(math.ceil(len(x) / chunk), 1), 0)
         fused = self._fused()
+        self._split_metrics()
         for start in range(0, len(x), chunk):
             xb, tb = ops.to_device(_float_input(x[start:start + chunk])), ops.to_device(targets[start:start + chunk])
             self.layers[-1].keep_logits = fused
             outputs = self._forward(xb, training=False)
             row = totals.next_row(len(xb))
             self._loss_and_grad(outputs, tb, row[0:1])
-            if self.metrics:
-                metrics_module.correct_count(outputs, tb, self.loss.sparse_targets, ops=ops, out=row[1:2])
+            self._update_metrics(outputs, tb, row[1:2])
         loss_sum = correct = 0.0
         for _, size, chunk_loss, chunk_correct in totals.drain():
             loss_sum, correct = loss_sum + chunk_loss + penalty * size, correct + chunk_correct
@@ -663,9 +684,18 @@ class Sequential:
             bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
             bar.start = start
             bar.finish(logs)
+        return self._results(logs, return_dict)
+
+    def _results(self, logs, return_dict=False):
+        """What evaluate and train_on_batch return: the loss, or [loss, metrics...] in
+        compile's order, or a dict keyed as the logs."""
         if return_dict:
-            return {"loss": logs["loss"], **{name: logs[name] for name in self.metrics}}
-        return [logs["loss"]] + [logs[name] for name in self.metrics] if self.metrics else logs["loss"]
+            return {"loss": logs["loss"], **{metric.name: logs[metric.name] for metric in self.metrics}}
+        return [logs["loss"]] + [logs[metric.name] for metric in self.metrics] if self.metrics else logs["loss"]
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [metric.name for metric in self.metrics]
 
     @blas_limited
     def predict(self, x, batch_size=32, verbose=0):
@@ -697,7 +727,7 @@ class Sequential:
         return self.predict(x, batch_size=max(len(x), 1))
 
     @blas_limited
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, return_dict=False):
         x, targets = self._prepare_xy(x, y)
         with self._on_device():
             ops = self.ops
@@ -709,8 +739,7 @@ class Sequential:
             diverged = self._halted({step: loss_sum / len(x)})
             if diverged is not None:
                 raise diverged
-        logs = self._logs(loss_sum, correct, len(x))
-        return [logs["loss"]] + [logs[name] for name in self.metrics] if self.metrics else logs["loss"]
+        return self._results(self._logs(loss_sum, correct, len(x)), return_dict)
 
     @property
     def trainable_weights(self):
@@ -780,6 +809,18 @@ class Sequential:
         from .saving import save_model
 
         save_model(self, path)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Keras 3's ``.weights.h5`` file (h5py needed: ``pip install "nbnet[h5]"``)."""
+        from .weights_file import save_weights
+
+        save_weights(self, filepath, overwrite)
+
+    def load_weights(self, filepath):
+        """Weights from a ``.weights.h5`` file that nbnet or Keras wrote for this architecture."""
+        from .weights_file import load_weights
+
+        load_weights(self, filepath)
 
 
 def _float_input(x):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, layers as layers_module, losses, optimizers
+from . import __version__, layers as layers_module, losses, metrics, optimizers
 from .errors import ModelFileError
 from .paths import atomic_write
 
@@ -31,7 +31,7 @@ def save_model(model, path):
         "compile": None if model.loss is None else {
             "optimizer": model.optimizer.get_config(),
             "loss": model.loss.get_config(),
-            "metrics": model.metrics,
+            "metrics": [metrics.serialize(metric) for metric in model.metrics],
         },
         "optimizer_iterations": model.optimizer.iterations if model.optimizer else 0,
         "epochs_trained": model.epochs_trained,

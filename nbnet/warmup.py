@@ -14,6 +14,7 @@ def warmup(model, progress=None):
     """Run one training step and one prediction of a copy of ``model`` on zeros; returns
     the seconds taken. ``progress(text)`` is told what is happening."""
     from .models import Sequential
+    from . import metrics
     from .saving import model_from_config
 
     started = time.perf_counter()
@@ -23,7 +24,8 @@ def warmup(model, progress=None):
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
     if isinstance(copy, Sequential) and model.loss is not None:
-        copy.compile(type(model.optimizer)(), model.loss, model.metrics, device=model.device)
+        copy.compile(type(model.optimizer)(), model.loss, [metrics.serialize(m) for m in model.metrics],
+                     device=model.device)
         x = np.zeros((2,) + tuple(copy.input_shape), np.float32)
         width = int(np.prod(copy.output_shape))
         y = np.zeros(2, np.int64) if model.loss.sparse_targets else np.zeros((2, width), np.float32)

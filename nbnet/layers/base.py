@@ -27,7 +27,11 @@ def reset_names():
 
 def _auto_name(cls_name):
     # Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d.
-    snake = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower()
+    return unique_name(re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower())
+
+
+def unique_name(snake):
+    """``snake``, then ``snake_1``, ``snake_2``, ... (one count per name, as Keras's uids)."""
     count = _counters.setdefault(snake, itertools.count())
     index = next(count)
     return snake if index == 0 else f"{snake}_{index}"
