@@ -60,6 +60,7 @@ def _ptx_signatures():
     from nbnet.kernels.cuda import losses as L
     from nbnet.kernels.cuda import normalization as N
     from nbnet.kernels.cuda import optim as O
+    from nbnet.kernels.cuda import padding as Z
     from nbnet.kernels.cuda import pool as P
     from nbnet.kernels.cuda import regularization as R
     from nbnet.kernels.cuda import rescaling as S
@@ -69,7 +70,7 @@ def _ptx_signatures():
     a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
     d1, d2, i4 = float64[::1], float64[:, ::1], int32[:, :, :, ::1]
     h1 = int32[::1]  # the optimizer kernels' halt flag
-    modules = (A, C, D, L, N, O, P, R, S, T)
+    modules = (A, C, D, L, N, O, P, R, S, T, Z)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -123,6 +124,8 @@ def _ptx_signatures():
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
         T._check_finite_kernel: (a1, d1, i, h1),
         T._correct_rows_kernel: (a2, int64[::1], a2, float64, d1),
+        Z._zero_pad_forward_kernel: (a4, i, i, a4),
+        Z._zero_pad_backward_kernel: (a4, i, i, a4),
     }
 
 
@@ -185,6 +188,7 @@ if ON_CUDA:
     from nbnet.kernels import matmul as cpu_matmul
     from nbnet.kernels import normalization as cpu_norm
     from nbnet.kernels import optim as cpu_optim
+    from nbnet.kernels import padding as cpu_padding
     from nbnet.kernels import pool as cpu_pool
     from nbnet.kernels import regularization as cpu_reg
     from nbnet.kernels import rescaling as cpu_rescaling
@@ -197,6 +201,7 @@ if ON_CUDA:
     from nbnet.kernels.cuda import losses as gpu_losses
     from nbnet.kernels.cuda import normalization as gpu_norm
     from nbnet.kernels.cuda import optim as gpu_optim
+    from nbnet.kernels.cuda import padding as gpu_padding
     from nbnet.kernels.cuda import pool as gpu_pool
     from nbnet.kernels.cuda import regularization as gpu_reg
     from nbnet.kernels.cuda import rescaling as gpu_rescaling
@@ -780,3 +785,18 @@ def test_count_correct(case):
     out = dev(np.zeros(1))
     gpu_training.count_correct(dev(outputs), labels, rows, 0.5, out)
     close(out, np.array([correct_count(outputs, targets, sparse)]), rtol=0, atol=0)
+
+
+@sim_only
+def test_zero_padding_forward_and_backward():
+    rng = np.random.default_rng(31)
+    x = rand(rng, 2, 3, 4, 5)
+    y, y_dev = np.empty((2, 6, 5, 5), np.float32), dev(np.full((2, 6, 5, 5), 7.0, np.float32))
+    cpu_padding.zero_pad_forward(x, 2, 1, y)
+    gpu_padding.zero_pad_forward(dev(x), 2, 1, y_dev)
+    close(y_dev, y, rtol=0, atol=0)
+    dy = rand(rng, 2, 6, 5, 5)
+    dx, dx_dev = np.empty_like(x), dev(np.zeros_like(x))
+    cpu_padding.zero_pad_backward(dy, 2, 1, dx)
+    gpu_padding.zero_pad_backward(dev(dy), 2, 1, dx_dev)
+    close(dx_dev, dx, rtol=0, atol=0)

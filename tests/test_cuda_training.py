@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from nbnet import layers, models, optimizers, regularizers
+from nbnet import layers, metrics, models, optimizers, regularizers
 from nbnet.callbacks import ModelCheckpoint
 from nbnet.errors import NbnetError, TrainingDiverged
 
@@ -132,6 +132,31 @@ def test_state_dropout_and_regularizers_on_cuda_as_on_cpu():
     np.testing.assert_allclose(gpu.layers[3].state["moving_variance"], reference.layers[3].state["moving_variance"],
                                rtol=RTOL)
     np.testing.assert_allclose(gpu.train_on_batch(x[:4], y[:4]), reference.train_on_batch(x[:4], y[:4]), rtol=RTOL)
+
+
+def reshaping(seed, optimizer="nadam"):
+    """Zero padding, global max and average pooling, Reshape, a Keras metric object counted
+    on the host, one of the newer optimizers."""
+    model = models.Sequential([
+        layers.Input((6, 6, 1)), layers.ZeroPadding2D(((1, 0), (0, 2))), layers.Conv2D(4, 3, activation="relu"),
+        layers.GlobalMaxPooling2D(keepdims=True), layers.Reshape((2, 2, 1)), layers.GlobalAveragePooling2D(),
+        layers.Dense(3, activation="softmax")], seed=seed)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", metrics.SparseTopKCategoricalAccuracy(k=2)])
+    return model
+
+
+@sim_only
+@pytest.mark.parametrize("optimizer", ["nadam", "adagrad", "adadelta", "adamax", "rmsprop"])
+def test_reshaping_layers_metrics_and_optimizers_on_cuda_as_on_cpu(optimizer):
+    rng = np.random.default_rng(6)
+    x, y = rng.random((8, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 8)
+    reference = reshaping(seed=2, optimizer=optimizer)
+    reference.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    gpu = reshaping(seed=2, optimizer=optimizer).to("cuda")
+    gpu.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert_same_model(gpu, reference)
+    assert "sparse_top_k_categorical_accuracy" in gpu.history_log
 
 
 @sim_only

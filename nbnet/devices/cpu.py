@@ -17,6 +17,7 @@ from ..kernels.dropout import apply_mask  # noqa: F401
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
+from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401

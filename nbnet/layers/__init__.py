@@ -5,10 +5,14 @@ from .convolutional import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Softmax
 from .input import Input, InputLayer
 from .normalization import BatchNormalization
-from .pooling import AveragePooling2D, MaxPooling2D
+from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .preprocessing import Rescaling
+from .reshaping import Reshape, ZeroPadding2D
 
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
+GlobalAvgPool2D, GlobalMaxPool2D = GlobalAveragePooling2D, GlobalMaxPooling2D
 
 __all__ = ["Input", "InputLayer", "Layer", "Conv2D", "Dense", "Dropout", "Flatten", "Activation", "ReLU", "Softmax", "LeakyReLU",
-           "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D", "Rescaling"]
+           "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D", "Rescaling",
+           "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Reshape",
+           "ZeroPadding2D"]

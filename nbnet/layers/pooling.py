@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..errors import NbnetError
 from ..kernels.conv import output_geometry
 from .base import Layer
 from .convolutional import pair, padding_mode
@@ -80,4 +81,63 @@ class AveragePooling2D(_Pooling2D):
             return None
         dx = self._buffer("dx", self._x_shape, dy.dtype)
         self.ops.avgpool_backward(dy, *self._window_used, dx)
+        return dx
+
+
+class _GlobalPooling2D(Layer):
+    """One window over the whole image: the pool kernels with pool_size = (height, width),
+    then (batch, channels), or (batch, 1, 1, channels) with ``keepdims``."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise NbnetError(f"{type(self).__name__} '{self.name}': nbnet computes channels last, received "
+                             f"data_format={data_format!r}.")
+        self.keepdims = bool(keepdims)
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (1, 1, input_shape[2]) if self.keepdims else (input_shape[2],)
+
+    def _pooled(self, x):
+        return self._buffer("y", (x.shape[0], 1, 1, x.shape[3]), x.dtype), (x.shape[1], x.shape[2], 1, 1, 0, 0)
+
+    def _out(self, y):
+        return y if self.keepdims else y.reshape(y.shape[0], y.shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    def forward(self, x, training=False):
+        y, window = self._pooled(x)
+        self.ops.avgpool_forward(x, *window, y)
+        self._x_shape, self._window_used = x.shape, window
+        return self._out(y)
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        self.ops.avgpool_backward(dy.reshape(dy.shape[0], 1, 1, self._x_shape[3]), *self._window_used, dx)
+        return dx
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    def forward(self, x, training=False):
+        y, window = self._pooled(x)
+        argmax = self._buffer("argmax", y.shape, np.int32)
+        self.ops.maxpool_forward(x, *window, y, argmax)
+        self._x_shape, self._argmax, self._window_used = x.shape, argmax, window
+        return self._out(y)
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        self.ops.maxpool_backward(dy.reshape(dy.shape[0], 1, 1, self._x_shape[3]), self._argmax, *self._window_used, dx)
         return dx

@@ -5,7 +5,7 @@ images) float32 with a symbolic batch axis, and returns what it returns. ONNX's 
 MaxPool, AveragePool and BatchNormalization want channels first, so the converter tracks
 each tensor's layout and inserts a Transpose only where the next operator needs the other
 one: before the first Conv/pool/BatchNormalization of a channels-last tensor, and back to
-channels-last before Flatten (Keras flattens in H, W, C order) and before the output.
+channels-last before Flatten and Reshape (Keras orders values H, W, C) and before the output.
 Softmax is taken over the channel axis, wherever the layout has put it.
 """
 
@@ -17,8 +17,9 @@ import numpy as np
 from .. import __version__
 from ..errors import ExportError
 from ..kernels.conv import same_padding
-from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
-                      MaxPooling2D, ReLU, Rescaling, Softmax)
+from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
+                      GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Reshape,
+                      Softmax, ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
@@ -176,12 +177,47 @@ def _dropout(layer, index, prefix, graph, tensor, input_shape):
     return tensor  # the identity at inference
 
 
+def _global_pooling(op):
+    def convert(layer, index, prefix, graph, tensor, input_shape):
+        tensor = graph.transpose(tensor, prefix, channels_first=True)
+        pooled = _Tensor(graph.node(op, [tensor.name], prefix), 4, True)  # (batch, C, 1, 1)
+        if layer.keepdims:
+            return pooled
+        return _Tensor(graph.node("Flatten", [pooled.name], f"{prefix}/flatten", axis=1), 2)
+
+    return convert
+
+
+def _reshape(layer, index, prefix, graph, tensor, input_shape):
+    from onnx import numpy_helper
+
+    tensor = graph.transpose(tensor, prefix, channels_first=False)  # Keras reshapes in channels-last order
+    target = layer.compute_output_shape(tuple(input_shape))
+    shape = graph.unique(f"{prefix}.shape")
+    # 0 keeps the (symbolic) batch axis: ONNX Reshape's default allowzero=0.
+    graph.initializers.append(numpy_helper.from_array(np.array([0, *target], np.int64), shape))
+    return _Tensor(graph.node("Reshape", [tensor.name, shape], prefix), len(target) + 1)
+
+
+def _zero_padding(layer, index, prefix, graph, tensor, input_shape):
+    from onnx import numpy_helper
+
+    tensor = graph.transpose(tensor, prefix, channels_first=True)
+    (top, bottom), (left, right) = layer.padding
+    pads = graph.unique(f"{prefix}.pads")
+    graph.initializers.append(numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64),
+                                                      pads))
+    return _Tensor(graph.node("Pad", [tensor.name, pads], prefix, mode="constant"), 4, True)
+
+
 # Exact types only: a subclass may compute something else in forward().
 CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
     Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
     Softmax: _activation_layer, LeakyReLU: _activation_layer, Rescaling: _rescaling,
+    GlobalAveragePooling2D: _global_pooling("GlobalAveragePool"), GlobalMaxPooling2D: _global_pooling("GlobalMaxPool"),
+    Reshape: _reshape, ZeroPadding2D: _zero_padding,
 }
 
 

@@ -54,12 +54,18 @@ def _probe_model(opset):
         helper.make_node("Flatten", ["rt"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "g", "gb"], ["h"]),
         helper.make_node("Identity", ["h"], ["y"]),
+        helper.make_node("Pad", ["r", "pads"], ["pd"], mode="constant"),
+        helper.make_node("GlobalMaxPool", ["pd"], ["gm"]),
+        helper.make_node("GlobalAveragePool", ["gm"], ["ga"]),
+        helper.make_node("Reshape", ["ga", "shape"], ["z"]),
     ]
     initializers = [weights("w", (2, 1, 2, 2)), weights("wb", (2,)), weights("s", (2,)), weights("b", (2,)),
                     weights("m", (2,)), weights("v", (2,)), weights("g", (8, 3)), weights("gb", (3,)),
-                    weights("k", ())]
+                    weights("k", ()), numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "pads"),
+                    numpy_helper.from_array(np.array([0, 2], np.int64), "shape")]
     graph = helper.make_graph(nodes, "opset_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 4, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], initializers)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 2])], initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version_for(opset))
 
 
