@@ -7,6 +7,7 @@ A callback reaches the model through ``self.model``; setting
 
 import csv
 import os
+import time
 import warnings
 
 import numpy as np
@@ -356,3 +357,51 @@ class CSVLogger(Callback):
         if self._file is not None and not self._file.closed:
             self._file.close()
         self._writer = None
+
+
+class TensorBoard(Callback):
+    """Keras's TensorBoard callback for scalars: each epoch's logs as ``epoch_<name>`` in
+    ``log_dir/train`` (with the learning rate) and ``log_dir/validation`` (the ``val_``
+    values), step = epoch, in event files TensorBoard reads (``tensorboard --logdir``).
+    Histograms, graphs, images, profiling and embeddings are not written: asking for them
+    is an error rather than a silent no-op."""
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0, embeddings_freq=0,
+                 embeddings_metadata=None):
+        unsupported = {name: value for name, value in (("histogram_freq", histogram_freq), ("write_images", write_images),
+                                                       ("profile_batch", profile_batch),
+                                                       ("embeddings_freq", embeddings_freq)) if value}
+        if unsupported or update_freq != "epoch":
+            raise NbnetError(f"TensorBoard: nbnet writes epoch scalars only; {unsupported or {'update_freq': update_freq}} "
+                             "is not supported (leave it at its default).")
+        self.log_dir = str(log_dir)
+        self.write_steps_per_second = bool(write_steps_per_second)
+        self._writers = {}
+
+    def _writer(self, name):
+        from .event_file import EventFileWriter
+
+        if name not in self._writers:
+            self._writers[name] = EventFileWriter(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        train = {f"epoch_{key}": value for key, value in logs.items() if not key.startswith("val_")}
+        train.setdefault("epoch_learning_rate", self.model.optimizer.current_learning_rate())
+        if self.write_steps_per_second and self.params:
+            train["epoch_steps_per_second"] = self.params["steps"] / max(time.perf_counter() - self._epoch_started,
+                                                                          1e-9)
+        self._writer("train").scalars(epoch, train)
+        validation = {f"epoch_{key[4:]}": value for key, value in logs.items() if key.startswith("val_")}
+        if validation:
+            self._writer("validation").scalars(epoch, validation)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

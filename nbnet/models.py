@@ -75,6 +75,9 @@ class Sequential:
         """Append ``layer``. As in Keras, once the input shape is known (an ``Input`` first,
         or a first layer given ``input_shape``) each added layer is built at once, so
         ``summary()`` works before ``compile``."""
+        if isinstance(layer, Sequential):
+            self._add_model(layer)
+            return
         if isinstance(layer, InputLayer):
             if self.layers or self._input_layer is not None:
                 raise NbnetError(f"Sequential '{self.name}': an Input can only come first, received "
@@ -95,6 +98,17 @@ class Sequential:
             except NbnetError:
                 self.layers.pop()  # nothing half-added: the model stays as it was
                 raise
+
+    def _add_model(self, model):
+        """A model used as a layer (Keras's ``Sequential([model, layers.Softmax()])``): its
+        layers join this model, shared, so both see the same weights; whichever model runs
+        next gathers them (see _claim_layers)."""
+        if not model.layers:
+            raise NbnetError(f"Sequential '{self.name}': the model '{model.name}' added to it has no layers.")
+        if not self.layers and self._input_layer is None and model.built:
+            self._input_layer = InputLayer(shape=model.input_shape)
+        for layer in model.layers:
+            self.add(layer)
 
     def _known_input_shape(self):
         if self._input_layer is not None:
@@ -134,7 +148,14 @@ class Sequential:
                                 for layer in self.layers[:len(self.output_shapes)])
         for layer in new_layers:
             layer.needs_input_grad = has_params_before
-            shape = layer.build(shape, self.rng)
+            if layer.built:  # a layer of another model (or a rebuilt one) keeps its weights, as in Keras
+                if tuple(layer.built_input_shape) != tuple(shape):
+                    raise ShapeError(f"Layer '{layer.name}' was built for input shape "
+                                     f"{(None,) + tuple(layer.built_input_shape)}, but in model '{self.name}' it "
+                                     f"receives {(None,) + tuple(shape)}; use a new layer there.")
+                shape = layer.compute_output_shape(shape)
+            else:
+                shape = layer.build(shape, self.rng)
             self.output_shapes.append(shape)
             if isinstance(layer, Dropout) and layer.seed is None:
                 layer.rng = self.rng  # one Generator for shuffling and dropout: one state to save
@@ -143,7 +164,24 @@ class Sequential:
     def _finish_build(self):
         self._fuse_conv_pool()
         self._gather_parameters()
+        for layer in self.layers:
+            layer.owner = self
         self.built = True
+
+    def _claim_layers(self):
+        """Layers shared with another model are set up for whichever model ran last; set
+        them up for this one again. The weights live in the layers, so no value changes:
+        only which flat vector holds them, which layers need input gradients, and which
+        conv runs its pool."""
+        if not self.built or all(getattr(layer, "owner", None) is self for layer in self.layers):
+            return
+        has_params_before = False
+        for layer in self.layers:
+            layer.owner = self
+            layer.needs_input_grad = has_params_before
+            has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
+        self._fuse_conv_pool()
+        self._gather_parameters()
 
     def _fuse_conv_pool(self):
         """Each Conv2D followed by a MaxPooling2D it can absorb (see Conv2D.can_absorb) runs
@@ -171,7 +209,10 @@ class Sequential:
                     if (id(layer), key) in previous:
                         layer.params[key] = layer.params[key].copy()
                         layer.grads[key] = np.zeros_like(layer.params[key])
-        total = sum(layer.params[key].size for layer, key in self._flat_entries)
+        sizes = [layer.params[key].size for layer, key in self._flat_entries]
+        total = sum(sizes)
+        # Where each weight array starts and ends in the flat vectors (the optimizer's clipnorm).
+        self._segments = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         flat_params = np.empty(total, np.float32)
         offset = 0
         for layer, key in self._flat_entries:
@@ -212,6 +253,8 @@ class Sequential:
         """Run the enclosed computation on ``self.ops``: the weights, gradients, optimizer
         slots and layer state move there, and back into the host arrays at the end."""
         ops = self.ops
+        if not self._on_device_depth:
+            self._claim_layers()
         self._on_device_depth += 1
         if ops is cpu or self._on_device_depth > 1:
             try:
@@ -440,7 +483,7 @@ class Sequential:
                 if not layer.absorbed:
                     grad = layer.backward(grad)
         ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
-        self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt)
+        self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt, self._segments)
         self._update_metrics(outputs, targets, totals[1:2])
 
     def _split_metrics(self):

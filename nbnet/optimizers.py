@@ -4,7 +4,14 @@ parameters (one flat float32 vector) in a single kernel launch per step.
 Adam follows Keras: epsilon (1e-7) is added to sqrt(v), and the bias correction is folded
 into the step size, lr * sqrt(1 - beta_2^t) / (1 - beta_1^t). PyTorch instead adds its
 epsilon (1e-8) to sqrt(v_hat); the two differ only when v is tiny.
+
+Every optimizer takes Keras 3's common arguments: ``clipnorm`` (each weight array's
+gradient scaled to at most that L2 norm), ``global_clipnorm`` (all of them together),
+``clipvalue`` (each gradient clipped), and ``weight_decay`` (w -= lr * weight_decay * w
+before the step). Keras 2's ``lr=`` is accepted with a warning.
 """
+
+import warnings
 
 import numpy as np
 
@@ -14,12 +21,42 @@ from .errors import NbnetError
 from .variables import Variable
 
 
+# Keras 3 arguments nbnet does not implement: refused unless left at their defaults.
+_UNSUPPORTED = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
+                "gradient_accumulation_steps": None, "amsgrad": False}
+
+
 class Optimizer:
     slot_names = ()
     # Constructor arguments beyond learning_rate, saved by get_config.
     _hyperparameters = ()
+    # Whether the update kernel applies weight_decay itself (AdamW's).
+    _fused_decay = False
 
-    def __init__(self, learning_rate=0.001):
+    def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        owner = type(self).__name__
+        if "lr" in kwargs:
+            warnings.warn(f"{owner}: 'lr' is Keras 2's name; use learning_rate=.", DeprecationWarning, stacklevel=3)
+            learning_rate = kwargs.pop("lr")
+        for key in list(kwargs):
+            if key in _UNSUPPORTED and kwargs[key] == _UNSUPPORTED[key]:
+                kwargs.pop(key)
+        if kwargs:
+            raise NbnetError(f"{owner}: unsupported argument(s) {kwargs}; nbnet's {owner} takes learning_rate, "
+                             f"{', '.join(self._hyperparameters) + ', ' if self._hyperparameters else ''}"
+                             "weight_decay, clipnorm, clipvalue, global_clipnorm.")
+        if sum(value is not None for value in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise NbnetError(f"{owner}: give at most one of clipnorm, clipvalue and global_clipnorm, as Keras.")
+        for key, value in (("weight_decay", weight_decay), ("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                           ("global_clipnorm", global_clipnorm)):
+            if value is not None and not float(value) >= 0:
+                raise NbnetError(f"{owner}: {key} must be non-negative, received {value!r}.")
+        self.weight_decay = None if weight_decay is None else float(weight_decay)
+        self.clipnorm = None if clipnorm is None else float(clipnorm)
+        self.clipvalue = None if clipvalue is None else float(clipvalue)
+        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
+        self.name = name or owner.lower()
         self.iterations = 0
         self.slots = {}
         self.learning_rate = learning_rate
@@ -59,12 +96,23 @@ class Optimizer:
             if name not in self.slots or tuple(self.slots[name].shape) != (size,):
                 self.slots[name] = ops.zeros(size, np.float32)
 
-    def apply(self, params, grads, ops=cpu, halt=None):
+    def apply(self, params, grads, ops=cpu, halt=None, segments=None):
         """One update step of the flat ``params`` with the flat ``grads``, on the device
-        ``ops`` (where the slots must be too). The kernels skip the update while
-        ``halt[0]`` is set (see nbnet.devices)."""
+        ``ops`` (where the slots must be too). ``segments``: the offsets of the weight
+        arrays in the flat vectors (clipnorm clips each); None counts it as one array.
+        The kernels skip the update while ``halt[0]`` is set (see nbnet.devices)."""
         self.build(params.shape[0], ops)
-        self._update(params, grads, self.current_learning_rate(), ops, halt)
+        if self.clipvalue is not None:
+            ops.clip_by_value(grads, self.clipvalue, halt=halt)
+        elif self.clipnorm is not None or self.global_clipnorm is not None:
+            offsets = (np.array([0, params.shape[0]], np.int64) if segments is None or self.clipnorm is None
+                       else np.asarray(segments, np.int64))
+            ops.clip_segments_by_norm(grads, offsets, self.clipnorm if self.clipnorm is not None
+                                      else self.global_clipnorm, halt=halt)
+        lr = self.current_learning_rate()
+        if self.weight_decay and not self._fused_decay:
+            ops.decay_weights(params, lr * self.weight_decay, halt=halt)
+        self._update(params, grads, lr, ops, halt)
         self.iterations += 1
 
     def _update(self, params, grads, lr, ops, halt):
@@ -75,6 +123,8 @@ class Optimizer:
         config = {"name": type(self).__name__,
                   "learning_rate": lr.get_config() if isinstance(lr, schedules.LearningRateSchedule) else float(lr)}
         config.update({key: getattr(self, key) for key in self._hyperparameters})
+        config.update({key: getattr(self, key) for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+                       if getattr(self, key) is not None and key not in config})
         return config
 
 
@@ -82,8 +132,8 @@ class SGD(Optimizer):
     slot_names = ("velocity",)
     _hyperparameters = ("momentum", "nesterov")
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         if not 0.0 <= momentum < 1.0:
             raise NbnetError(f"SGD: momentum must be in [0, 1), received {momentum!r}.")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
@@ -96,8 +146,8 @@ class Adam(Optimizer):
     slot_names = ("m", "v")
     _hyperparameters = ("beta_1", "beta_2", "epsilon")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
     def _decay(self, lr):
@@ -114,13 +164,13 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Keras: params -= lr * weight_decay * params first)."""
 
     _hyperparameters = Adam._hyperparameters + ("weight_decay",)
+    _fused_decay = True
 
-    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon)
-        self.weight_decay = float(weight_decay)
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay=weight_decay, **kwargs)
 
     def _decay(self, lr):
-        return lr * self.weight_decay
+        return lr * (self.weight_decay or 0.0)
 
 
 class RMSprop(Optimizer):
@@ -131,8 +181,8 @@ class RMSprop(Optimizer):
     slot_names = ("mean_square", "average_gradient", "velocity")
     _hyperparameters = ("rho", "momentum", "epsilon", "centered")
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         if not 0.0 <= rho < 1.0:
             raise NbnetError(f"RMSprop: rho must be in [0, 1), received {rho!r}.")
         if not 0.0 <= momentum < 1.0:
@@ -152,8 +202,8 @@ class Adagrad(Optimizer):
     slot_names = ("accumulator",)
     _hyperparameters = ("initial_accumulator_value", "epsilon")
 
-    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         self.initial_accumulator_value, self.epsilon = float(initial_accumulator_value), float(epsilon)
 
     def build(self, size, ops=cpu):
@@ -171,8 +221,8 @@ class Adadelta(Optimizer):
     slot_names = ("accumulated_grad", "accumulated_delta")
     _hyperparameters = ("rho", "epsilon")
 
-    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         self.rho, self.epsilon = float(rho), float(epsilon)
 
     def _update(self, params, grads, lr, ops, halt):
@@ -186,8 +236,8 @@ class Adamax(Optimizer):
     slot_names = ("m", "u")
     _hyperparameters = ("beta_1", "beta_2", "epsilon")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
     def _update(self, params, grads, lr, ops, halt):
@@ -203,8 +253,8 @@ class Nadam(Optimizer):
     slot_names = ("m", "v")
     _hyperparameters = ("beta_1", "beta_2", "epsilon")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self._mu_product = (0, 1.0)  # (steps, product of mu_1..mu_steps), carried along
 

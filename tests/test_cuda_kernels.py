@@ -118,6 +118,9 @@ def _ptx_signatures():
         O._adadelta_kernel: (a1, a1, a1, a1, f, f, f, f, h1),
         O._adamax_kernel: (a1, a1, a1, a1) + (f,) * 5 + (h1,),
         O._nadam_kernel: (a1, a1, a1, a1) + (f,) * 8 + (h1,),
+        O._clip_by_value_kernel: (a1, f),
+        O._clip_segments_kernel: (a1, int64[::1], float64),
+        O._decay_weights_kernel: (a1, f, h1),
         D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         T._fill_zero_kernel: (a1, f),
@@ -800,3 +803,26 @@ def test_zero_padding_forward_and_backward():
     cpu_padding.zero_pad_backward(dy, 2, 1, dx)
     gpu_padding.zero_pad_backward(dev(dy), 2, 1, dx_dev)
     close(dx_dev, dx, rtol=0, atol=0)
+
+
+@sim_only
+def test_gradient_clipping_and_weight_decay():
+    rng = np.random.default_rng(32)
+    grads = rand(rng, 30) * 3
+    offsets = np.array([0, 7, 7, 30], np.int64)  # an empty weight array too
+    for clip in ("value", "norm"):
+        expected, got = grads.copy(), dev(grads)
+        if clip == "value":
+            cpu_optim.clip_by_value(expected, 0.5)
+            gpu_optim.clip_by_value(got, 0.5)
+        else:
+            cpu_optim.clip_segments_by_norm(expected, offsets, 2.0)
+            gpu_optim.clip_segments_by_norm(got, offsets, 2.0)
+        close(got, expected)
+    params = rand(rng, 30)
+    expected, got = params.copy(), dev(params)
+    cpu_optim.decay_weights(expected, 0.01)
+    gpu_optim.decay_weights(got, 0.01)
+    close(got, expected)
+    gpu_optim.decay_weights(got, 0.5, halt=dev(np.array([1], np.int32)))
+    close(got, expected, rtol=0, atol=0)

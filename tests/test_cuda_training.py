@@ -141,13 +141,15 @@ def reshaping(seed, optimizer="nadam"):
         layers.Input((6, 6, 1)), layers.ZeroPadding2D(((1, 0), (0, 2))), layers.Conv2D(4, 3, activation="relu"),
         layers.GlobalMaxPooling2D(keepdims=True), layers.Reshape((2, 2, 1)), layers.GlobalAveragePooling2D(),
         layers.Dense(3, activation="softmax")], seed=seed)
+    if optimizer == "clipped_sgd":
+        optimizer = optimizers.SGD(0.05, momentum=0.9, clipnorm=0.05, weight_decay=0.01)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy", metrics.SparseTopKCategoricalAccuracy(k=2)])
     return model
 
 
 @sim_only
-@pytest.mark.parametrize("optimizer", ["nadam", "adagrad", "adadelta", "adamax", "rmsprop"])
+@pytest.mark.parametrize("optimizer", ["nadam", "adagrad", "adadelta", "adamax", "rmsprop", "clipped_sgd"])
 def test_reshaping_layers_metrics_and_optimizers_on_cuda_as_on_cpu(optimizer):
     rng = np.random.default_rng(6)
     x, y = rng.random((8, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 8)

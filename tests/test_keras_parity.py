@@ -83,6 +83,18 @@ def test_optimizer_weights_after_each_step_equal_keras(case):
             f"step {step}: worst difference {worst:.3g} against Keras (Keras moved the weights by up to {moved:.3g})")
 
 
+@pytest.mark.parametrize("case", FIXTURE["clipping"], ids=lambda c: f"{c['optimizer']}-{c['kwargs']}")
+def test_clipping_and_weight_decay_equal_keras(case):
+    """clipnorm clips each weight array (two here), global_clipnorm all of them together."""
+    optimizer = make_optimizer(case["optimizer"], case["kwargs"])
+    params = np.concatenate([f32(p).ravel() for p in case["params"]])
+    segments = np.cumsum([0] + [f32(p).size for p in case["params"]])
+    for step in case["grads"]:
+        optimizer.apply(params, np.concatenate([f32(g).ravel() for g in step]), segments=segments)
+    expected = np.concatenate([f32(p).ravel() for p in case["after"]])
+    np.testing.assert_allclose(params, expected, rtol=1e-5, atol=2e-6)
+
+
 # ---------------------------------------------------------------------------- initializers
 @pytest.mark.parametrize("case", FIXTURE["initializers"], ids=lambda c: f"{c['initializer']}-{c['layer']}")
 def test_initializer_statistics_equal_keras(case):

@@ -56,11 +56,18 @@ def test_keras3_mlp_with_callbacks(monkeypatch, tmp_path, mnist_loader, capsys):
 
 def test_tensorflow_quickstart_on_fashion_mnist(monkeypatch, tmp_path, fashion_loader, capsys):
     namespace = run_script("fashion_quickstart.py", monkeypatch, tmp_path, fashion_loader=fashion_loader)
-    assert namespace["predictions"].shape == (1, 10)
+    out = capsys.readouterr().out
     # An untrained 10-way classifier: the loss sits near log(10).
-    assert 1.0 < float(namespace["loss_fn"](namespace["train_labels"][:1], namespace["predictions"])) < 5.0
+    (untrained,) = [line for line in out.splitlines() if line.startswith("untrained loss:")]
+    assert 1.0 < float(untrained.split(":")[1]) < 5.0
     assert namespace["test_acc"] > 0.70
-    assert "Test accuracy:" in capsys.readouterr().out
+    # The model used as a layer: its logits through a softmax.
+    predictions, logits = namespace["predictions"], namespace["model"].predict(namespace["test_images"])
+    assert predictions.shape == (1000, 10)
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(predictions.argmax(axis=1), logits.argmax(axis=1))
+    assert (predictions.argmax(axis=1) == namespace["test_labels"]).mean() == pytest.approx(namespace["test_acc"])
+    assert "Test accuracy:" in out
 
 
 def test_keras2_cnn_with_backend_and_loss_function(monkeypatch, tmp_path, mnist_loader):

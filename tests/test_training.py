@@ -263,3 +263,24 @@ def test_model_checkpoint_every_few_batches_saves_weights_files_of_that_moment(t
             np.testing.assert_array_equal(got, expected)
     with pytest.raises(NbnetError, match=r"must end in \.weights\.h5"):
         callbacks.ModelCheckpoint(str(tmp_path / "w.nbnet"), save_weights_only=True)
+
+
+def test_a_model_used_as_a_layer_shares_its_weights_both_ways():
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((40, 5)).astype(np.float32), rng.integers(0, 3, 40)
+    inner = models.Sequential([layers.Dense(6, activation="relu", input_shape=(5,)), layers.Dense(3)], seed=2)
+    inner.compile("adam", "mse")
+    outer = models.Sequential([inner, layers.Softmax()])
+    assert outer.input_shape == (5,) and outer.layers[:2] == inner.layers
+    outer.compile("adam", "sparse_categorical_crossentropy")
+    outer.fit(x, y, epochs=2, batch_size=8, verbose=0)  # trains the inner model's layers
+    logits = inner.predict(x)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(outer.predict(x), e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    inner.fit(x, np.eye(3, dtype=np.float32)[y], epochs=1, batch_size=8, verbose=0)  # and back
+    np.testing.assert_array_equal(outer.layers[0].get_weights()[0], inner.get_weights()[0])
+    logits = inner.predict(x)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(outer.predict(x), e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ShapeError, match=r"built for input shape \(None, 5\), but in model .* receives \(None, 7\)"):
+        models.Sequential([layers.Input((7,)), inner.layers[0]])

@@ -132,6 +132,35 @@ SCHEDULED = ("Adam", {"learning_rate": {"class_name": "ExponentialDecay",
                                         "config": {"initial_learning_rate": 0.01, "decay_steps": 2, "decay_rate": 0.5}}})
 
 
+CLIPPING_CASES = [
+    ("SGD", {"learning_rate": 0.1, "clipnorm": 1.0}),
+    ("Adam", {"learning_rate": 0.01, "clipvalue": 0.5}),
+    ("RMSprop", {"learning_rate": 0.01, "global_clipnorm": 2.0}),
+    ("SGD", {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    ("Adam", {"learning_rate": 0.01, "weight_decay": 0.1}),
+    ("Nadam", {"clipnorm": 0.5, "weight_decay": 0.05}),
+]
+
+
+def clipping_cases():
+    """Two weight arrays (clipnorm clips each, global_clipnorm both), gradients large
+    enough for the clips to act."""
+    rng = np.random.default_rng(28)
+    shapes = [(4, 5), (20,)]
+    params = [f32(rng.standard_normal(shape)) for shape in shapes]
+    grads = [[f32(rng.standard_normal(shape) * 3) for shape in shapes] for _ in range(4)]
+    out = []
+    for name, kwargs in CLIPPING_CASES:
+        optimizer = getattr(keras.optimizers, name)(**kwargs)
+        variables = [keras.Variable(p.copy(), dtype="float32") for p in params]
+        for step in grads:
+            optimizer.apply_gradients([(torch.tensor(g), v) for g, v in zip(step, variables)])
+        out.append({"optimizer": name, "kwargs": kwargs, "params": [as_list(p) for p in params],
+                    "grads": [[as_list(g) for g in step] for step in grads],
+                    "after": [as_list(keras.ops.convert_to_numpy(v)) for v in variables]})
+    return out
+
+
 def make_schedule(config):
     return getattr(keras.optimizers.schedules, config["class_name"])(**config["config"])
 
@@ -413,7 +442,7 @@ def main():
     keras.utils.set_random_seed(0)
     fixture = {"keras_version": keras.__version__, "backend": keras.backend.backend(), "torch_version": torch.__version__,
                "epsilon": keras.backend.epsilon(),
-               "losses": loss_cases(), "metrics": metric_cases(), "optimizers": optimizer_cases(), "initializers": initializer_cases(),
+               "losses": loss_cases(), "metrics": metric_cases(), "optimizers": optimizer_cases(), "clipping": clipping_cases(), "initializers": initializer_cases(),
                "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
                "callbacks": callback_cases(), "weights_file": weights_file_case()}
     args.output.parent.mkdir(parents=True, exist_ok=True)

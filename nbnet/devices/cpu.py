@@ -130,3 +130,12 @@ adagrad_update = _halting(_optim.adagrad_update)
 adadelta_update = _halting(_optim.adadelta_update)
 adamax_update = _halting(_optim.adamax_update)
 nadam_update = _halting(_optim.nadam_update)
+decay_weights = _halting(_optim.decay_weights)
+
+
+def clip_by_value(grads, limit, halt=None):
+    _optim.clip_by_value(grads, limit)
+
+
+def clip_segments_by_norm(grads, offsets, max_norm, halt=None):
+    _optim.clip_segments_by_norm(grads, offsets, float(max_norm))

@@ -18,7 +18,8 @@ from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, cross
 from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                           batchnorm_train_forward, update_moving_averages)
 from ..kernels.cuda.optim import (adadelta_update, adagrad_update, adam_update, adamax_update,  # noqa: F401
-                                  nadam_update, rmsprop_update, sgd_update)
+                                  clip_by_value, clip_segments_by_norm, decay_weights, nadam_update, rmsprop_update,
+                                  sgd_update)
 from ..kernels.cuda.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.cuda.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                                 maxpool_activation_backward, maxpool_backward, maxpool_forward)

@@ -124,3 +124,34 @@ def nadam_update(params, grads, m, v, learning_rate, beta_1, beta_2, momentum_sc
         m[i] = b1 * m[i] + (one - b1) * g
         v[i] = b2 * v[i] + (one - b2) * g * g
         params[i] -= lr * (cm * m[i] + cg * g) / (np.sqrt(cv * v[i]) + eps)
+
+
+@njit(parallel=True, cache=True)
+def clip_by_value(grads, limit):
+    """Keras's clipvalue: every gradient into [-limit, limit]."""
+    high = grads.dtype.type(limit)
+    for i in prange(grads.shape[0]):
+        grads[i] = min(max(grads[i], -high), high)
+
+
+@njit(parallel=True, cache=True)
+def clip_segments_by_norm(grads, offsets, max_norm):
+    """Keras's clipnorm (one segment per weight array) and global_clipnorm (one segment):
+    a segment whose L2 norm exceeds ``max_norm`` is scaled down to it."""
+    for k in prange(offsets.shape[0] - 1):
+        total = 0.0
+        for i in range(offsets[k], offsets[k + 1]):
+            total += np.float64(grads[i]) * grads[i]
+        norm = np.sqrt(total)
+        if norm > max_norm:
+            scale = grads.dtype.type(max_norm / norm)
+            for i in range(offsets[k], offsets[k + 1]):
+                grads[i] *= scale
+
+
+@njit(parallel=True, cache=True)
+def decay_weights(params, factor):
+    """Keras 3's decoupled weight decay for any optimizer: w -= lr * weight_decay * w."""
+    keep = params.dtype.type(1.0 - factor)
+    for i in prange(params.shape[0]):
+        params[i] *= keep

@@ -192,3 +192,52 @@ def nadam_update(params, grads, m, v, learning_rate, beta_1, beta_2, momentum_sc
     blocks, threads = launch_1d(n)
     _nadam_kernel[blocks, threads](params, grads, m, v, *(as_scalar(value, dtype) for value in (
         learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale, epsilon, 1.0)), _halt_flag(halt))
+
+
+@cuda.jit
+def _clip_by_value_kernel(grads, high):
+    # Comparisons, not min/max: the two-argument builtins fail Numba's CUDA PTX compile.
+    for i in range(cuda.grid(1), grads.shape[0], cuda.gridsize(1)):
+        g = grads[i]
+        grads[i] = high if g > high else (-high if g < -high else g)
+
+
+def clip_by_value(grads, limit, halt=None):
+    if grads.shape[0]:
+        blocks, threads = launch_1d(grads.shape[0])
+        _clip_by_value_kernel[blocks, threads](grads, as_scalar(limit, grads.dtype))
+
+
+@cuda.jit
+def _clip_segments_kernel(grads, offsets, max_norm):
+    """One thread per segment (a weight array): few segments, each summed in order."""
+    for k in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
+        total = 0.0
+        for i in range(offsets[k], offsets[k + 1]):
+            total += grads[i] * grads[i]
+        norm = math.sqrt(total)
+        if norm > max_norm:
+            scale = max_norm / norm
+            for i in range(offsets[k], offsets[k + 1]):
+                grads[i] *= scale
+
+
+def clip_segments_by_norm(grads, offsets, max_norm, halt=None):
+    if offsets.shape[0] > 1:
+        blocks, threads = launch_1d(offsets.shape[0] - 1)
+        _clip_segments_kernel[blocks, threads](grads, cuda.to_device(np.ascontiguousarray(offsets, np.int64)),
+                                               float(max_norm))
+
+
+@cuda.jit
+def _decay_weights_kernel(params, keep, halt):
+    if halt[0] != 0:
+        return
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        params[i] *= keep
+
+
+def decay_weights(params, factor, halt=None):
+    if params.shape[0]:
+        blocks, threads = launch_1d(params.shape[0])
+        _decay_weights_kernel[blocks, threads](params, as_scalar(1.0 - factor, params.dtype), _halt_flag(halt))
