@@ -405,3 +405,67 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+class BackupAndRestore(Callback):
+    """Keras's BackupAndRestore: the model (weights, optimizer state, generator state) is
+    saved to ``backup_dir`` after every epoch (or every ``save_freq`` batches); a fit that
+    starts while a backup is there continues from it, at the epoch after the last one
+    saved. A fit that completes deletes the backup (``delete_checkpoint``). nbnet keeps the
+    backup as an .nbnet file, which holds the optimizer state a weights file would not."""
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
+        if not backup_dir:
+            raise NbnetError("BackupAndRestore: backup_dir is empty; give the folder to keep the backup in.")
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise NbnetError(f"BackupAndRestore: save_freq must be 'epoch' or a positive number of batches, "
+                             f"received {save_freq!r}.")
+        self.backup_dir, self.save_freq = str(backup_dir), save_freq
+        self.double_checkpoint, self.delete_checkpoint = bool(double_checkpoint), bool(delete_checkpoint)
+        self._path = os.path.join(self.backup_dir, "latest.nbnet")
+        self._epoch, self._batches_since_save = 0, 0
+
+    def on_train_begin(self, logs=None):
+        from .saving import load_model
+
+        path = self._path if os.path.exists(self._path) else self._path + ".bkp"
+        if not os.path.exists(path):
+            return
+        saved = load_model(path)
+        model = self.model
+        model.set_weights(saved.get_weights())
+        if saved.optimizer is not None and model.optimizer is not None:
+            model.optimizer.iterations = saved.optimizer.iterations
+            model.optimizer.slots = dict(saved.optimizer.slots)
+        model.rng.bit_generator.state = saved.rng.bit_generator.state
+        model.epochs_trained = saved.epochs_trained
+        model._initial_epoch = self._epoch = int(saved.backup_epoch or 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch":
+            self._batches_since_save += 1
+            if self._batches_since_save >= self.save_freq:
+                self._batches_since_save = 0
+                self._save(self._epoch)  # mid-epoch: a restart repeats this epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch + 1)
+
+    def _save(self, resume_epoch):
+        if self.double_checkpoint and os.path.exists(self._path):
+            os.replace(self._path, self._path + ".bkp")
+        self.model.backup_epoch = resume_epoch
+        try:
+            self.model.save(self._path)
+        finally:
+            self.model.backup_epoch = None
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint:  # only a fit that ran to its end gets here
+            for path in (self._path, self._path + ".bkp"):
+                if os.path.exists(path):
+                    os.remove(path)

@@ -53,6 +53,7 @@ class Sequential:
         # The last fit's TrainingDiverged (it stopped at a non-finite loss), else None.
         self.diverged = None
         self.epochs_trained = 0
+        self.backup_epoch = None  # see callbacks.BackupAndRestore
         self.history_log = {}
         # Set (to a signal number) by a signal handler: fit stops cleanly after the current step.
         self.stop_requested = None
@@ -607,11 +608,15 @@ class Sequential:
         resume, self.resume_point = self.resume_point, None
         if resume is not None and resume["epoch"] != int(initial_epoch):
             resume = None  # a different schedule than the interrupted one: start the epoch afresh
+        self._initial_epoch = None
+        logs = {}
         for callback in callback_list:
-            callback.on_train_begin()
+            callback.on_train_begin({})
+        if self._initial_epoch is not None:  # set by BackupAndRestore, as in Keras
+            initial_epoch = self._initial_epoch
         for epoch in range(int(initial_epoch), epochs):
             for callback in callback_list:
-                callback.on_epoch_begin(epoch)
+                callback.on_epoch_begin(epoch, {})
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             for metric in self._host_metrics:
@@ -629,7 +634,7 @@ class Sequential:
                 ops.gather_rows(x_rows, order, start, xb.reshape(count, x_rows.shape[1]))
                 ops.gather_rows(t_rows, order, start, tb.reshape(count, t_rows.shape[1]))
                 for callback in callback_list:
-                    callback.on_train_batch_begin(step)
+                    callback.on_train_batch_begin(step, {})
                 optimizer_step = self.optimizer.iterations + 1
                 self._train_step(xb, tb, totals.next_row(count, optimizer_step), optimizer_step)
                 if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
@@ -672,7 +677,7 @@ class Sequential:
                 break
         with self._on_host():
             for callback in callback_list:
-                callback.on_train_end()
+                callback.on_train_end(dict(logs) if logs else {})
         return history
 
     def _epoch_order(self, count, shuffle, epoch_rng_state):

@@ -35,6 +35,8 @@ def save_model(model, path):
         },
         "optimizer_iterations": model.optimizer.iterations if model.optimizer else 0,
         "epochs_trained": model.epochs_trained,
+        # The epoch a fit restored by BackupAndRestore starts at (only in its backups).
+        "backup_epoch": getattr(model, "backup_epoch", None),
         "history": model.history_log,
         "rng_state": model.rng.bit_generator.state,
         "resume_point": model.resume_point,
@@ -105,6 +107,7 @@ def load_model(path):
             model.optimizer.slots = {key.split(".", 1)[1]: np.array(value, np.float32)
                                      for key, value in arrays.items() if key.startswith("optimizer.")}
         model.epochs_trained = int(meta.get("epochs_trained", 0))
+        model.backup_epoch = meta.get("backup_epoch")
         model.history_log = {key: list(values) for key, values in meta.get("history", {}).items()}
         model.resume_point = meta.get("resume_point")
         model.fit_config = meta.get("fit_config")

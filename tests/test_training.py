@@ -284,3 +284,37 @@ def test_a_model_used_as_a_layer_shares_its_weights_both_ways():
     np.testing.assert_allclose(outer.predict(x), e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     with pytest.raises(ShapeError, match=r"built for input shape \(None, 5\), but in model .* receives \(None, 7\)"):
         models.Sequential([layers.Input((7,)), inner.layers[0]])
+
+
+def test_backup_and_restore_resumes_an_interrupted_fit_where_it_stopped(tmp_path):
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((48, 5)).astype(np.float32), rng.integers(0, 3, 48)
+
+    def model():
+        net = models.Sequential([layers.Dense(6, activation="relu", input_shape=(5,)),
+                                 layers.Dense(3, activation="softmax")], seed=3)
+        net.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return net
+
+    reference = model()
+    reference.fit(x, y, epochs=4, batch_size=16, verbose=0)
+
+    class CrashAfterEpoch(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    backup = callbacks.BackupAndRestore(tmp_path / "backup")
+    first = model()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[backup, CrashAfterEpoch()])
+    assert (tmp_path / "backup" / "latest.nbnet").exists()
+    resumed = model()  # a fresh process would build the model anew
+    seen = []
+    history = resumed.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                          callbacks=[callbacks.BackupAndRestore(tmp_path / "backup"),
+                                     callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))])
+    assert seen == [2, 3] and len(history.history["loss"]) == 2
+    for got, expected in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert not (tmp_path / "backup" / "latest.nbnet").exists()  # a completed fit deletes its backup
