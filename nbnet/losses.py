@@ -43,11 +43,12 @@ class Loss:
             raise NbnetError(f"y: contains NaN or Inf values; {self.name} needs finite targets.")
         return rows
 
-    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
         """Summed loss over the batch; writes d(mean loss)/d(outputs) into ``grad``.
-        ``on_logits``: the outputs are logits (from_logits, or the fused path). The arrays
-        live on the device ``ops``; given ``total_out`` the sum is written there instead
-        (on the GPU it then stays on the device)."""
+        ``on_logits``: the outputs are logits (from_logits, or the fused path). ``weights``:
+        one per sample (Keras's sample_weight), or None. The arrays live on the device
+        ``ops``; given ``total_out`` the sum is written there instead (on the GPU it then
+        stays on the device)."""
         raise NotImplementedError
 
     def __call__(self, y_true, y_pred):
@@ -67,11 +68,12 @@ class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
     fusable_activation = "softmax"
 
-    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
         labels, rows = split_targets(targets, self.sparse_targets, ops)
+        weights = _weights_or_none(weights, ops)
         if on_logits:
-            return ops.softmax_crossentropy_from_logits(outputs, rows, labels, grad, total_out=total_out)
-        return ops.crossentropy_from_probabilities(outputs, rows, labels, EPSILON, grad, total_out=total_out)
+            return ops.softmax_crossentropy_from_logits(outputs, rows, labels, weights, grad, total_out=total_out)
+        return ops.crossentropy_from_probabilities(outputs, rows, labels, weights, EPSILON, grad, total_out=total_out)
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -92,17 +94,23 @@ class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
     fusable_activation = "sigmoid"
 
-    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        weights = _weights_or_none(weights, ops)
         if on_logits:
-            return ops.sigmoid_crossentropy_from_logits(outputs, targets, grad, total_out=total_out)
-        return ops.binary_crossentropy_from_probabilities(outputs, targets, EPSILON, grad, total_out=total_out)
+            return ops.sigmoid_crossentropy_from_logits(outputs, targets, weights, grad, total_out=total_out)
+        return ops.binary_crossentropy_from_probabilities(outputs, targets, weights, EPSILON, grad, total_out=total_out)
 
 
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
-    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None):
-        return ops.mean_squared_error(outputs, targets, grad, total_out=total_out)
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        return ops.mean_squared_error(outputs, targets, _weights_or_none(weights, ops), grad, total_out=total_out)
+
+
+def _weights_or_none(weights, ops):
+    """Per-sample weights as the kernels take them: an empty array for none."""
+    return ops.nothing(np.float32) if weights is None else weights
 
 
 def split_targets(targets, sparse, ops=cpu):

@@ -442,14 +442,15 @@ class Sequential:
                 x = layer.forward(x, training=training)
         return x
 
-    def _loss_and_grad(self, outputs, targets, total_out):
+    def _loss_and_grad(self, outputs, targets, total_out, weights=None):
         """The loss gradient (a reused buffer) and whether the output activation was fused;
-        the batch's summed loss goes into ``total_out`` (a (1,) float64 array, on the device)."""
+        the batch's summed loss (each sample's times its weight, when ``weights`` are given)
+        goes into ``total_out`` (a (1,) float64 array, on the device)."""
         fused = self._fused()
         source = self.layers[-1].logits if fused else outputs
         source = source.reshape(outputs.shape[0], source.size // max(outputs.shape[0], 1))
         grad = self._scratch("loss_grad", source.shape, source.dtype)
-        self.loss.compute(source, targets, grad, fused or self.loss.from_logits, self.ops, total_out)
+        self.loss.compute(source, targets, grad, fused or self.loss.from_logits, self.ops, total_out, weights)
         return grad.reshape(outputs.shape), fused
 
     def _scratch(self, key, shape, dtype):
@@ -461,7 +462,7 @@ class Sequential:
             buf = self._scratch_buffers[key] = self.ops.empty(shape, dtype)
         return buf
 
-    def _train_step(self, x, targets, totals, step):
+    def _train_step(self, x, targets, totals, step, weights=None):
         """One optimizer step on a batch already on the device. Its summed loss, correct
         count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
         gradients are not finite sets the halt flag instead of updating the weights."""
@@ -470,7 +471,7 @@ class Sequential:
         ops.fill_zero(self.flat_grads)
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss: the halt flag
             outputs = self._forward(x, training=True)
-            grad, fused = self._loss_and_grad(outputs, targets, totals[0:1])
+            grad, fused = self._loss_and_grad(outputs, targets, totals[0:1], weights)
             column = 2
             for layer in self.layers:
                 count = len(layer.active_regularizers())
@@ -489,7 +490,8 @@ class Sequential:
 
     def _split_metrics(self):
         """Decide, for the metrics compiled, which one the device counts (an accuracy the
-        correct count gives exactly) and which update on the host; their states start afresh."""
+        correct count gives exactly) and which update on the host; their states start afresh.
+        As Keras's compile(metrics=...), they ignore sample weights."""
         width = int(np.prod(self.output_shape))
         self._counted = next((m for m in self.metrics if metrics_module.counted_on_device(m, self.loss, width)), None)
         self._host_metrics = [m for m in self.metrics if m is not self._counted]
@@ -564,17 +566,27 @@ class Sequential:
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
+        """Keras's fit. ``sample_weight`` (one per sample) and ``class_weight`` ({class:
+        weight}) scale each sample's loss, as Keras: the mean stays over the batch size."""
         x, targets = self._prepare_xy(x, y)
+        weights = sample_weights(y, targets, sample_weight, class_weight)
         batch_size = self._check_batch_size(batch_size)
+        w_val = None
         if validation_data is not None:
-            x_val, y_val = validation_data[0], validation_data[1]
-            x_val, t_val = self._prepare_xy(x_val, y_val)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise NbnetError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), "
+                                 f"received {type(validation_data).__name__}.")
+            x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1])
+            if len(validation_data) == 3:
+                w_val = sample_weights(validation_data[1], t_val, validation_data[2], None, "validation_data[2]")
         elif validation_split:
             if not 0.0 < validation_split < 1.0:
                 raise NbnetError(f"validation_split must be in (0, 1), received {validation_split!r}.")
             split = int(len(x) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
             x, x_val, targets, t_val = x[:split], x[split:], targets[:split], targets[split:]
+            if weights is not None:
+                weights, w_val = weights[:split], weights[split:]
         else:
             x_val = t_val = None
         self._check_memory(min(batch_size, len(x)), x.nbytes + targets.nbytes)
@@ -582,9 +594,11 @@ class Sequential:
             print(self.device_message)
             self._announce_device = False
         with self._on_device():
-            return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch)
+            return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+                             weights, w_val)
 
-    def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch):
+    def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+             weights=None, w_val=None):
         ops = self.ops
         history = callbacks_module.History()
         # History last, as Keras: it records what the other callbacks add to the logs.
@@ -603,6 +617,9 @@ class Sequential:
         rows = min(batch_size, len(x))
         batch_x = self._scratch("batch_x", (rows,) + x.shape[1:], np.float32)
         batch_t = self._scratch("batch_t", (rows,) + targets.shape[1:], targets.dtype)
+        if weights is not None:
+            w_rows = ops.to_device(weights.reshape(len(weights), 1))
+            batch_w = self._scratch("batch_w", (rows, 1), np.float32)
         totals = _StepTotals(ops, self._steps_per_execution(), self._penalty_columns())
         self._start_steps()
         resume, self.resume_point = self.resume_point, None
@@ -633,10 +650,14 @@ class Sequential:
                 xb, tb = batch_x[:count], batch_t[:count]
                 ops.gather_rows(x_rows, order, start, xb.reshape(count, x_rows.shape[1]))
                 ops.gather_rows(t_rows, order, start, tb.reshape(count, t_rows.shape[1]))
+                wb = None
+                if weights is not None:
+                    ops.gather_rows(w_rows, order, start, batch_w[:count])
+                    wb = batch_w[:count].reshape(count)
                 for callback in callback_list:
                     callback.on_train_batch_begin(step, {})
                 optimizer_step = self.optimizer.iterations + 1
-                self._train_step(xb, tb, totals.next_row(count, optimizer_step), optimizer_step)
+                self._train_step(xb, tb, totals.next_row(count, optimizer_step), optimizer_step, wb)
                 if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
                     continue
                 step_losses = {}
@@ -664,7 +685,7 @@ class Sequential:
                 if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
                     break
             if x_val is not None:
-                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size)
+                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size, w_val)
                 logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(x_val)).items()})
             bar.finish(logs)
             self.epochs_trained += 1
@@ -698,8 +719,9 @@ class Sequential:
         logs["loss"] = loss_sum / seen
         return logs
 
-    def _evaluate_arrays(self, x, targets, batch_size):
-        """(summed loss, correct count) over host arrays, sent to the device a chunk at a time."""
+    def _evaluate_arrays(self, x, targets, batch_size, weights=None):
+        """(summed loss, correct count) over host arrays, sent to the device a chunk at a time;
+        ``weights``: one per sample, or None."""
         ops = self.ops
         penalty = self._penalty()
         chunk = min(batch_size, INFERENCE_CHUNK)
@@ -708,10 +730,11 @@ class Sequential:
         self._split_metrics()
         for start in range(0, len(x), chunk):
             xb, tb = ops.to_device(_float_input(x[start:start + chunk])), ops.to_device(targets[start:start + chunk])
+            wb = None if weights is None else ops.to_device(weights[start:start + chunk])
             self.layers[-1].keep_logits = fused
             outputs = self._forward(xb, training=False)
             row = totals.next_row(len(xb))
-            self._loss_and_grad(outputs, tb, row[0:1])
+            self._loss_and_grad(outputs, tb, row[0:1], wb)
             self._update_metrics(outputs, tb, row[1:2])
         loss_sum = correct = 0.0
         for _, size, chunk_loss, chunk_correct in totals.drain():
@@ -719,14 +742,15 @@ class Sequential:
         return loss_sum, correct
 
     @blas_limited
-    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, return_dict=False):
         """[loss, accuracy] (just the loss when compiled without metrics), or with
         ``return_dict`` a dict keyed as the logs are."""
         x, targets = self._prepare_xy(x, y)
+        weights = sample_weights(y, targets, sample_weight, None)
         batch_size = self._check_batch_size(batch_size)
         start = time.perf_counter()
         with self._on_device():
-            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size)
+            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size, weights)
         logs = self._logs(loss_sum, correct, len(x))
         if verbose:
             bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
@@ -869,6 +893,34 @@ class Sequential:
         from .weights_file import load_weights
 
         load_weights(self, filepath)
+
+
+def sample_weights(y, targets, sample_weight, class_weight, argument="sample_weight"):
+    """Keras's per-sample weights as float32 (N,), or None: ``sample_weight`` as given, or
+    ``class_weight`` ({class id: weight}, classes it leaves out weigh 1) looked up by each
+    sample's class (its id, the argmax of a one-hot row, or a 0/1 target rounded)."""
+    count = len(targets)
+    weights = None
+    if sample_weight is not None and class_weight is not None:
+        raise NbnetError("fit: give class_weight or sample_weight, not both (as Keras); multiply the class weights "
+                         "into sample_weight yourself.")
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, np.float64)
+        if weights.shape not in ((count,), (count, 1)):
+            raise ShapeError(f"{argument}: expected one weight per sample, shape ({count},), but received shape "
+                             f"{weights.shape}.")
+        weights = weights.reshape(count)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise NbnetError(f"{argument}: weights must be finite and non-negative.")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise NbnetError(f"class_weight: expected a dict {{class id: weight}}, received {type(class_weight).__name__}.")
+        y = np.asarray(y)
+        rows = y.reshape(count, -1)
+        classes = rows.argmax(axis=1) if rows.shape[1] > 1 else np.round(rows[:, 0]).astype(np.int64)
+        by_class = np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
+        weights = by_class
+    return None if weights is None else weights.astype(np.float32)
 
 
 def _float_input(x):

@@ -104,11 +104,11 @@ def _ptx_signatures():
         L._sum_partials_kernel: (d1, d1),
         L._sum_finish_kernel: (d1, d1),
         L._log_norm_kernel: (a2, d1),
-        L._softmax_crossentropy_kernel: (a2, a2, int64[::1], d1, float64, d1, a2),
-        L._crossentropy_probabilities_kernel: (a2, a2, int64[::1], float64, float64, d1, a2),
-        L._sigmoid_crossentropy_kernel: (a2, a2, float64, d1, a2),
-        L._binary_crossentropy_kernel: (a2, a2, float64, float64, d1, a2),
-        L._mean_squared_error_kernel: (a2, a2, float64, d1, a2),
+        L._softmax_crossentropy_kernel: (a2, a2, int64[::1], a1, d1, float64, d1, a2),
+        L._crossentropy_probabilities_kernel: (a2, a2, int64[::1], a1, float64, float64, d1, a2),
+        L._sigmoid_crossentropy_kernel: (a2, a2, a1, float64, d1, a2),
+        L._binary_crossentropy_kernel: (a2, a2, a1, float64, float64, d1, a2),
+        L._mean_squared_error_kernel: (a2, a2, a1, float64, d1, a2),
         R._penalty_kernel: (a1, float64, float64, f, f, f, d1, a1),
         N._moving_averages_kernel: (a1, a1, a1, a1, f, f),
         O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
@@ -605,7 +605,7 @@ def test_batchnorm_infer_forward_and_backward():
 NO_LABELS, NO_TARGETS, EPSILON = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 1e-7
 
 
-def _loss_case(name, sparse):
+def _loss_case(name, sparse, weighted=False):
     """(CPU kernel, GPU launcher, CPU args, with the grad array last)."""
     rng = np.random.default_rng(13)
     rows, classes = 5, 4
@@ -616,14 +616,15 @@ def _loss_case(name, sparse):
     onehot = np.eye(classes, dtype=np.float32)[labels]
     binary = rng.integers(0, 2, (rows, classes)).astype(np.float32)
     grad = np.empty((rows, classes), np.float32)
+    weights = rng.uniform(0.0, 2.0, rows).astype(np.float32) if weighted else np.zeros(0, np.float32)
     args = {
-        "softmax_crossentropy_from_logits": (logits, NO_TARGETS, labels, grad) if sparse
-        else (logits, onehot, NO_LABELS, grad),
-        "crossentropy_from_probabilities": (probs, NO_TARGETS, labels, EPSILON, grad) if sparse
-        else (probs, onehot, NO_LABELS, EPSILON, grad),
-        "sigmoid_crossentropy_from_logits": (logits, binary, grad),
-        "binary_crossentropy_from_probabilities": (probs, binary, EPSILON, grad),
-        "mean_squared_error": (logits, probs, grad),
+        "softmax_crossentropy_from_logits": (logits, NO_TARGETS, labels, weights, grad) if sparse
+        else (logits, onehot, NO_LABELS, weights, grad),
+        "crossentropy_from_probabilities": (probs, NO_TARGETS, labels, weights, EPSILON, grad) if sparse
+        else (probs, onehot, NO_LABELS, weights, EPSILON, grad),
+        "sigmoid_crossentropy_from_logits": (logits, binary, weights, grad),
+        "binary_crossentropy_from_probabilities": (probs, binary, weights, EPSILON, grad),
+        "mean_squared_error": (logits, probs, weights, grad),
     }[name]
     return getattr(cpu_losses, name), getattr(gpu_losses, name), args
 
@@ -636,8 +637,9 @@ def _loss_case(name, sparse):
                                           ("sigmoid_crossentropy_from_logits", False),
                                           ("binary_crossentropy_from_probabilities", False),
                                           ("mean_squared_error", False)])
-def test_losses(name, sparse):
-    cpu_kernel, gpu_kernel, args = _loss_case(name, sparse)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_losses(name, sparse, weighted):
+    cpu_kernel, gpu_kernel, args = _loss_case(name, sparse, weighted)
     total = cpu_kernel(*args)
     gpu_args = [a if np.isscalar(a) else dev(a) for a in args]
     gpu_args[-1] = cuda.device_array_like(args[-1])

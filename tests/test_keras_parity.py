@@ -269,3 +269,27 @@ def test_keras_weights_file_loads_and_predicts_as_keras(tmp_path):
     other.load_weights(tmp_path / "again.weights.h5")
     for ours, theirs in zip(other.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
+
+
+# ---------------------------------------------------------------------------- weighted training
+@pytest.mark.parametrize("kind", ["sample_weight", "class_weight"])
+def test_weighted_fit_and_evaluate_equal_keras(kind):
+    """Keras scales each sample's loss by its weight and still divides by the batch size;
+    compile(metrics=...) ignore the weights, as Keras; validation takes (x, y, sample_weight)."""
+    data = FIXTURE["weighted_fit"]
+    (case,) = [c for c in data["cases"] if c["kind"] == kind]
+    x, labels, weights = f32(data["x"]), np.asarray(data["labels"]), f32(data["sample_weight"])
+    model = models.Sequential([layers.Input((4,)), layers.Dense(3, activation="softmax")], seed=0)
+    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.set_weights([f32(data["kernel"]), f32(data["bias"])])
+    extra = ({"sample_weight": weights} if kind == "sample_weight"
+             else {"class_weight": {int(k): v for k, v in case["class_weight"].items()}})
+    history = model.fit(x, labels, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                        validation_data=(x[:8] * 2, labels[:8], weights[:8]), **extra)
+    assert sorted(history.history) == sorted(case["history"])
+    for key, values in case["history"].items():
+        np.testing.assert_allclose(history.history[key], values, rtol=2e-5, atol=1e-6, err_msg=key)
+    evaluated = model.evaluate(x[:8] * 2, labels[:8], sample_weight=weights[:8], verbose=0, return_dict=True)
+    assert evaluated == pytest.approx(case["evaluate"], rel=2e-5, abs=1e-6)
+    for got, expected in zip(model.get_weights(), case["weights"]):
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)

@@ -318,6 +318,27 @@ def test_dense_gradients(act, use_bias):
     assert ("bias" in report) == use_bias
 
 
+@pytest.mark.parametrize("rows", [37, 200])
+def test_dense_backward_over_uneven_reduction_chunks(rows):
+    """A batch that the fixed REDUCTION_CHUNKS (16) split unevenly: every row's gradient is
+    written and summed. Checked against the closed form (tanh' = 1 - y^2): dz = dy * (1 - y^2),
+    dkernel = x^T dz, dbias = sum of dz's rows, dx = dz kernel^T."""
+    rng = np.random.default_rng(23)
+    layer = build(layers.Dense(4, activation="tanh"), (6,), seed=3)
+    randomize_bias(layer, rng)
+    x = rng.standard_normal((rows, 6))
+    dy = rng.standard_normal((rows, 4))
+    y = np.tanh(x @ layer.params["kernel"] + layer.params["bias"])
+    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-12, atol=1e-12)
+    for grad in layer.grads.values():
+        grad[...] = 0.0
+    dx = layer.backward(dy.copy())
+    dz = dy * (1 - y * y)
+    np.testing.assert_allclose(layer.grads["kernel"], x.T @ dz, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["bias"], dz.sum(axis=0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dz @ layer.params["kernel"].T, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("act", ["softmax", "sigmoid", "tanh", "relu"])
 def test_dense_keep_logits(act):
     """keep_logits: forward keeps the pre-activation (x @ W + b) in ``logits`` and still returns

@@ -121,6 +121,7 @@ OPTIMIZER_CASES = [
     ("RMSprop", {"learning_rate": 0.01, "rho": 0.8, "momentum": 0.5, "epsilon": 1e-5, "centered": True}),
     ("Adagrad", {}),
     ("Adagrad", {"learning_rate": 0.05, "initial_accumulator_value": 0.01, "epsilon": 1e-5}),
+    ("Adagrad", {"initial_accumulator_value": 0.0}),  # with tiny gradients, epsilon's placement decides
     ("Adadelta", {}),
     ("Adadelta", {"learning_rate": 1.0, "rho": 0.9, "epsilon": 1e-6}),
     ("Adamax", {}),
@@ -416,6 +417,33 @@ def callback_cases():
     return out
 
 
+# ---------------------------------------------------------------------------- weighted training
+def weighted_fit_cases():
+    """A Dense softmax model trained a few steps with sample_weight, then with class_weight,
+    from the same weights: Keras's loss per epoch, weighted accuracy and final weights."""
+    rng = np.random.default_rng(29)
+    x = f32(rng.standard_normal((24, 4)))
+    labels = rng.integers(0, 3, 24)
+    kernel, bias = f32(rng.standard_normal((4, 3)) * 0.5), f32(rng.standard_normal(3) * 0.1)
+    sample_weight = f32(rng.uniform(0, 3, 24))
+    x_val, y_val, w_val = x[:8] * 2, labels[:8], sample_weight[:8]
+    out = []
+    for kind, extra in (("sample_weight", {"sample_weight": sample_weight}),
+                        ("class_weight", {"class_weight": {0: 0.5, 1: 2.0}})):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.set_weights([kernel, bias])
+        history = model.fit(x, labels, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                            validation_data=(x_val, y_val, w_val), **extra)
+        evaluated = model.evaluate(x_val, y_val, sample_weight=w_val, verbose=0, return_dict=True)
+        out.append({"kind": kind, "class_weight": {str(k): v for k, v in extra.get("class_weight", {}).items()},
+                    "history": {k: list(map(float, v)) for k, v in history.history.items()},
+                    "evaluate": {k: float(v) for k, v in evaluated.items()},
+                    "weights": [as_list(w) for w in model.get_weights()]})
+    return {"x": as_list(x), "labels": labels.tolist(), "kernel": as_list(kernel), "bias": as_list(bias),
+            "sample_weight": as_list(sample_weight), "cases": out}
+
+
 # ---------------------------------------------------------------------------- weights files
 WEIGHTS_FILE = OUTPUT.parent / "keras_cnn.weights.h5"
 
@@ -444,7 +472,8 @@ def main():
                "epsilon": keras.backend.epsilon(),
                "losses": loss_cases(), "metrics": metric_cases(), "optimizers": optimizer_cases(), "clipping": clipping_cases(), "initializers": initializer_cases(),
                "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
-               "callbacks": callback_cases(), "weights_file": weights_file_case()}
+               "callbacks": callback_cases(), "weights_file": weights_file_case(),
+               "weighted_fit": weighted_fit_cases()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(".tmp")
     temporary.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")

@@ -1,7 +1,9 @@
 """Loss kernels: each returns the batch's summed loss and writes the gradient of the
 *mean* loss with respect to the predictions (or to the logits, for the fused forms).
 
-Cross-entropy on probabilities follows Keras: categorical rows are divided by their sum,
+``weights`` (float32, one per row, or empty for none) are Keras's sample weights: each
+row's loss and gradient are multiplied by its weight, and the mean is still over the batch
+(Keras's 'sum_over_batch_size'). Cross-entropy on probabilities follows Keras: categorical rows are divided by their sum,
 then probabilities are clipped to [epsilon, 1 - epsilon]; the fused logit forms use
 log-sum-exp and need no clipping. Sums run in float64.
 """
@@ -17,8 +19,13 @@ def upper_clip(epsilon):
     return np.float64(np.float32(1.0 - epsilon))
 
 
+@njit(cache=True, inline="always")
+def row_weight(weights, i):
+    return np.float64(weights[i]) if weights.shape[0] > 0 else 1.0
+
+
 @njit(cache=True)
-def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad):
+def softmax_crossentropy_from_logits(logits, targets, sparse_labels, weights, grad):
     """Softmax + categorical cross-entropy, fused. Targets are ``sparse_labels`` (int
     class ids) when it is non-empty, else the rows of ``targets``."""
     rows, classes = logits.shape
@@ -33,15 +40,16 @@ def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad):
         for k in range(classes):
             norm += np.exp(np.float64(logits[i, k]) - peak)
         log_norm = np.log(norm) + peak
+        w = row_weight(weights, i)
         for k in range(classes):
             target = (1.0 if sparse_labels[i] == k else 0.0) if sparse else np.float64(targets[i, k])
-            total -= target * (logits[i, k] - log_norm)
-            grad[i, k] = (np.exp(logits[i, k] - log_norm) - target) * scale
+            total -= w * target * (logits[i, k] - log_norm)
+            grad[i, k] = (np.exp(logits[i, k] - log_norm) - target) * scale * w
     return total
 
 
 @njit(cache=True)
-def crossentropy_from_probabilities(probs, targets, sparse_labels, epsilon, grad):
+def crossentropy_from_probabilities(probs, targets, sparse_labels, weights, epsilon, grad):
     """Keras's categorical cross-entropy on probabilities: each row is first divided by its
     sum (a row that does not sum to 1 is rescaled, not penalised), then clipped to
     [epsilon, 1 - epsilon]; the gradient flows through both (none where clipped)."""
@@ -56,59 +64,63 @@ def crossentropy_from_probabilities(probs, targets, sparse_labels, epsilon, grad
             row_sum += np.float64(probs[i, k])
         # d(loss)/d(q_k) into grad, and its q-weighted sum for the normalisation's Jacobian.
         weighted = 0.0
+        w = row_weight(weights, i)
         for k in range(classes):
             target = (1.0 if sparse_labels[i] == k else 0.0) if sparse else np.float64(targets[i, k])
             q = np.float64(probs[i, k]) / row_sum
             clipped = min(max(q, epsilon), high)
-            total -= target * np.log(clipped)
+            total -= w * target * np.log(clipped)
             d_q = -target / q if epsilon <= q <= high else 0.0
             weighted += d_q * q
             grad[i, k] = d_q
         for k in range(classes):
-            grad[i, k] = (grad[i, k] - weighted) / row_sum * scale
+            grad[i, k] = (grad[i, k] - weighted) / row_sum * scale * w
     return total
 
 
 @njit(cache=True)
-def sigmoid_crossentropy_from_logits(logits, targets, grad):
+def sigmoid_crossentropy_from_logits(logits, targets, weights, grad):
     """Binary cross-entropy on logits, averaged over the last axis then the batch."""
     rows, width = logits.shape
     scale = 1.0 / (rows * width)
     total = 0.0
     for i in range(rows):
+        w = row_weight(weights, i)
         for k in range(width):
             z = np.float64(logits[i, k])
             t = np.float64(targets[i, k])
-            total += (max(z, 0.0) - z * t + np.log1p(np.exp(-abs(z)))) / width
+            total += w * (max(z, 0.0) - z * t + np.log1p(np.exp(-abs(z)))) / width
             sig = 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
-            grad[i, k] = (sig - t) * scale
+            grad[i, k] = (sig - t) * scale * w
     return total
 
 
 @njit(cache=True)
-def binary_crossentropy_from_probabilities(probs, targets, epsilon, grad):
+def binary_crossentropy_from_probabilities(probs, targets, weights, epsilon, grad):
     rows, width = probs.shape
     scale = 1.0 / (rows * width)
     high = upper_clip(epsilon)
     total = 0.0
     for i in range(rows):
+        w = row_weight(weights, i)
         for k in range(width):
             t = np.float64(targets[i, k])
             p = min(max(np.float64(probs[i, k]), epsilon), high)
-            total -= (t * np.log(p) + (1.0 - t) * np.log(1.0 - p)) / width
+            total -= w * (t * np.log(p) + (1.0 - t) * np.log(1.0 - p)) / width
             inside = epsilon <= probs[i, k] <= high
-            grad[i, k] = (p - t) / (p * (1.0 - p)) * scale if inside else 0.0
+            grad[i, k] = (p - t) / (p * (1.0 - p)) * scale * w if inside else 0.0
     return total
 
 
 @njit(cache=True)
-def mean_squared_error(preds, targets, grad):
+def mean_squared_error(preds, targets, weights, grad):
     rows, width = preds.shape
     scale = 2.0 / (rows * width)
     total = 0.0
     for i in range(rows):
+        w = row_weight(weights, i)
         for k in range(width):
             diff = np.float64(preds[i, k]) - targets[i, k]
-            total += diff * diff / width
-            grad[i, k] = diff * scale
+            total += w * diff * diff / width
+            grad[i, k] = diff * scale * w
     return total

@@ -38,6 +38,12 @@ def _upper_clip(epsilon):
     return float64(float32(1.0 - epsilon))
 
 
+@cuda.jit(device=True)
+def _row_weight(weights, i):
+    """The CPU kernels' row_weight: a sample's weight, 1 when none are given."""
+    return weights[i] + 0.0 if weights.shape[0] > 0 else 1.0
+
+
 @cuda.jit
 def _sum_partials_kernel(values, partial):
     n = values.shape[0]
@@ -91,7 +97,7 @@ def _log_norm_kernel(logits, log_norm):
 
 
 @cuda.jit
-def _softmax_crossentropy_kernel(logits, targets, sparse_labels, log_norm, scale, terms, grad):
+def _softmax_crossentropy_kernel(logits, targets, sparse_labels, weights, log_norm, scale, terms, grad):
     rows, classes = logits.shape
     sparse = sparse_labels.shape[0] > 0
     for idx in range(cuda.grid(1), rows * classes, cuda.gridsize(1)):
@@ -101,11 +107,12 @@ def _softmax_crossentropy_kernel(logits, targets, sparse_labels, log_norm, scale
             target = 1.0 if sparse_labels[i] == k else 0.0
         else:
             target = targets[i, k] + 0.0
-        terms[idx] = -target * (logits[i, k] - log_norm[i])
-        grad[i, k] = (math.exp(logits[i, k] - log_norm[i]) - target) * scale
+        w = _row_weight(weights, i)
+        terms[idx] = -w * target * (logits[i, k] - log_norm[i])
+        grad[i, k] = (math.exp(logits[i, k] - log_norm[i]) - target) * scale * w
 
 
-def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad, total_out=None):
+def softmax_crossentropy_from_logits(logits, targets, sparse_labels, weights, grad, total_out=None):
     """Softmax + categorical cross-entropy, fused. Targets are ``sparse_labels`` (int
     class ids) when it is non-empty, else the rows of ``targets``."""
     rows, classes = logits.shape
@@ -115,13 +122,13 @@ def softmax_crossentropy_from_logits(logits, targets, sparse_labels, grad, total
         blocks, threads = launch_1d(rows)
         _log_norm_kernel[blocks, threads](logits, log_norm)
         blocks, threads = launch_1d(rows * classes)
-        _softmax_crossentropy_kernel[blocks, threads](logits, targets, sparse_labels, log_norm, 1.0 / max(rows, 1),
-                                                      terms, grad)
+        _softmax_crossentropy_kernel[blocks, threads](logits, targets, sparse_labels, weights, log_norm,
+                                                      1.0 / max(rows, 1), terms, grad)
     return sum_float64(terms, total_out)
 
 
 @cuda.jit
-def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, epsilon, scale, terms, grad):
+def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, weights, epsilon, scale, terms, grad):
     """One thread per row: the row is divided by its sum, clipped, and the gradient taken
     through both (the CPU kernel's formula)."""
     rows, classes = probs.shape
@@ -132,6 +139,7 @@ def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, epsilon, s
         for k in range(classes):
             row_sum += probs[i, k]
         weighted = 0.0
+        w = _row_weight(weights, i)
         for k in range(classes):
             if sparse:
                 target = 1.0 if sparse_labels[i] == k else 0.0
@@ -139,49 +147,50 @@ def _crossentropy_probabilities_kernel(probs, targets, sparse_labels, epsilon, s
                 target = targets[i, k] + 0.0
             q = (probs[i, k] + 0.0) / row_sum
             clipped = _min(_max(q, epsilon), high)
-            terms[i * classes + k] = -target * math.log(clipped)
+            terms[i * classes + k] = -w * target * math.log(clipped)
             d_q = -target / q if epsilon <= q <= high else 0.0
             weighted += d_q * q
             grad[i, k] = d_q
         for k in range(classes):
-            grad[i, k] = (grad[i, k] - weighted) / row_sum * scale
+            grad[i, k] = (grad[i, k] - weighted) / row_sum * scale * w
 
 
-def crossentropy_from_probabilities(probs, targets, sparse_labels, epsilon, grad, total_out=None):
+def crossentropy_from_probabilities(probs, targets, sparse_labels, weights, epsilon, grad, total_out=None):
     rows, classes = probs.shape
     terms = _terms(rows * classes)
     if rows * classes:
         blocks, threads = launch_1d(rows)
-        _crossentropy_probabilities_kernel[blocks, threads](probs, targets, sparse_labels, float(epsilon),
+        _crossentropy_probabilities_kernel[blocks, threads](probs, targets, sparse_labels, weights, float(epsilon),
                                                             1.0 / max(rows, 1), terms, grad)
     return sum_float64(terms, total_out)
 
 
 @cuda.jit
-def _sigmoid_crossentropy_kernel(logits, targets, scale, terms, grad):
+def _sigmoid_crossentropy_kernel(logits, targets, weights, scale, terms, grad):
     rows, width = logits.shape
     for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         i = idx // width
         k = idx - i * width
         z = logits[i, k] + 0.0
         t = targets[i, k] + 0.0
-        terms[idx] = (_max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))) / width
+        w = _row_weight(weights, i)
+        terms[idx] = w * (_max(z, 0.0) - z * t + math.log1p(math.exp(-abs(z)))) / width
         sig = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-        grad[i, k] = (sig - t) * scale
+        grad[i, k] = (sig - t) * scale * w
 
 
-def sigmoid_crossentropy_from_logits(logits, targets, grad, total_out=None):
+def sigmoid_crossentropy_from_logits(logits, targets, weights, grad, total_out=None):
     """Binary cross-entropy on logits, averaged over the last axis then the batch."""
     rows, width = logits.shape
     terms = _terms(rows * width)
     if rows * width:
         blocks, threads = launch_1d(rows * width)
-        _sigmoid_crossentropy_kernel[blocks, threads](logits, targets, 1.0 / (rows * width), terms, grad)
+        _sigmoid_crossentropy_kernel[blocks, threads](logits, targets, weights, 1.0 / (rows * width), terms, grad)
     return sum_float64(terms, total_out)
 
 
 @cuda.jit
-def _binary_crossentropy_kernel(probs, targets, epsilon, scale, terms, grad):
+def _binary_crossentropy_kernel(probs, targets, weights, epsilon, scale, terms, grad):
     rows, width = probs.shape
     high = _upper_clip(epsilon)
     for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
@@ -189,36 +198,38 @@ def _binary_crossentropy_kernel(probs, targets, epsilon, scale, terms, grad):
         k = idx - i * width
         t = targets[i, k] + 0.0
         p = _min(_max(probs[i, k] + 0.0, epsilon), high)
-        terms[idx] = -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p)) / width
+        w = _row_weight(weights, i)
+        terms[idx] = -w * (t * math.log(p) + (1.0 - t) * math.log(1.0 - p)) / width
         inside = epsilon <= probs[i, k] <= high
-        grad[i, k] = (p - t) / (p * (1.0 - p)) * scale if inside else 0.0
+        grad[i, k] = (p - t) / (p * (1.0 - p)) * scale * w if inside else 0.0
 
 
-def binary_crossentropy_from_probabilities(probs, targets, epsilon, grad, total_out=None):
+def binary_crossentropy_from_probabilities(probs, targets, weights, epsilon, grad, total_out=None):
     rows, width = probs.shape
     terms = _terms(rows * width)
     if rows * width:
         blocks, threads = launch_1d(rows * width)
-        _binary_crossentropy_kernel[blocks, threads](probs, targets, float(epsilon), 1.0 / (rows * width), terms,
-                                                     grad)
+        _binary_crossentropy_kernel[blocks, threads](probs, targets, weights, float(epsilon), 1.0 / (rows * width),
+                                                     terms, grad)
     return sum_float64(terms, total_out)
 
 
 @cuda.jit
-def _mean_squared_error_kernel(preds, targets, scale, terms, grad):
+def _mean_squared_error_kernel(preds, targets, weights, scale, terms, grad):
     rows, width = preds.shape
     for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         i = idx // width
         k = idx - i * width
         diff = (preds[i, k] + 0.0) - targets[i, k]
-        terms[idx] = diff * diff / width
-        grad[i, k] = diff * scale
+        w = _row_weight(weights, i)
+        terms[idx] = w * diff * diff / width
+        grad[i, k] = diff * scale * w
 
 
-def mean_squared_error(preds, targets, grad, total_out=None):
+def mean_squared_error(preds, targets, weights, grad, total_out=None):
     rows, width = preds.shape
     terms = _terms(rows * width)
     if rows * width:
         blocks, threads = launch_1d(rows * width)
-        _mean_squared_error_kernel[blocks, threads](preds, targets, 2.0 / (rows * width), terms, grad)
+        _mean_squared_error_kernel[blocks, threads](preds, targets, weights, 2.0 / (rows * width), terms, grad)
     return sum_float64(terms, total_out)
