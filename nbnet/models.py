@@ -566,9 +566,19 @@ class Sequential:
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
         """Keras's fit. ``sample_weight`` (one per sample) and ``class_weight`` ({class:
-        weight}) scale each sample's loss, as Keras: the mean stays over the batch size."""
+        weight}) scale each sample's loss, as Keras: the mean stays over the batch size.
+        ``validation_freq``: validate every that many epochs. ``steps_per_epoch`` and
+        ``validation_steps`` are for generators, which nbnet's fit does not take yet."""
+        for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+            if value is not None:
+                raise NbnetError(f"fit: {name}={value!r} is for data generators; nbnet's fit takes arrays and runs "
+                                 "every sample each epoch, so leave it out.")
+        if not (isinstance(validation_freq, int) and validation_freq >= 1):
+            raise NbnetError(f"fit: validation_freq must be a positive number of epochs, received {validation_freq!r}.")
+        self._validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
         x, targets = self._prepare_xy(x, y)
         weights = sample_weights(y, targets, sample_weight, class_weight)
         batch_size = self._check_batch_size(batch_size)
@@ -684,8 +694,11 @@ class Sequential:
                                               self.stop_requested)
                 if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
                     break
-            if x_val is not None:
-                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, batch_size, w_val)
+            validation_freq, validation_batch_size = self._validation
+            if x_val is not None and (epoch + 1) % validation_freq == 0:
+                # As Keras, the fit's callbacks see the validation run's test hooks.
+                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val,
+                                                              callback_list)
                 logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(x_val)).items()})
             bar.finish(logs)
             self.epochs_trained += 1
@@ -719,16 +732,28 @@ class Sequential:
         logs["loss"] = loss_sum / seen
         return logs
 
-    def _evaluate_arrays(self, x, targets, batch_size, weights=None):
+    def _evaluate_arrays(self, x, targets, batch_size, weights=None, callback_list=()):
         """(summed loss, correct count) over host arrays, sent to the device a chunk at a time;
-        ``weights``: one per sample, or None."""
+        ``weights``: one per sample, or None. Given callbacks, their test hooks run (each
+        chunk's running logs are then read back as it ends)."""
         ops = self.ops
         penalty = self._penalty()
         chunk = min(batch_size, INFERENCE_CHUNK)
         totals = _StepTotals(ops, max(math.ceil(len(x) / chunk), 1), 0)
         fused = self._fused()
         self._split_metrics()
-        for start in range(0, len(x), chunk):
+        loss_sum = correct = seen = 0.0
+
+        def add_drained():
+            nonlocal loss_sum, correct, seen
+            for _, size, chunk_loss, chunk_correct in totals.drain():
+                loss_sum, correct, seen = loss_sum + chunk_loss + penalty * size, correct + chunk_correct, seen + size
+
+        for callback in callback_list:
+            callback.on_test_begin({})
+        for index, start in enumerate(range(0, len(x), chunk)):
+            for callback in callback_list:
+                callback.on_test_batch_begin(index, {})
             xb, tb = ops.to_device(_float_input(x[start:start + chunk])), ops.to_device(targets[start:start + chunk])
             wb = None if weights is None else ops.to_device(weights[start:start + chunk])
             self.layers[-1].keep_logits = fused
@@ -736,21 +761,28 @@ class Sequential:
             row = totals.next_row(len(xb))
             self._loss_and_grad(outputs, tb, row[0:1], wb)
             self._update_metrics(outputs, tb, row[1:2])
-        loss_sum = correct = 0.0
-        for _, size, chunk_loss, chunk_correct in totals.drain():
-            loss_sum, correct = loss_sum + chunk_loss + penalty * size, correct + chunk_correct
+            if callback_list:
+                add_drained()
+                logs = self._logs(loss_sum, correct, seen)
+                for callback in callback_list:
+                    callback.on_test_batch_end(index, logs)
+        add_drained()
+        for callback in callback_list:
+            callback.on_test_end(self._logs(loss_sum, correct, seen))
         return loss_sum, correct
 
     @blas_limited
-    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, callbacks=None,
+                 return_dict=False):
         """[loss, accuracy] (just the loss when compiled without metrics), or with
         ``return_dict`` a dict keyed as the logs are."""
         x, targets = self._prepare_xy(x, y)
         weights = sample_weights(y, targets, sample_weight, None)
         batch_size = self._check_batch_size(batch_size)
         start = time.perf_counter()
+        callback_list = self._with_model(callbacks)
         with self._on_device():
-            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size, weights)
+            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size, weights, callback_list)
         logs = self._logs(loss_sum, correct, len(x))
         if verbose:
             bar = ProgressBar(math.ceil(len(x) / batch_size), verbose=2)
@@ -770,18 +802,33 @@ class Sequential:
         return ["loss"] + [metric.name for metric in self.metrics]
 
     @blas_limited
-    def predict(self, x, batch_size=32, verbose=0):
+    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
         x = self._prepare_x(x)
         batch_size = self._check_batch_size(batch_size)
         outputs = np.empty((len(x),) + tuple(self.output_shape), np.float32)
         self.layers[-1].keep_logits = False
         chunk = min(batch_size, INFERENCE_CHUNK)
+        callback_list = self._with_model(callbacks)
+        for callback in callback_list:
+            callback.on_predict_begin({})
         with self._on_device():
             ops = self.ops
-            for start in range(0, len(x), chunk):
+            for index, start in enumerate(range(0, len(x), chunk)):
+                for callback in callback_list:
+                    callback.on_predict_batch_begin(index, {})
                 y = self._forward(ops.to_device(_float_input(x[start:start + chunk])), training=False)
                 ops.copy_to_host(y, outputs[start:start + chunk])
+                for callback in callback_list:
+                    callback.on_predict_batch_end(index, {"outputs": outputs[start:start + chunk]})
+        for callback in callback_list:
+            callback.on_predict_end({})
         return outputs
+
+    def _with_model(self, callbacks):
+        callback_list = list(callbacks or [])
+        for callback in callback_list:
+            callback.set_model(self)
+        return callback_list
 
     def __call__(self, x, training=False):
         """The model on a batch, as Keras's ``model(x)``: inference unless ``training=True``

@@ -22,6 +22,16 @@ META_KEY = "__nbnet__"
 
 
 def save_model(model, path):
+    """``.keras``: Keras 3's format (Keras loads it; optimizer state not kept); any other
+    name: nbnet's own file, which resumes training exactly."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".keras":
+        from .keras_file import save_keras
+
+        return save_keras(model, path)
+    if suffix == ".h5":
+        raise ModelFileError(f"{path}: nbnet does not write Keras 2's legacy .h5 model files; save as .keras "
+                             "(Keras 3's format) or .nbnet (nbnet's, for exact resumes).")
     model._require_built()
     meta = {
         "format": FORMAT,
@@ -94,6 +104,10 @@ def model_from_config(config):
 
 
 def load_model(path):
+    from .keras_file import is_keras_file, load_keras
+
+    if is_keras_file(path):
+        return load_keras(path)
     meta, arrays = _read(path)
     try:
         model = model_from_config(meta["config"])

@@ -55,13 +55,18 @@ def save_weights(model, filepath, overwrite=True):
     h5py = _h5py()
     with atomic_write(path, mode="w+b") as handle:  # h5py reads back what it writes
         with h5py.File(handle, "w") as h5:
-            layers_group = h5.create_group("layers")
-            for key, layer in layer_keys(model):
-                variables = layers_group.create_group(key).create_group("vars")
-                variables.attrs["name"] = layer.name
-                for index, value in enumerate(layer.get_weights()):
-                    variables.create_dataset(str(index), data=np.asarray(value, np.float32))
-            h5.create_group("vars").attrs["name"] = model.name
+            save_weights_to(model, h5)
+
+
+def save_weights_to(model, h5):
+    """Keras's layout into an open HDF5 file (a .weights.h5, or a .keras file's weights)."""
+    layers_group = h5.create_group("layers")
+    for key, layer in layer_keys(model):
+        variables = layers_group.create_group(key).create_group("vars")
+        variables.attrs["name"] = layer.name
+        for index, value in enumerate(layer.get_weights()):
+            variables.create_dataset(str(index), data=np.asarray(value, np.float32))
+    h5.create_group("vars").attrs["name"] = model.name
 
 
 def load_weights(model, filepath):
@@ -76,26 +81,31 @@ def load_weights(model, filepath):
     h5py = _h5py()
     try:
         with h5py.File(path, "r") as h5:
-            stored = h5.get("layers")
-            if stored is None:
-                raise ModelFileError(f"{path} has no 'layers' group: not a Keras 3 .weights.h5 file.")
-            keys = layer_keys(model)
-            extra = sorted(set(stored) - {key for key, _ in keys})
-            if extra:
-                raise ModelFileError(f"{path} holds weights for layers {extra} that model '{model.name}' does not have "
-                                     f"(its layers, as Keras keys them: {[key for key, _ in keys]}).")
-            updates = []
-            for key, layer in keys:
-                variables = stored[key]["vars"] if key in stored and "vars" in stored[key] else {}
-                values = [np.asarray(variables[str(i)]) for i in range(len(variables))]
-                expected = [tuple(w.shape) for w in layer.get_weights()]
-                if [tuple(v.shape) for v in values] != expected:
-                    raise ModelFileError(
-                        f"{path}: layer '{layer.name}' ({key}) needs weights of shapes {expected}, but the file holds "
-                        f"{[tuple(v.shape) for v in values]}.")
-                updates.append((layer, values))
+            load_weights_from(model, h5, path)
     except OSError as exc:
         raise ModelFileError(f"load_weights: {path} is not a readable HDF5 file: {exc}") from exc
+
+
+def load_weights_from(model, h5, path):
+    """Keras's layout from an open HDF5 file; every shape is checked before any weight changes."""
+    stored = h5.get("layers")
+    if stored is None:
+        raise ModelFileError(f"{path} has no 'layers' group: not a Keras 3 weights file.")
+    keys = layer_keys(model)
+    extra = sorted(set(stored) - {key for key, _ in keys})
+    if extra:
+        raise ModelFileError(f"{path} holds weights for layers {extra} that model '{model.name}' does not have "
+                             f"(its layers, as Keras keys them: {[key for key, _ in keys]}).")
+    updates = []
+    for key, layer in keys:
+        variables = stored[key]["vars"] if key in stored and "vars" in stored[key] else {}
+        values = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(v.shape) for v in values] != expected:
+            raise ModelFileError(
+                f"{path}: layer '{layer.name}' ({key}) needs weights of shapes {expected}, but the file holds "
+                f"{[tuple(v.shape) for v in values]}.")
+        updates.append((layer, values))
     for layer, values in updates:
         if values:
             layer.set_weights(values)

@@ -161,3 +161,22 @@ def test_warmup_compiles_the_kernels_a_model_uses():
     result = CliRunner().invoke(main, ["warmup", "--model", "mnist_mlp"])
     assert result.exit_code == 0, result.output
     assert "Compiling kernels" in result.output and "Kernels ready in" in result.output
+
+
+def test_commands_take_a_keras_file(tmp_path):
+    pytest.importorskip("h5py")
+    from pathlib import Path
+
+    keras_file = Path(__file__).parent / "fixtures" / "keras_files" / "cnn_batchnorm.keras"
+    runner = CliRunner()
+    result = runner.invoke(main, ["summary", str(keras_file)])
+    assert result.exit_code == 0, result.output
+    assert "(BatchNormalization)" in result.output and "Total params: 359" in result.output
+    result = runner.invoke(main, ["export", str(keras_file), str(tmp_path / "m.onnx"), "--verify-samples", "50"])
+    assert result.exit_code == 0, result.output
+    import onnxruntime
+
+    model = load_model(keras_file)
+    x = np.random.default_rng(3).uniform(0, 255, (5, 12, 12, 1)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), atol=1e-5)

@@ -96,21 +96,29 @@ def test_clipping_and_weight_decay_equal_keras(case):
 
 
 # ---------------------------------------------------------------------------- initializers
-@pytest.mark.parametrize("case", FIXTURE["initializers"], ids=lambda c: f"{c['initializer']}-{c['layer']}")
+@pytest.mark.parametrize("case", FIXTURE["initializers"],
+                         ids=lambda c: f"{c['initializer']}-{c.get('kwargs', {})}-{c['layer']}")
 def test_initializer_statistics_equal_keras(case):
     shape = tuple(case["shape"])
-    values = initializers.get(case["initializer"])(shape, np.random.default_rng(7)).astype(np.float64)
-    assert values.shape == shape and values.dtype == np.float64
-    if case["initializer"] in ("zeros", "ones"):
-        np.testing.assert_array_equal(values, np.full(shape, case["max_abs"]))
+    kwargs = case.get("kwargs", {})
+    initializer = getattr(initializers, case["initializer"])(**kwargs) if kwargs else initializers.get(case["initializer"])
+    values = initializer.draw(shape, np.random.default_rng(7)).astype(np.float64)
+    assert values.shape == shape
+    if case["std"] == 0.0:  # zeros, ones, Constant
+        np.testing.assert_array_equal(values, np.full(shape, case["max"]))
         return
     n = values.size
     # Sample statistics of n draws: the standard deviation is known to about 1/sqrt(2n).
     assert values.std() == pytest.approx(case["std"], rel=6 / np.sqrt(2 * n) + 0.01)
-    assert abs(values.mean()) < 6 * case["std"] / np.sqrt(n)
-    # Uniform: the largest |value| sits at the limit; truncated normal: at 2 standard deviations.
-    tolerance = 0.01 if case["initializer"].endswith("uniform") else 0.08
-    assert np.abs(values).max() == pytest.approx(case["max_abs"], rel=tolerance)
+    assert abs(values.mean() - case["mean"]) < 6 * case["std"] / np.sqrt(n)
+    # Uniform: the extremes sit at the limits; truncated normal: at 2 standard deviations.
+    uniform = "uniform" in case["initializer"].lower() or kwargs.get("distribution") == "uniform"
+    bounded = uniform or "truncated" in case["initializer"].lower() or case["initializer"] in (
+        "glorot_normal", "he_normal", "lecun_normal")
+    if bounded:
+        tolerance = 0.01 if uniform else 0.08
+        assert values.max() == pytest.approx(case["max"], rel=tolerance, abs=tolerance * case["std"])
+        assert values.min() == pytest.approx(case["min"], rel=tolerance, abs=tolerance * case["std"])
 
 
 # ---------------------------------------------------------------------------- schedules

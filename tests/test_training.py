@@ -318,3 +318,74 @@ def test_backup_and_restore_resumes_an_interrupted_fit_where_it_stopped(tmp_path
     for got, expected in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert not (tmp_path / "backup" / "latest.nbnet").exists()  # a completed fit deletes its backup
+
+
+def test_initializer_objects_seed_layers_and_survive_saving(tmp_path):
+    from nbnet import initializers
+
+    def model(seed):
+        return models.Sequential([
+            layers.Dense(6, input_shape=(5,), kernel_initializer=initializers.HeNormal(seed=3),
+                         bias_initializer=initializers.Constant(0.25)),
+            layers.Dense(2, kernel_initializer=initializers.RandomUniform(-0.1, 0.1))], seed=seed)
+
+    first, second = model(0), model(1)
+    np.testing.assert_array_equal(first.layers[0].get_weights()[0], second.layers[0].get_weights()[0])  # own seed
+    np.testing.assert_array_equal(first.layers[0].get_weights()[1], 0.25)
+    assert np.abs(first.layers[1].get_weights()[0]).max() <= 0.1
+    assert not np.array_equal(first.layers[1].get_weights()[0], second.layers[1].get_weights()[0])  # the model's
+    first.save(tmp_path / "m.nbnet")
+    restored = models.load_model(tmp_path / "m.nbnet")
+    assert restored.get_config() == first.get_config()
+    assert restored.layers[0].get_config()["kernel_initializer"] == {"class_name": "HeNormal", "config": {"seed": 3}}
+    with pytest.raises(NbnetError, match=r"unknown initializer 'he_gaussian'.*lecun_normal"):
+        layers.Dense(2, kernel_initializer="he_gaussian")
+
+
+def test_every_keras_hook_runs_in_order():
+    rng = np.random.default_rng(13)
+    x, y = rng.standard_normal((20, 3)).astype(np.float32), rng.integers(0, 2, 20)
+    model = models.Sequential([layers.Dense(2, activation="softmax", input_shape=(3,))], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    calls = []
+
+    class Recorder(callbacks.Callback):
+        pass
+
+    recorder = Recorder()
+    for hook in [name for name in dir(callbacks.Callback) if name.startswith("on_")]:
+        setattr(recorder, hook, lambda *args, _hook=hook: calls.append((_hook,) + tuple(
+            a if isinstance(a, int) else sorted(a) for a in args)))
+    model.fit(x[:12], y[:12], batch_size=6, epochs=1, verbose=0, validation_data=(x[12:], y[12:]),
+              callbacks=[recorder])
+    assert calls == [("on_train_begin", []), ("on_epoch_begin", 0, []),
+                     ("on_train_batch_begin", 0, []), ("on_train_batch_end", 0, ["accuracy", "loss"]),
+                     ("on_train_batch_begin", 1, []), ("on_train_batch_end", 1, ["accuracy", "loss"]),
+                     ("on_test_begin", []), ("on_test_batch_begin", 0, []), ("on_test_batch_end", 0, ["accuracy", "loss"]),
+                     ("on_test_batch_begin", 1, []), ("on_test_batch_end", 1, ["accuracy", "loss"]),
+                     ("on_test_end", ["accuracy", "loss"]),
+                     ("on_epoch_end", 0, ["accuracy", "loss", "val_accuracy", "val_loss"]),
+                     ("on_train_end", ["accuracy", "loss", "val_accuracy", "val_loss"])]
+    calls.clear()
+    loss, accuracy = model.evaluate(x, y, batch_size=8, verbose=0, callbacks=[recorder])
+    assert [c[0] for c in calls] == ["on_test_begin"] + ["on_test_batch_begin", "on_test_batch_end"] * 3 + ["on_test_end"]
+    calls.clear()
+    model.predict(x, batch_size=8, callbacks=[recorder])
+    assert [c[:2] for c in calls] == [("on_predict_begin", [])] + [
+        step for i in range(3) for step in (("on_predict_batch_begin", i), ("on_predict_batch_end", i))] + [
+        ("on_predict_end", [])]
+
+
+def test_validation_freq_and_batch_size():
+    rng = np.random.default_rng(14)
+    x, y = rng.standard_normal((30, 3)).astype(np.float32), rng.integers(0, 2, 30)
+    model = models.Sequential([layers.Dense(2, activation="softmax", input_shape=(3,))], seed=0)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    batches = []
+    history = model.fit(x, y, epochs=4, batch_size=10, verbose=0, validation_split=0.4, validation_freq=2,
+                        validation_batch_size=4, callbacks=[callbacks.LambdaCallback(
+                            on_test_batch_end=lambda batch, logs: batches.append(batch))])
+    assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2  # epochs 2 and 4
+    assert batches == [0, 1, 2] * 2  # 12 validation samples in batches of 4
+    with pytest.raises(NbnetError, match="steps_per_epoch=5 is for data generators"):
+        model.fit(x, y, steps_per_epoch=5, verbose=0)

@@ -244,13 +244,19 @@ def metric_cases():
 def initializer_cases():
     shapes = {"dense": (300, 200), "conv2d": (3, 3, 32, 64), "conv2d_5x5_one_channel": (5, 5, 1, 40)}
     out = []
-    for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones"):
+    named = [(name, {}) for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
+                                     "lecun_normal", "zeros", "ones")]
+    objects = [("RandomNormal", {"mean": 0.1, "stddev": 0.2}), ("TruncatedNormal", {"stddev": 0.3}),
+               ("RandomUniform", {"minval": -0.2, "maxval": 0.3}), ("Constant", {"value": 0.7}),
+               ("VarianceScaling", {"scale": 2.0, "mode": "fan_out", "distribution": "uniform"}),
+               ("VarianceScaling", {"scale": 0.5, "mode": "fan_avg", "distribution": "untruncated_normal"})]
+    for name, kwargs in named + objects:
         for kind, shape in shapes.items():
-            values = keras.ops.convert_to_numpy(keras.initializers.get(name)(shape))
-            values = np.asarray(values, np.float64)
-            config = keras.initializers.get(name).get_config() if name not in ("zeros", "ones") else {}
-            out.append({"initializer": name, "layer": kind, "shape": list(shape), "keras_config": config,
-                        "mean": values.mean(), "std": values.std(), "max_abs": np.abs(values).max()})
+            initializer = getattr(keras.initializers, name)(**kwargs) if kwargs else keras.initializers.get(name)
+            values = np.asarray(keras.ops.convert_to_numpy(initializer(shape)), np.float64)
+            out.append({"initializer": name, "kwargs": kwargs, "layer": kind, "shape": list(shape),
+                        "keras_config": initializer.get_config(), "mean": values.mean(), "std": values.std(),
+                        "max_abs": np.abs(values).max(), "min": values.min(), "max": values.max()})
     return out
 
 
@@ -463,6 +469,56 @@ def weights_file_case():
     return {"file": WEIGHTS_FILE.name, "x": as_list(x), "predictions": as_list(model.predict(x, verbose=0))}
 
 
+# ---------------------------------------------------------------------------- .keras files
+KERAS_FILES = OUTPUT.parent / "keras_files"
+
+
+def _architectures():
+    """Sequential models covering every layer nbnet reads from .keras files."""
+    layers = keras.layers
+    return {
+        "mlp": ([keras.Input((12,)), layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.l2(1e-3)),
+                 layers.Dropout(0.2), layers.Dense(8, activation="tanh"), layers.Dense(4, activation="softmax")],
+                "sparse_categorical_crossentropy", "adam"),
+        "cnn_batchnorm": ([keras.Input((12, 12, 1)), layers.Rescaling(1 / 255.0), layers.Conv2D(4, 3, activation="relu"),
+                           layers.BatchNormalization(), layers.MaxPooling2D(), layers.Flatten(), layers.Dropout(0.25),
+                           layers.Dense(3, activation="softmax")], "categorical_crossentropy", "rmsprop"),
+        "cnn_same_strides": ([keras.Input((11, 9, 2)), layers.Conv2D(5, (3, 2), strides=2, padding="same",
+                                                                     activation="sigmoid"),
+                              layers.AveragePooling2D(2, padding="same"), layers.Conv2D(3, 2, padding="same"),
+                              layers.LeakyReLU(negative_slope=0.1), layers.Flatten(), layers.Dense(2)], "mse", "sgd"),
+        "global_pooling": ([keras.Input((10, 10, 3)), layers.ZeroPadding2D(((1, 0), (2, 1))),
+                            layers.Conv2D(6, 3, activation="relu", use_bias=False), layers.MaxPooling2D(3, strides=1),
+                            layers.GlobalAveragePooling2D(), layers.Dense(4), layers.Softmax()],
+                           "sparse_categorical_crossentropy", "nadam"),
+        "reshape_activations": ([keras.Input((6, 6, 2)), layers.Reshape((12, 6)), layers.Reshape((6, 6, 2)),
+                                 layers.Conv2D(4, 2), layers.ReLU(), layers.GlobalMaxPooling2D(keepdims=True),
+                                 layers.Flatten(), layers.Dense(3), layers.Activation("softmax")],
+                                "categorical_crossentropy", "adagrad"),
+        "binary": ([keras.Input((7,)), layers.Dense(5, activation="leaky_relu"), layers.BatchNormalization(),
+                    layers.Dense(1, activation="sigmoid")], "binary_crossentropy", "adamax"),
+    }
+
+
+def keras_file_cases():
+    """Each architecture with seeded random weights (positive moving variances), saved by
+    Keras as .keras, with Keras's predictions on seeded inputs."""
+    rng = np.random.default_rng(30)
+    KERAS_FILES.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, (stack, loss, optimizer) in _architectures().items():
+        model = keras.Sequential(stack, name=name)
+        model.compile(optimizer, loss, metrics=["accuracy"])
+        model.set_weights([f32(rng.uniform(0.5, 1.5, w.shape)) if "variance" in v.path
+                           else f32(rng.standard_normal(w.shape) * 0.4) for w, v in zip(model.get_weights(), model.weights)])
+        path = KERAS_FILES / f"{name}.keras"
+        model.save(path)
+        x = f32(rng.uniform(0, 1, (4,) + tuple(model.input_shape[1:])))
+        out.append({"name": name, "file": path.name, "x": as_list(x), "predictions": as_list(model.predict(x, verbose=0)),
+                    "loss": loss, "optimizer": optimizer})
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -473,7 +529,8 @@ def main():
                "losses": loss_cases(), "metrics": metric_cases(), "optimizers": optimizer_cases(), "clipping": clipping_cases(), "initializers": initializer_cases(),
                "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
                "callbacks": callback_cases(), "weights_file": weights_file_case(),
-               "weighted_fit": weighted_fit_cases()}
+               "weighted_fit": weighted_fit_cases(),
+               "keras_files": keras_file_cases()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(".tmp")
     temporary.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")

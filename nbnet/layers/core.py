@@ -44,9 +44,11 @@ class KernelMixin(ActivationMixin):
                      bias_regularizer):
         owner = f"{type(self).__name__} '{self.name}'"
         self.use_bias = use_bias
-        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         self._kernel_init = initializers.get(kernel_initializer, owner)
         self._bias_init = initializers.get(bias_initializer, owner)
+        # As given (a name), or an object's class and config: what get_config saves.
+        self.kernel_initializer = initializers.serialize(kernel_initializer)
+        self.bias_initializer = initializers.serialize(bias_initializer)
         self.regularizers = {"kernel": regularizers.get(kernel_regularizer, owner),
                              "bias": regularizers.get(bias_regularizer, owner)}
         if not use_bias:
@@ -54,9 +56,9 @@ class KernelMixin(ActivationMixin):
         self._init_activation(activation)
 
     def _create_kernel(self, kernel_shape, rng):
-        self.params["kernel"] = self._kernel_init(kernel_shape, rng)
+        self.params["kernel"] = self._kernel_init.draw(kernel_shape, rng)
         if self.use_bias:
-            self.params["bias"] = self._bias_init((kernel_shape[-1],), rng)
+            self.params["bias"] = self._bias_init.draw((kernel_shape[-1],), rng)
 
     def _kernel_config(self):
         return {"activation": self.activation, "use_bias": self.use_bias,

@@ -1,0 +1,252 @@
+"""Keras 3's ``.keras`` model files, read and written: a zip of ``metadata.json``,
+``config.json`` (the model's and each layer's ``get_config``, with ``module``,
+``class_name`` and ``build_config``; the compile settings) and ``model.weights.h5``
+(Keras's weights layout, see ``weights_file``). Sequential models for now.
+
+Files are data: a ``Lambda`` layer or any class nbnet does not have is refused with the
+layer's name, never imported or run, and so is a setting nbnet cannot honour (a dilated
+convolution, a constraint, ...): nbnet never silently computes something else.
+"""
+
+import inspect
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from . import __version__, layers as layers_module
+from .errors import ModelFileError
+from .paths import atomic_write
+
+CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
+# Keras settings nbnet has no argument for, and the values at which leaving them out changes
+# nothing. Any other value is refused (see _layer_from_keras).
+_NEUTRAL = {
+    "dtype": None, "data_format": ("channels_last", None), "dilation_rate": ([1, 1], 1, (1, 1)), "groups": 1,
+    "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None, "beta_constraint": None,
+    "gamma_constraint": None, "beta_regularizer": None, "gamma_regularizer": None, "noise_shape": None,
+    "center": True, "scale": True, "axis": (-1, [-1]), "renorm": False, "renorm_clipping": None,
+    "renorm_momentum": None, "synchronized": None, "moving_mean_initializer": None,
+    "moving_variance_initializer": None, "beta_initializer": None, "gamma_initializer": None,
+    "max_value": None, "threshold": (0, 0.0), "negative_slope": (0, 0.0), "lora_rank": None, "lora_alpha": None, "quantization_config": None,
+}
+# Keys whose value does not matter to the computation (the initializers of BatchNormalization
+# and renorm's momentum only apply to settings checked elsewhere).
+_ANY_VALUE = {"dtype", "synchronized", "renorm_momentum", "moving_mean_initializer", "moving_variance_initializer",
+              "beta_initializer", "gamma_initializer"}
+
+
+def is_keras_file(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return CONFIG in archive.namelist() and WEIGHTS in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+# ------------------------------------------------------------------------------ reading
+def load_keras(path):
+    """A Sequential model from a Keras 3 ``.keras`` file, with its weights and, when nbnet
+    has them, its optimizer, loss and metrics (a fresh optimizer state)."""
+    from .models import Sequential
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read(CONFIG))
+            weights = archive.read(WEIGHTS)
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable Keras .keras file ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
+        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+        raise ModelFileError(f"{path}: nbnet reads Sequential Keras models for now; this file holds a {kind!r} "
+                             "(functional models come with nbnet's graph models).")
+    entries = config.get("config", {}).get("layers", [])
+    built, input_layer = [], None
+    for entry in entries:
+        if entry.get("class_name") == "InputLayer":
+            input_layer = layers_module.InputLayer(**_input_config(entry.get("config", {})))
+            continue
+        built.append(_layer_from_keras(entry))
+    if input_layer is None:
+        shape = (config.get("build_config") or {}).get("input_shape")
+        if shape is None:
+            raise ModelFileError(f"{path}: the model was never built in Keras, so its input shape is unknown.")
+        input_layer = layers_module.InputLayer(batch_shape=shape)
+    model = Sequential([input_layer] + built, name=config.get("config", {}).get("name"))
+    _load_weights_bytes(model, weights, path)
+    compiled = config.get("compile_config")
+    if compiled:
+        _compile_from_keras(model, compiled, path)
+    return model
+
+
+def _input_config(config):
+    shape = config.get("batch_shape") or config.get("batch_input_shape")
+    if shape is None:
+        raise ModelFileError(f"InputLayer '{config.get('name')}' has no batch_shape.")
+    return {"batch_shape": shape, "name": config.get("name")}
+
+
+def _plain(value):
+    """A Keras serialized object ({module, class_name, config, ...}) as nbnet's {class_name, config}."""
+    if isinstance(value, dict) and "class_name" in value:
+        inner = {k: v for k, v in (value.get("config") or {}).items()
+                 if not (k in ("input_axes", "output_axes") and v is None)}
+        return {"class_name": value["class_name"], "config": inner}
+    return value
+
+
+def _layer_from_keras(entry):
+    class_name, config = entry.get("class_name"), dict(entry.get("config") or {})
+    name = config.get("name", class_name)
+    if class_name == "Lambda" or entry.get("registered_name") not in (None, class_name):
+        raise ModelFileError(f"Layer '{name}' ({class_name}) is custom code; nbnet treats model files as data and "
+                             "never runs code from them (Keras's safe_mode refuses it too).")
+    cls = getattr(layers_module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, layers_module.Layer)) or class_name == "InputLayer":
+        raise ModelFileError(f"Layer '{name}' is a Keras {class_name}, which nbnet does not have.")
+    accepted = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable", "input_shape"}
+    kwargs = {}
+    for key, value in config.items():
+        if key in accepted:
+            kwargs[key] = value
+        elif key not in _NEUTRAL:
+            raise ModelFileError(f"Layer '{name}' ({class_name}): nbnet has no setting {key}={value!r}.")
+        elif key not in _ANY_VALUE and not _neutral(key, value):
+            raise ModelFileError(f"Layer '{name}' ({class_name}): {key}={value!r} is not supported by nbnet "
+                                 f"(only {_NEUTRAL[key]!r}).")
+    if class_name == "BatchNormalization":
+        _check_batchnorm_initializers(name, config)
+    for key in ("kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer", "activation"):
+        if key in kwargs:
+            kwargs[key] = _plain(kwargs[key])
+            if key.endswith("regularizer") and isinstance(kwargs[key], dict):
+                kwargs[key] = kwargs[key]["config"]
+            if key == "activation" and isinstance(kwargs[key], dict):
+                kwargs[key] = kwargs[key]["config"]
+    if class_name == "LeakyReLU" and "alpha" in config and "negative_slope" not in config:  # Keras 2's name
+        kwargs["negative_slope"] = config["alpha"]
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ModelFileError(f"Layer '{name}' ({class_name}): {exc}.") from None
+
+
+def _neutral(key, value):
+    allowed = _NEUTRAL[key]
+    return value == allowed or (isinstance(allowed, tuple) and value in allowed)
+
+
+def _check_batchnorm_initializers(name, config):
+    """nbnet's BatchNormalization starts at gamma 1, beta 0 and moving statistics 0 and 1;
+    the file's weights replace them anyway, so only a refusal-worthy trainable change matters."""
+    for key in ("center", "scale"):
+        if config.get(key, True) is not True:
+            raise ModelFileError(f"Layer '{name}' (BatchNormalization): {key}=False is not supported by nbnet.")
+
+
+def _load_weights_bytes(model, data, path):
+    from .weights_file import load_weights_from
+
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ModelFileError("Reading .keras files needs h5py: pip install \"nbnet[h5]\".") from exc
+    try:
+        with h5py.File(io.BytesIO(data), "r") as h5:
+            load_weights_from(model, h5, f"{path}:{WEIGHTS}")
+    except OSError as exc:
+        raise ModelFileError(f"{path}: {WEIGHTS} is not readable HDF5 ({exc}).") from None
+
+
+def _compile_from_keras(model, compiled, path):
+    from . import losses, optimizers, schedules
+
+    try:
+        optimizer = _plain(compiled.get("optimizer"))
+        if isinstance(optimizer, dict):
+            config = dict(optimizer["config"])
+            config.pop("name", None)
+            rate = _plain(config.get("learning_rate"))
+            if isinstance(rate, dict):
+                config["learning_rate"] = getattr(schedules, rate["class_name"])(**{
+                    k: v for k, v in rate["config"].items() if k != "name"})
+            optimizer = optimizers.get(optimizer["class_name"].lower()).__class__(**config)
+        loss = _plain(compiled.get("loss"))
+        if isinstance(loss, dict):
+            loss = {"name": losses.get(loss["config"].get("name", loss["class_name"])).name,
+                    "from_logits": loss["config"].get("from_logits", False)}
+        model.compile(optimizer=optimizer or "rmsprop", loss=loss, metrics=compiled.get("metrics"))
+    except Exception as exc:  # an optimizer, loss or metric nbnet lacks: the model itself still loads
+        import warnings
+
+        warnings.warn(f"{path}: the model loaded, but its compile settings could not be restored ({exc}); "
+                      "call model.compile(...) yourself before fit.", stacklevel=3)
+
+
+# ------------------------------------------------------------------------------ writing
+def save_keras(model, path):
+    """Write ``model`` as a Keras 3 ``.keras`` file that ``keras.saving.load_model`` reads."""
+    import h5py  # noqa: F401  (a clear ImportError before anything is written)
+
+    from .weights_file import save_weights_to
+
+    model._require_built()
+    shape = [None, *model.input_shape]
+    layers, current = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+                        "config": {"batch_shape": shape, "dtype": "float32", "name": "input_layer"}}], shape
+    for layer, out_shape in zip(model.layers, model.output_shapes):
+        layers.append({"module": "keras.layers", "class_name": type(layer).__name__, "registered_name": None,
+                       "config": _keras_layer_config(layer), "build_config": {"input_shape": current}})
+        current = [None, *out_shape]
+    config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
+              "config": {"name": model.name, "trainable": True, "layers": layers},
+              "build_config": {"input_shape": shape}}
+    if model.loss is not None:
+        config["compile_config"] = {
+            "optimizer": {"module": "keras.optimizers", "class_name": type(model.optimizer).__name__,
+                          "config": _keras_optimizer_config(model.optimizer), "registered_name": None},
+            "loss": model.loss.name if not model.loss.from_logits else {
+                "module": "keras.losses", "class_name": _LOSS_CLASSES[model.loss.name],
+                "config": {"from_logits": True}, "registered_name": None},
+            "metrics": [metric.name for metric in model.metrics] or None,
+        }
+    weights = io.BytesIO()
+    with h5py.File(weights, "w") as h5:
+        save_weights_to(model, h5)
+    metadata = {"keras_version": "3.0.0", "date_saved": None, "saved_by": f"nbnet {__version__}"}
+    with atomic_write(path, mode="w+b") as handle:
+        with zipfile.ZipFile(handle, "w") as archive:
+            archive.writestr(METADATA, json.dumps(metadata))
+            archive.writestr(CONFIG, json.dumps(config))
+            archive.writestr(WEIGHTS, weights.getvalue())
+
+
+_LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
+                 "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+                 "binary_crossentropy": "BinaryCrossentropy", "mean_squared_error": "MeanSquaredError"}
+
+
+def _keras_layer_config(layer):
+    config = {**layer.get_config(), "dtype": "float32"}
+    config.pop("input_shape", None)
+    for key in ("kernel_initializer", "bias_initializer"):
+        if isinstance(config.get(key), dict):
+            config[key] = {"module": "keras.initializers", **config[key], "registered_name": None}
+    for key in ("kernel_regularizer", "bias_regularizer"):
+        if isinstance(config.get(key), dict):
+            config[key] = {"module": "keras.regularizers", "class_name": "L1L2", "config": config[key],
+                           "registered_name": None}
+    return config
+
+
+def _keras_optimizer_config(optimizer):
+    config = optimizer.get_config()
+    config.pop("name", None)
+    rate = config.get("learning_rate")
+    if isinstance(rate, dict):
+        rate = dict(rate)
+        config["learning_rate"] = {"module": "keras.optimizers.schedules", "class_name": rate.pop("name"),
+                                   "config": rate, "registered_name": None}
+    return config

@@ -1,0 +1,90 @@
+"""Keras 3 .keras files: Keras-written files (tests/fixtures/keras_files, made by
+tools/keras_parity.py) load and predict as Keras predicted; nbnet's own .keras files read
+back exactly; files that are code, foreign or corrupt are refused with nbnet's error."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbnet import layers, models
+from nbnet.errors import ModelFileError
+
+pytest.importorskip("h5py")
+FIXTURES = Path(__file__).parent / "fixtures"
+CASES = json.loads((FIXTURES / "keras_parity.json").read_text())["keras_files"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
+def test_keras_written_file_loads_predicts_and_trains(case, tmp_path):
+    model = models.load_model(FIXTURES / "keras_files" / case["file"])
+    x = np.asarray(case["x"], np.float32)
+    np.testing.assert_allclose(model.predict(x), case["predictions"], rtol=1e-5, atol=1e-6)
+    assert model.loss.name == case["loss"] or (case["loss"] == "mse" and model.loss.name == "mean_squared_error")
+    assert type(model.optimizer).__name__.lower() == case["optimizer"]
+    # nbnet's .keras of it reads back to the same model.
+    model.save(tmp_path / "again.keras")
+    again = models.load_model(tmp_path / "again.keras")
+    assert [type(layer).__name__ for layer in again.layers] == [type(layer).__name__ for layer in model.layers]
+    for got, expected in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+    # A Keras-trained model continues training here.
+    width = model.output_shape[-1]
+    y = np.arange(len(x)) % width if "sparse" in case["loss"] else np.eye(width, dtype=np.float32)[
+        np.arange(len(x)) % width] if width > 1 else (np.arange(len(x)) % 2).astype(np.float32)[:, None]
+    history = model.fit(x, y, epochs=2, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_refusals(tmp_path):
+    source = FIXTURES / "keras_files" / "mlp.keras"
+
+    def rewritten(name, change):
+        with zipfile.ZipFile(source) as archive:
+            files = {item: archive.read(item) for item in archive.namelist()}
+        config = json.loads(files["config.json"])
+        change(config["config"]["layers"])
+        files["config.json"] = json.dumps(config).encode()
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as archive:
+            for item, data in files.items():
+                archive.writestr(item, data)
+        return path
+
+    def to_lambda(layers_config):
+        layers_config[1] = {"module": "keras.layers", "class_name": "Lambda", "config": {"name": "sneaky",
+                                                                                       "function": "os.system"}}
+
+    with pytest.raises(ModelFileError, match=r"'sneaky' \(Lambda\) is custom code"):
+        models.load_model(rewritten("lambda.keras", to_lambda))
+
+    def constrain(layers_config):
+        layers_config[1]["config"]["kernel_constraint"] = {"class_name": "MaxNorm", "config": {"max_value": 2}}
+
+    with pytest.raises(ModelFileError, match=r"\(Dense\): kernel_constraint=.*MaxNorm.* is not supported"):
+        models.load_model(rewritten("constraint.keras", constrain))
+
+    def unknown(layers_config):
+        layers_config[1]["class_name"] = "LSTM"
+
+    with pytest.raises(ModelFileError, match="Keras LSTM, which nbnet does not have"):
+        models.load_model(rewritten("lstm.keras", unknown))
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(source.read_bytes()[:2000])
+    with pytest.raises(ModelFileError):
+        models.load_model(truncated)
+    foreign = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    with pytest.raises(ModelFileError):
+        models.load_model(foreign)
+
+
+def test_saving_refuses_legacy_h5_and_leaves_nothing(tmp_path):
+    model = models.Sequential([layers.Input((3,)), layers.Dense(2)])
+    with pytest.raises(ModelFileError, match=r"legacy \.h5"):
+        model.save(tmp_path / "m.h5")
+    assert list(tmp_path.iterdir()) == []
