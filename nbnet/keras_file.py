@@ -1,7 +1,9 @@
-"""Keras 3's ``.keras`` model files, read and written: a zip of ``metadata.json``,
+"""Keras model files. Keras 3's ``.keras``, read and written: a zip of ``metadata.json``,
 ``config.json`` (the model's and each layer's ``get_config``, with ``module``,
 ``class_name`` and ``build_config``; the compile settings) and ``model.weights.h5``
-(Keras's weights layout, see ``weights_file``). Sequential models for now.
+(Keras's weights layout, see ``weights_file``). Keras 2 / tf.keras legacy ``.h5`` model
+files, read: the same configs in the ``model_config`` attribute, the weights in
+``model_weights/<layer>`` listed by each group's ``weight_names``. Sequential models for now.
 
 Files are data: a ``Lambda`` layer or any class nbnet does not have is refused with the
 layer's name, never imported or run, and so is a setting nbnet cannot honour (a dilated
@@ -28,12 +30,25 @@ _NEUTRAL = {
     "center": True, "scale": True, "axis": (-1, [-1]), "renorm": False, "renorm_clipping": None,
     "renorm_momentum": None, "synchronized": None, "moving_mean_initializer": None,
     "moving_variance_initializer": None, "beta_initializer": None, "gamma_initializer": None,
-    "max_value": None, "threshold": (0, 0.0), "negative_slope": (0, 0.0), "lora_rank": None, "lora_alpha": None, "quantization_config": None,
+    "max_value": None, "threshold": (0, 0.0), "negative_slope": (0, 0.0), "batch_input_shape": None, "lora_rank": None, "lora_alpha": None, "quantization_config": None,
 }
 # Keys whose value does not matter to the computation (the initializers of BatchNormalization
 # and renorm's momentum only apply to settings checked elsewhere).
 _ANY_VALUE = {"dtype", "synchronized", "renorm_momentum", "moving_mean_initializer", "moving_variance_initializer",
-              "beta_initializer", "gamma_initializer"}
+              "beta_initializer", "gamma_initializer", "batch_input_shape", "axis", "sparse", "ragged"}
+
+
+def is_legacy_h5(path):
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                return False
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return "model_config" in h5.attrs
+    except (OSError, ImportError):
+        return False
 
 
 def is_keras_file(path):
@@ -61,23 +76,93 @@ def load_keras(path):
         kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
         raise ModelFileError(f"{path}: nbnet reads Sequential Keras models for now; this file holds a {kind!r} "
                              "(functional models come with nbnet's graph models).")
-    entries = config.get("config", {}).get("layers", [])
+    model = _sequential_from_config(config, path)
+    _load_weights_bytes(model, weights, path)
+    compiled = config.get("compile_config")
+    if compiled:
+        _compile_from_keras(model, compiled, path)
+    return model
+
+
+def load_legacy_h5(path):
+    """A Sequential model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` model file."""
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            config = json.loads(_text(h5.attrs["model_config"]))
+            training = json.loads(_text(h5.attrs["training_config"])) if "training_config" in h5.attrs else None
+            model = _sequential_from_config(config, path)
+            stored = h5["model_weights"] if "model_weights" in h5 else h5
+            updates = []
+            for layer in model.layers:
+                expected = [tuple(w.shape) for w in layer.get_weights()]
+                group = stored.get(layer.name)
+                names = [_text(n) for n in group.attrs.get("weight_names", [])] if group is not None else []
+                values = [np.asarray(group[name]) for name in names]
+                if [tuple(v.shape) for v in values] != expected:
+                    raise ModelFileError(f"{path}: layer '{layer.name}' needs weights of shapes {expected}, but the file "
+                                         f"holds {[tuple(v.shape) for v in values]}.")
+                updates.append((layer, values))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable Keras .h5 model file ({type(exc).__name__}: {exc}).") from None
+    for layer, values in updates:
+        if values:
+            layer.set_weights(values)
+    if training:
+        _compile_from_keras(model, {"optimizer": training.get("optimizer_config"), "loss": training.get("loss"),
+                                    "metrics": _legacy_metrics(training.get("metrics"))}, path)
+    return model
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _legacy_metrics(metrics):
+    """Keras 2 wrote metrics as nested lists of names or serialized objects."""
+    flat = []
+    for metric in metrics or []:
+        if isinstance(metric, list):
+            flat.extend(_legacy_metrics(metric))
+        elif isinstance(metric, dict):
+            flat.append(metric.get("config", {}).get("name") or metric.get("class_name"))
+        else:
+            flat.append(metric)
+    return flat or None
+
+
+def _sequential_from_config(config, path):
+    from .models import Sequential
+
+    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
+        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+        raise ModelFileError(f"{path}: nbnet reads Sequential Keras models for now; this file holds a {kind!r} "
+                             "(functional models come with nbnet's graph models).")
+    inner = config.get("config", {})
+    entries = inner.get("layers", []) if isinstance(inner, dict) else inner  # Keras 2.0 kept a bare list
     built, input_layer = [], None
     for entry in entries:
         if entry.get("class_name") == "InputLayer":
             input_layer = layers_module.InputLayer(**_input_config(entry.get("config", {})))
             continue
+        layer_config = entry.get("config", {})
+        if input_layer is None and not built and layer_config.get("batch_input_shape"):  # Keras 2's first layer
+            input_layer = layers_module.InputLayer(batch_shape=layer_config["batch_input_shape"])
         built.append(_layer_from_keras(entry))
     if input_layer is None:
         shape = (config.get("build_config") or {}).get("input_shape")
         if shape is None:
             raise ModelFileError(f"{path}: the model was never built in Keras, so its input shape is unknown.")
         input_layer = layers_module.InputLayer(batch_shape=shape)
-    model = Sequential([input_layer] + built, name=config.get("config", {}).get("name"))
-    _load_weights_bytes(model, weights, path)
-    compiled = config.get("compile_config")
-    if compiled:
-        _compile_from_keras(model, compiled, path)
+    model = Sequential([input_layer] + built, name=inner.get("name") if isinstance(inner, dict) else None)
+    for layer, shape in zip(model.layers, [model.input_shape] + list(model.output_shapes)):
+        axis = getattr(layer, "keras_axis", None)
+        if axis is not None and axis not in (-1, len(shape)):  # Keras counts the batch axis
+            raise ModelFileError(f"Layer '{layer.name}' (BatchNormalization): axis={axis} is not supported by nbnet "
+                                 "(only the last, channel axis).")
     return model
 
 
@@ -128,9 +213,13 @@ def _layer_from_keras(entry):
     if class_name == "LeakyReLU" and "alpha" in config and "negative_slope" not in config:  # Keras 2's name
         kwargs["negative_slope"] = config["alpha"]
     try:
-        return cls(**kwargs)
+        layer = cls(**kwargs)
     except TypeError as exc:
         raise ModelFileError(f"Layer '{name}' ({class_name}): {exc}.") from None
+    if class_name == "BatchNormalization":  # checked once the input rank is known
+        axis = config.get("axis", -1)
+        layer.keras_axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    return layer
 
 
 def _neutral(key, value):
@@ -168,6 +257,12 @@ def _compile_from_keras(model, compiled, path):
         if isinstance(optimizer, dict):
             config = dict(optimizer["config"])
             config.pop("name", None)
+            for key in ("is_legacy_optimizer", "jit_compile"):  # Keras 2 bookkeeping, not settings
+                config.pop(key, None)
+            if not config.get("decay"):
+                config.pop("decay", None)
+            if "lr" in config and "learning_rate" not in config:
+                config["learning_rate"] = config.pop("lr")
             rate = _plain(config.get("learning_rate"))
             if isinstance(rate, dict):
                 config["learning_rate"] = getattr(schedules, rate["class_name"])(**{

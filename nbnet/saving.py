@@ -104,10 +104,12 @@ def model_from_config(config):
 
 
 def load_model(path):
-    from .keras_file import is_keras_file, load_keras
+    from .keras_file import is_keras_file, is_legacy_h5, load_keras, load_legacy_h5
 
     if is_keras_file(path):
         return load_keras(path)
+    if is_legacy_h5(path):
+        return load_legacy_h5(path)
     meta, arrays = _read(path)
     try:
         model = model_from_config(meta["config"])

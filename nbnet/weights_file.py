@@ -70,20 +70,49 @@ def save_weights_to(model, h5):
 
 
 def load_weights(model, filepath):
-    """Set the model's weights from a ``.weights.h5`` file (Keras's or nbnet's)."""
+    """Set the model's weights from a Keras 3 ``.weights.h5`` file (Keras's or nbnet's), or
+    from a Keras 2 / tf.keras ``.h5`` weights file (matched by order, as Keras 2 does)."""
     path = Path(os.fspath(filepath))
-    if not path.name.endswith(SUFFIX):
-        raise NbnetError(f"load_weights: nbnet reads Keras's {SUFFIX} files, received {str(path)!r}; "
-                         "a whole .nbnet model loads with models.load_model.")
+    if not path.name.endswith(".h5"):
+        raise NbnetError(f"load_weights: nbnet reads Keras's {SUFFIX} (and Keras 2's .h5) files, received "
+                         f"{str(path)!r}; a whole .nbnet or .keras model loads with models.load_model.")
     if not path.exists():
         raise ModelFileError(f"load_weights: {path} does not exist.")
     model._require_built()
     h5py = _h5py()
     try:
         with h5py.File(path, "r") as h5:
-            load_weights_from(model, h5, path)
+            if "layer_names" in h5.attrs or "model_weights" in h5:
+                load_legacy_weights_from(model, h5["model_weights"] if "model_weights" in h5 else h5, path)
+            else:
+                load_weights_from(model, h5, path)
     except OSError as exc:
         raise ModelFileError(f"load_weights: {path} is not a readable HDF5 file: {exc}") from exc
+
+
+def load_legacy_weights_from(model, group, path):
+    """Keras 2's layout: ``layer_names`` in order, each group's ``weight_names``; the layers
+    holding weights are matched in order (Keras 2's default, by_name=False)."""
+    def text(value):
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    stored = []
+    for name in group.attrs["layer_names"]:
+        layer_group = group[text(name)]
+        values = [np.asarray(layer_group[text(w)]) for w in layer_group.attrs.get("weight_names", [])]
+        if values:
+            stored.append((text(name), values))
+    ours = [layer for layer in model.layers if layer.weight_order]
+    if len(stored) != len(ours):
+        raise ModelFileError(f"{path} holds weights for {len(stored)} layers ({[n for n, _ in stored]}), but model "
+                             f"'{model.name}' has {len(ours)} layers with weights ({[layer.name for layer in ours]}).")
+    for layer, (name, values) in zip(ours, stored):
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(v.shape) for v in values] != expected:
+            raise ModelFileError(f"{path}: layer '{layer.name}' needs weights of shapes {expected}, but the file's "
+                                 f"'{name}' holds {[tuple(v.shape) for v in values]}.")
+    for layer, (_, values) in zip(ours, stored):
+        layer.set_weights(values)
 
 
 def load_weights_from(model, h5, path):

@@ -513,8 +513,15 @@ def keras_file_cases():
                            else f32(rng.standard_normal(w.shape) * 0.4) for w, v in zip(model.get_weights(), model.weights)])
         path = KERAS_FILES / f"{name}.keras"
         model.save(path)
+        model.save(path.with_suffix(".h5"))  # Keras's legacy HDF5 writer
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(KERAS_FILES / f"{name}_weights.h5", "w") as h5:  # Keras 2's save_weights layout
+            legacy_h5_format.save_weights_to_hdf5_group(h5, model)
         x = f32(rng.uniform(0, 1, (4,) + tuple(model.input_shape[1:])))
-        out.append({"name": name, "file": path.name, "x": as_list(x), "predictions": as_list(model.predict(x, verbose=0)),
+        out.append({"name": name, "file": path.name, "legacy_file": path.with_suffix(".h5").name,
+                    "legacy_weights": f"{name}_weights.h5", "x": as_list(x), "predictions": as_list(model.predict(x, verbose=0)),
                     "loss": loss, "optimizer": optimizer})
     return out
 
