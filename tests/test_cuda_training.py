@@ -162,6 +162,20 @@ def test_reshaping_layers_metrics_and_optimizers_on_cuda_as_on_cpu(optimizer):
 
 
 @sim_only
+def test_sample_and_class_weights_on_cuda_as_on_cpu():
+    x, y = image_data(8, seed=4)
+    weights = np.random.default_rng(5).uniform(0, 2, 8).astype(np.float32)
+    for extra in ({"sample_weight": weights}, {"class_weight": {0: 0.5, 2: 3.0}}):
+        reference = cnn(seed=6)
+        reference.fit(x, y, batch_size=5, epochs=1, verbose=0, validation_data=(x[:3], y[:3], weights[:3]), **extra)
+        gpu = cnn(seed=6).to("cuda")
+        gpu.fit(x, y, batch_size=5, epochs=1, verbose=0, validation_data=(x[:3], y[:3], weights[:3]), **extra)
+        assert_same_model(gpu, reference)
+        np.testing.assert_allclose(gpu.evaluate(x, y, sample_weight=weights, verbose=0),
+                                   reference.evaluate(x, y, sample_weight=weights, verbose=0), rtol=RTOL)
+
+
+@sim_only
 def test_cpu_model_continues_on_cuda_and_back(tmp_path):
     x, y = image_data(8)
     reference = cnn(seed=4)
