@@ -1,5 +1,7 @@
 """Activation names (as Keras spells them) and the kernel codes they run as."""
 
+import numpy as np
+
 from .errors import NbnetError
 from .kernels import activations as kernels
 
@@ -16,7 +18,10 @@ SUPPORTED = tuple(_BY_NAME)
 
 
 def resolve(activation, owner="layer"):
-    """Return (name, code, negative_slope) for an activation name or None (linear)."""
+    """Return (name, code, negative_slope) for an activation name, one of this module's
+    functions (Keras's ``activation=keras.activations.relu``) or None (linear)."""
+    if callable(activation) and globals().get(getattr(activation, "__name__", None)) is activation:
+        activation = activation.__name__
     name = "linear" if activation is None else activation
     if not isinstance(name, str) or name.lower() not in _BY_NAME:
         raise NbnetError(
@@ -25,3 +30,32 @@ def resolve(activation, owner="layer"):
     name = name.lower()
     code, slope = _BY_NAME[name]
     return name, code, slope
+
+
+# Keras's activation functions, for use on arrays and as ``activation=`` arguments.
+def linear(x):
+    return np.asarray(x)
+
+
+def relu(x):
+    return np.maximum(np.asarray(x), 0)
+
+
+def sigmoid(x):
+    x = np.asarray(x)
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+def softmax(x, axis=-1):
+    x = np.asarray(x)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def leaky_relu(x, negative_slope=0.2):
+    x = np.asarray(x)
+    return np.where(x > 0, x, negative_slope * x)

@@ -287,6 +287,47 @@ def save_keras(model, path):
 
     from .weights_file import save_weights_to
 
+    config = _keras_config(model)
+    weights = io.BytesIO()
+    with h5py.File(weights, "w") as h5:
+        save_weights_to(model, h5)
+    metadata = {"keras_version": "3.0.0", "date_saved": None, "saved_by": f"nbnet {__version__}"}
+    with atomic_write(path, mode="w+b") as handle:
+        with zipfile.ZipFile(handle, "w") as archive:
+            archive.writestr(METADATA, json.dumps(metadata))
+            archive.writestr(CONFIG, json.dumps(config))
+            archive.writestr(WEIGHTS, weights.getvalue())
+
+
+def save_legacy_h5(model, path):
+    """Write ``model`` as a legacy ``.h5`` model file, as Keras 3 still writes (and Keras 2
+    and tf.keras wrote): the config in ``model_config``, the weights by layer name."""
+    import h5py
+
+    config = _keras_config(model)
+    with atomic_write(path, mode="w+b") as handle:
+        with h5py.File(handle, "w") as h5:
+            h5.attrs["model_config"] = json.dumps({key: config[key] for key in ("class_name", "config")})
+            if "compile_config" in config:
+                compiled = config["compile_config"]
+                h5.attrs["training_config"] = json.dumps({
+                    "loss": compiled["loss"], "metrics": compiled["metrics"], "loss_weights": None,
+                    "weighted_metrics": None,
+                    "optimizer_config": {key: compiled["optimizer"][key] for key in ("class_name", "config")}})
+            h5.attrs["keras_version"] = "3.0.0"
+            h5.attrs["backend"] = "nbnet"
+            weights = h5.create_group("model_weights")
+            weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+            for layer in model.layers:
+                group = weights.create_group(layer.name)
+                names = [f"{layer.name}/{key}" for key in layer.weight_order]
+                group.attrs["weight_names"] = [name.encode() for name in names]
+                for name, value in zip(names, layer.get_weights()):
+                    group.create_dataset(name, data=value)
+
+
+def _keras_config(model):
+    """The model's config.json tree, as Keras 3 writes it."""
     model._require_built()
     shape = [None, *model.input_shape]
     layers, current = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
@@ -307,15 +348,7 @@ def save_keras(model, path):
                 "config": {"from_logits": True}, "registered_name": None},
             "metrics": [metric.name for metric in model.metrics] or None,
         }
-    weights = io.BytesIO()
-    with h5py.File(weights, "w") as h5:
-        save_weights_to(model, h5)
-    metadata = {"keras_version": "3.0.0", "date_saved": None, "saved_by": f"nbnet {__version__}"}
-    with atomic_write(path, mode="w+b") as handle:
-        with zipfile.ZipFile(handle, "w") as archive:
-            archive.writestr(METADATA, json.dumps(metadata))
-            archive.writestr(CONFIG, json.dumps(config))
-            archive.writestr(WEIGHTS, weights.getvalue())
+    return config
 
 
 _LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",

@@ -22,16 +22,18 @@ META_KEY = "__nbnet__"
 
 
 def save_model(model, path):
-    """``.keras``: Keras 3's format (Keras loads it; optimizer state not kept); any other
-    name: nbnet's own file, which resumes training exactly."""
+    """``.keras``: Keras 3's format, ``.h5``: the legacy HDF5 one (Keras loads both;
+    optimizer state not kept); any other name: nbnet's own file, which resumes training
+    exactly."""
     suffix = Path(path).suffix.lower()
     if suffix == ".keras":
         from .keras_file import save_keras
 
         return save_keras(model, path)
     if suffix == ".h5":
-        raise ModelFileError(f"{path}: nbnet does not write Keras 2's legacy .h5 model files; save as .keras "
-                             "(Keras 3's format) or .nbnet (nbnet's, for exact resumes).")
+        from .keras_file import save_legacy_h5
+
+        return save_legacy_h5(model, path)
     model._require_built()
     meta = {
         "format": FORMAT,

@@ -98,8 +98,14 @@ def test_refusals(tmp_path):
         models.load_model(foreign)
 
 
-def test_saving_refuses_legacy_h5_and_leaves_nothing(tmp_path):
-    model = models.Sequential([layers.Input((3,)), layers.Dense(2)])
-    with pytest.raises(ModelFileError, match=r"legacy \.h5"):
-        model.save(tmp_path / "m.h5")
-    assert list(tmp_path.iterdir()) == []
+def test_legacy_h5_round_trip_and_a_failed_save_leaves_nothing(tmp_path):
+    model = models.load_model(FIXTURES / "keras_files" / "cnn_batchnorm.keras")
+    model.save(tmp_path / "m.h5")
+    again = models.load_model(tmp_path / "m.h5")
+    for got, expected in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    assert again.loss.name == model.loss.name
+    unbuilt = models.Sequential([layers.Dense(2)])
+    with pytest.raises(Exception, match="not built"):
+        unbuilt.save(tmp_path / "u.keras")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]

@@ -50,6 +50,7 @@ def test_keras3_mlp_with_callbacks(monkeypatch, tmp_path, mnist_loader, capsys):
     out = capsys.readouterr().out
     assert "Total params: 235,146" in out  # 784*256+256 + 256*128+128 + 128*10+10, as Keras counts them
     assert namespace["score"][1] > 0.8  # 0.86-0.89 over seeds 0-5 (chance: 0.1)
+    assert namespace["model"].layers[2].activation == "relu"  # given as keras.activations.relu
     # ReduceLROnPlateau adds the learning rate to the logs, and History (last, as in Keras) records it.
     assert sorted(namespace["history"].history) == ["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
 

@@ -6,7 +6,7 @@ nbnet predicts. Two steps, in two environments (Keras is never a dependency of n
 
 ``write`` takes every Keras-written fixture (tests/fixtures/keras_files), trains it two
 steps in nbnet (so the weights are nbnet's own), adds the reference MNIST CNN, and saves
-each as DIR/NAME.keras with DIR/NAME.npz (inputs and nbnet's predictions). ``check`` loads
+each as DIR/NAME.keras and DIR/NAME_legacy.h5 with DIR/NAME.npz (inputs and nbnet's predictions). ``check`` loads
 each file with keras.saving.load_model and prints JSON: the worst difference per model.
 """
 
@@ -35,10 +35,12 @@ def write(folder):
              else rng.random((len(x), width)).astype(np.float32))
         model.fit(x, y, batch_size=2, epochs=1, verbose=0)
         model.save(folder / f"{case['name']}.keras")
+        model.save(folder / f"{case['name']}_legacy.h5")
         np.savez(folder / f"{case['name']}.npz", x=x, predictions=model.predict(x))
     reference = models.load_model(REFERENCE_MODEL)
     x = rng.integers(0, 256, (16, 28, 28, 1)).astype(np.float32)
     reference.save(folder / "reference_mnist_cnn.keras")
+    reference.save(folder / "reference_mnist_cnn_legacy.h5")
     np.savez(folder / "reference_mnist_cnn.npz", x=x, predictions=reference.predict(x))
 
 
@@ -46,10 +48,10 @@ def check(folder):
     import keras
 
     report = {}
-    for path in sorted(folder.glob("*.keras")):
+    for path in sorted(folder.glob("*.keras")) + sorted(folder.glob("*_legacy.h5")):
         model = keras.saving.load_model(path)
-        data = np.load(path.with_suffix(".npz"))
-        report[path.stem] = float(np.abs(model.predict(data["x"], verbose=0) - data["predictions"]).max())
+        data = np.load(folder / (path.stem.removesuffix("_legacy") + ".npz"))
+        report[path.name] = float(np.abs(model.predict(data["x"], verbose=0) - data["predictions"]).max())
     print(json.dumps({"keras": keras.__version__, "max_abs_difference": report}, indent=1))
 
 

@@ -56,9 +56,10 @@ class Spec(NamedTuple):
 MNIST = Spec("MNIST", CACHE_NAME, EXPECTED_SHA256, "NBNET_MNIST_MIRRORS", DEFAULT_MIRRORS, WHEEL)
 
 
-def load_data(data_dir=None, verbose=True):
+def load_data(path="mnist.npz", data_dir=None, verbose=True):
     """Return MNIST as ``((x_train, y_train), (x_test, y_test))``, uint8, shapes (60000, 28, 28), (60000,),
-    (10000, 28, 28), (10000,).
+    (10000, 28, 28), (10000,). ``path`` is Keras's argument (its cache file's name); nbnet keeps its
+    own cache, so it changes nothing.
 
     ``data_dir`` (else ``$NBNET_DATA_DIR``) may name a directory holding the four IDX files.  Mirrors come
     from ``$NBNET_MNIST_MIRRORS`` (comma-separated base URLs; empty disables them).  Progress goes to

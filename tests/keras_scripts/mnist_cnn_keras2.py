@@ -15,7 +15,7 @@ epochs = 2
 
 img_rows, img_cols = 28, 28
 
-(x_train, y_train), (x_test, y_test) = mnist.load_data()
+(x_train, y_train), (x_test, y_test) = mnist.load_data(path="mnist.npz")
 
 if K.image_data_format() == 'channels_first':
     x_train = x_train.reshape(x_train.shape[0], 1, img_rows, img_cols)

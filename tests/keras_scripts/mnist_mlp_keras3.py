@@ -25,7 +25,7 @@ model = keras.Sequential(
         keras.Input(shape=input_shape),
         layers.Dense(256, activation="relu"),
         layers.Dropout(0.2),
-        layers.Dense(128, activation="relu"),
+        layers.Dense(128, activation=keras.activations.relu),
         layers.Dropout(0.2),
         layers.Dense(num_classes, activation="softmax"),
     ]
