@@ -241,7 +241,7 @@ def _load_weights_bytes(model, data, path):
     try:
         import h5py
     except ImportError as exc:
-        raise ModelFileError("Reading .keras files needs h5py: pip install \"nbnet[h5]\".") from exc
+        raise ModelFileError("Reading .keras files needs h5py: pip install h5py.") from exc
     try:
         with h5py.File(io.BytesIO(data), "r") as h5:
             load_weights_from(model, h5, f"{path}:{WEIGHTS}")

@@ -930,7 +930,7 @@ class Sequential:
         save_model(self, path)
 
     def save_weights(self, filepath, overwrite=True):
-        """Keras 3's ``.weights.h5`` file (h5py needed: ``pip install "nbnet[h5]"``)."""
+        """Keras 3's ``.weights.h5`` file."""
         from .weights_file import save_weights
 
         save_weights(self, filepath, overwrite)

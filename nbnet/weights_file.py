@@ -3,9 +3,9 @@ weights move between nbnet and Keras models of the same architecture.
 
 Keras keys each layer by its class's snake-case name, numbered within the model in order
 (``layers/dense``, ``layers/dense_1``, ...), never by the layer's own name, and stores its
-weights as ``vars/0``, ``vars/1``, ... in ``get_weights`` order. HDF5 needs h5py, an
-optional extra (``pip install "nbnet[h5]"``). Writes are atomic; a file whose layers or
-shapes do not match the model is refused before any weight changes.
+weights as ``vars/0``, ``vars/1``, ... in ``get_weights`` order (HDF5, through h5py).
+Writes are atomic; a file whose layers or shapes do not match the model is refused before
+any weight changes.
 """
 
 import os
@@ -24,8 +24,7 @@ def _h5py():
     try:
         import h5py
     except ImportError as exc:
-        raise NbnetError("Saving and loading .weights.h5 files needs h5py: pip install \"nbnet[h5]\" "
-                         "(or pip install h5py).") from exc
+        raise NbnetError("Saving and loading Keras weights files needs h5py: pip install h5py.") from exc
     return h5py
 
 

@@ -164,7 +164,6 @@ def test_warmup_compiles_the_kernels_a_model_uses():
 
 
 def test_commands_take_a_keras_file(tmp_path):
-    pytest.importorskip("h5py")
     from pathlib import Path
 
     keras_file = Path(__file__).parent / "fixtures" / "keras_files" / "cnn_batchnorm.keras"

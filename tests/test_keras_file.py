@@ -12,7 +12,6 @@ import pytest
 from nbnet import layers, models
 from nbnet.errors import ModelFileError
 
-pytest.importorskip("h5py")
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "keras_parity.json").read_text())["keras_files"]
 

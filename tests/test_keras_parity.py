@@ -267,7 +267,6 @@ def weights_file_cnn(seed):
 def test_keras_weights_file_loads_and_predicts_as_keras(tmp_path):
     """A .weights.h5 file written by Keras's save_weights: the same architecture in nbnet
     loads it and predicts what Keras predicted; nbnet's own file of it holds the same arrays."""
-    pytest.importorskip("h5py")
     case = FIXTURE["weights_file"]
     model = weights_file_cnn(seed=0)
     model.load_weights(Path(__file__).parent / "fixtures" / case["file"])

@@ -235,7 +235,6 @@ def test_uint8_input_trains_as_its_float32_scaling_and_stays_uint8(monkeypatch):
 
 
 def test_model_checkpoint_every_few_batches_saves_weights_files_of_that_moment(tmp_path):
-    pytest.importorskip("h5py")
     rng = np.random.default_rng(8)
     x, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
     model = models.Sequential([layers.Dense(5, activation="relu", input_shape=(6,)),

@@ -1,13 +1,12 @@
 """save_weights / load_weights: Keras's .weights.h5 layout, refusals that name the layer,
 atomic writes."""
 
+import h5py
 import numpy as np
 import pytest
 
 from nbnet import layers, models
 from nbnet.errors import ModelFileError, NbnetError
-
-h5py = pytest.importorskip("h5py")
 
 
 def mlp(units=8, seed=0):
