@@ -63,8 +63,6 @@ def is_keras_file(path):
 def load_keras(path):
     """A Sequential model from a Keras 3 ``.keras`` file, with its weights and, when nbnet
     has them, its optimizer, loss and metrics (a fresh optimizer state)."""
-    from .models import Sequential
-
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:

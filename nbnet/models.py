@@ -134,6 +134,10 @@ class Sequential:
         if self.built and shape == self.input_shape:
             self._fuse_conv_pool()  # fuse_layers may have changed since
             return
+        if self.built:
+            raise ShapeError(f"Sequential '{self.name}' is built for input shape {(None,) + self.input_shape}; it "
+                             f"cannot be rebuilt for {(None,) + shape} (its weights have those shapes). Build a new "
+                             "model for the other shape.")
         self.input_shape = shape
         if self.seed is None:
             self.seed = utils.next_model_seed()

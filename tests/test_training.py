@@ -388,3 +388,13 @@ def test_validation_freq_and_batch_size():
     assert batches == [0, 1, 2] * 2  # 12 validation samples in batches of 4
     with pytest.raises(NbnetError, match="steps_per_epoch=5 is for data generators"):
         model.fit(x, y, steps_per_epoch=5, verbose=0)
+
+
+def test_a_built_model_refuses_another_input_shape_and_stays_usable():
+    model = models.Sequential([layers.Dense(2, input_shape=(5,))], seed=0)
+    before = model.get_weights()
+    with pytest.raises(ShapeError, match=r"built for input shape \(None, 5\).*\(None, 7\)"):
+        model.build((None, 7))
+    assert model.input_shape == (5,) and model.predict(np.zeros((1, 5), np.float32)).shape == (1, 2)
+    for got, expected in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, expected)
