@@ -24,6 +24,7 @@ from . import devices, losses, metrics as metrics_module, optimizers, utils
 from .devices import cpu
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .layers import Conv2D, Dropout, InputLayer, Layer, MaxPooling2D
+from .layers.base import unique_name
 from .progress import ProgressBar
 from .tensor import as_tensor
 from .threads import blas_limited
@@ -43,7 +44,8 @@ class Sequential:
     fuse_layers = True
 
     def __init__(self, layers=None, name=None, seed=None):
-        self.name = name or "sequential"
+        # Keras's names: sequential, sequential_1, ... (backend.clear_session starts them afresh).
+        self.name = name or unique_name("sequential")
         self.layers = []
         self.seed = seed
         self.built = False
