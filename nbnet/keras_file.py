@@ -1,7 +1,8 @@
 """Keras model files. Keras 3's ``.keras``, read and written: a zip of ``metadata.json``,
 ``config.json`` (the model's and each layer's ``get_config``, with ``module``,
 ``class_name`` and ``build_config``; the compile settings) and ``model.weights.h5``
-(Keras's weights layout, see ``weights_file``). Keras 2 / tf.keras legacy ``.h5`` model
+(Keras's weights layout, see ``weights_file``; the optimizer's state, see
+``keras_optimizer_state``). Keras 2 / tf.keras legacy ``.h5`` model
 files, read: the same configs in the ``model_config`` attribute, the weights in
 ``model_weights/<layer>`` listed by each group's ``weight_names``. Sequential models for now.
 
@@ -79,6 +80,8 @@ def load_keras(path):
     compiled = config.get("compile_config")
     if compiled:
         _compile_from_keras(model, compiled, path)
+    if model.optimizer is not None:
+        _load_optimizer_bytes(model, weights, path)
     return model
 
 
@@ -247,6 +250,17 @@ def _load_weights_bytes(model, data, path):
         raise ModelFileError(f"{path}: {WEIGHTS} is not readable HDF5 ({exc}).") from None
 
 
+def _load_optimizer_bytes(model, data, path):
+    """The optimizer's moments, where Keras saved them (it does once it has stepped)."""
+    import h5py
+
+    from . import keras_optimizer_state
+
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        if "optimizer" in h5 and "vars" in h5["optimizer"]:
+            keras_optimizer_state.read(model, h5["optimizer"]["vars"], f"{path}:{WEIGHTS}")
+
+
 def _compile_from_keras(model, compiled, path):
     from . import losses, optimizers, schedules
 
@@ -285,10 +299,14 @@ def save_keras(model, path):
 
     from .weights_file import save_weights_to
 
+    from . import keras_optimizer_state
+
     config = _keras_config(model)
     weights = io.BytesIO()
     with h5py.File(weights, "w") as h5:
         save_weights_to(model, h5)
+        if model.optimizer is not None:
+            keras_optimizer_state.write(model, h5)
     metadata = {"keras_version": "3.0.0", "date_saved": None, "saved_by": f"nbnet {__version__}"}
     with atomic_write(path, mode="w+b") as handle:
         with zipfile.ZipFile(handle, "w") as archive:

@@ -108,3 +108,24 @@ def test_legacy_h5_round_trip_and_a_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(Exception, match="not built"):
         unbuilt.save(tmp_path / "u.keras")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+
+
+CONTINUED = json.loads((FIXTURES / "keras_parity.json").read_text())["continued_training"]
+
+
+@pytest.mark.parametrize("case", CONTINUED["cases"], ids=lambda c: c["optimizer"])
+def test_training_continues_from_a_keras_file_as_in_keras(case, tmp_path):
+    """Keras trained two steps and saved (its optimizer's moments included), then trained two
+    more; nbnet, continuing from the file, must reach the same weights. Then nbnet's own
+    .keras of the continued model carries the state on (read back, the next step is the same)."""
+    model = models.load_model(FIXTURES / "keras_files" / case["file"])
+    assert model.optimizer.iterations == 2
+    x, y = np.asarray(CONTINUED["x"], np.float32), np.asarray(CONTINUED["y"])
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for got, expected in zip(model.get_weights(), case["weights_after"]):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "continued.keras")
+    again = models.load_model(tmp_path / "continued.keras")
+    assert again.optimizer.iterations == 4
+    for name, value in model.optimizer.slots.items():
+        np.testing.assert_array_equal(again.optimizer.slots[name], value)

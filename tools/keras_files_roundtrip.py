@@ -37,6 +37,17 @@ def write(folder):
         model.save(folder / f"{case['name']}.keras")
         model.save(folder / f"{case['name']}_legacy.h5")
         np.savez(folder / f"{case['name']}.npz", x=x, predictions=model.predict(x))
+    # Optimizer state: continue Keras's two steps here for two more, save, two more again;
+    # `check` has Keras continue from nbnet's file and compares.
+    continued = json.loads((ROOT / "tests" / "fixtures" / "keras_parity.json").read_text())["continued_training"]
+    x, y = np.asarray(continued["x"], np.float32), np.asarray(continued["y"])
+    for case in continued["cases"]:
+        model = models.load_model(ROOT / "tests" / "fixtures" / "keras_files" / case["file"])
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        stem = f"state_{case['optimizer'].lower()}"
+        model.save(folder / f"{stem}.keras")
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        np.savez(folder / f"{stem}.npz", x=x, y=y, *model.get_weights())
     reference = models.load_model(REFERENCE_MODEL)
     x = rng.integers(0, 256, (16, 28, 28, 1)).astype(np.float32)
     reference.save(folder / "reference_mnist_cnn.keras")
@@ -48,7 +59,15 @@ def check(folder):
     import keras
 
     report = {}
-    for path in sorted(folder.glob("*.keras")) + sorted(folder.glob("*_legacy.h5")):
+    for path in sorted(folder.glob("state_*.keras")):
+        model = keras.saving.load_model(path)
+        data = np.load(path.with_suffix(".npz"))
+        model.fit(data["x"], data["y"], batch_size=8, epochs=1, shuffle=False, verbose=0)
+        expected = [data[f"arr_{i}"] for i in range(len(model.get_weights()))]
+        report[f"{path.name} (continued in Keras)"] = float(max(
+            np.abs(got - want).max() for got, want in zip(model.get_weights(), expected)))
+    for path in sorted(set(folder.glob("*.keras")) - set(folder.glob("state_*.keras"))) + sorted(
+            folder.glob("*_legacy.h5")):
         model = keras.saving.load_model(path)
         data = np.load(folder / (path.stem.removesuffix("_legacy") + ".npz"))
         report[path.name] = float(np.abs(model.predict(data["x"], verbose=0) - data["predictions"]).max())

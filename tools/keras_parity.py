@@ -526,6 +526,31 @@ def keras_file_cases():
     return out
 
 
+CONTINUED = [("SGD", {"learning_rate": 0.1, "momentum": 0.9}), ("Adam", {"learning_rate": 0.01}), ("AdamW", {}),
+             ("RMSprop", {"momentum": 0.5, "centered": True}), ("Adagrad", {"learning_rate": 0.05}),
+             ("Adadelta", {"learning_rate": 1.0}), ("Adamax", {}), ("Nadam", {"learning_rate": 0.01})]
+
+
+def continued_training_cases():
+    """A model trained two steps in Keras and saved (optimizer state included), then two
+    more steps in Keras: nbnet, continuing from the file, must reach the same weights."""
+    rng = np.random.default_rng(31)
+    x = f32(rng.standard_normal((16, 5)))
+    y = rng.integers(0, 3, 16)
+    out = []
+    for name, kwargs in CONTINUED:
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="relu"),
+                                  keras.layers.BatchNormalization(), keras.layers.Dense(3, activation="softmax")])
+        model.compile(getattr(keras.optimizers, name)(**kwargs), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        path = KERAS_FILES / f"continue_{name.lower()}.keras"
+        model.save(path)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        out.append({"optimizer": name, "kwargs": kwargs, "file": path.name,
+                    "weights_after": [as_list(w) for w in model.get_weights()]})
+    return {"x": as_list(x), "y": y.tolist(), "cases": out}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -537,7 +562,8 @@ def main():
                "schedules": schedule_cases(), "regularizers": regularizer_cases(), "batchnorm": batchnorm_cases(),
                "callbacks": callback_cases(), "weights_file": weights_file_case(),
                "weighted_fit": weighted_fit_cases(),
-               "keras_files": keras_file_cases()}
+               "keras_files": keras_file_cases(),
+               "continued_training": continued_training_cases()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(".tmp")
     temporary.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")

@@ -370,6 +370,9 @@ MUTANTS += [
     M("legacy_h5_weights_by_sorted_name", "Keras 2 weights files matched in sorted-name order, not the file's",
       "weights_file.py", "for name in group.attrs[\"layer_names\"]:", "for name in sorted(group.attrs[\"layer_names\"]):",
       ("tests/test_keras_file.py",)),
+    M("keras_optimizer_state_adam_not_interleaved", "Adam's moments read from a .keras file as two lists, not "
+      "interleaved per weight array", "keras_optimizer_state.py", 'return [["m", "v"]], 0', 'return [["m"], ["v"]], 0',
+      ("tests/test_keras_file.py",)),
     M("validation_every_epoch", "validation_freq ignored: validation runs every epoch", "models.py",
       "if x_val is not None and (epoch + 1) % validation_freq == 0:", "if x_val is not None:",
       ("tests/test_training.py::test_validation_freq_and_batch_size",)),
