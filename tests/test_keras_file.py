@@ -17,6 +17,19 @@ CASES = json.loads((FIXTURES / "keras_parity.json").read_text())["keras_files"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
+def test_keras_written_file_exports_to_verified_onnx(case, tmp_path):
+    """Keras file in, ONNX out, without TensorFlow: checked by onnx.checker, shape inference
+    and onnxruntime against nbnet, which itself matched Keras above."""
+    from nbnet.onnx import export
+
+    model = models.load_model(FIXTURES / "keras_files" / case["file"])
+    x = np.asarray(case["x"], np.float32)
+    result = export(model, tmp_path / "m.onnx", x=x, print_fn=lambda *_: None)
+    assert result.report.max_abs_diff <= 1e-5
+    np.testing.assert_allclose(model.predict(x), case["predictions"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
 def test_keras_legacy_h5_file_loads_and_predicts(case):
     model = models.load_model(FIXTURES / "keras_files" / case["legacy_file"])
     np.testing.assert_allclose(model.predict(np.asarray(case["x"], np.float32)), case["predictions"], rtol=1e-5,

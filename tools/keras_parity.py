@@ -497,6 +497,23 @@ def _architectures():
                                 "categorical_crossentropy", "adagrad"),
         "binary": ([keras.Input((7,)), layers.Dense(5, activation="leaky_relu"), layers.BatchNormalization(),
                     layers.Dense(1, activation="sigmoid")], "binary_crossentropy", "adamax"),
+        "cnn_valid_rect_pools": ([keras.Input((13, 11, 2)), layers.Conv2D(3, 5, strides=(2, 1), activation="tanh"),
+                                  layers.AveragePooling2D((2, 3), strides=(1, 2)), layers.Flatten(),
+                                  layers.Dense(2, activation="sigmoid")], "binary_crossentropy", "sgd"),
+        "mlp_no_bias_softmax_layer": ([keras.Input((9,)), layers.Dense(8, use_bias=False), layers.Activation("tanh"),
+                                       layers.Dense(4), layers.Softmax()], "categorical_crossentropy", "adadelta"),
+        "mnist_like_two_pools": ([keras.Input((14, 14, 1)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(),
+                                  layers.Conv2D(6, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+                                  layers.Dense(5, activation="softmax")], "sparse_categorical_crossentropy", "adam"),
+        "batchnorm_settings": ([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, padding="same"),
+                                layers.BatchNormalization(momentum=0.9, epsilon=1e-5), layers.ReLU(),
+                                layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")],
+                               "sparse_categorical_crossentropy", "rmsprop"),
+        "leaky_relu_dropout": ([keras.Input((6,)), layers.Dense(10), layers.LeakyReLU(negative_slope=0.3),
+                                layers.Dropout(0.4), layers.Dense(2)], "mse", "adamw"),
+        "rescaling_offset": ([keras.Input((5, 5, 1)), layers.Rescaling(1 / 127.5, offset=-1.0), layers.Conv2D(2, 1),
+                              layers.GlobalMaxPooling2D(), layers.Dense(2, activation="softmax")],
+                             "sparse_categorical_crossentropy", "sgd"),
     }
 
 
