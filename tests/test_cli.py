@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from nbnet import layers, models
 from nbnet.cli import main
 from nbnet.datasets import idx, mnist
 from nbnet.models import load_model
@@ -179,3 +180,17 @@ def test_commands_take_a_keras_file(tmp_path):
     x = np.random.default_rng(3).uniform(0, 255, (5, 12, 12, 1)).astype(np.float32)
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), atol=1e-5)
+
+
+def test_train_resumes_a_keras_file(tmp_path):
+    path = tmp_path / "m.keras"
+    model = models.Sequential([layers.Input((28, 28, 1)), layers.Flatten(), layers.Dense(16, activation="relu"),
+                               layers.Dense(10, activation="softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(path)
+    result = CliRunner().invoke(main, ["train", "--resume", str(path), "--epochs", "1", "--batch-size", "256"])
+    assert result.exit_code == 0, result.output
+    trained = load_model(path)  # still a Keras file, now with the optimizer's state
+    assert trained.optimizer.iterations == 235  # 60000 images in batches of 256
+    accuracy = float(result.output.split("Test accuracy: ")[1].split(" ")[0])
+    assert accuracy > 0.85
