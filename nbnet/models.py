@@ -102,6 +102,19 @@ class Sequential:
                 self.layers.pop()  # nothing half-added: the model stays as it was
                 raise
 
+    def pop(self):
+        """Remove the last layer, as Keras's Sequential.pop (the others keep their weights)."""
+        if not self.layers:
+            raise NbnetError(f"Sequential '{self.name}' has no layer to pop.")
+        layer = self.layers.pop()
+        if self.built:
+            self.output_shapes.pop()
+            if self.layers:
+                self._finish_build()
+            else:
+                self.built = False
+        return layer
+
     def _add_model(self, model):
         """A model used as a layer (Keras's ``Sequential([model, layers.Softmax()])``): its
         layers join this model, shared, so both see the same weights; whichever model runs

@@ -398,3 +398,21 @@ def test_a_built_model_refuses_another_input_shape_and_stays_usable():
     assert model.input_shape == (5,) and model.predict(np.zeros((1, 5), np.float32)).shape == (1, 2)
     for got, expected in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_pop_and_keras_weight_attributes():
+    model = models.Sequential([layers.Input((4,)), layers.Dense(3, activation="relu", name="layer1"),
+                               layers.BatchNormalization(name="bn"), layers.Dense(5, name="layer3")], seed=0)
+    kept = model.get_layer("layer1").get_weights()
+    popped = model.pop()
+    assert popped.name == "layer3" and [layer.name for layer in model.layers] == ["layer1", "bn"]
+    assert model.output_shape == (3,) and model.predict(np.ones((2, 4), np.float32)).shape == (2, 3)
+    for got, expected in zip(model.get_layer("layer1").get_weights(), kept):  # the others keep their weights
+        np.testing.assert_array_equal(got, expected)
+    dense, norm = model.layers
+    np.testing.assert_array_equal(dense.kernel.numpy(), kept[0])
+    assert dense.bias.shape == (3,) and norm.moving_variance.shape == (3,)
+    assert len(dense.weights) == 2 and len(norm.trainable_weights) == 2 and len(norm.non_trainable_weights) == 2
+    assert len(model.weights) == 6
+    with pytest.raises(AttributeError, match="no attribute 'kernal'"):
+        dense.kernal

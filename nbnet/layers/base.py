@@ -16,6 +16,7 @@ import numpy as np
 
 from ..devices import cpu
 from ..errors import ShapeError
+from ..tensor import as_tensor
 
 _counters = {}
 
@@ -132,6 +133,28 @@ class Layer:
 
     def _weight(self, key):
         return self.params[key] if key in self.params else self.state[key]
+
+    @property
+    def weights(self):
+        """The weights in Keras's order, as live arrays (``.numpy()`` gives a copy)."""
+        return [as_tensor(self._weight(key)) for key in self.weight_order]
+
+    @property
+    def trainable_weights(self):
+        return [as_tensor(self.params[key]) for key in self.weight_order if key in self.params and self.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [as_tensor(self._weight(key)) for key in self.weight_order
+                if key not in self.params or not self.trainable]
+
+    def __getattr__(self, name):
+        """Keras's weight attributes (``dense.kernel``, ``conv.bias``, ``bn.moving_mean``)."""
+        stores = self.__dict__.get("params", {}), self.__dict__.get("state", {})
+        for store in stores:
+            if name in store:
+                return as_tensor(store[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def count_params(self):
         return sum(int(self._weight(key).size) for key in self.weight_order)
