@@ -17,6 +17,9 @@ import json
 import zipfile
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 from . import __version__, layers as layers_module
 from .errors import ModelFileError
 from .paths import atomic_write
@@ -44,11 +47,9 @@ def is_legacy_h5(path):
         with open(path, "rb") as handle:
             if handle.read(8) != b"\x89HDF\r\n\x1a\n":
                 return False
-        import h5py
-
         with h5py.File(path, "r") as h5:
             return "model_config" in h5.attrs
-    except (OSError, ImportError):
+    except OSError:
         return False
 
 
@@ -87,9 +88,6 @@ def load_keras(path):
 
 def load_legacy_h5(path):
     """A Sequential model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` model file."""
-    import h5py
-    import numpy as np
-
     path = Path(path)
     try:
         with h5py.File(path, "r") as h5:
@@ -202,8 +200,6 @@ def _layer_from_keras(entry):
         elif key not in _ANY_VALUE and not _neutral(key, value):
             raise ModelFileError(f"Layer '{name}' ({class_name}): {key}={value!r} is not supported by nbnet "
                                  f"(only {_NEUTRAL[key]!r}).")
-    if class_name == "BatchNormalization":
-        _check_batchnorm_initializers(name, config)
     for key in ("kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer", "activation"):
         if key in kwargs:
             kwargs[key] = _plain(kwargs[key])
@@ -228,21 +224,9 @@ def _neutral(key, value):
     return value == allowed or (isinstance(allowed, tuple) and value in allowed)
 
 
-def _check_batchnorm_initializers(name, config):
-    """nbnet's BatchNormalization starts at gamma 1, beta 0 and moving statistics 0 and 1;
-    the file's weights replace them anyway, so only a refusal-worthy trainable change matters."""
-    for key in ("center", "scale"):
-        if config.get(key, True) is not True:
-            raise ModelFileError(f"Layer '{name}' (BatchNormalization): {key}=False is not supported by nbnet.")
-
-
 def _load_weights_bytes(model, data, path):
     from .weights_file import load_weights_from
 
-    try:
-        import h5py
-    except ImportError as exc:
-        raise ModelFileError("Reading .keras files needs h5py: pip install h5py.") from exc
     try:
         with h5py.File(io.BytesIO(data), "r") as h5:
             load_weights_from(model, h5, f"{path}:{WEIGHTS}")
@@ -252,8 +236,6 @@ def _load_weights_bytes(model, data, path):
 
 def _load_optimizer_bytes(model, data, path):
     """The optimizer's moments, where Keras saved them (it does once it has stepped)."""
-    import h5py
-
     from . import keras_optimizer_state
 
     with h5py.File(io.BytesIO(data), "r") as h5:
@@ -295,8 +277,6 @@ def _compile_from_keras(model, compiled, path):
 # ------------------------------------------------------------------------------ writing
 def save_keras(model, path):
     """Write ``model`` as a Keras 3 ``.keras`` file that ``keras.saving.load_model`` reads."""
-    import h5py  # noqa: F401  (a clear ImportError before anything is written)
-
     from .weights_file import save_weights_to
 
     from . import keras_optimizer_state
@@ -318,8 +298,6 @@ def save_keras(model, path):
 def save_legacy_h5(model, path):
     """Write ``model`` as a legacy ``.h5`` model file, as Keras 3 still writes (and Keras 2
     and tf.keras wrote): the config in ``model_config``, the weights by layer name."""
-    import h5py
-
     config = _keras_config(model)
     with atomic_write(path, mode="w+b") as handle:
         with h5py.File(handle, "w") as h5:

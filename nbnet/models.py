@@ -164,10 +164,7 @@ class Sequential:
     def _build_layers(self, new_layers):
         """Build ``new_layers``, which follow the layers already in ``output_shapes``."""
         shape = self.output_shapes[-1] if self.output_shapes else self.input_shape
-        has_params_before = any(bool(layer.params) and layer.trainable
-                                for layer in self.layers[:len(self.output_shapes)])
         for layer in new_layers:
-            layer.needs_input_grad = has_params_before
             if layer.built:  # a layer of another model (or a rebuilt one) keeps its weights, as in Keras
                 if tuple(layer.built_input_shape) != tuple(shape):
                     raise ShapeError(f"Layer '{layer.name}' was built for input shape "
@@ -179,22 +176,12 @@ class Sequential:
             self.output_shapes.append(shape)
             if isinstance(layer, Dropout) and layer.seed is None:
                 layer.rng = self.rng  # one Generator for shuffling and dropout: one state to save
-            has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
 
     def _finish_build(self):
-        self._fuse_conv_pool()
-        self._gather_parameters()
-        for layer in self.layers:
-            layer.owner = self
-        self.built = True
-
-    def _claim_layers(self):
-        """Layers shared with another model are set up for whichever model ran last; set
-        them up for this one again. The weights live in the layers, so no value changes:
-        only which flat vector holds them, which layers need input gradients, and which
-        conv runs its pool."""
-        if not self.built or all(getattr(layer, "owner", None) is self for layer in self.layers):
-            return
+        """Set the layers up for this model: which need input gradients (those after a
+        trainable weight), which conv runs its pool, the flat vectors. Run after a build,
+        an add or pop, a trainable change, and when layers shared with another model
+        come back (see _claim_layers)."""
         has_params_before = False
         for layer in self.layers:
             layer.owner = self
@@ -202,6 +189,13 @@ class Sequential:
             has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
         self._fuse_conv_pool()
         self._gather_parameters()
+        self.built = True
+
+    def _claim_layers(self):
+        """Layers shared with another model are set up for whichever model ran last; set
+        them up for this one again (the weights live in the layers: no value changes)."""
+        if self.built and any(getattr(layer, "owner", None) is not self for layer in self.layers):
+            self._finish_build()
 
     def _fuse_conv_pool(self):
         """Each Conv2D followed by a MaxPooling2D it can absorb (see Conv2D.can_absorb) runs
@@ -390,14 +384,9 @@ class Sequential:
     def _apply_trainable(self):
         """Keras applies ``layer.trainable = False`` (or True) at the next compile: the
         flat vectors are gathered afresh when the set of trainable layers changed."""
-        if [(id(layer), key) for layer, key in self._flat_entries] == [
+        if [(id(layer), key) for layer, key in self._flat_entries] != [
                 (id(layer), key) for layer in self.layers if layer.trainable for key in layer.params]:
-            return
-        has_params_before = False
-        for layer in self.layers:
-            layer.needs_input_grad = has_params_before
-            has_params_before = has_params_before or (bool(layer.params) and layer.trainable)
-        self._gather_parameters()
+            self._finish_build()
 
     # -- input checks ------------------------------------------------------------------
     def _ensure_built(self, x):
@@ -597,7 +586,7 @@ class Sequential:
                                  "every sample each epoch, so leave it out.")
         if not (isinstance(validation_freq, int) and validation_freq >= 1):
             raise NbnetError(f"fit: validation_freq must be a positive number of epochs, received {validation_freq!r}.")
-        self._validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
+        validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
         x, targets = self._prepare_xy(x, y)
         weights = sample_weights(y, targets, sample_weight, class_weight)
         batch_size = self._check_batch_size(batch_size)
@@ -624,10 +613,11 @@ class Sequential:
             self._announce_device = False
         with self._on_device():
             return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-                             weights, w_val)
+                             weights, w_val, validation)
 
     def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-             weights=None, w_val=None):
+             weights=None, w_val=None, validation=(1, None)):
+        """``validation``: (validate every that many epochs, the validation batch size)."""
         ops = self.ops
         history = callbacks_module.History()
         # History last, as Keras: it records what the other callbacks add to the logs.
@@ -713,7 +703,7 @@ class Sequential:
                                               self.stop_requested)
                 if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
                     break
-            validation_freq, validation_batch_size = self._validation
+            validation_freq, validation_batch_size = validation
             if x_val is not None and (epoch + 1) % validation_freq == 0:
                 # As Keras, the fit's callbacks see the validation run's test hooks.
                 val_loss, val_correct = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val,

@@ -9,34 +9,23 @@ any weight changes.
 """
 
 import os
-import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .errors import ModelFileError, NbnetError
+from .layers.base import snake_case
 from .paths import atomic_write
 
 SUFFIX = ".weights.h5"
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError as exc:
-        raise NbnetError("Saving and loading Keras weights files needs h5py: pip install h5py.") from exc
-    return h5py
-
-
-def _snake(name):
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)).lower()
 
 
 def layer_keys(model):
     """(key, layer) in the model's order: Keras's per-class numbering within the model."""
     used, keys = {}, []
     for layer in model.layers:
-        base = _snake(type(layer).__name__)
+        base = snake_case(type(layer).__name__)
         count = used.get(base, 0)
         used[base] = count + 1
         keys.append((base if count == 0 else f"{base}_{count}", layer))
@@ -51,7 +40,6 @@ def save_weights(model, filepath, overwrite=True):
     if path.exists() and not overwrite:
         raise NbnetError(f"save_weights: {path} exists and overwrite=False.")
     model._require_built()
-    h5py = _h5py()
     with atomic_write(path, mode="w+b") as handle:  # h5py reads back what it writes
         with h5py.File(handle, "w") as h5:
             save_weights_to(model, h5)
@@ -78,7 +66,6 @@ def load_weights(model, filepath):
     if not path.exists():
         raise ModelFileError(f"load_weights: {path} does not exist.")
     model._require_built()
-    h5py = _h5py()
     try:
         with h5py.File(path, "r") as h5:
             if "layer_names" in h5.attrs or "model_weights" in h5:

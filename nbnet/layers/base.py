@@ -26,9 +26,13 @@ def reset_names():
     _counters.clear()
 
 
+def snake_case(cls_name):
+    """Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower()
+
+
 def _auto_name(cls_name):
-    # Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d.
-    return unique_name(re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower())
+    return unique_name(snake_case(cls_name))
 
 
 def unique_name(snake):

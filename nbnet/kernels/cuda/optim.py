@@ -26,6 +26,15 @@ def _halt_flag(halt):
     return _never_halted[0]
 
 
+def _launch_update(kernel, params, arrays, scalars, halt):
+    """An elementwise update over the flat parameters: ``arrays`` (gradients, slots), then
+    ``scalars`` cast to the parameters' dtype, then the halt flag."""
+    if params.shape[0] == 0:
+        return
+    blocks, threads = launch_1d(params.shape[0])
+    kernel[blocks, threads](params, *arrays, *(as_scalar(value, params.dtype) for value in scalars), _halt_flag(halt))
+
+
 @cuda.jit
 def _sgd_kernel(params, grads, velocity, lr, mu, use_momentum, nesterov, halt):
     if halt[0] != 0:
@@ -63,14 +72,7 @@ def _adam_kernel(params, grads, m, v, alpha, b1, b2, eps, shrink, one, halt):
 def adam_update(params, grads, m, v, step_size, beta_1, beta_2, epsilon, decay, halt=None):
     """m, v moments; ``step_size`` = lr*sqrt(1-beta_2^t)/(1-beta_1^t) (Keras's folded bias
     correction); ``decay`` = lr*weight_decay for AdamW's decoupled decay, else 0."""
-    n = params.shape[0]
-    if n == 0:
-        return
-    dtype = params.dtype
-    blocks, threads = launch_1d(n)
-    _adam_kernel[blocks, threads](params, grads, m, v, as_scalar(step_size, dtype), as_scalar(beta_1, dtype),
-                                  as_scalar(beta_2, dtype), as_scalar(epsilon, dtype), as_scalar(1.0 - decay, dtype),
-                                  as_scalar(1.0, dtype), _halt_flag(halt))
+    _launch_update(_adam_kernel, params, (grads, m, v), (step_size, beta_1, beta_2, epsilon, 1.0 - decay, 1.0), halt)
 
 
 @cuda.jit
@@ -116,13 +118,7 @@ def _adagrad_kernel(params, grads, accumulator, lr, eps, halt):
 
 
 def adagrad_update(params, grads, accumulator, learning_rate, epsilon, halt=None):
-    n = params.shape[0]
-    if n == 0:
-        return
-    dtype = params.dtype
-    blocks, threads = launch_1d(n)
-    _adagrad_kernel[blocks, threads](params, grads, accumulator, as_scalar(learning_rate, dtype),
-                                     as_scalar(epsilon, dtype), _halt_flag(halt))
+    _launch_update(_adagrad_kernel, params, (grads, accumulator), (learning_rate, epsilon), halt)
 
 
 @cuda.jit
@@ -138,14 +134,8 @@ def _adadelta_kernel(params, grads, accumulated_grad, accumulated_delta, lr, r, 
 
 
 def adadelta_update(params, grads, accumulated_grad, accumulated_delta, learning_rate, rho, epsilon, halt=None):
-    n = params.shape[0]
-    if n == 0:
-        return
-    dtype = params.dtype
-    blocks, threads = launch_1d(n)
-    _adadelta_kernel[blocks, threads](params, grads, accumulated_grad, accumulated_delta,
-                                      as_scalar(learning_rate, dtype), as_scalar(rho, dtype), as_scalar(epsilon, dtype),
-                                      as_scalar(1.0, dtype), _halt_flag(halt))
+    _launch_update(_adadelta_kernel, params, (grads, accumulated_grad, accumulated_delta),
+                   (learning_rate, rho, epsilon, 1.0), halt)
 
 
 @cuda.jit
@@ -162,14 +152,7 @@ def _adamax_kernel(params, grads, m, u, alpha, b1, b2, eps, one, halt):
 
 
 def adamax_update(params, grads, m, u, step_size, beta_1, beta_2, epsilon, halt=None):
-    n = params.shape[0]
-    if n == 0:
-        return
-    dtype = params.dtype
-    blocks, threads = launch_1d(n)
-    _adamax_kernel[blocks, threads](params, grads, m, u, as_scalar(step_size, dtype), as_scalar(beta_1, dtype),
-                                    as_scalar(beta_2, dtype), as_scalar(epsilon, dtype), as_scalar(1.0, dtype),
-                                    _halt_flag(halt))
+    _launch_update(_adamax_kernel, params, (grads, m, u), (step_size, beta_1, beta_2, epsilon, 1.0), halt)
 
 
 @cuda.jit
@@ -185,13 +168,8 @@ def _nadam_kernel(params, grads, m, v, lr, b1, b2, cm, cg, cv, eps, one, halt):
 
 def nadam_update(params, grads, m, v, learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale,
                  epsilon, halt=None):
-    n = params.shape[0]
-    if n == 0:
-        return
-    dtype = params.dtype
-    blocks, threads = launch_1d(n)
-    _nadam_kernel[blocks, threads](params, grads, m, v, *(as_scalar(value, dtype) for value in (
-        learning_rate, beta_1, beta_2, momentum_scale, gradient_scale, velocity_scale, epsilon, 1.0)), _halt_flag(halt))
+    _launch_update(_nadam_kernel, params, (grads, m, v), (learning_rate, beta_1, beta_2, momentum_scale, gradient_scale,
+                                                         velocity_scale, epsilon, 1.0), halt)
 
 
 @cuda.jit
@@ -238,6 +216,4 @@ def _decay_weights_kernel(params, keep, halt):
 
 
 def decay_weights(params, factor, halt=None):
-    if params.shape[0]:
-        blocks, threads = launch_1d(params.shape[0])
-        _decay_weights_kernel[blocks, threads](params, as_scalar(1.0 - factor, params.dtype), _halt_flag(halt))
+    _launch_update(_decay_weights_kernel, params, (), (1.0 - factor,), halt)
