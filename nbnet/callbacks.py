@@ -7,6 +7,7 @@ A callback reaches the model through ``self.model``; setting
 
 import csv
 import os
+import re
 import time
 import warnings
 
@@ -123,8 +124,7 @@ class _Monitor:
         if mode not in ("auto", "min", "max"):
             raise NbnetError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', received {mode!r}.")
         if mode == "auto":
-            name = monitor.removeprefix("val_")
-            mode = "max" if ("acc" in name or name.endswith("auc") or name in _RISING_METRICS) else "min"
+            mode = _direction(monitor, type(self).__name__)
         self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
         self.best = None
         self._warned = False
@@ -150,8 +150,20 @@ class _Monitor:
         return value - self.min_delta > reference
 
 
-# Metrics whose names do not say 'acc' but that rise as the model improves.
-_RISING_METRICS = ("precision", "recall")
+def _direction(monitor, owner):
+    """Keras's 'auto' mode: 'min' for losses and errors, 'max' for accuracies, AUC,
+    precision and recall (by the metric's name, numbered or not); anything else Keras
+    refuses to guess, and so does nbnet."""
+    name = re.sub(r"_\d+$", "", monitor.removeprefix("val_"))
+    if name == "loss" or name.endswith("_loss") or name in _FALLING:
+        return "min"
+    if "acc" in name or name in _RISING:
+        return "max"
+    raise NbnetError(f"{owner}: cannot tell whether {monitor!r} should rise or fall; pass mode='max' or mode='min'.")
+
+
+_FALLING = ("mse", "mae", "mean_squared_error", "mean_absolute_error")
+_RISING = ("auc", "precision", "recall")
 
 
 class EarlyStopping(Callback, _Monitor):

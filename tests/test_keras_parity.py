@@ -216,6 +216,24 @@ def test_model_checkpoint_saves_the_epochs_keras_saves_with_their_weights(case, 
         assert all((w == epoch - 1).all() for w in restored.get_weights())
 
 
+@pytest.mark.parametrize("case", FIXTURE["callbacks"]["reduce_lr_on_plateau"], ids=lambda c: str(c["kwargs"]))
+def test_reduce_lr_on_plateau_sets_the_rates_keras_sets(case):
+    model = tiny_model()
+    model.optimizer.learning_rate = 0.1
+    callback = callbacks.ReduceLROnPlateau(**case["kwargs"])
+    callback.set_model(model)
+    callback.on_train_begin()
+    rates, logged = [], []
+    key = case["kwargs"].get("monitor", "val_loss")
+    for epoch, value in enumerate(case["sequence"]):
+        logs = {key: value, "loss": 1.0}
+        callback.on_epoch_end(epoch, logs)
+        logged.append(logs["learning_rate"])
+        rates.append(model.optimizer.current_learning_rate())
+    np.testing.assert_allclose(rates, case["rates"], rtol=1e-6)
+    np.testing.assert_allclose(logged, case["logged"], rtol=1e-6)
+
+
 def test_learning_rate_scheduler_sets_the_rates_keras_sets():
     (case,) = FIXTURE["callbacks"]["learning_rate_scheduler"]
     model = tiny_model()
@@ -300,3 +318,11 @@ def test_weighted_fit_and_evaluate_equal_keras(kind):
     assert evaluated == pytest.approx(case["evaluate"], rel=2e-5, abs=1e-6)
     for got, expected in zip(model.get_weights(), case["weights"]):
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+
+
+def test_auto_mode_refuses_to_guess_as_keras_does():
+    """Keras's 'auto' mode knows losses, errors, accuracies, AUC, precision and recall, and
+    raises for any other name rather than guess a direction."""
+    assert callbacks.EarlyStopping("val_auc_2").mode == "max" and callbacks.ModelCheckpoint("m.nbnet", "mae").mode == "min"
+    with pytest.raises(Exception, match=r"'val_f1'.*mode='max' or mode='min'"):
+        callbacks.EarlyStopping("val_f1")

@@ -398,6 +398,24 @@ def callback_cases():
             saved = sorted(int(name.split("-")[1].split(".")[0]) for name in os.listdir(folder)
                            if name.startswith(f"case{index}-"))
             out["model_checkpoint"].append({"kwargs": kwargs, "sequence": sequence, "saved_epochs": saved})
+    out["reduce_lr_on_plateau"] = []
+    for kwargs in ({"factor": 0.5, "patience": 1}, {"factor": 0.2, "patience": 2, "cooldown": 2, "min_lr": 0.003},
+                   {"factor": 0.5, "patience": 0, "min_delta": 0.02}, {"monitor": "val_accuracy", "patience": 1}):
+        key = kwargs.get("monitor", "val_loss")
+        sequence = accuracies if key == "val_accuracy" else losses
+        model = tiny_model()
+        model.optimizer.learning_rate = 0.1
+        callback = keras.callbacks.ReduceLROnPlateau(**kwargs)
+        callback.set_model(model)
+        callback.on_train_begin()
+        rates, logged = [], []
+        for epoch, value in enumerate(sequence):
+            logs = {key: value, "loss": 1.0}
+            callback.on_epoch_end(epoch, logs)
+            logged.append(float(logs["learning_rate"]))
+            rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        out["reduce_lr_on_plateau"].append({"kwargs": kwargs, "sequence": sequence, "rates": rates,
+                                            "logged": logged})
     model = tiny_model()
     model.optimizer.learning_rate = 0.1
     rates = []
