@@ -21,7 +21,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _SUBMODULES = ("activations", "backend", "callbacks", "datasets", "initializers", "layers", "losses", "metrics",
                "models", "onnx", "optimizers", "regularizers", "saving", "schedules", "utils")
 # Top-level names Keras scripts use, and the submodule that holds each.
-_NAMES = {"Sequential": "models", "load_model": "models", "Input": "layers", "InputLayer": "layers"}
+_NAMES = {"Sequential": "models", "Model": "models", "load_model": "models", "Input": "layers", "InputLayer": "layers"}
 
 __all__ = list(_SUBMODULES) + list(_NAMES)
 

@@ -55,7 +55,7 @@ def save_model(model, path):
         "fit_config": model.fit_config,
     }
     arrays = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    for index, layer in enumerate(model.layers):
+    for index, layer in enumerate(model._weight_layers()):
         for key in layer.weight_order:
             arrays[f"layer.{index}.{key}"] = layer._weight(key)
     if model.optimizer is not None:
@@ -91,8 +91,10 @@ def _read(path):
 
 
 def model_from_config(config):
-    from .models import Sequential
+    from .models import Model, Sequential
 
+    if "input_layers" in config:
+        return Model.from_config(config)
     built = []
     for entry in config["layers"]:
         cls = getattr(layers_module, entry["class_name"], None)
@@ -115,7 +117,7 @@ def load_model(path):
     meta, arrays = _read(path)
     try:
         model = model_from_config(meta["config"])
-        weights = [arrays[f"layer.{index}.{key}"] for index, layer in enumerate(model.layers)
+        weights = [arrays[f"layer.{index}.{key}"] for index, layer in enumerate(model._weight_layers())
                    for key in layer.weight_order]
         model.set_weights(weights)
         if meta.get("compile"):

@@ -124,6 +124,7 @@ def _ptx_signatures():
         D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         T._fill_zero_kernel: (a1, f),
+        T._add_into_kernel: (a1, a1),
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
         T._check_finite_kernel: (a1, d1, i, h1),
         T._correct_rows_kernel: (a2, int64[::1], a2, float64, d1),
@@ -748,6 +749,18 @@ def test_gather_rows_and_fill_zero():
     values = dev(rand(rng, 75))
     gpu_training.fill_zero(values)
     close(values, np.zeros(75, np.float32), rtol=0, atol=0)
+
+
+@sim_only
+def test_add_into():
+    rng = np.random.default_rng(19)
+    total, values = rand(rng, 75), rand(rng, 75)
+    total_dev = dev(total)
+    expected = total + values
+    cpu_training.add_into(total, values)
+    gpu_training.add_into(total_dev, dev(values))
+    np.testing.assert_array_equal(total, expected)
+    close(total_dev, expected, rtol=0, atol=0)
 
 
 @sim_only

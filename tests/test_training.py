@@ -225,7 +225,7 @@ def test_uint8_input_trains_as_its_float32_scaling_and_stays_uint8(monkeypatch):
     monkeypatch.setattr(models.Sequential, "_prepare_x",
                         lambda self, x, argument="x": prepared.append(original(self, x, argument)) or prepared[-1])
     rescaled.fit(pixels, labels, batch_size=16, epochs=2, verbose=0, validation_split=0.25)
-    assert prepared[0].dtype == np.uint8 and np.shares_memory(prepared[0], pixels)
+    assert prepared[0][0].dtype == np.uint8 and np.shares_memory(prepared[0][0], pixels)
     for got, expected in zip(rescaled.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(got, expected)
     assert rescaled.history_log == reference.history_log

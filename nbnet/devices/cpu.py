@@ -17,11 +17,13 @@ from ..kernels.dropout import apply_mask  # noqa: F401
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
+from ..kernels.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
+                              merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
-from ..kernels.training import check_finite, count_correct, gather_rows  # noqa: F401
+from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
 from ..kernels.winograd import conv3x3_maxpool_backward, conv3x3_maxpool_forward  # noqa: F401
 
 name = "cpu"

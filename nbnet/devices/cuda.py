@@ -15,6 +15,8 @@ from ..kernels.cuda.gemm import matmul  # noqa: F401
 from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, crossentropy_from_probabilities,  # noqa: F401
                                    mean_squared_error, sigmoid_crossentropy_from_logits,
                                    softmax_crossentropy_from_logits)
+from ..kernels.cuda.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
+                                   merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
 from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                           batchnorm_train_forward, update_moving_averages)
 from ..kernels.cuda.optim import (adadelta_update, adagrad_update, adam_update, adamax_update,  # noqa: F401
@@ -25,7 +27,7 @@ from ..kernels.cuda.pool import (avgpool_backward, avgpool_forward, bias_activat
                                 maxpool_activation_backward, maxpool_backward, maxpool_forward)
 from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
 from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
-from ..kernels.cuda.training import check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
+from ..kernels.cuda.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 
 name = "cuda"
 # Conv2D's Winograd pass (see nbnet/kernels/winograd.py) is the CPU's alone: on the GPU a

@@ -57,3 +57,11 @@ def count_correct(outputs, labels, rows, threshold, out):
                     expected = k
         correct += 1.0 if best == expected else 0.0
     out[0] = correct
+
+
+@njit(cache=True)
+def add_into(total, values):
+    """total += values (1-D views of one size): the gradient of a tensor that feeds
+    several layers, summed as each layer's backward hands its share back."""
+    for i in range(total.shape[0]):
+        total[i] += values[i]

@@ -9,6 +9,7 @@ layer code always reads them through the dicts. Kernels are launched through ``s
 the device module the model runs on (``nbnet.devices.cpu`` unless the model moved it).
 """
 
+import copy
 import itertools
 import re
 
@@ -87,6 +88,35 @@ class Layer:
         if self.input_shape is not None:
             config["input_shape"] = list(self.input_shape)
         return config
+
+    # -- calling -------------------------------------------------------------------
+    def __call__(self, inputs, training=False):
+        """On symbolic tensors (Keras's functional API): record the call and return the
+        output tensor; a layer called twice shares its weights. On arrays: the layer's
+        output for them (built for their shape on first use), as an array with ``.numpy()``."""
+        from .. import graph
+
+        if graph.is_symbolic(inputs):
+            return graph.call_layer(self, inputs, graph.layer_rng_source)
+        if getattr(self, "multiple_inputs", False):
+            values = [np.ascontiguousarray(v, dtype=np.float32) for v in inputs]
+            shape = [tuple(v.shape[1:]) for v in values]
+        else:
+            values = np.ascontiguousarray(inputs, dtype=np.float32)
+            shape = tuple(values.shape[1:])
+        if not self.built:
+            self.build(shape, graph.layer_rng_source())
+        eager = self.call_copy()
+        eager.ops, eager.needs_input_grad = cpu, False
+        return as_tensor(np.array(eager.forward(values, training=bool(training))))
+
+    def call_copy(self):
+        """A second caller of this layer: the same weights, gradients and state (the dicts
+        are shared, so rebinding a weight shows in both), its own buffers and saved inputs.
+        A graph runs each extra call of a shared layer through one."""
+        twin = copy.copy(self)
+        twin._buffers = {}
+        return twin
 
     # -- computation ---------------------------------------------------------------
     def forward(self, x, training=False):

@@ -1,7 +1,8 @@
 """Keras's ``Input`` and ``InputLayer``: the input shape of a model, given first.
 
+``keras.Input(shape=...)`` returns the symbolic tensor a functional model starts from;
 ``Sequential([keras.Input(shape=(28, 28, 1)), ...])`` builds the model at once, as Keras
-does; the InputLayer holds no weights and is not one of ``model.layers``."""
+does (there the InputLayer holds no weights and is not one of ``model.layers``)."""
 
 from ..errors import NbnetError
 from .base import Layer
@@ -25,10 +26,17 @@ class InputLayer(Layer):
         super().__init__(name=name, input_shape=tuple(int(d) for d in shape), **kwargs)
         self.shape = self.input_shape
         self.batch_size, self.dtype = batch_size, dtype
+        self.built, self.built_input_shape = True, self.shape
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):
+        return {"name": self.name, "batch_shape": [None, *self.shape], "dtype": "float32"}
+
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None, **kwargs):  # noqa: N802 (Keras's name)
-    return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name, batch_shape=batch_shape, **kwargs)
+    from ..graph import input_tensor
+
+    layer = InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name, batch_shape=batch_shape, **kwargs)
+    return input_tensor(layer)

@@ -1,12 +1,14 @@
-"""nbnet Sequential -> ONNX graph, with standard operators only.
+"""nbnet model (Sequential or functional) -> ONNX graph, with standard operators only.
 
-Layout: the graph takes exactly what ``model.predict`` takes, channels-last (NHWC for
+Each layer call of the model's graph becomes a few nodes, in the model's topological
+order; a layer called twice writes its weights once. Layout: the graph takes exactly what ``model.predict`` takes, channels-last (NHWC for
 images) float32 with a symbolic batch axis, and returns what it returns. ONNX's Conv,
 MaxPool, AveragePool and BatchNormalization want channels first, so the converter tracks
 each tensor's layout and inserts a Transpose only where the next operator needs the other
 one: before the first Conv/pool/BatchNormalization of a channels-last tensor, and back to
 channels-last before Flatten and Reshape (Keras orders values H, W, C) and before the output.
-Softmax is taken over the channel axis, wherever the layout has put it.
+Softmax is taken over the channel axis, wherever the layout has put it. Merge layers bring
+their inputs to one layout first (the first input's), and Concatenate's axis follows it.
 """
 
 import json
@@ -17,9 +19,9 @@ import numpy as np
 from .. import __version__
 from ..errors import ExportError
 from ..kernels.conv import same_padding
-from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
-                      GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Reshape,
-                      Softmax, ZeroPadding2D)
+from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
+                      Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
+                      MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, Subtract, ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
@@ -40,6 +42,7 @@ class _GraphBuilder:
     def __init__(self):
         self.nodes, self.initializers, self.weights = [], [], []
         self._names = set()
+        self._written = {}  # (layer index, key, perm) -> initializer name: a shared layer's weights once
 
     def unique(self, name):
         candidate, index = name, 1
@@ -51,7 +54,10 @@ class _GraphBuilder:
     def initializer(self, name, array, layer_index, key, perm=None):
         from onnx import numpy_helper
 
-        name = self.unique(name)
+        written = (layer_index, key, None if perm is None else tuple(perm))
+        if written in self._written:
+            return self._written[written]
+        name = self._written[written] = self.unique(name)
         value = np.asarray(array, np.float32)
         if perm is not None:
             value = value.transpose(perm)
@@ -210,6 +216,36 @@ def _zero_padding(layer, index, prefix, graph, tensor, input_shape):
     return _Tensor(graph.node("Pad", [tensor.name, pads], prefix, mode="constant"), 4, True)
 
 
+def _same_layout(graph, prefix, tensors):
+    """The tensors in the first one's layout."""
+    first = tensors[0].channels_first
+    return [graph.transpose(t, prefix, channels_first=first) for t in tensors]
+
+
+def _elementwise(op, variadic):
+    def convert(layer, index, prefix, graph, tensors, input_shapes):
+        tensors = _same_layout(graph, prefix, tensors)
+        names = [t.name for t in tensors]
+        if variadic:
+            name = graph.node(op, names, prefix)
+        else:  # binary operators, folded left as Keras's merge layers are
+            name = names[0]
+            for position, other in enumerate(names[1:]):
+                name = graph.node(op, [name, other], prefix if position == len(names) - 2 else f"{prefix}/{position}")
+        return _Tensor(name, tensors[0].rank, tensors[0].channels_first)
+
+    return convert
+
+
+def _concatenate(layer, index, prefix, graph, tensors, input_shapes):
+    tensors = _same_layout(graph, prefix, tensors)
+    rank = tensors[0].rank
+    axis = layer.axis % rank
+    if tensors[0].channels_first and rank >= 3:
+        axis = 1 if axis == rank - 1 else axis + 1
+    return _Tensor(graph.node("Concat", [t.name for t in tensors], prefix, axis=axis), rank, tensors[0].channels_first)
+
+
 # Exact types only: a subclass may compute something else in forward().
 CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
@@ -218,6 +254,9 @@ CONVERTERS = {
     Softmax: _activation_layer, LeakyReLU: _activation_layer, Rescaling: _rescaling,
     GlobalAveragePooling2D: _global_pooling("GlobalAveragePool"), GlobalMaxPooling2D: _global_pooling("GlobalMaxPool"),
     Reshape: _reshape, ZeroPadding2D: _zero_padding,
+    Add: _elementwise("Add", False), Subtract: _elementwise("Sub", False), Multiply: _elementwise("Mul", False),
+    Average: _elementwise("Mean", True), Maximum: _elementwise("Max", True), Minimum: _elementwise("Min", True),
+    Concatenate: _concatenate,
 }
 
 
@@ -225,7 +264,9 @@ def _check_exportable(model):
     if not getattr(model, "built", False):
         raise ExportError(f"Model '{getattr(model, 'name', model)}' is not built, so its shapes and weights are unknown: "
                           "give the first layer input_shape=(...) or call model.build(input_shape) before exporting.")
-    for layer in model.layers:
+    for layer in model._weight_layers():
+        if isinstance(layer, InputLayer):
+            continue
         if type(layer) not in CONVERTERS:
             supported = ", ".join(sorted(cls.__name__ for cls in CONVERTERS))
             base = next((cls.__name__ for cls in CONVERTERS if isinstance(layer, cls)), None)
@@ -242,33 +283,52 @@ def to_onnx(model, opset=None):
 
     opset = resolve_opset(opset)
     _check_exportable(model)
+    from ..executor import Plan
+
     graph = _GraphBuilder()
-    graph.unique(INPUT_NAME)
-    graph.unique(OUTPUT_NAME)
-    tensor = _Tensor(INPUT_NAME, len(model.input_shape) + 1)
-    shape = tuple(model.input_shape)
-    for index, layer in enumerate(model.layers):
+    plan = Plan(model, fuse=False)
+    input_names = [INPUT_NAME] if len(plan.input_slots) == 1 else model.input_names
+    output_names = [OUTPUT_NAME] if len(plan.output_slots) == 1 else model.output_names
+    for name in input_names + output_names:
+        graph.unique(name)
+    input_shapes = model._input_shapes()
+    tensors = {slot: _Tensor(name, len(shape) + 1) for slot, name, shape in zip(plan.input_slots, input_names,
+                                                                                  input_shapes)}
+    shapes = dict(zip(plan.input_slots, input_shapes))
+    weight_index = {id(layer): index for index, layer in enumerate(model._weight_layers())}
+    for step in plan.steps:
+        layer = step.source
         prefix = graph.unique(layer.name)
         graph._names.discard(prefix)  # the layer's main node or initializers take the name itself
-        tensor = CONVERTERS[type(layer)](layer, index, prefix, graph, tensor, shape)
-        shape = model.output_shapes[index]
-    tensor = graph.transpose(tensor, OUTPUT_NAME, channels_first=False)
-    if tensor.name == INPUT_NAME:  # nothing but Dropout
-        tensor = _Tensor(graph.node("Identity", [INPUT_NAME], OUTPUT_NAME), tensor.rank)
-    last = graph.nodes[-1]
-    last.output[0] = OUTPUT_NAME  # only the graph output consumes the last node's result
+        if step.multiple:
+            received, received_shape = [tensors[s] for s in step.inputs], [shapes[s] for s in step.inputs]
+        else:
+            received, received_shape = tensors[step.inputs[0]], shapes[step.inputs[0]]
+        tensors[step.output] = CONVERTERS[type(layer)](layer, weight_index[id(layer)], prefix, graph, received,
+                                                       received_shape)
+        shapes[step.output] = step.shape
+    consumed = {name for node in graph.nodes for name in node.input}
+    for slot, name in zip(plan.output_slots, output_names):
+        tensor = graph.transpose(tensors[slot], name, channels_first=False)
+        producer = next((node for node in graph.nodes if tensor.name in node.output), None)
+        if producer is None or tensor.name in consumed or tensor.name in output_names:
+            graph.nodes.append(helper.make_node("Identity", [tensor.name], [name], name=graph.unique(f"{name}/identity")))
+        else:
+            producer.output[0] = name  # only the graph output reads this node's result
 
     onnx_graph = helper.make_graph(
         graph.nodes, model.name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *model.input_shape])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *model.output_shape])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, *shape])
+         for name, shape in zip(input_names, input_shapes)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, *tensor.sample_shape])
+         for name, tensor in zip(output_names, model._output_tensors)],
         graph.initializers,
-        doc_string=f"nbnet Sequential '{model.name}': input {INPUT_NAME} is channels-last float32 "
-                   f"({BATCH_DIM}, {', '.join(map(str, model.input_shape))}), exactly what model.predict takes.")
+        doc_string=f"nbnet {type(model).__name__} '{model.name}': inputs {input_names} are channels-last float32 "
+                   f"with a symbolic batch axis '{BATCH_DIM}', exactly what model.predict takes.")
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(onnx_graph, opset_imports=opsets, ir_version=ir_version_for(opset),
                               producer_name=PRODUCER, producer_version=__version__,
-                              doc_string=f"Exported by nbnet {__version__} from Sequential '{model.name}'.")
+                              doc_string=f"Exported by nbnet {__version__} from {type(model).__name__} '{model.name}'.")
     try:
         architecture = json.dumps(model.get_config())
     except TypeError as error:

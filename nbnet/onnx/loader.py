@@ -40,7 +40,7 @@ def load(path):
         initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
         by_layer = {(int(index), key): (name, perm) for index, key, name, perm in weights}
         arrays = []
-        for index, layer in enumerate(model.layers):
+        for index, layer in enumerate(model._weight_layers()):
             for key in layer.weight_order:
                 name, perm = by_layer[(index, key)]
                 value = numpy_helper.to_array(initializers[name])

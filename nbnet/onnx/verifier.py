@@ -133,10 +133,10 @@ def run_onnxruntime(onnx_model, x, batch_size=1000):
 
     _, data, _ = _proto_and_bytes(onnx_model)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.ascontiguousarray(x, np.float32)
-    return np.concatenate([session.run(None, {name: x[start:start + batch_size]})[0]
-                           for start in range(0, len(x), batch_size)])
+    names = [i.name for i in session.get_inputs()]
+    xs = [np.ascontiguousarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
+    return np.concatenate([session.run(None, {name: a[start:start + batch_size] for name, a in zip(names, xs)})[0]
+                           for start in range(0, len(xs[0]), batch_size)])
 
 
 def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="given inputs", raise_on_failure=True,
@@ -149,8 +149,9 @@ def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="g
 
     proto, data, path = _proto_and_bytes(onnx_model)
     x = model._prepare_x(x)
-    if y is not None and len(y) != len(x):
-        raise ExportError(f"verify: x has {len(x)} samples but y has {len(y)} labels.")
+    count = len(x[0])
+    if y is not None and len(y) != count:
+        raise ExportError(f"verify: x has {count} samples but y has {len(y)} labels.")
     output_shape, failures = _check_structure(proto, model)
     try:
         out = run_onnxruntime(data, x, batch_size)
@@ -173,7 +174,7 @@ def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="g
     if decisive:
         failures.append(f"{decisive} sample(s) change argmax although nbnet's top-2 gap exceeds {gap:g}")
     report = VerificationReport(
-        model_name=model.name, source=source, samples=len(x), opset=proto.opset_import[0].version,
+        model_name=model.name, source=source, samples=count, opset=proto.opset_import[0].version,
         ir_version=proto.ir_version, runtime=f"onnxruntime {onnxruntime.__version__}", output_shape=output_shape,
         max_abs_diff=max_abs, max_rel_diff=max_rel, argmax_identical=identical, decisive_mismatches=decisive,
         atol=atol, failures=failures, path=path)
@@ -192,7 +193,7 @@ def verification_data(model, samples=1000, data_dir=None, seed=0):
     samples = int(samples)
     if samples < 1:
         raise ExportError(f"verification needs at least one sample, received {samples}.")
-    if tuple(model.input_shape) in MNIST_SHAPES:
+    if len(model._input_shapes()) == 1 and tuple(model._input_shapes()[0]) in MNIST_SHAPES:
         from ..datasets import mnist
         from ..errors import DatasetError
 
@@ -206,5 +207,6 @@ def verification_data(model, samples=1000, data_dir=None, seed=0):
         # As the model takes them (its Rescaling, if any, scales them), as float32: ONNX's input type.
         x = mnist.model_input(x_test[:samples], model).astype(np.float32)
         return x.reshape((samples,) + tuple(model.input_shape)), y_test[:samples].astype(np.int64), "MNIST test images"
-    x = np.random.default_rng(seed).standard_normal((samples,) + tuple(model.input_shape), dtype=np.float32)
-    return x, None, f"random normal inputs (seed {seed})"
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((samples,) + tuple(shape), dtype=np.float32) for shape in model._input_shapes()]
+    return (xs[0] if len(xs) == 1 else xs), None, f"random normal inputs (seed {seed})"

@@ -92,3 +92,17 @@ def count_correct(outputs, labels, rows, threshold, out):
         blocks, threads = launch_1d(count)
         _correct_rows_kernel[blocks, threads](outputs, labels, rows, float(threshold), hits)
     sum_float64(hits, out)
+
+
+@cuda.jit
+def _add_into_kernel(total, values):
+    for i in range(cuda.grid(1), total.shape[0], cuda.gridsize(1)):
+        total[i] += values[i]
+
+
+def add_into(total, values):
+    """total += values (1-D device views of one size)."""
+    n = total.shape[0]
+    if n:
+        blocks, threads = launch_1d(n)
+        _add_into_kernel[blocks, threads](total, values)

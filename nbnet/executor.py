@@ -1,0 +1,172 @@
+"""The execution plan of a model: its graph flattened into steps, run forward in
+topological order and backward in reverse.
+
+Built once per model set-up (``Plan(model)``): nested models are expanded into their
+layers, each tensor gets a slot, a layer called more than once runs as separate call
+objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), and a
+Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass.
+Backward sums the gradients of a tensor that feeds several layers, and skips every step
+no trainable weight depends on.
+"""
+
+from .layers import Conv2D, MaxPooling2D
+
+
+class Step:
+    """One layer call: ``layer`` (the call object) reads the slots ``inputs`` and writes
+    the slot ``output``, a tensor of ``shape`` per sample; ``source`` is the model's layer."""
+
+    __slots__ = ("layer", "source", "inputs", "output", "shape", "multiple", "needs_backward", "needs_input_grad",
+                 "fused_output", "pool")
+
+    def __init__(self, layer, source, inputs, output, shape):
+        self.layer, self.source, self.inputs, self.output, self.shape = layer, source, inputs, output, shape
+        self.multiple = bool(getattr(source, "multiple_inputs", False))
+        self.needs_backward = self.needs_input_grad = True
+        self.fused_output = False
+        self.pool = None  # the MaxPooling2D call this Conv2D runs in its own pass
+
+
+class Plan:
+    def __init__(self, model, fuse=True):
+        self.steps, self.slot_count = [], 0
+        self.input_slots = [self._new_slot() for _ in model._input_tensors]
+        self.output_slots = self._expand(model, self.input_slots)
+        # Each layer once, in the order of its first call: the owners of weights and state.
+        self.layers = list({id(step.source): step.source for step in self.steps}.values())
+        if fuse:
+            self._fuse_conv_pool()
+        self._mark_gradients()
+        self._values = [None] * self.slot_count
+
+    def bind(self):
+        """Set the call objects up for this plan (a plan is data until then, so one made
+        to read a model's structure, as the ONNX exporter does, changes nothing)."""
+        for step in self.steps:
+            step.layer.needs_input_grad = step.needs_input_grad
+            step.layer.absorbed = False
+            if isinstance(step.layer, Conv2D):
+                step.layer.pool = step.pool
+            if step.pool is not None:
+                step.pool.absorbed = True
+
+    def _new_slot(self):
+        self.slot_count += 1
+        return self.slot_count - 1
+
+    def _expand(self, model, input_slots):
+        slots = {id(tensor): slot for tensor, slot in zip(model._input_tensors, input_slots)}
+        for node in model._nodes:
+            inputs = [slots[id(tensor)] for tensor in node.inputs]
+            if hasattr(node.layer, "_nodes"):  # a model used as a layer: its layers join the plan
+                outputs = self._expand(node.layer, inputs)
+            else:
+                called = any(step.source is node.layer for step in self.steps)
+                layer = node.layer.call_copy() if called else node.layer
+                outputs = [self._new_slot()]
+                self.steps.append(Step(layer, node.layer, inputs, outputs[0], node.outputs[0].sample_shape))
+            for tensor, slot in zip(node.outputs, outputs):
+                slots[id(tensor)] = slot
+        return [slots[id(tensor)] for tensor in model._output_tensors]
+
+    def consumers(self, slot):
+        return [step for step in self.steps if slot in step.inputs]
+
+    def _fuse_conv_pool(self):
+        """Each Conv2D whose output goes only to a MaxPooling2D it can absorb (see
+        Conv2D.can_absorb) runs the pool in its own pass: the conv-sized activation and
+        its gradient are never written. Outputs and gradients equal running them apart (a
+        bias gradient sums in another order). A model output is never absorbed: the loss
+        works on it."""
+        for step in list(self.steps):
+            if not isinstance(step.layer, Conv2D) or step.output in self.output_slots:
+                continue
+            readers = self.consumers(step.output)
+            if len(readers) != 1:
+                continue
+            pool = readers[0]
+            if (isinstance(pool.layer, MaxPooling2D) and pool.output not in self.output_slots
+                    and step.layer.can_absorb(pool.layer)):
+                step.pool = pool.layer
+                step.output, step.shape = pool.output, pool.shape
+                self.steps.remove(pool)
+
+    def _mark_gradients(self):
+        """Which steps need an input gradient (a trainable weight lies before them) and
+        which need a backward pass at all (one lies before or in them)."""
+        self.requires_grad = [False] * self.slot_count
+        for step in self.steps:
+            needs_input_grad = step.needs_input_grad = any(self.requires_grad[slot] for slot in step.inputs)
+            trainable = bool(step.source.params) and step.source.trainable
+            step.needs_backward = needs_input_grad or trainable
+            self.requires_grad[step.output] = step.needs_backward
+
+    def call_objects(self):
+        """Every object that computes: the layers and their call copies."""
+        return [step.layer for step in self.steps] + [step.pool for step in self.steps if step.pool is not None]
+
+    def output_step(self, index):
+        slot = self.output_slots[index]
+        return next((step for step in self.steps if step.output == slot), None)
+
+    def can_fuse_output(self, index):
+        """Whether output ``index``'s activation may be folded into its loss: the tensor
+        goes nowhere else (its gradient is then the loss's alone)."""
+        step = self.output_step(index)
+        return step is not None and not self.consumers(step.output) and self.output_slots.count(step.output) == 1
+
+    def set_fused_outputs(self, fused):
+        """``fused``: one bool per output, whether its layer keeps logits for the loss."""
+        for step in self.steps:
+            step.fused_output = False
+            if hasattr(step.layer, "keep_logits"):
+                step.layer.keep_logits = False
+        for index, flag in enumerate(fused):
+            step = self.output_step(index)
+            if step is not None and flag:
+                step.fused_output = step.layer.keep_logits = True
+
+    def forward(self, inputs, training):
+        values = self._values
+        for slot, value in zip(self.input_slots, inputs):
+            values[slot] = value
+        for step in self.steps:
+            if step.multiple:
+                values[step.output] = step.layer.forward([values[slot] for slot in step.inputs], training=training)
+            else:
+                values[step.output] = step.layer.forward(values[step.inputs[0]], training=training)
+        outputs = [values[slot] for slot in self.output_slots]
+        for slot in range(self.slot_count):
+            values[slot] = None  # the plan keeps no batch alive between calls
+        return outputs
+
+    def backward(self, output_grads, ops):
+        """Run every needed step's backward from ``output_grads`` (one per output, or None
+        for an output without a loss); the weights' gradients are added into ``grads``."""
+        grads = [None] * self.slot_count
+
+        def add(slot, grad):
+            if not self.requires_grad[slot]:
+                return
+            if grads[slot] is None:
+                grads[slot] = grad
+            else:
+                ops.add_into(grads[slot].reshape(-1), grad.reshape(-1))
+
+        for slot, grad in zip(self.output_slots, output_grads):
+            if grad is not None:
+                add(slot, grad)
+        for step in reversed(self.steps):
+            dy = grads[step.output]
+            if dy is None or not step.needs_backward:
+                continue
+            grads[step.output] = None
+            result = step.layer.backward(dy, from_logits=True) if step.fused_output else step.layer.backward(dy)
+            if not step.needs_input_grad:
+                continue
+            if step.multiple:
+                for slot, grad in zip(step.inputs, result):
+                    if grad is not None and self.requires_grad[slot]:
+                        add(slot, grad)
+            elif result is not None:
+                add(step.inputs[0], result)

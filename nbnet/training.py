@@ -1,0 +1,627 @@
+"""The training loop: Keras's fit, evaluate, predict and train_on_batch over a model's
+execution plan (see executor.py), on whichever device the model runs on.
+
+During fit the training set is copied to the device once, batches are gathered there, and
+the per-step loss and accuracy totals stay on the device until the loop reads them back,
+every ``steps_per_execution`` steps (Keras's name).
+"""
+
+import math
+import time
+import warnings
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import metrics as metrics_module
+from .devices import cpu
+from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
+from .progress import ProgressBar
+from .tensor import as_tensor
+from .threads import blas_limited
+
+# Inference runs in chunks of at most this many samples whatever the batch size asked for:
+# the results are the same, a batch of 1000 CNN images would hold ~300 MB of buffers, and
+# at the usual training batch the training buffers are reused.
+INFERENCE_CHUNK = 128
+# Steps between reading the loss and accuracy back from a GPU (each read waits for the
+# device); on the CPU every step is read, which costs nothing.
+GPU_STEPS_PER_EXECUTION = 20
+
+
+class TrainingLoop:
+    """fit / evaluate / predict / train_on_batch of a Model (a mixin: it reads the model's
+    ``_plan``, loss, optimizer, metrics and device session)."""
+
+    # -- input checks ------------------------------------------------------------------
+    def _ensure_built(self, xs):
+        if not self.built:
+            self.build(np.shape(xs[0])[1:])
+
+    def _input_arrays(self, x, argument):
+        """``x`` as a list with one array per model input: an array (one input), a list or
+        tuple in the inputs' order, or a dict keyed by the inputs' names."""
+        names = self.input_names
+        if isinstance(x, dict):
+            missing = [name for name in names if name not in x]
+            if missing or len(x) != len(names):
+                raise NbnetError(f"{argument}: model '{self.name}' takes the inputs {names}; the dict given has the "
+                                 f"keys {list(x)}.")
+            return [x[name] for name in names]
+        if isinstance(x, (list, tuple)) and len(names) > 1:
+            if len(x) != len(names):
+                raise NbnetError(f"{argument}: model '{self.name}' takes {len(names)} inputs {names}, but received "
+                                 f"{len(x)} arrays.")
+            return list(x)
+        if len(names) > 1:
+            raise NbnetError(f"{argument}: model '{self.name}' takes {len(names)} inputs {names}; give a list of "
+                             f"{len(names)} arrays or a dict keyed by those names, not one {type(x).__name__}.")
+        if self.built and isinstance(x, (list, tuple)) and len(x) == 1 and np.ndim(x[0]) >= 1:
+            first = np.asarray(x[0])
+            if first.ndim == len(self._input_shapes()[0]) + 1:
+                return [first]  # Keras's [x] for a one-input model
+        return [x]
+
+    def _prepare_x(self, x, argument="x"):
+        """The inputs as a list of C-contiguous float32 (or uint8) arrays of the model's
+        input shapes, one per model input, with a common sample count."""
+        if x is None:
+            raise NbnetError(f"{argument}: received None; give the input samples.")
+        arrays = [np.asarray(a) for a in self._input_arrays(x, argument)]
+        for array in arrays:
+            if array.dtype.kind not in "fiub":
+                raise NbnetError(f"{argument}: expected a numeric array, received dtype {array.dtype}.")
+            if array.size == 0 or array.ndim == 0:
+                raise ShapeError(f"{argument}: received an empty array of shape {array.shape}; give at least one "
+                                 "sample.")
+        self._ensure_built(arrays)
+        prepared = []
+        for array, expected, name in zip(arrays, self._input_shapes(), self.input_names):
+            label = argument if len(arrays) == 1 else f"{argument}[{name!r}]"
+            if array.shape[1:] != expected and array.shape[1:] == expected[:-1] and expected[-1] == 1:
+                array = array[..., np.newaxis]  # (N, 28, 28) for a one-channel (28, 28, 1) input, as users expect
+            if array.shape[1:] != expected:
+                raise ShapeError(f"{label}: model '{self.name}' expects input shape {(None,) + expected}, "
+                                 f"but received {array.shape}.")
+            if array.dtype == np.uint8:
+                # Kept as uint8 (a quarter of float32's memory); each batch is converted as it is
+                # gathered, to the same float32 values a full conversion would give.
+                prepared.append(np.ascontiguousarray(array))
+                continue
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            bad = _first_non_finite_sample(array)
+            if bad is not None:
+                raise NbnetError(f"{label}: sample {bad} contains NaN or Inf values; clean or drop such samples "
+                                 "first.")
+            prepared.append(array)
+        counts = {len(a) for a in prepared}
+        if len(counts) > 1:
+            raise ShapeError(f"{argument}: the inputs {self.input_names} have different sample counts "
+                             f"{[len(a) for a in prepared]}.")
+        return prepared
+
+    def _prepare_xy(self, x, y):
+        xs = self._prepare_x(x)
+        if y is None:
+            raise NbnetError("y: training and evaluation need targets; received None.")
+        y = np.asarray(y)
+        if len(y) != len(xs[0]):
+            raise ShapeError(f"x and y must have the same number of samples; received {len(xs[0])} and {len(y)}.")
+        self._require_compiled()
+        return xs, self.loss.prepare_targets(y, int(np.prod(self.output_shape)))
+
+    def _require_compiled(self):
+        if self.loss is None:
+            raise NbnetError(f"{type(self).__name__} '{self.name}' must be compiled before training or evaluation: "
+                             "call model.compile(optimizer=..., loss=...).")
+
+    @staticmethod
+    def _check_batch_size(batch_size):
+        if int(batch_size) < 1:
+            raise NbnetError(f"batch_size must be at least 1, received {batch_size!r}.")
+        return int(batch_size)
+
+    # -- one batch -------------------------------------------------------------------------
+    def _fused(self):
+        """Whether the output activation is folded into the loss (softmax + cross-entropy)."""
+        step = self._plan.output_step(0)
+        return (not self.loss.from_logits and self.loss.fusable_activation is not None
+                and self._plan.can_fuse_output(0)
+                and getattr(step.layer, "activation", None) == self.loss.fusable_activation)
+
+    def _forward(self, xs, training, fused=False):
+        """The model's output for a batch already on the device (a list, one per input)."""
+        self._plan.set_fused_outputs([fused])
+        return self._plan.forward(xs, training)[0]
+
+    def _loss_and_grad(self, outputs, targets, total_out, weights=None):
+        """The loss gradient (a reused buffer) and whether the output activation was fused;
+        the batch's summed loss (each sample's times its weight, when ``weights`` are given)
+        goes into ``total_out`` (a (1,) float64 array, on the device)."""
+        fused = self._fused()
+        source = self._plan.output_step(0).layer.logits if fused else outputs
+        source = source.reshape(outputs.shape[0], source.size // max(outputs.shape[0], 1))
+        grad = self._scratch("loss_grad", source.shape, source.dtype)
+        self.loss.compute(source, targets, grad, fused or self.loss.from_logits, self.ops, total_out, weights)
+        return grad.reshape(outputs.shape), fused
+
+    def _scratch(self, key, shape, dtype):
+        """A model-level buffer of the current device, reused while its shape stays."""
+        key = (self.ops.name, key)
+        shape = tuple(int(d) for d in shape)
+        buf = self._scratch_buffers.get(key)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
+            buf = self._scratch_buffers[key] = self.ops.empty(shape, dtype)
+        return buf
+
+    def _train_step(self, xs, targets, totals, step, weights=None):
+        """One optimizer step on a batch already on the device. Its summed loss, correct
+        count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
+        gradients are not finite sets the halt flag instead of updating the weights."""
+        ops = self.ops
+        ops.fill_zero(self.flat_grads)
+        with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss: the halt flag
+            outputs = self._forward(xs, training=True, fused=self._fused())
+            grad, _ = self._loss_and_grad(outputs, targets, totals[0:1], weights)
+            column = 2
+            for layer in self._plan.layers:
+                count = len(layer.active_regularizers())
+                if count:
+                    layer.regularization([totals[column + i:column + i + 1] for i in range(count)])
+                    column += count
+            self._plan.backward([grad], ops)
+        ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
+        self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt, self._segments)
+        self._update_metrics(outputs, targets, totals[1:2])
+
+    def _split_metrics(self):
+        """Decide, for the metrics compiled, which one the device counts (an accuracy the
+        correct count gives exactly) and which update on the host; their states start afresh.
+        As Keras's compile(metrics=...), they ignore sample weights."""
+        width = int(np.prod(self.output_shape))
+        self._counted = next((m for m in self.metrics if metrics_module.counted_on_device(m, self.loss, width)), None)
+        self._host_metrics = [m for m in self.metrics if m is not self._counted]
+        for metric in self._host_metrics:
+            metric.reset_state()
+
+    def _update_metrics(self, outputs, targets, correct_out):
+        if self._counted is not None:
+            metrics_module.correct_count(outputs, targets, self.loss.sparse_targets, ops=self.ops, out=correct_out)
+        if self._host_metrics:
+            y_pred = self.ops.to_host(outputs).reshape((-1,) + tuple(self.output_shape))
+            y_true = self.ops.to_host(targets)
+            for metric in self._host_metrics:
+                metric.update_state(y_true, y_pred)
+
+    def _penalty_columns(self):
+        return sum(len(layer.active_regularizers()) for layer in self._plan.layers)
+
+    def _start_steps(self):
+        """A cleared halt flag, on the device, before a run of training steps; metrics afresh."""
+        self._halt = self.ops.zeros(1, np.int32)
+        self._split_metrics()
+
+    def _halted(self, step_losses):
+        """A TrainingDiverged error if a step halted, else None; ``step_losses`` maps
+        optimizer steps to their mean batch loss."""
+        halted = int(self.ops.to_host(self._halt)[0])
+        if not halted:
+            return None
+        # The steps after the bad one changed nothing: the weights are the last good step's.
+        self.optimizer.iterations = halted - 1
+        return TrainingDiverged(self._divergence_message(step_losses.get(halted, float("nan"))))
+
+    def _divergence_message(self, loss):
+        bad = [layer.name for layer in reversed(self._plan.layers)
+               if any(not np.isfinite(self.ops.to_host(g)).all() for g in layer.grads.values())]
+        where = f"non-finite gradients in {', '.join(bad)} (output side first)" if bad else "all gradients finite"
+        return (f"Training diverged at optimizer step {self.optimizer.iterations + 1}: the batch loss is {loss}, "
+                f"{where}; learning rate {self.optimizer.current_learning_rate():g}. The weights are those of the "
+                "last good step. Lower the learning rate, scale the inputs to [0, 1], or check the data for outliers.")
+
+    def _check_memory(self, batch_size, data_bytes=0):
+        """Fail before the first step when a batch's activations (and, on a GPU, the
+        training data) cannot fit in the device's memory."""
+        per_sample = 0
+        for step in self._plan.steps:
+            per_sample += 2 * int(np.prod(step.shape))  # output and input gradient
+            if hasattr(step.source, "kernel_size"):
+                per_sample += 2 * int(np.prod(step.shape[:-1])) * int(np.prod(step.source.params["kernel"].shape[:-1]))
+        needed = per_sample * 4 * batch_size + 3 * 4 * self.flat_params.size + (data_bytes if self.ops is not cpu else 0)
+        available = self.ops.available_memory()
+        if available is not None and needed > 0.8 * available:
+            where = "GPU memory" if self.ops is not cpu else "memory"
+            raise ResourceError(
+                f"batch_size={batch_size} needs about {needed / 2**30:.2f} GiB for activations and gradients of "
+                f"model '{self.name}', but only {available / 2**30:.2f} GiB of {where} is available; "
+                f"use a batch size of at most {max(int(0.8 * available / (per_sample * 4)), 1)}.")
+
+    def _penalty(self):
+        """The regularization penalty alone (its gradient goes into scratch grads)."""
+        saved = self._scratch("saved_grads", self.flat_grads.shape, self.flat_grads.dtype)
+        self.ops.copy(self.flat_grads, saved)
+        penalty = sum(layer.regularization() for layer in self._plan.layers)
+        self.ops.copy(saved, self.flat_grads)
+        return penalty
+
+    def _steps_per_execution(self):
+        if self.steps_per_execution is not None:
+            return self.steps_per_execution
+        return 1 if self.ops is cpu else GPU_STEPS_PER_EXECUTION
+
+    # -- Keras API ---------------------------------------------------------------------------
+    @blas_limited
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+        """Keras's fit. ``sample_weight`` (one per sample) and ``class_weight`` ({class:
+        weight}) scale each sample's loss, as Keras: the mean stays over the batch size.
+        ``validation_freq``: validate every that many epochs. ``steps_per_epoch`` and
+        ``validation_steps`` are for generators, which nbnet's fit does not take yet."""
+        for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+            if value is not None:
+                raise NbnetError(f"fit: {name}={value!r} is for data generators; nbnet's fit takes arrays and runs "
+                                 "every sample each epoch, so leave it out.")
+        if not (isinstance(validation_freq, int) and validation_freq >= 1):
+            raise NbnetError(f"fit: validation_freq must be a positive number of epochs, received {validation_freq!r}.")
+        validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
+        x, targets = self._prepare_xy(x, y)
+        weights = sample_weights(y, targets, sample_weight, class_weight)
+        batch_size = self._check_batch_size(batch_size)
+        w_val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise NbnetError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), "
+                                 f"received {type(validation_data).__name__}.")
+            x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1])
+            if len(validation_data) == 3:
+                w_val = sample_weights(validation_data[1], t_val, validation_data[2], None, "validation_data[2]")
+        elif validation_split:
+            if not 0.0 < validation_split < 1.0:
+                raise NbnetError(f"validation_split must be in (0, 1), received {validation_split!r}.")
+            split = int(len(x[0]) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
+            x, x_val = [a[:split] for a in x], [a[split:] for a in x]
+            targets, t_val = targets[:split], targets[split:]
+            if weights is not None:
+                weights, w_val = weights[:split], weights[split:]
+        else:
+            x_val = t_val = None
+        self._check_memory(min(batch_size, len(x[0])), sum(a.nbytes for a in x) + targets.nbytes)
+        if verbose and self._announce_device:
+            print(self.device_message)
+            self._announce_device = False
+        with self._on_device():
+            return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+                             weights, w_val, validation)
+
+    def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+             weights=None, w_val=None, validation=(1, None)):
+        """``validation``: (validate every that many epochs, the validation batch size)."""
+        ops = self.ops
+        history = callbacks_module.History()
+        # History last, as Keras: it records what the other callbacks add to the logs.
+        callback_list = list(callbacks or []) + [history]
+        count = len(x[0])
+        steps = math.ceil(count / batch_size)
+        for callback in callback_list:
+            callback.set_model(self)
+            callback.set_params({"verbose": verbose, "epochs": int(epochs), "steps": steps})
+        self.stop_training = False
+        self.diverged = None
+        self.fit_config = {"epochs": int(epochs), "batch_size": batch_size, "shuffle": bool(shuffle)}
+        # The training set goes to the device once (on the CPU these are views, no copy);
+        # each batch is gathered from it by the epoch's order, as 2-D rows.
+        x_rows = [ops.to_device(a.reshape(count, -1)) for a in x]
+        t_rows = ops.to_device(targets.reshape(len(targets), -1))
+        rows = min(batch_size, count)
+        batch_x = [self._scratch(f"batch_x{i}", (rows,) + a.shape[1:], np.float32) for i, a in enumerate(x)]
+        batch_t = self._scratch("batch_t", (rows,) + targets.shape[1:], targets.dtype)
+        if weights is not None:
+            w_rows = ops.to_device(weights.reshape(len(weights), 1))
+            batch_w = self._scratch("batch_w", (rows, 1), np.float32)
+        totals = _StepTotals(ops, self._steps_per_execution(), self._penalty_columns())
+        self._start_steps()
+        resume, self.resume_point = self.resume_point, None
+        if resume is not None and resume["epoch"] != int(initial_epoch):
+            resume = None  # a different schedule than the interrupted one: start the epoch afresh
+        self._initial_epoch = None
+        logs = {}
+        for callback in callback_list:
+            callback.on_train_begin({})
+        if self._initial_epoch is not None:  # set by BackupAndRestore, as in Keras
+            initial_epoch = self._initial_epoch
+        for epoch in range(int(initial_epoch), epochs):
+            for callback in callback_list:
+                callback.on_epoch_begin(epoch, {})
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            for metric in self._host_metrics:
+                metric.reset_state()
+            epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
+            order = ops.to_device(self._epoch_order(count, shuffle, epoch_rng_state))
+            bar = ProgressBar(steps, verbose)
+            first_step, loss_sum, correct, seen = (resume["step"], resume["loss_sum"], resume["correct"],
+                                                   resume["seen"]) if resume else (0, 0.0, 0.0, 0.0)
+            resume = None
+            for step in range(first_step, steps):
+                start = step * batch_size
+                size = min(batch_size, count - start)
+                xb, tb = [b[:size] for b in batch_x], batch_t[:size]
+                for rows_i, batch_i in zip(x_rows, xb):
+                    ops.gather_rows(rows_i, order, start, batch_i.reshape(size, rows_i.shape[1]))
+                ops.gather_rows(t_rows, order, start, tb.reshape(size, t_rows.shape[1]))
+                wb = None
+                if weights is not None:
+                    ops.gather_rows(w_rows, order, start, batch_w[:size])
+                    wb = batch_w[:size].reshape(size)
+                for callback in callback_list:
+                    callback.on_train_batch_begin(step, {})
+                optimizer_step = self.optimizer.iterations + 1
+                self._train_step(xb, tb, totals.next_row(size, optimizer_step), optimizer_step, wb)
+                if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
+                    continue
+                step_losses = {}
+                for done_step, size, batch_loss, batch_correct in totals.drain():
+                    loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + size
+                    step_losses[done_step] = batch_loss / size
+                diverged = self._halted(step_losses)
+                logs = self._logs(loss_sum, correct, seen)
+                if diverged is not None:
+                    # As Keras with TerminateOnNaN: the epoch ends here with a NaN loss, and
+                    # fit returns its History; the weights are the last good step's.
+                    logs["loss"] = float("nan")
+                    self.diverged, self.stop_training = diverged, True
+                    warnings.warn(str(diverged), RuntimeWarning, stacklevel=3)
+                bar.update(step + 1, logs)
+                for callback in callback_list:
+                    callback.on_train_batch_end(step, logs)
+                if self.stop_requested is not None and step + 1 < steps:
+                    self.resume_point = {"epoch": epoch, "step": step + 1, "epoch_rng_state": epoch_rng_state,
+                                         "loss_sum": loss_sum, "correct": correct, "seen": seen}
+                    if verbose:
+                        print()
+                    raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}/{steps}.",
+                                              self.stop_requested)
+                if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
+                    break
+            validation_freq, validation_batch_size = validation
+            if x_val is not None and (epoch + 1) % validation_freq == 0:
+                # As Keras, the fit's callbacks see the validation run's test hooks.
+                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val,
+                                                              callback_list)
+                logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(t_val)).items()})
+            bar.finish(logs)
+            self.epochs_trained += 1
+            for key, value in logs.items():
+                self.history_log.setdefault(key, []).append(float(value))
+            with self._on_host():
+                for callback in callback_list:
+                    callback.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        with self._on_host():
+            for callback in callback_list:
+                callback.on_train_end(dict(logs) if logs else {})
+        return history
+
+    def _epoch_order(self, count, shuffle, epoch_rng_state):
+        """The epoch's sample order, drawn from the generator state at the epoch's start
+        (which an interrupted run saved), leaving the generator where it is now."""
+        if not shuffle:
+            return np.arange(count)
+        current = self.rng.bit_generator.state
+        self.rng.bit_generator.state = epoch_rng_state
+        order = self.rng.permutation(count)
+        if current != epoch_rng_state:
+            self.rng.bit_generator.state = current
+        return order
+
+    def _logs(self, loss_sum, correct, seen):
+        logs = {metric.name: correct / seen if metric is self._counted else float(metric.result())
+                for metric in self.metrics}
+        logs["loss"] = loss_sum / seen
+        return logs
+
+    def _evaluate_arrays(self, x, targets, batch_size, weights=None, callback_list=()):
+        """(summed loss, correct count) over host arrays, sent to the device a chunk at a time;
+        ``weights``: one per sample, or None. Given callbacks, their test hooks run (each
+        chunk's running logs are then read back as it ends)."""
+        ops = self.ops
+        penalty = self._penalty()
+        chunk = min(batch_size, INFERENCE_CHUNK)
+        count = len(x[0])
+        totals = _StepTotals(ops, max(math.ceil(count / chunk), 1), 0)
+        fused = self._fused()
+        self._split_metrics()
+        loss_sum = correct = seen = 0.0
+
+        def add_drained():
+            nonlocal loss_sum, correct, seen
+            for _, size, chunk_loss, chunk_correct in totals.drain():
+                loss_sum, correct, seen = loss_sum + chunk_loss + penalty * size, correct + chunk_correct, seen + size
+
+        for callback in callback_list:
+            callback.on_test_begin({})
+        for index, start in enumerate(range(0, count, chunk)):
+            for callback in callback_list:
+                callback.on_test_batch_begin(index, {})
+            xb, tb = _chunk_to_device(ops, x, start, chunk), ops.to_device(targets[start:start + chunk])
+            wb = None if weights is None else ops.to_device(weights[start:start + chunk])
+            outputs = self._forward(xb, training=False, fused=fused)
+            row = totals.next_row(len(tb))
+            self._loss_and_grad(outputs, tb, row[0:1], wb)
+            self._update_metrics(outputs, tb, row[1:2])
+            if callback_list:
+                add_drained()
+                logs = self._logs(loss_sum, correct, seen)
+                for callback in callback_list:
+                    callback.on_test_batch_end(index, logs)
+        add_drained()
+        for callback in callback_list:
+            callback.on_test_end(self._logs(loss_sum, correct, seen))
+        return loss_sum, correct
+
+    @blas_limited
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, callbacks=None,
+                 return_dict=False):
+        """[loss, accuracy] (just the loss when compiled without metrics), or with
+        ``return_dict`` a dict keyed as the logs are."""
+        x, targets = self._prepare_xy(x, y)
+        weights = sample_weights(y, targets, sample_weight, None)
+        batch_size = self._check_batch_size(batch_size)
+        start = time.perf_counter()
+        callback_list = self._with_model(callbacks)
+        with self._on_device():
+            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size, weights, callback_list)
+        logs = self._logs(loss_sum, correct, len(x[0]))
+        if verbose:
+            bar = ProgressBar(math.ceil(len(x[0]) / batch_size), verbose=2)
+            bar.start = start
+            bar.finish(logs)
+        return self._results(logs, return_dict)
+
+    def _results(self, logs, return_dict=False):
+        """What evaluate and train_on_batch return: the loss, or [loss, metrics...] in
+        compile's order, or a dict keyed as the logs."""
+        if return_dict:
+            return {"loss": logs["loss"], **{metric.name: logs[metric.name] for metric in self.metrics}}
+        return [logs["loss"]] + [logs[metric.name] for metric in self.metrics] if self.metrics else logs["loss"]
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [metric.name for metric in self.metrics]
+
+    @blas_limited
+    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
+        x = self._prepare_x(x)
+        batch_size = self._check_batch_size(batch_size)
+        count = len(x[0])
+        outputs = np.empty((count,) + tuple(self.output_shape), np.float32)
+        chunk = min(batch_size, INFERENCE_CHUNK)
+        callback_list = self._with_model(callbacks)
+        for callback in callback_list:
+            callback.on_predict_begin({})
+        with self._on_device():
+            ops = self.ops
+            for index, start in enumerate(range(0, count, chunk)):
+                for callback in callback_list:
+                    callback.on_predict_batch_begin(index, {})
+                y = self._forward(_chunk_to_device(ops, x, start, chunk), training=False)
+                ops.copy_to_host(y, outputs[start:start + chunk])
+                for callback in callback_list:
+                    callback.on_predict_batch_end(index, {"outputs": outputs[start:start + chunk]})
+        for callback in callback_list:
+            callback.on_predict_end({})
+        return outputs
+
+    def _with_model(self, callbacks):
+        callback_list = list(callbacks or [])
+        for callback in callback_list:
+            callback.set_model(self)
+        return callback_list
+
+    def predict_on_batch(self, x):
+        x = self._prepare_x(x)
+        return self.predict(x, batch_size=max(len(x[0]), 1))
+
+    def _call_on_arrays(self, x, training):
+        """Keras's ``model(x)`` on arrays: inference unless ``training=True`` (Dropout
+        active, BatchNormalization on the batch's statistics, which it also moves into its
+        moving averages, as Keras does). Returns an array with ``.numpy()``."""
+        if not training:
+            return as_tensor(self.predict_on_batch(x))
+        x = self._prepare_x(x)
+        with self._on_device():
+            y = self._forward(_chunk_to_device(self.ops, x, 0, len(x[0])), training=True)
+            return as_tensor(self.ops.to_host(y).copy())
+
+    @blas_limited
+    def train_on_batch(self, x, y, return_dict=False):
+        x, targets = self._prepare_xy(x, y)
+        with self._on_device():
+            ops = self.ops
+            self._start_steps()
+            totals = _StepTotals(ops, 1, self._penalty_columns())
+            step = self.optimizer.iterations + 1
+            count = len(targets)
+            self._train_step(_chunk_to_device(ops, x, 0, count), ops.to_device(targets),
+                             totals.next_row(count, step), step)
+            ((_, _, loss_sum, correct),) = totals.drain()
+            diverged = self._halted({step: loss_sum / count})
+            if diverged is not None:
+                raise diverged
+        return self._results(self._logs(loss_sum, correct, count), return_dict)
+
+
+def sample_weights(y, targets, sample_weight, class_weight, argument="sample_weight"):
+    """Keras's per-sample weights as float32 (N,), or None: ``sample_weight`` as given, or
+    ``class_weight`` ({class id: weight}, classes it leaves out weigh 1) looked up by each
+    sample's class (its id, the argmax of a one-hot row, or a 0/1 target rounded)."""
+    count = len(targets)
+    weights = None
+    if sample_weight is not None and class_weight is not None:
+        raise NbnetError("fit: give class_weight or sample_weight, not both (as Keras); multiply the class weights "
+                         "into sample_weight yourself.")
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, np.float64)
+        if weights.shape not in ((count,), (count, 1)):
+            raise ShapeError(f"{argument}: expected one weight per sample, shape ({count},), but received shape "
+                             f"{weights.shape}.")
+        weights = weights.reshape(count)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise NbnetError(f"{argument}: weights must be finite and non-negative.")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise NbnetError(f"class_weight: expected a dict {{class id: weight}}, received {type(class_weight).__name__}.")
+        y = np.asarray(y)
+        rows = y.reshape(count, -1)
+        classes = rows.argmax(axis=1) if rows.shape[1] > 1 else np.round(rows[:, 0]).astype(np.int64)
+        by_class = np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
+        weights = by_class
+    return None if weights is None else weights.astype(np.float32)
+
+
+def _chunk_to_device(ops, inputs, start, size):
+    """Rows start..start+size of each input, as the float32 the layers compute with
+    (uint8 inputs are converted a chunk at a time), on the device."""
+    chunks = [a[start:start + size] for a in inputs]
+    return [ops.to_device(c if c.dtype == np.float32 else c.astype(np.float32)) for c in chunks]
+
+
+def _first_non_finite_sample(x, chunk=4096):
+    """The index of the first sample holding NaN or Inf, or None. Checked in slices, so a
+    mask of the whole array (47 MB for MNIST, on top of the peak) never exists at once."""
+    for start in range(0, len(x), chunk):
+        finite = np.isfinite(x[start:start + chunk])
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))[0])
+    return None
+
+
+class _StepTotals:
+    """The totals of a run of steps, one row each: summed batch loss, correct count, and
+    one column per regularization penalty. They stay on the device where the steps ran
+    (kernels write them through ``total_out``) until ``drain`` reads them back in one copy."""
+
+    def __init__(self, ops, capacity, penalties):
+        self.ops = ops
+        self.values = ops.zeros((capacity, 2 + penalties), np.float64)
+        self.pending = []  # (optimizer step, batch size) of each filled row
+
+    def next_row(self, size, step=0):
+        row = self.values[len(self.pending)]
+        self.pending.append((step, size))
+        return row
+
+    def full(self):
+        return len(self.pending) == self.values.shape[0]
+
+    def drain(self):
+        """[(step, batch size, loss sum with penalties, correct count)] of the pending rows."""
+        values = self.ops.to_host(self.values)
+        done = [(step, size, float(values[k, 0] + values[k, 2:].sum() * size), float(values[k, 1]))
+                for k, (step, size) in enumerate(self.pending)]
+        self.pending = []
+        return done
+
+
