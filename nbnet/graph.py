@@ -159,6 +159,39 @@ def trace(inputs, outputs, model_name):
     return order
 
 
+def keras_layer_order(inputs, outputs):
+    """The layers (and models used as layers) in Keras's ``model.layers`` order: by
+    depth, the longest path to an output, deepest first; at one depth, in the order a
+    depth-first walk from the outputs first meets them. (get_weights follows it, so
+    weights copied from Keras land in the same layers.)"""
+    first_met, finished, post_order = {}, set(), []
+
+    def walk(node):
+        if id(node) in finished:
+            return
+        first_met.setdefault(id(node.layer), len(first_met))
+        for parent in node.inputs:
+            walk(parent.node)
+        finished.add(id(node))
+        post_order.append(node)
+
+    for tensor in outputs:
+        walk(tensor.node)
+    node_depth, layer_depth, layers = {}, {}, {}
+    for node in reversed(post_order):  # outputs first: each node before the nodes it reads
+        depth = max(node_depth.setdefault(id(node), 0), layer_depth.get(id(node.layer), 0))
+        node_depth[id(node)] = layer_depth[id(node.layer)] = depth
+        layers[id(node.layer)] = node.layer
+        for parent in node.inputs:
+            node_depth[id(parent.node)] = max(depth + 1, node_depth.get(id(parent.node), 0))
+    for tensor in inputs:
+        if id(tensor.node.layer) not in layer_depth:
+            layer_depth[id(tensor.node.layer)], first_met[id(tensor.node.layer)] = 0, -1
+            layers[id(tensor.node.layer)] = tensor.node.layer
+    ordered = sorted(layers, key=lambda key: (-layer_depth[key], first_met[key]))
+    return [layers[key] for key in ordered]
+
+
 def input_tensor(layer):
     """The KerasTensor an InputLayer stands for (made once per layer)."""
     tensor = getattr(layer, "_tensor", None)

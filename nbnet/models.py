@@ -8,14 +8,15 @@ steps, layers launch kernels; device_session.py keeps the arrays and moves them.
 
 import numpy as np
 
-from . import graph, losses, metrics as metrics_module, optimizers, utils
+from . import graph, optimizers, utils
 from .device_session import DeviceSession
 from .devices import cpu
 from .errors import NbnetError, ShapeError
 from .executor import Plan
 from .layers import Dropout, InputLayer, Layer
 from .layers.base import unique_name
-from .training import TrainingLoop, sample_weights  # noqa: F401 (sample_weights: the CLI's)
+from .outputs import compile_heads
+from .training import TrainingLoop
 
 
 class Model(TrainingLoop, DeviceSession):
@@ -44,6 +45,7 @@ class Model(TrainingLoop, DeviceSession):
         self.built = False
         self.optimizer = self.loss = None
         self.metrics = []
+        self._heads, self._compile_args = [], None
         self.stop_training = False
         # The last fit's TrainingDiverged (it stopped at a non-finite loss), else None.
         self.diverged = None
@@ -68,13 +70,8 @@ class Model(TrainingLoop, DeviceSession):
         self._inputs_structure, self._outputs_structure = inputs, outputs
         self._input_tensors = graph.flatten_tensors(inputs, f"Model '{self.name}' inputs")
         self._output_tensors = graph.flatten_tensors(outputs, f"Model '{self.name}' outputs")
-        if len(self._output_tensors) != 1:
-            raise NbnetError(f"Model '{self.name}': nbnet trains models with one output for now; received "
-                             f"{len(self._output_tensors)} outputs {[t.name for t in self._output_tensors]}.")
         self._nodes = graph.trace(self._input_tensors, self._output_tensors, self.name)
-        # Keras's functional model.layers: the input layers, then each layer once, in call order.
-        ordered = [t.node.layer for t in self._input_tensors] + [node.layer for node in self._nodes]
-        self.layers = list({id(layer): layer for layer in ordered}.values())
+        self.layers = graph.keras_layer_order(self._input_tensors, self._output_tensors)
         if self.seed is None:
             self.seed = utils.next_model_seed()
         self.rng = np.random.default_rng(self.seed)
@@ -105,6 +102,10 @@ class Model(TrainingLoop, DeviceSession):
 
     @property
     def output_names(self):
+        """Keras's: the keys of outputs given as a dict, else each output's layer name."""
+        structure = getattr(self, "_outputs_structure", None)
+        if isinstance(structure, dict):
+            return list(structure)
         return [t.node.layer.name for t in self._output_tensors]
 
     def _input_shapes(self):
@@ -112,7 +113,9 @@ class Model(TrainingLoop, DeviceSession):
 
     @property
     def output_shape(self):
-        return self._output_tensors[0].sample_shape
+        """The per-sample output shape; with several outputs, a list of them."""
+        shapes = [t.sample_shape for t in self._output_tensors]
+        return shapes[0] if len(shapes) == 1 else shapes
 
     @property
     def inputs(self):
@@ -145,6 +148,8 @@ class Model(TrainingLoop, DeviceSession):
             call.set_device(self.ops if self._on_device_depth else cpu)
         self._gather_parameters()
         self.built = True
+        if self._compile_args is not None and [h.name for h in self._heads] != self.output_names:
+            self._compile_heads()  # compiled before the outputs were known (an unbuilt Sequential)
 
     def _claim_layers(self):
         """Layers shared with another model are set up for whichever model ran last; set
@@ -182,8 +187,11 @@ class Model(TrainingLoop, DeviceSession):
                                  f"it cannot be rebuilt for {(None,) + tuple(shape)}.")
 
     # -- compile -------------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, device=None, steps_per_execution=None):
-        """Keras's compile, plus ``device`` ('cpu', 'cuda' or 'auto'; see ``to``).
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, device=None,
+                steps_per_execution=None):
+        """Keras's compile, plus ``device`` ('cpu', 'cuda' or 'auto'; see ``to``). With
+        several outputs, ``loss``, ``loss_weights`` and ``metrics`` are lists (one entry per
+        output) or dicts keyed by output name (one loss serves every output).
         ``steps_per_execution``: steps between reading the loss and metrics back (and
         calling the batch callbacks); default 1 on the CPU, GPU_STEPS_PER_EXECUTION on a GPU."""
         if loss is None:
@@ -193,14 +201,30 @@ class Model(TrainingLoop, DeviceSession):
             raise NbnetError(f"steps_per_execution must be at least 1, received {steps_per_execution!r}.")
         if device is not None:
             self.to(device)
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        self.metrics = metrics_module.resolve(metrics, self.loss)
-        self.steps_per_execution = None if steps_per_execution is None else int(steps_per_execution)
+        if metrics is None and _looks_like_metrics(loss_weights):
+            # Keras 2's argument order (optimizer, loss, metrics): Keras 3 puts loss_weights third.
+            loss_weights, metrics = None, loss_weights
         if not self.built and self._known_input_shape() is not None:
             self.build()
         elif self.built:
             self._apply_trainable()
+        self._compile_args = (loss, loss_weights, metrics)
+        self.optimizer = optimizers.get(optimizer)
+        self.steps_per_execution = None if steps_per_execution is None else int(steps_per_execution)
+        self._compile_heads()
+
+    def _compile_heads(self):
+        """The outputs' losses and metrics (see outputs.py), once the outputs are known."""
+        loss, loss_weights, metrics = self._compile_args
+        if not self.built:
+            self._heads = compile_heads(["output"], [()], loss, loss_weights, metrics)
+        else:
+            self._heads = compile_heads(self.output_names, [t.sample_shape for t in self._output_tensors], loss,
+                                        loss_weights, metrics)
+        several = len(self._heads) > 1
+        # Keras's attributes: the loss (one per output when several) and every metric.
+        self.loss = [head.loss for head in self._heads] if several else self._heads[0].loss
+        self.metrics = [metric for head in self._heads for metric in head.metrics]
 
     def _known_input_shape(self):
         return self._input_shapes()[0] if self._input_tensors else None
@@ -448,6 +472,14 @@ class Sequential(Model):
     def get_config(self):
         return {"name": self.name, "seed": self.seed, "input_shape": list(self.input_shape) if self.built else None,
                 "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+
+def _looks_like_metrics(value):
+    """Metric names or objects: never loss weights, which are numbers."""
+    from .metrics import Metric
+
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return bool(items) and all(isinstance(item, (str, Metric, list, tuple)) or callable(item) for item in items)
 
 
 def load_model(path):

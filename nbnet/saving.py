@@ -40,11 +40,7 @@ def save_model(model, path):
         "format_version": FORMAT_VERSION,
         "nbnet_version": __version__,
         "config": model.get_config(),
-        "compile": None if model.loss is None else {
-            "optimizer": model.optimizer.get_config(),
-            "loss": model.loss.get_config(),
-            "metrics": [metrics.serialize(metric) for metric in model.metrics],
-        },
+        "compile": None if model.loss is None else _compile_config(model),
         "optimizer_iterations": model.optimizer.iterations if model.optimizer else 0,
         "epochs_trained": model.epochs_trained,
         # The epoch a fit restored by BackupAndRestore starts at (only in its backups).
@@ -63,6 +59,26 @@ def save_model(model, path):
             arrays[f"optimizer.{slot}"] = value
     with atomic_write(path) as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def _compile_config(model):
+    """compile's arguments as data: one loss and metric list, or with several outputs
+    one per output (by name) and their loss weights."""
+    heads = model._heads
+    if len(heads) == 1:
+        return {"optimizer": model.optimizer.get_config(), "loss": heads[0].loss.get_config(),
+                "metrics": [metrics.serialize(metric) for metric in heads[0].metrics]}
+    return {"optimizer": model.optimizer.get_config(),
+            "loss": {head.name: head.loss.get_config() for head in heads},
+            "loss_weights": {head.name: head.weight for head in heads},
+            "metrics": {head.name: [metrics.serialize(metric) for metric in head.metrics] for head in heads}}
+
+
+def _compile_from_config(model, compiled):
+    loss = compiled["loss"]
+    loss = {name: losses.get(item) for name, item in loss.items()} if "loss_weights" in compiled else losses.get(loss)
+    model.compile(optimizer=optimizers.get(compiled["optimizer"]), loss=loss,
+                  loss_weights=compiled.get("loss_weights"), metrics=compiled["metrics"])
 
 
 def _read(path):
@@ -122,7 +138,7 @@ def load_model(path):
         model.set_weights(weights)
         if meta.get("compile"):
             compiled = meta["compile"]
-            model.compile(optimizers.get(compiled["optimizer"]), losses.get(compiled["loss"]), compiled["metrics"])
+            _compile_from_config(model, compiled)
             model.optimizer.iterations = int(meta.get("optimizer_iterations", 0))
             model.optimizer.slots = {key.split(".", 1)[1]: np.array(value, np.float32)
                                      for key, value in arrays.items() if key.startswith("optimizer.")}

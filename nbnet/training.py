@@ -15,6 +15,7 @@ import numpy as np
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from .devices import cpu
+from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .progress import ProgressBar
 from .tensor import as_tensor
@@ -100,15 +101,11 @@ class TrainingLoop:
                              f"{[len(a) for a in prepared]}.")
         return prepared
 
-    def _prepare_xy(self, x, y):
+    def _prepare_xy(self, x, y, argument="y"):
+        """(inputs, targets): lists, one array per model input and per output."""
         xs = self._prepare_x(x)
-        if y is None:
-            raise NbnetError("y: training and evaluation need targets; received None.")
-        y = np.asarray(y)
-        if len(y) != len(xs[0]):
-            raise ShapeError(f"x and y must have the same number of samples; received {len(xs[0])} and {len(y)}.")
         self._require_compiled()
-        return xs, self.loss.prepare_targets(y, int(np.prod(self.output_shape)))
+        return xs, prepare_targets(self._heads, y, len(xs[0]), argument)
 
     def _require_compiled(self):
         if self.loss is None:
@@ -123,27 +120,38 @@ class TrainingLoop:
 
     # -- one batch -------------------------------------------------------------------------
     def _fused(self):
-        """Whether the output activation is folded into the loss (softmax + cross-entropy)."""
-        step = self._plan.output_step(0)
-        return (not self.loss.from_logits and self.loss.fusable_activation is not None
-                and self._plan.can_fuse_output(0)
-                and getattr(step.layer, "activation", None) == self.loss.fusable_activation)
+        """Per output, whether its activation is folded into its loss (softmax +
+        cross-entropy): the output layer then keeps its logits for the loss."""
+        flags = []
+        for head in self._heads:
+            step, loss = self._plan.output_step(head.index), head.loss
+            flags.append(not loss.from_logits and loss.fusable_activation is not None
+                         and self._plan.can_fuse_output(head.index)
+                         and getattr(step.layer, "activation", None) == loss.fusable_activation)
+        return flags
 
-    def _forward(self, xs, training, fused=False):
-        """The model's output for a batch already on the device (a list, one per input)."""
-        self._plan.set_fused_outputs([fused])
-        return self._plan.forward(xs, training)[0]
+    def _forward(self, xs, training, fused=None):
+        """The model's outputs (a list) for a batch already on the device (a list, one per input)."""
+        self._plan.set_fused_outputs(fused or [False] * len(self._plan.output_slots))
+        return self._plan.forward(xs, training)
 
-    def _loss_and_grad(self, outputs, targets, total_out, weights=None):
-        """The loss gradient (a reused buffer) and whether the output activation was fused;
-        the batch's summed loss (each sample's times its weight, when ``weights`` are given)
-        goes into ``total_out`` (a (1,) float64 array, on the device)."""
-        fused = self._fused()
-        source = self._plan.output_step(0).layer.logits if fused else outputs
-        source = source.reshape(outputs.shape[0], source.size // max(outputs.shape[0], 1))
-        grad = self._scratch("loss_grad", source.shape, source.dtype)
-        self.loss.compute(source, targets, grad, fused or self.loss.from_logits, self.ops, total_out, weights)
-        return grad.reshape(outputs.shape), fused
+    def _loss_and_grad(self, outputs, targets, totals, weights=None, fused=None):
+        """The loss gradients (reused buffers, each scaled by its output's loss weight),
+        one per output; each output's summed batch loss (each sample's times its weight,
+        when ``weights`` are given) goes into column ``index`` of ``totals`` (float64, on
+        the device)."""
+        grads = []
+        for head, output, target, is_fused in zip(self._heads, outputs, targets, fused or self._fused()):
+            source = self._plan.output_step(head.index).layer.logits if is_fused else output
+            source = source.reshape(output.shape[0], source.size // max(output.shape[0], 1))
+            grad = self._scratch(f"loss_grad{head.index}", source.shape, source.dtype)
+            head.loss.compute(source, target, grad, is_fused or head.loss.from_logits, self.ops,
+                              totals[head.index:head.index + 1], weights)
+            if head.weight != 1.0:
+                flat = grad.reshape(-1)
+                self.ops.scale_shift(flat, grad.dtype.type(head.weight), grad.dtype.type(0.0), flat)
+            grads.append(grad.reshape(output.shape))
+        return grads
 
     def _scratch(self, key, shape, dtype):
         """A model-level buffer of the current device, reused while its shape stays."""
@@ -160,38 +168,45 @@ class TrainingLoop:
         gradients are not finite sets the halt flag instead of updating the weights."""
         ops = self.ops
         ops.fill_zero(self.flat_grads)
+        fused = self._fused()
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss: the halt flag
-            outputs = self._forward(xs, training=True, fused=self._fused())
-            grad, _ = self._loss_and_grad(outputs, targets, totals[0:1], weights)
-            column = 2
+            outputs = self._forward(xs, training=True, fused=fused)
+            grads = self._loss_and_grad(outputs, targets, totals, weights, fused)
+            column = 2 * len(self._heads)
             for layer in self._plan.layers:
                 count = len(layer.active_regularizers())
                 if count:
                     layer.regularization([totals[column + i:column + i + 1] for i in range(count)])
                     column += count
-            self._plan.backward([grad], ops)
-        ops.check_finite(self.flat_grads, totals[0:1], step, self._halt)
+            self._plan.backward(grads, ops)
+        for head in self._heads:  # a non-finite loss of any output halts the step
+            ops.check_finite(self.flat_grads, totals[head.index:head.index + 1], step, self._halt)
         self.optimizer.apply(self.flat_params, self.flat_grads, ops, self._halt, self._segments)
-        self._update_metrics(outputs, targets, totals[1:2])
+        self._update_metrics(outputs, targets, totals)
 
     def _split_metrics(self):
-        """Decide, for the metrics compiled, which one the device counts (an accuracy the
-        correct count gives exactly) and which update on the host; their states start afresh.
-        As Keras's compile(metrics=...), they ignore sample weights."""
-        width = int(np.prod(self.output_shape))
-        self._counted = next((m for m in self.metrics if metrics_module.counted_on_device(m, self.loss, width)), None)
-        self._host_metrics = [m for m in self.metrics if m is not self._counted]
-        for metric in self._host_metrics:
-            metric.reset_state()
+        for head in self._heads:
+            head.split_metrics()
 
-    def _update_metrics(self, outputs, targets, correct_out):
-        if self._counted is not None:
-            metrics_module.correct_count(outputs, targets, self.loss.sparse_targets, ops=self.ops, out=correct_out)
-        if self._host_metrics:
-            y_pred = self.ops.to_host(outputs).reshape((-1,) + tuple(self.output_shape))
-            y_true = self.ops.to_host(targets)
-            for metric in self._host_metrics:
-                metric.update_state(y_true, y_pred)
+    def _reset_host_metrics(self):
+        for head in self._heads:
+            for metric in head.host_metrics:
+                metric.reset_state()
+
+    def _update_metrics(self, outputs, targets, totals):
+        """Each output's correct count into its column of ``totals`` (after the losses),
+        and its host metrics updated."""
+        count = len(self._heads)
+        for head, output, target in zip(self._heads, outputs, targets):
+            if head.counted is not None:
+                column = count + head.index
+                metrics_module.correct_count(output, target, head.loss.sparse_targets, ops=self.ops,
+                                             out=totals[column:column + 1])
+            if head.host_metrics:
+                y_pred = self.ops.to_host(output).reshape((-1,) + head.shape)
+                y_true = self.ops.to_host(target)
+                for metric in head.host_metrics:
+                    metric.update_state(y_true, y_pred)
 
     def _penalty_columns(self):
         return sum(len(layer.active_regularizers()) for layer in self._plan.layers)
@@ -266,27 +281,28 @@ class TrainingLoop:
             raise NbnetError(f"fit: validation_freq must be a positive number of epochs, received {validation_freq!r}.")
         validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
         x, targets = self._prepare_xy(x, y)
-        weights = sample_weights(y, targets, sample_weight, class_weight)
+        weights = self._sample_weights(y, targets, sample_weight, class_weight)
         batch_size = self._check_batch_size(batch_size)
         w_val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise NbnetError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), "
                                  f"received {type(validation_data).__name__}.")
-            x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1])
+            x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1], "validation_data[1]")
             if len(validation_data) == 3:
-                w_val = sample_weights(validation_data[1], t_val, validation_data[2], None, "validation_data[2]")
+                w_val = self._sample_weights(validation_data[1], t_val, validation_data[2], None,
+                                             "validation_data[2]")
         elif validation_split:
             if not 0.0 < validation_split < 1.0:
                 raise NbnetError(f"validation_split must be in (0, 1), received {validation_split!r}.")
             split = int(len(x[0]) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
             x, x_val = [a[:split] for a in x], [a[split:] for a in x]
-            targets, t_val = targets[:split], targets[split:]
+            targets, t_val = [t[:split] for t in targets], [t[split:] for t in targets]
             if weights is not None:
                 weights, w_val = weights[:split], weights[split:]
         else:
             x_val = t_val = None
-        self._check_memory(min(batch_size, len(x[0])), sum(a.nbytes for a in x) + targets.nbytes)
+        self._check_memory(min(batch_size, len(x[0])), sum(a.nbytes for a in x + targets))
         if verbose and self._announce_device:
             print(self.device_message)
             self._announce_device = False
@@ -312,14 +328,14 @@ class TrainingLoop:
         # The training set goes to the device once (on the CPU these are views, no copy);
         # each batch is gathered from it by the epoch's order, as 2-D rows.
         x_rows = [ops.to_device(a.reshape(count, -1)) for a in x]
-        t_rows = ops.to_device(targets.reshape(len(targets), -1))
+        t_rows = [ops.to_device(t.reshape(count, -1)) for t in targets]
         rows = min(batch_size, count)
         batch_x = [self._scratch(f"batch_x{i}", (rows,) + a.shape[1:], np.float32) for i, a in enumerate(x)]
-        batch_t = self._scratch("batch_t", (rows,) + targets.shape[1:], targets.dtype)
+        batch_t = [self._scratch(f"batch_t{i}", (rows,) + t.shape[1:], t.dtype) for i, t in enumerate(targets)]
         if weights is not None:
             w_rows = ops.to_device(weights.reshape(len(weights), 1))
             batch_w = self._scratch("batch_w", (rows, 1), np.float32)
-        totals = _StepTotals(ops, self._steps_per_execution(), self._penalty_columns())
+        totals = _StepTotals(ops, self._steps_per_execution(), len(self._heads), self._penalty_columns())
         self._start_steps()
         resume, self.resume_point = self.resume_point, None
         if resume is not None and resume["epoch"] != int(initial_epoch):
@@ -335,21 +351,19 @@ class TrainingLoop:
                 callback.on_epoch_begin(epoch, {})
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            for metric in self._host_metrics:
-                metric.reset_state()
+            self._reset_host_metrics()
             epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
             order = ops.to_device(self._epoch_order(count, shuffle, epoch_rng_state))
             bar = ProgressBar(steps, verbose)
-            first_step, loss_sum, correct, seen = (resume["step"], resume["loss_sum"], resume["correct"],
-                                                   resume["seen"]) if resume else (0, 0.0, 0.0, 0.0)
+            first_step = resume["step"] if resume else 0
+            running = _Running.restore(self._heads, resume) if resume else _Running(self._heads)
             resume = None
             for step in range(first_step, steps):
                 start = step * batch_size
                 size = min(batch_size, count - start)
-                xb, tb = [b[:size] for b in batch_x], batch_t[:size]
-                for rows_i, batch_i in zip(x_rows, xb):
+                xb, tb = [b[:size] for b in batch_x], [b[:size] for b in batch_t]
+                for rows_i, batch_i in zip(x_rows + t_rows, xb + tb):
                     ops.gather_rows(rows_i, order, start, batch_i.reshape(size, rows_i.shape[1]))
-                ops.gather_rows(t_rows, order, start, tb.reshape(size, t_rows.shape[1]))
                 wb = None
                 if weights is not None:
                     ops.gather_rows(w_rows, order, start, batch_w[:size])
@@ -361,11 +375,10 @@ class TrainingLoop:
                 if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
                     continue
                 step_losses = {}
-                for done_step, size, batch_loss, batch_correct in totals.drain():
-                    loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + size
-                    step_losses[done_step] = batch_loss / size
+                for done_step, size, row in totals.drain():
+                    step_losses[done_step] = running.add(size, row) / size
                 diverged = self._halted(step_losses)
-                logs = self._logs(loss_sum, correct, seen)
+                logs = self._logs(running)
                 if diverged is not None:
                     # As Keras with TerminateOnNaN: the epoch ends here with a NaN loss, and
                     # fit returns its History; the weights are the last good step's.
@@ -377,7 +390,7 @@ class TrainingLoop:
                     callback.on_train_batch_end(step, logs)
                 if self.stop_requested is not None and step + 1 < steps:
                     self.resume_point = {"epoch": epoch, "step": step + 1, "epoch_rng_state": epoch_rng_state,
-                                         "loss_sum": loss_sum, "correct": correct, "seen": seen}
+                                         **running.state()}
                     if verbose:
                         print()
                     raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}/{steps}.",
@@ -387,9 +400,8 @@ class TrainingLoop:
             validation_freq, validation_batch_size = validation
             if x_val is not None and (epoch + 1) % validation_freq == 0:
                 # As Keras, the fit's callbacks see the validation run's test hooks.
-                val_loss, val_correct = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val,
-                                                              callback_list)
-                logs.update({f"val_{k}": v for k, v in self._logs(val_loss, val_correct, len(t_val)).items()})
+                validation_run = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val, callback_list)
+                logs.update({f"val_{k}": v for k, v in self._logs(validation_run).items()})
             bar.finish(logs)
             self.epochs_trained += 1
             for key, value in logs.items():
@@ -416,50 +428,57 @@ class TrainingLoop:
             self.rng.bit_generator.state = current
         return order
 
-    def _logs(self, loss_sum, correct, seen):
-        logs = {metric.name: correct / seen if metric is self._counted else float(metric.result())
-                for metric in self.metrics}
-        logs["loss"] = loss_sum / seen
+    def _logs(self, running):
+        """Keras's logs: each metric (prefixed by its output's name when there are several
+        outputs), the loss, and with several outputs each output's own loss."""
+        logs = {}
+        for head in self._heads:
+            for metric in head.metrics:
+                counted = running.correct[head.index] / running.seen if running.seen else 0.0
+                logs[head.prefix + metric.name] = counted if metric is head.counted else float(metric.result())
+        logs["loss"] = running.loss / running.seen if running.seen else float("nan")
+        if len(self._heads) > 1:
+            for head in self._heads:
+                logs[f"{head.name}_loss"] = running.losses[head.index] / running.seen if running.seen else float("nan")
         return logs
 
     def _evaluate_arrays(self, x, targets, batch_size, weights=None, callback_list=()):
-        """(summed loss, correct count) over host arrays, sent to the device a chunk at a time;
+        """The _Running totals over host arrays, sent to the device a chunk at a time;
         ``weights``: one per sample, or None. Given callbacks, their test hooks run (each
         chunk's running logs are then read back as it ends)."""
         ops = self.ops
         penalty = self._penalty()
         chunk = min(batch_size, INFERENCE_CHUNK)
         count = len(x[0])
-        totals = _StepTotals(ops, max(math.ceil(count / chunk), 1), 0)
+        totals = _StepTotals(ops, max(math.ceil(count / chunk), 1), len(self._heads), 0)
         fused = self._fused()
         self._split_metrics()
-        loss_sum = correct = seen = 0.0
+        running = _Running(self._heads)
 
         def add_drained():
-            nonlocal loss_sum, correct, seen
-            for _, size, chunk_loss, chunk_correct in totals.drain():
-                loss_sum, correct, seen = loss_sum + chunk_loss + penalty * size, correct + chunk_correct, seen + size
+            for _, size, row in totals.drain():
+                running.add(size, row, penalty * size)
 
         for callback in callback_list:
             callback.on_test_begin({})
         for index, start in enumerate(range(0, count, chunk)):
             for callback in callback_list:
                 callback.on_test_batch_begin(index, {})
-            xb, tb = _chunk_to_device(ops, x, start, chunk), ops.to_device(targets[start:start + chunk])
+            xb, tb = _chunk_to_device(ops, x, start, chunk), _chunk_to_device(ops, targets, start, chunk, convert=False)
             wb = None if weights is None else ops.to_device(weights[start:start + chunk])
             outputs = self._forward(xb, training=False, fused=fused)
-            row = totals.next_row(len(tb))
-            self._loss_and_grad(outputs, tb, row[0:1], wb)
-            self._update_metrics(outputs, tb, row[1:2])
+            row = totals.next_row(len(tb[0]))
+            self._loss_and_grad(outputs, tb, row, wb, fused)
+            self._update_metrics(outputs, tb, row)
             if callback_list:
                 add_drained()
-                logs = self._logs(loss_sum, correct, seen)
+                logs = self._logs(running)
                 for callback in callback_list:
                     callback.on_test_batch_end(index, logs)
         add_drained()
         for callback in callback_list:
-            callback.on_test_end(self._logs(loss_sum, correct, seen))
-        return loss_sum, correct
+            callback.on_test_end(self._logs(running))
+        return running
 
     @blas_limited
     def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, callbacks=None,
@@ -467,13 +486,13 @@ class TrainingLoop:
         """[loss, accuracy] (just the loss when compiled without metrics), or with
         ``return_dict`` a dict keyed as the logs are."""
         x, targets = self._prepare_xy(x, y)
-        weights = sample_weights(y, targets, sample_weight, None)
+        weights = self._sample_weights(y, targets, sample_weight, None)
         batch_size = self._check_batch_size(batch_size)
         start = time.perf_counter()
         callback_list = self._with_model(callbacks)
         with self._on_device():
-            loss_sum, correct = self._evaluate_arrays(x, targets, batch_size, weights, callback_list)
-        logs = self._logs(loss_sum, correct, len(x[0]))
+            running = self._evaluate_arrays(x, targets, batch_size, weights, callback_list)
+        logs = self._logs(running)
         if verbose:
             bar = ProgressBar(math.ceil(len(x[0]) / batch_size), verbose=2)
             bar.start = start
@@ -482,21 +501,29 @@ class TrainingLoop:
 
     def _results(self, logs, return_dict=False):
         """What evaluate and train_on_batch return: the loss, or [loss, metrics...] in
-        compile's order, or a dict keyed as the logs."""
+        compile's order (with several outputs: the loss, each output's loss, then the
+        metrics), or a dict keyed as the logs."""
+        names = self.metrics_names
         if return_dict:
-            return {"loss": logs["loss"], **{metric.name: logs[metric.name] for metric in self.metrics}}
-        return [logs["loss"]] + [logs[metric.name] for metric in self.metrics] if self.metrics else logs["loss"]
+            return {name: logs[name] for name in names}
+        return [logs[name] for name in names] if len(names) > 1 else logs["loss"]
 
     @property
     def metrics_names(self):
-        return ["loss"] + [metric.name for metric in self.metrics]
+        heads = getattr(self, "_heads", None) or []
+        names = ["loss"]
+        if len(heads) > 1:
+            names += [f"{head.name}_loss" for head in heads]
+        return names + [head.prefix + metric.name for head in heads for metric in head.metrics]
 
     @blas_limited
     def predict(self, x, batch_size=32, verbose=0, callbacks=None):
+        """The outputs for ``x``: an array, or with several outputs a list (a dict when
+        the model's outputs were given as one)."""
         x = self._prepare_x(x)
         batch_size = self._check_batch_size(batch_size)
         count = len(x[0])
-        outputs = np.empty((count,) + tuple(self.output_shape), np.float32)
+        outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
         chunk = min(batch_size, INFERENCE_CHUNK)
         callback_list = self._with_model(callbacks)
         for callback in callback_list:
@@ -506,13 +533,21 @@ class TrainingLoop:
             for index, start in enumerate(range(0, count, chunk)):
                 for callback in callback_list:
                     callback.on_predict_batch_begin(index, {})
-                y = self._forward(_chunk_to_device(ops, x, start, chunk), training=False)
-                ops.copy_to_host(y, outputs[start:start + chunk])
+                for y, out in zip(self._forward(_chunk_to_device(ops, x, start, chunk), training=False), outputs):
+                    ops.copy_to_host(y, out[start:start + chunk])
                 for callback in callback_list:
-                    callback.on_predict_batch_end(index, {"outputs": outputs[start:start + chunk]})
+                    callback.on_predict_batch_end(index, {"outputs": self._structured([o[start:start + chunk]
+                                                                                        for o in outputs])})
         for callback in callback_list:
             callback.on_predict_end({})
-        return outputs
+        return self._structured(outputs)
+
+    def _structured(self, outputs):
+        """Per-output arrays as the model's outputs were given: one, a list, or a dict."""
+        structure = self._outputs_structure
+        if isinstance(structure, dict):
+            return dict(zip(structure, outputs))
+        return outputs if isinstance(structure, (list, tuple)) else outputs[0]
 
     def _with_model(self, callbacks):
         callback_list = list(callbacks or [])
@@ -532,25 +567,36 @@ class TrainingLoop:
             return as_tensor(self.predict_on_batch(x))
         x = self._prepare_x(x)
         with self._on_device():
-            y = self._forward(_chunk_to_device(self.ops, x, 0, len(x[0])), training=True)
-            return as_tensor(self.ops.to_host(y).copy())
+            outputs = self._forward(_chunk_to_device(self.ops, x, 0, len(x[0])), training=True)
+            outputs = [as_tensor(self.ops.to_host(y).copy()) for y in outputs]
+        return self._structured(outputs)
 
     @blas_limited
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         x, targets = self._prepare_xy(x, y)
+        weights = self._sample_weights(y, targets, sample_weight, class_weight)
         with self._on_device():
             ops = self.ops
             self._start_steps()
-            totals = _StepTotals(ops, 1, self._penalty_columns())
+            totals = _StepTotals(ops, 1, len(self._heads), self._penalty_columns())
             step = self.optimizer.iterations + 1
-            count = len(targets)
-            self._train_step(_chunk_to_device(ops, x, 0, count), ops.to_device(targets),
-                             totals.next_row(count, step), step)
-            ((_, _, loss_sum, correct),) = totals.drain()
-            diverged = self._halted({step: loss_sum / count})
+            count = len(x[0])
+            self._train_step(_chunk_to_device(ops, x, 0, count), _chunk_to_device(ops, targets, 0, count, False),
+                             totals.next_row(count, step), step, None if weights is None else ops.to_device(weights))
+            running = _Running(self._heads)
+            ((_, _, row),) = totals.drain()
+            diverged = self._halted({step: running.add(count, row) / count})
             if diverged is not None:
                 raise diverged
-        return self._results(self._logs(loss_sum, correct, count), return_dict)
+        return self._results(self._logs(running), return_dict)
+
+    def _sample_weights(self, y, targets, sample_weight, class_weight, argument="sample_weight"):
+        """One weight per sample, shared by every output (see sample_weights), or None."""
+        if class_weight is not None and len(self._heads) > 1:
+            raise NbnetError("class_weight is only supported for models with one output (as Keras); give "
+                             "sample_weight instead.")
+        first = y[self._heads[0].name] if isinstance(y, dict) else y[0] if len(self._heads) > 1 else y
+        return sample_weights(first, targets[0], sample_weight, class_weight, argument)
 
 
 def sample_weights(y, targets, sample_weight, class_weight, argument="sample_weight"):
@@ -581,11 +627,11 @@ def sample_weights(y, targets, sample_weight, class_weight, argument="sample_wei
     return None if weights is None else weights.astype(np.float32)
 
 
-def _chunk_to_device(ops, inputs, start, size):
-    """Rows start..start+size of each input, as the float32 the layers compute with
-    (uint8 inputs are converted a chunk at a time), on the device."""
-    chunks = [a[start:start + size] for a in inputs]
-    return [ops.to_device(c if c.dtype == np.float32 else c.astype(np.float32)) for c in chunks]
+def _chunk_to_device(ops, arrays, start, size, convert=True):
+    """Rows start..start+size of each array, on the device; with ``convert``, as the
+    float32 the layers compute with (uint8 inputs are converted a chunk at a time)."""
+    chunks = [a[start:start + size] for a in arrays]
+    return [ops.to_device(c if c.dtype == np.float32 or not convert else c.astype(np.float32)) for c in chunks]
 
 
 def _first_non_finite_sample(x, chunk=4096):
@@ -599,13 +645,14 @@ def _first_non_finite_sample(x, chunk=4096):
 
 
 class _StepTotals:
-    """The totals of a run of steps, one row each: summed batch loss, correct count, and
-    one column per regularization penalty. They stay on the device where the steps ran
-    (kernels write them through ``total_out``) until ``drain`` reads them back in one copy."""
+    """The totals of a run of steps, one row each: per output its summed batch loss, then
+    per output its correct count, then one column per regularization penalty. They stay
+    on the device where the steps ran (kernels write them through ``total_out``) until
+    ``drain`` reads them back in one copy."""
 
-    def __init__(self, ops, capacity, penalties):
+    def __init__(self, ops, capacity, outputs, penalties):
         self.ops = ops
-        self.values = ops.zeros((capacity, 2 + penalties), np.float64)
+        self.values = ops.zeros((capacity, 2 * outputs + penalties), np.float64)
         self.pending = []  # (optimizer step, batch size) of each filled row
 
     def next_row(self, size, step=0):
@@ -617,11 +664,46 @@ class _StepTotals:
         return len(self.pending) == self.values.shape[0]
 
     def drain(self):
-        """[(step, batch size, loss sum with penalties, correct count)] of the pending rows."""
+        """[(step, batch size, row of host values)] of the pending rows."""
         values = self.ops.to_host(self.values)
-        done = [(step, size, float(values[k, 0] + values[k, 2:].sum() * size), float(values[k, 1]))
-                for k, (step, size) in enumerate(self.pending)]
+        done = [(step, size, np.array(values[k])) for k, (step, size) in enumerate(self.pending)]
         self.pending = []
         return done
 
 
+class _Running:
+    """Sums over the steps of an epoch (or the chunks of an evaluation): the loss the
+    optimizer minimises (outputs' losses times their weights, plus the penalties), and per
+    output its own loss and correct count."""
+
+    def __init__(self, heads):
+        self.weights = [head.weight for head in heads]
+        self.loss, self.seen = 0.0, 0
+        self.losses, self.correct = [0.0] * len(heads), [0.0] * len(heads)
+
+    def add(self, size, row, extra=0.0):
+        """Add a drained _StepTotals row of ``size`` samples (``extra``: more summed loss);
+        returns the row's summed total loss."""
+        count = len(self.weights)
+        total = sum(w * float(row[i]) for i, w in enumerate(self.weights)) + float(row[2 * count:].sum()) * size
+        total += extra
+        self.loss += total
+        self.seen += size
+        for i in range(count):
+            self.losses[i] += float(row[i])
+            self.correct[i] += float(row[count + i])
+        return total
+
+    def state(self):
+        """For a resume point (JSON)."""
+        return {"loss_sum": self.loss, "losses": list(self.losses), "correct": list(self.correct), "seen": self.seen}
+
+    @classmethod
+    def restore(cls, heads, state):
+        running = cls(heads)
+        running.loss, running.seen = float(state["loss_sum"]), state["seen"]
+        correct = state["correct"]
+        # Files from before several outputs kept one loss and one count.
+        running.correct = list(correct) if isinstance(correct, list) else [float(correct)]
+        running.losses = list(state.get("losses", [state["loss_sum"]]))
+        return running

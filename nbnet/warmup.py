@@ -24,8 +24,8 @@ def warmup(model, progress=None):
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
     if isinstance(copy, Sequential) and model.loss is not None:
-        copy.compile(type(model.optimizer)(), model.loss, [metrics.serialize(m) for m in model.metrics],
-                     device=model.device)
+        copy.compile(optimizer=type(model.optimizer)(), loss=model.loss,
+                     metrics=[metrics.serialize(m) for m in model.metrics], device=model.device)
         x = np.zeros((2,) + tuple(copy.input_shape), np.float32)
         width = int(np.prod(copy.output_shape))
         y = np.zeros(2, np.int64) if model.loss.sparse_targets else np.zeros((2, width), np.float32)

@@ -239,7 +239,7 @@ def check_model_gradient(head, size, conv1_filters, count, device="cpu", conv2_p
     reported = model.train_on_batch(x, y)
     analytic = model.optimizer.gradient
     np.testing.assert_array_equal(model.flat_params, params_before)  # the capture changed nothing
-    assert model._fused() == (head != "mse")
+    assert model._fused() == [head != "mse"]
     # No conv channel is dead (its weights would have no loss gradient to check).
     for pooled in objective.forward()[1]:
         active = (pooled > 0).reshape(-1, pooled.shape[-1]).sum(axis=0)

@@ -98,16 +98,21 @@ def _check_structure(proto, model):
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as error:
         raise ExportError(f"ONNX shape inference failed on the exported graph of '{model.name}': {error}") from None
-    failures = []
-    output, = [o for o in inferred.graph.output]
-    shape = _format_shape(output)
-    dims = output.type.tensor_type.shape.dim
-    expected = tuple(model.output_shape)
-    if not dims or not dims[0].HasField("dim_param"):
-        failures.append(f"the output's batch axis is not symbolic: {shape}")
-    elif tuple(d.dim_value for d in dims[1:]) != expected:
-        failures.append(f"shape inference gives output {shape}, nbnet (batch, {', '.join(map(str, expected))})")
-    return shape, failures
+    failures, shapes = [], []
+    outputs = list(inferred.graph.output)
+    if len(outputs) != len(model._output_tensors):
+        failures.append(f"the graph has {len(outputs)} outputs, the model {len(model._output_tensors)}")
+    for output, tensor in zip(outputs, model._output_tensors):
+        shape = _format_shape(output)
+        shapes.append(shape)
+        dims = output.type.tensor_type.shape.dim
+        expected = tuple(tensor.sample_shape)
+        if not dims or not dims[0].HasField("dim_param"):
+            failures.append(f"the batch axis of output {output.name} is not symbolic: {shape}")
+        elif tuple(d.dim_value for d in dims[1:]) != expected:
+            failures.append(f"shape inference gives output {output.name} {shape}, nbnet "
+                            f"(batch, {', '.join(map(str, expected))})")
+    return ", ".join(shapes), failures
 
 
 def _argmax_stats(ref, out, gap):
@@ -128,15 +133,19 @@ def _accuracy(outputs, y):
 
 
 def run_onnxruntime(onnx_model, x, batch_size=1000):
-    """Run ``x`` through the graph with onnxruntime's CPU provider, ``batch_size`` at a time."""
+    """Run ``x`` (an array, or a list, one per graph input) through the graph with
+    onnxruntime's CPU provider, ``batch_size`` at a time: the first output, or with
+    several outputs a list of them."""
     import onnxruntime
 
     _, data, _ = _proto_and_bytes(onnx_model)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     xs = [np.ascontiguousarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
-    return np.concatenate([session.run(None, {name: a[start:start + batch_size] for name, a in zip(names, xs)})[0]
-                           for start in range(0, len(xs[0]), batch_size)])
+    runs = [session.run(None, {name: a[start:start + batch_size] for name, a in zip(names, xs)})
+            for start in range(0, len(xs[0]), batch_size)]
+    outputs = [np.concatenate([run[index] for run in runs]) for index in range(len(runs[0]))]
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="given inputs", raise_on_failure=True,
@@ -159,6 +168,9 @@ def verify(model, onnx_model, x, y=None, *, atol=ATOL, gap=ARGMAX_GAP, source="g
         raise ExportError(f"onnxruntime {onnxruntime.__version__} could not run the exported graph of "
                           f"'{model.name}': {error}") from None
     ref = model.predict(x, batch_size=min(batch_size, 256))
+    if isinstance(ref, (list, dict)):  # several outputs: compared side by side, one row a sample
+        ref = np.concatenate([r.reshape(count, -1) for r in (ref.values() if isinstance(ref, dict) else ref)], axis=1)
+        out = np.concatenate([o.reshape(count, -1) for o in out], axis=1)
     if out.shape != ref.shape:
         failures.append(f"onnxruntime returns shape {out.shape}, nbnet {ref.shape}")
         diff = np.array([np.inf])
