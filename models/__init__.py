@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nbnet.errors import NbnetError
 
-DEFINITIONS = ("mnist_cnn", "mnist_mlp")
+DEFINITIONS = ("mnist_cnn", "mnist_mlp", "mnist_resnet")
 DEFAULT = "mnist_cnn"
 REFERENCE_MODEL = Path(__file__).with_name("mnist_cnn.nbnet")
 

@@ -2,9 +2,15 @@
 ``config.json`` (the model's and each layer's ``get_config``, with ``module``,
 ``class_name`` and ``build_config``; the compile settings) and ``model.weights.h5``
 (Keras's weights layout, see ``weights_file``; the optimizer's state, see
-``keras_optimizer_state``). Keras 2 / tf.keras legacy ``.h5`` model
-files, read: the same configs in the ``model_config`` attribute, the weights in
-``model_weights/<layer>`` listed by each group's ``weight_names``. Sequential models for now.
+``keras_optimizer_state``). Keras 2 / tf.keras legacy ``.h5`` model files, read and
+written: the same configs in the ``model_config`` attribute, the weights in
+``model_weights/<layer>`` listed by each group's ``weight_names``.
+
+Sequential and functional models (``class_name`` "Functional", or Keras 2's "Model"): a
+functional model's layers with their calls (``inbound_nodes``), as
+``functional_config`` reads and writes them, with Keras's layer configs; merge layers,
+shared layers, several inputs, and Sequential or functional models used as layers.
+One output for now.
 
 Files are data: a ``Lambda`` layer or any class nbnet does not have is refused with the
 layer's name, never imported or run, and so is a setting nbnet cannot honour (a dilated
@@ -21,7 +27,8 @@ import h5py
 import numpy as np
 
 from . import __version__, layers as layers_module
-from .errors import ModelFileError
+from .errors import ModelFileError, NbnetError
+from .functional_config import from_functional_config, functional_config
 from .paths import atomic_write
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
@@ -62,9 +69,12 @@ def is_keras_file(path):
 
 
 # ------------------------------------------------------------------------------ reading
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
 def load_keras(path):
-    """A Sequential model from a Keras 3 ``.keras`` file, with its weights and, when nbnet
-    has them, its optimizer, loss and metrics (a fresh optimizer state)."""
+    """A model from a Keras 3 ``.keras`` file, with its weights and, when nbnet has them,
+    its optimizer (and the optimizer's state), loss and metrics."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -72,11 +82,7 @@ def load_keras(path):
             weights = archive.read(WEIGHTS)
     except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a readable Keras .keras file ({type(exc).__name__}: {exc}).") from None
-    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
-        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        raise ModelFileError(f"{path}: nbnet reads Sequential Keras models for now; this file holds a {kind!r} "
-                             "(functional models come with nbnet's graph models).")
-    model = _sequential_from_config(config, path)
+    model = _model_from_keras(config, path)
     _load_weights_bytes(model, weights, path)
     compiled = config.get("compile_config")
     if compiled:
@@ -87,29 +93,23 @@ def load_keras(path):
 
 
 def load_legacy_h5(path):
-    """A Sequential model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` model file."""
+    """A model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` model file."""
+    from .weights_file import legacy_group_values, legacy_updates, set_updates
+
     path = Path(path)
     try:
         with h5py.File(path, "r") as h5:
             config = json.loads(_text(h5.attrs["model_config"]))
             training = json.loads(_text(h5.attrs["training_config"])) if "training_config" in h5.attrs else None
-            model = _sequential_from_config(config, path)
+            model = _model_from_keras(config, path)
             stored = h5["model_weights"] if "model_weights" in h5 else h5
             updates = []
-            for layer in model.layers:
-                expected = [tuple(w.shape) for w in layer.get_weights()]
+            for layer in model.layers:  # by name: the names come from the same file
                 group = stored.get(layer.name)
-                names = [_text(n) for n in group.attrs.get("weight_names", [])] if group is not None else []
-                values = [np.asarray(group[name]) for name in names]
-                if [tuple(v.shape) for v in values] != expected:
-                    raise ModelFileError(f"{path}: layer '{layer.name}' needs weights of shapes {expected}, but the file "
-                                         f"holds {[tuple(v.shape) for v in values]}.")
-                updates.append((layer, values))
+                updates.extend(legacy_updates(layer, legacy_group_values(group) if group is not None else [], path))
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a readable Keras .h5 model file ({type(exc).__name__}: {exc}).") from None
-    for layer, values in updates:
-        if values:
-            layer.set_weights(values)
+    set_updates(updates)
     if training:
         _compile_from_keras(model, {"optimizer": training.get("optimizer_config"), "loss": training.get("loss"),
                                     "metrics": _legacy_metrics(training.get("metrics"))}, path)
@@ -133,13 +133,26 @@ def _legacy_metrics(metrics):
     return flat or None
 
 
+def _model_from_keras(config, path):
+    """The model a Keras model config (``{"class_name": ..., "config": ...}``) describes."""
+    kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+    if kind == "Sequential":
+        model = _sequential_from_config(config, path)
+    elif kind in ("Functional", "Model"):
+        model = _functional_from_config(config, path)
+    else:
+        raise ModelFileError(f"{path}: nbnet reads Sequential and functional Keras models; this file holds a "
+                             f"{kind!r} (a subclassed model's call() is code, which a file cannot carry).")
+    _check_axes(model)
+    inner = config.get("config")
+    if isinstance(inner, dict) and inner.get("trainable") is False:
+        model.trainable = False
+    return model
+
+
 def _sequential_from_config(config, path):
     from .models import Sequential
 
-    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
-        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        raise ModelFileError(f"{path}: nbnet reads Sequential Keras models for now; this file holds a {kind!r} "
-                             "(functional models come with nbnet's graph models).")
     inner = config.get("config", {})
     entries = inner.get("layers", []) if isinstance(inner, dict) else inner  # Keras 2.0 kept a bare list
     built, input_layer = [], None
@@ -147,6 +160,9 @@ def _sequential_from_config(config, path):
         if entry.get("class_name") == "InputLayer":
             input_layer = layers_module.InputLayer(**_input_config(entry.get("config", {})))
             continue
+        if entry.get("class_name") in MODEL_CLASSES:
+            raise ModelFileError(f"{path}: the Sequential model holds the model '{entry.get('config', {}).get('name')}'"
+                                 " as a layer; nbnet reads models used as layers in functional models only.")
         layer_config = entry.get("config", {})
         if input_layer is None and not built and layer_config.get("batch_input_shape"):  # Keras 2's first layer
             input_layer = layers_module.InputLayer(batch_shape=layer_config["batch_input_shape"])
@@ -156,13 +172,57 @@ def _sequential_from_config(config, path):
         if shape is None:
             raise ModelFileError(f"{path}: the model was never built in Keras, so its input shape is unknown.")
         input_layer = layers_module.InputLayer(batch_shape=shape)
-    model = Sequential([input_layer] + built, name=inner.get("name") if isinstance(inner, dict) else None)
-    for layer, shape in zip(model.layers, [model.input_shape] + list(model.output_shapes)):
-        axis = getattr(layer, "keras_axis", None)
-        if axis is not None and axis not in (-1, len(shape)):  # Keras counts the batch axis
-            raise ModelFileError(f"Layer '{layer.name}' (BatchNormalization): axis={axis} is not supported by nbnet "
-                                 "(only the last, channel axis).")
-    return model
+    return Sequential([input_layer] + built, name=inner.get("name") if isinstance(inner, dict) else None)
+
+
+def _functional_from_config(config, path):
+    """Keras's functional config, its calls replayed by ``from_functional_config`` with
+    layers made from Keras's layer configs (models used as layers made the same way)."""
+    inner = dict(config.get("config") or {})
+    name = inner.get("name")
+    outputs = _tensor_list(inner.get("output_layers"))
+    if len(outputs) != 1:
+        raise ModelFileError(f"{path}: model '{name}' has {len(outputs)} outputs "
+                             f"{[history[0] for history in outputs]}; nbnet trains models with one output for now.")
+    inputs = _tensor_list(inner.get("input_layers"))
+    inner["input_layers"] = inputs[0] if len(inputs) == 1 else inputs
+    inner["output_layers"] = outputs[0]
+
+    def make_layer(entry):
+        if entry.get("class_name") == "InputLayer":
+            return layers_module.InputLayer(**_input_config(entry.get("config", {})))
+        if entry.get("class_name") in MODEL_CLASSES:
+            return _model_from_keras(entry, path)
+        return _layer_from_keras(entry)
+
+    try:
+        return from_functional_config(inner, make_layer)
+    except ModelFileError:
+        raise
+    except (NbnetError, KeyError, IndexError, TypeError) as exc:  # calls that do not fit together
+        raise ModelFileError(f"{path}: the functional model '{name}' cannot be rebuilt ({type(exc).__name__}: "
+                             f"{exc}).") from None
+
+
+def _tensor_list(value):
+    """A model's ``input_layers`` / ``output_layers`` as a list of [layer, node, tensor]:
+    Keras 3 writes one such history for a single tensor, a list (or dict) of them for
+    several; Keras 2 always a list."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list) or not value:
+        raise ModelFileError(f"A functional model's inputs or outputs are malformed: {value!r}.")
+    return [value] if isinstance(value[0], str) else value
+
+
+def _check_axes(model):
+    """BatchNormalization normalizes the last axis only: any other ``axis`` is refused,
+    checked once each call's input rank is known."""
+    for node in model._nodes:
+        axis = getattr(node.layer, "keras_axis", None)
+        if axis is not None and axis not in (-1, len(node.inputs[0].sample_shape)):  # Keras counts the batch axis
+            raise ModelFileError(f"Layer '{node.layer.name}' (BatchNormalization): axis={axis} is not supported by "
+                                 "nbnet (only the last, channel axis).")
 
 
 def _input_config(config):
@@ -277,16 +337,12 @@ def _compile_from_keras(model, compiled, path):
 # ------------------------------------------------------------------------------ writing
 def save_keras(model, path):
     """Write ``model`` as a Keras 3 ``.keras`` file that ``keras.saving.load_model`` reads."""
-    from .weights_file import save_weights_to
-
-    from . import keras_optimizer_state
+    from .weights_file import save_model_weights_to
 
     config = _keras_config(model)
     weights = io.BytesIO()
     with h5py.File(weights, "w") as h5:
-        save_weights_to(model, h5)
-        if model.optimizer is not None:
-            keras_optimizer_state.write(model, h5)
+        save_model_weights_to(model, h5)
     metadata = {"keras_version": "3.0.0", "date_saved": None, "saved_by": f"nbnet {__version__}"}
     with atomic_write(path, mode="w+b") as handle:
         with zipfile.ZipFile(handle, "w") as archive:
@@ -297,7 +353,11 @@ def save_keras(model, path):
 
 def save_legacy_h5(model, path):
     """Write ``model`` as a legacy ``.h5`` model file, as Keras 3 still writes (and Keras 2
-    and tf.keras wrote): the config in ``model_config``, the weights by layer name."""
+    and tf.keras wrote): the config in ``model_config``, each layer's weights in a group of
+    its name, the layers listed in ``model.layers`` order, Keras's, by which Keras matches them."""
+    from .models import Model
+    from .weights_file import legacy_weights
+
     config = _keras_config(model)
     with atomic_write(path, mode="w+b") as handle:
         with h5py.File(handle, "w") as h5:
@@ -311,28 +371,24 @@ def save_legacy_h5(model, path):
             h5.attrs["keras_version"] = "3.0.0"
             h5.attrs["backend"] = "nbnet"
             weights = h5.create_group("model_weights")
-            weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+            weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]  # Keras's order
             for layer in model.layers:
                 group = weights.create_group(layer.name)
-                names = [f"{layer.name}/{key}" for key in layer.weight_order]
+                pairs = legacy_weights(layer)
+                prefix = f"{layer.name}/" if isinstance(layer, Model) else ""
+                names = [f"{prefix}{owner.name}/{key}" for owner, key in pairs]  # Keras's variable paths
                 group.attrs["weight_names"] = [name.encode() for name in names]
-                for name, value in zip(names, layer.get_weights()):
-                    group.create_dataset(name, data=value)
+                for name, (owner, key) in zip(names, pairs):
+                    group.create_dataset(name, data=np.asarray(owner._weight(key), np.float32))
 
 
 def _keras_config(model):
     """The model's config.json tree, as Keras 3 writes it."""
     model._require_built()
-    shape = [None, *model.input_shape]
-    layers, current = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
-                        "config": {"batch_shape": shape, "dtype": "float32", "name": "input_layer"}}], shape
-    for layer, out_shape in zip(model.layers, model.output_shapes):
-        layers.append({"module": "keras.layers", "class_name": type(layer).__name__, "registered_name": None,
-                       "config": _keras_layer_config(layer), "build_config": {"input_shape": current}})
-        current = [None, *out_shape]
-    config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
-              "config": {"name": model.name, "trainable": True, "layers": layers},
-              "build_config": {"input_shape": shape}}
+    if len(model._output_tensors) != 1:
+        raise ModelFileError(f"Model '{model.name}' has {len(model._output_tensors)} outputs; nbnet writes Keras "
+                             "files of models with one output for now.")
+    config = _keras_model_entry(model)
     if model.loss is not None:
         config["compile_config"] = {
             "optimizer": {"module": "keras.optimizers", "class_name": type(model.optimizer).__name__,
@@ -343,6 +399,50 @@ def _keras_config(model):
             "metrics": [metric.name for metric in model.metrics] or None,
         }
     return config
+
+
+def _keras_model_entry(model):
+    """A model's entry (a whole file's, or a layer's in a functional model), compile aside."""
+    from .models import Model, Sequential
+
+    if isinstance(model, Sequential):
+        shape = [None, *model.input_shape]
+        layers = [_keras_input_entry(model._input_layer)]
+        for layer, node in zip(model.layers, model._nodes):
+            layers.append(_keras_layer_entry(layer, node.inputs[0].shape))
+        return {"module": "keras", "class_name": "Sequential", "registered_name": None,
+                "config": {"name": model.name, "trainable": model.trainable, "layers": layers},
+                "build_config": {"input_shape": shape}}
+
+    def layer_entry(layer):
+        if isinstance(layer, layers_module.InputLayer):
+            return _keras_input_entry(layer)
+        if isinstance(layer, Model):  # a model used as a layer
+            return _keras_model_entry(layer)
+        shapes = layer.built_input_shape
+        shape = [[None, *s] for s in shapes] if isinstance(shapes, list) else [None, *shapes]
+        return _keras_layer_entry(layer, shape)
+
+    names = [layer.name for layer in model.layers]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ModelFileError(f"Model '{model.name}' has several layers named {twice}; a Keras file names each layer "
+                             "once (give them distinct names).")
+    config = functional_config(model, layer_entry)
+    config.pop("seed", None)  # nbnet's, not Keras's
+    return {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+            "config": config, "build_config": {"input_shape": None}}
+
+
+def _keras_input_entry(layer):
+    return {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+            "config": {"batch_shape": [None, *layer.shape], "dtype": "float32", "sparse": False, "ragged": False,
+                       "name": layer.name}}
+
+
+def _keras_layer_entry(layer, input_shape):
+    return {"module": "keras.layers", "class_name": type(layer).__name__, "registered_name": None,
+            "config": _keras_layer_config(layer), "build_config": {"input_shape": list(input_shape)}}
 
 
 _LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",

@@ -2,11 +2,12 @@
 written, so a model trained in Keras continues in nbnet (and back) from the same moments.
 
 Keras stores ``iteration``, ``learning_rate``, then each optimizer's slots for every
-trainable weight array, in the model's order. Within one ``add_optimizer_variables`` call
-the slots of one array are interleaved (Adam: kernel momentum, kernel velocity, bias
-momentum, ...); separate calls follow one another (RMSprop: every velocity, then every
-momentum). nbnet keeps each slot as one flat vector over the same arrays, so the mapping
-is a matter of order, written out per optimizer below (Keras 3.15's layouts).
+trainable weight array, in Keras's order of the model's weights (see
+weights_file.weight_layers). Within one ``add_optimizer_variables`` call the slots of one
+array are interleaved (Adam: kernel momentum, kernel velocity, bias momentum, ...);
+separate calls follow one another (RMSprop: every velocity, then every momentum). nbnet
+keeps each slot as one flat vector over the same arrays, so the mapping is a matter of
+order, written out per optimizer below (Keras 3.15's layouts).
 """
 
 import numpy as np
@@ -41,13 +42,18 @@ def _layout(optimizer):
 
 
 def _entries(model):
-    """(offset, shape) of each trainable weight array in the flat vectors."""
-    out, offset = [], 0
+    """(offset, shape) of each trainable weight array in the flat vectors, in Keras's
+    order of the model's trainable variables (its layers in Keras's order, nested models
+    walked into), which need not be the order of the flat vectors."""
+    from .weights_file import weight_layers
+
+    offsets, offset = {}, 0
     for layer, key in model._flat_entries:
         shape = tuple(layer.params[key].shape)
-        out.append((offset, shape))
+        offsets[(id(layer), key)] = (offset, shape)
         offset += int(np.prod(shape))
-    return out
+    return [offsets[(id(layer), key)] for layer in weight_layers(model) for key in layer.weight_order
+            if (id(layer), key) in offsets]
 
 
 def read(model, group, path):

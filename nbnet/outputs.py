@@ -38,7 +38,7 @@ def _per_output(value, names, what, single_ok):
         if unknown:
             raise NbnetError(f"compile({what}=...): {unknown} are not outputs of the model; its outputs are {names}.")
         return [value.get(name) for name in names]
-    if isinstance(value, (list, tuple)) and len(names) > 1:
+    if isinstance(value, (list, tuple)) and (len(names) > 1 or (what == "loss" and len(value) == 1)):
         if len(value) != len(names):
             raise NbnetError(f"compile({what}=...): the model has {len(names)} outputs {names}, but received "
                              f"{len(value)} entries; give one per output, or a dict keyed by output name.")

@@ -13,7 +13,6 @@ import numpy as np
 def warmup(model, progress=None):
     """Run one training step and one prediction of a copy of ``model`` on zeros; returns
     the seconds taken. ``progress(text)`` is told what is happening."""
-    from .models import Sequential
     from . import metrics
     from .saving import model_from_config
 
@@ -23,12 +22,15 @@ def warmup(model, progress=None):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    if isinstance(copy, Sequential) and model.loss is not None:
-        copy.compile(optimizer=type(model.optimizer)(), loss=model.loss,
-                     metrics=[metrics.serialize(m) for m in model.metrics], device=model.device)
-        x = np.zeros((2,) + tuple(copy.input_shape), np.float32)
-        width = int(np.prod(copy.output_shape))
-        y = np.zeros(2, np.int64) if model.loss.sparse_targets else np.zeros((2, width), np.float32)
+    if copy.built and model.loss is not None:
+        heads = model._heads
+        loss = [head.loss for head in heads]
+        metric_lists = [[metrics.serialize(m) for m in head.metrics] for head in heads]
+        copy.compile(optimizer=type(model.optimizer)(), loss=loss if len(heads) > 1 else loss[0],
+                     metrics=metric_lists if len(heads) > 1 else metric_lists[0], device=model.device)
+        x = [np.zeros((2,) + tuple(shape), np.float32) for shape in copy._input_shapes()]
+        y = [np.zeros(2, np.int64) if head.loss.sparse_targets else np.zeros((2, head.width), np.float32)
+             for head in heads]
         copy.train_on_batch(x, y)
         copy.evaluate(x, y, verbose=0)
         copy.predict(x)

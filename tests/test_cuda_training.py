@@ -239,3 +239,44 @@ def test_uint8_pixels_on_cuda_as_on_cpu():
     reference.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
     gpu.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
     assert_same_model(gpu, reference)
+
+
+def graph(seed, weights=None):
+    """A functional model on two inputs: a residual conv block with BatchNormalization, a
+    shared Dense called twice, Concatenate, Subtract, Multiply, Maximum and Average, and
+    two outputs (a fused softmax and a linear one) with weighted losses."""
+    image = layers.Input((6, 6, 1))
+    vector = layers.Input((4,))
+    x = layers.Conv2D(3, 3, padding="same", activation="relu")(image)
+    # No bias before BatchNormalization: its gradient is zero up to rounding, which Adam's
+    # first steps (g / (|g| + eps)) would blow up into device-dependent noise.
+    y = layers.BatchNormalization()(layers.Conv2D(3, 3, padding="same", use_bias=False)(x))
+    x = layers.MaxPooling2D()(layers.Activation("relu")(layers.add([x, y])))
+    x = layers.Flatten()(x)
+    shared = layers.Dense(4, activation="tanh")
+    a, b = shared(vector), shared(layers.Dense(4)(vector))
+    merged = layers.concatenate([x, layers.subtract([a, b]), layers.multiply([a, b]), layers.maximum([a, b]),
+                                 layers.average([a, b])])
+    classes = layers.Dense(3, activation="softmax", name="classes")(merged)  # names: the history's keys
+    value = layers.Dense(1, name="value")(merged)
+    model = models.Model([image, vector], [classes, value], seed=seed)
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+@sim_only
+def test_graph_with_two_inputs_and_outputs_trains_on_cuda_as_on_cpu():
+    rng = np.random.default_rng(4)
+    x = [rng.random((10, 6, 6, 1), dtype=np.float32), rng.standard_normal((10, 4)).astype(np.float32)]
+    y = [rng.integers(0, 3, 10), rng.standard_normal((10, 1)).astype(np.float32)]
+    reference = graph(seed=5)
+    gpu = graph(seed=5, weights=reference.get_weights())
+    for model, device in ((reference, None), (gpu, "cuda")):
+        model.compile(optimizer=optimizers.Adam(0.01), loss=["sparse_categorical_crossentropy", "mse"],
+                      loss_weights=[1.0, 0.5], metrics=[["accuracy"], ["mae"]], device=device)
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert gpu.device == "cuda"
+    assert_same_model(gpu, reference)
+    for got, expected in zip(gpu.predict(x), reference.predict(x)):
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)

@@ -50,3 +50,31 @@ def test_round_trip_into_a_fresh_model_and_refusals(tmp_path):
     with pytest.raises(ModelFileError, match="not a readable HDF5 file"):
         model.load_weights(tmp_path / "junk.weights.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.weights.h5", "m.weights.h5"]  # no temporary left
+
+
+def test_functional_layout_numbers_layers_in_keras_order_and_nests_models(tmp_path):
+    """Keras numbers a functional model's layers in its own order (by depth from the
+    output), which is not the order they were called in: the deeper 1x1 conv of the second
+    branch is conv2d, the first branch's conv2d_1. A model used as a layer keeps its layers
+    under its own key; InputLayers and merges have keys with empty vars."""
+    inputs = layers.Input((5, 5, 2))
+    first = layers.Conv2D(3, 1, name="first_branch")(inputs)
+    reduced = layers.Conv2D(2, 1, name="reduce")(inputs)
+    second = layers.Conv2D(3, 3, padding="same", name="second_branch")(reduced)
+    merged = layers.GlobalAveragePooling2D()(layers.Add()([first, second]))
+    head = models.Sequential([layers.Input((3,)), layers.Dense(4, name="head_dense")])
+    model = models.Model(inputs, layers.Dense(2, name="out")(head(merged)))
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5["layers"]) == ["add", "conv2d", "conv2d_1", "conv2d_2", "dense", "global_average_pooling2d",
+                                        "input_layer", "sequential"]
+        assert [h5[f"layers/{key}/vars"].attrs["name"] for key in ("conv2d", "conv2d_1", "conv2d_2")] == [
+            "reduce", "first_branch", "second_branch"]
+        assert len(h5["layers/input_layer/vars"]) == 0
+        np.testing.assert_array_equal(h5["layers/sequential/layers/dense/vars/0"][()],
+                                      head.get_layer("head_dense").get_weights()[0])
+    fresh = models.Model.from_config(model.get_config())
+    fresh.load_weights(path)
+    for got, expected in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)

@@ -8,6 +8,15 @@ nbnet predicts. Two steps, in two environments (Keras is never a dependency of n
 steps in nbnet (so the weights are nbnet's own), adds the reference MNIST CNN, and saves
 each as DIR/NAME.keras and DIR/NAME_legacy.h5 with DIR/NAME.npz (inputs and nbnet's predictions). ``check`` loads
 each file with keras.saving.load_model and prints JSON: the worst difference per model.
+
+Functional models (the architectures of tools/keras_functional_files.py), both ways:
+Keras -> nbnet, ``write`` loads Keras's functional_*.keras / .h5 fixtures and their
+.weights.h5 (into the architecture built in nbnet), and continues training from the
+.keras as Keras did (DIR/functional_keras_to_nbnet.json). nbnet -> Keras, ``write``
+builds each architecture in nbnet, trains it an epoch and saves DIR/functional_NAME.keras,
+_legacy.h5 and .weights.h5, then trains one more epoch; ``check`` loads the files in Keras
+(the weights into the architecture built in Keras), predicts, and continues training from
+the .keras. ``check`` prints the table of worst differences: architecture x file x direction.
 """
 
 import json
@@ -17,6 +26,108 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONAL = ROOT / "tests" / "fixtures" / "keras_files" / "functional_cases.json"
+
+
+def _functional_cases():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import keras_functional_files
+
+    cases = json.loads(FUNCTIONAL.read_text())["cases"]
+    for case in cases:
+        xs = [np.asarray(v, np.float32) for v in case["x"]]
+        case["inputs"], case["y"] = (xs[0] if len(xs) == 1 else xs), np.asarray(case["y"])
+    return keras_functional_files, cases
+
+
+def _worst(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)).max())
+
+
+def _worst_weights(by_name, expected):
+    """The worst difference between ``by_name`` and ``expected`` ({layer name: arrays})."""
+    return max(_worst(got, want) for name, arrays in expected.items() for got, want in zip(by_name[name], arrays))
+
+
+def write_functional(folder):
+    """Keras -> nbnet differences into functional_keras_to_nbnet.json; nbnet's own files
+    (and what nbnet computes from them) for ``check_functional``."""
+    import nbnet
+    from nbnet import models, optimizers
+
+    tool, cases = _functional_cases()
+    fixtures = FUNCTIONAL.parent
+    report = {}
+    for case in cases:
+        name, x, y = case["name"], case["inputs"], case["y"]
+        row = {".keras": _worst(models.load_model(fixtures / case["keras"]).predict(x), case["predictions"]),
+               ".h5": _worst(models.load_model(fixtures / case["h5"]).predict(x), case["predictions"])}
+        built = tool.build(nbnet, name)
+        built.load_weights(fixtures / case["weights"])
+        row[".weights.h5"] = _worst(built.predict(x), case["predictions"])
+        model = models.load_model(fixtures / case["keras"])
+        model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
+        row[".keras, training continued"] = _worst_weights(_weights_by_layer(model), case["weights_after"])
+        report[name] = row
+
+        nbnet.utils.set_random_seed(7)
+        model = tool.build(nbnet, name)
+        optimizer, settings = tool.OPTIMIZERS[name]
+        model.compile(getattr(optimizers, optimizer)(**settings), tool.LOSSES[name], metrics=["accuracy"])
+        model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
+        stem = folder / f"functional_{name}"
+        model.save(f"{stem}.keras")
+        model.save(f"{stem}_legacy.h5")
+        model.save_weights(f"{stem}.weights.h5")
+        predictions = model.predict(x)
+        model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
+        (folder / f"functional_{name}.json").write_text(json.dumps({
+            "predictions": predictions.tolist(), "batch_size": case["batch_size"],
+            "weights_after": {layer: [w.tolist() for w in arrays]
+                              for layer, arrays in _weights_by_layer(model).items()}}))
+    (folder / "functional_keras_to_nbnet.json").write_text(json.dumps(report))
+
+
+def _weights_by_layer(model):
+    return {layer.name: layer.get_weights() for layer in model._weight_layers() if layer.weight_order}
+
+
+def check_functional(folder):
+    """nbnet -> Keras differences; with write_functional's, the table."""
+    import keras
+
+    def weights_by_layer(model):
+        out = {}
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                out.update(weights_by_layer(layer))
+            elif layer.weights:
+                out[layer.name] = layer.get_weights()
+        return out
+
+    tool, cases = _functional_cases()
+    table = {"Keras -> nbnet": json.loads((folder / "functional_keras_to_nbnet.json").read_text()),
+             "nbnet -> Keras": {}}
+    for case in cases:
+        name, x, y = case["name"], case["inputs"], case["y"]
+        stem = folder / f"functional_{name}"
+        expected = json.loads((folder / f"functional_{name}.json").read_text())
+        row = {kind: _worst(keras.saving.load_model(f"{stem}{suffix}").predict(x, verbose=0), expected["predictions"])
+               for kind, suffix in ((".keras", ".keras"), (".h5", "_legacy.h5"))}
+        built = tool.build(keras, name)
+        built.load_weights(f"{stem}.weights.h5")
+        row[".weights.h5"] = _worst(built.predict(x, verbose=0), expected["predictions"])
+        model = keras.saving.load_model(f"{stem}.keras")
+        model.fit(x, y, batch_size=expected["batch_size"], epochs=1, shuffle=False, verbose=0)
+        row[".keras, training continued"] = _worst_weights(weights_by_layer(model), expected["weights_after"])
+        table["nbnet -> Keras"][name] = row
+    kinds = [".keras", ".h5", ".weights.h5", ".keras, training continued"]
+    lines = ["| architecture | direction | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for case in cases:
+        for direction, rows in table.items():
+            lines.append(f"| {case['name']} | {direction} | " + " | ".join(f"{rows[case['name']][k]:.1e}"
+                                                                            for k in kinds) + " |")
+    return table, "\n".join(lines)
 
 
 def write(folder):
@@ -53,6 +164,7 @@ def write(folder):
     reference.save(folder / "reference_mnist_cnn.keras")
     reference.save(folder / "reference_mnist_cnn_legacy.h5")
     np.savez(folder / "reference_mnist_cnn.npz", x=x, predictions=reference.predict(x))
+    write_functional(folder)
 
 
 def check(folder):
@@ -66,12 +178,15 @@ def check(folder):
         expected = [data[f"arr_{i}"] for i in range(len(model.get_weights()))]
         report[f"{path.name} (continued in Keras)"] = float(max(
             np.abs(got - want).max() for got, want in zip(model.get_weights(), expected)))
-    for path in sorted(set(folder.glob("*.keras")) - set(folder.glob("state_*.keras"))) + sorted(
-            folder.glob("*_legacy.h5")):
+    functional = set(folder.glob("functional_*"))
+    for path in sorted(set(folder.glob("*.keras")) - set(folder.glob("state_*.keras")) - functional) + sorted(
+            set(folder.glob("*_legacy.h5")) - functional):
         model = keras.saving.load_model(path)
         data = np.load(folder / (path.stem.removesuffix("_legacy") + ".npz"))
         report[path.name] = float(np.abs(model.predict(data["x"], verbose=0) - data["predictions"]).max())
-    print(json.dumps({"keras": keras.__version__, "max_abs_difference": report}, indent=1))
+    table, text = check_functional(folder)
+    print(json.dumps({"keras": keras.__version__, "max_abs_difference": report, "functional": table}, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -73,12 +73,13 @@ def model_input(images, model):
     """uint8 MNIST images as ``model`` takes them: with a channel axis, left uint8 when the
     model's first layer is a Rescaling (it scales them itself, and fit keeps uint8 data as
     uint8), else scaled to [0, 1] float32, as the MNIST models without one were trained."""
-    from ..layers import Rescaling
+    from ..layers import InputLayer, Rescaling
 
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    if model.layers and isinstance(model.layers[0], Rescaling):
+    first = next((layer for layer in model.layers if not isinstance(layer, InputLayer)), None)
+    if isinstance(first, Rescaling):
         return images
     return images * np.float32(1.0 / 255.0)
 
