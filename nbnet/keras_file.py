@@ -324,8 +324,8 @@ def _compile_from_keras(model, compiled, path):
             optimizer = optimizers.get(optimizer["class_name"].lower()).__class__(**config)
         loss = _plain(compiled.get("loss"))
         if isinstance(loss, dict):
-            loss = {"name": losses.get(loss["config"].get("name", loss["class_name"])).name,
-                    "from_logits": loss["config"].get("from_logits", False)}
+            loss = losses.get({"name": losses.get(loss["config"].get("name", loss["class_name"])).name,
+                               "from_logits": loss["config"].get("from_logits", False)})
         model.compile(optimizer=optimizer or "rmsprop", loss=loss, metrics=compiled.get("metrics"))
     except Exception as exc:  # an optimizer, loss or metric nbnet lacks: the model itself still loads
         import warnings

@@ -171,6 +171,9 @@ def get(identifier):
         return _BY_NAME[config.pop("name")](**config)
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
+    by_class = {cls.__name__: cls for cls in _BY_NAME.values()}
+    if isinstance(identifier, str) and identifier in by_class:  # Keras also takes a class's name
+        return by_class[identifier]()
     if callable(identifier) and identifier in _BY_FUNCTION:
         return _BY_FUNCTION[identifier]()
     raise NbnetError(f"Unknown loss {identifier!r}; nbnet supports {', '.join(_BY_NAME)}, their classes "

@@ -28,7 +28,8 @@ def _functional_rows(model):
         sources = [f"{t.node.layer.name}[{calls[id(t.node.layer)].index(t.node)}][{t.index}]"
                    for node in nodes for t in node.inputs]
         params = layer.count_params() if isinstance(layer, Model) or layer.weight_order else 0
-        rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{params:,}", ", ".join(sources) or "-"))
+        kind = "Functional" if type(layer) is Model else type(layer).__name__  # Keras's name for it
+        rows.append((f"{layer.name} ({kind})", shape, f"{params:,}", ", ".join(sources) or "-"))
     return rows
 
 

@@ -95,3 +95,20 @@ def test_custom_callbacks_learning_rate_and_freezing(monkeypatch, tmp_path, mnis
     assert namespace["before"] is not None and len(namespace["model"].trainable_weights) == 2
     assert np.array_equal(namespace["before"], namespace["model"].get_layer("hidden").get_weights()[0])
     assert set(namespace["results"]) == {"loss", "acc"} and namespace["results"]["acc"] > 0.8  # 0.87-0.89
+
+
+def test_functional_resnet_and_two_heads(monkeypatch, tmp_path, mnist_loader, capsys):
+    namespace = run_script("functional_resnet.py", monkeypatch, tmp_path, mnist_loader=mnist_loader)
+    out = capsys.readouterr().out
+    assert "Connected to" in out and "add (Add)" in out
+    assert namespace["score"][1] > 0.8
+    results = namespace["results"]
+    assert set(results) == {"loss", "digit_loss", "even_loss", "digit_accuracy", "even_accuracy"}
+    assert results["loss"] == pytest.approx(results["digit_loss"] + 0.5 * results["even_loss"], rel=1e-5)
+    assert results["digit_accuracy"] > 0.5 and results["even_accuracy"] > 0.6
+    assert namespace["digit_probabilities"].shape == (1000, 10)
+    assert namespace["even_probabilities"].shape == (1000, 1)
+    assert (tmp_path / "small_resnet.keras").is_file()
+    # The .keras file keeps the compile settings: a loss on logits comes back as one.
+    reloaded = namespace["reloaded"]
+    assert reloaded.loss.name == "sparse_categorical_crossentropy" and reloaded.loss.from_logits
