@@ -38,10 +38,14 @@ class ProgressBar:
         if not self.live:
             return
         now = time.perf_counter()
-        if step < self.total and now - self._last_draw < 0.1:
+        if (self.total is None or step < self.total) and now - self._last_draw < 0.1:
             return
         self._last_draw = now
         elapsed = now - self.start
+        if self.total is None:  # a batch source of unknown length, as Keras shows it
+            self.stream.write(f"\r{step}/Unknown {format_duration(elapsed)}{format_logs(logs)}\x1b[K")
+            self.stream.flush()
+            return
         done = int(BAR_WIDTH * step / self.total)
         bar = "━" * done + (" " if done < BAR_WIDTH else "") + "─" * max(BAR_WIDTH - done - 1, 0)
         eta = elapsed / step * (self.total - step) if step else 0.0

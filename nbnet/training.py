@@ -15,6 +15,7 @@ import numpy as np
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from .devices import cpu
+from .feeding import ArrayFeeder, BatchStream, StreamFeeder, is_batch_source
 from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .progress import ProgressBar
@@ -68,7 +69,11 @@ class TrainingLoop:
         input shapes, one per model input, with a common sample count."""
         if x is None:
             raise NbnetError(f"{argument}: received None; give the input samples.")
-        arrays = [np.asarray(a) for a in self._input_arrays(x, argument)]
+        try:
+            arrays = [np.asarray(a) for a in self._input_arrays(x, argument)]
+        except ValueError as error:  # ragged nested lists
+            raise ShapeError(f"{argument}: cannot be read as an array of samples ({error}). Give a NumPy array (one "
+                             "per model input), or a batch source (a generator or PyDataset) for batches.") from None
         for array in arrays:
             if array.dtype.kind not in "fiub":
                 raise NbnetError(f"{argument}: expected a numeric array, received dtype {array.dtype}.")
@@ -266,79 +271,94 @@ class TrainingLoop:
 
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
-    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
-        """Keras's fit. ``sample_weight`` (one per sample) and ``class_weight`` ({class:
-        weight}) scale each sample's loss, as Keras: the mean stays over the batch size.
-        ``validation_freq``: validate every that many epochs. ``steps_per_epoch`` and
-        ``validation_steps`` are for generators, which nbnet's fit does not take yet."""
-        for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
-            if value is not None:
-                raise NbnetError(f"fit: {name}={value!r} is for data generators; nbnet's fit takes arrays and runs "
-                                 "every sample each epoch, so leave it out.")
+        """Keras's fit, on arrays or on a batch source (a PyDataset or Keras Sequence, a
+        dataset, a generator or an iterable of (x, y) or (x, y, sample_weight) batches,
+        read as they come: ``steps_per_epoch`` batches an epoch when given, else until the
+        source ends; a PyDataset's batch order is shuffled when ``shuffle``).
+        ``sample_weight`` (one per sample) and ``class_weight`` ({class: weight}) scale
+        each sample's loss, as Keras: the mean stays over the batch size.
+        ``validation_freq``: validate every that many epochs."""
         if not (isinstance(validation_freq, int) and validation_freq >= 1):
             raise NbnetError(f"fit: validation_freq must be a positive number of epochs, received {validation_freq!r}.")
-        validation = (validation_freq, self._check_batch_size(validation_batch_size or batch_size))
-        x, targets = self._prepare_xy(x, y)
-        weights = self._sample_weights(y, targets, sample_weight, class_weight)
-        batch_size = self._check_batch_size(batch_size)
-        w_val = None
+        streaming = is_batch_source(x)
+        if streaming:
+            for name, value in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)):
+                if value is not None:
+                    raise NbnetError(f"fit: {name}= cannot be given with a batch source as x (a {type(x).__name__}): "
+                                     "its batches carry the targets and weights and set the batch size.")
+            if validation_split:
+                raise NbnetError("fit: validation_split needs arrays; with a batch source as x, give "
+                                 "validation_data instead.")
+            self._require_compiled()
+            feeder = StreamFeeder(self, BatchStream(x, steps_per_epoch, shuffle, "x"), class_weight)
+            batch_size = None
+        else:
+            if steps_per_epoch is not None:
+                raise NbnetError(f"fit: steps_per_epoch={steps_per_epoch!r} is for batch sources (a PyDataset, a "
+                                 "generator); with arrays every sample is used each epoch, so leave it out.")
+            batch_size = self._check_batch_size(32 if batch_size is None else batch_size)
+            x, targets = self._prepare_xy(x, y)
+            weights = self._sample_weights(y, targets, sample_weight, class_weight)
+        validation_batch_size = self._check_batch_size(validation_batch_size or batch_size or 32)
+        validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise NbnetError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), "
-                                 f"received {type(validation_data).__name__}.")
-            x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1], "validation_data[1]")
-            if len(validation_data) == 3:
-                w_val = self._sample_weights(validation_data[1], t_val, validation_data[2], None,
-                                             "validation_data[2]")
-        elif validation_split:
+            if is_batch_source(validation_data):
+                validation = BatchStream(validation_data, validation_steps, False, "validation_data")
+            elif not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise NbnetError("validation_data must be (x_val, y_val), (x_val, y_val, val_sample_weight) or a "
+                                 f"batch source, received {type(validation_data).__name__}.")
+            else:
+                x_val, t_val = self._prepare_xy(validation_data[0], validation_data[1], "validation_data[1]")
+                w_val = None
+                if len(validation_data) == 3:
+                    w_val = self._sample_weights(validation_data[1], t_val, validation_data[2], None,
+                                                 "validation_data[2]")
+                validation = (x_val, t_val, w_val)
+        elif validation_split and not streaming:
             if not 0.0 < validation_split < 1.0:
                 raise NbnetError(f"validation_split must be in (0, 1), received {validation_split!r}.")
             split = int(len(x[0]) * (1.0 - validation_split))  # Keras: the last samples, before shuffling
             x, x_val = [a[:split] for a in x], [a[split:] for a in x]
             targets, t_val = [t[:split] for t in targets], [t[split:] for t in targets]
+            w_val = None
             if weights is not None:
                 weights, w_val = weights[:split], weights[split:]
-        else:
-            x_val = t_val = None
-        self._check_memory(min(batch_size, len(x[0])), sum(a.nbytes for a in x + targets))
+            validation = (x_val, t_val, w_val)
+        if not streaming:
+            self._check_memory(min(batch_size, len(x[0])), sum(a.nbytes for a in x + targets))
         if verbose and self._announce_device:
             print(self.device_message)
             self._announce_device = False
         with self._on_device():
-            return self._fit(x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-                             weights, w_val, validation)
+            if not streaming:
+                feeder = ArrayFeeder(self, x, targets, weights, batch_size, shuffle)
+            return self._fit(feeder, epochs, verbose, callbacks, initial_epoch, validation,
+                             (validation_freq, validation_batch_size), {"epochs": int(epochs),
+                                                                        "batch_size": batch_size,
+                                                                        "shuffle": bool(shuffle)})
 
-    def _fit(self, x, targets, x_val, t_val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-             weights=None, w_val=None, validation=(1, None)):
-        """``validation``: (validate every that many epochs, the validation batch size)."""
+    def _fit(self, feeder, epochs, verbose, callbacks, initial_epoch, validation, validation_settings, fit_config):
+        """The epochs of a fit, batches from ``feeder`` (feeding.py); ``validation``: None,
+        (x, targets, weights) arrays or a BatchStream; ``validation_settings``: (validate
+        every that many epochs, the validation batch size)."""
         ops = self.ops
         history = callbacks_module.History()
         # History last, as Keras: it records what the other callbacks add to the logs.
         callback_list = list(callbacks or []) + [history]
-        count = len(x[0])
-        steps = math.ceil(count / batch_size)
+        steps = feeder.steps
         for callback in callback_list:
             callback.set_model(self)
             callback.set_params({"verbose": verbose, "epochs": int(epochs), "steps": steps})
         self.stop_training = False
         self.diverged = None
-        self.fit_config = {"epochs": int(epochs), "batch_size": batch_size, "shuffle": bool(shuffle)}
-        # The training set goes to the device once (on the CPU these are views, no copy);
-        # each batch is gathered from it by the epoch's order, as 2-D rows.
-        x_rows = [ops.to_device(a.reshape(count, -1)) for a in x]
-        t_rows = [ops.to_device(t.reshape(count, -1)) for t in targets]
-        rows = min(batch_size, count)
-        batch_x = [self._scratch(f"batch_x{i}", (rows,) + a.shape[1:], np.float32) for i, a in enumerate(x)]
-        batch_t = [self._scratch(f"batch_t{i}", (rows,) + t.shape[1:], t.dtype) for i, t in enumerate(targets)]
-        if weights is not None:
-            w_rows = ops.to_device(weights.reshape(len(weights), 1))
-            batch_w = self._scratch("batch_w", (rows, 1), np.float32)
+        self.fit_config = fit_config
         totals = _StepTotals(ops, self._steps_per_execution(), len(self._heads), self._penalty_columns())
         self._start_steps()
         resume, self.resume_point = self.resume_point, None
-        if resume is not None and resume["epoch"] != int(initial_epoch):
+        if resume is not None and (resume["epoch"] != int(initial_epoch) or not feeder.resumable):
             resume = None  # a different schedule than the interrupted one: start the epoch afresh
         self._initial_epoch = None
         logs = {}
@@ -346,6 +366,7 @@ class TrainingLoop:
             callback.on_train_begin({})
         if self._initial_epoch is not None:  # set by BackupAndRestore, as in Keras
             initial_epoch = self._initial_epoch
+        validation_freq, validation_batch_size = validation_settings
         for epoch in range(int(initial_epoch), epochs):
             for callback in callback_list:
                 callback.on_epoch_begin(epoch, {})
@@ -353,27 +374,24 @@ class TrainingLoop:
                 print(f"Epoch {epoch + 1}/{epochs}")
             self._reset_host_metrics()
             epoch_rng_state = resume["epoch_rng_state"] if resume else self.rng.bit_generator.state
-            order = ops.to_device(self._epoch_order(count, shuffle, epoch_rng_state))
             bar = ProgressBar(steps, verbose)
             first_step = resume["step"] if resume else 0
             running = _Running.restore(self._heads, resume) if resume else _Running(self._heads)
             resume = None
-            for step in range(first_step, steps):
-                start = step * batch_size
-                size = min(batch_size, count - start)
-                xb, tb = [b[:size] for b in batch_x], [b[:size] for b in batch_t]
-                for rows_i, batch_i in zip(x_rows + t_rows, xb + tb):
-                    ops.gather_rows(rows_i, order, start, batch_i.reshape(size, rows_i.shape[1]))
-                wb = None
-                if weights is not None:
-                    ops.gather_rows(w_rows, order, start, batch_w[:size])
-                    wb = batch_w[:size].reshape(size)
-                for callback in callback_list:
-                    callback.on_train_batch_begin(step, {})
-                optimizer_step = self.optimizer.iterations + 1
-                self._train_step(xb, tb, totals.next_row(size, optimizer_step), optimizer_step, wb)
-                if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
-                    continue
+            step = first_step - 1
+            batches = feeder.epoch(epoch_rng_state, first_step)
+            while True:
+                item = next(batches, None)
+                if item is not None:
+                    step, xb, tb, wb, size = item
+                    for callback in callback_list:
+                        callback.on_train_batch_begin(step, {})
+                    optimizer_step = self.optimizer.iterations + 1
+                    self._train_step(xb, tb, totals.next_row(size, optimizer_step), optimizer_step, wb)
+                    if not (totals.full() or self.stop_requested is not None or step + 1 == steps):
+                        continue
+                elif not totals.pending:
+                    break
                 step_losses = {}
                 for done_step, size, row in totals.drain():
                     step_losses[done_step] = running.add(size, row) / size
@@ -388,19 +406,29 @@ class TrainingLoop:
                 bar.update(step + 1, logs)
                 for callback in callback_list:
                     callback.on_train_batch_end(step, logs)
-                if self.stop_requested is not None and step + 1 < steps:
-                    self.resume_point = {"epoch": epoch, "step": step + 1, "epoch_rng_state": epoch_rng_state,
-                                         **running.state()}
+                if self.stop_requested is not None and (steps is None or step + 1 < steps):
+                    if feeder.resumable:
+                        self.resume_point = {"epoch": epoch, "step": step + 1, "epoch_rng_state": epoch_rng_state,
+                                             **running.state()}
                     if verbose:
                         print()
-                    raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}/{steps}.",
-                                              self.stop_requested)
-                if self.stop_training:  # set by a batch callback (TerminateOnNaN) or a divergence: as Keras
+                    raise TrainingInterrupted(f"Training stopped at epoch {epoch + 1}, step {step + 1}"
+                                              f"{f'/{steps}' if steps else ''}.", self.stop_requested)
+                if self.stop_training or item is None:  # stopped by a batch callback, a divergence, or the end
                     break
-            validation_freq, validation_batch_size = validation
-            if x_val is not None and (epoch + 1) % validation_freq == 0:
+            if step < first_step:
+                # As Keras: a source that runs out (a generator used up by the epochs before)
+                # ends the training, with a warning; the empty epoch is not recorded.
+                warnings.warn(f"Your input ran out of data at epoch {epoch + 1}; interrupting training. Make sure "
+                              "it can give steps_per_epoch * epochs batches (an endless generator with "
+                              "steps_per_epoch, or a PyDataset).", UserWarning, stacklevel=3)
+                break
+            if bar.total is None:
+                bar.total = step + 1  # a source of unknown length: now known
+            if validation is not None and (epoch + 1) % validation_freq == 0:
                 # As Keras, the fit's callbacks see the validation run's test hooks.
-                validation_run = self._evaluate_arrays(x_val, t_val, validation_batch_size, w_val, callback_list)
+                validation_run = self._evaluate_batches(self._validation_batches(validation, validation_batch_size),
+                                                        callback_list)
                 logs.update({f"val_{k}": v for k, v in self._logs(validation_run).items()})
             bar.finish(logs)
             self.epochs_trained += 1
@@ -415,6 +443,12 @@ class TrainingLoop:
             for callback in callback_list:
                 callback.on_train_end(dict(logs) if logs else {})
         return history
+
+    def _validation_batches(self, validation, batch_size):
+        if isinstance(validation, BatchStream):
+            return self._stream_batches(validation)
+        x, targets, weights = validation
+        return self._array_batches(x, targets, weights, batch_size)
 
     def _epoch_order(self, count, shuffle, epoch_rng_state):
         """The epoch's sample order, drawn from the generator state at the epoch's start
@@ -442,15 +476,30 @@ class TrainingLoop:
                 logs[f"{head.name}_loss"] = running.losses[head.index] / running.seen if running.seen else float("nan")
         return logs
 
-    def _evaluate_arrays(self, x, targets, batch_size, weights=None, callback_list=()):
-        """The _Running totals over host arrays, sent to the device a chunk at a time;
-        ``weights``: one per sample, or None. Given callbacks, their test hooks run (each
-        chunk's running logs are then read back as it ends)."""
-        ops = self.ops
+    def _array_batches(self, x, targets, weights, batch_size):
+        """(inputs, targets, weights or None) on the device, a chunk of host arrays at a time."""
+        ops, chunk = self.ops, min(batch_size, INFERENCE_CHUNK)
+        for start in range(0, len(x[0]), chunk):
+            yield (_chunk_to_device(ops, x, start, chunk), _chunk_to_device(ops, targets, start, chunk, convert=False),
+                   None if weights is None else ops.to_device(weights[start:start + chunk]))
+
+    def _stream_batches(self, stream):
+        """(inputs, targets, weights or None) on the device, a BatchStream's batch at a time."""
+        for x, y, weight in stream.epoch():
+            if y is None:
+                raise NbnetError(f"{stream.argument}: a batch has no targets; evaluation needs (x, y) or "
+                                 "(x, y, sample_weight) batches.")
+            xs, targets = self._prepare_xy(x, y, "y (in a batch)")
+            weights = self._sample_weights(y, targets, weight, None)
+            yield (_chunk_to_device(self.ops, xs, 0, len(xs[0])), _chunk_to_device(self.ops, targets, 0, len(xs[0]),
+                                                                                   convert=False),
+                   None if weights is None else self.ops.to_device(weights))
+
+    def _evaluate_batches(self, batches, callback_list=()):
+        """The _Running totals over ``batches`` (see _array_batches). Given callbacks, their
+        test hooks run (each batch's running logs are then read back as it ends)."""
         penalty = self._penalty()
-        chunk = min(batch_size, INFERENCE_CHUNK)
-        count = len(x[0])
-        totals = _StepTotals(ops, max(math.ceil(count / chunk), 1), len(self._heads), 0)
+        totals = _StepTotals(self.ops, INFERENCE_CHUNK, len(self._heads), 0)
         fused = self._fused()
         self._split_metrics()
         running = _Running(self._heads)
@@ -461,17 +510,16 @@ class TrainingLoop:
 
         for callback in callback_list:
             callback.on_test_begin({})
-        for index, start in enumerate(range(0, count, chunk)):
+        for index, (xb, tb, wb) in enumerate(batches):
             for callback in callback_list:
                 callback.on_test_batch_begin(index, {})
-            xb, tb = _chunk_to_device(ops, x, start, chunk), _chunk_to_device(ops, targets, start, chunk, convert=False)
-            wb = None if weights is None else ops.to_device(weights[start:start + chunk])
             outputs = self._forward(xb, training=False, fused=fused)
             row = totals.next_row(len(tb[0]))
             self._loss_and_grad(outputs, tb, row, wb, fused)
             self._update_metrics(outputs, tb, row)
-            if callback_list:
+            if callback_list or totals.full():
                 add_drained()
+            if callback_list:
                 logs = self._logs(running)
                 for callback in callback_list:
                     callback.on_test_batch_end(index, logs)
@@ -481,20 +529,32 @@ class TrainingLoop:
         return running
 
     @blas_limited
-    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, callbacks=None,
-                 return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
         """[loss, accuracy] (just the loss when compiled without metrics), or with
-        ``return_dict`` a dict keyed as the logs are."""
-        x, targets = self._prepare_xy(x, y)
-        weights = self._sample_weights(y, targets, sample_weight, None)
-        batch_size = self._check_batch_size(batch_size)
+        ``return_dict`` a dict keyed as the logs are. ``x`` may be a batch source (see
+        fit), read for ``steps`` batches when given, else to its end."""
         start = time.perf_counter()
         callback_list = self._with_model(callbacks)
-        with self._on_device():
-            running = self._evaluate_arrays(x, targets, batch_size, weights, callback_list)
+        if is_batch_source(x):
+            if y is not None or sample_weight is not None:
+                raise NbnetError("evaluate: with a batch source as x, its batches carry the targets and weights; "
+                                 "leave y and sample_weight out.")
+            self._require_compiled()
+            stream = BatchStream(x, steps, False, "x")
+            with self._on_device():
+                running = self._evaluate_batches(self._stream_batches(stream), callback_list)
+            batch_count = stream.length or 1
+        else:
+            x, targets = self._prepare_xy(x, y)
+            weights = self._sample_weights(y, targets, sample_weight, None)
+            batch_size = self._check_batch_size(32 if batch_size is None else batch_size)
+            with self._on_device():
+                running = self._evaluate_batches(self._array_batches(x, targets, weights, batch_size), callback_list)
+            batch_count = math.ceil(len(x[0]) / batch_size)
         logs = self._logs(running)
         if verbose:
-            bar = ProgressBar(math.ceil(len(x[0]) / batch_size), verbose=2)
+            bar = ProgressBar(batch_count, verbose=2)
             bar.start = start
             bar.finish(logs)
         return self._results(logs, return_dict)
@@ -517,9 +577,21 @@ class TrainingLoop:
         return names + [head.prefix + metric.name for head in heads for metric in head.metrics]
 
     @blas_limited
-    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
+    def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
         """The outputs for ``x``: an array, or with several outputs a list (a dict when
-        the model's outputs were given as one)."""
+        the model's outputs were given as one). ``x`` may be a batch source (see fit):
+        each batch's x is used, targets ignored."""
+        if is_batch_source(x):
+            parts = [self.predict(batch_x, batch_size=INFERENCE_CHUNK, callbacks=callbacks)
+                     for batch_x, _, _ in BatchStream(x, steps, False, "x").epoch()]
+            if not parts:
+                raise NbnetError("predict: the batch source gave no batches.")
+            if isinstance(parts[0], dict):
+                return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+            if isinstance(parts[0], list):
+                return [np.concatenate(group) for group in zip(*parts)]
+            return np.concatenate(parts)
+        batch_size = 32 if batch_size is None else batch_size
         x = self._prepare_x(x)
         batch_size = self._check_batch_size(batch_size)
         count = len(x[0])

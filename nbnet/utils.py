@@ -4,6 +4,9 @@ Generator), ``to_categorical`` and ``normalize``."""
 import numpy as np
 
 from .errors import NbnetError
+from .feeding import PyDataset
+
+Sequence = PyDataset  # Keras 2's name for it
 
 _seed_sequence = None
 

@@ -386,7 +386,7 @@ def test_validation_freq_and_batch_size():
                             on_test_batch_end=lambda batch, logs: batches.append(batch))])
     assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2  # epochs 2 and 4
     assert batches == [0, 1, 2] * 2  # 12 validation samples in batches of 4
-    with pytest.raises(NbnetError, match="steps_per_epoch=5 is for data generators"):
+    with pytest.raises(NbnetError, match="steps_per_epoch=5 is for batch sources"):
         model.fit(x, y, steps_per_epoch=5, verbose=0)
 
 
