@@ -60,6 +60,8 @@ class Node:
         single = len(output_shapes) == 1
         self.outputs = [KerasTensor(shape, self, index, layer.name if single else f"{layer.name}_{index}")
                         for index, shape in enumerate(output_shapes)]
+        if not self.is_input:
+            layer.__dict__.setdefault("_inbound_nodes", []).append(self)
 
     @property
     def is_input(self):

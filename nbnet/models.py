@@ -442,6 +442,10 @@ class Sequential(Model):
     def _link_layers(self):
         """The chain's graph: each layer called on the one before (new layers are built
         from the model's generator, so a seeded model draws the same weights)."""
+        for node in self._nodes:  # this chain's earlier calls, replaced by the ones below
+            calls = node.layer.__dict__.get("_inbound_nodes", [])
+            if node in calls:
+                calls.remove(node)
         tensor = graph.input_tensor(self._input_layer)
         inputs, nodes, shapes = [tensor], [], []
         for layer in self.layers:

@@ -347,3 +347,22 @@ def test_compile_arguments_must_fit_the_outputs():
         model.fit(x, {"classes": labels}, verbose=0)
     with pytest.raises(ShapeError, match=r"y\['value'\]"):
         model.fit(x, [labels, amounts[:5]], verbose=0)
+
+
+def test_feature_extraction_from_layer_outputs():
+    """Keras's idiom: a model from another's inputs to its layers' outputs."""
+    model = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(4, 3, activation="relu", name="features"),
+                              layers.MaxPooling2D(), layers.Flatten()])
+    model.add(layers.Dense(3, activation="softmax"))  # re-linked: each layer keeps one call in the chain
+    extractor = keras.Model(inputs=model.inputs, outputs=[layer.output for layer in model.layers])
+    x = np.random.default_rng(8).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    outputs = extractor.predict(x)
+    assert [o.shape for o in outputs] == [(2, 6, 6, 4), (2, 3, 3, 4), (2, 36), (2, 3)]
+    np.testing.assert_array_equal(outputs[0], model.get_layer("features")(x).numpy())
+    np.testing.assert_array_equal(outputs[-1], model.predict(x))
+    assert model.get_layer("features").input is model.inputs[0]
+    shared = layers.Dense(2)
+    a, b = keras.Input((3,)), keras.Input((3,))
+    shared(a), shared(b)
+    with pytest.raises(NbnetError, match="called 2 times, so it has several outputs"):
+        shared.output

@@ -110,6 +110,30 @@ class Layer:
         eager.ops, eager.needs_input_grad = cpu, False
         return as_tensor(np.array(eager.forward(values, training=bool(training))))
 
+    @property
+    def output(self):
+        """Keras's ``layer.output``: the tensor its call in a graph made (to build a model
+        that ends there, e.g. for features: ``Model(model.inputs, layer.output)``)."""
+        return self._only_call("output").outputs[0]
+
+    @property
+    def input(self):
+        """Keras's ``layer.input``: the tensor(s) its call in a graph read."""
+        inputs = self._only_call("input").inputs
+        return inputs[0] if len(inputs) == 1 else list(inputs)
+
+    def _only_call(self, what):
+        from ..errors import NbnetError
+
+        nodes = self.__dict__.get("_inbound_nodes", [])
+        if not nodes:
+            raise NbnetError(f"{type(self).__name__} '{self.name}' has no {what} yet: it has not been called on a "
+                             "symbolic tensor (keras.Input or a model built from one).")
+        if len({id(node) for node in nodes}) > 1 and len({tuple(map(id, node.inputs)) for node in nodes}) > 1:
+            raise NbnetError(f"{type(self).__name__} '{self.name}' was called {len(nodes)} times, so it has several "
+                             f"{what}s; use the tensor each call returned.")
+        return nodes[-1]
+
     def call_copy(self):
         """A second caller of this layer: the same weights, gradients and state (the dicts
         are shared, so rebinding a weight shows in both), its own buffers and saved inputs.
