@@ -49,7 +49,9 @@ def functional_config(model, layer_entry=None):
 
     def structure(tensors, given):
         histories = [_history(t, positions) for t in tensors]
-        return histories[0] if len(histories) == 1 and not isinstance(given, (list, tuple, dict)) else histories
+        if isinstance(given, dict):
+            return dict(zip(given, histories))
+        return histories[0] if len(histories) == 1 and not isinstance(given, (list, tuple)) else histories
 
     return {"name": model.name, "trainable": model.trainable, "seed": model.seed, "layers": layers,
             "input_layers": structure(model._input_tensors, model._inputs_structure),
@@ -152,6 +154,8 @@ def from_functional_config(config, make_layer=None):
                                  f"{f' (unknown layers {missing})' if missing else ''}.")
 
     def structure(value):
+        if isinstance(value, dict):
+            return {key: tensor(v) for key, v in value.items()}
         if isinstance(value, list) and value and isinstance(value[0], str):
             return tensor(value)
         return [tensor(v) for v in value]

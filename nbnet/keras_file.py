@@ -9,8 +9,12 @@ written: the same configs in the ``model_config`` attribute, the weights in
 Sequential and functional models (``class_name`` "Functional", or Keras 2's "Model"): a
 functional model's layers with their calls (``inbound_nodes``), as
 ``functional_config`` reads and writes them, with Keras's layer configs; merge layers,
-shared layers, several inputs, and Sequential or functional models used as layers.
-One output for now.
+shared layers, several inputs and outputs (a list, or a dict by name: Keras orders those
+by key), and Sequential or functional models used as layers. The compile settings: the
+optimizer, and per output the loss, loss weight and metrics, in each form Keras writes
+them (one for all, a list, a dict by output name; names or serialized objects; Keras 2's
+nested lists), restored with the optimizer's state (a legacy .h5 file's
+``optimizer_weights`` too, see ``_load_legacy_optimizer``).
 
 Files are data: a ``Lambda`` layer or any class nbnet does not have is refused with the
 layer's name, never imported or run, and so is a setting nbnet cannot honour (a dilated
@@ -94,43 +98,67 @@ def load_keras(path):
 
 def load_legacy_h5(path):
     """A model from a Keras 2 / tf.keras (or Keras 3 legacy) ``.h5`` model file."""
-    from .weights_file import legacy_group_values, legacy_updates, set_updates
+    from .weights_file import legacy_group_values, legacy_updates, legacy_weights, set_updates
 
     path = Path(path)
     try:
         with h5py.File(path, "r") as h5:
             config = json.loads(_text(h5.attrs["model_config"]))
             training = json.loads(_text(h5.attrs["training_config"])) if "training_config" in h5.attrs else None
+            keras2 = not _text(h5.attrs.get("keras_version", "")).startswith("3.")
             model = _model_from_keras(config, path)
             stored = h5["model_weights"] if "model_weights" in h5 else h5
-            updates = []
+            updates, weights_by_name = [], {}
             for layer in model.layers:  # by name: the names come from the same file
                 group = stored.get(layer.name)
                 updates.extend(legacy_updates(layer, legacy_group_values(group) if group is not None else [], path))
+                names = [_text(name).split(":")[0] for name in group.attrs.get("weight_names", [])] \
+                    if group is not None else []
+                for name, pair in zip(names, legacy_weights(layer)):
+                    weights_by_name[name] = None if name in weights_by_name else pair  # None: named twice
+            optimizer_weights = None
+            if "optimizer_weights" in h5:
+                group = h5["optimizer_weights"]
+                names = [_text(name) for name in group.attrs.get("weight_names", [])]
+                optimizer_weights = (names, [np.asarray(group[name]) for name in names])
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a readable Keras .h5 model file ({type(exc).__name__}: {exc}).") from None
     set_updates(updates)
     if training:
         _compile_from_keras(model, {"optimizer": training.get("optimizer_config"), "loss": training.get("loss"),
-                                    "metrics": _legacy_metrics(training.get("metrics"))}, path)
+                                    "loss_weights": training.get("loss_weights"), "metrics": training.get("metrics"),
+                                    "weighted_metrics": training.get("weighted_metrics"), "keras2": keras2}, path)
+    if model.optimizer is not None and optimizer_weights:
+        _load_legacy_optimizer(model, *optimizer_weights,
+                               {name: pair for name, pair in weights_by_name.items() if pair is not None}, path)
     return model
+
+
+def _load_legacy_optimizer(model, names, values, weights_by_name, path):
+    """A legacy .h5 file's ``optimizer_weights``. Keras 3 writes ``optimizer.variables``,
+    the list a .keras file keeps (read as there; Keras 3.15 itself restores only the step
+    count and learning rate from it: it builds the optimizer over ``model._trainable_variables``,
+    empty for a functional model). Keras 2 / tf.keras (OptimizerV2) writes ``iter`` and
+    slots named by their weights, read by name where every name fits exactly one weight;
+    any other layout (Keras 2.11+'s new optimizers among them) starts the optimizer afresh,
+    with a warning."""
+    from . import keras_optimizer_state
+
+    if keras_optimizer_state.is_keras3_layout(names):
+        keras_optimizer_state.read_values(model, values, f"{path}:optimizer_weights")
+        return
+    why = keras_optimizer_state.read_keras2(model, names, values, weights_by_name)
+    if why is not None:
+        import warnings
+
+        warnings.warn(f"{path}: the optimizer's saved state was not restored ({why}); {type(model.optimizer).__name__} "
+                      "starts afresh.", stacklevel=3)
 
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _legacy_metrics(metrics):
-    """Keras 2 wrote metrics as nested lists of names or serialized objects."""
-    flat = []
-    for metric in metrics or []:
-        if isinstance(metric, list):
-            flat.extend(_legacy_metrics(metric))
-        elif isinstance(metric, dict):
-            flat.append(metric.get("config", {}).get("name") or metric.get("class_name"))
-        else:
-            flat.append(metric)
-    return flat or None
 
 
 def _model_from_keras(config, path):
@@ -180,13 +208,15 @@ def _functional_from_config(config, path):
     layers made from Keras's layer configs (models used as layers made the same way)."""
     inner = dict(config.get("config") or {})
     name = inner.get("name")
-    outputs = _tensor_list(inner.get("output_layers"))
-    if len(outputs) != 1:
-        raise ModelFileError(f"{path}: model '{name}' has {len(outputs)} outputs "
-                             f"{[history[0] for history in outputs]}; nbnet trains models with one output for now.")
+    keys = None
+    if isinstance(inner.get("output_layers"), dict):  # outputs by name: Keras flattens them by sorted key
+        keys = sorted(inner["output_layers"])
+        outputs = [_tensor_list(inner["output_layers"][key])[0] for key in keys]
+    else:
+        outputs = _tensor_list(inner.get("output_layers"))
     inputs = _tensor_list(inner.get("input_layers"))
     inner["input_layers"] = inputs[0] if len(inputs) == 1 else inputs
-    inner["output_layers"] = outputs[0]
+    inner["output_layers"] = outputs[0] if len(outputs) == 1 and keys is None else outputs
 
     def make_layer(entry):
         if entry.get("class_name") == "InputLayer":
@@ -196,7 +226,12 @@ def _functional_from_config(config, path):
         return _layer_from_keras(entry)
 
     try:
-        return from_functional_config(inner, make_layer)
+        model = from_functional_config(inner, make_layer)
+        if keys is not None:  # the same graph, its outputs by name, in Keras's (sorted) order
+            from .models import Model
+
+            model = Model(model.input, dict(zip(keys, model.outputs)), name=model.name, seed=model.seed)
+        return model
     except ModelFileError:
         raise
     except (NbnetError, KeyError, IndexError, TypeError) as exc:  # calls that do not fit together
@@ -304,34 +339,159 @@ def _load_optimizer_bytes(model, data, path):
 
 
 def _compile_from_keras(model, compiled, path):
-    from . import losses, optimizers, schedules
-
+    """compile(...) as the file's compile settings say: Keras 3's ``compile_config`` or a
+    legacy .h5 file's ``training_config``. What nbnet lacks (a loss, a metric, a setting)
+    leaves the model uncompiled, with a warning naming it: the model itself still loads."""
     try:
-        optimizer = _plain(compiled.get("optimizer"))
-        if isinstance(optimizer, dict):
-            config = dict(optimizer["config"])
-            config.pop("name", None)
-            for key in ("is_legacy_optimizer", "jit_compile"):  # Keras 2 bookkeeping, not settings
-                config.pop(key, None)
-            if not config.get("decay"):
-                config.pop("decay", None)
-            if "lr" in config and "learning_rate" not in config:
-                config["learning_rate"] = config.pop("lr")
-            rate = _plain(config.get("learning_rate"))
-            if isinstance(rate, dict):
-                config["learning_rate"] = getattr(schedules, rate["class_name"])(**{
-                    k: v for k, v in rate["config"].items() if k != "name"})
-            optimizer = optimizers.get(optimizer["class_name"].lower()).__class__(**config)
-        loss = _plain(compiled.get("loss"))
-        if isinstance(loss, dict):
-            loss = losses.get({"name": losses.get(loss["config"].get("name", loss["class_name"])).name,
-                               "from_logits": loss["config"].get("from_logits", False)})
-        model.compile(optimizer=optimizer or "rmsprop", loss=loss, metrics=compiled.get("metrics"))
+        optimizer = _optimizer_from_keras(compiled.get("optimizer"))
+        names = model._output_keys()
+        if compiled.get("weighted_metrics"):
+            raise NbnetError(f"weighted_metrics={compiled['weighted_metrics']!r}: nbnet's compile has no "
+                             "weighted_metrics (metrics that use sample weights)")
+        loss = _per_output(compiled.get("loss"), names, _loss_from_keras)
+        metrics = _metrics_from_keras(compiled.get("metrics"), names, compiled.get("keras2", False))
+        loss_weights = compiled.get("loss_weights")
+        if len(names) == 1 and isinstance(loss_weights, list) and len(loss_weights) == 1:
+            loss_weights = loss_weights[0]  # Keras takes [w] for one output too
+        model.compile(optimizer=optimizer or "rmsprop", loss=loss, loss_weights=loss_weights, metrics=metrics)
     except Exception as exc:  # an optimizer, loss or metric nbnet lacks: the model itself still loads
         import warnings
 
         warnings.warn(f"{path}: the model loaded, but its compile settings could not be restored ({exc}); "
                       "call model.compile(...) yourself before fit.", stacklevel=3)
+
+
+def _optimizer_from_keras(optimizer):
+    from . import optimizers, schedules
+
+    optimizer = _plain(optimizer)
+    if not isinstance(optimizer, dict):
+        return optimizer
+    config = dict(optimizer["config"])
+    config.pop("name", None)
+    for key in ("is_legacy_optimizer", "jit_compile"):  # Keras 2 bookkeeping, not settings
+        config.pop(key, None)
+    if not config.get("decay"):
+        config.pop("decay", None)
+    if "lr" in config and "learning_rate" not in config:
+        config["learning_rate"] = config.pop("lr")
+    rate = _plain(config.get("learning_rate"))
+    if isinstance(rate, dict):
+        config["learning_rate"] = getattr(schedules, rate["class_name"])(**{
+            k: v for k, v in rate["config"].items() if k != "name"})
+    return optimizers.get(optimizer["class_name"].lower()).__class__(**config)
+
+
+def _is_object(value):
+    """A serialized Keras object ({class_name, config, ...}), not a dict keyed by output."""
+    return isinstance(value, dict) and "class_name" in value
+
+
+def _per_output(value, names, convert):
+    """``value`` (one for every output, a list, or a dict by output name) with each entry
+    converted by ``convert(entry, output name or None)``."""
+    if isinstance(value, dict) and not _is_object(value):
+        return {key: convert(item, key) for key, item in value.items()}
+    if isinstance(value, list) and len(names) > 1:
+        return [convert(item, names[i] if i < len(names) else None) for i, item in enumerate(value)]
+    if isinstance(value, list) and len(value) == 1:
+        return [convert(value[0], None)]
+    return convert(value, None)
+
+
+# Keras's loss settings nbnet has no argument for, and the values at which leaving them out
+# changes nothing (Keras 2 wrote reduction "auto").
+_LOSS_NEUTRAL = {"reduction": ("sum_over_batch_size", "auto", None), "label_smoothing": (0, 0.0, None),
+                 "axis": (-1, None), "ignore_class": (None,), "dtype": None, "name": None, "fn": None}
+
+
+def _loss_from_keras(value, output):
+    """A Keras loss (a name, or a serialized object, Keras 3's or Keras 2's
+    LossFunctionWrapper) as nbnet's Loss; one nbnet lacks, or a setting it cannot honour,
+    is refused by name."""
+    from . import losses
+
+    where = f"output {output!r}: " if output else ""
+    if value is None:
+        return None
+    if not _is_object(value):
+        try:
+            return losses.get(value)
+        except NbnetError:
+            raise NbnetError(f"{where}nbnet has no loss {value!r}") from None
+    class_name, config = value["class_name"], dict(value.get("config") or {})
+    for key, setting in config.items():
+        if key == "from_logits":
+            continue
+        if key not in _LOSS_NEUTRAL:
+            raise NbnetError(f"{where}the loss {class_name} has the setting {key}={setting!r}, which nbnet lacks")
+        allowed = _LOSS_NEUTRAL[key]
+        if allowed is not None and setting not in allowed:
+            raise NbnetError(f"{where}the loss {class_name} with {key}={setting!r} is not supported by nbnet")
+    for candidate in (class_name, config.get("fn"), config.get("name")):
+        if candidate is None:
+            continue
+        try:
+            resolved = losses.get(candidate)
+        except NbnetError:
+            continue
+        return losses.get({"name": resolved.name, "from_logits": bool(config.get("from_logits", False))})
+    raise NbnetError(f"{where}nbnet has no loss {class_name} ({config.get('name') or config.get('fn')!r})")
+
+
+def _metrics_from_keras(value, names, keras2=False):
+    """Keras's metrics: a list (one output; Keras 2 nested it: [[...]]), or with several
+    outputs a dict by output name or a list with one entry (a metric, or a list of them) per
+    output, each metric a name or a serialized object. Keras 2 (``keras2``) applied a flat
+    list of metrics to every output."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and not _is_object(value):
+        return {key: _metric_list(item) for key, item in value.items()}
+    if not isinstance(value, list):
+        value = [value]
+    if len(names) > 1:
+        if any(isinstance(item, list) for item in value) or (not keras2 and len(value) == len(names)):
+            return [_metric_list(item) for item in value]  # one entry per output
+        if keras2:  # Keras 2 broadcast a flat list: the same metrics on every output
+            return [_metric_list(value) for _ in names]
+        return value  # Keras 3 refuses any other list; so does compile
+    return _metric_list(value)
+
+
+def _metric_list(value):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    flat = []
+    for item in value:
+        if isinstance(item, list):
+            flat.extend(_metric_list(item))
+        elif item is not None:
+            flat.append(_metric_from_keras(item))
+    return flat
+
+
+def _metric_from_keras(item):
+    """A metric as nbnet's compile takes it: a name, or a serialized object by nbnet's
+    class (Keras 2's MeanMetricWrapper by its function's name)."""
+    from . import metrics
+
+    if not _is_object(item):
+        return item
+    class_name, config = item["class_name"], dict(item.get("config") or {})
+    known = getattr(metrics, class_name, None)
+    if class_name != "MeanMetricWrapper" and not (isinstance(known, type) and issubclass(known, metrics.Metric)):
+        raise NbnetError(f"nbnet has no metric {class_name} ({config.get('name')!r})")
+    if class_name == "MeanMetricWrapper":  # Keras 2: a function and a name
+        name, fn = config.get("name"), config.get("fn")
+        if name in metrics.ACCURACY_NAMES or fn is None:
+            return name
+        kind = type(metrics.get(fn)).__name__
+        return {"class_name": kind, "config": {"name": name}}
+    config.pop("dtype", None)
+    return {"class_name": class_name, "config": config}
 
 
 # ------------------------------------------------------------------------------ writing
@@ -354,7 +514,11 @@ def save_keras(model, path):
 def save_legacy_h5(model, path):
     """Write ``model`` as a legacy ``.h5`` model file, as Keras 3 still writes (and Keras 2
     and tf.keras wrote): the config in ``model_config``, each layer's weights in a group of
-    its name, the layers listed in ``model.layers`` order, Keras's, by which Keras matches them."""
+    its name, the layers listed in ``model.layers`` order, Keras's, by which Keras matches them.
+    No ``optimizer_weights``: Keras 3.15, loading a functional model's .h5 file that has them,
+    builds its optimizer over no variables (``model._trainable_variables``), keeps only the
+    step count, and then fails in ``fit`` ("Unknown variable"); without them Keras trains the
+    model on with a fresh optimizer. Use .keras to carry the optimizer's state."""
     from .models import Model
     from .weights_file import legacy_weights
 
@@ -365,14 +529,15 @@ def save_legacy_h5(model, path):
             if "compile_config" in config:
                 compiled = config["compile_config"]
                 h5.attrs["training_config"] = json.dumps({
-                    "loss": compiled["loss"], "metrics": compiled["metrics"], "loss_weights": None,
+                    "loss": compiled["loss"], "metrics": compiled["metrics"], "loss_weights": compiled["loss_weights"],
                     "weighted_metrics": None,
                     "optimizer_config": {key: compiled["optimizer"][key] for key in ("class_name", "config")}})
             h5.attrs["keras_version"] = "3.0.0"
             h5.attrs["backend"] = "nbnet"
             weights = h5.create_group("model_weights")
-            weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]  # Keras's order
-            for layer in model.layers:
+            ordered = model.layers
+            weights.attrs["layer_names"] = [layer.name.encode() for layer in ordered]  # Keras's order
+            for layer in ordered:
                 group = weights.create_group(layer.name)
                 pairs = legacy_weights(layer)
                 prefix = f"{layer.name}/" if isinstance(layer, Model) else ""
@@ -385,20 +550,44 @@ def save_legacy_h5(model, path):
 def _keras_config(model):
     """The model's config.json tree, as Keras 3 writes it."""
     model._require_built()
-    if len(model._output_tensors) != 1:
-        raise ModelFileError(f"Model '{model.name}' has {len(model._output_tensors)} outputs; nbnet writes Keras "
-                             "files of models with one output for now.")
     config = _keras_model_entry(model)
     if model.loss is not None:
+        heads = model._heads
+        several = len(heads) > 1
         config["compile_config"] = {
             "optimizer": {"module": "keras.optimizers", "class_name": type(model.optimizer).__name__,
                           "config": _keras_optimizer_config(model.optimizer), "registered_name": None},
-            "loss": model.loss.name if not model.loss.from_logits else {
-                "module": "keras.losses", "class_name": _LOSS_CLASSES[model.loss.name],
-                "config": {"from_logits": True}, "registered_name": None},
-            "metrics": [metric.name for metric in model.metrics] or None,
+            # Several outputs: dicts by output name, as Keras writes compile(loss={...}, ...).
+            "loss": {head.name: _keras_loss(head.loss) for head in heads} if several else _keras_loss(heads[0].loss),
+            "loss_weights": ({head.name: head.weight for head in heads} if several
+                             else None if heads[0].weight == 1.0 else heads[0].weight),
+            "metrics": ({head.name: [_keras_metric(m) for m in head.metrics] for head in heads} if several
+                        else [_keras_metric(m) for m in heads[0].metrics] or None),
+            "weighted_metrics": None,
         }
     return config
+
+
+def _keras_loss(loss):
+    if not loss.from_logits:
+        return loss.name
+    return {"module": "keras.losses", "class_name": _LOSS_CLASSES[loss.name], "config": {"from_logits": True},
+            "registered_name": None}
+
+
+def _keras_metric(metric):
+    """A metric as Keras's compile takes it: its name where Keras reads that name as the
+    same metric ('accuracy', 'mae', ...), else Keras's serialized object of its class."""
+    from . import metrics
+
+    try:
+        same = type(metrics.get(metric.name)) is type(metric) or metric.name in metrics.ACCURACY_NAMES
+    except NbnetError:
+        same = False
+    if same:
+        return metric.name
+    return {"module": "keras.metrics", "class_name": type(metric).__name__,
+            "config": {**metric.get_config(), "dtype": "float32"}, "registered_name": None}
 
 
 def _keras_model_entry(model):

@@ -67,6 +67,8 @@ class Model(TrainingLoop, DeviceSession):
         self._plan = None
 
     def _init_graph(self, inputs, outputs):
+        if isinstance(outputs, dict):  # Keras orders outputs given as a dict by their keys
+            outputs = {key: outputs[key] for key in sorted(outputs)}
         self._inputs_structure, self._outputs_structure = inputs, outputs
         self._input_tensors = graph.flatten_tensors(inputs, f"Model '{self.name}' inputs")
         self._output_tensors = graph.flatten_tensors(outputs, f"Model '{self.name}' outputs")
@@ -102,11 +104,14 @@ class Model(TrainingLoop, DeviceSession):
 
     @property
     def output_names(self):
-        """Keras's: the keys of outputs given as a dict, else each output's layer name."""
-        structure = getattr(self, "_outputs_structure", None)
-        if isinstance(structure, dict):
-            return list(structure)
+        """Keras's: each output's layer name."""
         return [t.node.layer.name for t in self._output_tensors]
+
+    def _output_keys(self):
+        """The names compile, fit and the logs know the outputs by: the keys of outputs
+        given as a dict (as Keras), else their layer names."""
+        structure = getattr(self, "_outputs_structure", None)
+        return list(structure) if isinstance(structure, dict) else self.output_names
 
     def _input_shapes(self):
         return [t.sample_shape for t in self._input_tensors]
@@ -148,7 +153,7 @@ class Model(TrainingLoop, DeviceSession):
             call.set_device(self.ops if self._on_device_depth else cpu)
         self._gather_parameters()
         self.built = True
-        if self._compile_args is not None and [h.name for h in self._heads] != self.output_names:
+        if self._compile_args is not None and [h.name for h in self._heads] != self._output_keys():
             self._compile_heads()  # compiled before the outputs were known (an unbuilt Sequential)
 
     def _claim_layers(self):
@@ -219,7 +224,7 @@ class Model(TrainingLoop, DeviceSession):
         if not self.built:
             self._heads = compile_heads(["output"], [()], loss, loss_weights, metrics)
         else:
-            self._heads = compile_heads(self.output_names, [t.sample_shape for t in self._output_tensors], loss,
+            self._heads = compile_heads(self._output_keys(), [t.sample_shape for t in self._output_tensors], loss,
                                         loss_weights, metrics)
         several = len(self._heads) > 1
         # Keras's attributes: the loss (one per output when several) and every metric.

@@ -39,7 +39,7 @@ def _keras_class(layer):
 
 
 def layer_keys(model):
-    """(key, layer) for ``model.layers``: Keras's per-class numbering."""
+    """(key, layer) for ``model.layers`` (Keras's order): Keras's per-class numbering."""
     used, keys = {}, []
     for layer in model.layers:
         base = snake_case(_keras_class(layer))
@@ -52,7 +52,10 @@ def layer_keys(model):
 def weight_layers(model):
     """The layers holding weights, in Keras's weights order (``model.weights``): a nested
     model's in its place, a layer shared by several models once."""
-    return [layer for layer in model._weight_layers() if layer.weight_order]
+    found = []
+    for layer in model.layers:
+        found.extend(weight_layers(layer) if _is_model(layer) else [layer])
+    return [layer for layer in {id(layer): layer for layer in found}.values() if layer.weight_order]
 
 
 def legacy_weights(layer):

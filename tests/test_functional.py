@@ -320,13 +320,18 @@ def test_two_outputs_train_each_loss_weighted(tmp_path):
 
 def test_outputs_given_as_a_dict_are_named_by_its_keys():
     model = two_outputs(as_dict=True)
-    assert model.output_names == ["label", "amount"]
+    # As Keras 3: outputs given as a dict are ordered by key; output_names are their layers'.
+    assert model.output_names == ["value", "classes"]
+    assert [layer.name for layer in model.layers][-2:] == ["value", "classes"]
     model.compile(optimizer="sgd", loss={"label": "sparse_categorical_crossentropy", "amount": "mse"})
     x, labels, amounts = two_output_data()
     history = model.fit(x, {"label": labels, "amount": amounts}, verbose=0)
     assert {"label_loss", "amount_loss", "loss"} <= set(history.history)
     predicted = model.predict(x)
     assert isinstance(predicted, dict) and predicted["amount"].shape == (32, 1)
+    rebuilt = keras.Model.from_config(model.get_config())
+    rebuilt.set_weights(model.get_weights())
+    assert sorted(rebuilt.predict(x)) == ["amount", "label"]
 
 
 def test_compile_arguments_must_fit_the_outputs():

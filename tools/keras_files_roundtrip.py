@@ -17,6 +17,11 @@ builds each architecture in nbnet, trains it an epoch and saves DIR/functional_N
 _legacy.h5 and .weights.h5, then trains one more epoch; ``check`` loads the files in Keras
 (the weights into the architecture built in Keras), predicts, and continues training from
 the .keras. ``check`` prints the table of worst differences: architecture x file x direction.
+Models with several outputs (two_heads, two_in_two_out, keyed_heads) are compared output by
+output (by name) and compiled with their per-output losses, loss weights and metrics
+(keras_functional_files.compile_arguments). Keras -> nbnet also continues training from
+Keras's legacy .h5 (its optimizer_weights restored); nbnet -> Keras cannot (nbnet's .h5
+files carry no optimizer state: see keras_file.save_legacy_h5), so that cell reads n/a.
 """
 
 import json
@@ -36,12 +41,32 @@ def _functional_cases():
     cases = json.loads(FUNCTIONAL.read_text())["cases"]
     for case in cases:
         xs = [np.asarray(v, np.float32) for v in case["x"]]
-        case["inputs"], case["y"] = (xs[0] if len(xs) == 1 else xs), np.asarray(case["y"])
+        case["inputs"] = xs[0] if len(xs) == 1 else xs
+        case["y"] = ({key: np.asarray(value) for key, value in case["y"].items()} if isinstance(case["y"], dict)
+                     else np.asarray(case["y"]))
     return keras_functional_files, cases
 
 
+def _named(predictions, names):
+    """Predictions as {output name: array}: a dict as it is, a list by ``names``, one array
+    under None."""
+    if isinstance(predictions, dict):
+        return {key: np.asarray(value) for key, value in predictions.items()}
+    if isinstance(predictions, (list, tuple)):
+        return {name: np.asarray(value) for name, value in zip(names, predictions)}
+    return {None: np.asarray(predictions)}
+
+
 def _worst(got, want):
+    """The worst difference between two arrays, or two {output name: array} alike."""
+    if isinstance(want, dict):
+        assert sorted(got, key=str) == sorted(want, key=str), (list(got), list(want))
+        return max(_worst(got[key], value) for key, value in want.items())
     return float(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)).max())
+
+
+def _expected(case):
+    return case["predictions"] if isinstance(case["predictions"], dict) else {None: case["predictions"]}
 
 
 def _worst_weights(by_name, expected):
@@ -58,31 +83,37 @@ def write_functional(folder):
     tool, cases = _functional_cases()
     fixtures = FUNCTIONAL.parent
     report = {}
+
+    def predicted(model, x):
+        return _named(model.predict(x), model.output_names)
+
     for case in cases:
         name, x, y = case["name"], case["inputs"], case["y"]
-        row = {".keras": _worst(models.load_model(fixtures / case["keras"]).predict(x), case["predictions"]),
-               ".h5": _worst(models.load_model(fixtures / case["h5"]).predict(x), case["predictions"])}
+        row = {".keras": _worst(predicted(models.load_model(fixtures / case["keras"]), x), _expected(case)),
+               ".h5": _worst(predicted(models.load_model(fixtures / case["h5"]), x), _expected(case))}
         built = tool.build(nbnet, name)
         built.load_weights(fixtures / case["weights"])
-        row[".weights.h5"] = _worst(built.predict(x), case["predictions"])
-        model = models.load_model(fixtures / case["keras"])
-        model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
-        row[".keras, training continued"] = _worst_weights(_weights_by_layer(model), case["weights_after"])
+        row[".weights.h5"] = _worst(predicted(built, x), _expected(case))
+        for kind in ("keras", "h5"):
+            model = models.load_model(fixtures / case[kind])
+            model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
+            row[f".{kind}, training continued"] = _worst_weights(_weights_by_layer(model), case["weights_after"])
         report[name] = row
 
         nbnet.utils.set_random_seed(7)
         model = tool.build(nbnet, name)
         optimizer, settings = tool.OPTIMIZERS[name]
-        model.compile(getattr(optimizers, optimizer)(**settings), tool.LOSSES[name], metrics=["accuracy"])
+        model.compile(getattr(optimizers, optimizer)(**settings), **tool.compile_arguments(nbnet, name))
         model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
         stem = folder / f"functional_{name}"
         model.save(f"{stem}.keras")
         model.save(f"{stem}_legacy.h5")
         model.save_weights(f"{stem}.weights.h5")
-        predictions = model.predict(x)
+        predictions = predicted(model, x)
         model.fit(x, y, batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0)
         (folder / f"functional_{name}.json").write_text(json.dumps({
-            "predictions": predictions.tolist(), "batch_size": case["batch_size"],
+            "predictions": [[key, value.tolist()] for key, value in predictions.items()],
+            "batch_size": case["batch_size"],
             "weights_after": {layer: [w.tolist() for w in arrays]
                               for layer, arrays in _weights_by_layer(model).items()}}))
     (folder / "functional_keras_to_nbnet.json").write_text(json.dumps(report))
@@ -105,6 +136,13 @@ def check_functional(folder):
                 out[layer.name] = layer.get_weights()
         return out
 
+    def output_keys(model):
+        structure = model._outputs_struct
+        return sorted(structure) if isinstance(structure, dict) else list(model.output_names)
+
+    def predicted(model, x):
+        return _named(model.predict(x, verbose=0), output_keys(model))
+
     tool, cases = _functional_cases()
     table = {"Keras -> nbnet": json.loads((folder / "functional_keras_to_nbnet.json").read_text()),
              "nbnet -> Keras": {}}
@@ -112,21 +150,24 @@ def check_functional(folder):
         name, x, y = case["name"], case["inputs"], case["y"]
         stem = folder / f"functional_{name}"
         expected = json.loads((folder / f"functional_{name}.json").read_text())
-        row = {kind: _worst(keras.saving.load_model(f"{stem}{suffix}").predict(x, verbose=0), expected["predictions"])
+        wanted = {key: np.asarray(value) for key, value in expected["predictions"]}
+        row = {kind: _worst(predicted(keras.saving.load_model(f"{stem}{suffix}"), x), wanted)
                for kind, suffix in ((".keras", ".keras"), (".h5", "_legacy.h5"))}
         built = tool.build(keras, name)
         built.load_weights(f"{stem}.weights.h5")
-        row[".weights.h5"] = _worst(built.predict(x, verbose=0), expected["predictions"])
+        row[".weights.h5"] = _worst(predicted(built, x), wanted)
         model = keras.saving.load_model(f"{stem}.keras")
         model.fit(x, y, batch_size=expected["batch_size"], epochs=1, shuffle=False, verbose=0)
         row[".keras, training continued"] = _worst_weights(weights_by_layer(model), expected["weights_after"])
+        row[".h5, training continued"] = None  # nbnet's .h5 files carry no optimizer state
         table["nbnet -> Keras"][name] = row
-    kinds = [".keras", ".h5", ".weights.h5", ".keras, training continued"]
+    kinds = [".keras", ".h5", ".weights.h5", ".keras, training continued", ".h5, training continued"]
     lines = ["| architecture | direction | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
     for case in cases:
         for direction, rows in table.items():
-            lines.append(f"| {case['name']} | {direction} | " + " | ".join(f"{rows[case['name']][k]:.1e}"
-                                                                            for k in kinds) + " |")
+            cells = [rows[case["name"]].get(k) for k in kinds]
+            lines.append(f"| {case['name']} | {direction} | " + " | ".join(
+                "n/a" if cell is None else f"{cell:.1e}" for cell in cells) + " |")
     return table, "\n".join(lines)
 
 

@@ -266,20 +266,22 @@ MUTANTS += [
       [TRAINING_STEP + "::test_adamw_decays_by_lr_times_weight_decay"]),
     # -- the training step -------------------------------------------------------------------
     M("gradients_not_zeroed", "the flat gradient is not zeroed between steps (gradients accumulate)",
-      "models.py",
+      "training.py",
       "        ops.fill_zero(self.flat_grads)\n", "",
       [TRAINING_STEP + "::test_two_steps_of_sgd_match_numpy"]),
     M("shuffle_reuses_order", "every epoch restores the generator after drawing its order: the same "
-      "order every epoch", "models.py",
+      "order every epoch", "training.py",
       "        if current != epoch_rng_state:\n            self.rng.bit_generator.state = current",
       "        self.rng.bit_generator.state = current",
       [TRAINING_STEP + "::test_each_epoch_draws_a_new_order"]),
     M("validation_split_takes_first", "validation_split holds out the first samples instead of the last",
-      "models.py",
-      "split = int(len(x) * (1.0 - validation_split))  # Keras: the last samples, before shuffling\n"
-      "            x, x_val, targets, t_val = x[:split], x[split:], targets[:split], targets[split:]",
-      "split = int(len(x) * validation_split)\n"
-      "            x_val, x, t_val, targets = x[:split], x[split:], targets[:split], targets[split:]",
+      "training.py",
+      "split = int(len(x[0]) * (1.0 - validation_split))  # Keras: the last samples, before shuffling\n"
+      "            x, x_val = [a[:split] for a in x], [a[split:] for a in x]\n"
+      "            targets, t_val = [t[:split] for t in targets], [t[split:] for t in targets]",
+      "split = int(len(x[0]) * validation_split)\n"
+      "            x_val, x = [a[:split] for a in x], [a[split:] for a in x]\n"
+      "            t_val, targets = [t[:split] for t in targets], [t[split:] for t in targets]",
       [TRAINING_STEP + "::test_validation_split_holds_out_the_last_samples"]),
     M("gather_rows_ignores_start", "batch gathering reads order[i], ignoring the batch's start (every batch "
       "is the first)", "kernels/training.py",
@@ -346,7 +348,7 @@ MUTANTS += [
     M("sample_weight_not_in_gradient", "sample weights scale the loss but not its gradient", "kernels/losses.py",
       "grad[i, k] = (np.exp(logits[i, k] - log_norm) - target) * scale * w",
       "grad[i, k] = (np.exp(logits[i, k] - log_norm) - target) * scale", PARITY),
-    M("class_weight_by_position", "class_weight looked up by the sample's index, not its class", "models.py",
+    M("class_weight_by_position", "class_weight looked up by the sample's index, not its class", "training.py",
       "by_class = np.array([float(class_weight.get(int(c), 1.0)) for c in classes])",
       "by_class = np.array([float(class_weight.get(i, 1.0)) for i, _ in enumerate(classes)])", PARITY),
     M("early_stopping_one_epoch_late", "EarlyStopping stops at wait > patience (one epoch after Keras)",
@@ -373,9 +375,23 @@ MUTANTS += [
     M("keras_optimizer_state_adam_not_interleaved", "Adam's moments read from a .keras file as two lists, not "
       "interleaved per weight array", "keras_optimizer_state.py", 'return [["m", "v"]], 0', 'return [["m"], ["v"]], 0',
       ("tests/test_keras_file.py",)),
-    M("validation_every_epoch", "validation_freq ignored: validation runs every epoch", "models.py",
-      "if x_val is not None and (epoch + 1) % validation_freq == 0:", "if x_val is not None:",
+    M("validation_every_epoch", "validation_freq ignored: validation runs every epoch", "training.py",
+      "if validation is not None and (epoch + 1) % validation_freq == 0:", "if validation is not None:",
       ("tests/test_training.py::test_validation_freq_and_batch_size",)),
+    # -- graph models ----------------------------------------------------------------------------
+    M("fan_in_gradient_overwritten", "a tensor feeding several layers keeps the last gradient, not their sum",
+      "executor.py", "                ops.add_into(grads[slot].reshape(-1), grad.reshape(-1))\n",
+      "                grads[slot] = grad\n", ("tests/test_functional.py",)),
+    M("functional_layers_in_call_order", "a functional model lists its layers in call order, not Keras's depth "
+      "order (get_weights differs from Keras's)", "graph.py",
+      "ordered = sorted(layers, key=lambda key: (-layer_depth[key], first_met[key]))", "ordered = list(layers)",
+      ("tests/test_functional_parity.py",)),
+    M("loss_weights_ignored", "loss_weights weigh the logged loss but not the gradient", "training.py",
+      "            if head.weight != 1.0:", "            if False:",
+      ("tests/test_functional_parity.py::test_two_outputs_log_and_step_as_keras",)),
+    M("stream_class_weight_ignored", "class_weight is ignored when fit reads a batch source", "feeding.py",
+      "model._sample_weights(y, targets, weight, self.class_weight)", "model._sample_weights(y, targets, weight, None)",
+      ("tests/test_feeding.py",)),
     M("weights_file_keyed_by_layer_name", "save_weights keys layers by name, not Keras's per-class numbering",
       "weights_file.py", 'keys.append((base if count == 0 else f"{base}_{count}", layer))',
       "keys.append((layer.name, layer))", ("tests/test_weights_file.py",)),
