@@ -1,0 +1,373 @@
+"""Speed across many small networks: nbnet beside PyTorch eager (CPU) and onnxruntime (on
+nbnet's own ONNX export), in one run. Prints one JSON object.
+
+    python tools/bench_zoo.py --torch-python /work/bench-venv/bin/python     # all architectures
+    python tools/bench_zoo.py --only lenet5,mlp --steps 10                   # a few, quickly
+
+Each architecture is written once as a list of layer specs (``ARCHITECTURES``) that both
+builders read: ``nbnet_model`` (a Keras-style functional model) and ``torch_model`` (an
+nn.Module in NCHW, run in the interpreter given by --torch-python, a virtualenv with
+``pip install torch==2.13.0``; PyTorch is never a dependency of nbnet). Per architecture:
+training ms/step (median over --steps steps, Adam, after warm-up) at batch 32 and 128,
+inference images/s at batch 1000 and ms for one image, the ratios nbnet/PyTorch (training:
+below 1 is faster) and nbnet/onnxruntime (inference throughput: above 1 is faster),
+effective GFLOP/s (3x the forward FLOPs per trained image) and the compute floor (the
+step's FLOPs at the sgemm rate measured in this run). Geometric means close the report.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+# Layer specs: ("conv", filters, kernel, stride, padding, activation), ("bn",), ("act", name),
+# ("maxpool", size), ("avgpool", size), ("gap",), ("flatten",), ("dense", units, activation),
+# ("dropout", rate), ("residual", [specs...]) (x + f(x), then relu).
+ARCHITECTURES = {
+    "seed_cnn": ((28, 28, 1), [("conv", 32, 3, 1, "valid", "relu"), ("maxpool", 2), ("conv", 64, 3, 1, "valid", "relu"),
+                               ("maxpool", 2), ("flatten",), ("dropout", 0.25), ("dense", 64, "relu"),
+                               ("dense", 10, None)]),
+    "lenet5": ((28, 28, 1), [("conv", 6, 5, 1, "same", "tanh"), ("avgpool", 2), ("conv", 16, 5, 1, "valid", "tanh"),
+                             ("avgpool", 2), ("flatten",), ("dense", 120, "tanh"), ("dense", 84, "tanh"),
+                             ("dense", 10, None)]),
+    "kaggle_bn": ((28, 28, 1), [("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                ("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"), ("maxpool", 2),
+                                ("dropout", 0.25), ("conv", 64, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                ("conv", 64, 3, 1, "same", None), ("bn",), ("act", "relu"), ("maxpool", 2),
+                                ("dropout", 0.25), ("flatten",), ("dense", 256, None), ("bn",), ("act", "relu"),
+                                ("dropout", 0.25), ("dense", 10, None)]),
+    "strided": ((28, 28, 1), [("conv", 32, 3, 2, "same", "relu"), ("conv", 64, 3, 2, "same", "relu"), ("flatten",),
+                              ("dense", 10, None)]),
+    "mlp": ((28, 28, 1), [("flatten",), ("dense", 512, "relu"), ("dropout", 0.2), ("dense", 512, "relu"),
+                          ("dropout", 0.2), ("dense", 10, None)]),
+    "deep_mlp": ((28, 28, 1), [("flatten",)] + [("dense", 128, "tanh")] * 6 + [("dense", 10, None)]),
+    "wide_mlp": ((28, 28, 1), [("flatten",), ("dense", 2048, "relu"), ("dense", 10, None)]),
+    "cifar": ((32, 32, 3), [("conv", 32, 3, 1, "same", "relu"), ("conv", 32, 3, 1, "valid", "relu"), ("maxpool", 2),
+                            ("conv", 64, 3, 1, "same", "relu"), ("conv", 64, 3, 1, "valid", "relu"), ("maxpool", 2),
+                            ("flatten",), ("dense", 512, "relu"), ("dense", 10, None)]),
+    "pointwise_gap": ((28, 28, 1), [("conv", 32, 1, 1, "valid", "relu"), ("conv", 64, 3, 1, "valid", "relu"),
+                                    ("maxpool", 2), ("conv", 16, 1, 1, "valid", "relu"), ("gap",),
+                                    ("dense", 10, None)]),
+    "big_kernels": ((28, 28, 1), [("conv", 16, 7, 1, "same", "leaky_relu"), ("maxpool", 2),
+                                  ("conv", 32, 5, 1, "same", "sigmoid"), ("gap",), ("dense", 10, None)]),
+    "resnet_small": ((28, 28, 1), [("conv", 16, 3, 1, "same", "relu"), ("maxpool", 2),
+                                   ("residual", [("conv", 16, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                                 ("conv", 16, 3, 1, "same", None), ("bn",)]),
+                                   ("residual", [("conv", 16, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                                 ("conv", 16, 3, 1, "same", None), ("bn",)]),
+                                   ("gap",), ("dense", 10, None)]),
+}
+
+
+# -- FLOPs ------------------------------------------------------------------------------------
+def forward_flops(input_shape, specs):
+    """Multiply-adds x2 of the convolutions and dense layers, per image."""
+    h, w, c = input_shape
+    flops = 0
+    for spec in specs:
+        kind = spec[0]
+        if kind == "conv":
+            _, filters, k, stride, padding, _ = spec
+            out_h = math.ceil(h / stride) if padding == "same" else (h - k) // stride + 1
+            out_w = math.ceil(w / stride) if padding == "same" else (w - k) // stride + 1
+            flops += 2 * out_h * out_w * k * k * c * filters
+            h, w, c = out_h, out_w, filters
+        elif kind in ("maxpool", "avgpool"):
+            h, w = h // spec[1], w // spec[1]
+        elif kind == "gap":
+            h, w = 1, 1
+        elif kind == "flatten":
+            h, w, c = 1, 1, h * w * c
+        elif kind == "dense":
+            flops += 2 * h * w * c * spec[1]
+            h, w, c = 1, 1, spec[1]
+        elif kind == "residual":
+            flops += forward_flops((h, w, c), spec[1])
+    return flops
+
+
+# -- nbnet --------------------------------------------------------------------------------------
+def nbnet_model(name):
+    import nbnet as keras
+    from nbnet import layers
+
+    input_shape, specs = ARCHITECTURES[name]
+
+    def apply(x, spec_list):
+        for spec in spec_list:
+            kind = spec[0]
+            if kind == "conv":
+                _, filters, k, stride, padding, activation = spec
+                x = layers.Conv2D(filters, k, strides=stride, padding=padding, activation=activation,
+                                  use_bias=activation is not None or not _followed_by_bn(spec_list, spec))(x)
+            elif kind == "bn":
+                x = layers.BatchNormalization()(x)
+            elif kind == "act":
+                x = layers.Activation(spec[1])(x)
+            elif kind == "maxpool":
+                x = layers.MaxPooling2D(spec[1])(x)
+            elif kind == "avgpool":
+                x = layers.AveragePooling2D(spec[1])(x)
+            elif kind == "gap":
+                x = layers.GlobalAveragePooling2D()(x)
+            elif kind == "flatten":
+                x = layers.Flatten()(x)
+            elif kind == "dense":
+                x = layers.Dense(spec[1], activation=spec[2] or ("softmax" if spec is spec_list[-1] else None))(x)
+            elif kind == "dropout":
+                x = layers.Dropout(spec[1])(x)
+            elif kind == "residual":
+                x = layers.Activation("relu")(layers.add([x, apply(x, spec[1])]))
+        return x
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(input_shape)
+    model = keras.Model(inputs, apply(inputs, specs), name=name, seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _followed_by_bn(spec_list, spec):
+    index = next(i for i, s in enumerate(spec_list) if s is spec)
+    return index + 1 < len(spec_list) and spec_list[index + 1][0] == "bn"
+
+
+def data(name, count, seed=0):
+    input_shape, _ = ARCHITECTURES[name]
+    rng = np.random.default_rng(seed)
+    return rng.random((count,) + input_shape, dtype=np.float32), rng.integers(0, 10, count)
+
+
+def nbnet_worker(args):
+    from nbnet import onnx as nbnet_onnx
+
+    results = {}
+    for name in args.only.split(","):
+        model = nbnet_model(name)
+        entry = {}
+        for batch in (32, 128):
+            x, y = data(name, batch * args.steps)
+            model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, verbose=0)  # compile, warm buffers
+            times = []
+            for start in range(0, len(x), batch):
+                began = time.perf_counter()
+                model.train_on_batch(x[start:start + batch], y[start:start + batch])
+                times.append(time.perf_counter() - began)
+            entry[f"train_ms_b{batch}"] = statistics.median(times) * 1e3
+        x, _ = data(name, 1000, seed=1)
+        model.predict(x[:200], batch_size=1000)
+        began = time.perf_counter()
+        model.predict(x, batch_size=1000)
+        entry["infer_images_per_s_b1000"] = 1000 / (time.perf_counter() - began)
+        times = []
+        for i in range(50):
+            began = time.perf_counter()
+            model.predict(x[i:i + 1], batch_size=1)
+            times.append(time.perf_counter() - began)
+        entry["infer_ms_b1"] = statistics.median(times) * 1e3
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{name}.onnx"
+            nbnet_onnx.export(model, path, verify=False)
+            entry.update(onnxruntime_timings(path, x, args.threads))
+        results[name] = entry
+    print(json.dumps(results))
+
+
+def onnxruntime_timings(path, x, threads):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x[:200]})
+    began = time.perf_counter()
+    session.run(None, {name: x})
+    rate = len(x) / (time.perf_counter() - began)
+    times = []
+    for i in range(50):
+        began = time.perf_counter()
+        session.run(None, {name: x[i:i + 1]})
+        times.append(time.perf_counter() - began)
+    return {"ort_images_per_s_b1000": rate, "ort_ms_b1": statistics.median(times) * 1e3}
+
+
+# -- PyTorch ------------------------------------------------------------------------------------
+def torch_model(name):
+    import torch
+    from torch import nn
+
+    input_shape, specs = ARCHITECTURES[name]
+    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+
+    class Residual(nn.Module):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    def build(shape, spec_list):
+        h, w, c = shape
+        modules = []
+        for spec in spec_list:
+            kind = spec[0]
+            if kind == "conv":
+                _, filters, k, stride, padding, activation = spec
+                pad = (k - 1) // 2 if padding == "same" else 0  # odd kernels: symmetric 'same'
+                modules.append(nn.Conv2d(c, filters, k, stride, pad,
+                                         bias=activation is not None or not _followed_by_bn(spec_list, spec)))
+                h = math.ceil(h / stride) if padding == "same" else (h - k) // stride + 1
+                w = math.ceil(w / stride) if padding == "same" else (w - k) // stride + 1
+                c = filters
+                if activation:
+                    modules.append(activations[activation]())
+            elif kind == "bn":
+                modules.append(nn.BatchNorm2d(c) if h * w > 1 else nn.BatchNorm1d(c))
+            elif kind == "act":
+                modules.append(activations[spec[1]]())
+            elif kind in ("maxpool", "avgpool"):
+                modules.append((nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d)(spec[1]))
+                h, w = h // spec[1], w // spec[1]
+            elif kind == "gap":
+                modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+                h, w = 1, 1
+            elif kind == "flatten":
+                modules.append(nn.Flatten())
+                h, w, c = 1, 1, h * w * c
+            elif kind == "dense":
+                modules.append(nn.Linear(c, spec[1]))
+                c = spec[1]
+                if spec[2]:
+                    modules.append(activations[spec[2]]())
+            elif kind == "dropout":
+                modules.append(nn.Dropout(spec[1]))
+            elif kind == "residual":
+                modules.append(Residual(build((h, w, c), spec[1])))
+        return nn.Sequential(*modules)
+
+    return build(input_shape, specs)
+
+
+def torch_worker(args):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = {}
+    for name in args.only.split(","):
+        model = torch_model(name)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = nn.CrossEntropyLoss()
+        entry = {}
+        for batch in (32, 128):
+            x, y = data(name, batch * args.steps)
+            images, labels = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+            times = []
+            for step, start in enumerate([0, 0] + list(range(0, len(x), batch))):
+                began = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(images[start:start + batch]), labels[start:start + batch]).backward()
+                optimizer.step()
+                if step >= 2:  # two warm-up steps
+                    times.append(time.perf_counter() - began)
+            entry[f"train_ms_b{batch}"] = statistics.median(times) * 1e3
+        model.eval()
+        x, _ = data(name, 1000, seed=1)
+        images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        with torch.inference_mode():
+            model(images[:200])
+            began = time.perf_counter()
+            model(images)
+            entry["infer_images_per_s_b1000"] = 1000 / (time.perf_counter() - began)
+            times = []
+            for i in range(50):
+                began = time.perf_counter()
+                model(images[i:i + 1])
+                times.append(time.perf_counter() - began)
+        entry["infer_ms_b1"] = statistics.median(times) * 1e3
+        results[name] = entry
+    results["version"] = torch.__version__
+    print(json.dumps(results))
+
+
+# -- the run ------------------------------------------------------------------------------------
+def child(flag, args, python):
+    command = [python, str(HERE), flag, "--steps", str(args.steps), "--threads", str(args.threads), "--only",
+               args.only]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{flag} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def geometric_mean(values):
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per batch size")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--only", default=",".join(ARCHITECTURES), help="comma-separated architecture names")
+    parser.add_argument("--torch-python", help="python of a virtualenv with torch installed")
+    parser.add_argument("--nbnet-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    unknown = [name for name in args.only.split(",") if name not in ARCHITECTURES]
+    if unknown:
+        raise SystemExit(f"unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
+    if args.nbnet_worker:
+        return nbnet_worker(args)
+    if args.torch_worker:
+        return torch_worker(args)
+    sys.path.insert(0, str(HERE.parent))
+    from bench_train import sgemm_gflops
+
+    sgemm = sgemm_gflops(args.threads)
+    nbnet = child("--nbnet-worker", args, sys.executable)
+    torch = child("--torch-worker", args, args.torch_python) if args.torch_python else None
+    report = {"benchmark": "bench_zoo", "threads": args.threads, "steps": args.steps, "sgemm_gflops": round(sgemm, 1),
+              "torch_version": torch.pop("version") if torch else None, "architectures": {}}
+    ratios = {"train_b32": [], "train_b128": [], "infer_b1000_vs_ort": [], "infer_b1_vs_ort": []}
+    for name in args.only.split(","):
+        ours, entry = nbnet[name], {"nbnet": {k: round(v, 3) for k, v in nbnet[name].items()}}
+        flops = 3 * forward_flops(*ARCHITECTURES[name])
+        entry["train_mflop_per_image"] = round(flops / 1e6, 2)
+        entry["nbnet_gflops_b128"] = round(flops * 128 / (ours["train_ms_b128"] / 1e3) / 1e9, 1)
+        entry["floor_ratio_b128"] = round(ours["train_ms_b128"] / (flops * 128 / (sgemm * 1e9) * 1e3), 2)
+        entry["infer_b1000_vs_ort"] = round(ours["infer_images_per_s_b1000"] / ours["ort_images_per_s_b1000"], 2)
+        entry["infer_b1_vs_ort"] = round(ours["ort_ms_b1"] / ours["infer_ms_b1"], 2)
+        ratios["infer_b1000_vs_ort"].append(entry["infer_b1000_vs_ort"])
+        ratios["infer_b1_vs_ort"].append(entry["infer_b1_vs_ort"])
+        if torch:
+            entry["torch"] = {k: round(v, 3) for k, v in torch[name].items()}
+            for batch in (32, 128):
+                ratio = ours[f"train_ms_b{batch}"] / torch[name][f"train_ms_b{batch}"]
+                entry[f"train_b{batch}_vs_torch"] = round(ratio, 2)
+                ratios[f"train_b{batch}"].append(ratio)
+        report["architectures"][name] = entry
+    report["geometric_means"] = {
+        "train_b32_vs_torch (below 1: nbnet faster)": geometric_mean(ratios["train_b32"]),
+        "train_b128_vs_torch (below 1: nbnet faster)": geometric_mean(ratios["train_b128"]),
+        "infer_b1000_vs_ort (above 1: nbnet faster)": geometric_mean(ratios["infer_b1000_vs_ort"]),
+        "infer_b1_vs_ort (above 1: nbnet faster)": geometric_mean(ratios["infer_b1_vs_ort"]),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
