@@ -1,7 +1,9 @@
 """Model definitions, installed as ``nbnet.zoo``: each module here has ``build(optimizer,
-learning_rate)`` returning a compiled model, plus its training defaults ``EPOCHS`` and
-``BATCH_SIZE``. ``nbnet train --model NAME`` takes a name from ``DEFINITIONS`` or the
-path of a .py file of the same shape. ``mnist_cnn.nbnet`` is the reference model,
+learning_rate, seed)`` returning a compiled model, plus its training defaults ``EPOCHS`` and
+``BATCH_SIZE``; a build that also takes ``input_shape`` and ``num_classes`` is given
+them from the data by ``nbnet train --data`` (``small_cnn`` fits any image size).
+``nbnet train --model NAME`` takes a name from ``DEFINITIONS`` or the path of a .py file
+of the same shape. ``mnist_cnn.nbnet`` is the reference model,
 trained by ``nbnet train`` with its defaults.
 """
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from nbnet.errors import NbnetError
 
-DEFINITIONS = ("mnist_cnn", "mnist_mlp", "mnist_resnet")
+DEFINITIONS = ("mnist_cnn", "mnist_mlp", "mnist_resnet", "small_cnn")
 DEFAULT = "mnist_cnn"
 REFERENCE_MODEL = Path(__file__).with_name("mnist_cnn.nbnet")
 

@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 import click
 
 from . import __version__
@@ -27,6 +29,32 @@ def _mnist(data_dir, verbose=True):
     return (x_train, y_train.astype(np.int64)), (x_test, y_test.astype(np.int64))
 
 
+def model_input(images, model):
+    """``mnist.model_input``, then laid out as the model's input when it differs only in
+    where the channel axis sits (an imported NCHW ONNX model takes (batch, 1, 28, 28))."""
+    from .datasets.mnist import model_input as base
+
+    x = base(images, model)
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and tuple(x.shape[1:]) != shape and x[0].size == int(np.prod(shape)):
+        x = x.reshape((len(x),) + shape)
+    return x
+
+
+def _compiled(model):
+    """An imported ONNX model comes uncompiled: compile it as the MNIST models are (Adam,
+    sparse cross-entropy, accuracy), from logits unless its output is a softmax."""
+    if model.optimizer is None:
+        from . import losses
+        from .layers import Softmax
+
+        last = model.outputs[0].node.layer
+        probabilities = isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax"
+        model.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
+                      metrics=["accuracy"])
+    return model
+
+
 def _reference_model_path():
     from .zoo import REFERENCE_MODEL
 
@@ -40,8 +68,18 @@ def main():
 
 
 @main.command()
-@click.option("--model", "model_name", default="mnist_cnn", show_default=True,
-              help="A model definition name (mnist_cnn, mnist_mlp) or the path of a .py definition.")
+@click.option("--model", "model_name",
+              help="A model definition name (mnist_cnn, mnist_mlp, mnist_resnet, small_cnn) or the path of a .py "
+                   "definition [default: mnist_cnn; small_cnn with --data].")
+@click.option("--data", type=click.Path(exists=True),
+              help="Your data: a folder of class folders of images, an .npz with x_train/y_train (x_test/y_test), "
+                   "a CSV with a label column and pixel columns, or a folder of IDX files.")
+@click.option("--dataset", type=click.Choice(["mnist", "fashion_mnist"]), help="A built-in data set [default: mnist].")
+@click.option("--image-size", callback=lambda ctx, param, value: _image_size(value), metavar="HxW",
+              help="Resize a folder's images to this size [default: their own, which must then be one size].")
+@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
+              help="Channels of a folder's images [default: grayscale if every image is, else rgb].")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write learning curves (PNG) into this folder.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs [default: the definition's, 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[default: the definition's, 128]")
 @click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
@@ -57,50 +95,74 @@ def main():
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="cuda: an NVIDIA GPU (pip install 'nbnet[cuda]'); auto: the GPU when usable, else the CPU.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True)
-def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_dir, output, resume, validation_split,
-          device, verbose):
-    """Train a model on MNIST, save it after every epoch, and report test accuracy.
+def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batch_size, learning_rate, optimizer, seed,
+          data_dir, output, resume, validation_split, device, verbose):
+    """Train a model on MNIST or your own data (--data), save it after every epoch, and report test accuracy.
+
+    With --data the model definition is given the data's image shape and class count.
 
     Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint to the output file
     and exits with 130 (143); `--resume` continues exactly where it stopped."""
     from . import models
     from .callbacks import ModelCheckpoint
-    from .datasets.mnist import model_input
+    from .datasets import sources
     from .errors import NbnetError, TrainingDiverged, TrainingInterrupted
     from .warmup import warmup
     from .zoo import get_definition
 
     try:
+        if plots:
+            from .plots import require_matplotlib
+
+            require_matplotlib()
         if resume:
-            model = models.load_model(resume)
+            model = _compiled(models.load_model(resume))
             click.echo(f"Resuming {resume} after epoch {model.epochs_trained}"
                        + (f", step {model.resume_point['step']}." if model.resume_point else "."))
             defaults = model.fit_config or {}
         else:
-            definition = get_definition(model_name)
-            model = definition.build(optimizer=optimizer, learning_rate=learning_rate, seed=seed)
+            definition = get_definition(model_name or ("small_cnn" if data else "mnist_cnn"))
             defaults = {"epochs": getattr(definition, "EPOCHS", 10), "batch_size": getattr(definition, "BATCH_SIZE", 128)}
+        source = sources.load_training(data, dataset, data_dir, image_size=image_size, color_mode=color_mode,
+                                       validation_split=validation_split, seed=seed, model=model if resume else None,
+                                       batch_size=batch_size or defaults.get("batch_size"), verbose=verbose > 0)
+        if data or dataset or source.path:
+            click.echo(source.describe())
+        if not resume:
+            model = sources.build_model(definition, source, optimizer=optimizer, learning_rate=learning_rate, seed=seed)
+            if data or dataset:
+                click.echo(f"Model: {model.name} for input {tuple(model.input_shape)} and "
+                           f"{sources.output_width(model)} classes")
+        sources.check_model(model, source)
+        model.class_names, model.preprocessing = source.class_names, sources.preprocessing(model, source)
         model.to(device)
         if verbose or device != "cpu":
             click.echo(model.device_message)
         epochs = epochs or defaults.get("epochs", 10)
         batch_size = batch_size or defaults.get("batch_size", 128)
         output = Path(output or resume or f"{model.name}.nbnet")
-        (x_train, y_train), (x_test, y_test) = _mnist(data_dir)
-        x_train = model_input(x_train, model)
+        fit_data = sources.fit_arguments(model, source)
         if verbose and not resume:
             model.summary()
         warmup(model, progress=click.echo if verbose else None)
         started = time.perf_counter()
         with _stop_on_signals(model):
-            model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-                      verbose=verbose, initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
+            model.fit(**fit_data, epochs=epochs, batch_size=None if source.streamed else batch_size,
+                      validation_split=source.validation_split, verbose=verbose,
+                      initial_epoch=model.epochs_trained, callbacks=[ModelCheckpoint(output)])
         if model.diverged is not None:
             raise model.diverged
         seconds = time.perf_counter() - started
-        del x_train
+        del fit_data
         # The test images are converted only now, so they are not held as float32 while training.
-        loss, accuracy = model.evaluate(model_input(x_test, model), y_test, batch_size=1000, verbose=0)
+        test = sources.test_arguments(model, source)
+        loss, accuracy = model.evaluate(**test, batch_size=None if source.streamed else 1000, verbose=0) if test \
+            else (None, None)
+        if plots:
+            from .plots import learning_curves
+
+            curves = learning_curves(model.history_log, Path(plots) / "learning_curves.png",
+                                     title=f"{model.name} on {Path(data).name if data else dataset or 'mnist'}")
     except TrainingInterrupted as stop:
         model.save(output)
         click.echo(f"{stop} Checkpoint saved to {output}.\nResume with: nbnet train --resume {output} "
@@ -112,8 +174,42 @@ def train(model_name, epochs, batch_size, learning_rate, optimizer, seed, data_d
         _fail(f"{error}\n{kept}")
     except NbnetError as error:
         _fail(error)
-    click.echo(f"Test accuracy: {accuracy:.4f} - test loss: {loss:.4f} - trained in {seconds:.1f}s")
+    if accuracy is not None:
+        click.echo(f"Test accuracy: {accuracy:.4f} - test loss: {loss:.4f} - trained in {seconds:.1f}s")
+    else:
+        click.echo(_held_out_summary(model.history_log, seconds))
+    if plots:
+        click.echo(f"Saved learning curves to {curves.resolve()}")
     click.echo(f"Saved model to {output.resolve()}")
+
+
+def _image_size(value):
+    """--image-size: 'HxW' or one number for a square."""
+    if value is None:
+        return None
+    try:
+        sides = tuple(int(side) for side in value.lower().split("x"))
+        if len(sides) == 1:
+            sides *= 2
+        if len(sides) == 2 and min(sides) >= 1:
+            return sides
+    except ValueError:
+        pass
+    raise click.BadParameter(f"expected HxW (e.g. 64x64) or one size, received {value!r}.")
+
+
+def _held_out_summary(history, seconds):
+    """The last epoch's validation numbers when there is no test set, else its training numbers."""
+    if not history.get("loss"):
+        return f"trained in {seconds:.1f}s (no epochs left to train; no test set in the data)"
+    held_out = "val_loss" in history
+    prefix = "val_" if held_out else ""
+    accuracy = history.get(f"{prefix}accuracy", [None])[-1]
+    text = (f"{'Validation' if held_out else 'Training'} accuracy: {accuracy:.4f} - " if accuracy is not None else "")
+    text += (f"{'validation' if held_out else 'training'} loss: {history[prefix + 'loss'][-1]:.4f} - trained in "
+             f"{seconds:.1f}s")
+    return text + (" (no test set in the data)" if held_out else
+                   " (no test set and nothing held out: use --validation-split to see unseen data's accuracy)")
 
 
 @contextmanager
@@ -137,67 +233,98 @@ def _stop_on_signals(model):
 
 @main.command()
 @click.argument("model_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(exists=True),
+              help="Test data: a folder of class folders (its test/ folder if it has one), an .npz with "
+                   "x_test/y_test, a CSV with labels, or a folder of IDX files.")
+@click.option("--dataset", type=click.Choice(["mnist", "fashion_mnist"]),
+              help="A built-in test set [default: the one the model was trained on, else mnist].")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="NBNET_DATA_DIR")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-def evaluate(model_path, data_dir, batch_size):
-    """Loss, accuracy, per-class accuracy and confusion matrix on the MNIST test set.
+@click.option("--plots", type=click.Path(file_okay=False),
+              help="Write the confusion matrix and the worst-misclassified images (PNG) into this folder.")
+def evaluate(model_path, data, dataset, data_dir, batch_size, plots):
+    """Loss, accuracy, per-class accuracy and confusion matrix on a test set (MNIST's by default).
 
     MODEL_PATH defaults to the reference model shipped with nbnet."""
     import numpy as np
 
-    from .datasets.mnist import model_input
+    from .datasets import sources
     from .errors import NbnetError
     from .models import load_model
 
     try:
-        model = load_model(model_path or _reference_model_path())
-        _, (x_test, y_test) = _mnist(data_dir, verbose=False)
-        x_test = model_input(x_test, model)
-        loss, accuracy = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0)
-        predicted = model.predict(x_test, batch_size=batch_size).argmax(axis=1)
+        if plots:
+            from . import plots as pictures
+
+            pictures.require_matplotlib()
+        model = _compiled(load_model(model_path or _reference_model_path()))
+        test = sources.load_test(model, data, dataset, data_dir, batch_size=batch_size)
+        x, y = (test.dataset, None) if test.dataset is not None else (test.x, test.y)
+        loss, accuracy = model.evaluate(x, y, batch_size=None if y is None else batch_size, verbose=0)
+        probabilities = sources.as_probabilities(model.predict(x, batch_size=batch_size))  # (from logits, sigmoid)
+        predicted = probabilities.argmax(axis=1)
+        count = max(probabilities.shape[1], int(test.y.max()) + 1)
+        confusion = np.zeros((count, count), np.int64)
+        np.add.at(confusion, (test.y, predicted), 1)
+        if plots:
+            title = f"{Path(model_path).name if model_path else 'reference model'} on " \
+                    f"{Path(data).name if data else test.source}"
+            written = [pictures.confusion_matrix(confusion, Path(plots) / "confusion_matrix.png", test.class_names,
+                                                 title=title),
+                       pictures.worst_misclassified(test.images, test.y, predicted, probabilities,
+                                                    Path(plots) / "misclassified.png", test.class_names, title=title)]
     except NbnetError as error:
         _fail(error)
-    confusion = np.zeros((10, 10), np.int64)
-    np.add.at(confusion, (y_test, predicted), 1)
-    click.echo(f"loss: {loss:.4f}\naccuracy: {accuracy:.4f}\n\nclass  accuracy  count")
-    for digit in range(10):
-        click.echo(f"{digit:>5}  {confusion[digit, digit] / confusion[digit].sum():8.4f}  {confusion[digit].sum():5d}")
+    names = test.class_names if test.class_names != [str(i) for i in range(count)] else None  # "0".."9": no names
+    click.echo(f"loss: {loss:.4f}\naccuracy: {accuracy:.4f}\n\nclass  accuracy  count" + ("  name" if names else ""))
+    for digit in range(count):
+        total = confusion[digit].sum()
+        share = f"{confusion[digit, digit] / total:8.4f}" if total else "       -"
+        click.echo(f"{digit:>5}  {share}  {total:5d}" + (f"  {names[digit]}" if names and digit < len(names) else ""))
     click.echo("\nconfusion matrix (rows: true class, columns: predicted)")
-    click.echo("      " + "".join(f"{c:>6}" for c in range(10)))
-    for digit in range(10):
+    click.echo("      " + "".join(f"{c:>6}" for c in range(count)))
+    for digit in range(count):
         click.echo(f"{digit:>6}" + "".join(f"{n:>6}" for n in confusion[digit]))
+    for path in written if plots else []:
+        click.echo(f"Saved {path.resolve()}")
 
 
 @main.command()
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the probabilities to this .npy file.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="FILE...")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Also write the predictions to this file: .csv or .json (a row per input: class, name, "
+                   "probability, every class's probability), or .npy (the probabilities).")
 @click.option("--scale/--no-scale", default=True, show_default=True,
-              help="Scale uint8 images to [0, 1] as the MNIST models were trained (not for a model whose "
-                   "first layer is a Rescaling: it scales them itself).")
-def predict(model_path, input_path, output, scale):
-    """Predict classes for images in a .npy array or an IDX file (one class per line)."""
-    import numpy as np
+              help="Scale images and uint8 arrays as the model was trained (0..1, or 0..255 for a model whose "
+                   "first layer is a Rescaling: it scales them itself). Float arrays are always taken as they are.")
+@click.option("--invert", is_flag=True,
+              help="Invert images (255 - pixel): dark digits on light paper, for MNIST-style models.")
+def predict(model_path, inputs, output, scale, invert):
+    """Predict the class of each image: image files (PNG, JPEG, BMP, GIF), folders of them,
+    .npy, .npz (x_test or x), CSV (pixel columns) and IDX files of images.
 
-    from .datasets.idx import read_idx
-    from .datasets.mnist import model_input
+    Prints one line per image: the input, its class (the name when the model records
+    class names) and its probability. Images are converted as the model expects (its
+    channels, size and pixel scale, as recorded when it was trained)."""
+    from .datasets import sources
     from .errors import NbnetError
     from .models import load_model
-    from .paths import atomic_write
 
+    if output and Path(output).suffix.lower() not in (".csv", ".json", ".npy"):
+        raise click.UsageError(f"--output {output}: write a .csv, .json or .npy file.")
     try:
         model = load_model(model_path)
-        images = np.load(input_path, allow_pickle=False) if input_path.endswith(".npy") else read_idx(input_path)
-        if scale and images.dtype == np.uint8:
-            images = model_input(images, model)
+        names, images = sources.predict_inputs(inputs, model, invert=invert, scale=scale)
         probabilities = model.predict(images, batch_size=1000)
+        rows = sources.prediction_rows(names, probabilities, getattr(model, "class_names", None))
+        if output:
+            sources.write_predictions(output, rows, probabilities, getattr(model, "class_names", None))
     except (NbnetError, ValueError) as error:
         _fail(error)
     if output:
-        with atomic_write(output) as handle:
-            np.save(handle, probabilities)
-        click.echo(f"Saved probabilities {probabilities.shape} to {output}", err=True)
-    click.echo("\n".join(str(int(c)) for c in probabilities.reshape(len(probabilities), -1).argmax(axis=1)))
+        click.echo(f"Saved {len(rows)} predictions to {output}", err=True)
+    click.echo("\n".join(sources.prediction_lines(rows)))
 
 
 @main.command("warmup")
@@ -258,7 +385,7 @@ def export_command(paths, opset, verify, verify_samples, keep_failed, data_dir):
         from . import onnx as nbnet_onnx
         from .models import load_model
 
-        model = load_model(model_path or _reference_model_path())
+        model = _compiled(load_model(model_path or _reference_model_path()))
         result = nbnet_onnx.export(model, output, opset=opset, verify=verify, samples=verify_samples,
                                    keep_failed=keep_failed, data_dir=data_dir, print_fn=click.echo)
     except NbnetError as error:

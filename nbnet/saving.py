@@ -49,6 +49,10 @@ def save_model(model, path):
         "rng_state": model.rng.bit_generator.state,
         "resume_point": model.resume_point,
         "fit_config": model.fit_config,
+        # What the data commands know of the model's input: class names, and how an image
+        # file becomes its input (size, colour, pixel scale); see nbnet/datasets/sources.py.
+        "class_names": getattr(model, "class_names", None),
+        "preprocessing": getattr(model, "preprocessing", None),
     }
     arrays = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for index, layer in enumerate(model._weight_layers()):
@@ -126,6 +130,10 @@ def model_from_config(config):
 def load_model(path):
     from .keras_file import is_keras_file, is_legacy_h5, load_keras, load_legacy_h5
 
+    if Path(path).suffix.lower() == ".onnx":  # nbnet-written or foreign: see nbnet.onnx.load
+        from .onnx import load as load_onnx
+
+        return load_onnx(path)
     if is_keras_file(path):
         return load_keras(path)
     if is_legacy_h5(path):
@@ -147,6 +155,8 @@ def load_model(path):
         model.history_log = {key: list(values) for key, values in meta.get("history", {}).items()}
         model.resume_point = meta.get("resume_point")
         model.fit_config = meta.get("fit_config")
+        model.class_names = meta.get("class_names")
+        model.preprocessing = meta.get("preprocessing")
         if meta.get("rng_state"):
             model.rng.bit_generator.state = meta["rng_state"]
     except ModelFileError:

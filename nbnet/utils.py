@@ -4,9 +4,11 @@ Generator), ``to_categorical`` and ``normalize``."""
 import numpy as np
 
 from .errors import NbnetError
+from .datasets import image_folder as _image_folder
 from .feeding import PyDataset
 
 Sequence = PyDataset  # Keras 2's name for it
+image_dataset_from_directory = _image_folder.image_dataset_from_directory  # Keras's, in nbnet/datasets/image_folder.py
 
 _seed_sequence = None
 

@@ -97,7 +97,7 @@ def test_train_resume_evaluate_predict_summary(tmp_path):
         result = runner.invoke(main, ["predict", str(output), str(tmp_path / source),
                                       "--output", str(tmp_path / "p.npy")])
         assert result.exit_code == 0, result.output
-        classes = [int(line) for line in result.stdout.split()]
+        classes = [int(line.split()[1]) for line in result.stdout.splitlines()]  # input, class, probability
         assert classes == expected.argmax(axis=1).tolist()
         np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=1e-6, atol=1e-7)
 

@@ -58,7 +58,9 @@ def _ptx_signatures():
     from nbnet.kernels.cuda import conv as C
     from nbnet.kernels.cuda import dropout as D
     from nbnet.kernels.cuda import losses as L
+    from nbnet.kernels.cuda import merging as M
     from nbnet.kernels.cuda import normalization as N
+    from nbnet.kernels.cuda import onnx_ops as X
     from nbnet.kernels.cuda import optim as O
     from nbnet.kernels.cuda import padding as Z
     from nbnet.kernels.cuda import pool as P
@@ -70,7 +72,9 @@ def _ptx_signatures():
     a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
     d1, d2, i4 = float64[::1], float64[:, ::1], int32[:, :, :, ::1]
     h1 = int32[::1]  # the optimizer kernels' halt flag
-    modules = (A, C, D, L, N, O, P, R, S, T, Z)
+    i1 = int32[::1]  # Maximum's and Minimum's winners
+    a3, g2 = float32[:, :, ::1], int64[:, ::1]  # LogSoftmax's (outer, axis, inner) views; geometry
+    modules = (A, C, D, L, M, N, O, P, R, S, T, X, Z)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -130,6 +134,22 @@ def _ptx_signatures():
         T._correct_rows_kernel: (a2, int64[::1], a2, float64, d1),
         Z._zero_pad_forward_kernel: (a4, i, i, a4),
         Z._zero_pad_backward_kernel: (a4, i, i, a4),
+        M._merge_add_kernel: (a1, a1, f, a1),
+        M._merge_subtract_kernel: (a1, a1, a1),
+        M._merge_multiply_kernel: (a1, a1, a1),
+        M._merge_divide_kernel: (a1, f, a1),
+        M._merge_select_kernel: (a1, a1, i, boolean, a1, i1),
+        M._merge_route_kernel: (a1, i1, i, a1),
+        M._concat_forward_kernel: (a2, i, a2),
+        M._concat_backward_kernel: (a2, i, a2),
+        X._permute_forward_kernel: (a1, g2, a1),
+        X._binary_forward_kernel: (i, a1, a1, g2, a1),
+        X._binary_gradient_partials_kernel: (i, i, a1, a1, a1, g2, i, i, i, f, a2),
+        X._sum_chunks_kernel: (a2, a1),
+        X._clip_forward_kernel: (a1, f, f, a1),
+        X._clip_backward_kernel: (a1, f, f, f, a1, a1),
+        X._log_softmax_forward_kernel: (a3, f, a3),
+        X._log_softmax_backward_kernel: (a3, a3, a3),
     }
 
 

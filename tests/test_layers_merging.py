@@ -16,12 +16,10 @@ from nbnet.errors import NbnetError, ShapeError
 from nbnet.layers import merging
 
 try:
-    from .simulator import SIMULATED, ON_CUDA, plain_only, run_under_simulator, sim_only, small_launches
+    from .simulator import ON_CUDA, plain_only, run_under_simulator, sim_only, small_launches
 except ImportError:  # tests/ is not a package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from simulator import SIMULATED, ON_CUDA, plain_only, run_under_simulator, sim_only, small_launches
-
-PTX_CC = (7, 5)  # as test_cuda_kernels.py: CUDA 13's NVVM needs 7.5 or newer
+    from simulator import ON_CUDA, plain_only, run_under_simulator, sim_only, small_launches
 
 
 def _numpy_merge(cls, xs):
@@ -299,49 +297,8 @@ def test_one_compiled_signature_per_dtype_across_ranks_and_batches():
 # -- CUDA -----------------------------------------------------------------------------------
 @plain_only
 def test_merging_cuda_under_simulator(request):
-    # The PTX check needs Numba's real CUDA compiler: it skips under the simulator on purpose.
-    run_under_simulator(request, not_simulated=("test_merging_kernels_compile_for_a_real_gpu",))
-
-
-@pytest.mark.skipif(SIMULATED, reason="needs the real numba.cuda compiler, not the simulator")
-def test_merging_kernels_compile_for_a_real_gpu():
-    """What test_cuda_kernels.py's PTX check does for the other modules: compile every
-    merging kernel with the argument types its launcher passes (float32 data)."""
-    cuda = pytest.importorskip("numba.cuda")
-    try:
-        from numba.cuda.cudadrv import nvvm
-
-        have_nvvm = nvvm.is_available()
-    except Exception:
-        have_nvvm = False
-    if not have_nvvm:
-        pytest.skip("no NVVM (CUDA toolkit) here: the kernels' PTX compilation is not checked")
-    import numba.cuda.dispatcher as dispatcher
-    from numba import boolean, float32, int32, int64
-
-    from nbnet.kernels.cuda import merging as M
-
-    a1, a2, i1, f, i = float32[::1], float32[:, ::1], int32[::1], float32, int64
-    signatures = {
-        M._merge_add_kernel: (a1, a1, f, a1),
-        M._merge_subtract_kernel: (a1, a1, a1),
-        M._merge_multiply_kernel: (a1, a1, a1),
-        M._merge_divide_kernel: (a1, f, a1),
-        M._merge_select_kernel: (a1, a1, i, boolean, a1, i1),
-        M._merge_route_kernel: (a1, i1, i, a1),
-        M._concat_forward_kernel: (a2, i, a2),
-        M._concat_backward_kernel: (a2, i, a2),
-    }
-    kernels = {getattr(M, name) for name in dir(M)
-               if name.endswith("_kernel") and isinstance(getattr(M, name), dispatcher.CUDADispatcher)}
-    assert kernels == set(signatures), "every kernel needs a signature here"
-    failures = []
-    for kernel, signature in signatures.items():
-        try:
-            cuda.compile_ptx(kernel.py_func, signature, cc=PTX_CC)
-        except Exception as exc:
-            failures.append(f"{kernel.py_func.__qualname__}: {str(exc)[-800:]}")
-    assert not failures, "\n\n".join(failures)
+    # The kernels' PTX check is test_cuda_kernels.py's test_kernels_compile_for_a_real_gpu.
+    run_under_simulator(request)
 
 
 if ON_CUDA:

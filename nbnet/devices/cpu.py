@@ -19,6 +19,8 @@ from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchn
                                      update_moving_averages)
 from ..kernels.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
                               merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
+from ..kernels.onnx_ops import (binary_backward, binary_forward, clip_backward, clip_forward,  # noqa: F401
+                               log_softmax_backward, log_softmax_forward, permute_forward)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)

@@ -19,6 +19,8 @@ from ..kernels.cuda.merging import (concat_backward, concat_forward, merge_add, 
                                    merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
 from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                           batchnorm_train_forward, update_moving_averages)
+from ..kernels.cuda.onnx_ops import (binary_backward, binary_forward, clip_backward, clip_forward,  # noqa: F401
+                                    log_softmax_backward, log_softmax_forward, permute_forward)
 from ..kernels.cuda.optim import (adadelta_update, adagrad_update, adam_update, adamax_update,  # noqa: F401
                                   clip_by_value, clip_segments_by_norm, decay_weights, nadam_update, rmsprop_update,
                                   sgd_update)

@@ -7,6 +7,7 @@ from .input import Input, InputLayer
 from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate,
                       maximum, minimum, multiply, subtract)
 from .normalization import BatchNormalization
+from .onnx_ops import BroadcastOperation, Clip, ConstantOperation, LogSoftmax, Permute
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .preprocessing import Rescaling
 from .reshaping import Reshape, ZeroPadding2D
@@ -18,4 +19,5 @@ __all__ = ["Input", "InputLayer", "Layer", "Conv2D", "Dense", "Dropout", "Flatte
            "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D", "Rescaling",
            "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Reshape",
            "ZeroPadding2D", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+           "Permute", "ConstantOperation", "BroadcastOperation", "Clip", "LogSoftmax",
            "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate"]

@@ -19,7 +19,8 @@ import numpy as np
 from .. import __version__
 from ..errors import ExportError
 from ..kernels.conv import same_padding
-from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
+from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, BroadcastOperation, Clip,
+                      Concatenate, ConstantOperation, Conv2D, Dense, LogSoftmax, Permute,
                       Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
                       MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, Subtract, ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
@@ -246,6 +247,56 @@ def _concatenate(layer, index, prefix, graph, tensors, input_shapes):
     return _Tensor(graph.node("Concat", [t.name for t in tensors], prefix, axis=axis), rank, tensors[0].channels_first)
 
 
+# -- the layers ONNX import adds (nbnet/layers/onnx_ops.py); each works in nbnet's own layout
+def _permute(layer, index, prefix, graph, tensor, input_shape):
+    tensor = graph.transpose(tensor, prefix, channels_first=False)
+    return _Tensor(graph.node("Transpose", [tensor.name], prefix, perm=[0, *layer.dims]), tensor.rank)
+
+
+_ONNX_ARITHMETIC = {"add": ("Add", False), "sub": ("Sub", False), "rsub": ("Sub", True), "mul": ("Mul", False),
+                    "div": ("Div", False), "rdiv": ("Div", True)}
+
+
+def _constant_operation(layer, index, prefix, graph, tensor, input_shape):
+    tensor = graph.transpose(tensor, prefix, channels_first=False)
+    op, swapped = _ONNX_ARITHMETIC[layer.operation]
+    operand = graph.initializer(f"{prefix}.operand", layer.get_weights()[0], index, "operand")
+    names = [operand, tensor.name] if swapped else [tensor.name, operand]
+    return _Tensor(graph.node(op, names, prefix), tensor.rank)
+
+
+def _broadcast_operation(layer, index, prefix, graph, tensors, input_shapes):
+    from onnx import numpy_helper
+
+    tensors = [graph.transpose(t, prefix, channels_first=False) for t in tensors]
+    rank = max(t.rank for t in tensors)
+    names = []
+    for position, (tensor, shape) in enumerate(zip(tensors, input_shapes)):
+        name = tensor.name
+        if tensor.rank < rank:  # align the batch axes: pad the sample shape after it
+            target = graph.unique(f"{prefix}.shape{position}")
+            graph.initializers.append(numpy_helper.from_array(
+                np.array([0] + [1] * (rank - tensor.rank) + list(shape), np.int64), target))
+            name = graph.node("Reshape", [name, target], f"{prefix}/align{position}")
+        names.append(name)
+    op, swapped = _ONNX_ARITHMETIC[layer.operation]
+    return _Tensor(graph.node(op, names[::-1] if swapped else names, prefix), rank)
+
+
+def _clip(layer, index, prefix, graph, tensor, input_shape):
+    inputs = [tensor.name,
+              "" if layer.min_value is None else graph.constant(f"{prefix}.min", layer.min_value),
+              "" if layer.max_value is None else graph.constant(f"{prefix}.max", layer.max_value)]
+    while inputs[-1] == "":
+        inputs.pop()
+    return _Tensor(graph.node("Clip", inputs, prefix), tensor.rank, tensor.channels_first)
+
+
+def _log_softmax(layer, index, prefix, graph, tensor, input_shape):
+    tensor = graph.transpose(tensor, prefix, channels_first=False)
+    return _Tensor(graph.node("LogSoftmax", [tensor.name], prefix, axis=layer.axis), tensor.rank)
+
+
 # Exact types only: a subclass may compute something else in forward().
 CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
@@ -257,6 +308,8 @@ CONVERTERS = {
     Add: _elementwise("Add", False), Subtract: _elementwise("Sub", False), Multiply: _elementwise("Mul", False),
     Average: _elementwise("Mean", True), Maximum: _elementwise("Max", True), Minimum: _elementwise("Min", True),
     Concatenate: _concatenate,
+    Permute: _permute, ConstantOperation: _constant_operation, BroadcastOperation: _broadcast_operation,
+    Clip: _clip, LogSoftmax: _log_softmax,
 }
 
 

@@ -1,5 +1,7 @@
-"""ONNX file written by nbnet -> nbnet Sequential: the architecture from the metadata, the
-weights from the initializers, converted back to Keras layouts."""
+"""ONNX file -> nbnet model. A file nbnet wrote comes back exactly (the architecture from
+its metadata, the weights from the initializers, converted back to Keras layouts); any
+other file goes through the importer (nbnet/onnx/importing/), which builds a functional
+Model from the graph's operators."""
 
 import json
 from pathlib import Path
@@ -11,8 +13,8 @@ from .exporter import META_ARCHITECTURE, META_WEIGHTS, PRODUCER
 
 
 def load(path):
-    """Rebuild the nbnet model an ONNX file was exported from (uncompiled; predictions
-    identical to the exported model's). Files nbnet did not write raise ModelFileError."""
+    """The nbnet model for an ONNX file (uncompiled): the model nbnet exported it from, or,
+    for a file another tool wrote, the imported graph (see ``nbnet.onnx.importing``)."""
     import onnx
     from onnx import numpy_helper
 
@@ -27,10 +29,9 @@ def load(path):
         raise ModelFileError(f"{path} is not a readable ONNX file ({type(error).__name__}: {error}).") from None
     meta = {prop.key: prop.value for prop in proto.metadata_props}
     if proto.producer_name != PRODUCER or META_ARCHITECTURE not in meta or META_WEIGHTS not in meta:
-        producer = f"{proto.producer_name} {proto.producer_version}".strip() or "an unknown producer"
-        raise ModelFileError(f"{path} was not exported by nbnet (written by {producer}, without nbnet's architecture "
-                             "metadata), so it cannot be turned back into an nbnet model; run it with onnxruntime "
-                             "instead.")
+        from .importing import import_model
+
+        return import_model(path)  # re-read with its external data, if any
     try:
         config = json.loads(meta[META_ARCHITECTURE])
         weights = json.loads(meta[META_WEIGHTS])

@@ -1,0 +1,263 @@
+"""ONNX import (nbnet/onnx/importing/): foreign models load, match onnxruntime, fine-tune,
+save, reload and re-export; the layers it adds have correct gradients; errors name the node."""
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from nbnet import layers, losses, models, optimizers  # noqa: E402
+from nbnet import onnx as nbnet_onnx  # noqa: E402
+from nbnet.onnx.importing import OnnxImportError, import_proto  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = sorted(glob.glob(str(ROOT / "tests" / "fixtures" / "onnx_foreign" / "*.onnx")))
+MNIST8 = ROOT.parent / "shared" / "onnx" / "mnist-8.onnx"
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from nbnet.datasets import mnist as data
+
+    try:
+        return data.load_data(verbose=False)
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"MNIST unavailable: {error}")
+
+
+def _ort(path, x):
+    session = ort.InferenceSession(str(path))
+    info = session.get_inputs()[0]
+    fixed = info.shape[0] if isinstance(info.shape[0], int) else None
+    if fixed:
+        return np.concatenate([session.run(None, {info.name: x[i:i + fixed]})[0] for i in range(0, len(x), fixed)])
+    return session.run(None, {info.name: x})[0]
+
+
+def _fine_tune(model, x, y, x_test, y_test, learning_rate):
+    model.compile(optimizer=optimizers.Adam(learning_rate), loss=losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    before = model.evaluate(x_test, y_test, verbose=0)[1]
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    after = model.evaluate(x_test, y_test, verbose=0)[1]
+    return before, after
+
+
+# Two fixtures in the default run (TorchScript at the newest opset, dynamo); the rest under -m slow.
+FAST = {"rescnn_ts_opset20", "bncnn_dynamo"}
+CASES = [pytest.param(p, id=Path(p).stem, marks=() if Path(p).stem in FAST else pytest.mark.slow) for p in FIXTURES]
+
+
+@pytest.mark.parametrize("path", CASES)
+def test_foreign_pytorch_model(path, mnist, tmp_path):
+    (x_train, y_train), (x_test, y_test) = mnist
+    x = (x_test[:1000, None] / 255.0).astype(np.float32)
+    model = nbnet_onnx.load(path)
+    assert model.input_shape == (1, 28, 28) and model.output_shape == (10,)  # NCHW at the boundary
+    assert np.abs(model.predict(x, verbose=0) - _ort(path, x)).max() <= 1e-4
+    x_fit = (x_train[:8000, None] / 255.0).astype(np.float32)
+    x_eval = (x_test[:3000, None] / 255.0).astype(np.float32)
+    before, after = _fine_tune(model, x_fit, y_train[:8000], x_eval, y_test[:3000], 5e-4)
+    print(f"{Path(path).stem}: accuracy {before:.4f} -> {after:.4f}")
+    assert after > before
+    model.save(tmp_path / "tuned.nbnet")
+    again = models.load_model(tmp_path / "tuned.nbnet")
+    np.testing.assert_array_equal(again.predict(x[:64], verbose=0), model.predict(x[:64], verbose=0))
+    result = nbnet_onnx.export(again, tmp_path / "tuned.onnx", x=x[:200], print_fn=None)
+    assert result.report.passed
+
+
+@pytest.mark.slow
+def test_mnist8(mnist, tmp_path):
+    if not MNIST8.is_file():
+        pytest.skip("the zoo's mnist-8.onnx is not in ../shared/onnx")
+    (x_train, y_train), (x_test, y_test) = mnist
+    x = x_test[:1000, None].astype(np.float32)  # pixels 0..255, NCHW, as the zoo model takes them
+    model = models.load_model(MNIST8)  # load_model dispatches .onnx to the importer
+    print(f"mnist-8: max abs diff {np.abs(model.predict(x, verbose=0) - _ort(MNIST8, x)).max():.3g}")
+    assert model.input_shape == (1, 28, 28)
+    assert [l.__class__.__name__ for l in model.layers].count("Permute") == 1  # at the input only
+    reference = _ort(MNIST8, x)
+    # the scores reach ~9000: float32 rounding alone is ~1e-3 there (onnxruntime differs from onnx's
+    # reference evaluator by as much), so the bound is relative to the output's size
+    scale = np.abs(reference).max()
+    assert np.abs(model.predict(x, verbose=0) - reference).max() <= 1e-6 * scale
+    before, after = _fine_tune(model, x_train[:3000, None].astype(np.float32), y_train[:3000],
+                               x_test[:2000, None].astype(np.float32), y_test[:2000], 1e-4)
+    print(f"mnist-8: accuracy {before:.4f} -> {after:.4f}")
+    assert after >= before
+    model.save(tmp_path / "mnist8.nbnet")
+    again = models.load_model(tmp_path / "mnist8.nbnet")
+    np.testing.assert_array_equal(again.predict(x[:32], verbose=0), model.predict(x[:32], verbose=0))
+    out = again.predict(x[:200], verbose=0)
+    result = nbnet_onnx.export(again, tmp_path / "mnist8.onnx", x=x[:200], print_fn=None,
+                               atol=1e-6 * float(np.abs(out).max()))
+    assert result.report.passed
+
+
+# -- small graphs -------------------------------------------------------------------------
+def _model(nodes, inputs, outputs, initializers=(), opset=17, weights_as_inputs=False):
+    init = [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers]
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs]
+    if weights_as_inputs:
+        graph_inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in init]
+    graph = helper.make_graph(nodes, "g", graph_inputs,
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _compare(proto, feeds, atol=1e-5):
+    model = import_proto(proto)
+    session = ort.InferenceSession(proto.SerializeToString())
+    expected = session.run(None, feeds)[0]
+    got = model.predict(list(feeds.values())[0] if len(feeds) == 1 else list(feeds.values()), verbose=0)
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=1e-5)
+    return model
+
+
+def test_mnist8_loads_and_matches(mnist):
+    if not MNIST8.is_file():
+        pytest.skip("the zoo's mnist-8.onnx is not in ../shared/onnx")
+    x = mnist[1][0][:300, None].astype(np.float32)
+    reference = _ort(MNIST8, x)
+    got = nbnet_onnx.load(MNIST8).predict(x, verbose=0)
+    assert np.abs(got - reference).max() <= 1e-6 * np.abs(reference).max()
+    assert (got.argmax(1) == mnist[1][1][:300]).mean() > 0.95
+
+
+def test_flatten_order_folds_into_dense_rows_unsorted_and_weights_as_inputs():
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    g = rng.normal(size=(4 * 5 * 5, 6)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["f", "g"], ["m"]), helper.make_node("Add", ["m", "gb"], ["y"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"])]  # deliberately unsorted
+    proto = _model(nodes, [("x", ["N", 3, 7, 7])], [("y", ["N", 6])],
+                   [("w", w), ("b", b), ("g", g), ("gb", np.ones(6, np.float32))], opset=9, weights_as_inputs=True)
+    model = _compare(proto, {"x": rng.normal(size=(5, 3, 7, 7)).astype(np.float32)})
+    kinds = [l.__class__.__name__ for l in model.layers]
+    assert kinds.count("Permute") == 1 and "ConstantOperation" not in kinds  # bias Add folded into Dense
+
+
+def test_external_data(tmp_path):
+    rng = np.random.default_rng(1)
+    proto = _model([helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)],
+                   [("x", ["N", 8])], [("y", ["N", 3])],
+                   [("w", rng.normal(size=(3, 8)).astype(np.float32)), ("c", rng.normal(size=3).astype(np.float32))])
+    onnx.save_model(proto, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    model = nbnet_onnx.load(tmp_path / "m.onnx")
+    x = rng.normal(size=(4, 8)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), _ort(tmp_path / "m.onnx", x), atol=1e-5)
+
+
+def test_shape_arithmetic_and_transposes_fold():
+    rng = np.random.default_rng(2)
+    shape = helper.make_node("Shape", ["x"], ["s"])
+    nodes = [shape, helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus"], ["target"], axis=0),
+             helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Mul", ["t", "scale"], ["ts"]),
+             helper.make_node("Reshape", ["ts", "target"], ["flat"]),
+             helper.make_node("LogSoftmax", ["flat"], ["y"], axis=1)]
+    proto = _model(nodes, [("x", ["N", 2, 3, 4])], [("y", ["N", 24])],
+                   [("zero", np.array(0, np.int64)), ("axes", np.array([0], np.int64)),
+                    ("minus", np.array([-1], np.int64)), ("scale", rng.normal(size=(2,)).astype(np.float32))], opset=13)
+    _compare(proto, {"x": rng.normal(size=(3, 2, 3, 4)).astype(np.float32)})
+
+
+def test_unsupported_operator_names_node_and_opset():
+    proto = _model([helper.make_node("Erf", ["x"], ["y"], name="the_erf")], [("x", ["N", 4])], [("y", ["N", 4])])
+    with pytest.raises(OnnxImportError, match=r"node 'the_erf' \(Erf, opset 17\).*supports.*Conv"):
+        import_proto(proto)
+
+
+def test_unfixable_shape_names_tensor():
+    proto = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["N", "C"])], [("y", ["N", "C"])])
+    with pytest.raises(OnnxImportError, match="graph input 'x' cannot be fixed"):
+        import_proto(proto)
+
+
+# -- the layers import adds: gradients by finite differences -------------------------------
+def _numeric_check(layer, inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    multiple = isinstance(inputs, list)
+    shapes = [x.shape[1:] for x in inputs] if multiple else inputs.shape[1:]
+    layer.build(shapes if multiple else shapes, rng)
+    cast = [x.astype(np.float64) for x in inputs] if multiple else inputs.astype(np.float64)
+    layer.astype(np.float64)
+    y = layer.forward(cast, training=True)
+    dy = rng.normal(size=y.shape)
+    grads = layer.backward(dy.copy())
+    grads = grads if multiple else [grads]
+    for index, x in enumerate(cast if multiple else [cast]):
+        numeric = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            old = x[i]
+            x[i] = old + 1e-6
+            plus = np.sum(np.array(layer.forward(cast, training=True)) * dy)
+            x[i] = old - 1e-6
+            minus = np.sum(np.array(layer.forward(cast, training=True)) * dy)
+            x[i] = old
+            numeric[i] = (plus - minus) / 2e-6
+        np.testing.assert_allclose(grads[index], numeric, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: layers.Permute((3, 1, 2)),
+    lambda: layers.Clip(-0.3, 0.4),
+    lambda: layers.LogSoftmax(axis=-1),
+    lambda: layers.LogSoftmax(axis=1),
+], ids=["permute", "clip", "log_softmax_last", "log_softmax_axis1"])
+def test_layer_gradients(make):
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 2)).astype(np.float32)
+    _numeric_check(make(), x)
+
+
+@pytest.mark.parametrize("operation", ["add", "sub", "rsub", "mul", "div", "rdiv"])
+def test_constant_and_broadcast_operation_gradients(operation):
+    rng = np.random.default_rng(4)
+    layer = layers.ConstantOperation(operation, (1, 3), trainable_operand=True)
+    x = rng.uniform(0.5, 1.5, size=(2, 4, 3)).astype(np.float32)
+    layer.build(x.shape[1:], rng)
+    layer.set_weights([rng.uniform(0.5, 1.5, size=(1, 3))])
+    layer.astype(np.float64)
+    cx = x.astype(np.float64)
+    y = layer.forward(cx)
+    dy = rng.normal(size=y.shape)
+    layer.grads["operand"][...] = 0
+    dx = layer.backward(dy)
+    c = layer.params["operand"]
+    for target, analytic in ((cx, dx), (c, layer.grads["operand"])):
+        numeric = np.zeros_like(target)
+        for i in np.ndindex(target.shape):
+            old = target[i]
+            target[i] = old + 1e-6
+            plus = np.sum(layer.forward(cx) * dy)
+            target[i] = old - 1e-6
+            minus = np.sum(layer.forward(cx) * dy)
+            target[i] = old
+            numeric[i] = (plus - minus) / 2e-6
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6)
+    a, b = rng.uniform(0.5, 1.5, size=(2, 4, 3)), rng.uniform(0.5, 1.5, size=(2, 1, 3))
+    _numeric_check(layers.BroadcastOperation(operation), [a, b])
+
+
+def test_new_layers_export_and_save(tmp_path):
+    inputs = layers.Input((3, 4, 2))
+    x = layers.Permute((3, 1, 2))(inputs)
+    x = layers.ConstantOperation("rdiv", (2, 1, 1))(layers.Clip(0.1, 2.0)(x))
+    x = layers.LogSoftmax()(x)
+    model = models.Model(inputs, x)
+    model.layers[3].set_weights([np.array([[[2.0]], [[3.0]]], np.float32)])
+    data = np.random.default_rng(5).uniform(size=(8, 3, 4, 2)).astype(np.float32)
+    assert nbnet_onnx.export(model, tmp_path / "m.onnx", x=data, print_fn=None).report.passed
+    model.save(tmp_path / "m.nbnet")
+    np.testing.assert_array_equal(models.load_model(tmp_path / "m.nbnet").predict(data, verbose=0),
+                                  model.predict(data, verbose=0))
