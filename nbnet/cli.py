@@ -7,8 +7,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 import click
 
 from . import __version__
@@ -27,18 +25,6 @@ def _mnist(data_dir, verbose=True):
 
     (x_train, y_train), (x_test, y_test) = mnist.load_data(data_dir=data_dir, verbose=verbose)
     return (x_train, y_train.astype(np.int64)), (x_test, y_test.astype(np.int64))
-
-
-def model_input(images, model):
-    """``mnist.model_input``, then laid out as the model's input when it differs only in
-    where the channel axis sits (an imported NCHW ONNX model takes (batch, 1, 28, 28))."""
-    from .datasets.mnist import model_input as base
-
-    x = base(images, model)
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and tuple(x.shape[1:]) != shape and x[0].size == int(np.prod(shape)):
-        x = x.reshape((len(x),) + shape)
-    return x
 
 
 def _compiled(model):

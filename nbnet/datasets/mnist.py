@@ -78,6 +78,9 @@ def model_input(images, model):
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and tuple(images.shape[1:]) != shape and images[0].size == int(np.prod(shape)):
+        images = images.reshape((len(images),) + shape)  # e.g. an imported NCHW model's (1, 28, 28)
     first = next((layer for layer in model.layers if not isinstance(layer, InputLayer)), None)
     if isinstance(first, Rescaling):
         return images
