@@ -78,6 +78,7 @@ def float64_gradient_check(model, seed=0, coords=6):
     plan.forward(xs, training=True)
     plan.backward([projection.copy()], cpu)
     checked = 0
+    centre = objective()
     for layer in plan.layers:
         for key, value in layer.params.items():
             flat, grad = value.reshape(-1), layer.grads[key].reshape(-1)
@@ -89,6 +90,10 @@ def float64_gradient_check(model, seed=0, coords=6):
                 down = objective()
                 flat[index] = saved
                 numeric = (up - down) / (2 * FD_STEP)
+                # A ReLU or a max-pool choice that flips within the step (about one weight draw in
+                # a thousand here) makes the two one-sided slopes disagree: no derivative to check.
+                if abs((up - centre) - (centre - down)) / FD_STEP > 1e-3 * max(1.0, abs(numeric)):
+                    continue
                 assert grad[index] == pytest.approx(numeric, rel=1e-5, abs=1e-7), f"{layer.name}.{key}[{index}]"
                 checked += 1
     return checked
@@ -96,6 +101,7 @@ def float64_gradient_check(model, seed=0, coords=6):
 
 @pytest.mark.parametrize("name", GRAPHS)
 def test_graph_gradients_match_finite_differences(name):
+    keras.utils.set_random_seed(11)
     model = GRAPHS[name]()
     assert float64_gradient_check(model) >= 20
 
