@@ -131,29 +131,27 @@ def trace(inputs, outputs, model_name):
         if tensor.node is None or not tensor.node.is_input:
             raise NbnetError(f"Model '{model_name}': inputs must come from keras.Input(...); {tensor.name} "
                              f"(shape {tensor.shape}) is the output of layer '{tensor.node.layer.name}'.")
-    order, state = [], {}  # node id -> 1 while visiting, 2 when done
-    reached = set()
+    order, done, reached = [], set(), set()
 
-    def visit(tensor, path):
+    def visit(tensor, output):
         if id(tensor) in input_ids:
             reached.add(id(tensor))
             return
         node = tensor.node
         if node.is_input:
             raise NbnetError(
-                f"Model '{model_name}': output {path[0].name} depends on the input {tensor.name} (shape "
+                f"Model '{model_name}': output {output.name} depends on the input {tensor.name} (shape "
                 f"{tensor.shape}), which is not one of the model's inputs "
                 f"{[t.name for t in inputs]}; pass it in inputs=[...] or build that branch from a model input.")
-        if state.get(id(node)) == 2:
+        if id(node) in done:
             return
-        state[id(node)] = 1
+        done.add(id(node))  # calls only go forward: a graph has no cycles to guard against
         for parent in node.inputs:
-            visit(parent, path + [tensor])
-        state[id(node)] = 2
+            visit(parent, output)
         order.append(node)
 
     for tensor in outputs:
-        visit(tensor, [tensor])
+        visit(tensor, tensor)
     unused = [t.name for t in inputs if id(t) not in reached]
     if unused:
         raise NbnetError(f"Model '{model_name}': the input(s) {unused} are not used to compute any output "

@@ -162,11 +162,6 @@ class Model(TrainingLoop, DeviceSession):
         if self.built and any(getattr(layer, "owner", None) is not self for layer in self._plan.layers):
             self._finish_build()
 
-    def _fuse_conv_pool(self):
-        """Re-plan after ``fuse_layers`` changed."""
-        if self.built:
-            self._finish_build()
-
     def __call__(self, inputs, training=False):
         """On symbolic tensors: this model used as a layer of another (its layers shared).
         On arrays: the model's output for them (see TrainingLoop._call_on_arrays)."""
@@ -400,8 +395,7 @@ class Sequential(Model):
         inner = [layer for layer in model.layers if not isinstance(layer, InputLayer)]
         if not inner:
             raise NbnetError(f"Sequential '{self.name}': the model '{model.name}' added to it has no layers.")
-        if len(model._input_tensors) > 1 or (model.built and any(
-                len(node.inputs) != 1 for node in model._nodes)) or len(set(map(id, inner))) != len(model._nodes or inner):
+        if not _is_chain(model):
             raise NbnetError(f"Sequential '{self.name}': the model '{model.name}' is not a chain of layers; call it "
                              "on a tensor in a functional Model instead.")
         if not self.layers and self._input_layer is None and model.built:
@@ -481,6 +475,16 @@ class Sequential(Model):
     def get_config(self):
         return {"name": self.name, "seed": self.seed, "input_shape": list(self.input_shape) if self.built else None,
                 "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+
+def _is_chain(model):
+    """Whether ``model`` runs its layers one after another, each once, on one input."""
+    previous = model._input_tensors[0] if len(model._input_tensors) == 1 else None
+    for node in model._nodes:
+        if node.inputs != [previous] or len(node.outputs) != 1:
+            return False
+        previous = node.outputs[0]
+    return len(model._input_tensors) <= 1 and len({id(node.layer) for node in model._nodes}) == len(model._nodes)
 
 
 def _looks_like_metrics(value):

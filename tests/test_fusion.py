@@ -1,4 +1,4 @@
-"""Conv2D + MaxPooling2D fusion (Sequential._fuse_conv_pool): the fused kernels must give
+"""Conv2D + MaxPooling2D fusion (executor.Plan._fuse_conv_pool): the fused kernels must give
 what the layers give apart: the same outputs and gradients exactly (the Winograd pass: up
 to float rounding), the same training up to the order of the bias gradient's sum."""
 

@@ -27,7 +27,7 @@ class _Merge(Layer):
     the arrays ``forward`` receives, and the gradient list's shape."""
 
     multiple_inputs = True
-    min_inputs, max_inputs = 2, None
+    min_inputs, max_inputs = 1, None  # Keras takes a single input too (Subtract excepted)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -116,7 +116,10 @@ class _Elementwise(_Merge):
         x0 = inputs[0]
         size = x0.size
         y = self._buffer("y", x0.shape, x0.dtype)
-        self._merge([x.reshape(size) for x in inputs], y.reshape(size))
+        if len(inputs) == 1:  # Keras's merge of one tensor is that tensor
+            self.ops.copy(x0, y)
+        else:
+            self._merge([x.reshape(size) for x in inputs], y.reshape(size))
         self._count, self._shape = len(inputs), tuple(x0.shape)
         return y
 
@@ -128,7 +131,8 @@ class _Elementwise(_Merge):
         # Where dy is not contiguous the reshape copies: the result is then returned in its place.
         flat_dy = dy.reshape(size)
         dxs = [self._buffer(f"dx{i}", self._shape, dy.dtype) for i in range(1, self._count)]
-        self._gradients(flat_dy, [dx.reshape(size) for dx in dxs])
+        if self._count > 1:
+            self._gradients(flat_dy, [dx.reshape(size) for dx in dxs])
         return [flat_dy.reshape(self._shape)] + dxs
 
     def _fold(self, kernel, xs, out, *args):
