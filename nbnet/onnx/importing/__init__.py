@@ -5,15 +5,15 @@
 
 Three parts, in the order a graph passes through them: ``context`` reads the file
 (external data, weights listed as inputs, unsorted nodes), sorts the nodes and runs each
-through its converter; ``converters`` holds one function per operator and opset range
-(``registry``), folding constant subgraphs (the shape arithmetic exporters emit) as it
-goes; ``values`` keeps each tensor's layout, so the model takes and returns the graph's
-own layout (NCHW at the boundary) while Conv, pooling and BatchNormalization compute
-channels-last inside, with a Permute only where a layout has to change and Flatten's
+through its converter (one function per operator and opset range, see ``registry``;
+grouped by family in ``constants`` (which folds the shape arithmetic exporters emit),
+``elementwise``, ``linear``, ``spatial`` and ``layout``); ``values`` keeps each tensor's
+layout, so the model takes and returns the graph's own layout (NCHW at the boundary) while
+Conv, pooling and BatchNormalization compute channels-last inside, with a Permute only where a layout has to change and Flatten's
 order folded into the next Dense's kernel rows.
 """
 
-from . import converters  # noqa: F401  (registers the converters)
+from . import constants, elementwise, layout, linear, spatial  # noqa: F401  (they register the converters)
 from .context import ImportContext, load_proto
 from .registry import MIN_IMPORT_OPSET, OnnxImportError, converter, lookup, newest_opset, supported_operators
 

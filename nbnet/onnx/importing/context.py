@@ -7,7 +7,7 @@ import numpy as np
 
 from ...errors import ModelFileError
 from .registry import MIN_IMPORT_OPSET, OnnxImportError, lookup, newest_opset, supported_operators
-from .values import BATCH_A, BATCH_B, Const, Value, identity
+from .values import Const, Value, identity
 
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
 

@@ -1,0 +1,259 @@
+"""Convolution, pooling, BatchNormalization, Pad and spatial ReduceMean (channels-last
+inside; the layout pass keeps the graph's NCHW at the boundary)."""
+
+import numpy as np
+
+from .common import checked_axis
+from .registry import converter
+from .values import Const, Value, channels_last, identity
+
+
+def _explicit_pads(ctx, attrs, spatial, kernel, strides, dilations=(1, 1), ceil_mode=False):
+    """(top, left, bottom, right) in ONNX's order [begin..., end...], auto_pad resolved;
+    ceil_mode's extra end padding added."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s in zip(spatial, effective, strides):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else large)
+            end.append(large if auto == "SAME_UPPER" else small)
+        pads = begin + end
+    elif auto == "VALID":
+        pads = [0] * (2 * len(spatial))
+    elif auto == "NOTSET":
+        pads = list(attrs.get("pads", [0] * (2 * len(spatial))))
+    else:
+        raise ctx.error(f"auto_pad={auto!r}", "NOTSET, SAME_UPPER, SAME_LOWER and VALID")
+    if ceil_mode:
+        n = len(spatial)
+        for i, (size, k, s) in enumerate(zip(spatial, effective, strides)):
+            padded = size + pads[i] + pads[n + i]
+            floor_out = (padded - k) // s + 1
+            ceil_out = -(-(padded - k) // s) + 1
+            if (ceil_out - 1) * s >= size + pads[i]:  # ONNX drops a window starting in the end padding
+                ceil_out -= 1
+            pads[n + i] += (ceil_out - floor_out) * s
+    return pads
+
+
+def _same_pads(spatial, kernel, strides):
+    begin, end = [], []
+    for size, k, s in zip(spatial, kernel, strides):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        begin.append(total // 2)
+        end.append(total - total // 2)
+    return begin + end
+
+
+def _spatial_input(ctx, x, what):
+    x = ctx.dynamic(x)
+    if x.rank != 4 or x.rows is not None:
+        raise ctx.error(f"an input of rank {x.rank}", f"{what} over 4-D (N, C, H, W) inputs")
+    return x, ctx.in_layout(x, channels_last(4))
+
+
+def _pad_mode(ctx, tensor, pads, spatial, kernel, strides, pad_value_ok):
+    """('valid' | 'same', tensor): explicit padding becomes Keras's 'same' where it has the
+    same geometry, else ZeroPadding2D (only where ``pad_value_ok``) and 'valid'."""
+    from ...layers import ZeroPadding2D
+
+    if not any(pads):
+        return "valid", tensor
+    if list(pads) == _same_pads(spatial, kernel, strides):
+        return "same", tensor
+    if min(pads) < 0:
+        raise ctx.error(f"negative pads {pads}")
+    if not pad_value_ok:
+        return None, tensor
+    top, left, bottom, right = pads
+    layer = ctx.named(ZeroPadding2D, ((top, bottom), (left, right)))
+    return "valid", ctx.call(layer, tensor)
+
+
+@converter("Conv", since=1)
+def conv(ctx, node, inputs):
+    from ...layers import Conv2D
+
+    x, tensor = _spatial_input(ctx, inputs[0], "Conv")
+    weight = ctx.constant(inputs[1], "the weight W").astype(np.float32)
+    bias = None if len(inputs) < 3 or inputs[2] is None else ctx.constant(inputs[2], "the bias B").astype(np.float32)
+    attrs = ctx.attributes(node)
+    filters, per_group, kh, kw = weight.shape
+    channels = x.onnx_shape[1]
+    group = int(attrs.get("group", 1))
+    if group != 1:
+        raise ctx.error(f"group={group}", "group=1 (grouped and depthwise convolutions are not implemented yet)")
+    if per_group != channels:
+        raise ctx.error(f"a weight for {per_group} input channels on an input with {channels}")
+    dilations = list(attrs.get("dilations", [1, 1]))
+    if dilations != [1, 1]:
+        raise ctx.error(f"dilations={dilations}", "dilations [1, 1]")
+    kernel_shape = list(attrs.get("kernel_shape", [kh, kw]))
+    if kernel_shape != [kh, kw]:
+        raise ctx.error(f"kernel_shape {kernel_shape} differs from the weight's {[kh, kw]}")
+    strides = list(attrs.get("strides", [1, 1]))
+    spatial = list(x.onnx_shape[2:])
+    pads = _explicit_pads(ctx, attrs, spatial, [kh, kw], strides)
+    padding, tensor = _pad_mode(ctx, tensor, pads, spatial, [kh, kw], strides, True)
+    extra, output_name = ctx.absorb_bias(node.output[0], 1, 4, filters)
+    if extra is not None:
+        bias = extra if bias is None else bias + extra
+    layer = ctx.named(Conv2D, filters, (kh, kw), strides=strides, padding=padding, use_bias=bias is not None)
+    weights = [weight.transpose(2, 3, 1, 0)] + ([bias] if bias is not None else [])
+    ctx.bind(output_name, Value(ctx.call(layer, tensor, weights), channels_last(4)))
+    return None
+
+
+def _pool(kind):
+    def convert(ctx, node, inputs):
+        from ...layers import AveragePooling2D, MaxPooling2D
+
+        x, tensor = _spatial_input(ctx, inputs[0], kind)
+        attrs = ctx.attributes(node)
+        kernel = list(attrs["kernel_shape"])
+        if len(kernel) != 2:
+            raise ctx.error(f"kernel_shape {kernel}", "2-D pooling")
+        strides = list(attrs.get("strides", [1, 1]))
+        dilations = list(attrs.get("dilations", [1, 1]))
+        if dilations != [1, 1]:
+            raise ctx.error(f"dilations={dilations}", "dilations [1, 1]")
+        if kind == "MaxPool" and len(node.output) > 1 and node.output[1] and ctx.consumers.get(node.output[1]):
+            raise ctx.error("its Indices output is used", "MaxPool's first output")
+        spatial = list(x.onnx_shape[2:])
+        ceil_mode = bool(attrs.get("ceil_mode", 0))
+        include_pad = bool(attrs.get("count_include_pad", 0))
+        base = _explicit_pads(ctx, attrs, spatial, kernel, strides)
+        pads = _explicit_pads(ctx, attrs, spatial, kernel, strides, ceil_mode=ceil_mode)
+        if kind == "AveragePool" and include_pad and any(base):
+            if pads != base:
+                raise ctx.error("ceil_mode with count_include_pad and pads", "one of them at a time")
+            padding, tensor = _pad_mode(ctx, tensor, pads, spatial, kernel, strides, True)
+            if padding == "same":  # Keras's 'same' average leaves the padding out: pad explicitly
+                from ...layers import ZeroPadding2D
+
+                top, left, bottom, right = pads
+                tensor = ctx.call(ctx.named(ZeroPadding2D, ((top, bottom), (left, right))), tensor)
+                padding = "valid"
+        else:
+            padding, tensor = _pad_mode(ctx, tensor, pads, spatial, kernel, strides, False)
+        if padding is None:
+            raise ctx.error(f"pads {pads} (after auto_pad and ceil_mode) other than none or Keras's 'same' "
+                            "geometry", "no padding, 'same' geometry, or AveragePool with count_include_pad=1")
+        cls = MaxPooling2D if kind == "MaxPool" else AveragePooling2D
+        layer = ctx.named(cls, pool_size=kernel, strides=strides, padding=padding)
+        return Value(ctx.call(layer, tensor), channels_last(4))
+
+    return convert
+
+
+converter("MaxPool", since=1)(_pool("MaxPool"))
+converter("AveragePool", since=1)(_pool("AveragePool"))
+
+
+def _global_pool(kind):
+    def convert(ctx, node, inputs):
+        from ...layers import GlobalAveragePooling2D, GlobalMaxPooling2D
+
+        x, tensor = _spatial_input(ctx, inputs[0], kind)
+        cls = GlobalAveragePooling2D if kind == "GlobalAveragePool" else GlobalMaxPooling2D
+        return Value(ctx.call(ctx.named(cls, keepdims=True), tensor), channels_last(4))
+
+    return convert
+
+
+converter("GlobalAveragePool", since=1)(_global_pool("GlobalAveragePool"))
+converter("GlobalMaxPool", since=1)(_global_pool("GlobalMaxPool"))
+
+
+@converter("BatchNormalization", since=1)
+def batch_normalization(ctx, node, inputs):
+    from ...layers import BatchNormalization
+
+    attrs = ctx.attributes(node)
+    if int(attrs.get("training_mode", 0)) or any(name and ctx.consumers.get(name) for name in node.output[1:]):
+        raise ctx.error("training mode (its statistics outputs are used)", "inference BatchNormalization")
+    if not int(attrs.get("spatial", 1)):
+        raise ctx.error("spatial=0", "spatial=1")
+    x = ctx.dynamic(inputs[0])
+    if x.rows is not None:
+        x = ctx.relayout(x, identity(2))
+    perm = channels_last(x.rank) if x.rank > 2 else identity(2)
+    tensor = ctx.in_layout(x, perm)
+    scale, bias, mean, var = (ctx.constant(item, what).astype(np.float32)
+                              for item, what in zip(inputs[1:5], ("scale", "B", "input_mean", "input_var")))
+    layer = ctx.named(BatchNormalization, momentum=float(attrs.get("momentum", 0.9)),
+                      epsilon=float(attrs.get("epsilon", 1e-5)))
+    return Value(ctx.call(layer, tensor, [scale, bias, mean, var]), perm)
+
+
+def _pad(ctx, node, x, pads, mode, value):
+    from ...layers import ZeroPadding2D
+
+    if isinstance(x, Const):
+        raise ctx.error("Pad of a constant", "Pad of computed tensors")
+    x = ctx.dynamic(x)
+    pads = [int(p) for p in pads]
+    rank = x.rank
+    begin, end = pads[:rank], pads[rank:]
+    if mode != "constant" or float(value) != 0.0:
+        raise ctx.error(f"mode={mode!r}, value={value}", "constant zero padding")
+    if not any(pads):
+        return x
+    if rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or min(pads) < 0:
+        raise ctx.error(f"pads {pads}", "non-negative padding of the two spatial axes of an (N, C, H, W) tensor")
+    tensor = ctx.in_layout(x, channels_last(4))
+    layer = ctx.named(ZeroPadding2D, ((begin[2], end[2]), (begin[3], end[3])))
+    return Value(ctx.call(layer, tensor), channels_last(4))
+
+
+@converter("Pad", since=1)
+def pad_2(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    return _pad(ctx, node, inputs[0], attrs.get("pads", attrs.get("paddings")), attrs.get("mode", "constant"),
+                attrs.get("value", 0.0))
+
+
+@converter("Pad", since=11)
+def pad_11(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    pads = ctx.constant(inputs[1], "pads")
+    value = 0.0 if len(inputs) < 3 or inputs[2] is None else float(np.asarray(ctx.constant(inputs[2], "constant_value")))
+    if len(inputs) > 3 and inputs[3] is not None:
+        raise ctx.error("the axes input", "Pad over all axes")
+    return _pad(ctx, node, inputs[0], pads, attrs.get("mode", "constant"), value)
+
+
+def _reduce_mean(ctx, node, x, axes, keepdims):
+    from ...layers import GlobalAveragePooling2D
+
+    if isinstance(x, Const):
+        return ctx.fold(lambda a: np.mean(a, axis=None if axes is None else tuple(int(v) for v in axes),
+                                          keepdims=bool(keepdims)), [x])
+    x = ctx.dynamic(x)
+    axes = None if axes is None else sorted(checked_axis(ctx, a, x.rank) for a in axes)
+    if x.rank != 4 or axes != [2, 3]:
+        raise ctx.error(f"axes {axes} of a rank-{x.rank} tensor", "the mean over the spatial axes [2, 3] of "
+                        "(N, C, H, W), as global average pooling")
+    tensor = ctx.in_layout(x, channels_last(4))
+    out = ctx.call(ctx.named(GlobalAveragePooling2D, keepdims=bool(keepdims)), tensor)
+    return Value(out, channels_last(4) if keepdims else identity(2))
+
+
+@converter("ReduceMean", since=1)
+def reduce_mean_1(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    return _reduce_mean(ctx, node, inputs[0], attrs.get("axes"), attrs.get("keepdims", 1))
+
+
+@converter("ReduceMean", since=18)
+def reduce_mean_18(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    axes = None if len(inputs) < 2 or inputs[1] is None else list(ctx.constant(inputs[1], "axes"))
+    if axes == [] or axes is None:
+        if attrs.get("noop_with_empty_axes", 0):
+            return inputs[0]
+        axes = None
+    return _reduce_mean(ctx, node, inputs[0], axes, attrs.get("keepdims", 1))
