@@ -27,6 +27,11 @@ def _mnist(data_dir, verbose=True):
     return (x_train, y_train.astype(np.int64)), (x_test, y_test.astype(np.int64))
 
 
+INPUT_SCALE_HELP = ("What a 0..255 pixel is multiplied by before it enters the model: 1 for models fed raw pixels "
+                    "(the ONNX zoo's mnist-8), 1/255 for 0..1. Recorded in the saved model. [default: as recorded "
+                    "when the model was trained, else 1 for a model starting with Rescaling, else 1/255]")
+
+
 def _compiled(model):
     """An imported ONNX model comes uncompiled: compile it as the MNIST models are (Adam,
     sparse cross-entropy, accuracy), from logits unless its output is a softmax."""
@@ -80,9 +85,11 @@ def main():
 @click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="cuda: an NVIDIA GPU (pip install 'nbnet[cuda]'); auto: the GPU when usable, else the CPU.")
+@click.option("--input-scale", callback=lambda ctx, param, value: _input_scale(value), metavar="FACTOR",
+              help=INPUT_SCALE_HELP)
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True)
 def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batch_size, learning_rate, optimizer, seed,
-          data_dir, output, resume, validation_split, device, verbose):
+          data_dir, output, resume, validation_split, device, input_scale, verbose):
     """Train a model on MNIST or your own data (--data), save it after every epoch, and report test accuracy.
 
     With --data the model definition is given the data's image shape and class count.
@@ -120,13 +127,21 @@ def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batc
                 click.echo(f"Model: {model.name} for input {tuple(model.input_shape)} and "
                            f"{sources.output_width(model)} classes")
         sources.check_model(model, source)
+        _with_input_scale(model, input_scale)
         model.class_names, model.preprocessing = source.class_names, sources.preprocessing(model, source)
         model.to(device)
         if verbose or device != "cpu":
             click.echo(model.device_message)
         epochs = epochs or defaults.get("epochs", 10)
         batch_size = batch_size or defaults.get("batch_size", 128)
+        if output is None and resume and Path(resume).suffix.lower() == ".onnx":
+            # An ONNX file holds no optimizer state: keep it, and write the fine-tuned model beside it.
+            output = Path(resume).with_suffix(".nbnet")
+            click.echo(f"Saving to {output} ({Path(resume).name} stays as it is; `nbnet export` writes ONNX).")
         output = Path(output or resume or f"{model.name}.nbnet")
+        if output.suffix.lower() == ".onnx":
+            raise click.UsageError(f"--output {output}: training writes .nbnet, .keras or .h5 files; "
+                                   f"`nbnet export {output.with_suffix('.nbnet')} {output}` then writes ONNX.")
         fit_data = sources.fit_arguments(model, source)
         if verbose and not resume:
             model.summary()
@@ -184,6 +199,26 @@ def _image_size(value):
     raise click.BadParameter(f"expected HxW (e.g. 64x64) or one size, received {value!r}.")
 
 
+def _input_scale(value):
+    """--input-scale: a factor, or a fraction such as 1/255."""
+    if value is None:
+        return None
+    try:
+        top, _, bottom = value.partition("/")
+        factor = float(top) / float(bottom or 1)
+        if factor > 0:
+            return factor
+    except (ValueError, ZeroDivisionError):
+        pass
+    raise click.BadParameter(f"expected a positive factor such as 1 or 1/255, received {value!r}.")
+
+
+def _with_input_scale(model, factor):
+    if factor is not None:
+        model.preprocessing = {**(getattr(model, "preprocessing", None) or {}), "input_scale": factor}
+    return model
+
+
 def _held_out_summary(history, seconds):
     """The last epoch's validation numbers when there is no test set, else its training numbers."""
     if not history.get("loss"):
@@ -228,7 +263,9 @@ def _stop_on_signals(model):
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False),
               help="Write the confusion matrix and the worst-misclassified images (PNG) into this folder.")
-def evaluate(model_path, data, dataset, data_dir, batch_size, plots):
+@click.option("--input-scale", callback=lambda ctx, param, value: _input_scale(value), metavar="FACTOR",
+              help=INPUT_SCALE_HELP)
+def evaluate(model_path, data, dataset, data_dir, batch_size, plots, input_scale):
     """Loss, accuracy, per-class accuracy and confusion matrix on a test set (MNIST's by default).
 
     MODEL_PATH defaults to the reference model shipped with nbnet."""
@@ -243,7 +280,7 @@ def evaluate(model_path, data, dataset, data_dir, batch_size, plots):
             from . import plots as pictures
 
             pictures.require_matplotlib()
-        model = _compiled(load_model(model_path or _reference_model_path()))
+        model = _with_input_scale(_compiled(load_model(model_path or _reference_model_path())), input_scale)
         test = sources.load_test(model, data, dataset, data_dir, batch_size=batch_size)
         x, y = (test.dataset, None) if test.dataset is not None else (test.x, test.y)
         loss, accuracy = model.evaluate(x, y, batch_size=None if y is None else batch_size, verbose=0)
@@ -286,7 +323,9 @@ def evaluate(model_path, data, dataset, data_dir, batch_size, plots):
                    "first layer is a Rescaling: it scales them itself). Float arrays are always taken as they are.")
 @click.option("--invert", is_flag=True,
               help="Invert images (255 - pixel): dark digits on light paper, for MNIST-style models.")
-def predict(model_path, inputs, output, scale, invert):
+@click.option("--input-scale", callback=lambda ctx, param, value: _input_scale(value), metavar="FACTOR",
+              help=INPUT_SCALE_HELP)
+def predict(model_path, inputs, output, scale, invert, input_scale):
     """Predict the class of each image: image files (PNG, JPEG, BMP, GIF), folders of them,
     .npy, .npz (x_test or x), CSV (pixel columns) and IDX files of images.
 
@@ -300,7 +339,7 @@ def predict(model_path, inputs, output, scale, invert):
     if output and Path(output).suffix.lower() not in (".csv", ".json", ".npy"):
         raise click.UsageError(f"--output {output}: write a .csv, .json or .npy file.")
     try:
-        model = load_model(model_path)
+        model = _with_input_scale(load_model(model_path), input_scale)
         names, images = sources.predict_inputs(inputs, model, invert=invert, scale=scale)
         probabilities = model.predict(images, batch_size=1000)
         rows = sources.prediction_rows(names, probabilities, getattr(model, "class_names", None))

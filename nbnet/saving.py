@@ -34,6 +34,9 @@ def save_model(model, path):
         from .keras_file import save_legacy_h5
 
         return save_legacy_h5(model, path)
+    if suffix == ".onnx":  # an nbnet archive under that name would look like a corrupt ONNX file
+        raise ModelFileError(f"{path}: save writes .nbnet, .keras or .h5 files; for ONNX call "
+                             f"nbnet.onnx.export(model, {str(path)!r}) or run `nbnet export MODEL {path}`.")
     model._require_built()
     meta = {
         "format": FORMAT,

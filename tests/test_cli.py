@@ -194,3 +194,49 @@ def test_train_resumes_a_keras_file(tmp_path):
     assert trained.optimizer.iterations == 235  # 60000 images in batches of 256
     accuracy = float(result.output.split("Test accuracy: ")[1].split(" ")[0])
     assert accuracy > 0.85
+
+
+def test_a_foreign_onnx_model_takes_its_own_pixel_scale_and_fine_tunes_beside_its_file(tmp_path):
+    """The ONNX zoo's mnist-8 takes raw 0..255 pixels: `--input-scale 1` feeds them so, and
+    the fine-tuned model records it; the foreign file itself is never overwritten."""
+    from pathlib import Path
+
+    import onnxruntime
+
+    zoo_file = Path(__file__).resolve().parents[2] / "shared" / "onnx" / "mnist-8.onnx"
+    if not zoo_file.is_file():
+        pytest.skip("the zoo's mnist-8.onnx is not in ../shared/onnx")
+    foreign = tmp_path / "mnist-8.onnx"
+    foreign.write_bytes(zoo_file.read_bytes())
+    runner = CliRunner()
+    report = _evaluate_report(runner.invoke(main, ["evaluate", str(foreign), "--input-scale", "1"]).output)
+
+    (_, _), (x_test, y_test) = mnist.load_data(verbose=False)
+    session = onnxruntime.InferenceSession(str(foreign), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    pixels = x_test.astype(np.float32).reshape(-1, 1, 1, 28, 28)  # the file fixes its batch at 1
+    logits = np.concatenate([session.run(None, {name: image})[0] for image in pixels]).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    loss = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y_test)), y_test])
+    assert report["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == y_test), abs=1e-4)
+    assert report["loss"] == pytest.approx(loss, rel=1e-3)
+    scaled = _evaluate_report(runner.invoke(main, ["evaluate", str(foreign), "--input-scale", "1/255"]).output)
+    assert scaled["loss"] < report["loss"] / 10  # logits 255 times smaller: another model in effect
+
+    before = foreign.read_bytes()
+    result = runner.invoke(main, ["train", "--resume", str(foreign), "--input-scale", "1", "--epochs", "1",
+                                  "--batch-size", "1000", "--lr", "1e-4", "--verbose", "0"])
+    assert result.exit_code == 0, result.output
+    assert foreign.read_bytes() == before
+    tuned = foreign.with_suffix(".nbnet")
+    assert load_model(tuned).preprocessing["input_scale"] == 1.0
+    from nbnet.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match="nbnet.onnx.export"):  # an archive named .onnx would look corrupt
+        load_model(tuned).save(tmp_path / "y.onnx")
+    accuracy = float(result.output.split("Test accuracy: ")[1].split(" ")[0])
+    assert accuracy >= report["accuracy"] - 0.002, result.output
+    again = _evaluate_report(runner.invoke(main, ["evaluate", str(tuned)]).output)  # the scale comes from the file
+    assert again["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    result = runner.invoke(main, ["train", "--resume", str(foreign), "--output", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "nbnet export" in result.output

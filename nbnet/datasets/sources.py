@@ -597,24 +597,31 @@ def has_rescaling(model):
 
 
 def input_scale(model, data_range=255.0):
-    """The factor from a 0..255 pixel to what ``model`` is fed from data whose white is
-    ``data_range``: 1 for a model starting with Rescaling fed 0..255, else 1/255."""
+    """The factor from a 0..255 pixel to what ``model`` is fed, for data whose white is
+    ``data_range``: the factor recorded with the model (when it was trained, or given as
+    ``--input-scale``), else 1 for a model starting with Rescaling fed 0..255, else 1/255."""
     if data_range is None:
         return None
+    recorded = (getattr(model, "preprocessing", None) or {}).get("input_scale")
+    if recorded is not None:
+        return float(recorded)
     return 1.0 if (data_range == 255.0 and has_rescaling(model)) else 1.0 / 255.0
 
 
 def to_model(x, model, data_range=255.0):
-    """Stored (N, H, W, C) pixels as the model takes them: 0..255 pixels kept (uint8 stays
-    uint8) for a model that starts with Rescaling, else scaled to 0..1 float32; 0..1
-    floats as they are; (N, C, H, W) for a model that takes that layout."""
-    if data_range == 255.0 and not has_rescaling(model):
-        x = x * np.float32(1.0 / 255.0)
+    """Stored (N, H, W, C) pixels as the model takes them (``input_scale``): 0..255 pixels
+    kept (uint8 stays uint8) for a model that starts with Rescaling, else scaled to 0..1
+    float32; 0..1 floats as they are; (N, C, H, W) for a model that takes that layout."""
+    if data_range is not None:
+        factor = input_scale(model, data_range) * (255.0 / data_range)
+        if abs(factor - 1.0) > 1e-12:
+            x = x * np.float32(factor)
     return to_layout(x, image_shape(model)[1])
 
 
 def _stream_for(model, dataset):
-    scale = None if has_rescaling(model) else 1.0 / 255.0
+    scale = input_scale(model)
+    scale = None if scale == 1.0 else scale
     layout = image_shape(model)[1]
     return dataset.with_scale(scale, layout) if (scale or layout) else dataset
 
