@@ -17,8 +17,8 @@ nested lists), restored with the optimizer's state (a legacy .h5 file's
 ``optimizer_weights`` too, see ``_load_legacy_optimizer``).
 
 Files are data: a ``Lambda`` layer or any class nbnet does not have is refused with the
-layer's name, never imported or run, and so is a setting nbnet cannot honour (a dilated
-convolution, a constraint, ...): nbnet never silently computes something else.
+layer's name, never imported or run, and so is a setting nbnet cannot honour (a
+channels-first layout, a constraint, ...): nbnet never silently computes something else.
 """
 
 import inspect
@@ -40,7 +40,7 @@ CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 # nothing. Any other value is refused (see _layer_from_keras).
 _NEUTRAL = {
     "dtype": None, "data_format": ("channels_last", None), "dilation_rate": ([1, 1], 1, (1, 1)), "groups": 1,
-    "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None, "beta_constraint": None,
+    "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None, "depthwise_constraint": None, "beta_constraint": None,
     "gamma_constraint": None, "beta_regularizer": None, "gamma_regularizer": None, "noise_shape": None,
     "center": True, "scale": True, "axis": (-1, [-1]), "renorm": False, "renorm_clipping": None,
     "renorm_momentum": None, "synchronized": None, "moving_mean_initializer": None,
@@ -295,7 +295,8 @@ def _layer_from_keras(entry):
         elif key not in _ANY_VALUE and not _neutral(key, value):
             raise ModelFileError(f"Layer '{name}' ({class_name}): {key}={value!r} is not supported by nbnet "
                                  f"(only {_NEUTRAL[key]!r}).")
-    for key in ("kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer", "activation"):
+    for key in ("kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer", "activation",
+                "depthwise_initializer", "depthwise_regularizer"):
         if key in kwargs:
             kwargs[key] = _plain(kwargs[key])
             if key.endswith("regularizer") and isinstance(kwargs[key], dict):
@@ -630,6 +631,10 @@ def _keras_input_entry(layer):
 
 
 def _keras_layer_entry(layer, input_shape):
+    reason = layer.keras_incompatibility()
+    if reason:
+        raise ModelFileError(f"Layer '{layer.name}' ({type(layer).__name__}) cannot go into a Keras file: {reason}. "
+                             "Save the model as .nbnet, or export it to ONNX.")
     return {"module": "keras.layers", "class_name": type(layer).__name__, "registered_name": None,
             "config": _keras_layer_config(layer), "build_config": {"input_shape": list(input_shape)}}
 
@@ -642,10 +647,10 @@ _LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
 def _keras_layer_config(layer):
     config = {**layer.get_config(), "dtype": "float32"}
     config.pop("input_shape", None)
-    for key in ("kernel_initializer", "bias_initializer"):
+    for key in ("kernel_initializer", "bias_initializer", "depthwise_initializer"):
         if isinstance(config.get(key), dict):
             config[key] = {"module": "keras.initializers", **config[key], "registered_name": None}
-    for key in ("kernel_regularizer", "bias_regularizer"):
+    for key in ("kernel_regularizer", "bias_regularizer", "depthwise_regularizer"):
         if isinstance(config.get(key), dict):
             config[key] = {"module": "keras.regularizers", "class_name": "L1L2", "config": config[key],
                            "registered_name": None}

@@ -56,6 +56,7 @@ def _ptx_signatures():
 
     from nbnet.kernels.cuda import activations as A
     from nbnet.kernels.cuda import conv as C
+    from nbnet.kernels.cuda import depthwise as W
     from nbnet.kernels.cuda import dropout as D
     from nbnet.kernels.cuda import losses as L
     from nbnet.kernels.cuda import merging as M
@@ -74,7 +75,7 @@ def _ptx_signatures():
     h1 = int32[::1]  # the optimizer kernels' halt flag
     i1 = int32[::1]  # Maximum's and Minimum's winners
     a3, g2 = float32[:, :, ::1], int64[:, ::1]  # LogSoftmax's (outer, axis, inner) views; geometry
-    modules = (A, C, D, L, M, N, O, P, R, S, T, X, Z)
+    modules = (A, C, D, L, M, N, O, P, R, S, T, W, X, Z)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -88,6 +89,11 @@ def _ptx_signatures():
         C._direct_conv_forward_kernel: (a4, a2) + (i,) * 8 + (f, a2),
         C._direct_conv_dkernel_partials_kernel: (a4, a2) + (i,) * 8 + (f, a2),
         C._direct_conv_dx_kernel: (a2, a2) + (i,) * 8 + (f, a4),
+        W._depthwise_forward_kernel: (a4, a3) + (i,) * 10 + (f, a2),
+        W._depthwise_dkernel_partials_kernel: (a4, a2) + (i,) * 10 + (f, a2),
+        W._depthwise_dx_kernel: (a2, a3) + (i,) * 10 + (f, a4),
+        W._grouped_im2col_kernel: (a4,) + (i,) * 10 + (f, a3),
+        W._grouped_col2im_kernel: (a3,) + (i,) * 10 + (f, a4),
         P._maxpool_forward_kernel: (a4,) + (i,) * 6 + (a4, i4),
         P._maxpool_backward_kernel: (a4, i4) + (i,) * 6 + (f, a4),
         P._bias_activation_maxpool_kernel: (a4, a1, boolean, i, i, f, a4, i4),
@@ -150,6 +156,9 @@ def _ptx_signatures():
         X._clip_backward_kernel: (a1, f, f, f, a1, a1),
         X._log_softmax_forward_kernel: (a3, f, a3),
         X._log_softmax_backward_kernel: (a3, a3, a3),
+        X._binary_backward_same_kernel: (i, i, a1, a1, a1, g2, a1),
+        X._take_forward_kernel: (a3, int64[::1], a3),
+        X._take_backward_kernel: (a3, int64[::1], f, a3),
     }
 
 

@@ -214,7 +214,9 @@ def _numeric_check(layer, inputs, seed=0):
     lambda: layers.Clip(-0.3, 0.4),
     lambda: layers.LogSoftmax(axis=-1),
     lambda: layers.LogSoftmax(axis=1),
-], ids=["permute", "clip", "log_softmax_last", "log_softmax_axis1"])
+    lambda: layers.Take(2, [3, 0, 0, 1]),
+    lambda: layers.Take(-1, [1]),
+], ids=["permute", "clip", "log_softmax_last", "log_softmax_axis1", "take_repeated", "take_last"])
 def test_layer_gradients(make):
     x = np.random.default_rng(3).normal(size=(2, 3, 4, 2)).astype(np.float32)
     _numeric_check(make(), x)
@@ -261,3 +263,110 @@ def test_new_layers_export_and_save(tmp_path):
     model.save(tmp_path / "m.nbnet")
     np.testing.assert_array_equal(models.load_model(tmp_path / "m.nbnet").predict(data, verbose=0),
                                   model.predict(data, verbose=0))
+
+
+# -- pools whose pads Keras cannot express --------------------------------------------------
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 0, 1])),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[2, 1, 1, 2], ceil_mode=1)),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[3, 3], ceil_mode=1)),
+    ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 2, 1], count_include_pad=0)),
+    ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 2, 1], count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0], ceil_mode=1, count_include_pad=0)),
+    ("AveragePool", dict(kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_LOWER", count_include_pad=1)),
+], ids=["max_asym", "max_ceil_pads", "max_ceil_stride_gt_kernel", "avg_asym_exclude", "avg_asym_include",
+        "avg_ceil_include", "avg_ceil_exclude", "avg_same_lower_include"])
+def test_pool_explicit_pads_match_onnxruntime_train_and_export(op, attrs, tmp_path):
+    x = np.random.default_rng(6).normal(size=(3, 2, 7, 8)).astype(np.float32)
+    proto = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [("x", [None, 2, 7, 8])], [("y", None)], opset=19)
+    expected = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    model = import_proto(proto)
+    got = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    (pool,) = [layer for layer in model.layers if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D))]
+    # the gradient reaches every input pixel a window reads (none is dropped at the border)
+    xin = np.random.default_rng(7).normal(size=(2,) + tuple(pool.built_input_shape)).astype(np.float64)
+    _numeric_check(type(pool)(pool_size=pool.pool_size, strides=pool.strides, padding=pool.padding), xin)
+    assert nbnet_onnx.export(model, tmp_path / "pool.onnx", x=x, print_fn=None).report.passed
+    model.save(tmp_path / "pool.nbnet")
+    np.testing.assert_array_equal(models.load_model(tmp_path / "pool.nbnet").predict(x, verbose=0), got)
+
+
+def test_pool_explicit_pads_are_checked():
+    from nbnet.errors import NbnetError
+
+    with pytest.raises(NbnetError, match="smaller than the pool size"):
+        layers.MaxPooling2D((2, 2), padding=((2, 0), (0, 0)))
+    with pytest.raises(NbnetError, match="padding must be"):
+        layers.AveragePooling2D((2, 2), padding=((1, -1), (0, 0)))
+    proto = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[2, 0, 0, 0])],
+                   [("x", [None, 1, 5, 5])], [("y", None)])
+    with pytest.raises(OnnxImportError, match=r"\(MaxPool, opset 17\).*as large as the kernel"):
+        import_proto(proto)
+
+
+
+# -- Slice and Gather of computed tensors ----------------------------------------------------
+def _slice_gather_model(opset):
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),  # held channels-last inside
+             helper.make_node("Gather", ["c", "channels"], ["g"], axis=1),  # channels 3, 0, 3
+             helper.make_node("Gather", ["g", "row"], ["r"], axis=2)]  # a scalar index drops H
+    initializers = [("w", w), ("channels", i64(-1, 0, 3)), ("row", np.array(-2, np.int64))]
+    if opset >= 10:
+        nodes.append(helper.make_node("Slice", ["r", "starts", "ends", "axes", "steps"], ["y"]))
+        initializers += [("starts", i64(-1, 0, 1)), ("ends", i64(-2 ** 63, 2 ** 62, 3)), ("axes", i64(2, 0, 1)),
+                         ("steps", i64(-2, 1, 1))]
+    else:
+        nodes.append(helper.make_node("Slice", ["r"], ["y"], starts=[1, 0], ends=[3, 2 ** 62], axes=[1, 2]))
+    return _model(nodes, [("x", [None, 3, 5, 6])], [("y", None)], initializers, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [9, 17])
+def test_slice_and_gather_of_computed_tensors_match_onnxruntime_and_export(opset, tmp_path):
+    x = np.random.default_rng(12).normal(size=(4, 3, 5, 6)).astype(np.float32)
+    model = _compare(_slice_gather_model(opset), {"x": x})
+    assert sum(isinstance(layer, layers.Take) for layer in model.layers) >= 3
+    out = model.predict(x, verbose=0)
+    assert nbnet_onnx.export(model, tmp_path / "take.onnx", x=x, print_fn=None).report.passed
+    model.save(tmp_path / "take.nbnet")
+    np.testing.assert_array_equal(models.load_model(tmp_path / "take.nbnet").predict(x, verbose=0), out)
+    model.compile(optimizer=optimizers.SGD(0.01), loss=losses.MeanSquaredError())
+    model.fit(x, np.zeros_like(out), epochs=1, batch_size=2, verbose=0)  # gradients flow through Take
+
+
+@pytest.mark.parametrize("node, initializers, message", [
+    (helper.make_node("Gather", ["x", "i"], ["y"], axis=0), [("i", np.array([0], np.int64))],
+     r"node 'y' \(Gather, opset 17\): Gather along the batch axis"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], axis=1), [("i", np.array([3], np.int64))],
+     r"indices \[3\] outside \[-3, 3\)"),
+    (helper.make_node("Slice", ["x", "s", "e", "a"], ["y"]), [(k, np.array([v], np.int64)) for k, v in
+                                                             (("s", 1), ("e", 3), ("a", 0))],
+     r"\(Slice, opset 17\): a Slice of the batch axis \(1:3:1\)"),
+    (helper.make_node("Slice", ["x", "s", "e", "a"], ["y"]), [(k, np.array([v], np.int64)) for k, v in
+                                                             (("s", 2), ("e", 2), ("a", 1))],
+     r"an empty Slice 2:2:1"),
+], ids=["gather_batch", "gather_range", "slice_batch", "slice_empty"])
+def test_slice_and_gather_errors_name_the_node(node, initializers, message):
+    proto = _model([node], [("x", [None, 3, 4])], [("y", None)], initializers)
+    with pytest.raises(OnnxImportError, match=message):
+        import_proto(proto)
+
+
+def test_layers_keras_cannot_read_are_refused_in_keras_files_not_written_wrong(tmp_path):
+    from nbnet import layers
+    from nbnet.errors import ModelFileError
+
+    pads = models.Sequential([layers.Input((6, 6, 2)), layers.MaxPooling2D(2, padding=((1, 0), (1, 0))),
+                              layers.Flatten(), layers.Dense(3)])
+    clipped = models.Sequential([layers.Input((4,)), layers.Dense(3), layers.Clip(0.0, 6.0)])
+    for model, words in ((pads, "explicit pads"), (clipped, "ONNX import")):
+        for name in ("m.keras", "m.h5"):
+            with pytest.raises(ModelFileError, match=words):
+                model.save(tmp_path / name)
+            assert not (tmp_path / name).exists()
+        model.save(tmp_path / "m.nbnet")  # nbnet's own file keeps them
+        assert models.load_model(tmp_path / "m.nbnet").layers[-1].get_config() == model.layers[-1].get_config()

@@ -222,12 +222,13 @@ def test_one_compiled_signature_per_dtype_across_ranks_and_broadcasts():
         layer = layers.Permute(tuple(range(len(shape) - 1, 0, -1)))
         layer.build(shape[1:])
         layer.backward(layer.forward(x).copy())
-        for cls in (layers.LogSoftmax, layers.Clip):
-            layer = cls()
+        for layer in (layers.LogSoftmax(), layers.Clip(), layers.Take(-1, [2, 0, 2]),
+                      layers.ConstantOperation("mul", shape[2:])):
             layer.build(shape[1:])
             layer.backward(layer.forward(x).copy())
     for name in ("permute_forward", "binary_forward", "binary_backward", "clip_forward", "clip_backward",
-                 "log_softmax_forward", "log_softmax_backward"):
+                 "log_softmax_forward", "log_softmax_backward", "take_forward", "take_backward",
+                 "binary_backward_same"):
         dispatcher = getattr(K, name)
         float32 = [sig for sig in dispatcher.signatures if any(getattr(t, "dtype", None) == numba.float32 for t in sig)]
         assert len(float32) == 1, (name, dispatcher.signatures)
@@ -376,3 +377,63 @@ def test_layers_on_cuda_match_the_cpu(make, shapes):
         np.testing.assert_allclose(_host(dx_dev), dx, rtol=1e-5, atol=1e-6)
     if "operand" in cpu_layer.grads:
         np.testing.assert_allclose(_host(gpu_layer.grads["operand"]), cpu_layer.grads["operand"], rtol=1e-5, atol=1e-5)
+
+
+def _take_reference(x, indices, dy):
+    """np.take and its gradient (np.add.at: repeated indices add up)."""
+    dx = np.zeros_like(x)
+    np.add.at(dx, (slice(None), indices), dy)
+    return np.take(x, indices, axis=1), dx
+
+
+@pytest.mark.parametrize("view, indices", [((3, 5, 4), [4, 0, 0, 2]), ((1, 7, 1), [6, 5, 4, 3, 2, 1, 0]),
+                                           ((6, 2, 9), [1])])
+def test_take_matches_numpy_with_repeated_indices(view, indices):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(view).astype(np.float32)
+    indices = np.array(indices, np.int64)
+    dy = rng.standard_normal((view[0], len(indices), view[2])).astype(np.float32)
+    y, dx = np.empty_like(dy), np.full_like(x, np.nan)  # stale values must be overwritten
+    K.take_forward(x, indices, y)
+    K.take_backward(dy, indices, dx)
+    want_y, want_dx = _take_reference(x, indices, dy)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6)
+
+
+@sim_only
+def test_take_on_cuda_matches_the_cpu():
+    rng = np.random.default_rng(10)
+    for view, indices in (((3, 5, 4), [4, 0, 0, 2]), ((2, 9, 7), [8, 6, 4, 2, 0])):
+        x = rng.standard_normal(view).astype(np.float32)
+        indices = np.array(indices, np.int64)
+        dy = rng.standard_normal((view[0], len(indices), view[2])).astype(np.float32)
+        y, dx = np.empty_like(dy), np.empty_like(x)
+        K.take_forward(x, indices, y)
+        K.take_backward(dy, indices, dx)
+        y_dev, dx_dev = cuda.device_array(y.shape, np.float32), cuda.device_array(x.shape, np.float32)
+        G.take_forward(cuda.to_device(x), cuda.to_device(indices), y_dev)
+        G.take_backward(cuda.to_device(dy), cuda.to_device(indices), dx_dev)
+        np.testing.assert_array_equal(_host(y_dev), y)
+        np.testing.assert_array_equal(_host(dx_dev), dx)  # one sum per element, in the CPU's order
+
+
+@pytest.mark.parametrize("operation", K.OPERATIONS)
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 4, 5), (1, 3, 1, 1)), ((2, 3, 4, 5), ()),
+                                              ((2, 3, 4, 5), (4, 5)), ((3, 7), (3, 7))])
+def test_gradient_of_an_operand_not_broadcast_matches_the_reduction(operation, a_shape, b_shape):
+    """binary_backward_same (ConstantOperation's input gradient) against binary_backward."""
+    rng = np.random.default_rng(13)
+    a, b = _operands(rng, a_shape, b_shape)
+    dy = rng.standard_normal(a_shape).astype(np.float32)
+    code = K.CODES[operation]
+    want = cpu_binary_backward(operation, a, b, dy)[0]
+    got = np.full(a.size, np.nan, np.float32)
+    geometry = K.broadcast_geometry(a_shape, a_shape, b_shape)
+    K.binary_backward_same(code, 0, _flat(a), _flat(b), _flat(dy), geometry, got)
+    np.testing.assert_array_equal(got, want.reshape(-1))
+    if ON_CUDA:
+        got_dev = cuda.device_array(a.size, np.float32)
+        G.binary_backward_same(code, 0, *(cuda.to_device(_flat(v)) for v in (a, b, dy)), cuda.to_device(geometry),
+                               got_dev)
+        np.testing.assert_array_equal(_host(got_dev), want.reshape(-1))

@@ -13,14 +13,17 @@ from ..kernels.activations import activation_backward, bias_activation_forward  
 from ..kernels.conv import (conv2d_backward, direct_conv_backward, direct_conv_forward,  # noqa: F401
                            direct_conv_maxpool_backward, direct_conv_maxpool_forward, im2col)
 from ..kernels.dense import dense_backward  # noqa: F401
+from ..kernels.depthwise import (depthwise_backward, depthwise_forward, grouped_col2im,  # noqa: F401
+                                grouped_conv_backward, grouped_conv_forward, grouped_im2col)
 from ..kernels.dropout import apply_mask  # noqa: F401
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
 from ..kernels.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
                               merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
-from ..kernels.onnx_ops import (binary_backward, binary_forward, clip_backward, clip_forward,  # noqa: F401
-                               log_softmax_backward, log_softmax_forward, permute_forward)
+from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_forward, clip_backward,  # noqa: F401
+                               clip_forward, log_softmax_backward, log_softmax_forward, permute_forward, take_backward,
+                               take_forward)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)

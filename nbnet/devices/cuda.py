@@ -10,6 +10,8 @@ from ..kernels.cuda.activations import activation_backward, bias_activation_forw
 from ..kernels.cuda.conv import (conv2d_backward, direct_conv_backward, direct_conv_forward,  # noqa: F401
                                 direct_conv_maxpool_backward, direct_conv_maxpool_forward, im2col)
 from ..kernels.cuda.dense import dense_backward  # noqa: F401
+from ..kernels.cuda.depthwise import (depthwise_backward, depthwise_forward, grouped_col2im,  # noqa: F401
+                                     grouped_conv_backward, grouped_conv_forward, grouped_im2col)
 from ..kernels.cuda.dropout import apply_mask  # noqa: F401
 from ..kernels.cuda.gemm import matmul  # noqa: F401
 from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, crossentropy_from_probabilities,  # noqa: F401
@@ -19,8 +21,9 @@ from ..kernels.cuda.merging import (concat_backward, concat_forward, merge_add, 
                                    merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
 from ..kernels.cuda.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                           batchnorm_train_forward, update_moving_averages)
-from ..kernels.cuda.onnx_ops import (binary_backward, binary_forward, clip_backward, clip_forward,  # noqa: F401
-                                    log_softmax_backward, log_softmax_forward, permute_forward)
+from ..kernels.cuda.onnx_ops import (binary_backward, binary_backward_same, binary_forward, clip_backward,  # noqa: F401
+                                    clip_forward, log_softmax_backward, log_softmax_forward, permute_forward,
+                                    take_backward, take_forward)
 from ..kernels.cuda.optim import (adadelta_update, adagrad_update, adam_update, adamax_update,  # noqa: F401
                                   clip_by_value, clip_segments_by_norm, decay_weights, nadam_update, rmsprop_update,
                                   sgd_update)

@@ -83,6 +83,10 @@ class Layer:
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def keras_incompatibility(self):
+        """Why Keras could not read this layer back from a Keras file, or None."""
+        return None
+
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
         if self.input_shape is not None:

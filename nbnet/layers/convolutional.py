@@ -1,13 +1,16 @@
-"""Conv2D over channels-last (NHWC) input with Keras's (kh, kw, in, out) kernel."""
+"""Conv2D over channels-last (NHWC) input with Keras's (kh, kw, in/groups, out) kernel, and
+DepthwiseConv2D with Keras's (kh, kw, in, depth_multiplier) one."""
 
 import numpy as np
 
+from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import DIRECT_MAX_FIELD, output_geometry
 from ..kernels.winograd import applies as winograd_applies
+from ..tensor import as_tensor
 from .base import Layer
-from .core import KernelMixin
+from .core import ActivationMixin, KernelMixin, _reg_config
 
 
 def pair(value, what, owner):
@@ -25,12 +28,59 @@ def padding_mode(padding, owner):
     return mode
 
 
+# Keras 3's order, which nbnet follows: an activation given as the fifth positional argument
+# (nbnet's order before dilation_rate and groups) lands on data_format, and is refused here.
+_CONV2D_ORDER = ("(filters, kernel_size, strides, padding, data_format, dilation_rate, groups, activation, use_bias, "
+                 "...)")
+
+
+def channels_last(data_format, owner, order):
+    if data_format not in (None, "channels_last"):
+        raise NbnetError(f"{owner}: nbnet computes channels-last (NHWC) only, received data_format={data_format!r}. "
+                         f"Use data_format=None or 'channels_last' (with channels-first data, transpose it first). "
+                         f"The arguments follow Keras 3's order {order}: pass activation and later ones by keyword.")
+
+
+def dilation_pair(dilation_rate, strides, owner):
+    """Keras's rule: a dilation above 1 with a stride above 1 is refused (TensorFlow never
+    implemented the pair)."""
+    dilation = pair(dilation_rate, "dilation_rate", owner)
+    if max(dilation) > 1 and max(strides) > 1:
+        raise NbnetError(f"{owner}: strides > 1 is not supported together with dilation_rate > 1 (as in Keras), "
+                         f"received strides={strides} and dilation_rate={dilation}. Use strides=1 with the dilation, "
+                         "or a pooling layer after it.")
+    return dilation
+
+
+def dilated_geometry(height, width, kernel_size, strides, dilation, padding):
+    """(kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w), the geometry of the
+    kernels in kernels/depthwise.py: a dilated kernel covers (k - 1)*d + 1 pixels, and
+    'valid'/'same' are computed over that span, as TensorFlow and Keras do."""
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    out_h, out_w, top, left = output_geometry(height, width, span, strides, padding)
+    return (kh, kw, *strides, dh, dw, top, left, out_h, out_w)
+
+
+def _check_span(layer, input_shape):
+    """A 'valid' window must fit in the input (a dilated one over its whole span)."""
+    if len(input_shape) != 3:
+        raise layer._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+    height, width, _ = input_shape
+    (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if layer.padding == "valid" and (span_h > height or span_w > width):
+        spanned = f"{kh}x{kw} kernel" + (f" (spanning {span_h}x{span_w} at dilation_rate={layer.dilation_rate})"
+                                          if (dh, dw) != (1, 1) else "")
+        raise layer._shape_error(f"an input at least as large as its {spanned} with padding='valid'", input_shape)
+
+
 class Conv2D(KernelMixin, Layer):
     weight_order = ("kernel", "bias")
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
-                 bias_regularizer=None, **kwargs):
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
+                 groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         owner = f"Conv2D '{self.name}'"
         if int(filters) < 1:
@@ -39,6 +89,14 @@ class Conv2D(KernelMixin, Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", owner)
         self.strides = pair(strides, "strides", owner)
         self.padding = padding_mode(padding, owner)
+        channels_last(data_format, owner, _CONV2D_ORDER)
+        self.dilation_rate = dilation_pair(dilation_rate, self.strides, owner)
+        if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+            raise NbnetError(f"{owner}: groups must be a positive integer, received {groups!r}.")
+        if self.filters % groups:
+            raise NbnetError(f"{owner}: filters must be divisible by groups (each group makes filters/groups "
+                             f"outputs), received filters={self.filters} and groups={groups}.")
+        self.groups = int(groups)
         self._init_kernel(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
                           bias_regularizer)
         # The MaxPooling2D after this layer when the model runs it inside this layer's pass
@@ -46,21 +104,25 @@ class Conv2D(KernelMixin, Layer):
         self.pool = None
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
-        height, width, _ = input_shape
-        kh, kw = self.kernel_size
-        if self.padding == "valid" and (kh > height or kw > width):
-            raise self._shape_error(f"an input at least as large as its {kh}x{kw} kernel with padding='valid'",
-                                    input_shape)
+        _check_span(self, input_shape)
+        if input_shape[2] % self.groups:
+            raise NbnetError(f"Conv2D '{self.name}': the input's channels must be divisible by groups, received "
+                             f"groups={self.groups}, but the input has {input_shape[2]} channels (input shape "
+                             f"{(None,) + tuple(input_shape)}). Use a groups that divides {input_shape[2]}.")
 
     def create_weights(self, input_shape, rng):
-        self._create_kernel(self.kernel_size + (input_shape[2], self.filters), rng)
+        self._create_kernel(self.kernel_size + (input_shape[2] // self.groups, self.filters), rng)
 
     def compute_output_shape(self, input_shape):
-        out_h, out_w, _, _ = output_geometry(input_shape[0], input_shape[1], self.kernel_size, self.strides,
-                                             self.padding)
+        out_h, out_w = dilated_geometry(input_shape[0], input_shape[1], self.kernel_size, self.strides,
+                                        self.dilation_rate, self.padding)[-2:]
         return (out_h, out_w, self.filters)
+
+    @property
+    def _plain(self):
+        """Whether this is an ordinary convolution: only then the fast paths below (direct,
+        im2col, Winograd, the pool fusion) run; kernels/depthwise.py does the others."""
+        return self.groups == 1 and self.dilation_rate == (1, 1)
 
     def _geometry(self, height, width):
         """The kernels' window arguments: (kh, kw, sh, sw, pad_top, pad_left, out_h, out_w).
@@ -76,9 +138,11 @@ class Conv2D(KernelMixin, Layer):
     def can_absorb(self, pool):
         """Whether ``pool``, a max pool right after this layer, can run inside its pass:
         windows that tile the image, and an activation that commutes with the max."""
-        return pool.tiles_input() and self._code in (LINEAR, RELU)
+        return self._plain and pool.tiles_input() and self._code in (LINEAR, RELU)
 
     def forward(self, x, training=False):
+        if not self._plain:
+            return self._grouped_forward(x)
         ops = self.ops
         batch, height, width, _ = x.shape
         geometry = self._geometry(height, width)
@@ -122,6 +186,8 @@ class Conv2D(KernelMixin, Layer):
         return y.reshape(batch, out_h, out_w, self.filters)
 
     def backward(self, dy, from_logits=False):
+        if not self._plain:
+            return self._grouped_backward(dy, from_logits)
         ops = self.ops
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         dtype = dy.dtype
@@ -165,6 +231,143 @@ class Conv2D(KernelMixin, Layer):
         kernel = self.params["kernel"]
         return self._buffer("kernel_transform", (16,) + tuple(kernel.shape[2:]), kernel.dtype)
 
+    def _depthwise(self, channels):
+        """groups == in_channels is a depthwise convolution: the kernel (kh, kw, 1, F) is
+        the depthwise kernel (kh, kw, C, F/C) of output channel c*F/C + m, which is also
+        group c's output, so the direct depthwise loops run it (no im2col, no BLAS)."""
+        return self.groups == channels
+
+    def _grouped_forward(self, x):
+        ops = self.ops
+        batch, height, width, channels = x.shape
+        geometry = dilated_geometry(height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        out_h, out_w = geometry[-2:]
+        rows = batch * out_h * out_w
+        kernel = self.params["kernel"]
+        z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
+        self._x_shape, self._geometry_used = x.shape, geometry
+        if self._depthwise(channels):
+            self._x, self._cols = x, None
+            ops.depthwise_forward(x, kernel.reshape(*self.kernel_size, self.filters), *geometry, z)
+        else:
+            self._x = None
+            self._cols = self._buffer("cols", (self.groups, rows, kernel.size // self.filters), x.dtype)
+            ops.grouped_conv_forward(x, kernel.reshape(-1, self.filters), geometry, self._cols, z)
+        y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
+        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
+        self._y = y
+        return y.reshape(batch, out_h, out_w, self.filters)
+
+    def _grouped_backward(self, dy, from_logits):
+        ops = self.ops
+        dtype = dy.dtype
+        dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
+        dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
+        ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
+                                self._param_or_nothing(self.grads, "bias", dtype))
+        kernel, dkernel = self.params["kernel"], self.grads["kernel"]
+        if self._cols is None:
+            window = (*self.kernel_size, self.filters)
+            ops.depthwise_backward(self._x, kernel.reshape(window), dz, *self._geometry_used, dkernel.reshape(window),
+                                   dx is not None, dx if dx is not None else self._x[:0])
+            return dx
+        kernel2d = kernel.reshape(-1, self.filters)
+        scratch = self._buffer("dkernel", (ops.workers(), kernel2d.shape[0], self.filters // self.groups), dtype)
+        ops.grouped_conv_backward(self._cols, kernel2d, dz, self._geometry_used, dkernel.reshape(kernel2d.shape),
+                                  scratch, dx is not None, dx)
+        return dx
+
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, **self._kernel_config()}
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                "groups": self.groups, **self._kernel_config()}
+
+
+class DepthwiseConv2D(ActivationMixin, Layer):
+    """Keras's DepthwiseConv2D: each input channel c convolved with its own
+    ``depth_multiplier`` kernels, output channel c*depth_multiplier + m. The weight is
+    Keras 3's ``kernel`` (kh, kw, in, depth_multiplier); Keras 2's name,
+    ``depthwise_kernel``, reads it too."""
+
+    weight_order = ("kernel", "bias")
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, data_format=None,
+                 dilation_rate=(1, 1), activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        owner = f"DepthwiseConv2D '{self.name}'"
+        self.kernel_size = pair(kernel_size, "kernel_size", owner)
+        self.strides = pair(strides, "strides", owner)
+        self.padding = padding_mode(padding, owner)
+        if not isinstance(depth_multiplier, (int, np.integer)) or isinstance(depth_multiplier, bool) \
+                or depth_multiplier < 1:
+            raise NbnetError(f"{owner}: depth_multiplier must be a positive integer, received {depth_multiplier!r}.")
+        self.depth_multiplier = int(depth_multiplier)
+        channels_last(data_format, owner, "(kernel_size, strides, padding, depth_multiplier, data_format, "
+                                          "dilation_rate, activation, use_bias, ...)")
+        self.dilation_rate = dilation_pair(dilation_rate, self.strides, owner)
+        self.use_bias = use_bias
+        self._kernel_init = initializers.get(depthwise_initializer, owner)
+        self._bias_init = initializers.get(bias_initializer, owner)
+        self.depthwise_initializer = initializers.serialize(depthwise_initializer)
+        self.bias_initializer = initializers.serialize(bias_initializer)
+        self.regularizers = {"kernel": regularizers.get(depthwise_regularizer, owner),
+                             "bias": regularizers.get(bias_regularizer, owner)}
+        if not use_bias:
+            self.weight_order = ("kernel",)
+        self._init_activation(activation)
+
+    @property
+    def depthwise_kernel(self):
+        return as_tensor(self.params["kernel"])
+
+    def validate_input_shape(self, input_shape):
+        _check_span(self, input_shape)
+
+    def create_weights(self, input_shape, rng):
+        channels = input_shape[2]
+        self.params["kernel"] = self._kernel_init.draw(
+            self.kernel_size + (channels, self.depth_multiplier), rng)
+        if self.use_bias:
+            self.params["bias"] = self._bias_init.draw((channels * self.depth_multiplier,), rng)
+
+    def compute_output_shape(self, input_shape):
+        out_h, out_w = dilated_geometry(input_shape[0], input_shape[1], self.kernel_size, self.strides,
+                                        self.dilation_rate, self.padding)[-2:]
+        return (out_h, out_w, input_shape[2] * self.depth_multiplier)
+
+    def forward(self, x, training=False):
+        ops = self.ops
+        batch, height, width, channels = x.shape
+        outs = channels * self.depth_multiplier
+        geometry = dilated_geometry(height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        out_h, out_w = geometry[-2:]
+        z = self._buffer("logits" if self.keep_logits else "y", (batch * out_h * out_w, outs), x.dtype)
+        # (kh, kw, C, M) viewed as (kh, kw, C*M): output channel c*M + m's taps, contiguous.
+        ops.depthwise_forward(x, self.params["kernel"].reshape(*self.kernel_size, outs), *geometry, z)
+        y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
+        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
+        self._x, self._y, self._geometry_used = x, y, geometry
+        return y.reshape(batch, out_h, out_w, outs)
+
+    def backward(self, dy, from_logits=False):
+        ops = self.ops
+        x = self._x
+        dx = self._buffer("dx", x.shape, dy.dtype) if self.needs_input_grad else None
+        outs = self._y.shape[1]
+        dz = dy.reshape(-1, outs)  # overwritten in place with the gradient before the activation
+        ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
+                                self._param_or_nothing(self.grads, "bias", dy.dtype))
+        window = (*self.kernel_size, outs)
+        ops.depthwise_backward(x, self.params["kernel"].reshape(window), dz, *self._geometry_used,
+                               self.grads["kernel"].reshape(window), dx is not None,
+                               dx if dx is not None else x[:0])
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": self.padding, "depth_multiplier": self.depth_multiplier,
+                "dilation_rate": list(self.dilation_rate), "activation": self.activation, "use_bias": self.use_bias,
+                "depthwise_initializer": self.depthwise_initializer, "bias_initializer": self.bias_initializer,
+                "depthwise_regularizer": _reg_config(self.regularizers["kernel"]),
+                "bias_regularizer": _reg_config(self.regularizers["bias"])}

@@ -10,6 +10,8 @@ geometry those kernels take computed once per shape and kept on the layer's devi
 - ``BroadcastOperation(operation)``: a (op) b of two tensors with NumPy broadcasting over
   the sample axes (the merge layers need equal shapes).
 - ``Clip(min_value, max_value)`` and ``LogSoftmax(axis)``.
+- ``Take(axis, indices)``: np.take along one sample axis with constant indices (ONNX's
+  Slice, any step, and Gather).
 """
 
 import numpy as np
@@ -18,6 +20,13 @@ from ..errors import NbnetError, ShapeError
 from ..kernels.onnx_ops import (CODES, OPERATIONS, broadcast_geometry, permute_geometry, reduction_geometry,
                                 softmax_geometry)
 from .base import Layer
+
+
+class _OnnxOnly(Layer):
+    """A layer only ONNX import makes: Keras has no class of that name."""
+
+    def keras_incompatibility(self):
+        return "an nbnet layer for ONNX import, with no Keras class"
 
 
 def _flat(array):
@@ -92,7 +101,7 @@ def _broadcast(shapes, owner):
                          "(batch axis first).") from None
 
 
-class ConstantOperation(Layer):
+class ConstantOperation(_OnnxOnly):
     """y = x (op) operand, the operand broadcasting against one sample (its shape has at
     most the sample's rank; leading axes of size 1 may be left out)."""
 
@@ -134,8 +143,12 @@ class ConstantOperation(Layer):
         dx = None
         if self.needs_input_grad:
             dx = self._buffer("dx", self._x.shape, dy.dtype)
-            geometry, kept = _geometry(self, "dx", shapes, lambda: reduction_geometry(0, *shapes))
-            self.ops.binary_backward(code, 0, x, c, flat_dy, geometry, kept, _flat(dx))
+            if tuple(self._x.shape) == shapes[0]:  # x not broadcast: elementwise, the forward's geometry
+                geometry = _geometry(self, "forward", shapes[1:], lambda: broadcast_geometry(*shapes))
+                self.ops.binary_backward_same(code, 0, x, c, flat_dy, geometry, _flat(dx))
+            else:
+                geometry, kept = _geometry(self, "dx", shapes, lambda: reduction_geometry(0, *shapes))
+                self.ops.binary_backward(code, 0, x, c, flat_dy, geometry, kept, _flat(dx))
         if wants_operand:
             dc = self._buffer("doperand", self.operand_shape, dy.dtype)
             geometry, kept = _geometry(self, "doperand", shapes, lambda: reduction_geometry(1, *shapes))
@@ -148,7 +161,7 @@ class ConstantOperation(Layer):
                 "trainable_operand": self.trainable_operand}
 
 
-class BroadcastOperation(Layer):
+class BroadcastOperation(_OnnxOnly):
     """a (op) b for two inputs of one batch size whose sample shapes broadcast."""
 
     multiple_inputs = True
@@ -201,7 +214,7 @@ class BroadcastOperation(Layer):
         return {**super().get_config(), "operation": self.operation}
 
 
-class Clip(Layer):
+class Clip(_OnnxOnly):
     """y = min(max(x, min_value), max_value); None leaves that side open."""
 
     def __init__(self, min_value=None, max_value=None, **kwargs):
@@ -231,7 +244,7 @@ class Clip(Layer):
         return {**super().get_config(), "min_value": self.min_value, "max_value": self.max_value}
 
 
-class LogSoftmax(Layer):
+class LogSoftmax(_OnnxOnly):
     """log(softmax(x)) over ``axis`` (a sample axis: -1, the last, by default)."""
 
     def __init__(self, axis=-1, **kwargs):
@@ -260,3 +273,65 @@ class LogSoftmax(Layer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
+
+
+class Take(_OnnxOnly):
+    """y = np.take(x, indices, axis): the positions ``indices`` (ints, in any order,
+    repeats allowed) along the sample axis ``axis`` (the batch axis is 0; negative counts
+    from the last). ONNX import's Slice (a range with any step) and Gather (constant
+    indices); the gradient adds each output position back into the input position it read."""
+
+    def __init__(self, axis, indices, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        values = np.asarray(indices)
+        if values.ndim != 1 or values.size == 0 or values.dtype.kind not in "iu":
+            raise NbnetError(f"Take '{self.name}': indices must be a non-empty 1-D list of ints, received "
+                             f"{indices!r}.")
+        self.indices = tuple(int(i) for i in values)
+        if self.axis == 0:
+            raise NbnetError(f"Take '{self.name}': axis 0 is the batch axis.")
+
+    def _position(self, rank):
+        """The axis of the (batch-first) tensor of ``rank``."""
+        return self.axis % rank
+
+    def validate_input_shape(self, input_shape):
+        rank = len(input_shape) + 1
+        if not -rank < self.axis < rank or self._position(rank) == 0:
+            raise self._shape_error(f"a sample axis {self.axis}", input_shape)
+        size = input_shape[self._position(rank) - 1]
+        if min(self.indices) < 0 or max(self.indices) >= size:
+            raise self._shape_error(f"indices in [0, {size}) along axis {self.axis}, received "
+                                    f"[{min(self.indices)}, {max(self.indices)}]", input_shape)
+
+    def compute_output_shape(self, input_shape):
+        position = self._position(len(input_shape) + 1) - 1
+        return tuple(input_shape[:position]) + (len(self.indices),) + tuple(input_shape[position + 1:])
+
+    def _views(self, shape):
+        outer, size, inner = softmax_geometry(tuple(shape), self._position(len(shape)))
+        return (outer, size, inner), (outer, len(self.indices), inner)
+
+    def _indices(self):
+        return _geometry(self, "indices", self.indices, lambda: np.array(self.indices, np.int64))
+
+    def forward(self, x, training=False):
+        view_in, view_out = self._views(x.shape)
+        shape = list(x.shape)
+        shape[self._position(x.ndim)] = len(self.indices)
+        y = self._buffer("y", tuple(shape), x.dtype)
+        self.ops.take_forward(x.reshape(view_in), self._indices(), y.reshape(view_out))
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        view_in, view_out = self._views(self._x_shape)
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        self.ops.take_backward(dy.reshape(view_out), self._indices(), dx.reshape(view_in))
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "indices": list(self.indices)}

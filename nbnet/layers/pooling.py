@@ -8,6 +8,29 @@ from .base import Layer
 from .convolutional import pair, padding_mode
 
 
+def _pool_padding(padding, pool_size, owner):
+    """'valid', 'same', or explicit ((top, bottom), (left, right)) pads (an nbnet
+    extension ONNX import uses for pads Keras cannot express). The kernels leave padded
+    positions out of both the max and the average's count, so explicit pads act as -inf
+    for max pooling and as ONNX's count_include_pad=0 for averages."""
+    if isinstance(padding, str):
+        return padding_mode(padding, owner)
+    try:
+        (top, bottom), (left, right) = padding
+        pads = tuple(int(p) for p in (top, bottom, left, right))
+        exact = all(p == q for p, q in zip(pads, (top, bottom, left, right)))
+    except (TypeError, ValueError):
+        pads, exact = (), False
+    if not exact or min(pads) < 0:
+        raise NbnetError(f"{owner}: padding must be 'valid', 'same' or ((top, bottom), (left, right)) of "
+                         f"non-negative ints, received {padding!r}.")
+    if pads[0] >= pool_size[0] or pads[2] >= pool_size[1]:
+        # a window wholly inside the padding would have nothing to pool (the end: see validate_input_shape)
+        raise NbnetError(f"{owner}: top and left pads must be smaller than the pool size {pool_size}, received "
+                         f"{padding!r}.")
+    return ((pads[0], pads[1]), (pads[2], pads[3]))
+
+
 class _Pooling2D(Layer):
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", **kwargs):
         super().__init__(**kwargs)
@@ -15,28 +38,48 @@ class _Pooling2D(Layer):
         self.pool_size = pair(pool_size, "pool_size", owner)
         # Keras: strides default to the pool size.
         self.strides = pair(strides, "strides", owner) if strides is not None else self.pool_size
-        self.padding = padding_mode(padding, owner)
+        self.padding = _pool_padding(padding, self.pool_size, owner)
 
     def validate_input_shape(self, input_shape):
         if len(input_shape) != 3:
             raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
         ph, pw = self.pool_size
-        if self.padding == "valid" and (ph > input_shape[0] or pw > input_shape[1]):
-            raise self._shape_error(f"an input at least as large as its {ph}x{pw} pool with padding='valid'",
-                                    input_shape)
+        if self.padding == "same":
+            return
+        (top, bottom), (left, right) = ((0, 0), (0, 0)) if self.padding == "valid" else self.padding
+        if ph > input_shape[0] + top + bottom or pw > input_shape[1] + left + right:
+            raise self._shape_error(f"an input at least as large as its {ph}x{pw} pool with padding="
+                                    f"{self.padding!r}", input_shape)
+        out_h, out_w, _, _ = self._geometry(input_shape[0], input_shape[1])
+        if (out_h - 1) * self.strides[0] >= input_shape[0] + top or (out_w - 1) * self.strides[1] >= \
+                input_shape[1] + left:
+            raise self._shape_error(f"no window starting in the end padding of {self.padding!r} (it would have "
+                                    "nothing to pool)", input_shape)
+
+    def _geometry(self, height, width):
+        if isinstance(self.padding, str):
+            return output_geometry(height, width, self.pool_size, self.strides, self.padding)
+        (top, bottom), (left, right) = self.padding
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        return (height + top + bottom - ph) // sh + 1, (width + left + right - pw) // sw + 1, top, left
 
     def compute_output_shape(self, input_shape):
-        out_h, out_w, _, _ = output_geometry(input_shape[0], input_shape[1], self.pool_size, self.strides,
-                                             self.padding)
+        out_h, out_w, _, _ = self._geometry(input_shape[0], input_shape[1])
         return (out_h, out_w, input_shape[2])
 
     def _window(self, x):
-        out_h, out_w, top, left = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides, self.padding)
+        out_h, out_w, top, left = self._geometry(x.shape[1], x.shape[2])
         return (x.shape[0], out_h, out_w, x.shape[3]), (*self.pool_size, *self.strides, top, left)
 
+    def keras_incompatibility(self):
+        if not isinstance(self.padding, str):
+            return f"explicit pads {self.padding} (Keras pools take 'valid' or 'same')"
+        return None
+
     def get_config(self):
+        padding = self.padding if isinstance(self.padding, str) else [list(p) for p in self.padding]
         return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
-                "padding": self.padding}
+                "padding": padding}
 
 
 class MaxPooling2D(_Pooling2D):

@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import ExportError
 from ..kernels.conv import same_padding
 from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, BroadcastOperation, Clip,
-                      Concatenate, ConstantOperation, Conv2D, Dense, LogSoftmax, Permute,
+                      Concatenate, ConstantOperation, Conv2D, Dense, DepthwiseConv2D, LogSoftmax, Permute, Take,
                       Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
                       MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, Subtract, ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
@@ -132,12 +132,20 @@ def _dense(layer, index, prefix, graph, tensor, input_shape):
 def _conv2d(layer, index, prefix, graph, tensor, input_shape):
     tensor = graph.transpose(tensor, prefix, channels_first=True)
     weights = layer.get_weights()
-    # Keras (kh, kw, in, out) -> ONNX OIHW (out, in, kh, kw)
-    inputs = [tensor.name, graph.initializer(f"{prefix}.kernel", weights[0], index, "kernel", perm=(3, 2, 0, 1))]
+    kernel, group = weights[0], getattr(layer, "groups", 1)
+    if isinstance(layer, DepthwiseConv2D):
+        # (kh, kw, C, M) as (kh, kw, 1, C*M): ONNX's group c makes outputs c*M..c*M+M-1 from
+        # input c, Keras's channel order; the loader reshapes it back.
+        kh, kw, group, mult = kernel.shape
+        kernel = kernel.reshape(kh, kw, 1, group * mult)
+    # Keras (kh, kw, in/groups, out) -> ONNX OIHW (out, in/groups, kh, kw)
+    inputs = [tensor.name, graph.initializer(f"{prefix}.kernel", kernel, index, "kernel", perm=(3, 2, 0, 1))]
     if layer.use_bias:
         inputs.append(graph.initializer(f"{prefix}.bias", weights[1], index, "bias"))
+    dilations = list(layer.dilation_rate)
+    span = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, dilations)]  # 'same' pads cover the dilated span
     out = _Tensor(graph.node("Conv", inputs, prefix, kernel_shape=list(layer.kernel_size), strides=list(layer.strides),
-                             pads=_window_pads(layer, input_shape, layer.kernel_size), dilations=[1, 1], group=1),
+                             pads=_window_pads(layer, input_shape, span), dilations=dilations, group=int(group)),
                   4, True)
     return _activation(graph, prefix, out, layer.activation, layer._slope)
 
@@ -146,8 +154,13 @@ def _pooling(op, **extra):
     def convert(layer, index, prefix, graph, tensor, input_shape):
         tensor = graph.transpose(tensor, prefix, channels_first=True)
         # strides written always: ONNX's default is 1, Keras's the pool size
+        if isinstance(layer.padding, str):
+            pads = _window_pads(layer, input_shape, layer.pool_size)
+        else:  # explicit pads: left out of the max and of the average's count, as ONNX's pads are
+            (top, bottom), (left, right) = layer.padding
+            pads = [top, left, bottom, right]
         name = graph.node(op, [tensor.name], prefix, kernel_shape=list(layer.pool_size), strides=list(layer.strides),
-                          pads=_window_pads(layer, input_shape, layer.pool_size), ceil_mode=0, **extra)
+                          pads=pads, ceil_mode=0, **extra)
         return _Tensor(name, 4, True)
 
     return convert
@@ -297,9 +310,18 @@ def _log_softmax(layer, index, prefix, graph, tensor, input_shape):
     return _Tensor(graph.node("LogSoftmax", [tensor.name], prefix, axis=layer.axis), tensor.rank)
 
 
+def _take(layer, index, prefix, graph, tensor, input_shape):
+    from onnx import numpy_helper
+
+    tensor = graph.transpose(tensor, prefix, channels_first=False)
+    indices = graph.unique(f"{prefix}.indices")
+    graph.initializers.append(numpy_helper.from_array(np.array(layer.indices, np.int64), indices))
+    return _Tensor(graph.node("Gather", [tensor.name, indices], prefix, axis=layer.axis % tensor.rank), tensor.rank)
+
+
 # Exact types only: a subclass may compute something else in forward().
 CONVERTERS = {
-    Dense: _dense, Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
+    Dense: _dense, Conv2D: _conv2d, DepthwiseConv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
     Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
     Softmax: _activation_layer, LeakyReLU: _activation_layer, Rescaling: _rescaling,
@@ -309,7 +331,7 @@ CONVERTERS = {
     Average: _elementwise("Mean", True), Maximum: _elementwise("Max", True), Minimum: _elementwise("Min", True),
     Concatenate: _concatenate,
     Permute: _permute, ConstantOperation: _constant_operation, BroadcastOperation: _broadcast_operation,
-    Clip: _clip, LogSoftmax: _log_softmax,
+    Clip: _clip, LogSoftmax: _log_softmax, Take: _take,
 }
 
 

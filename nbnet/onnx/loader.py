@@ -47,7 +47,8 @@ def load(path):
                 value = numpy_helper.to_array(initializers[name])
                 if perm is not None:
                     value = value.transpose(np.argsort(perm))
-                arrays.append(value)
+                # A depthwise kernel is written as (kh, kw, 1, C*M): same order, other shape.
+                arrays.append(value.reshape(np.shape(layer._weight(key))))
         model.set_weights(arrays)
     except ModelFileError:
         raise

@@ -185,6 +185,52 @@ def _log_softmax_backward_kernel(y, dy, dx):
             dx[o, i, c] = dy[o, i, c] - math.exp(y[o, i, c]) * total
 
 
+@cuda.jit
+def _binary_backward_same_kernel(code, which, a, b, dy, geometry, grad):
+    rank = geometry.shape[1]
+    for idx in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
+        rest = idx
+        offset_a = 0
+        offset_b = 0
+        for k in range(rank - 1, -1, -1):
+            d = geometry[0, k]
+            q = rest // d
+            i = rest - q * d
+            offset_a += i * geometry[1, k]
+            offset_b += i * geometry[2, k]
+            rest = q
+        grad[idx] = _gradient(code, which, a[offset_a], b[offset_b], dy[idx])
+
+
+@cuda.jit
+def _take_forward_kernel(x, indices, out):
+    outer, n_out, inner = out.shape
+    for idx in range(cuda.grid(1), outer * n_out * inner, cuda.gridsize(1)):
+        r = idx // inner
+        i = idx - r * inner
+        o = r // n_out
+        k = r - o * n_out
+        out[o, k, i] = x[o, indices[k], i]
+
+
+@cuda.jit
+def _take_backward_kernel(dy, indices, zero, dx):
+    # one thread per dx element, gathering the dy positions that read it: repeated
+    # indices need no atomics, and the sum runs in the CPU kernel's order
+    outer, n_in, inner = dx.shape
+    n_out = dy.shape[1]
+    for idx in range(cuda.grid(1), outer * n_in * inner, cuda.gridsize(1)):
+        r = idx // inner
+        i = idx - r * inner
+        o = r // n_in
+        j = r - o * n_in
+        total = zero
+        for k in range(n_out):
+            if indices[k] == j:
+                total += dy[o, k, i]
+        dx[o, j, i] = total
+
+
 def _launch(kernel, n, *args):
     if n:
         blocks, threads = launch_1d(n)
@@ -241,3 +287,19 @@ def log_softmax_backward(y, dy, dx):
     """dx = dy - exp(y) * sum(dy) along axis 1 of (outer, axis, inner) views."""
     if y.shape[1]:
         _launch(_log_softmax_backward_kernel, y.shape[0] * y.shape[2], y, dy, dx)
+
+
+def take_forward(x, indices, out):
+    """out[o, k, i] = x[o, indices[k], i] over (outer, axis, inner) views."""
+    _launch(_take_forward_kernel, out.size, x, indices, out)
+
+
+def take_backward(dy, indices, dx):
+    """dx[o, j, i] = sum of dy[o, k, i] over indices[k] == j, over (outer, axis, inner) views."""
+    _launch(_take_backward_kernel, dx.size, dy, indices, as_scalar(0, dx.dtype), dx)
+
+
+def binary_backward_same(code, which, a, b, dy, geometry, grad):
+    """The gradient of an operand with the output's shape, over 1-D views with the forward
+    geometry (see the CPU kernel)."""
+    _launch(_binary_backward_same_kernel, grad.shape[0], int(code), int(which), a, b, dy, geometry, grad)

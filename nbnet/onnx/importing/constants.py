@@ -4,9 +4,9 @@ fixed target shape."""
 
 import numpy as np
 
-from .common import all_const, ONNX_DTYPES
+from .common import all_const, checked_axis, ONNX_DTYPES, plain
 from .registry import converter
-from .values import BATCH_A, BATCH_B, Const
+from .values import BATCH_A, BATCH_B, Const, Value
 
 
 @converter("Constant", since=1)
@@ -78,7 +78,68 @@ def gather(ctx, node, inputs):
         raise ctx.error("indices computed from the model's input")
     if isinstance(data, Const):
         return ctx.fold(lambda d, i: np.take(d, np.where(i < 0, i + d.shape[axis], i), axis=axis), [data, indices])
-    raise ctx.error("Gather from a tensor computed from the model's input", "Gather on constants and shapes")
+    x = ctx.dynamic(data)
+    axis = checked_axis(ctx, axis, x.rank)
+    supported = "Gather with constant integer indices along a sample axis (axis >= 1) of a computed tensor"
+    if axis == 0:
+        raise ctx.error("Gather along the batch axis (axis 0)", supported)
+    index = np.asarray(ctx.static(indices, "indices"))
+    if index.dtype.kind not in "iu" or index.size == 0:
+        raise ctx.error(f"indices of shape {index.shape} and type {index.dtype}", supported)
+    size = x.onnx_shape[axis]
+    if index.min() < -size or index.max() >= size:
+        raise ctx.error(f"indices {index.tolist()} outside [-{size}, {size}) along axis {axis}")
+    x = _take(ctx, x, axis, np.where(index < 0, index + size, index).reshape(-1))
+    return x if index.ndim == 1 else _split_axis(ctx, x, axis, index.shape)
+
+
+def _take(ctx, x, axis, indices):
+    """``x`` (a Value) at ``indices`` along its ONNX ``axis`` (a sample axis), in its layout."""
+    from ...layers import Take
+
+    x = plain(ctx, x)
+    return Value(ctx.call(ctx.named(Take, x.perm.index(axis), indices), x.tensor), x.perm)
+
+
+def _split_axis(ctx, x, axis, dims):
+    """``x`` with its ONNX ``axis`` replaced by axes of sizes ``dims`` (Gather's indices
+    shape: () drops the axis), in its layout: the new axes stay together where it was."""
+    from ...layers import Reshape
+
+    if x.rank + len(dims) <= 2:
+        raise ctx.error("a scalar index leaving only the batch axis", "results that keep a sample axis")
+    position = x.perm.index(axis)
+    sample = list(x.tensor.shape[1:])
+    shape = tuple(sample[:position - 1] + [int(d) for d in dims] + sample[position:])
+    perm = []
+    for q in x.perm:
+        perm.extend(range(axis, axis + len(dims)) if q == axis else [q if q < axis else q + len(dims) - 1])
+    return Value(ctx.call(ctx.named(Reshape, shape), x.tensor), perm)
+
+
+def _slice_value(ctx, x, starts, ends, axes, steps):
+    """Slice of a computed tensor: a Take per sliced sample axis; the batch axis only whole."""
+    x = ctx.dynamic(x)
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis, start, end, step = checked_axis(ctx, axis, x.rank), int(start), int(end), int(step)
+        if step == 0:
+            raise ctx.error("a step of 0")
+        # Python's slice clamps starts and ends as ONNX does (negative steps included)
+        if axis == 0:
+            if any(len(range(n)[start:end:step]) != n or step != 1 for n in (BATCH_A, BATCH_B)):
+                raise ctx.error(f"a Slice of the batch axis ({start}:{end}:{step})", "Slice along sample axes, "
+                                "the batch axis only whole")
+            continue
+        size = x.onnx_shape[axis]
+        index = np.arange(size)[start:end:step]
+        if index.size == 0:
+            raise ctx.error(f"an empty Slice {start}:{end}:{step} of an axis of size {size}",
+                            "Slices that keep at least one element")
+        if index.size != size or step != 1:
+            x = _take(ctx, x, axis, index)
+    return x
 
 
 def _slice(data, starts, ends, axes, steps):
@@ -94,15 +155,17 @@ def _slice(data, starts, ends, axes, steps):
 def slice_1(ctx, node, inputs):
     attrs = ctx.attributes(node)
     if not isinstance(inputs[0], Const):
-        raise ctx.error("Slice of a tensor computed from the model's input", "Slice on constants and shapes")
+        return _slice_value(ctx, inputs[0], attrs["starts"], attrs["ends"], attrs.get("axes"), None)
     return ctx.fold(lambda d: _slice(d, attrs["starts"], attrs["ends"], attrs.get("axes"), None), inputs[:1])
 
 
 @converter("Slice", since=10)
 def slice_10(ctx, node, inputs):
-    if not all_const(inputs):
-        raise ctx.error("Slice of a tensor computed from the model's input", "Slice on constants and shapes")
     padded = list(inputs) + [None] * (5 - len(inputs))
+    if not all_const(inputs):
+        parts = [None if item is None else np.asarray(ctx.constant(item, what)).reshape(-1)
+                 for item, what in zip(padded[1:], ("starts", "ends", "axes", "steps"))]
+        return _slice_value(ctx, inputs[0], *parts)
     return ctx.fold(lambda d, s, e, a=None, st=None: _slice(d, s, e, a, st), padded)
 
 

@@ -15,8 +15,10 @@ def identity_op(ctx, node, inputs):
 
 @converter("Dropout", since=1)
 def dropout(ctx, node, inputs):
-    ratio = float(ctx.attributes(node).get("ratio", 0.5))
-    return _dropout(ctx, node, inputs[0], ratio)
+    attrs = ctx.attributes(node)
+    if ctx.opset < 7 and not int(attrs.get("is_test", 0)):
+        raise ctx.error("is_test=0 (training mode)", "Dropout at inference (is_test=1 before opset 7)")
+    return _dropout(ctx, node, inputs[0], float(attrs.get("ratio", 0.5)))
 
 
 @converter("Dropout", since=12)
@@ -120,6 +122,8 @@ def _divide(a, b):
 def _binary(op):
     def convert(ctx, node, inputs):
         a, b = inputs
+        if ctx.opset < 7:
+            b = _legacy_broadcast(ctx, node, a, b)
         if isinstance(a, Const) and isinstance(b, Const):
             return ctx.fold(_NUMPY_BINARY.get(op, _divide), [a, b])
         operation = _OPERATION[op]
@@ -134,6 +138,23 @@ def _binary(op):
 
 for _op in ("Add", "Sub", "Mul", "Div"):
     converter(_op, since=1)(_binary(_op))
+
+
+def _legacy_broadcast(ctx, node, a, b):
+    """Before opset 7, B broadcasts into A only with broadcast=1, and ``axis`` aligns B's
+    first axis with A's axis ``axis`` rather than B's last with A's last: B's shape gets
+    trailing 1s, after which NumPy's broadcasting (opset 7's) means the same."""
+    attrs = ctx.attributes(node)
+    if not attrs.get("broadcast", 0) or "axis" not in attrs:
+        return b
+    if not isinstance(b, Const):
+        raise ctx.error("broadcast=1 with axis on a computed B", "a constant B")
+    rank = len(a.a.shape) if isinstance(a, Const) else a.rank
+    axis = checked_axis(ctx, attrs["axis"], rank)
+    trailing = rank - axis - b.a.ndim
+    if trailing < 0:
+        raise ctx.error(f"B of shape {b.a.shape} at axis {axis} overruns A of rank {rank}")
+    return ctx.fold(lambda v: v.reshape(v.shape + (1,) * trailing), [b])
 
 
 def _with_constant(ctx, x, const, operation):

@@ -11,7 +11,7 @@ node is the one with the highest ``since`` at or below the model's opset."""
 from ...errors import ModelFileError
 
 _REGISTRY = {}  # op type -> sorted [(since, function)]
-MIN_IMPORT_OPSET = 7
+MIN_IMPORT_OPSET = 6  # opset 6: the pytorch-converted backend cases; Add-Div's legacy broadcast handled
 
 
 class OnnxImportError(ModelFileError):

@@ -75,7 +75,7 @@ def _pad_mode(ctx, tensor, pads, spatial, kernel, strides, pad_value_ok):
 
 @converter("Conv", since=1)
 def conv(ctx, node, inputs):
-    from ...layers import Conv2D
+    from ...layers import Conv2D, DepthwiseConv2D
 
     x, tensor = _spatial_input(ctx, inputs[0], "Conv")
     weight = ctx.constant(inputs[1], "the weight W").astype(np.float32)
@@ -84,25 +84,39 @@ def conv(ctx, node, inputs):
     filters, per_group, kh, kw = weight.shape
     channels = x.onnx_shape[1]
     group = int(attrs.get("group", 1))
-    if group != 1:
-        raise ctx.error(f"group={group}", "group=1 (grouped and depthwise convolutions are not implemented yet)")
-    if per_group != channels:
-        raise ctx.error(f"a weight for {per_group} input channels on an input with {channels}")
-    dilations = list(attrs.get("dilations", [1, 1]))
-    if dilations != [1, 1]:
-        raise ctx.error(f"dilations={dilations}", "dilations [1, 1]")
+    if group < 1 or channels % group or filters % group:
+        raise ctx.error(f"group={group} with {channels} input channels and {filters} outputs",
+                        "a group count that divides both")
+    if per_group * group != channels:
+        raise ctx.error(f"a weight for {per_group} input channels per group on an input with {channels} channels "
+                        f"in {group} group(s)")
+    dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
+    strides = list(attrs.get("strides", [1, 1]))
+    if len(dilations) != 2 or min(dilations) < 1:
+        raise ctx.error(f"dilations={dilations}", "two positive dilations")
+    if max(dilations) > 1 and max(strides) > 1:  # Keras's Conv2D refuses the pair, so nbnet's does
+        raise ctx.error(f"dilations={dilations} with strides={strides}", "a dilation above 1 only with strides 1")
     kernel_shape = list(attrs.get("kernel_shape", [kh, kw]))
     if kernel_shape != [kh, kw]:
         raise ctx.error(f"kernel_shape {kernel_shape} differs from the weight's {[kh, kw]}")
-    strides = list(attrs.get("strides", [1, 1]))
     spatial = list(x.onnx_shape[2:])
-    pads = _explicit_pads(ctx, attrs, spatial, [kh, kw], strides)
-    padding, tensor = _pad_mode(ctx, tensor, pads, spatial, [kh, kw], strides, True)
+    span = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilations)]
+    pads = _explicit_pads(ctx, attrs, spatial, [kh, kw], strides, dilations)
+    padding, tensor = _pad_mode(ctx, tensor, pads, spatial, span, strides, True)
     extra, output_name = ctx.absorb_bias(node.output[0], 1, 4, filters)
     if extra is not None:
         bias = extra if bias is None else bias + extra
-    layer = ctx.named(Conv2D, filters, (kh, kw), strides=strides, padding=padding, use_bias=bias is not None)
-    weights = [weight.transpose(2, 3, 1, 0)] + ([bias] if bias is not None else [])
+    if group == channels and group > 1:
+        # ONNX's group c makes outputs c*M..c*M+M-1 from input c: Keras's depthwise order.
+        mult = filters // channels
+        layer = ctx.named(DepthwiseConv2D, (kh, kw), strides=strides, padding=padding, depth_multiplier=mult,
+                          dilation_rate=dilations, use_bias=bias is not None)
+        kernel = weight.reshape(channels, mult, kh, kw).transpose(2, 3, 0, 1)
+    else:
+        layer = ctx.named(Conv2D, filters, (kh, kw), strides=strides, padding=padding, dilation_rate=dilations,
+                          groups=group, use_bias=bias is not None)
+        kernel = weight.transpose(2, 3, 1, 0)
+    weights = [kernel] + ([bias] if bias is not None else [])
     ctx.bind(output_name, Value(ctx.call(layer, tensor, weights), channels_last(4)))
     return None
 
@@ -124,24 +138,35 @@ def _pool(kind):
             raise ctx.error("its Indices output is used", "MaxPool's first output")
         spatial = list(x.onnx_shape[2:])
         ceil_mode = bool(attrs.get("ceil_mode", 0))
-        include_pad = bool(attrs.get("count_include_pad", 0))
+        include_pad = kind == "AveragePool" and bool(attrs.get("count_include_pad", 0))
         base = _explicit_pads(ctx, attrs, spatial, kernel, strides)
         pads = _explicit_pads(ctx, attrs, spatial, kernel, strides, ceil_mode=ceil_mode)
-        if kind == "AveragePool" and include_pad and any(base):
-            if pads != base:
-                raise ctx.error("ceil_mode with count_include_pad and pads", "one of them at a time")
-            padding, tensor = _pad_mode(ctx, tensor, pads, spatial, kernel, strides, True)
-            if padding == "same":  # Keras's 'same' average leaves the padding out: pad explicitly
-                from ...layers import ZeroPadding2D
+        if min(pads) < 0:
+            raise ctx.error(f"negative pads {pads}")
+        if base[0] >= kernel[0] or base[1] >= kernel[1] or base[2] >= kernel[0] or base[3] >= kernel[1]:
+            raise ctx.error(f"pads {base} as large as the kernel {kernel}", "pads smaller than the kernel")
+        if include_pad and any(base):
+            # the explicit pads count in the average: zeros of their own; ceil_mode's extra
+            # end padding (pads - base) stays out of the count, as in ONNX's reference
+            from ...layers import ZeroPadding2D
 
-                top, left, bottom, right = pads
-                tensor = ctx.call(ctx.named(ZeroPadding2D, ((top, bottom), (left, right))), tensor)
-                padding = "valid"
+            top, left, bottom, right = base
+            tensor = ctx.call(ctx.named(ZeroPadding2D, ((top, bottom), (left, right))), tensor)
+            spatial = [spatial[0] + top + bottom, spatial[1] + left + right]
+            pads = [0, 0] + [p - b for p, b in zip(pads[2:], base[2:])]
+        # the end pads only as deep as the last window reaches (ceil_mode's can reach past
+        # the kernel, which ONNX rejects on export); the same windows
+        for i, (size, k, st) in enumerate(zip(spatial, kernel, strides)):
+            windows = (size + pads[i] + pads[i + 2] - k) // st + 1
+            pads[i + 2] = max(0, (windows - 1) * st + k - size - pads[i])
+        # the pool layers leave padded positions out of the max and of the average's count
+        if not any(pads):
+            padding = "valid"
+        elif list(pads) == _same_pads(spatial, kernel, strides):
+            padding = "same"
         else:
-            padding, tensor = _pad_mode(ctx, tensor, pads, spatial, kernel, strides, False)
-        if padding is None:
-            raise ctx.error(f"pads {pads} (after auto_pad and ceil_mode) other than none or Keras's 'same' "
-                            "geometry", "no padding, 'same' geometry, or AveragePool with count_include_pad=1")
+            top, left, bottom, right = pads
+            padding = ((top, bottom), (left, right))
         cls = MaxPooling2D if kind == "MaxPool" else AveragePooling2D
         layer = ctx.named(cls, pool_size=kernel, strides=strides, padding=padding)
         return Value(ctx.call(layer, tensor), channels_last(4))
@@ -177,6 +202,8 @@ def batch_normalization(ctx, node, inputs):
         raise ctx.error("training mode (its statistics outputs are used)", "inference BatchNormalization")
     if not int(attrs.get("spatial", 1)):
         raise ctx.error("spatial=0", "spatial=1")
+    if ctx.opset < 7 and not int(attrs.get("is_test", 0)):
+        raise ctx.error("is_test=0 (training mode)", "inference BatchNormalization (is_test=1 before opset 7)")
     x = ctx.dynamic(inputs[0])
     if x.rows is not None:
         x = ctx.relayout(x, identity(2))
