@@ -49,6 +49,17 @@ def _per_output(value, names, what, single_ok):
     return [value] * len(names) if len(names) > 1 else [value]
 
 
+def _check_class_axis(name, shape, loss):
+    """Keras's cross-entropies take the last axis as the classes and average over the other
+    positions; nbnet's take one row of classes per sample, so an output with several
+    positions (a Dense on (batch, steps, features)) is refused rather than trained wrongly."""
+    if isinstance(loss, losses.CategoricalCrossentropy) and len(shape) > 1 and int(np.prod(shape[:-1])) > 1:
+        raise NbnetError(f"compile: output {name!r} has shape {(None,) + tuple(shape)}; nbnet's {loss.name} takes "
+                         "one row of classes per sample, (batch, classes). Flatten the output (e.g. Flatten() or "
+                         "GlobalAveragePooling before the last Dense), or use an element-wise loss such as "
+                         "'binary_crossentropy' or 'mse'.")
+
+
 def compile_heads(names, shapes, loss, loss_weights, metrics):
     """The OutputHeads compile makes, as Keras spreads ``loss``, ``loss_weights`` and
     ``metrics`` over the outputs named ``names``."""
@@ -74,6 +85,7 @@ def compile_heads(names, shapes, loss, loss_weights, metrics):
     heads = []
     for index, (name, shape, item, weight, chosen) in enumerate(zip(names, shapes, loss_list, weights, metric_lists)):
         resolved_loss = losses.get(item)
+        _check_class_axis(name, shape, resolved_loss)
         chosen = [] if chosen is None else chosen if isinstance(chosen, (list, tuple)) else [chosen]
         heads.append(OutputHead(index, name, shape, resolved_loss, weight,
                                 metrics_module.resolve(list(chosen), resolved_loss), several))

@@ -703,7 +703,10 @@ def _chunk_to_device(ops, arrays, start, size, convert=True):
     """Rows start..start+size of each array, on the device; with ``convert``, as the
     float32 the layers compute with (uint8 inputs are converted a chunk at a time)."""
     chunks = [a[start:start + size] for a in arrays]
-    return [ops.to_device(c if c.dtype == np.float32 or not convert else c.astype(np.float32)) for c in chunks]
+    # A read-only array (np.load's mmap, onnx's tensors) is another type to Numba: every
+    # kernel it reached would compile again, so such a chunk is copied.
+    return [ops.to_device(c if (c.dtype == np.float32 and c.flags.writeable) or not convert else
+                          c.astype(np.float32)) for c in chunks]
 
 
 def _first_non_finite_sample(x, chunk=4096):

@@ -4,10 +4,12 @@ invalid ones fail with nbnet's own error type, never a raw Numba or NumPy traceb
 Whether a drawn model is valid is decided here, independently of nbnet (``judge``): from
 the drawn layer specs, each invalid choice (0 filters or units, padding 'full', dropout
 rate 1.5, activation 'swish'), and from a walk over the shapes with Keras's output-size
-formulas, a Dense given a spatial input (no Flatten) or an input smaller than a 'valid'
-kernel or pool window. A model with no reason must build with those shapes, train a step
-and export to ONNX that onnxruntime runs to the same outputs; one with any reason must be
-refused with an NbnetError, while it is made and built, that names one of its reasons.
+formulas, an input smaller than a 'valid' kernel or pool window, or an output with classes
+at several positions (a Dense on a spatial input without Flatten, which Keras builds but
+nbnet's cross-entropy cannot train). A model with no reason must build with those shapes,
+train a step and export to ONNX that onnxruntime runs to the same outputs; one with any
+reason must be refused with an NbnetError, while it is made, built or compiled, that names
+one of its reasons.
 """
 
 import math
@@ -108,7 +110,8 @@ def _window_output(size, window, stride, padding):
 def judge(shape, specs):
     """(reasons, output shapes): every invalid choice in the layers' own configurations,
     plus what a walk over the shapes finds ('window': a 'valid' kernel or pool larger than
-    its input; 'no_flatten': a Dense given a spatial input). The walk stops at the first
+    its input; 'no_flatten': an output with classes at several positions, as a Dense on a
+    spatial input without Flatten makes, which compile refuses). The walk stops at the first
     layer that is invalid, as building does. No reasons: a valid model, whose layers'
     output shapes are the second item."""
     reasons = set().union(*(config_reasons(spec) for spec in specs))
@@ -130,11 +133,11 @@ def judge(shape, specs):
         elif kind == "flatten":
             shape = (math.prod(shape),)
         elif kind == "dense":
-            if len(shape) != 1:
-                reasons.add("no_flatten")
-                break
-            shape = (spec["units"],)
+            shape = shape[:-1] + (spec["units"],)  # Keras: on the last axis of each position
         shapes.append(shape)
+    else:
+        if len(shape) > 1 and math.prod(shape[:-1]) > 1:
+            reasons.add("no_flatten")  # classes at several positions: the cross-entropy needs one row a sample
     return reasons, shapes
 
 
@@ -161,10 +164,12 @@ def check_case(shape, specs, x, tmp_dir):
     """Judge the case here, then hold nbnet to it; returns the reasons (empty: valid)."""
     reasons, shapes = judge(shape, specs)
     if reasons:
-        # Refused while the layers are made or the model is built, before any kernel runs;
+        # Refused while the layers are made, the model is built or compiled, before any kernel runs;
         # an exception of any other type propagates and fails the test.
         with pytest.raises(NbnetError) as info:
-            models.Sequential([make_layer(spec) for spec in specs], seed=0).build(shape)
+            model = models.Sequential([make_layer(spec) for spec in specs], seed=0)
+            model.build(shape)
+            model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
         message = str(info.value)
         assert any(re.search(REASON_PATTERNS[r], message) for r in reasons), \
             f"refused for another reason than {sorted(reasons)}: {message}"
@@ -180,7 +185,7 @@ def check_case(shape, specs, x, tmp_dir):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
     expected = model.predict(x)
-    assert expected.shape == (len(x), 3)
+    assert expected.shape == (len(x),) + shapes[-1] and expected.shape[-1] == 3
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4)
     return reasons
 

@@ -762,12 +762,12 @@ def test_results_do_not_depend_on_thread_count():
 
 
 # ----------------------------------------------------------------------------- shape errors
-def test_dense_on_rank3_input_says_flatten():
-    layer = layers.Dense(4, name="head")
+def test_dense_on_samples_without_a_features_axis_errors():
+    layer = layers.Dense(4, name="head")  # (batch, ..., features) are taken, as Keras does
     with pytest.raises(ShapeError) as info:
-        layer.build((5, 6, 3))
+        layer.build(())
     message = str(info.value)
-    for part in ("Flatten", "'head'", "(None, 5, 6, 3)", "(batch, features)"):
+    for part in ("'head'", "(None,)", "features"):
         assert part in message, (part, message)
 
 
@@ -868,3 +868,29 @@ def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows):
     grad = np.ones((5, 3), np.float32)
     matmul.add_transposed_product(a, dy, grad, np.empty((matmul.workers(), 5, 3), np.float32))
     np.testing.assert_allclose(grad, 1 + a.T @ dy, rtol=1e-6)
+
+
+def test_dense_on_positions_applies_to_the_last_axis_as_keras():
+    """Dense on (batch, steps, features): the kernel on each position's features; an SGD
+    step under MSE equals one on the positions as rows (Keras's mean over every position)."""
+    from nbnet import layers, models, optimizers
+    from nbnet.errors import NbnetError
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    y = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    positions = models.Sequential([layers.Input((5, 4)), layers.Dense(3, activation="tanh")], seed=1)
+    rows = models.Sequential([layers.Input((4,)), layers.Dense(3, activation="tanh")], seed=1)
+    rows.set_weights(positions.get_weights())
+    kernel, bias = positions.get_weights()
+    assert tuple(positions.output_shape)[-2:] == (5, 3)
+    np.testing.assert_allclose(positions.predict(x, verbose=0), np.tanh(x @ kernel + bias), atol=1e-6)
+    for model in (positions, rows):
+        model.compile(optimizers.SGD(0.1), "mse")
+    positions.train_on_batch(x, y)
+    rows.train_on_batch(x.reshape(-1, 4), y.reshape(-1, 3))
+    for a, b in zip(positions.get_weights(), rows.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(positions.get_weights()[0], kernel)
+    with pytest.raises(NbnetError, match="one row of classes per sample"):
+        positions.compile("adam", "categorical_crossentropy")

@@ -93,9 +93,8 @@ class NbnetRep(BackendRep):
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise OnnxImportError(f"cannot import input data of type {getattr(x, 'dtype', type(x).__name__)}; "
                                   "nbnet models take float32")
-        # a writable copy: onnx's loader hands read-only arrays, which would compile each
-        # kernel a second time (test_onnx_ops_kernels checks one signature per dtype)
-        x = np.array(x)
+        # x as onnx's loader hands it: read-only (predict copies such chunks, so no kernel
+        # compiles a second signature; test_onnx_ops_kernels checks one per dtype)
         out = model.predict(x, verbose=0, batch_size=max(len(x), 1))
         return out if isinstance(out, (list, tuple)) else [out]
 

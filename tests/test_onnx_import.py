@@ -370,3 +370,25 @@ def test_layers_keras_cannot_read_are_refused_in_keras_files_not_written_wrong(t
             assert not (tmp_path / name).exists()
         model.save(tmp_path / "m.nbnet")  # nbnet's own file keeps them
         assert models.load_model(tmp_path / "m.nbnet").layers[-1].get_config() == model.layers[-1].get_config()
+
+
+def test_matmul_over_positions_imports_as_dense_on_the_last_axis(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 5])
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["u"]),
+             helper.make_node("Sigmoid", ["u"], ["y"])]
+    path = tmp_path / "matmul3.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x_info], [y_info], weights),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = nbnet_onnx.load(path)
+    assert [type(layer).__name__ for layer in model.layers[1:]] == ["Dense", "Activation"] or \
+        type(model.layers[1]).__name__ == "Dense"  # the Add folded into the Dense's bias
+    x = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), _ort(path, x), atol=1e-6)
+    result = nbnet_onnx.export(model, tmp_path / "again.onnx", x=x, print_fn=None)
+    assert result.report.max_abs_diff <= 1e-6

@@ -198,8 +198,10 @@ def test_clear_errors_for_bad_input():
         model.predict(np.full((2, 4), np.nan))
     with pytest.raises(NbnetError, match="batch_size"):
         model.fit(x, np.zeros(5, int), batch_size=0, verbose=0)
-    with pytest.raises(ShapeError, match="Flatten"):
-        models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)]).build()
+    per_pixel = models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)])  # as Keras allows
+    assert tuple(per_pixel.output_shape)[-3:] == (6, 6, 3)
+    with pytest.raises(NbnetError, match="Flatten"):  # but classes per pixel are not one row per sample
+        per_pixel.compile("adam", "sparse_categorical_crossentropy")
 
 
 def test_uint8_input_trains_as_its_float32_scaling_and_stays_uint8(monkeypatch):

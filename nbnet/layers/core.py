@@ -80,32 +80,37 @@ class Dense(KernelMixin, Layer):
                           bias_regularizer)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 1:
-            raise self._shape_error("a flat input (batch, features); add Flatten() before it", input_shape)
+        if len(input_shape) < 1:
+            raise self._shape_error("an input with a features axis (batch, ..., features)", input_shape)
 
     def create_weights(self, input_shape, rng):
-        self._create_kernel((input_shape[0], self.units), rng)
+        self._create_kernel((input_shape[-1], self.units), rng)
 
     def compute_output_shape(self, input_shape):
-        return (self.units,)
+        # As Keras: on (batch, ..., features) the kernel applies to the last axis of each position.
+        return tuple(input_shape[:-1]) + (self.units,)
 
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
+        self._x_shape = x.shape
+        if x.ndim > 2:
+            x = x.reshape(-1, x.shape[-1])
         z = self._buffer("logits" if self.keep_logits else "y", (x.shape[0], self.units), x.dtype)
         self.ops.matmul(x, kernel, out=z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
         self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
         self._x, self._y = x, y
-        return y
+        return y if len(self._x_shape) == 2 else y.reshape(self._x_shape[:-1] + (self.units,))
 
     def backward(self, dy, from_logits=False):
         x = self._x
+        dy = dy.reshape(-1, self.units)
         dx = self._buffer("dx", x.shape, x.dtype) if self.needs_input_grad else None
         ops = self.ops
         ops.dense_backward(x, self.params["kernel"], self._y, dy, self._backward_code(from_logits), self._slope,
                            self.grads["kernel"], self._param_or_nothing(self.grads, "bias", x.dtype),
                            self._buffer("dkernel", (ops.workers(),) + self.params["kernel"].shape, x.dtype), dx)
-        return dx
+        return dx if dx is None or len(self._x_shape) == 2 else dx.reshape(self._x_shape)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, **self._kernel_config()}

@@ -120,12 +120,16 @@ def _window_pads(layer, input_shape, window):
 
 
 def _dense(layer, index, prefix, graph, tensor, input_shape):
-    if tensor.rank != 2:
-        raise ExportError(f"Dense '{layer.name}' receives a rank-{tensor.rank} tensor; nbnet's Dense takes (batch, features).")
     inputs = [tensor.name, graph.initializer(f"{prefix}.kernel", layer.get_weights()[0], index, "kernel")]
-    if layer.use_bias:
-        inputs.append(graph.initializer(f"{prefix}.bias", layer.get_weights()[1], index, "bias"))
-    out = _Tensor(graph.node("Gemm", inputs, prefix), 2)
+    bias = graph.initializer(f"{prefix}.bias", layer.get_weights()[1], index, "bias") if layer.use_bias else None
+    if tensor.rank == 2:
+        out = _Tensor(graph.node("Gemm", inputs + ([bias] if bias else []), prefix), 2)
+    else:  # Keras's Dense on (batch, ..., features): the last axis of nbnet's layout
+        tensor = graph.transpose(tensor, prefix, channels_first=False)
+        inputs[0] = tensor.name
+        out = _Tensor(graph.node("MatMul", inputs, prefix if bias is None else f"{prefix}/matmul"), tensor.rank)
+        if bias:
+            out = _Tensor(graph.node("Add", [out.name, bias], prefix), tensor.rank)
     return _activation(graph, prefix, out, layer.activation, layer._slope)
 
 

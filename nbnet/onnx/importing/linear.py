@@ -4,25 +4,27 @@ import numpy as np
 
 from .common import all_const
 from .registry import converter
-from .values import Value
+from .values import Value, identity
 
 
 def _dense(ctx, node, x, kernel, bias, output_name):
-    """Dense over a 2-D value ``x`` with an ONNX (K, N) ``kernel``; binds the output."""
+    """Dense over the last ONNX axis of ``x`` with an ONNX (K, N) ``kernel``; binds the output."""
     from ...layers import Dense
 
-    if x.rank != 2:
-        raise ctx.error(f"an input of rank {x.rank}", "2-D inputs (batch, features) to Gemm and MatMul")
+    if x.rank < 2:
+        raise ctx.error(f"an input of rank {x.rank}", "inputs (batch, ..., features) to Gemm and MatMul")
     kernel = np.asarray(kernel, np.float32)
     if x.rows is not None:
         kernel = kernel[x.rows]
+    elif x.rank > 2:  # Dense works on nbnet's last axis: bring the ONNX one there
+        x = ctx.relayout(x, identity(x.rank))
     units = kernel.shape[1]
-    extra, output_name = ctx.absorb_bias(output_name, 1, 2, units)
+    extra, output_name = ctx.absorb_bias(output_name, x.rank - 1, x.rank, units)
     if extra is not None:
         bias = extra if bias is None else bias + extra
     layer = ctx.named(Dense, units, use_bias=bias is not None)
     weights = [kernel] + ([bias] if bias is not None else [])
-    ctx.bind(output_name, Value(ctx.call(layer, x.tensor, weights)))
+    ctx.bind(output_name, Value(ctx.call(layer, x.tensor, weights), identity(x.rank)))
     return output_name
 
 
@@ -66,7 +68,7 @@ def matmul(ctx, node, inputs):
         return ctx.fold(np.matmul, inputs)
     ctx.dynamic(a, "input A")
     kernel = ctx.constant(b, "input B (the weights)")
-    if kernel.ndim != 2:
-        raise ctx.error(f"a weight of rank {kernel.ndim}", "2-D weights")
+    if kernel.ndim != 2:  # a stack of weight matrices would mix samples' positions with matrices
+        raise ctx.error(f"a weight of rank {kernel.ndim}", "2-D weights (K, N)")
     _dense(ctx, node, a, kernel, None, node.output[0])
     return None
