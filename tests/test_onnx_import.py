@@ -48,8 +48,12 @@ def _fine_tune(model, x, y, x_test, y_test, learning_rate):
     return before, after
 
 
-# Two fixtures in the default run (TorchScript at the newest opset, dynamo); the rest under -m slow.
-FAST = {"rescnn_ts_opset20", "bncnn_dynamo"}
+# Three fixtures in the default run; the rest under -m slow.
+FAST = {"rescnn_ts_opset20", "bncnn_dynamo", "mobilecnn_ts_opset9"}
+# Files onnxruntime refuses to load, compared with the same network's opset-17 export instead:
+# PyTorch's opset-9 exporter emulates AveragePool's ceil_mode (no attribute before opset 10)
+# with end pads as deep as the kernel, which onnxruntime rejects and nbnet trims.
+ORT_REJECTS = {"mobilecnn_ts_opset9": "mobilecnn_ts_opset17"}
 CASES = [pytest.param(p, id=Path(p).stem, marks=() if Path(p).stem in FAST else pytest.mark.slow) for p in FIXTURES]
 
 
@@ -59,7 +63,12 @@ def test_foreign_pytorch_model(path, mnist, tmp_path):
     x = (x_test[:1000, None] / 255.0).astype(np.float32)
     model = nbnet_onnx.load(path)
     assert model.input_shape == (1, 28, 28) and model.output_shape == (10,)  # NCHW at the boundary
-    assert np.abs(model.predict(x, verbose=0) - _ort(path, x)).max() <= 1e-4
+    reference = Path(path)
+    if reference.stem in ORT_REJECTS:
+        with pytest.raises(Exception, match="Pad should be smaller than kernel"):
+            ort.InferenceSession(str(reference))
+        reference = reference.with_name(ORT_REJECTS[reference.stem] + ".onnx")
+    assert np.abs(model.predict(x, verbose=0) - _ort(reference, x)).max() <= 1e-4
     x_fit = (x_train[:8000, None] / 255.0).astype(np.float32)
     x_eval = (x_test[:3000, None] / 255.0).astype(np.float32)
     before, after = _fine_tune(model, x_fit, y_train[:8000], x_eval, y_test[:3000], 5e-4)
@@ -302,7 +311,7 @@ def test_pool_explicit_pads_are_checked():
         layers.AveragePooling2D((2, 2), padding=((1, -1), (0, 0)))
     proto = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[2, 0, 0, 0])],
                    [("x", [None, 1, 5, 5])], [("y", None)])
-    with pytest.raises(OnnxImportError, match=r"\(MaxPool, opset 17\).*as large as the kernel"):
+    with pytest.raises(OnnxImportError, match=r"\(MaxPool, opset 17\).*lies in the padding alone"):
         import_proto(proto)
 
 

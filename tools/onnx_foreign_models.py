@@ -1,5 +1,6 @@
 """Write the foreign ONNX fixtures of tests/test_onnx_import.py: small PyTorch CNNs
-(BatchNormalization, residual adds, average pooling), trained for a few hundred steps on
+(BatchNormalization, residual adds, average pooling; depthwise, grouped and dilated
+convolutions with pads Keras cannot express), trained for a few hundred steps on
 MNIST so that fine-tuning has something to improve, exported with PyTorch's TorchScript
 exporter at opsets 9, 13, 17 and the newest it supports, and with the dynamo exporter.
 
@@ -60,6 +61,32 @@ class ResCnn(nn.Module):
         return self.fc(x)
 
 
+class MobileCnn(nn.Module):
+    """Depthwise-separable blocks (a depthwise 3x3 with ReLU6, a pointwise 1x1), a grouped
+    conv, a dilated conv, a 3x3 stride-2 max pool with padding 1 (pads Keras's 'same'
+    cannot express), an average pool with ceil_mode and count_include_pad=False, LeakyReLU,
+    Hardtanh, dropout and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.depthwise, self.bn1 = nn.Conv2d(16, 32, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(32)
+        self.pointwise = nn.Conv2d(32, 24, 1)
+        self.grouped = nn.Conv2d(24, 24, 3, padding=1, groups=4)
+        self.dilated = nn.Conv2d(24, 16, 3, padding=2, dilation=2)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = nn.functional.relu6(self.bn1(self.depthwise(x)))
+        x = nn.functional.max_pool2d(nn.functional.leaky_relu(self.pointwise(x), 0.1), 3, stride=2, padding=1)
+        x = nn.functional.hardtanh(self.grouped(x), -2.0, 2.0)
+        x = nn.functional.avg_pool2d(torch.relu(self.dilated(x)), 3, stride=2, padding=1, ceil_mode=True,
+                                     count_include_pad=False)
+        return self.fc(self.dropout(torch.flatten(x, 1)))
+
+
 def train(model, steps, seed):
     from nbnet.datasets import mnist
 
@@ -103,11 +130,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "onnx_foreign"))
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--only", help="comma-separated networks to write (bncnn, rescnn, mobilecnn) [default: all]")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    nets = {"bncnn": train(BnCnn(), args.steps, 0), "rescnn": train(ResCnn(), args.steps, 1)}
+    makers = {"bncnn": (BnCnn, 0), "rescnn": (ResCnn, 1), "mobilecnn": (MobileCnn, 2)}
+    chosen = args.only.split(",") if args.only else list(makers)
+    nets = {}
+    for name in chosen:
+        make, seed = makers[name]
+        torch.manual_seed(seed)  # each network on its own seed, so one can be written again alone
+        nets[name] = train(make(), args.steps, seed)
     newest = newest_torchscript_opset()
     written = []
     for name, model in nets.items():

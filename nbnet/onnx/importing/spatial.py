@@ -143,8 +143,9 @@ def _pool(kind):
         pads = _explicit_pads(ctx, attrs, spatial, kernel, strides, ceil_mode=ceil_mode)
         if min(pads) < 0:
             raise ctx.error(f"negative pads {pads}")
-        if base[0] >= kernel[0] or base[1] >= kernel[1] or base[2] >= kernel[0] or base[3] >= kernel[1]:
-            raise ctx.error(f"pads {base} as large as the kernel {kernel}", "pads smaller than the kernel")
+        if not include_pad and (base[0] >= kernel[0] or base[1] >= kernel[1]):
+            raise ctx.error(f"pads {base}: the first window lies in the padding alone", "begin pads smaller than "
+                            "the kernel")
         if include_pad and any(base):
             # the explicit pads count in the average: zeros of their own; ceil_mode's extra
             # end padding (pads - base) stays out of the count, as in ONNX's reference
@@ -159,6 +160,9 @@ def _pool(kind):
         for i, (size, k, st) in enumerate(zip(spatial, kernel, strides)):
             windows = (size + pads[i] + pads[i + 2] - k) // st + 1
             pads[i + 2] = max(0, (windows - 1) * st + k - size - pads[i])
+            if pads[i + 2] >= k:  # (old exporters emulate ceil_mode with end pads as deep as the kernel)
+                raise ctx.error(f"pads {base}: the last window lies in the padding alone", "windows that cover "
+                                "at least one input pixel")
         # the pool layers leave padded positions out of the max and of the average's count
         if not any(pads):
             padding = "valid"
