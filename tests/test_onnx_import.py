@@ -16,7 +16,9 @@ from nbnet import onnx as nbnet_onnx  # noqa: E402
 from nbnet.onnx.importing import OnnxImportError, import_proto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = sorted(glob.glob(str(ROOT / "tests" / "fixtures" / "onnx_foreign" / "*.onnx")))
+FIXTURES = sorted(p for p in glob.glob(str(ROOT / "tests" / "fixtures" / "onnx_foreign" / "*.onnx"))
+                  if not Path(p).stem.startswith("keras"))  # PyTorch's; Keras's has its own test
+KERAS_EXPORT = ROOT / "tests" / "fixtures" / "onnx_foreign" / "keras3_cnn.onnx"
 MNIST8 = ROOT.parent / "shared" / "onnx" / "mnist-8.onnx"
 
 
@@ -401,3 +403,25 @@ def test_matmul_over_positions_imports_as_dense_on_the_last_axis(tmp_path):
     np.testing.assert_allclose(model.predict(x, verbose=0), _ort(path, x), atol=1e-6)
     result = nbnet_onnx.export(model, tmp_path / "again.onnx", x=x, print_fn=None)
     assert result.report.max_abs_diff <= 1e-6
+
+
+def test_a_file_keras_exported_keeps_its_channels_last_boundary_and_fine_tunes(mnist, tmp_path):
+    """Keras 3's own ONNX export (torch backend): NHWC input wrapped in Transposes and Casts,
+    BatchNormalization folded into Sub/Mul/Add, a softmax output."""
+    (x_train, y_train), (x_test, y_test) = mnist
+    x = (x_test[:1000, ..., None] / 255.0).astype(np.float32)
+    model = nbnet_onnx.load(KERAS_EXPORT)
+    assert model.input_shape == (28, 28, 1) and model.output_shape == (10,)
+    assert "Permute" not in [type(layer).__name__ for layer in model.layers]  # NHWC throughout: no transposes left
+    assert np.abs(model.predict(x, verbose=0) - _ort(KERAS_EXPORT, x)).max() <= 1e-5
+    model.compile(optimizer=optimizers.Adam(5e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x_eval = (x_test[:3000, ..., None] / 255.0).astype(np.float32)
+    before = model.evaluate(x_eval, y_test[:3000], verbose=0)[1]
+    model.fit((x_train[:8000, ..., None] / 255.0).astype(np.float32), y_train[:8000], epochs=1, batch_size=64,
+              verbose=0)
+    after = model.evaluate(x_eval, y_test[:3000], verbose=0)[1]
+    print(f"keras3_cnn: accuracy {before:.4f} -> {after:.4f}")
+    assert after > before
+    model.save(tmp_path / "tuned.nbnet")
+    again = models.load_model(tmp_path / "tuned.nbnet")
+    assert nbnet_onnx.export(again, tmp_path / "tuned.onnx", x=x[:200], print_fn=None).report.passed

@@ -2,13 +2,15 @@
 (BatchNormalization, residual adds, average pooling; depthwise, grouped and dilated
 convolutions with pads Keras cannot express), trained for a few hundred steps on
 MNIST so that fine-tuning has something to improve, exported with PyTorch's TorchScript
-exporter at opsets 9, 13, 17 and the newest it supports, and with the dynamo exporter.
+exporter at opsets 9, 13, 17 and the newest it supports, and with the dynamo exporter; and a
+Keras 3 CNN exported by Keras itself (channels-last, its own Transposes and Casts).
 
 Run it in the benchmark virtualenv (PyTorch is never a dependency of nbnet or its CI):
 
     /work/bench-venv/bin/python tools/onnx_foreign_models.py [--out tests/fixtures/onnx_foreign]
 
-The images are float32 in [0, 1], NCHW (batch, 1, 28, 28); outputs are logits.
+The images are float32 in [0, 1]: NCHW (batch, 1, 28, 28) with logits out for PyTorch's,
+NHWC (batch, 28, 28, 1) with probabilities out for Keras's.
 """
 
 import argparse
@@ -120,6 +122,34 @@ def export(model, path, opset, dynamo, dynamic_batch=True):
                               dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
 
 
+def keras_export(path, steps, seed):
+    """A Keras 3 functional CNN (channels-last input, BatchNormalization, a depthwise conv in
+    a residual add, pooling, dropout, a softmax head) trained a little on MNIST, exported
+    by Keras's own ``model.export(format="onnx")`` (on the torch backend)."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    from keras import layers
+
+    from nbnet.datasets import mnist
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Activation("relu")(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same",
+                                                                           use_bias=False)(inputs)))
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Add()([x, layers.DepthwiseConv2D(3, padding="same")(x)])
+    x = layers.Flatten()(layers.AveragePooling2D(2)(x))
+    model = keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Dropout(0.2)(x)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    (x_train, y_train), _ = mnist.load_data(verbose=False)
+    count = steps * 64
+    model.fit(x_train[:count, ..., None].astype(np.float32) / 255.0, y_train[:count], batch_size=64, epochs=1,
+              verbose=0)
+    model.export(str(path), format="onnx")
+
+
 def newest_torchscript_opset():
     from torch.onnx import _constants
 
@@ -130,20 +160,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "onnx_foreign"))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--only", help="comma-separated networks to write (bncnn, rescnn, mobilecnn) [default: all]")
+    parser.add_argument("--only", help="comma-separated networks to write (bncnn, rescnn, mobilecnn, keras) "
+                                       "[default: all]")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     makers = {"bncnn": (BnCnn, 0), "rescnn": (ResCnn, 1), "mobilecnn": (MobileCnn, 2)}
-    chosen = args.only.split(",") if args.only else list(makers)
-    nets = {}
+    chosen = args.only.split(",") if args.only else list(makers) + ["keras"]
+    nets, written = {}, []
+    if "keras" in chosen:
+        chosen.remove("keras")
+        keras_export(out / "keras3_cnn.onnx", args.steps, 3)
+        written.append(out / "keras3_cnn.onnx")
     for name in chosen:
         make, seed = makers[name]
         torch.manual_seed(seed)  # each network on its own seed, so one can be written again alone
         nets[name] = train(make(), args.steps, seed)
     newest = newest_torchscript_opset()
-    written = []
     for name, model in nets.items():
         for opset in sorted({9, 13, 17, newest}):
             path = out / f"{name}_ts_opset{opset}.onnx"
