@@ -76,7 +76,7 @@ _CHILD = textwrap.dedent("""
     from nbnet.kernels.conv import _direct_conv_parallel, im2col
     from nbnet.kernels.pool import maxpool_forward
 
-    # 3x3x1 runs the direct convolution, 3x3x2 im2col + BLAS (see conv.DIRECT_MAX_FIELD).
+    # 3x3x1 runs the direct convolution, 3x3x2 im2col + BLAS (see conv.direct_applies).
     direct = layers.Conv2D(2, 3, padding="same", activation="relu")
     direct.build((5, 5, 1), np.random.default_rng(0))
     unfolded = layers.Conv2D(2, 3, padding="same", activation="relu")

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nbnet import layers, regularizers
+from nbnet import layers, models, optimizers, regularizers
 from nbnet.errors import NbnetError, ShapeError
 
 try:
@@ -894,3 +894,31 @@ def test_dense_on_positions_applies_to_the_last_axis_as_keras():
     assert not np.allclose(positions.get_weights()[0], kernel)
     with pytest.raises(NbnetError, match="one row of classes per sample"):
         positions.compile("adam", "categorical_crossentropy")
+
+
+@pytest.mark.parametrize("shape,filters,kernel,pool", [((11, 9, 1), 16, 7, False), ((12, 10, 3), 32, 3, True),
+                                                       ((9, 9, 1), 20, 5, True)])
+def test_direct_conv_of_first_layers_matches_im2col(monkeypatch, shape, filters, kernel, pool):
+    """The direct loop also runs first layers (1-3 channels, 16-32 filters, fields up to 49
+    taps: several tap groups); forward, kernel, bias and input gradients equal im2col's."""
+    from nbnet.layers import convolutional
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4,) + shape).astype(np.float32)
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(convolutional, "direct_applies", lambda channels, field, count, direct=direct: direct)
+        model = models.Sequential([layers.Input(shape), layers.Conv2D(filters, kernel, padding="same",
+                                                                     activation="relu")]
+                                  + ([layers.MaxPooling2D(2)] if pool else []) + [layers.Flatten(), layers.Dense(3)],
+                                  seed=0)
+        model.compile(optimizers.SGD(0.1), "mse")
+        y = rng.standard_normal((4, 3)).astype(np.float32) if not results else results[0][2]
+        before = model.predict(x, verbose=0)
+        model.train_on_batch(x, y)
+        results.append((before, model.get_weights(), y, model.layers[0]._direct))
+    (a, wa, _, used_a), (b, wb, _, used_b) = results
+    assert used_a and not used_b
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for u, v in zip(wa, wb):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)

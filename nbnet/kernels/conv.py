@@ -84,6 +84,16 @@ def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
 # MNIST CNN's first layer (3x3x1 = 9) measured 3.4 ms -> 1 ms per step forward and backward.
 DIRECT_MAX_FIELD = 16
 
+
+def direct_applies(channels, field, filters):
+    """Whether the direct loop beats im2col + BLAS for this conv: small fields (above), and
+    first layers on 1-3 channels with 16-32 filters up to a 7x7x1 field. Measured at batch
+    128 on 2 cores (forward and backward, ms, im2col -> direct): 7x7x1 -> 16 filters
+    19.6 -> 14.2, 5x5x1 -> 32 16.0 -> 11.5, 3x3x3 -> 32 20.4 -> 16.7; with 6 filters, 64
+    filters or 75-tap fields im2col stays ahead (5x5x1 -> 6 7.8 vs 9.8, 3x3x3 -> 64 29 vs
+    34, 5x5x3 -> 32 37 vs 41)."""
+    return field <= DIRECT_MAX_FIELD or (channels <= 3 and 16 <= filters <= 32 and field <= 49)
+
 # How the direct kernels get vectorised (2-2.5x the plain loops). LLVM vectorises only an
 # innermost loop whose trip count is not a small constant (those it unrolls; Numba runs no
 # SLP vectoriser), so the filters loop holds a taps loop that unrolls away: it has a fixed

@@ -6,7 +6,7 @@ import numpy as np
 from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
-from ..kernels.conv import DIRECT_MAX_FIELD, output_geometry
+from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.winograd import applies as winograd_applies
 from ..tensor import as_tensor
 from .base import Layer
@@ -150,7 +150,7 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        direct = kernel2d.shape[0] <= DIRECT_MAX_FIELD
+        direct = direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         winograd = (not direct and self.pool is not None and ops.conv3x3_maxpool_forward is not None
                     and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         self._x_shape, self._geometry_used, self._direct, self._winograd = x.shape, geometry, direct, winograd
