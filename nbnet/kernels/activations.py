@@ -37,12 +37,6 @@ def fast_tanh(value):
 
 
 @njit(inline="always")
-def fast_sigmoid(value):
-    """1 / (1 + exp(-x)) as (1 + tanh(x / 2)) / 2: within 4e-8 of it (absolute), and vectorised."""
-    return 0.5 + 0.5 * fast_tanh(0.5 * np.float64(value))
-
-
-@njit(inline="always")
 def exact_sigmoid(value):
     if value >= 0:
         return 1.0 / (1.0 + np.exp(-value))
@@ -53,29 +47,24 @@ def exact_sigmoid(value):
 @njit(inline="always")
 def _activate(code, alpha, values):
     """values = activation(values), in place, for every code but SOFTMAX (a 1-D slice
-    from index 0: LLVM vectorises the loop)."""
+    from index 0: LLVM vectorises the loop). Sigmoid and tanh share one loop, as
+    sigmoid(x) = 1/2 + tanh(x/2)/2: each vectorised loop costs compile time."""
     dtype = values.dtype.type
     zero = dtype(0.0)
     if code == RELU:
         for k in range(values.shape[0]):
             values[k] = values[k] if values[k] > zero else zero
-    elif code == SIGMOID:
-        if values.itemsize == 8:  # float64 (the gradient checks): the exact formula
-            for k in range(values.shape[0]):
-                values[k] = exact_sigmoid(values[k])
-        else:
-            for k in range(values.shape[0]):
-                values[k] = dtype(fast_sigmoid(values[k]))
-    elif code == TANH:
-        if values.itemsize == 8:
-            for k in range(values.shape[0]):
-                values[k] = np.tanh(values[k])
-        else:
-            for k in range(values.shape[0]):
-                values[k] = dtype(fast_tanh(values[k]))
     elif code == LEAKY_RELU:
         for k in range(values.shape[0]):
             values[k] = values[k] if values[k] > zero else alpha * values[k]
+    elif values.itemsize == 8:  # float64 (the gradient checks): libm's exact functions
+        for k in range(values.shape[0]):
+            values[k] = exact_sigmoid(values[k]) if code == SIGMOID else np.tanh(values[k])
+    elif code == SIGMOID or code == TANH:
+        half = 0.5 if code == SIGMOID else 1.0
+        shift = 0.5 if code == SIGMOID else 0.0
+        for k in range(values.shape[0]):
+            values[k] = dtype(shift + half * fast_tanh(half * np.float64(values[k])))
 
 
 # Values per parallel block: the bias add runs row by row, the activation over the
