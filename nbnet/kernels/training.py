@@ -17,7 +17,9 @@ def gather_rows(source, order, start, out):
             out[i, j] = row[j]
 
 
-@njit(cache=True)
+# 'reassoc' lets LLVM keep several partial sums (a vectorised reduction: 1.7M gradients in
+# 0.15 ms instead of 1.4); NaN and Inf still reach the probe in any order.
+@njit(cache=True, fastmath={"reassoc"})
 def check_finite(values, total, step, halt):
     """Sets halt[0] = step when ``total[0]`` (the step's loss) or any of ``values`` (the
     gradients) is NaN or Inf, unless an earlier step already halted. The optimizer kernels
