@@ -118,3 +118,32 @@ def test_second_process_reuses_disk_cache(tmp_path):
         # ... and the second loaded every kernel from it.
         assert second[name]["hits"] >= 1 and second[name]["misses"] == 0, (name, second[name])
     assert any(cache_dir.rglob("*.nbi")) and any(cache_dir.rglob("*.nbc"))
+
+
+def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
+    """On a cold cache a second process warms up the layers from the second weighted one
+    on (a conv and the pool after it stay together); it runs on its own and is stopped
+    when the warm-up ends."""
+    import json
+    import subprocess
+
+    from nbnet import layers, models, warmup as warmup_module
+
+    model = models.Sequential([layers.Input((8, 8, 1)), layers.Conv2D(4, 3, activation="relu"),
+                               layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+                               layers.Dense(10, activation="softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    job = warmup_module._tail_job(model)
+    assert [entry["class_name"] for entry in job["layers"]] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]
+    assert job["input_shape"] == [6, 6, 4]
+    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(job).encode(),
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(warmup_module, "HELPER_AFTER", 0.0)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    warmup_module.warmup(model)
+    assert started and started[0][0][1:] == ["-m", "nbnet.warmup", "--helper"]
+    assert warmup_module._tail_job(models.Sequential([layers.Input((4,)), layers.Dense(2)])) is None  # uncompiled
