@@ -131,3 +131,59 @@ def test_applies_only_to_3x3_stride_1_with_2x2_pool():
     assert not winograd.applies((5, 5), (1, 1), (2, 2))
     assert not winograd.applies((3, 3), (2, 2), (2, 2))
     assert not winograd.applies((3, 3), (1, 1), (3, 3))
+
+
+@pytest.mark.parametrize("batch, height, width, channels, filters, padding, dtype", [
+    (5, 14, 14, 16, 16, "same", np.float32),    # a residual block's conv, two workers
+    (3, 7, 9, 8, 12, "same", np.float32),       # odd sides: the last blocks half outside
+    (2, 9, 8, 9, 5, "valid", np.float32),
+    (2, 5, 6, 8, 3, "same", np.float64),
+])
+def test_unpooled_winograd_matches_im2col(batch, height, width, channels, filters, padding, dtype):
+    """conv3x3_forward / conv3x3_backward (no pool) against im2col + matmul and its adjoint."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((batch, height, width, channels)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, channels, filters)).astype(dtype)
+    out_h, out_w, top, left = conv.output_geometry(height, width, (3, 3), (1, 1), padding)
+    geometry = (3, 3, 1, 1, top, left, out_h, out_w)
+    cols = np.empty((batch * out_h * out_w, 9 * channels), dtype)
+    conv.im2col(x, *geometry, cols)
+    expected = (cols @ kernel.reshape(-1, filters)).reshape(batch, out_h, out_w, filters)
+    z = np.full(expected.shape, np.nan, dtype)
+    u = np.empty((16, channels, filters), dtype)
+    winograd.conv3x3_forward(x, kernel, top, left, u, z)
+    rounding = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(z, expected, rtol=rounding, atol=rounding * np.abs(expected).max())
+
+    dz = rng.standard_normal(expected.shape).astype(dtype)
+    expected_dkernel = (cols.T @ dz.reshape(-1, filters)).reshape(kernel.shape)
+    expected_dx = np.empty_like(x)
+    conv.col2im(dz.reshape(-1, filters) @ kernel.reshape(-1, filters).T, *geometry, expected_dx)
+    dkernel = np.ones_like(kernel)  # added into
+    dx = np.full_like(x, np.nan)
+    winograd.conv3x3_backward(x, kernel, dz, top, left, u, dkernel, True, dx)
+    np.testing.assert_allclose(dkernel - 1, expected_dkernel, rtol=rounding,
+                               atol=rounding * np.abs(expected_dkernel).max())
+    np.testing.assert_allclose(dx, expected_dx, rtol=rounding, atol=rounding * np.abs(expected_dx).max())
+
+
+def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatch):
+    """A 3x3 stride-1 conv on 8+ channels runs Winograd; one SGD step equals im2col's."""
+    from nbnet import layers, models, optimizers
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 9, 10, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    results = []
+    for minimum in (winograd.PLAIN_MIN_CHANNELS, 10 ** 6):  # (8 input channels: Winograd, then im2col)
+        monkeypatch.setattr(winograd, "PLAIN_MIN_CHANNELS", minimum)
+        model = models.Sequential([layers.Input((9, 10, 8)), layers.Conv2D(4, 3, padding="same", activation="relu"),
+                                   layers.Conv2D(6, 3, activation="tanh"), layers.Flatten(),
+                                   layers.Dense(3, activation="softmax")], seed=0)
+        model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+        results.append((model.get_weights(), [layer._winograd for layer in model.layers[:2]]))
+    (winograd_weights, used), (im2col_weights, unused) = results
+    assert used == [True, False] and unused == [False, False]  # the second conv has 4 channels in: im2col
+    for a, b in zip(winograd_weights, im2col_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

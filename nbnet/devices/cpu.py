@@ -29,7 +29,8 @@ from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_m
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
-from ..kernels.winograd import conv3x3_maxpool_backward, conv3x3_maxpool_forward  # noqa: F401
+from ..kernels.winograd import (conv3x3_backward, conv3x3_forward, conv3x3_maxpool_backward,  # noqa: F401
+                               conv3x3_maxpool_forward)
 
 name = "cpu"
 _nothing = {}

@@ -37,7 +37,7 @@ from ..kernels.cuda.training import add_into, check_finite, count_correct, fill_
 name = "cuda"
 # Conv2D's Winograd pass (see nbnet/kernels/winograd.py) is the CPU's alone: on the GPU a
 # 3x3 conv with its pool runs as im2col and the tiled GEMM.
-conv3x3_maxpool_forward = conv3x3_maxpool_backward = None
+conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_backward = None
 _nothing = {}
 
 

@@ -7,7 +7,7 @@ from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import direct_applies, output_geometry
-from ..kernels.winograd import applies as winograd_applies
+from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies
 from ..tensor import as_tensor
 from .base import Layer
 from .core import ActivationMixin, KernelMixin, _reg_config
@@ -151,8 +151,12 @@ class Conv2D(KernelMixin, Layer):
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
         direct = direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
-        winograd = (not direct and self.pool is not None and ops.conv3x3_maxpool_forward is not None
-                    and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
+        if self.pool is not None:
+            winograd = (not direct and ops.conv3x3_maxpool_forward is not None
+                        and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
+        else:
+            winograd = (not direct and ops.conv3x3_forward is not None
+                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3]))
         self._x_shape, self._geometry_used, self._direct, self._winograd = x.shape, geometry, direct, winograd
         # The direct and Winograd passes read the input again in backward; im2col keeps its columns.
         self._x = x if direct or winograd else None
@@ -177,6 +181,9 @@ class Conv2D(KernelMixin, Layer):
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
         if direct:
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
+        elif winograd:
+            ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(),
+                                z.reshape(batch, out_h, out_w, self.filters))
         else:
             ops.im2col(x, *geometry, self._cols)
             ops.matmul(self._cols, kernel2d, out=z)
@@ -201,7 +208,7 @@ class Conv2D(KernelMixin, Layer):
                                              *self._geometry_used, *pool_size, dkernel, dbias, dx is not None,
                                              dx if dx is not None else self._x[:0])
             return dx
-        if self._winograd:
+        if self._winograd and pool_size:
             ops.conv3x3_maxpool_backward(self._x, self.params["kernel"], dy, self._argmax, self._pooled, self._code,
                                          *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
                                          dbias, dx is not None, dx if dx is not None else self._x[:0])
@@ -217,6 +224,12 @@ class Conv2D(KernelMixin, Layer):
         if self._direct:
             ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, dkernel, dx is not None,
                                      dx if dx is not None else self._x[:0])
+            return dx
+        if self._winograd:
+            out_h, out_w = self._geometry_used[-2:]
+            ops.conv3x3_backward(self._x, self.params["kernel"], dz.reshape(-1, out_h, out_w, self.filters),
+                                 *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
+                                 dx is not None, dx if dx is not None else self._x[:0])
             return dx
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
