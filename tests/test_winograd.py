@@ -139,8 +139,10 @@ def test_applies_only_to_3x3_stride_1_with_2x2_pool():
     (2, 9, 8, 9, 5, "valid", np.float32),
     (2, 5, 6, 8, 3, "same", np.float64),
 ])
-def test_unpooled_winograd_matches_im2col(batch, height, width, channels, filters, padding, dtype):
-    """conv3x3_forward / conv3x3_backward (no pool) against im2col + matmul and its adjoint."""
+def test_unpooled_winograd_matches_im2col(monkeypatch, batch, height, width, channels, filters, padding, dtype):
+    """conv3x3_forward / conv3x3_backward (no pool) against im2col + matmul and its adjoint,
+    one image a chunk."""
+    monkeypatch.setattr(winograd, "PLAIN_CHUNK_VALUES", 1)
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((batch, height, width, channels)).astype(dtype)
     kernel = rng.standard_normal((3, 3, channels, filters)).astype(dtype)

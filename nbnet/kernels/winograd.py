@@ -29,6 +29,7 @@ from .matmul import for_each_worker
 from .pool import max_of_window
 
 CHUNK_TILES = 400
+PLAIN_CHUNK_VALUES = 25600
 _scratch = threading.local()
 
 
@@ -37,18 +38,19 @@ def applies(kernel_size, strides, pool_size):
     return tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and tuple(pool_size) == (2, 2)
 
 
-# The input channels for which the unpooled pass beats im2col + BLAS (measured: see
-# conv3x3_forward): fewer, and the transforms cost more than the multiplies they save; more,
-# and BLAS's one large matmul outruns the 16 small ones (14x14x64 -> 64 at batch 128:
-# 51 ms im2col, 76 ms Winograd).
+# Where the unpooled pass beats im2col + BLAS (layer forward + backward, batch 128, 2
+# cores): from 8 input channels (fewer, and the transforms cost more than the multiplies
+# they save) to 64 (14x14x128 -> 128: im2col 140 ms, Winograd 198), on outputs of 8x8 or
+# more (7x7x64 -> 64: 9.0 ms, 10.9; an odd side wastes a quarter of its blocks).
 PLAIN_MIN_CHANNELS = 8
-PLAIN_MAX_CHANNELS = 32
+PLAIN_MAX_CHANNELS = 64
+PLAIN_MIN_PIXELS = 64
 
 
-def plain_applies(kernel_size, strides, channels):
+def plain_applies(kernel_size, strides, channels, out_pixels):
     """Whether a Conv2D without an absorbed pool can take the Winograd path."""
     return (tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1)
-            and PLAIN_MIN_CHANNELS <= channels <= PLAIN_MAX_CHANNELS)
+            and PLAIN_MIN_CHANNELS <= channels <= PLAIN_MAX_CHANNELS and out_pixels >= PLAIN_MIN_PIXELS)
 
 
 # G = [[1,0,0], [1/2,1/2,1/2], [1/2,-1/2,1/2], [0,0,1]]; (G g G^T)[i, j] = sum over r, s of
@@ -294,19 +296,26 @@ def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w
                     dx[n, row, col, c] = dimage[base + c] if inside else zero
 
 
-def _chunks(first, stop, per_image):
-    """(start, end, blocks) of the chunks of images first..stop-1, CHUNK_TILES blocks or
+def _chunk_tiles(channels, filters, pooled):
+    """Blocks a chunk: CHUNK_TILES for the pooled pass (tuned on the MNIST CNN), and for the
+    unpooled one as many as keep the chunk's v and m near 1.6 MB (400 blocks at 32 -> 32
+    channels, 200 at 64 -> 64: 14x14x64 -> 64 at batch 128 took 36 ms with 400, 18 with 200)."""
+    return CHUNK_TILES if pooled else max(1, PLAIN_CHUNK_VALUES // (channels + filters))
+
+
+def _chunks(first, stop, per_image, chunk_tiles):
+    """(start, end, blocks) of the chunks of images first..stop-1, ``chunk_tiles`` blocks or
     fewer each (at least one image)."""
-    images = max(1, CHUNK_TILES // per_image)
+    images = max(1, chunk_tiles // per_image)
     for start in range(first, stop, images):
         end = min(start + images, stop)
         yield start, end, (end - start) * per_image
 
 
-def _worker_scratch(x, tiles_h, tiles_w, filters):
+def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad),
     kept between calls per geometry (a model's layers keep theirs)."""
-    blocks = max(1, CHUNK_TILES // (tiles_h * tiles_w)) * tiles_h * tiles_w
+    blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
     channels = x.shape[3]
     key = (blocks, channels, filters, tiles_h, tiles_w, x.dtype.str)
     store = getattr(_scratch, "forward", None)
@@ -327,10 +336,11 @@ def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argm
     for its transform; ``bias`` of length 0 means none."""
     batch, tiles_h, tiles_w, filters = y.shape
     kernel_transform(kernel, u)
+    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], True)
 
     def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters)
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
+        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
             output_maxpool(m, bias, code, start, end, y, argmax)
@@ -342,16 +352,17 @@ def conv3x3_forward(x, kernel, pad_top, pad_left, u, z):
     """z = conv3x3(x, kernel) (no bias), z of shape (batch, out_h, out_w, filters) from the
     input corner (-pad_top, -pad_left); ``u`` a (16, in, out) buffer for the kernel's
     transform. Forward and backward of a Conv2D layer, batch 128 on 2 cores, im2col ->
-    Winograd (ms): 28x28x32 -> 32 filters 69.7 -> 25.8, 32x32x32 -> 32 86.5 -> 37.8,
-    14x14x32 -> 64 26.3 -> 15.7, 28x28x8 -> 16 25.4 -> 16.0, 14x14x16 -> 16 5.3 -> 5.6
-    (batch 32: 2.4 -> 2.3)."""
+    Winograd (ms): 28x28x32 -> 32 filters 71.0 -> 26.7, 16x16x64 -> 64 59.7 -> 24.2,
+    14x14x64 -> 64 40.7 -> 19.4, 16x16x32 -> 64 30.3 -> 14.1, 14x14x16 -> 16 9.0 -> 5.6;
+    batch 32: 28x28x32 -> 32 18.1 -> 10.1, 14x14x64 -> 64 12.5 -> 6.4."""
     batch, out_h, out_w, filters = z.shape
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     kernel_transform(kernel, u)
+    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], False)
 
     def run(first, stop):
-        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters)
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
+        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
             output_blocks(m, start, end, quad, z)
@@ -382,14 +393,15 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
     sums its images' kernel gradient; the workers' sums are added in a fixed order."""
     batch, tiles_h, tiles_w, filters = dy.shape
     kernel_transform(kernel, u)
+    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], True)
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
 
     def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters)
+        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
         dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(v, m, image)
         du[:] = 0
         bias_sums[:] = 0
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             gradient_transform(dy, argmax, y, code, start, end, quad, m, bias_sums)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
@@ -419,13 +431,14 @@ def conv3x3_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
     batch, out_h, out_w, filters = dz.shape
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     kernel_transform(kernel, u)
+    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], False)
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))
 
     def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters)
+        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
         dv, du_chunk, du, dimage, rows, quad, _ = _worker_backward_scratch(v, m, image)
         du[:] = 0
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w):
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             gradient_blocks(dz, start, end, quad, m)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)

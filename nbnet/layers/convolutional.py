@@ -156,7 +156,7 @@ class Conv2D(KernelMixin, Layer):
                         and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         else:
             winograd = (not direct and ops.conv3x3_forward is not None
-                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3]))
+                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         self._x_shape, self._geometry_used, self._direct, self._winograd = x.shape, geometry, direct, winograd
         # The direct and Winograd passes read the input again in backward; im2col keeps its columns.
         self._x = x if direct or winograd else None
