@@ -103,6 +103,21 @@ def input_transform(x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, 
                 tile += 1
 
 
+@njit(inline="always")
+def _output_block(m, tile, o):
+    """The 2x2 block A^T m A of filter o (A^T = [[1,1,1,0], [0,1,-1,-1]]): A^T m down each of
+    the 4 columns, then (.) A along each row."""
+    a0 = m[0, tile, o] + m[4, tile, o] + m[8, tile, o]
+    b0 = m[1, tile, o] + m[5, tile, o] + m[9, tile, o]
+    c0 = m[2, tile, o] + m[6, tile, o] + m[10, tile, o]
+    d0 = m[3, tile, o] + m[7, tile, o] + m[11, tile, o]
+    a1 = m[4, tile, o] - m[8, tile, o] - m[12, tile, o]
+    b1 = m[5, tile, o] - m[9, tile, o] - m[13, tile, o]
+    c1 = m[6, tile, o] - m[10, tile, o] - m[14, tile, o]
+    d1 = m[7, tile, o] - m[11, tile, o] - m[15, tile, o]
+    return a0 + b0 + c0, b0 - c0 - d0, a1 + b1 + c1, b1 - c1 - d1
+
+
 @njit(cache=True, nogil=True)
 def output_maxpool(m, bias, code, first, stop, y, argmax):
     """y[n, i, j, o] = activation(max of the 2x2 block A^T m A + bias) for block (i, j) of
@@ -122,17 +137,8 @@ def output_maxpool(m, bias, code, first, stop, y, argmax):
                 corner = 2 * ti * width + 2 * tj
                 for o in range(filters):
                     shift = bias[o] if has_bias else zero
-                    # A^T m down each of the 4 columns, then (.) A along each row.
-                    a0 = m[0, tile, o] + m[4, tile, o] + m[8, tile, o]
-                    b0 = m[1, tile, o] + m[5, tile, o] + m[9, tile, o]
-                    c0 = m[2, tile, o] + m[6, tile, o] + m[10, tile, o]
-                    d0 = m[3, tile, o] + m[7, tile, o] + m[11, tile, o]
-                    a1 = m[4, tile, o] - m[8, tile, o] - m[12, tile, o]
-                    b1 = m[5, tile, o] - m[9, tile, o] - m[13, tile, o]
-                    c1 = m[6, tile, o] - m[10, tile, o] - m[14, tile, o]
-                    d1 = m[7, tile, o] - m[11, tile, o] - m[15, tile, o]
-                    best[o], where[o] = max_of_window(a0 + b0 + c0 + shift, b0 - c0 - d0 + shift,
-                                                      a1 + b1 + c1 + shift, b1 - c1 - d1 + shift,
+                    y00, y01, y10, y11 = _output_block(m, tile, o)
+                    best[o], where[o] = max_of_window(y00 + shift, y01 + shift, y10 + shift, y11 + shift,
                                                       corner, width, relu, zero)
                 tile += 1
 
@@ -162,16 +168,7 @@ def output_blocks(m, first, stop, quad, z):
             for tj in range(tiles_w):
                 q0, q1, q2, q3 = quad[0], quad[1], quad[2], quad[3]
                 for o in range(filters):
-                    a0 = m[0, tile, o] + m[4, tile, o] + m[8, tile, o]
-                    b0 = m[1, tile, o] + m[5, tile, o] + m[9, tile, o]
-                    c0 = m[2, tile, o] + m[6, tile, o] + m[10, tile, o]
-                    d0 = m[3, tile, o] + m[7, tile, o] + m[11, tile, o]
-                    a1 = m[4, tile, o] - m[8, tile, o] - m[12, tile, o]
-                    b1 = m[5, tile, o] - m[9, tile, o] - m[13, tile, o]
-                    c1 = m[6, tile, o] - m[10, tile, o] - m[14, tile, o]
-                    d1 = m[7, tile, o] - m[11, tile, o] - m[15, tile, o]
-                    q0[o], q1[o] = a0 + b0 + c0, b0 - c0 - d0
-                    q2[o], q3[o] = a1 + b1 + c1, b1 - c1 - d1
+                    q0[o], q1[o], q2[o], q3[o] = _output_block(m, tile, o)
                 for position in range(4):
                     row, col = 2 * ti + position // 2, 2 * tj + position % 2
                     if row < out_h and col < out_w:
@@ -179,11 +176,28 @@ def output_blocks(m, first, stop, quad, z):
                 tile += 1
 
 
+@njit(inline="always")
+def _transform_gradient(quad, m, tile):
+    """m[4*i + j, tile] = (A E A^T)[i, j] of the 2x2 gradient E in ``quad`` (4, filters),
+    one output position a pass."""
+    e00, e01, e10, e11 = quad[0], quad[1], quad[2], quad[3]
+    filters = quad.shape[1]
+    for i in range(4):
+        top_i, bottom_i = quad.dtype.type(_A[i, 0]), quad.dtype.type(_A[i, 1])
+        for j in range(4):
+            left_j, right_j = quad.dtype.type(_A[j, 0]), quad.dtype.type(_A[j, 1])
+            w00, w01 = top_i * left_j, top_i * right_j
+            w10, w11 = bottom_i * left_j, bottom_i * right_j
+            out = m[4 * i + j, tile]
+            for o in range(filters):
+                out[o] = w00 * e00[o] + w01 * e01[o] + w10 * e10[o] + w11 * e11[o]
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def gradient_blocks(dz, first, stop, quad, m):
     """m[4*i + j, t, o] = (A E A^T)[i, j] for block t's 2x2 gradient E of the conv output
     (zero past an odd side's edge): the adjoint of output_blocks. ``quad`` is scratch."""
-    out_h, out_w, filters = dz.shape[1], dz.shape[2], dz.shape[3]
+    out_h, out_w = dz.shape[1], dz.shape[2]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     zero = dz.dtype.type(0.0)
     tile = 0
@@ -196,16 +210,7 @@ def gradient_blocks(dz, first, stop, quad, m):
                         quad[position] = dz[n, row, col]
                     else:
                         quad[position] = zero
-                e00, e01, e10, e11 = quad[0], quad[1], quad[2], quad[3]
-                for i in range(4):
-                    top_i, bottom_i = dz.dtype.type(_A[i, 0]), dz.dtype.type(_A[i, 1])
-                    for j in range(4):
-                        left_j, right_j = dz.dtype.type(_A[j, 0]), dz.dtype.type(_A[j, 1])
-                        w00, w01 = top_i * left_j, top_i * right_j
-                        w10, w11 = bottom_i * left_j, bottom_i * right_j
-                        out = m[4 * i + j, tile]
-                        for o in range(filters):
-                            out[o] = w00 * e00[o] + w01 * e01[o] + w10 * e10[o] + w11 * e11[o]
+                _transform_gradient(quad, m, tile)
                 tile += 1
 
 
@@ -236,17 +241,7 @@ def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
                     passed = quad[position]
                     for o in range(filters):
                         bias_sums[o] += passed[o]
-                # Then A E A^T, one output position a pass.
-                e00, e01, e10, e11 = quad[0], quad[1], quad[2], quad[3]
-                for i in range(4):
-                    top_i, bottom_i = dy.dtype.type(_A[i, 0]), dy.dtype.type(_A[i, 1])
-                    for j in range(4):
-                        left_j, right_j = dy.dtype.type(_A[j, 0]), dy.dtype.type(_A[j, 1])
-                        w00, w01 = top_i * left_j, top_i * right_j
-                        w10, w11 = bottom_i * left_j, bottom_i * right_j
-                        out = m[4 * i + j, tile]
-                        for o in range(filters):
-                            out[o] = w00 * e00[o] + w01 * e01[o] + w10 * e10[o] + w11 * e11[o]
+                _transform_gradient(quad, m, tile)
                 tile += 1
 
 
