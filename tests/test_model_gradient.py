@@ -266,16 +266,20 @@ def compare(model, coords, analytic, numeric):
 
 
 @plain_only
-@pytest.mark.parametrize("conv2_path", ["winograd", "im2col", "direct"])
+@pytest.mark.parametrize("conv2_path", ["winograd", "im2col", "direct", "planar"])
 def test_softmax_model_gradient_on_cpu(conv2_path, monkeypatch):
     """The second conv + pool pass on each CPU path: Winograd (where it applies, as here:
     a 3x3x3 kernel, stride 1, 2x2 pool), im2col (Winograd switched off, as in
-    test_fusion.py), direct (a 3x3x1 field)."""
-    if conv2_path == "im2col":
+    test_fusion.py), direct (a 3x3x1 field), planar (3x3 on 5 channels, 'same', Winograd
+    off: with it on, a 3x3 conv with its pool runs Winograd)."""
+    if conv2_path in ("im2col", "planar"):
         monkeypatch.setattr(cpu, "conv3x3_maxpool_forward", None)
-    model = check_model_gradient("softmax", 14, 1 if conv2_path == "direct" else 3, count=6)
+    conv1_filters = {"direct": 1, "planar": 5}.get(conv2_path, 3)
+    model = check_model_gradient("softmax", 14, conv1_filters, count=6,
+                                 conv2_padding="same" if conv2_path == "planar" else "valid")
     conv1, conv2 = model.layers[0], model.layers[3]  # the passes the training step took
-    assert (conv2._direct, conv2._winograd) == (conv2_path == "direct", conv2_path == "winograd")
+    assert ((conv2._direct, conv2._winograd, conv2._planar)
+            == (conv2_path == "direct", conv2_path == "winograd", conv2_path == "planar"))
     assert conv1._direct and not conv1._winograd
 
 

@@ -25,6 +25,7 @@ from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_fo
                                clip_forward, log_softmax_backward, log_softmax_forward, permute_forward, take_backward,
                                take_forward)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
+from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401

@@ -35,9 +35,10 @@ from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
 from ..kernels.cuda.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 
 name = "cuda"
-# Conv2D's Winograd pass (see nbnet/kernels/winograd.py) is the CPU's alone: on the GPU a
-# 3x3 conv with its pool runs as im2col and the tiled GEMM.
+# Conv2D's Winograd and planar passes (see nbnet/kernels/winograd.py and planar.py) are
+# the CPU's alone: on the GPU those convs run as im2col and the tiled GEMM.
 conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_backward = None
+planar_conv_forward = planar_conv_backward = None
 _nothing = {}
 
 

@@ -7,6 +7,7 @@ from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import direct_applies, output_geometry
+from ..kernels.planar import applies as planar_applies
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies
 from ..tensor import as_tensor
 from .base import Layer
@@ -150,17 +151,23 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        direct = direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
+        planar = (ops.planar_conv_forward is not None
+                  and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w,
+                                     self.pool is not None and ops.conv3x3_maxpool_forward is not None
+                                     and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size)))
+        direct = not planar and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         if self.pool is not None:
-            winograd = (not direct and ops.conv3x3_maxpool_forward is not None
+            winograd = (not (direct or planar) and ops.conv3x3_maxpool_forward is not None
                         and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         else:
-            winograd = (not direct and ops.conv3x3_forward is not None
+            winograd = (not (direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
-        self._x_shape, self._geometry_used, self._direct, self._winograd = x.shape, geometry, direct, winograd
-        # The direct and Winograd passes read the input again in backward; im2col keeps its columns.
-        self._x = x if direct or winograd else None
-        self._cols = None if direct or winograd else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype)
+        self._x_shape, self._geometry_used = x.shape, geometry
+        self._direct, self._winograd, self._planar = direct, winograd, planar
+        # These passes read the input again in backward; im2col keeps its columns.
+        self._x = x if direct or winograd or planar else None
+        self._cols = (None if direct or winograd or planar
+                      else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
         if self.pool is not None:
             # Returns the pool's output: the conv's own activation is never stored.
             self._y = None
@@ -173,13 +180,18 @@ class Conv2D(KernelMixin, Layer):
                                             self._kernel_transform(), self._pooled, self._argmax)
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
-                ops.im2col(x, *geometry, self._cols)
-                ops.matmul(self._cols, kernel2d, out=z)
+                if planar:
+                    ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+                else:
+                    ops.im2col(x, *geometry, self._cols)
+                    ops.matmul(self._cols, kernel2d, out=z)
                 ops.bias_activation_maxpool(z.reshape(batch, out_h, out_w, self.filters), bias, self._code,
                                             *self.pool.pool_size, self._pooled, self._argmax)
             return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        if direct:
+        if planar:
+            ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+        elif direct:
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
         elif winograd:
             ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(),
@@ -221,6 +233,10 @@ class Conv2D(KernelMixin, Layer):
         else:
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
             ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
+        if self._planar:
+            ops.planar_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[4:], self.grads["kernel"],
+                                     dx is not None, dx if dx is not None else self._x[:0])
+            return dx
         if self._direct:
             ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, dkernel, dx is not None,
                                      dx if dx is not None else self._x[:0])
