@@ -4,11 +4,10 @@ The first ``nbnet train`` on a fresh install spends seconds compiling; doing it 
 on a throwaway copy of the model lets the CLI say so, and ``nbnet warmup`` can do it at
 install time. Shapes do not matter to Numba, only dtypes and ranks: two samples suffice.
 
-Numba compiles on one core. When the warm-up is still compiling after a second (a cold
-cache), a second process warms up a layer chain from its second weighted layer on, into
+Numba compiles on one core. When the warm-up is still compiling after half a second (a
+cold cache), a second process warms up a layer chain from the back (see _tail_jobs), into
 the same disk cache, while this one works from the front: whatever it finished, this one
-loads instead of compiling. The MNIST CNN's cold start (`nbnet warmup`, cache cleared, 2
-cores): 19.9 s without the helper (NBNET_WARMUP_HELPER=0), 14.4 s with it.
+loads instead of compiling.
 """
 
 import json
@@ -21,7 +20,7 @@ import time
 import numpy as np
 
 # Seconds of warm-up after which the cache counts as cold and the helper process starts.
-HELPER_AFTER = 1.0
+HELPER_AFTER = 0.5
 
 
 def warmup(model, progress=None):
@@ -35,7 +34,7 @@ def warmup(model, progress=None):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    helper = _Helper(_tail_job(model)) if not on_gpu and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0" else None
+    helper = _Helper(_tail_jobs(model)) if not on_gpu and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0" else None
     try:
         _warm(model, copy)
     finally:
@@ -64,14 +63,14 @@ def _warm(model, copy):
         copy.predict(x)
 
 
-def _tail_job(model):
-    """What the helper process warms up: a Sequential of the layers from the second weighted
-    one on (a first layer on few channels takes kernel paths of its own, later layers share
-    theirs; a conv is never split from the pool it fuses with), as config and compile
-    arguments; None where the model is not a built, compiled chain of two or more weighted
-    layers."""
+def _tail_jobs(model):
+    """What the helper process warms up, in order: Sequentials of the layers from each
+    weighted layer after the first on, the last one's first, so the helper works from the
+    back while this process works from the front, and they meet in the middle instead of
+    compiling the same kernels side by side (a first layer on few channels takes kernel
+    paths of its own); as config and compile arguments. None where the model is not a
+    built, compiled chain of two or more weighted layers."""
     from . import metrics
-    from .layers import AveragePooling2D, MaxPooling2D
     from .models import Sequential
 
     if not isinstance(model, Sequential) or not model.built or model.loss is None or len(model._heads) != 1:
@@ -79,17 +78,13 @@ def _tail_job(model):
     weighted = [i for i, layer in enumerate(model.layers) if layer.weight_order]
     if len(weighted) < 2:
         return None
-    start = weighted[1]
-    while start < len(model.layers) and isinstance(model.layers[start], (MaxPooling2D, AveragePooling2D)):
-        start += 1
-    if start >= len(model.layers):
-        return None
     head = model._heads[0]
-    return {"input_shape": [int(d) for d in model.layers[start].built_input_shape],
-            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
-                       for layer in model.layers[start:]],
-            "loss": head.loss.get_config(),
-            "metrics": [metrics.serialize(m) for m in head.metrics], "optimizer": type(model.optimizer).__name__}
+    compile_args = {"loss": head.loss.get_config(), "metrics": [metrics.serialize(m) for m in head.metrics],
+                    "optimizer": type(model.optimizer).__name__}
+    return [{"input_shape": [int(d) for d in model.layers[start].built_input_shape],
+             "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                        for layer in model.layers[start:]], **compile_args}
+            for start in reversed(weighted[1:])]
 
 
 class _Helper:
@@ -128,16 +123,16 @@ class _Helper:
 
 
 def _helper_main():
-    """The helper process: warm up the tail model the parent described on stdin."""
+    """The helper process: warm up the tail models the parent described on stdin."""
     from . import layers as layers_module, losses, optimizers
     from .models import Sequential
 
-    job = json.loads(sys.stdin.read())
-    built = [getattr(layers_module, entry["class_name"])(**entry["config"]) for entry in job["layers"]]
-    tail = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
-    tail.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
-                 metrics=job["metrics"])
-    _warm(tail, tail)
+    for job in json.loads(sys.stdin.read()):
+        built = [getattr(layers_module, entry["class_name"])(**entry["config"]) for entry in job["layers"]]
+        tail = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
+        tail.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
+                     metrics=job["metrics"])
+        _warm(tail, tail)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--helper"]:

@@ -121,9 +121,9 @@ def test_second_process_reuses_disk_cache(tmp_path):
 
 
 def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
-    """On a cold cache a second process warms up the layers from the second weighted one
-    on (a conv and the pool after it stay together); it runs on its own and is stopped
-    when the warm-up ends."""
+    """On a cold cache a second process warms up the chains from each weighted layer after
+    the first on, the last first (a conv and the pool after it stay together); it runs on
+    its own and is stopped when the warm-up ends."""
     import json
     import subprocess
 
@@ -133,10 +133,11 @@ def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
                                layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
                                layers.Dense(10, activation="softmax")], seed=0)
     model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-    job = warmup_module._tail_job(model)
-    assert [entry["class_name"] for entry in job["layers"]] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]
-    assert job["input_shape"] == [6, 6, 4]
-    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(job).encode(),
+    jobs = warmup_module._tail_jobs(model)
+    assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
+        ["Dense"], ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]]  # from the back
+    assert [job["input_shape"] for job in jobs] == [[16], [6, 6, 4]]
+    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(jobs).encode(),
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
 
@@ -146,4 +147,4 @@ def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
     monkeypatch.setattr(warmup_module.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
     warmup_module.warmup(model)
     assert started and started[0][0][1:] == ["-m", "nbnet.warmup", "--helper"]
-    assert warmup_module._tail_job(models.Sequential([layers.Input((4,)), layers.Dense(2)])) is None  # uncompiled
+    assert warmup_module._tail_jobs(models.Sequential([layers.Input((4,)), layers.Dense(2)])) is None  # uncompiled
