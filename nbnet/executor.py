@@ -3,13 +3,18 @@ topological order and backward in reverse.
 
 Built once per model set-up (``Plan(model)``): nested models are expanded into their
 layers, each tensor gets a slot, a layer called more than once runs as separate call
-objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), and a
-Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass.
+objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), a
+Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass,
+and a BatchNormalization whose only consumer is an elementwise Activation runs that.
 Backward sums the gradients of a tensor that feeds several layers, and skips every step
 no trainable weight depends on.
 """
 
-from .layers import Conv2D, MaxPooling2D
+from .kernels.activations import LEAKY_RELU, RELU, SIGMOID, TANH
+from .layers import Activation, BatchNormalization, Conv2D, MaxPooling2D
+
+# The activations BatchNormalization's kernels can run in their own pass.
+NORM_ACTIVATIONS = (RELU, LEAKY_RELU, SIGMOID, TANH)
 
 
 class Step:
@@ -17,7 +22,7 @@ class Step:
     the slot ``output``, a tensor of ``shape`` per sample; ``source`` is the model's layer."""
 
     __slots__ = ("layer", "source", "inputs", "output", "shape", "multiple", "needs_backward", "needs_input_grad",
-                 "fused_output", "pool")
+                 "fused_output", "pool", "activation")
 
     def __init__(self, layer, source, inputs, output, shape):
         self.layer, self.source, self.inputs, self.output, self.shape = layer, source, inputs, output, shape
@@ -25,6 +30,7 @@ class Step:
         self.needs_backward = self.needs_input_grad = True
         self.fused_output = False
         self.pool = None  # the MaxPooling2D call this Conv2D runs in its own pass
+        self.activation = None  # the Activation call this BatchNormalization runs in its own pass
 
 
 class Plan:
@@ -36,8 +42,10 @@ class Plan:
         self.layers = list({id(step.source): step.source for step in self.steps}.values())
         if fuse:
             self._fuse_conv_pool()
+            self._fuse_norm_activation()
         self._mark_gradients()
         self._values = [None] * self.slot_count
+        self._fused = None
 
     def bind(self):
         """Set the call objects up for this plan (a plan is data until then, so one made
@@ -47,8 +55,11 @@ class Plan:
             step.layer.absorbed = False
             if isinstance(step.layer, Conv2D):
                 step.layer.pool = step.pool
-            if step.pool is not None:
-                step.pool.absorbed = True
+            if isinstance(step.layer, BatchNormalization):
+                step.layer.activation_after = step.activation
+            for absorbed in (step.pool, step.activation):
+                if absorbed is not None:
+                    absorbed.absorbed = True
 
     def _new_slot(self):
         self.slot_count += 1
@@ -91,6 +102,24 @@ class Plan:
                 step.output, step.shape = pool.output, pool.shape
                 self.steps.remove(pool)
 
+    def _fuse_norm_activation(self):
+        """Each BatchNormalization whose output goes only to an elementwise Activation
+        (relu, leaky relu, sigmoid, tanh) runs it in its own pass (see
+        kernels/normalization.py): the normalised tensor and its gradient are never
+        written. Neither may be a model output."""
+        for step in list(self.steps):
+            if not isinstance(step.layer, BatchNormalization) or step.output in self.output_slots:
+                continue
+            readers = self.consumers(step.output)
+            if len(readers) != 1:
+                continue
+            activation = readers[0]
+            if (isinstance(activation.layer, Activation) and activation.layer._code in NORM_ACTIVATIONS
+                    and activation.output not in self.output_slots):
+                step.activation = activation.layer
+                step.output, step.shape = activation.output, activation.shape
+                self.steps.remove(activation)
+
     def _mark_gradients(self):
         """Which steps need an input gradient (a trainable weight lies before them) and
         which need a backward pass at all (one lies before or in them)."""
@@ -103,7 +132,8 @@ class Plan:
 
     def call_objects(self):
         """Every object that computes: the layers and their call copies."""
-        return [step.layer for step in self.steps] + [step.pool for step in self.steps if step.pool is not None]
+        return ([step.layer for step in self.steps] + [step.pool for step in self.steps if step.pool is not None]
+                + [step.activation for step in self.steps if step.activation is not None])
 
     def output_step(self, index):
         slot = self.output_slots[index]
@@ -117,6 +147,10 @@ class Plan:
 
     def set_fused_outputs(self, fused):
         """``fused``: one bool per output, whether its layer keeps logits for the loss."""
+        fused = tuple(fused)
+        if fused == self._fused:  # every forward asks; a one-image predict is 100 us in all
+            return
+        self._fused = fused
         for step in self.steps:
             step.fused_output = False
             if hasattr(step.layer, "keep_logits"):

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+from nbnet.kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
+
 try:
     from .simulator import ON_CUDA, SIMULATED, plain_only, run_under_simulator, sim_only, small_launches
 except ImportError:  # tests/ is not a package
@@ -579,19 +581,21 @@ def test_avgpool(pool, strides, padding):
 
 
 @sim_only
-def test_batchnorm_train_forward_and_backward():
+@pytest.mark.parametrize("code, alpha", [(LINEAR, 0.0), (RELU, 0.0), (LEAKY_RELU, 0.2), (TANH, 0.0)])
+def test_batchnorm_train_forward_and_backward(code, alpha):
+    """With the activation of an Activation layer after it (run in the same kernels)."""
     rng = np.random.default_rng(11)
     rows, channels, eps = 13, 3, 1e-3
     x = rand(rng, rows, channels) * 2 + 1
     gamma, beta = rand(rng, channels), rand(rng, channels)
     x_hat, y = np.empty_like(x), np.empty_like(x)
     mean, variance = np.empty(channels, np.float32), np.empty(channels, np.float32)
-    inv_std = cpu_norm.batchnorm_train_forward(x, gamma, beta, eps, x_hat, y, mean, variance)
+    inv_std = cpu_norm.batchnorm_train_forward(x, gamma, beta, eps, code, alpha, x_hat, y, mean, variance)
     x_hat_dev, y_dev = cuda.device_array_like(x), cuda.device_array_like(x)
     mean_dev, variance_dev = cuda.device_array(channels, np.float32), cuda.device_array(channels, np.float32)
     gamma_dev = dev(gamma)
-    inv_std_dev = gpu_norm.batchnorm_train_forward(dev(x), gamma_dev, dev(beta), eps, x_hat_dev, y_dev, mean_dev,
-                                                   variance_dev)
+    inv_std_dev = gpu_norm.batchnorm_train_forward(dev(x), gamma_dev, dev(beta), eps, code, alpha, x_hat_dev, y_dev,
+                                                   mean_dev, variance_dev)
     close(mean_dev, mean, SUM_RTOL, SUM_ATOL)
     close(variance_dev, variance, SUM_RTOL, SUM_ATOL)
     close(inv_std_dev, inv_std, SUM_RTOL, SUM_ATOL)
@@ -601,32 +605,35 @@ def test_batchnorm_train_forward_and_backward():
     dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
     dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
     dx = np.empty_like(x)
-    cpu_norm.batchnorm_backward(dy, x_hat, gamma, inv_std, dgamma, dbeta, dx)
-    gpu_norm.batchnorm_backward(dev(dy), x_hat_dev, gamma_dev, inv_std_dev, dgamma_dev, dbeta_dev, dx_dev)
+    cpu_norm.batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx)
+    gpu_norm.batchnorm_backward(dev(dy), y_dev, code, alpha, x_hat_dev, gamma_dev, inv_std_dev, dgamma_dev,
+                                dbeta_dev, dx_dev)
     close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
     close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
     close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
 
 
 @sim_only
-def test_batchnorm_infer_forward_and_backward():
+@pytest.mark.parametrize("code, alpha", [(LINEAR, 0.0), (RELU, 0.0), (SIGMOID, 0.0)])
+def test_batchnorm_infer_forward_and_backward(code, alpha):
     rng = np.random.default_rng(12)
     rows, channels, eps = 13, 3, 1e-3
     x, gamma, beta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
     moving_mean, moving_variance = rand(rng, channels), rng.uniform(0.5, 2.0, channels).astype(np.float32)
     stats = [dev(a) for a in (gamma, beta, moving_mean, moving_variance)]
     y = np.empty_like(x)
-    cpu_norm.batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, eps, y)
+    cpu_norm.batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, eps, code, alpha, y)
     y_dev = cuda.device_array_like(x)
-    gpu_norm.batchnorm_infer(dev(x), *stats, eps, y_dev)
+    gpu_norm.batchnorm_infer(dev(x), *stats, eps, code, alpha, y_dev)
     close(y_dev, y)
 
     dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
     dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
     dx = np.empty_like(x)
-    cpu_norm.batchnorm_infer_backward(dy, x, gamma, moving_mean, moving_variance, eps, dgamma, dbeta, dx)
-    gpu_norm.batchnorm_infer_backward(dev(dy), dev(x), stats[0], stats[2], stats[3], eps, dgamma_dev, dbeta_dev,
-                                      dx_dev)
+    cpu_norm.batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, eps, dgamma, dbeta,
+                                      dx)
+    gpu_norm.batchnorm_infer_backward(dev(dy), y_dev, code, alpha, dev(x), stats[0], stats[2], stats[3], eps,
+                                      dgamma_dev, dbeta_dev, dx_dev)
     close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
     close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
     close(dx_dev, dx)

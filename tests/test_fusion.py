@@ -92,3 +92,55 @@ def test_only_fusable_pairs_fuse():
     ending.compile(optimizer="sgd", loss="mse")
     ending.train_on_batch(x, np.zeros((len(x), 1, 1, 2), np.float32))
     assert not ending.layers[1].absorbed
+
+
+def normalised_stack(activation, fuse=True, trainable=True):
+    """Conv2D -> BatchNormalization -> activation layer, twice (the second after a Dense,
+    as a LeakyReLU layer), then a softmax head; BatchNormalization runs the activation in
+    its own kernels (executor.Plan._fuse_norm_activation)."""
+    net = models.Sequential([
+        layers.Input((6, 6, 2)), layers.Conv2D(4, 3, padding="same", use_bias=False),
+        layers.BatchNormalization(trainable=trainable), layers.Activation(activation), layers.Flatten(),
+        layers.Dense(5), layers.BatchNormalization(), layers.LeakyReLU(0.1), layers.Dense(3, activation="softmax"),
+    ], seed=4)
+    net.fuse_layers = fuse
+    net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    net.build()
+    return net
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("trainable", [True, False])
+def test_normalisation_with_its_activation_equals_them_apart(activation, trainable):
+    """Outputs, every gradient and the moving statistics as with the layers run apart (to
+    float rounding: the fused forward contracts its multiply-adds); with trainable=False
+    the first normalisation runs in inference mode, backward included."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((10, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 10)
+    fused, plain = normalised_stack(activation, trainable=trainable), normalised_stack(activation, fuse=False,
+                                                                                       trainable=trainable)
+    assert [layer.absorbed for layer in fused.layers] == [False, False, True, False, False, False, True, False]
+    assert fused.layers[1].activation_after is fused.layers[2] and plain.layers[1].activation_after is None
+    np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+    for _ in range(2):
+        fused.train_on_batch(x, y)
+        plain.train_on_batch(x, y)
+        assert fused.layers[1]._training == plain.layers[1]._training == trainable
+        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
+            for key in layer_plain.grads:
+                np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=1e-4, atol=1e-6,
+                                           err_msg=f"{layer_plain.name}.{key}")
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_activation_that_is_an_output_or_softmax_is_not_absorbed():
+    head = models.Sequential([layers.Input((4,)), layers.Dense(3), layers.BatchNormalization(),
+                              layers.Activation("relu")])
+    head.compile("sgd", "mse")
+    tail = models.Sequential([layers.Input((4,)), layers.Dense(3), layers.BatchNormalization(),
+                              layers.Activation("softmax"), layers.Dense(2)])
+    tail.compile("sgd", "mse")
+    for net in (head, tail):
+        net.build()
+        assert not any(layer.absorbed for layer in net.layers) and net.layers[1].activation_after is None

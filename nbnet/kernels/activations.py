@@ -45,9 +45,9 @@ def exact_sigmoid(value):
 
 
 @njit(inline="always")
-def _activate(code, alpha, values):
-    """values = activation(values), in place, for every code but SOFTMAX (a 1-D slice
-    from index 0: LLVM vectorises the loop). Sigmoid and tanh share one loop, as
+def activate(code, alpha, values):
+    """values = activation(values), in place (a 1-D slice from index 0: LLVM vectorises
+    the loop); LINEAR and SOFTMAX leave them alone. Sigmoid and tanh share one loop, as
     sigmoid(x) = 1/2 + tanh(x/2)/2: each vectorised loop costs compile time."""
     dtype = values.dtype.type
     zero = dtype(0.0)
@@ -57,10 +57,12 @@ def _activate(code, alpha, values):
     elif code == LEAKY_RELU:
         for k in range(values.shape[0]):
             values[k] = values[k] if values[k] > zero else alpha * values[k]
+    elif code != SIGMOID and code != TANH:  # LINEAR
+        return
     elif values.itemsize == 8:  # float64 (the gradient checks): libm's exact functions
         for k in range(values.shape[0]):
             values[k] = exact_sigmoid(values[k]) if code == SIGMOID else np.tanh(values[k])
-    elif code == SIGMOID or code == TANH:
+    else:
         half = 0.5 if code == SIGMOID else 1.0
         shift = 0.5 if code == SIGMOID else 0.0
         for k in range(values.shape[0]):
@@ -110,7 +112,22 @@ def bias_activation_forward(z, bias, code, alpha, y):
                 for k in range(channels):
                     y[i, k] = z[i, k]
         if code != LINEAR:
-            _activate(code, alpha, flat[first * channels:stop * channels])
+            activate(code, alpha, flat[first * channels:stop * channels])
+
+
+@njit(inline="always")
+def gradient_from_output(code, alpha, out, grad, zero):
+    """grad * activation'(.) at the point whose activation is ``out`` (every code but
+    SOFTMAX); ``zero`` of grad's type."""
+    if code == RELU:
+        return grad if out > 0 else zero
+    if code == SIGMOID:
+        return grad * out * (1 - out)
+    if code == TANH:
+        return grad * (1 - out * out)
+    if code == LEAKY_RELU:
+        return grad if out > 0 else alpha * grad
+    return grad
 
 
 @njit(parallel=True, cache=True)
@@ -133,17 +150,7 @@ def activation_backward(y, dy, code, alpha, dz, dbias):
                     dz[i, k] = y[i, k] * (dy[i, k] - dot)
             else:
                 for k in range(channels):
-                    out = y[i, k]
-                    grad = dy[i, k]
-                    if code == RELU:
-                        grad = grad if out > 0 else zero
-                    elif code == SIGMOID:
-                        grad = grad * out * (1 - out)
-                    elif code == TANH:
-                        grad = grad * (1 - out * out)
-                    elif code == LEAKY_RELU:
-                        grad = grad if out > 0 else alpha * grad
-                    dz[i, k] = grad
+                    dz[i, k] = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
             for k in range(channels):
                 partial[chunk, k] += dz[i, k]
     if dbias.shape[0] > 0:

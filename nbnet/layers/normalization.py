@@ -2,18 +2,27 @@
 
 import numpy as np
 
+from ..kernels.activations import LINEAR
 from .base import Layer
 
 
 class BatchNormalization(Layer):
     """Training normalises with the batch's statistics and moves the moving averages
-    (moving = momentum*moving + (1-momentum)*batch); inference uses the moving averages."""
+    (moving = momentum*moving + (1-momentum)*batch); inference, and a frozen layer
+    (trainable=False), uses the moving averages."""
 
     weight_order = ("gamma", "beta", "moving_mean", "moving_variance")
 
     def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
         self.momentum, self.epsilon = float(momentum), float(epsilon)
+        # The Activation layer after this one whose work its kernels do (set by the
+        # model's plan, see executor.py), or None.
+        self.activation_after = None
+
+    def _activation_code(self):
+        after = self.activation_after
+        return (LINEAR, 0.0) if after is None else (after._code, after._slope)
 
     def create_weights(self, input_shape, rng):
         channels = input_shape[-1]
@@ -27,17 +36,21 @@ class BatchNormalization(Layer):
         x2d = x.reshape(-1, channels)
         y = self._buffer("y", x.shape, x.dtype)
         y2d = y.reshape(-1, channels)
-        self._training = training
+        # As Keras 3: a frozen layer (trainable=False) normalises with its moving
+        # statistics, and leaves them alone, in training too (what fine-tuning expects).
+        training = training and self.trainable
+        self._training, self._y = training, y
+        code, alpha = self._activation_code()
         if not training:
             self._x2d = x2d  # the inference backward needs the input itself
             self.ops.batchnorm_infer(x2d, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
-                                     self.state["moving_variance"], self.epsilon, y2d)
+                                     self.state["moving_variance"], self.epsilon, code, alpha, y2d)
             return y
         x_hat = self._buffer("x_hat", x2d.shape, x.dtype)
         mean = self._buffer("mean", (channels,), x.dtype)
         variance = self._buffer("variance", (channels,), x.dtype)
         self._inv_std = self.ops.batchnorm_train_forward(x2d, self.params["gamma"], self.params["beta"], self.epsilon,
-                                                         x_hat, y2d, mean, variance,
+                                                         code, alpha, x_hat, y2d, mean, variance,
                                                          self._buffer("inv_std", (channels,), np.float64))
         self._x_hat = x_hat
         self.ops.update_moving_averages(self.state["moving_mean"], self.state["moving_variance"], mean, variance,
@@ -48,13 +61,15 @@ class BatchNormalization(Layer):
         channels = tuple(dy.shape)[-1]
         dy2d = dy.reshape(-1, channels)
         dx = self._buffer("dx", dy.shape, dy.dtype)
+        y2d = self._y.reshape(-1, channels)
+        code, alpha = self._activation_code()
         if not self._training:
-            self.ops.batchnorm_infer_backward(dy2d, self._x2d, self.params["gamma"], self.state["moving_mean"],
-                                              self.state["moving_variance"], self.epsilon, self.grads["gamma"],
-                                              self.grads["beta"], dx.reshape(-1, channels))
+            self.ops.batchnorm_infer_backward(dy2d, y2d, code, alpha, self._x2d, self.params["gamma"],
+                                              self.state["moving_mean"], self.state["moving_variance"], self.epsilon,
+                                              self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
             return dx if self.needs_input_grad else None
-        self.ops.batchnorm_backward(dy2d, self._x_hat, self.params["gamma"], self._inv_std, self.grads["gamma"],
-                                    self.grads["beta"], dx.reshape(-1, channels))
+        self.ops.batchnorm_backward(dy2d, y2d, code, alpha, self._x_hat, self.params["gamma"], self._inv_std,
+                                    self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
         return dx if self.needs_input_grad else None
 
     def get_config(self):

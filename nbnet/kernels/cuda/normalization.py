@@ -4,7 +4,9 @@ device arrays, statistics per channel.
 Statistics accumulate in float64, as on the CPU, by a deterministic two-pass reduction:
 one thread per (row chunk, channel) writes partial sums, then one thread per channel adds
 the chunks in order and finishes the per-channel values; the normalisation itself runs one
-thread per element.
+thread per element. A fused activation (``code``, ``alpha``) runs as the activation
+kernels of activations.py, after the forward normalisation and before the backward one
+(on the gradient in place): the same values as the CPU's single pass.
 """
 
 import math
@@ -13,6 +15,7 @@ import numpy as np
 from numba import cuda
 
 from . import as_scalar, chunking, launch_1d, workspace
+from .activations import LINEAR, activation_backward, bias_activation_forward
 
 
 @cuda.jit(device=True)
@@ -67,7 +70,7 @@ def _normalise_kernel(x, gamma, beta, mean64, inv_std, x_hat, y):
         y[i, k] = gamma[k] * normed + beta[k]
 
 
-def batchnorm_train_forward(x, gamma, beta, epsilon, x_hat, y, mean_out, variance_out, inv_std=None):
+def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out, inv_std=None):
     """Normalise with the batch's own mean and (biased) variance; keeps x_hat for backward.
     Returns ``inv_std`` (float64, per channel; a new device array unless one is given),
     which ``batchnorm_backward`` takes."""
@@ -87,6 +90,8 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, x_hat, y, mean_out, varianc
                                             inv_std)
     blocks, threads = launch_1d(rows * channels)
     _normalise_kernel[blocks, threads](x, gamma, beta, mean64, inv_std, x_hat, y)
+    if code != LINEAR:
+        bias_activation_forward(y, None, code, alpha, y)
     return inv_std
 
 
@@ -124,7 +129,7 @@ def _affine_kernel(x, scale, shift, y):
         y[i, k] = x[i, k] * scale[k] + shift[k]
 
 
-def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, y):
+def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
     rows, channels = x.shape
     if rows * channels == 0:
         return
@@ -135,6 +140,8 @@ def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, y):
                                                 shift)
     blocks, threads = launch_1d(rows * channels)
     _affine_kernel[blocks, threads](x, scale, shift, y)
+    if code != LINEAR:
+        bias_activation_forward(y, None, code, alpha, y)
 
 
 @cuda.jit
@@ -178,11 +185,14 @@ def _backward_dx_kernel(dy, x_hat, gamma, inv_std, means, dx):
         dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - means[0, k] - x_hat[i, k] * means[1, k])
 
 
-def batchnorm_backward(dy, x_hat, gamma, inv_std, dgamma, dbeta, dx):
-    """Adds into dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
+def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx):
+    """With dy first taken through the activation from the output ``y`` (in place): adds
+    into dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
     rows, channels = dy.shape
     if rows * channels == 0:
         return
+    if code != LINEAR:
+        activation_backward(y, dy, code, alpha, dy, None)
     chunks = chunking(rows)
     sum_dy = workspace("normalization.sums", (chunks, channels), np.float64)
     sum_dy_xhat = workspace("normalization.squares", (chunks, channels), np.float64)
@@ -226,12 +236,15 @@ def _scale_kernel(dy, gamma, inv_std, dx):
         dx[i, k] = gamma[k] * inv_std[k] * dy[i, k]
 
 
-def batchnorm_infer_backward(dy, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
-    """Backward of the inference transform (moving statistics held fixed): adds into
-    dgamma/dbeta; dx = gamma * dy / sqrt(moving_variance + epsilon)."""
+def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
+    """Backward of the inference transform (moving statistics held fixed), with dy first
+    taken through the activation from the output ``y`` (in place): adds into dgamma/dbeta;
+    dx = gamma * dy / sqrt(moving_variance + epsilon)."""
     rows, channels = dy.shape
     if channels == 0:
         return
+    if code != LINEAR and rows > 0:
+        activation_backward(y, dy, code, alpha, dy, None)
     chunks = chunking(rows)
     inv_std = workspace("normalization.inv_std", channels, np.float64)
     sum_dy = workspace("normalization.sums", (chunks, channels), np.float64)
