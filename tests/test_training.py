@@ -196,6 +196,10 @@ def test_clear_errors_for_bad_input():
         model.fit(x, np.array([0, 1, 2, 3, 0]), verbose=0)
     with pytest.raises(NbnetError, match="NaN or Inf"):
         model.predict(np.full((2, 4), np.nan))
+    with pytest.raises(NbnetError, match="sample 3 contains NaN or Inf"):
+        model.predict(np.vstack([np.full((3, 4), 3e38, np.float32), [[0, np.inf, 0, 0]]]))
+    # Finite values whose sum overflows float32 are not mistaken for Inf.
+    assert model.predict(np.full((3, 4), 3e38, np.float32), verbose=0).shape == (3, 3)
     with pytest.raises(NbnetError, match="batch_size"):
         model.fit(x, np.zeros(5, int), batch_size=0, verbose=0)
     per_pixel = models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)])  # as Keras allows
