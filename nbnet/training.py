@@ -721,8 +721,9 @@ def _first_non_finite_sample(x, chunk=4096):
     out in one pass without a mask; otherwise (or when the sum overflowed) the samples are
     checked in slices, so a mask of the whole array (47 MB for MNIST, on top of the
     peak) never exists at once."""
-    if np.isfinite(x.sum()):
-        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum()):
+            return None
     for start in range(0, len(x), chunk):
         finite = np.isfinite(x[start:start + chunk])
         if not finite.all():
