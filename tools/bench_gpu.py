@@ -2,7 +2,13 @@
 the same GPU, same data, batch and optimizer, in one run. Prints one JSON object.
 
     python tools/bench_gpu.py                   # one timed epoch each (after a warm-up)
+    python tools/bench_gpu.py --batches 128,1024
     python tools/bench_gpu.py --epochs 10       # also train 10 epochs and report test accuracy
+
+Per batch size it also reports nbnet's kernel launches per training step, the cost of one
+launch (an empty kernel, launched 1000 times) and so the share of a step that launching
+alone takes: where that share is high the step is bound by launch overhead, not by the
+kernels.
 
 nbnet's epoch time includes its once-per-fit copy of the training set to the GPU;
 PyTorch's data is put on the GPU once, outside the timing (the fastest usual PyTorch
@@ -33,7 +39,46 @@ def load_mnist():
     return (x[..., None] * scale, y.astype(np.int64)), (x_test[..., None] * scale, y_test.astype(np.int64))
 
 
-def nbnet_run(args):
+def launch_counter():
+    """A list whose one item counts the CUDA kernel launches from now on (each
+    ``kernel[grid, block]`` configures a launch), or None where the dispatcher is not
+    numba-cuda's (the simulator)."""
+    try:
+        from numba.cuda.dispatcher import CUDADispatcher
+        CUDADispatcher.configure
+    except (ImportError, AttributeError):
+        return None
+    count, configure = [0], CUDADispatcher.configure
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return configure(self, *args, **kwargs)
+
+    CUDADispatcher.configure = counted
+    return count
+
+
+def launch_microseconds():
+    """The host time of one launch of an empty kernel."""
+    from numba import cuda
+
+    @cuda.jit
+    def empty(a):
+        pass
+
+    a = cuda.device_array(1)
+    empty[1, 1](a)
+    cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(1000):
+        empty[1, 1](a)
+    cuda.synchronize()
+    return (time.perf_counter() - started) * 1e3
+
+
+def nbnet_run(args, batch):
+    from numba import cuda
+
     from nbnet.kernels.cuda import available
     from nbnet.zoo import mnist_cnn
 
@@ -44,16 +89,36 @@ def nbnet_run(args):
     model = mnist_cnn.build(seed=0)
     model.to("cuda")
     started = time.perf_counter()
-    model.fit(x[:BATCH * 20], y[:BATCH * 20], batch_size=BATCH, verbose=0)  # compiles every kernel
+    model.fit(x[:batch * 20], y[:batch * 20], batch_size=batch, verbose=0)  # compiles every kernel
     result = {"device": reason, "warmup_s": time.perf_counter() - started}
+    # Launches and synchronised time of single training steps.
+    counter, steps = launch_counter(), 20
+    before = counter[0] if counter else 0
+    cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, steps * batch, batch):
+        model.train_on_batch(x[start:start + batch], y[start:start + batch])
+    cuda.synchronize()
+    step_ms = (time.perf_counter() - started) / steps * 1e3
+    result["step_ms"] = step_ms
+    if counter:
+        launches = (counter[0] - before) / steps
+        try:
+            launch_us = launch_microseconds()
+        except Exception as error:  # never lose the timings for want of this figure
+            result["launch_us_error"] = repr(error)
+        else:
+            result.update({"launch_us": launch_us,
+                           "launch_share_of_step": round(launches * launch_us / 1e3 / step_ms, 3)})
+        result["launches_per_step"] = launches
     model = mnist_cnn.build(seed=0).to("cuda")
     epochs = []
     for _ in range(max(args.epochs, 1)):
         started = time.perf_counter()
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
         epochs.append(time.perf_counter() - started)
     result.update({"epoch_s": min(epochs), "epoch_s_all": epochs,
-                   "ms_per_step": min(epochs) / -(-len(x) // BATCH) * 1e3})
+                   "ms_per_step": min(epochs) / -(-len(x) // batch) * 1e3})
     if args.epochs > 1:
         result["test_accuracy"] = float(model.evaluate(x_test, y_test, batch_size=1000, verbose=0)[1])
     return result
@@ -76,18 +141,20 @@ def torch_worker(args):
                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(),
                              nn.Linear(64, 10)).to(device)
 
+    batch = args.batch
+
     def epoch(model, optimizer, images, labels):
         loss_fn = nn.CrossEntropyLoss()
         order = torch.randperm(len(images), device=device)
-        for start in range(0, len(images), BATCH):
-            index = order[start:start + BATCH]
+        for start in range(0, len(images), batch):
+            index = order[start:start + batch]
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(images[index]), labels[index]).backward()
             optimizer.step()
         torch.cuda.synchronize()
 
     warm = build()
-    epoch(warm, torch.optim.Adam(warm.parameters(), lr=1e-3), x[:BATCH * 20], y[:BATCH * 20])
+    epoch(warm, torch.optim.Adam(warm.parameters(), lr=1e-3), x[:batch * 20], y[:batch * 20])
     model = build()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
@@ -107,30 +174,35 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs (the best is reported); more than "
                         "one also reports test accuracy")
+    parser.add_argument("--batches", default=str(BATCH), help="comma-separated batch sizes (default 128)")
     parser.add_argument("--torch-python", default=sys.executable, help="python with PyTorch (CUDA build)")
     parser.add_argument("--no-torch", action="store_true", help="nbnet only")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
         return torch_worker(args)
-    report = {"benchmark": "train_mnist_cnn_gpu", "batch_size": BATCH, "epochs": args.epochs,
-              "nbnet": nbnet_run(args)}
-    if "error" in report["nbnet"]:
-        print(json.dumps(report, indent=2))
-        sys.exit(2)
-    if not args.no_torch:
-        with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "mnist.npz"
-            (x, y), (x_test, y_test) = load_mnist()
-            np.savez(data, x=x, y=y, x_test=x_test, y_test=y_test)
-            out = subprocess.run([args.torch_python, str(HERE), "--torch-worker", "--data", str(data),
-                                  "--epochs", str(args.epochs)], capture_output=True, text=True)
-        if out.returncode == 0:
-            report["torch"] = json.loads(out.stdout.strip().splitlines()[-1])
-            report["ratio_nbnet_over_torch"] = round(report["nbnet"]["epoch_s"] / report["torch"]["epoch_s"], 3)
-        else:
-            report["torch"] = {"error": out.stderr.strip()[-2000:]}
+    report = {"benchmark": "train_mnist_cnn_gpu", "epochs": args.epochs, "batches": {}}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        entry = report["batches"][str(batch)] = {"nbnet": nbnet_run(args, batch)}
+        if "error" in entry["nbnet"]:
+            print(json.dumps(report, indent=2))
+            sys.exit(2)
+        if not args.no_torch:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = Path(tmp) / "mnist.npz"
+                (x, y), (x_test, y_test) = load_mnist()
+                np.savez(data, x=x, y=y, x_test=x_test, y_test=y_test)
+                out = subprocess.run([args.torch_python, str(HERE), "--torch-worker", "--data", str(data),
+                                      "--epochs", str(args.epochs), "--batch", str(batch)],
+                                     capture_output=True, text=True)
+            if out.returncode == 0:
+                entry["torch"] = json.loads(out.stdout.strip().splitlines()[-1])
+                entry["ratio_nbnet_over_torch"] = round(entry["nbnet"]["epoch_s"] / entry["torch"]["epoch_s"], 3)
+            else:
+                entry["torch"] = {"error": out.stderr.strip()[-2000:]}
+        print(json.dumps({batch: entry}), file=sys.stderr, flush=True)  # kept should a later batch hang
     print(json.dumps(report, indent=2))
 
 
