@@ -66,6 +66,15 @@ ARCHITECTURES = {
                                    ("residual", [("conv", 16, 3, 1, "same", None), ("bn",), ("act", "relu"),
                                                  ("conv", 16, 3, 1, "same", None), ("bn",)]),
                                    ("gap",), ("dense", 10, None)]),
+    # TensorFlow's classic "deep MNIST": 5x5 convs of 32 and 64 filters, a wide dense layer.
+    "tf_mnist_5x5": ((28, 28, 1), [("conv", 32, 5, 1, "same", "relu"), ("maxpool", 2),
+                                   ("conv", 64, 5, 1, "same", "relu"), ("maxpool", 2), ("flatten",),
+                                   ("dense", 1024, "relu"), ("dropout", 0.4), ("dense", 10, None)]),
+    # A VGG-style CIFAR block stack with BatchNormalization before each ReLU.
+    "cifar_bn": ((32, 32, 3), [("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                               ("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"), ("maxpool", 2),
+                               ("conv", 64, 3, 1, "same", None), ("bn",), ("act", "relu"), ("maxpool", 2),
+                               ("gap",), ("dense", 10, None)]),
 }
 
 
