@@ -93,7 +93,8 @@ def test_applies_to_thin_stride_1_convs_only():
     assert not planar.applies((5, 5), (1, 1), 16, 32, 10, False)     # narrow: dropped positions too many
     assert planar.applies((5, 5), (1, 1), 6, 16, 10, False)          # ... unless thin (LeNet-5's second conv)
     assert not planar.applies((3, 3), (1, 1), 1, 32, 26, False)      # the direct kernels' case
-    assert not planar.applies((3, 3), (1, 1), 16, 16, 14, False)     # Winograd's
+    assert planar.applies((3, 3), (1, 1), 16, 16, 14, False)         # a residual block's, ahead of Winograd
+    assert not planar.applies((3, 3), (1, 1), 16, 32, 14, False)     # Winograd's
 
 
 @pytest.mark.parametrize("pool", [False, True])

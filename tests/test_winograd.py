@@ -170,7 +170,8 @@ def test_unpooled_winograd_matches_im2col(monkeypatch, batch, height, width, cha
 
 
 def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatch):
-    """A 3x3 stride-1 conv on 8+ channels runs Winograd; one SGD step equals im2col's."""
+    """A 3x3 stride-1 conv on 8+ channels (and too wide for the planar pass) runs
+    Winograd; one SGD step equals im2col's."""
     from nbnet import layers, models, optimizers
 
     rng = np.random.default_rng(4)
@@ -179,13 +180,13 @@ def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatc
     results = []
     for minimum in (winograd.PLAIN_MIN_CHANNELS, 10 ** 6):  # (8 input channels: Winograd, then im2col)
         monkeypatch.setattr(winograd, "PLAIN_MIN_CHANNELS", minimum)
-        model = models.Sequential([layers.Input((9, 10, 8)), layers.Conv2D(4, 3, padding="same", activation="relu"),
+        model = models.Sequential([layers.Input((9, 10, 8)), layers.Conv2D(40, 3, padding="same", activation="relu"),
                                    layers.Conv2D(6, 3, activation="tanh"), layers.Flatten(),
                                    layers.Dense(3, activation="softmax")], seed=0)
         model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
         model.train_on_batch(x, y)
         results.append((model.get_weights(), [layer._winograd for layer in model.layers[:2]]))
     (winograd_weights, used), (im2col_weights, unused) = results
-    assert used == [True, False] and unused == [False, False]  # the second conv has 4 channels in: im2col
+    assert used == [True, False] and unused == [False, False]  # the second conv: a 7x8 output, under 64 pixels
     for a, b in zip(winograd_weights, im2col_weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -39,24 +39,26 @@ def _span(values):
 
 # Where this path beats im2col + BLAS, the direct kernels and Winograd (layer forward +
 # backward, batch 128, 2 cores, ms, planar against the best other): 5x5x1 -> 6 1.4 vs 3.2
-# (direct), 7x7x1 -> 16 3.1 vs 4.5 (direct), 5x5x3 -> 32 10 vs 17 (im2col), 5x5x8 -> 8
-# 3.7 vs 14.5, 3x3x6 -> 16 1.8 vs 4.9, 14x14x6 -> 10x10x16 5x5 3.8 vs 5.3. It loses on
-# wide layers (14x14x16 -> 64 5x5: 34 vs 29), on narrow outputs of wider layers, where
-# the dropped positions are a large share (10x10x16 -> 32 5x5: 17 vs 13), and to the
-# direct kernels on 3x3 first layers (3x3x1 -> 32: 2.5 vs 1.2); 14x14x16 -> 32 5x5 is
-# even (22-25 vs 23-27).
+# (direct), 7x7x1 -> 16 3.2 vs 5.5 (direct), 5x5x3 -> 16 5.6 vs 9.1 (direct), 5x5x8 -> 8
+# 3.7 vs 14.5, 14x14x6 -> 10x10x16 5x5 3.8 vs 5.3; 3x3 without a pool against Winograd:
+# 14x14x16 -> 16 3.7 vs 4.0, 28x28x8 -> 16 8.9 vs 12.5, 32x32x16 -> 16 17.6 vs 21.9,
+# 14x14x12 -> 24 4.2 vs 5.7. It loses on wide layers (14x14x16 -> 64 5x5: 34 vs 29 for
+# im2col; 3x3 14x14x16 -> 32: 6.8 vs 5.9 for Winograd), on narrow outputs of wider
+# layers, where the dropped positions are a large share (10x10x16 -> 32 5x5: 17 vs 13),
+# and to the direct kernels on 3x3 first layers (3x3x1 -> 32: 2.5 vs 1.2); 5x5x1 -> 32
+# and 14x14x16 -> 32 5x5 are even.
 MAX_CHANNELS = 16
 MAX_FILTERS = 32
 THIN = 128
-WINOGRAD_CHANNELS = 8
+THIN_3X3 = 288
 
 
 def applies(kernel_size, strides, channels, filters, out_w, pooled):
     """Whether a plain (ungrouped, undilated) Conv2D takes this path: stride 1, few
     channels and filters, rows at least three times the dropped positions unless the
-    layer is thin (channels x filters <= THIN), and for 3x3 kernels only the channel
-    counts that Winograd and the direct kernels leave, and only without a 2x2 max pool
-    absorbed (``pooled``), which Winograd runs in the same pass."""
+    layer is thin (channels x filters <= THIN); 3x3 kernels from 4 channels (fewer: the
+    direct kernels or im2col) up to channels x filters of THIN_3X3, and only without a
+    2x2 max pool absorbed (``pooled``), which Winograd runs in the same pass."""
     kh, kw = kernel_size
     if tuple(strides) != (1, 1) or channels > MAX_CHANNELS or filters > MAX_FILTERS:
         return False
@@ -64,7 +66,7 @@ def applies(kernel_size, strides, channels, filters, out_w, pooled):
         return False
     if max(kh, kw) >= 5:
         return True
-    return (kh, kw) == (3, 3) and 4 <= channels < WINOGRAD_CHANNELS and not pooled
+    return (kh, kw) == (3, 3) and channels >= 4 and channels * filters <= THIN_3X3 and not pooled
 
 
 @njit(cache=True)
