@@ -65,18 +65,17 @@ def add_transposed_product(a, b, grad, scratch):
 
 
 def for_each_worker(task, count):
-    """Runs task(first, stop) over contiguous parts of range(count), one part per worker,
-    waits for all and returns their results in order. The calling thread runs the first
-    part itself: one hand-off fewer (each costs tens of microseconds, a third of a
-    small conv's pass at batch 32)."""
+    """Runs task(first, stop) on each worker thread over its contiguous part of
+    range(count), waits for all and returns their results in order; in the calling
+    thread when there is one part. (Running the first part in the calling thread instead
+    measured slower: the Kaggle-style CNN's training step at batch 128 80 -> 96 ms.)"""
     pool, count_workers = _executor()
     parts = min(count_workers, count)
     if parts <= 1:
         return [task(0, count)]
     bounds = [count * i // parts for i in range(parts + 1)]
-    futures = [pool.submit(task, lo, hi) for lo, hi in zip(bounds[1:], bounds[2:])]
-    first = task(bounds[0], bounds[1])
-    return [first] + [future.result() for future in futures]
+    futures = [pool.submit(task, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    return [future.result() for future in futures]
 
 
 def workers():
