@@ -83,42 +83,42 @@ class Plan:
     def consumers(self, slot):
         return [step for step in self.steps if slot in step.inputs]
 
+    def _absorbable_reader(self, step):
+        """The one step that reads ``step``'s output, where neither output is a model
+        output (the loss works on those); else None."""
+        if step.output in self.output_slots:
+            return None
+        readers = self.consumers(step.output)
+        if len(readers) != 1 or readers[0].output in self.output_slots:
+            return None
+        return readers[0]
+
+    def _absorb(self, step, reader):
+        step.output, step.shape = reader.output, reader.shape
+        self.steps.remove(reader)
+
     def _fuse_conv_pool(self):
         """Each Conv2D whose output goes only to a MaxPooling2D it can absorb (see
         Conv2D.can_absorb) runs the pool in its own pass: the conv-sized activation and
         its gradient are never written. Outputs and gradients equal running them apart (a
-        bias gradient sums in another order). A model output is never absorbed: the loss
-        works on it."""
+        bias gradient sums in another order)."""
         for step in list(self.steps):
-            if not isinstance(step.layer, Conv2D) or step.output in self.output_slots:
-                continue
-            readers = self.consumers(step.output)
-            if len(readers) != 1:
-                continue
-            pool = readers[0]
-            if (isinstance(pool.layer, MaxPooling2D) and pool.output not in self.output_slots
-                    and step.layer.can_absorb(pool.layer)):
+            pool = self._absorbable_reader(step) if isinstance(step.layer, Conv2D) else None
+            if pool is not None and isinstance(pool.layer, MaxPooling2D) and step.layer.can_absorb(pool.layer):
                 step.pool = pool.layer
-                step.output, step.shape = pool.output, pool.shape
-                self.steps.remove(pool)
+                self._absorb(step, pool)
 
     def _fuse_norm_activation(self):
         """Each BatchNormalization whose output goes only to an elementwise Activation
         (relu, leaky relu, sigmoid, tanh) runs it in its own pass (see
         kernels/normalization.py): the normalised tensor and its gradient are never
-        written. Neither may be a model output."""
+        written."""
         for step in list(self.steps):
-            if not isinstance(step.layer, BatchNormalization) or step.output in self.output_slots:
-                continue
-            readers = self.consumers(step.output)
-            if len(readers) != 1:
-                continue
-            activation = readers[0]
-            if (isinstance(activation.layer, Activation) and activation.layer._code in NORM_ACTIVATIONS
-                    and activation.output not in self.output_slots):
+            activation = self._absorbable_reader(step) if isinstance(step.layer, BatchNormalization) else None
+            if (activation is not None and isinstance(activation.layer, Activation)
+                    and activation.layer._code in NORM_ACTIVATIONS):
                 step.activation = activation.layer
-                step.output, step.shape = activation.output, activation.shape
-                self.steps.remove(activation)
+                self._absorb(step, activation)
 
     def _mark_gradients(self):
         """Which steps need an input gradient (a trainable weight lies before them) and
