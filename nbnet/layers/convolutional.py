@@ -151,14 +151,14 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
+        # Which pass: planar, else direct, else Winograd, else im2col (see each applies()).
+        pooled_winograd = (self.pool is not None and ops.conv3x3_maxpool_forward is not None
+                           and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         planar = (ops.planar_conv_forward is not None
-                  and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w,
-                                     self.pool is not None and ops.conv3x3_maxpool_forward is not None
-                                     and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size)))
+                  and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
         direct = not planar and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         if self.pool is not None:
-            winograd = (not (direct or planar) and ops.conv3x3_maxpool_forward is not None
-                        and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
+            winograd = not (direct or planar) and pooled_winograd
         else:
             winograd = (not (direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
