@@ -323,24 +323,32 @@ def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     return store[key]
 
 
+def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
+    """The forward pass over chunks of images on the workers: input transform, the 16
+    products, then ``finish(m, start, end, quad)`` writes the chunk's output."""
+    kernel_transform(kernel, u)
+    filters = kernel.shape[3]
+    chunk = _chunk_tiles(x.shape[3], filters, pooled)
+
+    def run(first, stop):
+        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
+            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            np.matmul(v[:, :tiles], u, out=m[:, :tiles])
+            finish(m, start, end, quad)
+
+    for_each_worker(run, x.shape[0])
+
+
 def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argmax):
     """y, argmax = the 2x2 max pool (stride 2) of activation(conv3x3(x, kernel) + bias), as
     im2col + matmul + bias_activation_maxpool give them for ``code`` RELU or LINEAR; the
     conv output that y's windows cover is (2*out_h, 2*out_w) from the input corner
     (-pad_top, -pad_left). ``kernel`` is (3, 3, in, out); ``u`` a (16, in, out) buffer
     for its transform; ``bias`` of length 0 means none."""
-    batch, tiles_h, tiles_w, filters = y.shape
-    kernel_transform(kernel, u)
-    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], True)
-
-    def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
-            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
-            np.matmul(v[:, :tiles], u, out=m[:, :tiles])
-            output_maxpool(m, bias, code, start, end, y, argmax)
-
-    for_each_worker(run, batch)
+    _, tiles_h, tiles_w, _ = y.shape
+    _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, True,
+             lambda m, start, end, quad: output_maxpool(m, bias, code, start, end, y, argmax))
 
 
 def conv3x3_forward(x, kernel, pad_top, pad_left, u, z):
@@ -350,19 +358,9 @@ def conv3x3_forward(x, kernel, pad_top, pad_left, u, z):
     Winograd (ms): 28x28x32 -> 32 filters 71.0 -> 26.7, 16x16x64 -> 64 59.7 -> 24.2,
     14x14x64 -> 64 40.7 -> 19.4, 16x16x32 -> 64 30.3 -> 14.1, 14x14x16 -> 16 9.0 -> 5.6;
     batch 32: 28x28x32 -> 32 18.1 -> 10.1, 14x14x64 -> 64 12.5 -> 6.4."""
-    batch, out_h, out_w, filters = z.shape
-    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
-    kernel_transform(kernel, u)
-    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], False)
-
-    def run(first, stop):
-        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
-            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
-            np.matmul(v[:, :tiles], u, out=m[:, :tiles])
-            output_blocks(m, start, end, quad, z)
-
-    for_each_worker(run, batch)
+    _, out_h, out_w, _ = z.shape
+    _forward(x, kernel, pad_top, pad_left, u, (out_h + 1) // 2, (out_w + 1) // 2, False,
+             lambda m, start, end, quad: output_blocks(m, start, end, quad, z))
 
 
 def _worker_backward_scratch(v, m, image):
@@ -381,14 +379,16 @@ def _worker_backward_scratch(v, m, image):
     return store[key]
 
 
-def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, u, dkernel, dbias, need_dx, dx):
-    """The backward pass of conv3x3_maxpool_forward from the pooled gradient ``dy`` and
-    the forward's ``argmax`` and ``y``: adds into ``dkernel`` (3, 3, in, out) and ``dbias``
-    (length 0: none); with ``need_dx``, writes the input gradient into ``dx``. Each worker
-    sums its images' kernel gradient; the workers' sums are added in a fixed order."""
-    batch, tiles_h, tiles_w, filters = dy.shape
+def _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, gradient, dkernel, need_dx, dx):
+    """The backward pass over chunks of images on the workers: ``gradient(m, start, end,
+    quad, bias_sums)`` writes the chunk's transformed output gradient into m (adding its
+    bias gradient into bias_sums where it has one), then the kernel gradient's 16
+    products and, with ``need_dx``, the input gradient. Adds into ``dkernel``; returns
+    the workers' bias sums. Each worker sums its images; the sums are added in a fixed
+    order."""
     kernel_transform(kernel, u)
-    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], True)
+    filters = kernel.shape[3]
+    chunk = _chunk_tiles(x.shape[3], filters, pooled)
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
 
     def run(first, stop):
@@ -398,7 +398,7 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
         bias_sums[:] = 0
         for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
-            gradient_transform(dy, argmax, y, code, start, end, quad, m, bias_sums)
+            gradient(m, start, end, quad, bias_sums)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
             du += du_chunk
             if need_dx:
@@ -408,43 +408,32 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
         # the second would reset the first's sums in this thread's scratch.
         return du.copy(), bias_sums.copy()
 
-    sums = for_each_worker(run, batch)
+    sums = for_each_worker(run, x.shape[0])
     du = sums[0][0]
     for more, _ in sums[1:]:
         du += more
     dkernel += (_GG[kernel.dtype].T @ du.reshape(16, -1)).reshape(dkernel.shape)
+    return [bias_sums for _, bias_sums in sums]
+
+
+def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, u, dkernel, dbias, need_dx, dx):
+    """The backward pass of conv3x3_maxpool_forward from the pooled gradient ``dy`` and
+    the forward's ``argmax`` and ``y``: adds into ``dkernel`` (3, 3, in, out) and ``dbias``
+    (length 0: none); with ``need_dx``, writes the input gradient into ``dx``."""
+    _, tiles_h, tiles_w, _ = dy.shape
+    bias_sums = _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, True,
+                          lambda m, start, end, quad, sums: gradient_transform(dy, argmax, y, code, start, end, quad,
+                                                                               m, sums),
+                          dkernel, need_dx, dx)
     if dbias.shape[0] > 0:
-        for _, bias_sums in sums:
-            dbias += bias_sums
+        for sums in bias_sums:
+            dbias += sums
 
 
 def conv3x3_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
     """The backward pass of conv3x3_forward from ``dz`` (the gradient of its output, the
     activation's already applied): adds into ``dkernel`` (3, 3, in, out); with
-    ``need_dx``, writes the input gradient into ``dx``. The workers' kernel gradients are
-    added in a fixed order."""
-    batch, out_h, out_w, filters = dz.shape
-    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
-    kernel_transform(kernel, u)
-    chunk = _chunk_tiles(x.shape[3], kernel.shape[3], False)
-    u_t = np.ascontiguousarray(u.transpose(0, 2, 1))
-
-    def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
-        dv, du_chunk, du, dimage, rows, quad, _ = _worker_backward_scratch(v, m, image)
-        du[:] = 0
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
-            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
-            gradient_blocks(dz, start, end, quad, m)
-            np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
-            du += du_chunk
-            if need_dx:
-                np.matmul(m[:, :tiles], u_t, out=dv[:, :tiles])
-                input_transform_adjoint(dv, start, end, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx)
-        return du.copy()
-
-    sums = for_each_worker(run, batch)
-    du = sums[0]
-    for more in sums[1:]:
-        du += more
-    dkernel += (_GG[kernel.dtype].T @ du.reshape(16, -1)).reshape(dkernel.shape)
+    ``need_dx``, writes the input gradient into ``dx``."""
+    _, out_h, out_w, _ = dz.shape
+    _backward(x, kernel, pad_top, pad_left, u, (out_h + 1) // 2, (out_w + 1) // 2, False,
+              lambda m, start, end, quad, sums: gradient_blocks(dz, start, end, quad, m), dkernel, need_dx, dx)
