@@ -236,10 +236,9 @@ def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
 
 
 @njit(cache=True)
-def _backward_chunks(first, stop, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
-    """Adds each chunk's kernel-gradient products into its row of ``partial`` (chunk,
-    filters, taps), chunks first..stop-1 of ``chunks``; with ``need_dx``, writes their
-    images' input gradients."""
+def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, sums, need_dx, dx):
+    """Adds the images of chunk ``chunk`` of ``chunks`` into their kernel-gradient
+    products ``sums`` (filters, taps); with ``need_dx``, writes their input gradients."""
     batch, height, width, channels = x.shape
     kh, kw, _, filters = kernel.shape
     rows, wide = out_h + kh - 1, out_w + kw - 1
@@ -248,36 +247,35 @@ def _backward_chunks(first, stop, chunks, x, kernel, dz, pad_top, pad_left, out_
     length = _span(out_h * wide)
     planes = np.zeros(channels * plane + length, x.dtype)
     # The output gradient on the planes' flat grid; the dropped positions stay zero.
-    grads = np.zeros((partial.shape[1], length), x.dtype)
+    grads = np.zeros((sums.shape[0], length), x.dtype)
     dx_planes = np.empty(channels * plane + length if need_dx else 0, x.dtype)
     zero = x.dtype.type(0.0)
-    for chunk in range(first, stop):
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            _to_planes(x, n, pad_top, pad_left, rows, wide, planes)
-            for i in range(out_h):
-                for j in range(out_w):
-                    for o in range(filters):
-                        grads[o, i * wide + j] = dz[n, i, j, o]
-            _tap_products(planes, offsets, grads, length, partial[chunk])
-            if need_dx:
-                dx_planes[:] = zero
-                _spread(grads, offsets, weights, kh * kw * channels, length, dx_planes)
-                # Pixels the planes do not hold (a pool-trimmed output's last rows) get zero.
-                for y in range(height):
-                    inside_y = 0 <= y + pad_top < rows
-                    for xx in range(width):
-                        inside = inside_y and 0 <= xx + pad_left < wide
-                        for c in range(channels):
-                            dx[n, y, xx, c] = (dx_planes[c * plane + (y + pad_top) * wide + xx + pad_left]
-                                               if inside else zero)
+    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+        _to_planes(x, n, pad_top, pad_left, rows, wide, planes)
+        for i in range(out_h):
+            for j in range(out_w):
+                for o in range(filters):
+                    grads[o, i * wide + j] = dz[n, i, j, o]
+        _tap_products(planes, offsets, grads, length, sums)
+        if need_dx:
+            dx_planes[:] = zero
+            _spread(grads, offsets, weights, kh * kw * channels, length, dx_planes)
+            # Pixels the planes do not hold (a pool-trimmed output's last rows) get zero.
+            for y in range(height):
+                inside_y = 0 <= y + pad_top < rows
+                for xx in range(width):
+                    inside = inside_y and 0 <= xx + pad_left < wide
+                    for c in range(channels):
+                        at = c * plane + (y + pad_top) * wide + xx + pad_left
+                        dx[n, y, xx, c] = dx_planes[at] if inside else zero
 
 
 @njit(parallel=True, cache=True)
 def _backward_parallel(chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
     for chunk in prange(chunks):
         # int64: see conv._direct_backward_parallel.
-        _backward_chunks(np.int64(chunk), np.int64(chunk) + 1, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w,
-                         partial, need_dx, dx)
+        _backward_chunk(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial[chunk],
+                        need_dx, dx)
 
 
 def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
