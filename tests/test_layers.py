@@ -621,6 +621,19 @@ def test_batchnorm_inference_uses_moving_statistics():
     assert_gradients(layer, x, training=False)
 
 
+def test_frozen_batchnorm_runs_in_inference_mode_in_training_too():
+    """As Keras 3 (checked with keras 3.15 on torch: a BatchNormalization(trainable=False)
+    called with training=True gives its inference output, and fit leaves its moving mean
+    at zero while a trainable one moves it)."""
+    layer, x = make_bn((3, 4, 3), seed=3, trainable=False)
+    layer.state["moving_mean"][...] = 0.5
+    before = {k: v.copy() for k, v in layer.state.items()}
+    trained = layer.forward(x, training=True).copy()
+    np.testing.assert_array_equal(trained, layer.forward(x, training=False))
+    for key, value in layer.state.items():
+        np.testing.assert_array_equal(value, before[key])
+
+
 def test_batchnorm_moving_statistics_update():
     """moving = momentum * moving + (1 - momentum) * batch statistic (biased variance), per step."""
     layer, x = make_bn((5, 3), seed=2, momentum=0.9)

@@ -40,7 +40,7 @@ def _span(values):
 # Where this path beats im2col + BLAS, the direct kernels and Winograd (layer forward +
 # backward, batch 128, 2 cores, ms, planar against the best other): 5x5x1 -> 6 1.4 vs 3.2
 # (direct), 7x7x1 -> 16 3.2 vs 5.5 (direct), 5x5x3 -> 16 5.6 vs 9.1 (direct), 5x5x8 -> 8
-# 3.7 vs 14.5, 14x14x6 -> 10x10x16 5x5 3.8 vs 5.3; 3x3 without a pool against Winograd:
+# 3.7-5.0 vs 14-17 (im2col), 14x14x6 -> 10x10x16 5x5 3.8 vs 5.3-7.0; 3x3 without a pool against Winograd:
 # 14x14x16 -> 16 3.7 vs 4.0, 28x28x8 -> 16 8.9 vs 12.5, 32x32x16 -> 16 17.6 vs 21.9,
 # 14x14x12 -> 24 4.2 vs 5.7. It loses on wide layers (14x14x16 -> 64 5x5: 34 vs 29 for
 # im2col; 3x3 14x14x16 -> 32: 6.8 vs 5.9 for Winograd), on narrow outputs of wider
