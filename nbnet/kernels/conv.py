@@ -91,7 +91,8 @@ def direct_applies(channels, field, filters):
     128 on 2 cores (forward and backward, ms, im2col -> direct): 7x7x1 -> 16 filters
     19.6 -> 14.2, 5x5x1 -> 32 16.0 -> 11.5, 3x3x3 -> 32 20.4 -> 16.7; with 6 filters, 64
     filters or 75-tap fields im2col stays ahead (5x5x1 -> 6 7.8 vs 9.8, 3x3x3 -> 64 29 vs
-    34, 5x5x3 -> 32 37 vs 41)."""
+    34, 5x5x3 -> 32 37 vs 41). Conv2D asks planar.applies first, which takes the stride-1
+    5x5 and 7x7 ones; this loop keeps 3x3 first layers and strided ones."""
     return field <= DIRECT_MAX_FIELD or (channels <= 3 and 16 <= filters <= 32 and field <= 49)
 
 # How the direct kernels get vectorised (2-2.5x the plain loops). LLVM vectorises only an
