@@ -177,6 +177,12 @@ class TrainingLoop:
         """One optimizer step on a batch already on the device. Its summed loss, correct
         count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
         gradients are not finite sets the halt flag instead of updating the weights."""
+        if self._first_step_pending:  # compiles the kernels: with a helper on a cold cache
+            self._first_step_pending = False
+            from .warmup import compile_helper
+
+            with compile_helper(self):
+                return self._train_step(xs, targets, totals, step, weights)
         ops = self.ops
         ops.fill_zero(self.flat_grads)
         fused = self._fused()

@@ -4,10 +4,11 @@ The first ``nbnet train`` on a fresh install spends seconds compiling; doing it 
 on a throwaway copy of the model lets the CLI say so, and ``nbnet warmup`` can do it at
 install time. Shapes do not matter to Numba, only dtypes and ranks: two samples suffice.
 
-Numba compiles on one core. When the warm-up is still compiling after half a second (a
-cold cache), a second process warms up a layer chain from the back (see _tail_jobs), into
-the same disk cache, while this one works from the front: whatever it finished, this one
-loads instead of compiling. The MNIST CNN's cold start (`nbnet warmup`, cache cleared, 2
+Numba compiles on one core. When the warm-up, or any model's first training step, is
+still compiling after half a second (a cold cache), a second process warms up the
+model's segments from the back (see _segment_jobs), into the same disk cache, while this
+one works from the front: whatever it finished, this one loads instead of compiling. The
+MNIST CNN's cold start (`nbnet warmup`, cache cleared, 2
 cores): 20.7 s in one process (NBNET_WARMUP_HELPER=0), 13.7 s with the helper; most of
 what is left is its first conv's forward (6.3 s) and backward (4.8 s) kernels, which
 compile one after the other here.
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -37,16 +39,28 @@ def warmup(model, progress=None):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    helper = _Helper(_tail_jobs(model)) if not on_gpu and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0" else None
-    try:
+    with compile_helper(model):
         _warm(model, copy)
-    finally:
-        if helper is not None:
-            helper.stop()
     seconds = time.perf_counter() - started
     if progress:
         progress(f"Kernels ready in {seconds:.1f}s.")
     return seconds
+
+
+@contextmanager
+def compile_helper(model):
+    """While the block runs, a helper process compiles the kernels of ``model``'s later
+    layers into the disk cache, if the block is still running (compiling) after
+    HELPER_AFTER seconds: the first training step of every model and ``warmup`` run in
+    it. Nothing starts on a warm cache, on the GPU, in the helper itself, or where
+    NBNET_WARMUP_HELPER=0."""
+    wanted = model.device == "cpu" and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0"
+    helper = _Helper(_segment_jobs(model)) if wanted else None
+    try:
+        yield
+    finally:
+        if helper is not None:
+            helper.stop()
 
 
 def _warm(model, copy):
@@ -61,33 +75,57 @@ def _warm(model, copy):
         x = [np.zeros((2,) + tuple(shape), np.float32) for shape in copy._input_shapes()]
         y = [np.zeros(2, np.int64) if head.loss.sparse_targets else np.zeros((2, head.width), np.float32)
              for head in heads]
+        copy._first_step_pending = False  # the helper, if any, is warmup's
         copy.train_on_batch(x, y)
         copy.evaluate(x, y, verbose=0)
         copy.predict(x)
 
 
-def _tail_jobs(model):
-    """What the helper process warms up, in order: Sequentials of the layers from each
-    weighted layer after the first on, the last one's first, so the helper works from the
-    back while this process works from the front, and they meet in the middle instead of
-    compiling the same kernels side by side (a first layer on few channels takes kernel
-    paths of its own); as config and compile arguments. None where the model is not a
-    built, compiled chain of two or more weighted layers."""
+def _segment_jobs(model):
+    """What the helper process warms up, in order: the model cut into segments, each a
+    weighted layer and the single-input layers that follow it in a chain up to the next
+    weighted one (so a conv and the pool it absorbs, or a BatchNormalization and its
+    activation, stay together), the last segment first. The helper works from the back
+    while this process compiles from the front (forward kernels, then the backward ones
+    from the back), and they meet in the middle instead of compiling the same kernels
+    side by side. The first weighted layer's segment is left to this process (a first
+    layer on few channels takes kernel paths of its own). Layers with several inputs
+    (merges) and nested models stay with this process too. Each job: the segment's input
+    shape, its layers' configs, and the loss to train it with (the model's where the
+    segment ends at its only output, else mean squared error); None where the model is
+    not built and compiled or has fewer than two weighted layers."""
     from . import metrics
-    from .models import Sequential
+    from .models import Model
 
-    if not isinstance(model, Sequential) or not model.built or model.loss is None or len(model._heads) != 1:
+    if not model.built or model.loss is None or not getattr(model, "_nodes", None):
         return None
-    weighted = [i for i, layer in enumerate(model.layers) if layer.weight_order]
-    if len(weighted) < 2:
-        return None
-    head = model._heads[0]
-    compile_args = {"loss": head.loss.get_config(), "metrics": [metrics.serialize(m) for m in head.metrics],
-                    "optimizer": type(model.optimizer).__name__}
-    return [{"input_shape": [int(d) for d in model.layers[start].built_input_shape],
-             "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
-                        for layer in model.layers[start:]], **compile_args}
-            for start in reversed(weighted[1:])]
+    readers = {}
+    for node in model._nodes:
+        for tensor in node.inputs:
+            readers.setdefault(id(tensor), []).append(node)
+    outputs = {id(tensor) for tensor in model._output_tensors}
+    head = model._heads[0] if len(model._heads) == 1 else None
+
+    def is_chain(node):
+        return len(node.inputs) == 1 and len(node.outputs) == 1 and not isinstance(node.layer, Model)
+
+    starts = [node for node in model._nodes if node.layer.weight_order and is_chain(node)]
+    jobs = []
+    for first in reversed(starts[1:]):
+        segment = [first]
+        while id(segment[-1].outputs[0]) not in outputs:
+            following = readers.get(id(segment[-1].outputs[0]), [])
+            if len(following) != 1 or not is_chain(following[0]) or following[0].layer.weight_order:
+                break
+            segment.append(following[0])
+        at_output = id(segment[-1].outputs[0]) in outputs and head is not None
+        jobs.append({"input_shape": [int(d) for d in first.inputs[0].sample_shape],
+                     "layers": [{"class_name": type(node.layer).__name__, "config": node.layer.get_config()}
+                                for node in segment],
+                     "loss": head.loss.get_config() if at_output else "mean_squared_error",
+                     "metrics": [metrics.serialize(m) for m in head.metrics] if at_output else [],
+                     "optimizer": type(model.optimizer).__name__})
+    return jobs or None
 
 
 class _Helper:
@@ -108,8 +146,10 @@ class _Helper:
         with self._lock:
             if self._stopped:
                 return
+            # The helper's own steps start no helper of their own.
             self.process = subprocess.Popen([sys.executable, "-m", "nbnet.warmup", "--helper"], stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            env={**os.environ, "NBNET_WARMUP_HELPER": "0"})
             self.process.stdin.write(json.dumps(job).encode())
             self.process.stdin.close()
 
@@ -126,16 +166,30 @@ class _Helper:
 
 
 def _helper_main():
-    """The helper process: warm up the tail models the parent described on stdin."""
+    """The helper process: warm up the segments the parent described on stdin. A segment
+    that fails (a layer only the user's code defines) is skipped."""
     from . import layers as layers_module, losses, optimizers
     from .models import Sequential
 
     for job in json.loads(sys.stdin.read()):
-        built = [getattr(layers_module, entry["class_name"])(**entry["config"]) for entry in job["layers"]]
-        tail = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
-        tail.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
-                     metrics=job["metrics"])
-        _warm(tail, tail)
+        try:
+            built = [getattr(layers_module, entry["class_name"])(**entry["config"]) for entry in job["layers"]]
+            if len(built[-1].compute_output_shape(_output_shape(built, job["input_shape"]))) > 1:
+                built.append(layers_module.Flatten())
+            segment = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
+            segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
+                            metrics=job["metrics"])
+            _warm(segment, segment)
+        except Exception:  # noqa: BLE001 - the parent compiles whatever the helper did not
+            continue
+
+
+def _output_shape(built, input_shape):
+    """The shape ``built[-1]`` receives, from the segment's input shape."""
+    shape = tuple(input_shape)
+    for layer in built[:-1]:
+        shape = tuple(layer.compute_output_shape(shape))
+    return shape
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--helper"]:

@@ -11,11 +11,12 @@ import numba
 import numpy as np
 
 from nbnet import layers
-from nbnet.kernels.activations import RELU, bias_activation_forward
+from nbnet.kernels.activations import RELU, _bias_activation_blocks, bias_activation_forward
 from nbnet.kernels.conv import im2col, output_geometry
 from nbnet.kernels.pool import maxpool_forward
 
-KERNELS = {"im2col": im2col, "bias_activation_forward": bias_activation_forward,
+# bias_activation_forward is a Python dispatcher; _bias_activation_blocks is its compiled kernel.
+KERNELS = {"im2col": im2col, "bias_activation_forward": _bias_activation_blocks,
            "maxpool_forward": maxpool_forward}
 
 
@@ -72,7 +73,7 @@ _CHILD = textwrap.dedent("""
     import json
     import numpy as np
     from nbnet import layers
-    from nbnet.kernels.activations import bias_activation_forward
+    from nbnet.kernels.activations import _bias_activation_blocks
     from nbnet.kernels.conv import _direct_conv_parallel, im2col
     from nbnet.kernels.pool import maxpool_forward
 
@@ -88,7 +89,7 @@ _CHILD = textwrap.dedent("""
     report = {}
     # The direct convolution's compiled part (its launcher is plain Python).
     for name, d in [("im2col", im2col), ("direct_conv_parallel", _direct_conv_parallel),
-                    ("bias_activation_forward", bias_activation_forward), ("maxpool_forward", maxpool_forward)]:
+                    ("bias_activation_forward", _bias_activation_blocks), ("maxpool_forward", maxpool_forward)]:
         report[name] = {"signatures": len(d.signatures),
                         "hits": sum(d.stats.cache_hits.values()),
                         "misses": sum(d.stats.cache_misses.values()),
@@ -120,10 +121,10 @@ def test_second_process_reuses_disk_cache(tmp_path):
     assert any(cache_dir.rglob("*.nbi")) and any(cache_dir.rglob("*.nbc"))
 
 
-def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
-    """On a cold cache a second process warms up the chains from each weighted layer after
-    the first on, the last first (a conv and the pool after it stay together); it runs on
-    its own and is stopped when the warm-up ends."""
+def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
+    """On a cold cache a second process warms up the segments from each weighted layer
+    after the first on to the next, the last first (a conv and the pool after it stay
+    together); it runs on its own and is stopped when the warm-up ends."""
     import json
     import subprocess
 
@@ -133,10 +134,11 @@ def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
                                layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
                                layers.Dense(10, activation="softmax")], seed=0)
     model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-    jobs = warmup_module._tail_jobs(model)
+    jobs = warmup_module._segment_jobs(model)
     assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
-        ["Dense"], ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]]  # from the back
+        ["Dense"], ["Conv2D", "MaxPooling2D", "Flatten"]]  # from the back
     assert [job["input_shape"] for job in jobs] == [[16], [6, 6, 4]]
+    assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config(), "mean_squared_error"]
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(jobs).encode(),
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -147,4 +149,67 @@ def test_warmup_helper_process_warms_the_tail_of_a_chain(monkeypatch):
     monkeypatch.setattr(warmup_module.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
     warmup_module.warmup(model)
     assert started and started[0][0][1:] == ["-m", "nbnet.warmup", "--helper"]
-    assert warmup_module._tail_jobs(models.Sequential([layers.Input((4,)), layers.Dense(2)])) is None  # uncompiled
+    assert warmup_module._segment_jobs(models.Sequential([layers.Input((4,)), layers.Dense(2)])) is None  # uncompiled
+
+
+def _residual_model():
+    from nbnet import models
+
+    inputs = layers.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    y = layers.Conv2D(4, 3, padding="same")(x)
+    y = layers.BatchNormalization()(y)
+    y = layers.Activation("relu")(y)
+    x = layers.GlobalAveragePooling2D()(layers.Add()([x, y]))
+    model = models.Model(inputs, layers.Dense(3, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_helper_segments_of_a_graph_model_stop_at_merges():
+    """A graph model's segments follow single-input chains; the merge and what follows it
+    up to the next weighted layer stay with the main process. An unknown layer's segment
+    is skipped by the helper, which still warms the others."""
+    import json
+    import subprocess
+
+    from nbnet import warmup as warmup_module
+
+    jobs = warmup_module._segment_jobs(_residual_model())
+    assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
+        ["Dense"], ["BatchNormalization", "Activation"], ["Conv2D"]]
+    assert [job["input_shape"] for job in jobs] == [[4], [8, 8, 4], [8, 8, 4]]
+    assert [job["loss"] == "mean_squared_error" for job in jobs] == [False, True, True]
+    broken = dict(jobs[0], layers=[{"class_name": "NoSuchLayer", "config": {}}])
+    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"],
+                          input=json.dumps([broken] + jobs).encode(), capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_first_training_step_starts_the_helper_once(monkeypatch):
+    """A Keras script's first fit compiles with the helper too (here: as if compiling took
+    longer than HELPER_AFTER); later steps and fits start none, nor does
+    NBNET_WARMUP_HELPER=0."""
+    from nbnet import warmup as warmup_module
+
+    started = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs["env"]["NBNET_WARMUP_HELPER"])
+            self.stdin = open(os.devnull, "wb")
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(warmup_module, "HELPER_AFTER", 0.0)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", Recorded)
+    x = np.zeros((8, 8, 8, 1), np.float32)
+    y = np.zeros(8, np.int64)
+    model = _residual_model()
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert started == ["0"]  # one helper, told to start none of its own
+    monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
+    _residual_model().fit(x, y, batch_size=4, verbose=0)
+    assert started == ["0"]

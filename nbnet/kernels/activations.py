@@ -77,28 +77,30 @@ _BLOCK_VALUES = 4096
 # error_model="numpy": a division never raises ZeroDivisionError, and without that check
 # LLVM vectorises the loops.
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def bias_activation_forward(z, bias, code, alpha, y):
-    """y = activation(z + bias), row by row; ``y`` (C-contiguous) may be ``z`` itself (in
-    place). ``bias`` of length 0 means no bias. Softmax is taken over each row."""
+def _softmax_rows(z, bias, y):
     rows, channels = z.shape
     has_bias = bias.shape[0] > 0
     one = z.dtype.type(1.0)
-    if code == SOFTMAX:
-        for i in prange(rows):
-            peak = -np.inf
-            for k in range(channels):
-                value = z[i, k] + bias[k] if has_bias else z[i, k]
-                y[i, k] = value
-                peak = max(peak, value)
-            total = 0.0
-            for k in range(channels):
-                e = np.exp(y[i, k] - peak)
-                y[i, k] = e
-                total += e
-            inverse = one / total
-            for k in range(channels):
-                y[i, k] *= inverse
-        return
+    for i in prange(rows):
+        peak = -np.inf
+        for k in range(channels):
+            value = z[i, k] + bias[k] if has_bias else z[i, k]
+            y[i, k] = value
+            peak = max(peak, value)
+        total = 0.0
+        for k in range(channels):
+            e = np.exp(y[i, k] - peak)
+            y[i, k] = e
+            total += e
+        inverse = one / total
+        for k in range(channels):
+            y[i, k] *= inverse
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _bias_activation_blocks(z, bias, code, alpha, y):
+    rows, channels = z.shape
+    has_bias = bias.shape[0] > 0
     flat = y.reshape(-1)
     block = max(1, _BLOCK_VALUES // max(channels, 1))
     for index in prange((rows + block - 1) // block):
@@ -113,6 +115,19 @@ def bias_activation_forward(z, bias, code, alpha, y):
                     y[i, k] = z[i, k]
         if code != LINEAR:
             activate(code, alpha, flat[first * channels:stop * channels])
+
+
+# Compile time: each parallel kernel holds one prange loop and nothing else. Numba compiles
+# every parallel loop of a function (and every array expression or allocation in one,
+# which it parallelises too) as a function of its own, whether or not a call reaches it:
+# softmax therefore has its own kernel, compiled only by the models that use it.
+def bias_activation_forward(z, bias, code, alpha, y):
+    """y = activation(z + bias), row by row; ``y`` (C-contiguous) may be ``z`` itself (in
+    place). ``bias`` of length 0 means no bias. Softmax is taken over each row."""
+    if code == SOFTMAX:
+        _softmax_rows(z, bias, y)
+    else:
+        _bias_activation_blocks(z, bias, code, alpha, y)
 
 
 @njit(inline="always")
@@ -131,12 +146,9 @@ def gradient_from_output(code, alpha, out, grad, zero):
 
 
 @njit(parallel=True, cache=True)
-def activation_backward(y, dy, code, alpha, dz, dbias):
-    """dz = dy * activation'(.) computed from the output ``y``; adds the bias gradient
-    (column sums of dz) into ``dbias`` unless it has length 0. ``dz`` may be ``dy``."""
+def _activation_backward_chunks(y, dy, code, alpha, dz, partial):
     rows, channels = y.shape
-    chunks = min(REDUCTION_CHUNKS, rows) if rows > 0 else 1
-    partial = np.zeros((chunks, channels), dtype=y.dtype)
+    chunks = partial.shape[0]
     zero = y.dtype.type(0.0)
     for chunk in prange(chunks):
         start = chunk * rows // chunks
@@ -153,8 +165,22 @@ def activation_backward(y, dy, code, alpha, dz, dbias):
                     dz[i, k] = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
             for k in range(channels):
                 partial[chunk, k] += dz[i, k]
-    if dbias.shape[0] > 0:
-        for chunk in range(chunks):
-            for k in range(channels):
-                dbias[k] += partial[chunk, k]
 
+
+def activation_backward(y, dy, code, alpha, dz, dbias):
+    """dz = dy * activation'(.) computed from the output ``y``; adds the bias gradient
+    (column sums of dz, partial sums per fixed chunk of rows) into ``dbias`` unless it has
+    length 0. ``dz`` may be ``dy``."""
+    rows, channels = y.shape
+    partial = np.zeros((max(min(REDUCTION_CHUNKS, rows), 1), channels), dtype=y.dtype)
+    _activation_backward_chunks(y, dy, code, alpha, dz, partial)
+    if dbias.shape[0] > 0:
+        add_chunk_sums(partial, dbias)
+
+
+@njit(cache=True)
+def add_chunk_sums(partial, out):
+    """out[k] += partial[0, k] + partial[1, k] + ..., in chunk order."""
+    for chunk in range(partial.shape[0]):
+        for k in range(partial.shape[1]):
+            out[k] += partial[chunk, k]

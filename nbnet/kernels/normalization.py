@@ -8,6 +8,13 @@ Each kernel also runs the elementwise activation of an Activation layer that fol
 normalisation (``code``, ``alpha`` as in activations.py; LINEAR for none): forward applies
 it to each row as it is written, backward takes the gradient through it from the output
 ``y`` on the fly, so neither the activation's output nor its gradient is a pass of its own.
+
+Compile time: a ``parallel=True`` function holds its ``prange`` loops and nothing else.
+Numba turns every array expression, ``np.zeros`` and ``.sum(axis=...)`` in such a function
+into a parallel loop of its own, each compiled separately: the statistics function with
+its two allocations and three array expressions took 3.1 s to compile, its loop alone 1.1 s.
+So the entry points below are Python functions that allocate the partial sums, run one
+parallel pass, combine the chunks in a serial kernel, and run the second pass.
 """
 
 import numpy as np
@@ -17,39 +24,63 @@ from . import REDUCTION_CHUNKS
 from .activations import activate, gradient_from_output
 
 
+def _partials(rows, channels):
+    """Zeroed float64 partial sums, one row per fixed chunk of rows (two arrays)."""
+    chunks = max(min(REDUCTION_CHUNKS, rows), 1)
+    return np.zeros((chunks, channels)), np.zeros((chunks, channels))
+
+
 @njit(parallel=True, cache=True)
-def _column_moments(x):
+def _column_partials(x, sums, squares):
     rows, channels = x.shape
-    chunks = min(REDUCTION_CHUNKS, rows)
-    sums = np.zeros((chunks, channels))
-    squares = np.zeros((chunks, channels))
+    chunks = sums.shape[0]
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
                 value = np.float64(x[i, k])
                 sums[chunk, k] += value
                 squares[chunk, k] += value * value
-    mean = sums.sum(axis=0) / rows
-    variance = np.maximum(squares.sum(axis=0) / rows - mean * mean, 0.0)
-    return mean, variance
+
+
+@njit(cache=True)
+def _statistics(sums, squares, rows, epsilon, mean_out, variance_out):
+    """The batch's mean and (biased) variance from the chunks' sums, into the outputs;
+    returns (mean, 1/std) in float64."""
+    chunks, channels = sums.shape
+    mean = np.empty(channels)
+    inv_std = np.empty(channels)
+    for k in range(channels):
+        total = 0.0
+        total_squares = 0.0
+        for chunk in range(chunks):
+            total += sums[chunk, k]
+            total_squares += squares[chunk, k]
+        mean[k] = total / rows
+        variance = max(total_squares / rows - mean[k] * mean[k], 0.0)
+        mean_out[k] = mean[k]
+        variance_out[k] = variance
+        inv_std[k] = 1.0 / np.sqrt(variance + epsilon)
+    return mean, inv_std
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out):
-    """y = activation(gamma * x_hat + beta), x_hat normalised with the batch's own mean and
-    (biased) variance; keeps x_hat for backward."""
+def _normalise(x, mean, inv_std, gamma, beta, code, alpha, x_hat, y):
     rows, channels = x.shape
-    mean, variance = _column_moments(x)
-    inv_std = 1.0 / np.sqrt(variance + epsilon)
-    for k in range(channels):
-        mean_out[k] = mean[k]
-        variance_out[k] = variance[k]
     for i in prange(rows):
         for k in range(channels):
             normed = (x[i, k] - mean[k]) * inv_std[k]
             x_hat[i, k] = normed
             y[i, k] = gamma[k] * normed + beta[k]
         activate(code, alpha, y[i])
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out):
+    """y = activation(gamma * x_hat + beta), x_hat normalised with the batch's own mean and
+    (biased) variance; keeps x_hat for backward. Returns the per-channel 1/std (float64)."""
+    sums, squares = _partials(*x.shape)
+    _column_partials(x, sums, squares)
+    mean, inv_std = _statistics(sums, squares, x.shape[0], float(epsilon), mean_out, variance_out)
+    _normalise(x, mean, inv_std, gamma, beta, code, alpha, x_hat, y)
     return inv_std
 
 
@@ -63,29 +94,38 @@ def update_moving_averages(moving_mean, moving_variance, mean, variance, momentu
         moving_variance[k] = keep * moving_variance[k] + take * variance[k]
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
-    """y = activation(the affine map of the moving statistics applied to x)."""
-    rows, channels = x.shape
-    scale = np.empty(channels, dtype=x.dtype)
-    shift = np.empty(channels, dtype=x.dtype)
+@njit(cache=True)
+def _affine(gamma, beta, moving_mean, moving_variance, epsilon):
+    """(scale, shift) of the inference transform, in the parameters' dtype."""
+    channels = gamma.shape[0]
+    scale = np.empty(channels, dtype=gamma.dtype)
+    shift = np.empty(channels, dtype=gamma.dtype)
     for k in range(channels):
         scale[k] = gamma[k] / np.sqrt(moving_variance[k] + epsilon)
         shift[k] = beta[k] - moving_mean[k] * scale[k]
+    return scale, shift
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _scale_shift_rows(x, scale, shift, code, alpha, y):
+    rows, channels = x.shape
     for i in prange(rows):
         for k in range(channels):
             y[i, k] = x[i, k] * scale[k] + shift[k]
         activate(code, alpha, y[i])
 
 
+def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
+    """y = activation(the affine map of the moving statistics applied to x)."""
+    scale, shift = _affine(gamma, beta, moving_mean, moving_variance, epsilon)
+    _scale_shift_rows(x, scale, shift, code, alpha, y)
+
+
 @njit(parallel=True, cache=True)
-def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx):
-    """With g = dy * activation'(.) (from the output ``y``): adds into dgamma/dbeta;
-    dx = gamma*inv_std*(g - mean(g) - x_hat*mean(g*x_hat))."""
+def _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat):
+    """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel."""
     rows, channels = dy.shape
-    chunks = min(REDUCTION_CHUNKS, rows)
-    sum_dy = np.zeros((chunks, channels))
-    sum_dy_xhat = np.zeros((chunks, channels))
+    chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
@@ -93,29 +133,51 @@ def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta,
                 grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
                 sum_dy[chunk, k] += grad
                 sum_dy_xhat[chunk, k] += grad * x_hat[i, k]
-    total_dy = sum_dy.sum(axis=0)
-    total_dy_xhat = sum_dy_xhat.sum(axis=0)
+
+
+@njit(cache=True)
+def _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta):
+    """Adds the chunks' totals into dgamma/dbeta; returns the means of g and g * x_hat."""
+    chunks, channels = sum_dy.shape
+    mean_dy = np.empty(channels)
+    mean_dy_xhat = np.empty(channels)
     for k in range(channels):
-        dbeta[k] += total_dy[k]
-        dgamma[k] += total_dy_xhat[k]
-    mean_dy = total_dy / rows
-    mean_dy_xhat = total_dy_xhat / rows
+        total_dy = 0.0
+        total_dy_xhat = 0.0
+        for chunk in range(chunks):
+            total_dy += sum_dy[chunk, k]
+            total_dy_xhat += sum_dy_xhat[chunk, k]
+        dbeta[k] += total_dy
+        dgamma[k] += total_dy_xhat
+        mean_dy[k] = total_dy / max(rows, 1)
+        mean_dy_xhat[k] = total_dy_xhat / max(rows, 1)
+    return mean_dy, mean_dy_xhat
+
+
+@njit(parallel=True, cache=True)
+def _input_gradient(dy, y, code, alpha, x_hat, gamma, inv_std, mean_dy, mean_dy_xhat, dx):
+    rows, channels = dy.shape
+    zero = dy.dtype.type(0.0)
     for i in prange(rows):
         for k in range(channels):
             grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
             dx[i, k] = gamma[k] * inv_std[k] * (grad - mean_dy[k] - x_hat[i, k] * mean_dy_xhat[k])
 
 
+def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx):
+    """With g = dy * activation'(.) (from the output ``y``): adds into dgamma/dbeta;
+    dx = gamma*inv_std*(g - mean(g) - x_hat*mean(g*x_hat))."""
+    sum_dy, sum_dy_xhat = _partials(*dy.shape)
+    _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat)
+    mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
+    _input_gradient(dy, y, code, alpha, x_hat, gamma, inv_std, mean_dy, mean_dy_xhat, dx)
+
+
 @njit(parallel=True, cache=True)
-def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
-    """Backward of the inference transform (moving statistics held fixed), with g = dy *
-    activation'(.) (from the output ``y``): adds into dgamma/dbeta; dx = gamma * g /
-    sqrt(moving_variance + epsilon)."""
+def _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_dy, sum_dy_xhat):
+    """_gradient_partials with x_hat taken from the moving statistics on the fly."""
     rows, channels = dy.shape
-    chunks = max(min(REDUCTION_CHUNKS, rows), 1)
-    inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    sum_dy = np.zeros((chunks, channels))
-    sum_dy_xhat = np.zeros((chunks, channels))
+    chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
@@ -123,11 +185,23 @@ def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_v
                 grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
                 sum_dy[chunk, k] += grad
                 sum_dy_xhat[chunk, k] += grad * (x[i, k] - moving_mean[k]) * inv_std[k]
-    total_dy = sum_dy.sum(axis=0)
-    total_dy_xhat = sum_dy_xhat.sum(axis=0)
-    for k in range(channels):
-        dbeta[k] += total_dy[k]
-        dgamma[k] += total_dy_xhat[k]
+
+
+@njit(parallel=True, cache=True)
+def _frozen_input_gradient(dy, y, code, alpha, gamma, inv_std, dx):
+    rows, channels = dy.shape
+    zero = dy.dtype.type(0.0)
     for i in prange(rows):
         for k in range(channels):
             dx[i, k] = gamma[k] * inv_std[k] * gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
+
+
+def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
+    """Backward of the inference transform (moving statistics held fixed), with g = dy *
+    activation'(.) (from the output ``y``): adds into dgamma/dbeta; dx = gamma * g /
+    sqrt(moving_variance + epsilon)."""
+    inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    sum_dy, sum_dy_xhat = _partials(*dy.shape)
+    _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_dy, sum_dy_xhat)
+    _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
+    _frozen_input_gradient(dy, y, code, alpha, gamma, inv_std, dx)

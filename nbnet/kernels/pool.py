@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import REDUCTION_CHUNKS
-from .activations import LINEAR, RELU
+from .activations import LINEAR, RELU, add_chunk_sums
 
 
 # Loops run channels innermost: NHWC keeps a pixel's channels contiguous, so each window
@@ -215,18 +215,22 @@ def bias_activation_maxpool(z, bias, code, ph, pw, y, argmax):
 
 
 @njit(parallel=True, cache=True)
+def _maxpool_activation_backward_chunks(dy, argmax, y, code, ph, pw, dz, partial):
+    batch = dz.shape[0]
+    chunks = partial.shape[0]
+    for chunk in prange(chunks):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
+
+
 def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
     """The conv's pre-activation gradient ``dz`` (NHWC) from the pooled gradient ``dy``:
     each window's gradient goes to its maximum where the activation passed it; adds the
     column sums of dz into ``dbias`` unless it has length 0 (partial sums per fixed chunk
-    of images, so the result does not depend on the thread count)."""
+    of images, so the result does not depend on the thread count). The allocation stays
+    out of the parallel kernel: see activations.bias_activation_forward."""
     batch, channels = dz.shape[0], dz.shape[3]
-    chunks = max(min(REDUCTION_CHUNKS, batch), 1)
-    partial = np.zeros((chunks, channels), dtype=dz.dtype)
-    for chunk in prange(chunks):
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
+    partial = np.zeros((max(min(REDUCTION_CHUNKS, batch), 1), channels), dtype=dz.dtype)
+    _maxpool_activation_backward_chunks(dy, argmax, y, code, ph, pw, dz, partial)
     if dbias.shape[0] > 0:
-        for chunk in range(chunks):
-            for c in range(channels):
-                dbias[c] += partial[chunk, c]
+        add_chunk_sums(partial, dbias)
