@@ -109,13 +109,16 @@ def _segment_jobs(model):
     def is_chain(node):
         return len(node.inputs) == 1 and len(node.outputs) == 1 and not isinstance(node.layer, Model)
 
-    starts = [node for node in model._nodes if node.layer.weight_order and is_chain(node)]
+    def weighted(node):
+        return bool(getattr(node.layer, "weight_order", ()))  # (a nested model has none)
+
+    starts = [node for node in model._nodes if weighted(node) and is_chain(node)]
     jobs = []
     for first in reversed(starts[1:]):
         segment = [first]
         while id(segment[-1].outputs[0]) not in outputs:
             following = readers.get(id(segment[-1].outputs[0]), [])
-            if len(following) != 1 or not is_chain(following[0]) or following[0].layer.weight_order:
+            if len(following) != 1 or not is_chain(following[0]) or weighted(following[0]):
                 break
             segment.append(following[0])
         at_output = id(segment[-1].outputs[0]) in outputs and head is not None

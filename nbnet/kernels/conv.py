@@ -9,8 +9,10 @@ that Numba's threads and BLAS's threads never run at the same time, and SciPy is
 
 import numpy as np
 from numba import njit, prange
+from numba.core import types
 
 from . import REDUCTION_CHUNKS
+from .entry import CHUNK_BOUNDS, launch
 from .matmul import add_transposed_product, matmul
 from .pool import maxpool_activation_backward_image, maxpool_activation_image
 
@@ -203,28 +205,31 @@ def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, s
 
 
 # One parallel kernel for both forward passes (a body of one call, shared), so the
-# MNIST CNN's first layer and an unpooled direct conv compile the same code once. A
-# parallel=True wrapper re-optimises all it calls: this one and the backward's cost 3.5 s
-# and 2.4 s of compile time beyond their bodies. Splitting the images over the matmul
-# workers instead (nogil kernels on plain threads) saved that, but waking a worker costs
+# MNIST CNN's first layer and an unpooled direct conv compile the same code once. The
+# body comes in as a first-class function (see entry.py): linked in, it was optimised
+# again with the loop, 3.5 s of compile time here and 2.4 s in the backward's. (Splitting
+# the images over the matmul workers instead also saved that, but waking a worker costs
 # about 0.1 ms where Numba's threads spin: forward + backward at batch 32 took 0.55 ->
-# 0.82 ms, so prange stays.
+# 0.82 ms.)
 @njit(parallel=True, cache=True)
-def _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
-                          out_w, ph, pw, pooled, z, y, argmax):
+def _direct_conv_parallel(images, x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w,
+                          out_h, out_w, ph, pw, pooled, z, y, argmax):
     batch = x.shape[0]
     chunks = min(REDUCTION_CHUNKS, batch)
     for chunk in prange(chunks):
-        _direct_conv_images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, offsets, packed, taps, bias,
-                            code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph, pw, pooled, z, y,
-                            argmax)
+        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, offsets, packed, taps, bias, code, sh, sw,
+               pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph, pw, pooled, z, y, argmax)
+
+
+def _direct_conv(*args):
+    launch(_direct_conv_parallel, _direct_conv_images, CHUNK_BOUNDS, args)
 
 
 def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
     """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias)."""
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
-    _direct_conv_parallel(x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top, pad_left, padded_h, padded_w,
-                          out_h, out_w, 1, 1, False, z, x[:0], _NO_ARGMAX)
+    _direct_conv(x, offsets, packed, taps, kernel2d[0, :0], 0, sh, sw, pad_top, pad_left, padded_h, padded_w,
+                 out_h, out_w, 1, 1, False, z, x[:0], _NO_ARGMAX)
 
 
 def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -232,8 +237,8 @@ def direct_conv_maxpool_forward(x, kernel2d, bias, code, kh, kw, sh, sw, pad_top
     """direct_conv_forward, then pool.bias_activation_maxpool, one image at a time: the
     conv-sized output exists only as one image's rows (in cache), never for the batch."""
     padded_h, padded_w, taps, offsets, packed = _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
-    _direct_conv_parallel(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
-                          out_w, ph, pw, True, kernel2d[:0], y, argmax)
+    _direct_conv(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
+                 out_w, ph, pw, True, kernel2d[:0], y, argmax)
 
 
 # 'reassoc' lets LLVM vectorise each sum over filters (several partial sums, added up at
@@ -328,15 +333,13 @@ def _direct_backward_chunk(chunk, chunks, x, dz, dy, argmax, y, code, field, sh,
 
 
 @njit(parallel=True, cache=True)
-def _direct_backward_parallel(chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
-                              padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
-                              need_dx, dx):
+def _direct_backward_parallel(chunk_body, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
+                              padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
+                              bias_partial, need_dx, dx):
     for chunk in prange(chunks):
-        # int64: the parallel lowering types a prange index as unsigned, which would
-        # compile the callee a second time (~1 s).
-        _direct_backward_chunk(np.int64(chunk), chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
-                               padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
-                               bias_partial, need_dx, dx)
+        # int64: the parallel lowering types a prange index as unsigned.
+        chunk_body(np.int64(chunk), chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
+                   padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
 
 
 def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -351,8 +354,9 @@ def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_t
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, packed.size), dtype=x.dtype)
     bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
-    _direct_backward_parallel(chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w,
-                              out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
+    args = (chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
+            pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
+    launch(_direct_backward_parallel, _direct_backward_chunk, (types.int64,), args)
     # packed (filter block, tap, filter in block) back to (tap, filter)
     blocks = packed.size // (taps * _FILTER_BLOCK)
     unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)

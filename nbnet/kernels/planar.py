@@ -21,8 +21,10 @@ runs im2col and its GEMM.
 
 import numpy as np
 from numba import njit, prange
+from numba.core import types
 
 from . import REDUCTION_CHUNKS
+from .entry import CHUNK_BOUNDS, launch
 
 _TAPS = 4
 # The input gradient's pass takes this many filters at once (its accumulator is loaded and
@@ -224,15 +226,20 @@ def _forward_images(first, stop, x, kernel, pad_top, pad_left, out_h, out_w, z):
                     row[o] = out[o, i * wide + j]
 
 
+# The parallel kernels call their bodies as first-class functions: see entry.py.
 @njit(parallel=True, cache=True)
-def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
-    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
-    ``kernel`` is Keras's (kh, kw, in, out)."""
+def _forward_parallel(images, x, kernel, pad_top, pad_left, out_h, out_w, z):
     batch = x.shape[0]
     chunks = min(REDUCTION_CHUNKS, batch)
     for chunk in prange(chunks):
-        _forward_images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel, pad_top, pad_left,
-                        out_h, out_w, z)
+        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel, pad_top, pad_left, out_h, out_w, z)
+
+
+def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
+    """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
+    ``kernel`` is Keras's (kh, kw, in, out)."""
+    args = (x, kernel, pad_top, pad_left, out_h, out_w, z)
+    launch(_forward_parallel, _forward_images, CHUNK_BOUNDS, args)
 
 
 @njit(cache=True)
@@ -271,11 +278,11 @@ def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_
 
 
 @njit(parallel=True, cache=True)
-def _backward_parallel(chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
+def _backward_parallel(chunk_body, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
     for chunk in prange(chunks):
         # int64: see conv._direct_backward_parallel.
-        _backward_chunk(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial[chunk],
-                        need_dx, dx)
+        chunk_body(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial[chunk], need_dx,
+                   dx)
 
 
 def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
@@ -288,8 +295,9 @@ def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, -(-filters // _SPREAD_FILTERS) * _SPREAD_FILTERS, -(-field // _TAPS) * _TAPS),
                        x.dtype)
-    _backward_parallel(chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w,
-                       partial, need_dx, dx)
+    args = (chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial[0],
+            need_dx, dx)
+    launch(_backward_parallel, _backward_chunk, (types.int64,), args, args[:-3] + (partial, need_dx, dx))
     # taps run (c, p, q); the kernel is (p, q, c, o)
     total = partial[0, :filters, :field]
     for chunk in range(1, chunks):
