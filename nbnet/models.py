@@ -65,7 +65,6 @@ class Model(TrainingLoop, DeviceSession):
         self._scratch_buffers = {}
         self._input_tensors, self._output_tensors, self._nodes = [], [], []
         self._plan = None
-        self._first_step_pending = True  # see TrainingLoop._train_step
 
     def _init_graph(self, inputs, outputs):
         if isinstance(outputs, dict):  # Keras orders outputs given as a dict by their keys

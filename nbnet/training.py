@@ -177,7 +177,8 @@ class TrainingLoop:
         """One optimizer step on a batch already on the device. Its summed loss, correct
         count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
         gradients are not finite sets the halt flag instead of updating the weights."""
-        if self._first_step_pending:  # compiles the kernels: with a helper on a cold cache
+        # The first step compiles the kernels: with a helper process on a cold cache.
+        if getattr(self, "_first_step_pending", True):
             self._first_step_pending = False
             from .warmup import compile_helper
 
