@@ -172,30 +172,26 @@ class _Helper:
 
 
 def _helper_main():
-    """The helper process: warm up the segments the parent described on stdin. A segment
-    that fails (a layer only the user's code defines) is skipped."""
+    """The helper process: warm up the segments the parent described on stdin, saying on
+    stdout which it warmed. A segment that fails (a layer only the user's code defines) is
+    skipped, with the reason on stderr (the parent discards both)."""
     from . import layers as layers_module, losses, optimizers
     from .models import Sequential
 
     for job in json.loads(sys.stdin.read()):
+        names = [entry["class_name"] for entry in job["layers"]]
         try:
-            built = [getattr(layers_module, entry["class_name"])(**entry["config"]) for entry in job["layers"]]
-            if len(built[-1].compute_output_shape(_output_shape(built, job["input_shape"]))) > 1:
-                built.append(layers_module.Flatten())
+            built = [getattr(layers_module, name)(**entry["config"]) for name, entry in zip(names, job["layers"])]
             segment = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
+            if len(segment.output_shape) > 1:  # mean squared error on a flat output
+                segment.add(layers_module.Flatten())
             segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
                             metrics=job["metrics"])
             _warm(segment, segment)
-        except Exception:  # noqa: BLE001 - the parent compiles whatever the helper did not
+        except Exception as error:  # noqa: BLE001 - the parent compiles whatever the helper did not
+            print(f"skipped {names}: {error!r}", file=sys.stderr, flush=True)
             continue
-
-
-def _output_shape(built, input_shape):
-    """The shape ``built[-1]`` receives, from the segment's input shape."""
-    shape = tuple(input_shape)
-    for layer in built[:-1]:
-        shape = tuple(layer.compute_output_shape(shape))
-    return shape
+        print(f"warmed {names}", flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--helper"]:

@@ -141,7 +141,8 @@ def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
     assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config(), "mean_squared_error"]
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(jobs).encode(),
                           capture_output=True, timeout=600)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.returncode == 0 and "skipped" not in done.stderr.decode(), done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == ["warmed ['Dense']", "warmed ['Conv2D', 'MaxPooling2D', 'Flatten']"]
 
     started = []
     real_popen = subprocess.Popen
@@ -184,6 +185,10 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"],
                           input=json.dumps([broken] + jobs).encode(), capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    skipped = [line for line in done.stderr.decode().splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "NoSuchLayer" in skipped[0], done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == [
+        "warmed ['Dense']", "warmed ['BatchNormalization', 'Activation']", "warmed ['Conv2D']"]
 
 
 def test_first_training_step_starts_the_helper_once(monkeypatch):

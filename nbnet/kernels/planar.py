@@ -243,9 +243,11 @@ def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
 
 
 @njit(cache=True)
-def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, sums, need_dx, dx):
+def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
     """Adds the images of chunk ``chunk`` of ``chunks`` into their kernel-gradient
-    products ``sums`` (filters, taps); with ``need_dx``, writes their input gradients."""
+    products ``partial[chunk]`` (filters, taps); with ``need_dx``, writes their input
+    gradients."""
+    sums = partial[chunk]
     batch, height, width, channels = x.shape
     kh, kw, _, filters = kernel.shape
     rows, wide = out_h + kh - 1, out_w + kw - 1
@@ -281,8 +283,7 @@ def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_
 def _backward_parallel(chunk_body, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
     for chunk in prange(chunks):
         # int64: see conv._direct_backward_parallel.
-        chunk_body(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial[chunk], need_dx,
-                   dx)
+        chunk_body(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx)
 
 
 def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
@@ -295,9 +296,9 @@ def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, -(-filters // _SPREAD_FILTERS) * _SPREAD_FILTERS, -(-field // _TAPS) * _TAPS),
                        x.dtype)
-    args = (chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial[0],
-            need_dx, dx)
-    launch(_backward_parallel, _backward_chunk, (types.int64,), args, args[:-3] + (partial, need_dx, dx))
+    launch(_backward_parallel, _backward_chunk, (types.int64,),
+           (chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial, need_dx,
+            dx))
     # taps run (c, p, q); the kernel is (p, q, c, o)
     total = partial[0, :filters, :field]
     for chunk in range(1, chunks):
