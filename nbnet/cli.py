@@ -124,7 +124,7 @@ def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batc
         if not resume:
             model = sources.build_model(definition, source, optimizer=optimizer, learning_rate=learning_rate, seed=seed)
             if data or dataset:
-                click.echo(f"Model: {model.name} for input {tuple(model.input_shape)} and "
+                click.echo(f"Model: {model.name} for input {tuple(model.input_shape[1:])} and "
                            f"{sources.output_width(model)} classes")
         sources.check_model(model, source)
         _with_input_scale(model, input_scale)

@@ -596,7 +596,7 @@ def _keras_model_entry(model):
     from .models import Model, Sequential
 
     if isinstance(model, Sequential):
-        shape = [None, *model.input_shape]
+        shape = list(model.input_shape)
         layers = [_keras_input_entry(model._input_layer)]
         for layer, node in zip(model.layers, model._nodes):
             layers.append(_keras_layer_entry(layer, node.inputs[0].shape))

@@ -77,13 +77,7 @@ class Model(TrainingLoop, DeviceSession):
         if self.seed is None:
             self.seed = utils.next_model_seed()
         self.rng = np.random.default_rng(self.seed)
-        self.input_shape = self._structure_shapes(self._input_tensors, inputs)
         self._finish_build()
-
-    @staticmethod
-    def _structure_shapes(tensors, structure):
-        shapes = [t.sample_shape for t in tensors]
-        return shapes[0] if isinstance(structure, graph.KerasTensor) else shapes
 
     @property
     def trainable(self):
@@ -117,9 +111,19 @@ class Model(TrainingLoop, DeviceSession):
         return [t.sample_shape for t in self._input_tensors]
 
     @property
+    def input_shape(self):
+        """Keras's: the input's shape with its batch axis, ``(None, 28, 28, 1)``; a list of
+        them for several inputs; None while a Sequential has no known input."""
+        if not self._input_tensors and self._known_input_shape() is None:
+            return None
+        shapes = [(None,) + tuple(shape) for shape in self._input_shapes()]
+        single = isinstance(getattr(self, "_inputs_structure", None), graph.KerasTensor) or len(shapes) == 1
+        return shapes[0] if single else shapes
+
+    @property
     def output_shape(self):
-        """The per-sample output shape; with several outputs, a list of them."""
-        shapes = [t.sample_shape for t in self._output_tensors]
+        """Keras's: the output's shape with its batch axis; a list of them for several outputs."""
+        shapes = [t.shape for t in self._output_tensors]
         return shapes[0] if len(shapes) == 1 else shapes
 
     @property
@@ -423,11 +427,11 @@ class Sequential(Model):
         if shape and shape[0] is None:
             shape = shape[1:]
         shape = tuple(int(d) for d in shape)
-        if self.built and shape == self.input_shape:
+        if self.built and shape == self._sample_input_shape:
             self._finish_build()  # fuse_layers may have changed since
             return
         if self.built:
-            raise ShapeError(f"Sequential '{self.name}' is built for input shape {(None,) + self.input_shape}; it "
+            raise ShapeError(f"Sequential '{self.name}' is built for input shape {self.input_shape}; it "
                              f"cannot be rebuilt for {(None,) + shape} (its weights have those shapes). Build a new "
                              "model for the other shape.")
         if self.seed is None:
@@ -435,7 +439,7 @@ class Sequential(Model):
         self.rng = np.random.default_rng(self.seed)
         if self._input_layer is None or self._input_layer.shape != shape:
             self._input_layer = InputLayer(shape=shape)
-        self.input_shape = shape
+        self._sample_input_shape = shape
         self._link_layers()
 
     def _link_layers(self):
@@ -466,14 +470,12 @@ class Sequential(Model):
         return [self._input_layer.name] if self._input_layer is not None else ["input"]
 
     def _input_shapes(self):
-        return [self.input_shape]
-
-    @property
-    def output_shape(self):
-        return self.output_shapes[-1]
+        shape = self._sample_input_shape if self.built else self._known_input_shape()
+        return [tuple(shape)] if shape is not None else []
 
     def get_config(self):
-        return {"name": self.name, "seed": self.seed, "input_shape": list(self.input_shape) if self.built else None,
+        return {"name": self.name, "seed": self.seed,
+                "input_shape": list(self._sample_input_shape) if self.built else None,
                 "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
 
 

@@ -183,7 +183,7 @@ def _helper_main():
         try:
             built = [getattr(layers_module, name)(**entry["config"]) for name, entry in zip(names, job["layers"])]
             segment = Sequential([layers_module.Input(tuple(job["input_shape"]))] + built)
-            if len(segment.output_shape) > 1:  # mean squared error on a flat output
+            if len(segment.output_shape) > 2:  # mean squared error on a flat output
                 segment.add(layers_module.Flatten())
             segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
                             metrics=job["metrics"])

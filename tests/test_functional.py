@@ -66,7 +66,7 @@ def float64_gradient_check(model, seed=0, coords=6):
     for layer in plan.layers:
         layer.astype(np.float64)
     xs = [rng.standard_normal((3,) + shape) for shape in model._input_shapes()]
-    projection = rng.standard_normal((3,) + tuple(model.output_shape))
+    projection = rng.standard_normal((3,) + tuple(model.output_shape[1:]))
     plan.set_fused_outputs([False])
 
     def objective():
@@ -193,6 +193,20 @@ def test_several_inputs_as_a_list_or_a_dict():
     assert model([left[:3], right[:3]]).numpy().shape == (3, 2)
 
 
+def test_model_shapes_carry_the_batch_axis_as_keras():
+    # Keras scripts index these (model.output_shape[1], model.input_shape[1:]).
+    left, right = keras.Input((5,)), keras.Input((3, 2))
+    merged = layers.Concatenate()([left, layers.Flatten()(right)])
+    two = keras.Model([left, right], [layers.Dense(4)(merged), layers.Dense(1)(merged)])
+    assert two.input_shape == [(None, 5), (None, 3, 2)] and two.output_shape == [(None, 4), (None, 1)]
+    chain = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(8, 3), layers.Flatten(), layers.Dense(10)])
+    assert chain.input_shape == (None, 28, 28, 1) and chain.output_shape == (None, 10)
+    assert keras.Sequential([layers.Dense(3, input_shape=(7,))]).input_shape == (None, 7)
+    assert keras.Sequential([layers.Dense(3)]).input_shape is None
+    with pytest.raises(ShapeError, match=r"built for input shape \(None, 28, 28, 1\)"):
+        chain.build((None, 14, 14, 1))
+
+
 @pytest.mark.parametrize("name", GRAPHS)
 def test_graphs_save_load_config_and_export(name, tmp_path):
     from nbnet.onnx import export, load
@@ -203,7 +217,7 @@ def test_graphs_save_load_config_and_export(name, tmp_path):
     rng = np.random.default_rng(6)
     xs = [rng.standard_normal((16,) + shape).astype(np.float32) for shape in model._input_shapes()]
     x = xs[0] if len(xs) == 1 else xs
-    model.fit(x, rng.standard_normal((16,) + tuple(model.output_shape)), batch_size=4, verbose=0)
+    model.fit(x, rng.standard_normal((16,) + tuple(model.output_shape[1:])), batch_size=4, verbose=0)
     expected = model.predict(x)
     model.save(tmp_path / "graph.nbnet")
     loaded = keras.models.load_model(tmp_path / "graph.nbnet")

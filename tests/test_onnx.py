@@ -37,7 +37,7 @@ def build(layer_list, input_shape, seed=0):
 
 
 def inputs(model, batch=7, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch,) + model.input_shape, dtype=np.float32)
+    return np.random.default_rng(seed).standard_normal((batch,) + model.input_shape[1:], dtype=np.float32)
 
 
 def assert_matches(model, x=None, opset=None, atol=ATOL):

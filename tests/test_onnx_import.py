@@ -64,7 +64,7 @@ def test_foreign_pytorch_model(path, mnist, tmp_path):
     (x_train, y_train), (x_test, y_test) = mnist
     x = (x_test[:1000, None] / 255.0).astype(np.float32)
     model = nbnet_onnx.load(path)
-    assert model.input_shape == (1, 28, 28) and model.output_shape == (10,)  # NCHW at the boundary
+    assert model.input_shape == (None, 1, 28, 28) and model.output_shape == (None, 10)  # NCHW at the boundary
     reference = Path(path)
     if reference.stem in ORT_REJECTS:
         with pytest.raises(Exception, match="Pad should be smaller than kernel"):
@@ -91,7 +91,7 @@ def test_mnist8(mnist, tmp_path):
     x = x_test[:1000, None].astype(np.float32)  # pixels 0..255, NCHW, as the zoo model takes them
     model = models.load_model(MNIST8)  # load_model dispatches .onnx to the importer
     print(f"mnist-8: max abs diff {np.abs(model.predict(x, verbose=0) - _ort(MNIST8, x)).max():.3g}")
-    assert model.input_shape == (1, 28, 28)
+    assert model.input_shape == (None, 1, 28, 28)
     assert [l.__class__.__name__ for l in model.layers].count("Permute") == 1  # at the input only
     reference = _ort(MNIST8, x)
     # the scores reach ~9000: float32 rounding alone is ~1e-3 there (onnxruntime differs from onnx's
@@ -412,7 +412,7 @@ def test_a_file_keras_exported_keeps_its_channels_last_boundary_and_fine_tunes(m
     (x_train, y_train), (x_test, y_test) = mnist
     x = (x_test[:1000, ..., None] / 255.0).astype(np.float32)
     model = nbnet_onnx.load(KERAS_EXPORT)
-    assert model.input_shape == (28, 28, 1) and model.output_shape == (10,)
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
     assert "Permute" not in [type(layer).__name__ for layer in model.layers]  # NHWC throughout: no transposes left
     assert np.abs(model.predict(x, verbose=0) - _ort(KERAS_EXPORT, x)).max() <= 1e-5
     model.compile(optimizer=optimizers.Adam(5e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -276,7 +276,7 @@ def test_a_model_used_as_a_layer_shares_its_weights_both_ways():
     inner = models.Sequential([layers.Dense(6, activation="relu", input_shape=(5,)), layers.Dense(3)], seed=2)
     inner.compile("adam", "mse")
     outer = models.Sequential([inner, layers.Softmax()])
-    assert outer.input_shape == (5,) and outer.layers[:2] == inner.layers
+    assert outer.input_shape == (None, 5) and outer.layers[:2] == inner.layers
     outer.compile("adam", "sparse_categorical_crossentropy")
     outer.fit(x, y, epochs=2, batch_size=8, verbose=0)  # trains the inner model's layers
     logits = inner.predict(x)
@@ -401,7 +401,7 @@ def test_a_built_model_refuses_another_input_shape_and_stays_usable():
     before = model.get_weights()
     with pytest.raises(ShapeError, match=r"built for input shape \(None, 5\).*\(None, 7\)"):
         model.build((None, 7))
-    assert model.input_shape == (5,) and model.predict(np.zeros((1, 5), np.float32)).shape == (1, 2)
+    assert model.input_shape == (None, 5) and model.predict(np.zeros((1, 5), np.float32)).shape == (1, 2)
     for got, expected in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, expected)
 
@@ -412,7 +412,7 @@ def test_pop_and_keras_weight_attributes():
     kept = model.get_layer("layer1").get_weights()
     popped = model.pop()
     assert popped.name == "layer3" and [layer.name for layer in model.layers] == ["layer1", "bn"]
-    assert model.output_shape == (3,) and model.predict(np.ones((2, 4), np.float32)).shape == (2, 3)
+    assert model.output_shape == (None, 3) and model.predict(np.ones((2, 4), np.float32)).shape == (2, 3)
     for got, expected in zip(model.get_layer("layer1").get_weights(), kept):  # the others keep their weights
         np.testing.assert_array_equal(got, expected)
     dense, norm = model.layers

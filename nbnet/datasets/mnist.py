@@ -78,8 +78,9 @@ def model_input(images, model):
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and tuple(images.shape[1:]) != shape and images[0].size == int(np.prod(shape)):
+    shapes = model._input_shapes() if hasattr(model, "_input_shapes") else []
+    shape = tuple(shapes[0]) if len(shapes) == 1 else None
+    if shape is not None and tuple(images.shape[1:]) != shape and images[0].size == int(np.prod(shape)):
         images = images.reshape((len(images),) + shape)  # e.g. an imported NCHW model's (1, 28, 28)
     first = next((layer for layer in model.layers if not isinstance(layer, InputLayer)), None)
     if isinstance(first, Rescaling):

@@ -546,10 +546,10 @@ def build_model(definition, data, **kwargs):
 
 
 def _single_input_shape(model):
-    shape = model.input_shape
-    if isinstance(shape, list) or (shape and isinstance(shape[0], (tuple, list))):
+    shapes = model._input_shapes()
+    if len(shapes) != 1:
         raise DatasetError(f"model '{model.name}' has several inputs; nbnet's data commands feed one input of images.")
-    return tuple(shape)
+    return tuple(shapes[0])
 
 
 def image_shape(model):

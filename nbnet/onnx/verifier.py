@@ -218,7 +218,7 @@ def verification_data(model, samples=1000, data_dir=None, seed=0):
         samples = min(samples, len(x_test))
         # As the model takes them (its Rescaling, if any, scales them), as float32: ONNX's input type.
         x = mnist.model_input(x_test[:samples], model).astype(np.float32)
-        return x.reshape((samples,) + tuple(model.input_shape)), y_test[:samples].astype(np.int64), "MNIST test images"
+        return x.reshape((samples,) + tuple(model.input_shape[1:])), y_test[:samples].astype(np.int64), "MNIST test images"
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((samples,) + tuple(shape), dtype=np.float32) for shape in model._input_shapes()]
     return (xs[0] if len(xs) == 1 else xs), None, f"random normal inputs (seed {seed})"
