@@ -8,6 +8,8 @@ checked, converted and sent to the device as it comes (``StreamFeeder``), so a d
 larger than memory trains in bounded memory.
 """
 
+import warnings
+
 import numpy as np
 
 from .errors import NbnetError
@@ -105,12 +107,16 @@ class ArrayFeeder:
     to the device once (on the CPU these are views, no copy) and gathered there, as 2-D
     rows, in the epoch's order."""
 
-    resumable = True
-
-    def __init__(self, model, x, targets, weights, batch_size, shuffle):
+    def __init__(self, model, x, targets, weights, batch_size, shuffle, steps_per_epoch=None):
         ops, count = model.ops, len(x[0])
         self.model, self.ops, self.count, self.batch_size, self.shuffle = model, ops, count, batch_size, shuffle
-        self.steps = -(-count // batch_size)
+        self.batches = -(-count // batch_size)
+        # Keras's steps_per_epoch on arrays: each epoch takes that many batches and the next
+        # goes on from there; a pass over the data that runs out ends its epoch early, and
+        # the epoch after starts a new (reshuffled) pass.
+        self.steps = int(steps_per_epoch) if steps_per_epoch is not None else self.batches
+        self.resumable = steps_per_epoch is None
+        self._pass_order, self._pass_batch = None, 0
         self.x_rows = [ops.to_device(a.reshape(count, -1)) for a in x]
         self.t_rows = [ops.to_device(t.reshape(count, -1)) for t in targets]
         rows = min(batch_size, count)
@@ -123,9 +129,18 @@ class ArrayFeeder:
         """(step, inputs, targets, weights or None, size) on the device, for each step from
         ``first_step``; the order is drawn from the generator state the epoch started with."""
         ops = self.ops
-        order = ops.to_device(self.model._epoch_order(self.count, self.shuffle, epoch_rng_state))
+        if self._pass_order is None or self.resumable:
+            self._pass_order = ops.to_device(self.model._epoch_order(self.count, self.shuffle, epoch_rng_state))
+            self._pass_batch = first_step
+        order = self._pass_order
         for step in range(first_step, self.steps):
-            start = step * self.batch_size
+            if self._pass_batch == self.batches:
+                warnings.warn(f"Your input ran out of data after {step} of steps_per_epoch={self.steps} steps; the "
+                              f"epoch ends there. {self.count} samples at batch size {self.batch_size} make "
+                              f"{self.batches} batches a pass.", UserWarning, stacklevel=4)
+                break
+            start = self._pass_batch * self.batch_size
+            self._pass_batch += 1
             size = min(self.batch_size, self.count - start)
             xb, tb = [b[:size] for b in self.batch_x], [b[:size] for b in self.batch_t]
             for rows, batch in zip(self.x_rows + self.t_rows, xb + tb):
@@ -135,6 +150,8 @@ class ArrayFeeder:
                 ops.gather_rows(self.w_rows, order, start, self.batch_w[:size])
                 wb = self.batch_w[:size].reshape(size)
             yield step, xb, tb, wb, size
+        if self._pass_batch == self.batches:
+            self._pass_order = None
 
 
 class StreamFeeder:

@@ -37,6 +37,12 @@ PREDICT_CHUNK_BYTES = 16 << 20
 GPU_STEPS_PER_EXECUTION = 20
 
 
+
+def _check_steps(steps, method, argument="steps"):
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise NbnetError(f"{method}: {argument} must be a positive number of batches, received {steps!r}.")
+    return int(steps)
+
 class TrainingLoop:
     """fit / evaluate / predict / train_on_batch of a Model (a mixin: it reads the model's
     ``_plan``, loss, optimizer, metrics and device session)."""
@@ -290,7 +296,9 @@ class TrainingLoop:
         """Keras's fit, on arrays or on a batch source (a PyDataset or Keras Sequence, a
         dataset, a generator or an iterable of (x, y) or (x, y, sample_weight) batches,
         read as they come: ``steps_per_epoch`` batches an epoch when given, else until the
-        source ends; a PyDataset's batch order is shuffled when ``shuffle``).
+        source ends; a PyDataset's batch order is shuffled when ``shuffle``). On arrays,
+        ``steps_per_epoch`` works as Keras's: each epoch goes on through the data where the
+        last one stopped, an epoch that reaches the end of a pass stops there.
         ``sample_weight`` (one per sample) and ``class_weight`` ({class: weight}) scale
         each sample's loss, as Keras: the mean stays over the batch size.
         ``validation_freq``: validate every that many epochs."""
@@ -310,8 +318,7 @@ class TrainingLoop:
             batch_size = None
         else:
             if steps_per_epoch is not None:
-                raise NbnetError(f"fit: steps_per_epoch={steps_per_epoch!r} is for batch sources (a PyDataset, a "
-                                 "generator); with arrays every sample is used each epoch, so leave it out.")
+                _check_steps(steps_per_epoch, "fit", "steps_per_epoch")
             batch_size = self._check_batch_size(32 if batch_size is None else batch_size)
             x, targets = self._prepare_xy(x, y)
             weights = self._sample_weights(y, targets, sample_weight, class_weight)
@@ -347,7 +354,7 @@ class TrainingLoop:
             self._announce_device = False
         with self._on_device():
             if not streaming:
-                feeder = ArrayFeeder(self, x, targets, weights, batch_size, shuffle)
+                feeder = ArrayFeeder(self, x, targets, weights, batch_size, shuffle, steps_per_epoch)
             return self._fit(feeder, epochs, verbose, callbacks, initial_epoch, validation,
                              (validation_freq, validation_batch_size), {"epochs": int(epochs),
                                                                         "batch_size": batch_size,
@@ -562,6 +569,10 @@ class TrainingLoop:
             x, targets = self._prepare_xy(x, y)
             weights = self._sample_weights(y, targets, sample_weight, None)
             batch_size = self._check_batch_size(32 if batch_size is None else batch_size)
+            if steps is not None:  # Keras: the first ``steps`` batches
+                used = _check_steps(steps, "evaluate") * batch_size
+                x, targets = [a[:used] for a in x], [t[:used] for t in targets]
+                weights = None if weights is None else weights[:used]
             with self._on_device():
                 running = self._evaluate_batches(self._array_batches(x, targets, weights, batch_size), callback_list)
             batch_count = math.ceil(len(x[0]) / batch_size)
@@ -607,6 +618,8 @@ class TrainingLoop:
         batch_size = 32 if batch_size is None else batch_size
         x = self._prepare_x(x)
         batch_size = self._check_batch_size(batch_size)
+        if steps is not None:  # Keras: the first ``steps`` batches
+            x = [a[:_check_steps(steps, "predict") * batch_size] for a in x]
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
         sample_bytes = 4 * sum(math.prod(step.shape) for step in self._plan.steps)

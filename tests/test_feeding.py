@@ -120,8 +120,8 @@ def test_bad_uses_are_named():
         model.fit(Batches(x, y), y)
     with pytest.raises(NbnetError, match="validation_split needs arrays"):
         model.fit(Batches(x, y), validation_split=0.2)
-    with pytest.raises(NbnetError, match="steps_per_epoch=3 is for batch sources"):
-        model.fit(x, y, steps_per_epoch=3)
+    with pytest.raises(NbnetError, match="steps_per_epoch must be a positive number of batches, received 2.5"):
+        model.fit(x, y, steps_per_epoch=2.5)
     with pytest.raises(NbnetError, match="batch 0 has no targets"):
         model.fit((x[i:i + BATCH] for i in range(0, 100, BATCH)), verbose=0)
 

@@ -392,8 +392,36 @@ def test_validation_freq_and_batch_size():
                             on_test_batch_end=lambda batch, logs: batches.append(batch))])
     assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2  # epochs 2 and 4
     assert batches == [0, 1, 2] * 2  # 12 validation samples in batches of 4
-    with pytest.raises(NbnetError, match="steps_per_epoch=5 is for batch sources"):
-        model.fit(x, y, steps_per_epoch=5, verbose=0)
+    with pytest.raises(NbnetError, match="steps_per_epoch must be a positive number of batches, received 0"):
+        model.fit(x, y, steps_per_epoch=0, verbose=0)
+
+
+def test_steps_per_epoch_on_arrays_goes_on_through_the_data_as_keras():
+    """Keras 3 (checked with keras 3.15): 5 batches, steps_per_epoch=3: epochs take batches
+    0-2, then 3-4 (ran out: a warning, the epoch ends), then 0-2 of a new pass, ..."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((10, 3)).astype(np.float32), rng.integers(0, 2, 10)
+
+    def make():
+        model = models.Sequential([layers.Dense(2, activation="softmax", input_shape=(3,))], seed=0)
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        return model
+
+    counted, steps = make(), []
+    with pytest.warns(UserWarning, match="ran out of data after 2 of steps_per_epoch=3 steps") as caught:
+        history = counted.fit(x, y, batch_size=2, steps_per_epoch=3, epochs=4, shuffle=False, verbose=0,
+                              callbacks=[callbacks.LambdaCallback(
+                                  on_epoch_begin=lambda epoch, logs: steps.append(0),
+                                  on_train_batch_begin=lambda batch, logs: steps.__setitem__(-1, steps[-1] + 1))])
+    assert steps == [3, 2, 3, 2] and len(history.history["loss"]) == 4 and len(caught) == 2
+    by_hand = make()
+    for batch in [0, 1, 2, 3, 4] * 2:
+        by_hand.train_on_batch(x[2 * batch:2 * batch + 2], y[2 * batch:2 * batch + 2])
+    for mine, theirs in zip(counted.get_weights(), by_hand.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    # evaluate and predict read the first ``steps`` batches, as Keras.
+    assert counted.evaluate(x, y, batch_size=2, steps=2, verbose=0) == counted.evaluate(x[:4], y[:4], verbose=0)
+    assert counted.predict(x, batch_size=3, steps=2).shape == (6, 2)
 
 
 def test_a_built_model_refuses_another_input_shape_and_stays_usable():
