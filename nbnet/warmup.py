@@ -38,7 +38,7 @@ def warmup(model, progress=None):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    with compile_helper(model):
+    with compile_helper(model, inference=True):
         _warm(model, copy)
     seconds = time.perf_counter() - started
     if progress:
@@ -47,16 +47,18 @@ def warmup(model, progress=None):
 
 
 @contextmanager
-def compile_helper(model):
+def compile_helper(model, inference=False):
     """While the block runs, a helper process compiles the kernels of ``model``'s later
     layers into the disk cache, if the block is still running (compiling) after
     HELPER_AFTER seconds: the first training step of every model and ``warmup`` run in
     it. Nothing starts on a warm cache, on the GPU, in the helper itself, or where
-    NBNET_WARMUP_HELPER=0."""
+    NBNET_WARMUP_HELPER=0. The helper compiles the training step's kernels, then (with
+    ``inference``) evaluate's and predict's."""
     helper = None
     if model.device == "cpu" and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0":
         try:
-            helper = _Helper(_segment_jobs(model))
+            jobs = _segment_jobs(model)
+            helper = _Helper(jobs and {"segments": jobs, "inference": inference})
         except Exception:  # noqa: BLE001 - a layer without a config: this process compiles it all
             helper = None
     try:
@@ -66,7 +68,9 @@ def compile_helper(model):
             helper.stop()
 
 
-def _warm(model, copy):
+def _warm(model, copy, inference=True):
+    """One training step of ``copy`` (compiled as ``model``) on zeros, then (with
+    ``inference``) an evaluate and a predict."""
     from . import metrics
 
     if copy.built and model.loss is not None:
@@ -75,13 +79,24 @@ def _warm(model, copy):
         metric_lists = [[metrics.serialize(m) for m in head.metrics] for head in heads]
         copy.compile(optimizer=type(model.optimizer)(), loss=loss if len(heads) > 1 else loss[0],
                      metrics=metric_lists if len(heads) > 1 else metric_lists[0], device=model.device)
-        x = [np.zeros((2,) + tuple(shape), np.float32) for shape in copy._input_shapes()]
-        y = [np.zeros(2, np.int64) if head.loss.sparse_targets else np.zeros((2, head.width), np.float32)
-             for head in heads]
+        x, y = _zero_batch(copy)
         copy._first_step_pending = False  # the helper, if any, is warmup's
         copy.train_on_batch(x, y)
-        copy.evaluate(x, y, verbose=0)
-        copy.predict(x)
+        if inference:
+            _infer(copy)
+
+
+def _zero_batch(model):
+    x = [np.zeros((2,) + tuple(shape), np.float32) for shape in model._input_shapes()]
+    y = [np.zeros(2, np.int64) if head.loss.sparse_targets else np.zeros((2, head.width), np.float32)
+         for head in model._heads]
+    return x, y
+
+
+def _infer(model):
+    x, y = _zero_batch(model)
+    model.evaluate(x, y, verbose=0)
+    model.predict(x)
 
 
 def _segment_jobs(model):
@@ -139,6 +154,7 @@ class _Helper:
     running, and stopped (killed if still compiling) when the warm-up ends."""
 
     def __init__(self, job):
+        """``job``: {"segments": _segment_jobs(...), "inference": bool}, or None (nothing to do)."""
         self.process, self._lock, self._stopped = None, threading.Lock(), False
         self._timer = None
         if job and HELPER_AFTER <= 0:
@@ -172,13 +188,17 @@ class _Helper:
 
 
 def _helper_main():
-    """The helper process: warm up the segments the parent described on stdin, saying on
-    stdout which it warmed. A segment that fails (a layer only the user's code defines) is
-    skipped, with the reason on stderr (the parent discards both)."""
+    """The helper process: a training step of each segment the parent described on stdin,
+    then, if asked, an evaluate and a predict of each (the parent's first training step
+    needs none of those: it stops the helper when the step ends), saying on stdout what it
+    warmed. A segment that fails (a layer only the user's code defines) is skipped, with
+    the reason on stderr (the parent discards both)."""
     from . import layers as layers_module, losses, optimizers
     from .models import Sequential
 
-    for job in json.loads(sys.stdin.read()):
+    request = json.loads(sys.stdin.read())
+    trained = []
+    for job in request["segments"]:
         names = [entry["class_name"] for entry in job["layers"]]
         try:
             built = [getattr(layers_module, name)(**entry["config"]) for name, entry in zip(names, job["layers"])]
@@ -187,11 +207,19 @@ def _helper_main():
                 segment.add(layers_module.Flatten())
             segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
                             metrics=job["metrics"])
-            _warm(segment, segment)
+            _warm(segment, segment, inference=False)
         except Exception as error:  # noqa: BLE001 - the parent compiles whatever the helper did not
             print(f"skipped {names}: {error!r}", file=sys.stderr, flush=True)
             continue
         print(f"warmed {names}", flush=True)
+        trained.append((names, segment))
+    for names, segment in trained if request["inference"] else []:
+        try:
+            _infer(segment)
+        except Exception as error:  # noqa: BLE001 - as above
+            print(f"skipped inference of {names}: {error!r}", file=sys.stderr, flush=True)
+            continue
+        print(f"inferred {names}", flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--helper"]:

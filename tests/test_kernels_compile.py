@@ -139,10 +139,12 @@ def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
         ["Dense"], ["Conv2D", "MaxPooling2D", "Flatten"]]  # from the back
     assert [job["input_shape"] for job in jobs] == [[16], [6, 6, 4]]
     assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config(), "mean_squared_error"]
-    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(jobs).encode(),
+    request = {"segments": jobs, "inference": True}
+    done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(request).encode(),
                           capture_output=True, timeout=600)
     assert done.returncode == 0 and "skipped" not in done.stderr.decode(), done.stderr.decode()[-2000:]
-    assert done.stdout.decode().splitlines() == ["warmed ['Dense']", "warmed ['Conv2D', 'MaxPooling2D', 'Flatten']"]
+    assert done.stdout.decode().splitlines() == ["warmed ['Dense']", "warmed ['Conv2D', 'MaxPooling2D', 'Flatten']",
+                                                 "inferred ['Dense']", "inferred ['Conv2D', 'MaxPooling2D', 'Flatten']"]
 
     started = []
     real_popen = subprocess.Popen
@@ -182,8 +184,9 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
     assert [job["input_shape"] for job in jobs] == [[4], [8, 8, 4], [8, 8, 4]]
     assert [job["loss"] == "mean_squared_error" for job in jobs] == [False, True, True]
     broken = dict(jobs[0], layers=[{"class_name": "NoSuchLayer", "config": {}}])
+    request = {"segments": [broken] + jobs, "inference": False}  # as for a first training step
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"],
-                          input=json.dumps([broken] + jobs).encode(), capture_output=True, timeout=600)
+                          input=json.dumps(request).encode(), capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     skipped = [line for line in done.stderr.decode().splitlines() if line.startswith("skipped")]
     assert len(skipped) == 1 and "NoSuchLayer" in skipped[0], done.stderr.decode()[-2000:]
@@ -197,12 +200,18 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     NBNET_WARMUP_HELPER=0."""
     from nbnet import warmup as warmup_module
 
-    started = []
+    started, requests = [], []
 
     class Recorded:
         def __init__(self, *args, **kwargs):
             started.append(kwargs["env"]["NBNET_WARMUP_HELPER"])
-            self.stdin = open(os.devnull, "wb")
+            self.stdin = self
+
+        def write(self, data):
+            requests.append(json.loads(data))
+
+        def close(self):
+            pass
 
         def poll(self):
             return 0
@@ -215,6 +224,7 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     model.fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]  # one helper, told to start none of its own
+    assert requests[0]["inference"] is False and len(requests[0]["segments"]) == 3  # the step's kernels only
     monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
     _residual_model().fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]
