@@ -406,6 +406,10 @@ _LOSS_NEUTRAL = {"reduction": ("sum_over_batch_size", "auto", None), "label_smoo
                  "axis": (-1, None), "ignore_class": (None,), "dtype": None, "name": None, "fn": None}
 
 
+# Keras's loss settings nbnet's losses take as arguments (besides from_logits).
+_LOSS_SETTINGS = ("delta",)
+
+
 def _loss_from_keras(value, output):
     """A Keras loss (a name, or a serialized object, Keras 3's or Keras 2's
     LossFunctionWrapper) as nbnet's Loss; one nbnet lacks, or a setting it cannot honour,
@@ -422,7 +426,7 @@ def _loss_from_keras(value, output):
             raise NbnetError(f"{where}nbnet has no loss {value!r}") from None
     class_name, config = value["class_name"], dict(value.get("config") or {})
     for key, setting in config.items():
-        if key == "from_logits":
+        if key == "from_logits" or key in _LOSS_SETTINGS:
             continue
         if key not in _LOSS_NEUTRAL:
             raise NbnetError(f"{where}the loss {class_name} has the setting {key}={setting!r}, which nbnet lacks")
@@ -436,7 +440,8 @@ def _loss_from_keras(value, output):
             resolved = losses.get(candidate)
         except NbnetError:
             continue
-        return losses.get({"name": resolved.name, "from_logits": bool(config.get("from_logits", False))})
+        settings = {key: config[key] for key in _LOSS_SETTINGS if key in config and key in resolved.get_config()}
+        return losses.get({"name": resolved.name, "from_logits": bool(config.get("from_logits", False)), **settings})
     raise NbnetError(f"{where}nbnet has no loss {class_name} ({config.get('name') or config.get('fn')!r})")
 
 
@@ -570,9 +575,13 @@ def _keras_config(model):
 
 
 def _keras_loss(loss):
-    if not loss.from_logits:
+    """Its name where Keras reads the name as the same loss, else Keras's serialized object."""
+    settings = {key: value for key, value in loss.get_config().items() if key in _LOSS_SETTINGS}
+    if loss.from_logits:
+        settings["from_logits"] = True
+    if not settings or settings == {"delta": 1.0}:
         return loss.name
-    return {"module": "keras.losses", "class_name": _LOSS_CLASSES[loss.name], "config": {"from_logits": True},
+    return {"module": "keras.losses", "class_name": _LOSS_CLASSES[loss.name], "config": settings,
             "registered_name": None}
 
 
@@ -641,7 +650,8 @@ def _keras_layer_entry(layer, input_shape):
 
 _LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
                  "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
-                 "binary_crossentropy": "BinaryCrossentropy", "mean_squared_error": "MeanSquaredError"}
+                 "binary_crossentropy": "BinaryCrossentropy", "mean_squared_error": "MeanSquaredError",
+                 "mean_absolute_error": "MeanAbsoluteError", "huber": "Huber"}
 
 
 def _keras_layer_config(layer):

@@ -108,6 +108,31 @@ class MeanSquaredError(Loss):
         return ops.mean_squared_error(outputs, targets, _weights_or_none(weights, ops), grad, total_out=total_out)
 
 
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        return ops.mean_absolute_error(outputs, targets, _weights_or_none(weights, ops), grad, total_out=total_out)
+
+
+class Huber(Loss):
+    """Keras's Huber loss: quadratic for differences up to ``delta``, linear beyond."""
+
+    name = "huber"
+
+    def __init__(self, delta=1.0, from_logits=False):
+        super().__init__(from_logits)
+        self.delta = float(delta)
+        if not self.delta > 0:
+            raise NbnetError(f"Huber: delta must be positive, received {delta!r}.")
+
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        return ops.huber(outputs, targets, _weights_or_none(weights, ops), self.delta, grad, total_out=total_out)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
 def _weights_or_none(weights, ops):
     """Per-sample weights as the kernels take them: an empty array for none."""
     return ops.nothing(np.float32) if weights is None else weights
@@ -147,7 +172,16 @@ def mean_squared_error(y_true, y_pred):
     return per_sample(MeanSquaredError(), y_true, y_pred)
 
 
+def mean_absolute_error(y_true, y_pred):
+    return per_sample(MeanAbsoluteError(), y_true, y_pred)
+
+
+def huber(y_true, y_pred, delta=1.0):
+    return per_sample(Huber(delta), y_true, y_pred)
+
+
 mse = MSE = mean_squared_error
+mae = MAE = mean_absolute_error
 
 _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
@@ -155,11 +189,16 @@ _BY_NAME = {
     "binary_crossentropy": BinaryCrossentropy,
     "mean_squared_error": MeanSquaredError,
     "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "mae": MeanAbsoluteError,
+    "huber": Huber,
+    "huber_loss": Huber,  # the name Keras gives a Huber object
 }
 # compile(loss=keras.losses.categorical_crossentropy): the function stands for its class.
 _BY_FUNCTION = {categorical_crossentropy: CategoricalCrossentropy,
                 sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
-                binary_crossentropy: BinaryCrossentropy, mean_squared_error: MeanSquaredError}
+                binary_crossentropy: BinaryCrossentropy, mean_squared_error: MeanSquaredError,
+                mean_absolute_error: MeanAbsoluteError, huber: Huber}
 
 
 def get(identifier):

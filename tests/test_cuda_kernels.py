@@ -121,6 +121,8 @@ def _ptx_signatures():
         L._sigmoid_crossentropy_kernel: (a2, a2, a1, float64, d1, a2),
         L._binary_crossentropy_kernel: (a2, a2, a1, float64, float64, d1, a2),
         L._mean_squared_error_kernel: (a2, a2, a1, float64, d1, a2),
+        L._mean_absolute_error_kernel: (a2, a2, a1, float64, d1, a2),
+        L._huber_kernel: (a2, a2, a1, float64, float64, d1, a2),
         R._penalty_kernel: (a1, float64, float64, f, f, f, d1, a1),
         N._moving_averages_kernel: (a1, a1, a1, a1, f, f),
         O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
@@ -654,6 +656,8 @@ def _loss_case(name, sparse, weighted=False):
     binary = rng.integers(0, 2, (rows, classes)).astype(np.float32)
     grad = np.empty((rows, classes), np.float32)
     weights = rng.uniform(0.0, 2.0, rows).astype(np.float32) if weighted else np.zeros(0, np.float32)
+    tied = probs.copy()
+    tied[0] = logits[0]  # zero differences: a zero gradient
     args = {
         "softmax_crossentropy_from_logits": (logits, NO_TARGETS, labels, weights, grad) if sparse
         else (logits, onehot, NO_LABELS, weights, grad),
@@ -662,6 +666,8 @@ def _loss_case(name, sparse, weighted=False):
         "sigmoid_crossentropy_from_logits": (logits, binary, weights, grad),
         "binary_crossentropy_from_probabilities": (probs, binary, weights, EPSILON, grad),
         "mean_squared_error": (logits, probs, weights, grad),
+        "mean_absolute_error": (logits, tied, weights, grad),
+        "huber": (logits, tied, weights, 1.5, grad),
     }[name]
     return getattr(cpu_losses, name), getattr(gpu_losses, name), args
 
@@ -673,7 +679,8 @@ def _loss_case(name, sparse, weighted=False):
                                           ("crossentropy_from_probabilities", False),
                                           ("sigmoid_crossentropy_from_logits", False),
                                           ("binary_crossentropy_from_probabilities", False),
-                                          ("mean_squared_error", False)])
+                                          ("mean_squared_error", False),
+                                          ("mean_absolute_error", False), ("huber", False)])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_losses(name, sparse, weighted):
     cpu_kernel, gpu_kernel, args = _loss_case(name, sparse, weighted)

@@ -428,8 +428,8 @@ def test_compile_settings_nbnet_lacks_are_refused_by_name(tmp_path):
     naming what is missing (nbnet never trains on something else)."""
     case = next(c for c in CASES if c["name"] == "two_in_two_out")
 
-    def huber(compiled):
-        compiled["loss"][1] = "huber"
+    def log_cosh(compiled):
+        compiled["loss"][1] = "log_cosh"
 
     def smoothing(compiled):
         compiled["loss"][0]["config"]["label_smoothing"] = 0.1
@@ -441,7 +441,7 @@ def test_compile_settings_nbnet_lacks_are_refused_by_name(tmp_path):
     def weighted(compiled):
         compiled["weighted_metrics"] = [["accuracy"], []]
 
-    for change, message in ((huber, r"output 'score': nbnet has no loss 'huber'"),
+    for change, message in ((log_cosh, r"output 'score': nbnet has no loss 'log_cosh'"),
                             (smoothing, r"output 'match': the loss BinaryCrossentropy with label_smoothing=0.1 is "
                                         "not supported"),
                             (unknown_metric, r"nbnet has no metric RootMeanSquaredError \('rmse'\)"),

@@ -28,7 +28,7 @@ def case_id(case, *keys):
 # ---------------------------------------------------------------------------- losses
 @pytest.mark.parametrize("case", FIXTURE["losses"], ids=lambda c: f"{c['loss']}-{c['from_logits']}-{c['what']}")
 def test_loss_value_and_gradient_equal_keras(case):
-    loss = losses.get({"name": case["loss"], "from_logits": case["from_logits"]})
+    loss = losses.get({"name": case["loss"], "from_logits": case["from_logits"], **case.get("kwargs", {})})
     y_pred = f32(case["y_pred"])
     targets = loss.prepare_targets(np.asarray(case["y_true"]), y_pred.shape[1])
     grad = np.empty_like(y_pred)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nbnet import losses, optimizers, schedules
+from nbnet.errors import NbnetError
 
 
 def softmax(z):
@@ -96,6 +97,36 @@ def test_mean_squared_error_averages_over_outputs_and_batch():
     diff = preds.astype(np.float64) - targets
     assert value == pytest.approx((diff ** 2).mean(), rel=1e-6)
     np.testing.assert_allclose(grad, 2 * diff / diff.size, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["mae", "huber", losses.Huber(delta=0.25)])
+def test_regression_losses_train_weighted_and_survive_both_files(loss, tmp_path):
+    """mean absolute error and Huber (its delta kept) in a real fit with sample weights: the
+    loss falls, evaluate agrees with the loss function on the predictions, and .nbnet and
+    .keras files bring the loss back."""
+    import nbnet as keras
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((256, 4)).astype(np.float32)
+    y = x @ rng.standard_normal((4, 2)).astype(np.float32) + 3.0
+    weights = rng.uniform(0.5, 1.5, 256).astype(np.float32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)],
+                             seed=0)
+    model.compile(keras.optimizers.Adam(0.05), loss)
+    history = model.fit(x, y, sample_weight=weights, batch_size=32, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    expected = losses.get(loss)(y, model.predict(x))
+    assert model.evaluate(x, y, batch_size=256, verbose=0) == pytest.approx(float(expected), rel=1e-5)
+    for name in ("model.nbnet", "model.keras"):
+        model.save(tmp_path / name)
+        loaded = keras.models.load_model(tmp_path / name)
+        assert loaded.loss.get_config() == losses.get(loss).get_config(), name
+        assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-6)
+
+
+def test_huber_refuses_a_delta_that_is_not_positive():
+    with pytest.raises(NbnetError, match="delta must be positive, received 0"):
+        losses.Huber(delta=0)
 
 
 def reference_steps(name, params, grads, steps, **hp):

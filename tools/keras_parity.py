@@ -75,6 +75,8 @@ def loss_cases():
     binary_logits[1] = [120.0, -120.0, 0.0]
     regression_true = rng.standard_normal((8, 3)).astype(np.float32)
     regression_pred = rng.standard_normal((8, 3)).astype(np.float32)
+    tied = regression_pred.copy()
+    tied[:2] = regression_true[:2]  # |x|'s gradient at 0: Keras (on torch) takes 0
 
     cases = [
         ("categorical_crossentropy", False, one_hot, probs, "one-hot, rows summing to 1"),
@@ -90,19 +92,26 @@ def loss_cases():
         ("binary_crossentropy", False, binary_targets, binary_probs, "probabilities, some at 0 and 1"),
         ("binary_crossentropy", True, binary_targets, binary_logits, "logits, some at +-120"),
         ("mean_squared_error", False, regression_true, regression_pred, "three outputs"),
+        ("mean_absolute_error", False, regression_true, tied, "three outputs, some differences 0"),
+        ("huber", False, regression_true, regression_pred * 2, "three outputs, both sides of delta"),
+        ("huber", False, regression_true, tied, "delta 0.5, some differences 0", {"delta": 0.5}),
     ]
     constructors = {
         "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
         "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
         "binary_crossentropy": keras.losses.BinaryCrossentropy,
         "mean_squared_error": keras.losses.MeanSquaredError,
+        "mean_absolute_error": keras.losses.MeanAbsoluteError,
+        "huber": keras.losses.Huber,
     }
     out = []
-    for name, from_logits, y_true, y_pred, what in cases:
-        loss = constructors[name](from_logits=from_logits) if name != "mean_squared_error" else constructors[name]()
+    for name, from_logits, y_true, y_pred, what, *settings in cases:
+        kwargs = settings[0] if settings else {}
+        loss = constructors[name](from_logits=from_logits, **kwargs) if "crossentropy" in name else \
+            constructors[name](**kwargs)
         value, grad = loss_value_and_grad(loss, y_true, y_pred)
-        out.append({"loss": name, "from_logits": from_logits, "what": what, "y_true": as_list(y_true),
-                    "y_pred": as_list(y_pred), "value": value, "grad": as_list(grad)})
+        out.append({"loss": name, "from_logits": from_logits, "what": what, "kwargs": kwargs,
+                    "y_true": as_list(y_true), "y_pred": as_list(y_pred), "value": value, "grad": as_list(grad)})
     return out
 
 

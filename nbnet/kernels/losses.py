@@ -124,3 +124,37 @@ def mean_squared_error(preds, targets, weights, grad):
             total += w * diff * diff / width
             grad[i, k] = diff * scale * w
     return total
+
+
+@njit(cache=True)
+def mean_absolute_error(preds, targets, weights, grad):
+    """The gradient at a zero difference is 0 (sign(0)), as Keras's."""
+    rows, width = preds.shape
+    scale = 1.0 / (rows * width)
+    total = 0.0
+    for i in range(rows):
+        w = row_weight(weights, i)
+        for k in range(width):
+            diff = np.float64(preds[i, k]) - targets[i, k]
+            total += w * abs(diff) / width
+            grad[i, k] = np.sign(diff) * scale * w
+    return total
+
+
+@njit(cache=True)
+def huber(preds, targets, weights, delta, grad):
+    """Keras's Huber loss: diff^2 / 2 where |diff| <= delta, else delta * (|diff| - delta / 2)."""
+    rows, width = preds.shape
+    scale = 1.0 / (rows * width)
+    total = 0.0
+    for i in range(rows):
+        w = row_weight(weights, i)
+        for k in range(width):
+            diff = np.float64(preds[i, k]) - targets[i, k]
+            if abs(diff) <= delta:
+                total += w * 0.5 * diff * diff / width
+                grad[i, k] = diff * scale * w
+            else:
+                total += w * delta * (abs(diff) - 0.5 * delta) / width
+                grad[i, k] = delta * np.sign(diff) * scale * w
+    return total

@@ -233,3 +233,51 @@ def mean_squared_error(preds, targets, weights, grad, total_out=None):
         blocks, threads = launch_1d(rows * width)
         _mean_squared_error_kernel[blocks, threads](preds, targets, weights, 2.0 / (rows * width), terms, grad)
     return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _mean_absolute_error_kernel(preds, targets, weights, scale, terms, grad):
+    rows, width = preds.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        diff = (preds[i, k] + 0.0) - targets[i, k]
+        w = _row_weight(weights, i)
+        terms[idx] = w * abs(diff) / width
+        sign = 1.0 if diff > 0.0 else (-1.0 if diff < 0.0 else 0.0)
+        grad[i, k] = sign * scale * w
+
+
+def mean_absolute_error(preds, targets, weights, grad, total_out=None):
+    rows, width = preds.shape
+    terms = _terms(rows * width)
+    if rows * width:
+        blocks, threads = launch_1d(rows * width)
+        _mean_absolute_error_kernel[blocks, threads](preds, targets, weights, 1.0 / (rows * width), terms, grad)
+    return sum_float64(terms, total_out)
+
+
+@cuda.jit
+def _huber_kernel(preds, targets, weights, delta, scale, terms, grad):
+    rows, width = preds.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        diff = (preds[i, k] + 0.0) - targets[i, k]
+        w = _row_weight(weights, i)
+        if abs(diff) <= delta:
+            terms[idx] = w * 0.5 * diff * diff / width
+            grad[i, k] = diff * scale * w
+        else:
+            sign = 1.0 if diff > 0.0 else -1.0
+            terms[idx] = w * delta * (abs(diff) - 0.5 * delta) / width
+            grad[i, k] = delta * sign * scale * w
+
+
+def huber(preds, targets, weights, delta, grad, total_out=None):
+    rows, width = preds.shape
+    terms = _terms(rows * width)
+    if rows * width:
+        blocks, threads = launch_1d(rows * width)
+        _huber_kernel[blocks, threads](preds, targets, weights, float(delta), 1.0 / (rows * width), terms, grad)
+    return sum_float64(terms, total_out)
