@@ -298,7 +298,7 @@ def _chunk_tiles(channels, filters, pooled):
     return CHUNK_TILES if pooled else max(1, PLAIN_CHUNK_VALUES // (channels + filters))
 
 
-def _chunks(first, stop, per_image, chunk_tiles):
+def chunk_ranges(first, stop, per_image, chunk_tiles):
     """(start, end, blocks) of the chunks of images first..stop-1, ``chunk_tiles`` blocks or
     fewer each (at least one image)."""
     images = max(1, chunk_tiles // per_image)
@@ -307,20 +307,24 @@ def _chunks(first, stop, per_image, chunk_tiles):
         yield start, end, (end - start) * per_image
 
 
+def worker_buffers(key, make):
+    """This worker thread's buffers for ``key``, made by ``make()`` the first time and kept
+    between calls (a model's layers keep theirs)."""
+    store = getattr(_scratch, "buffers", None)
+    if store is None:
+        store = _scratch.buffers = {}
+    if key not in store:
+        store[key] = make()
+    return store[key]
+
+
 def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
-    """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad),
-    kept between calls per geometry (a model's layers keep theirs)."""
+    """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
     channels = x.shape[3]
-    key = (blocks, channels, filters, tiles_h, tiles_w, x.dtype.str)
-    store = getattr(_scratch, "forward", None)
-    if store is None:
-        store = _scratch.forward = {}
-    if key not in store:
-        store[key] = (np.empty((16, blocks, channels), x.dtype), np.empty((16, blocks, filters), x.dtype),
-                      np.zeros((2 * tiles_h + 2) * (2 * tiles_w + 2) * channels, x.dtype),
-                      np.empty((4, filters), x.dtype))
-    return store[key]
+    return worker_buffers(("forward 3x3", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
+        np.empty((16, blocks, channels), x.dtype), np.empty((16, blocks, filters), x.dtype),
+        np.zeros((2 * tiles_h + 2) * (2 * tiles_w + 2) * channels, x.dtype), np.empty((4, filters), x.dtype)))
 
 
 def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
@@ -332,7 +336,7 @@ def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
 
     def run(first, stop):
         v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
             finish(m, start, end, quad)
@@ -365,18 +369,13 @@ def conv3x3_forward(x, kernel, pad_top, pad_left, u, z):
 
 def _worker_backward_scratch(v, m, image):
     """This worker thread's buffers for the backward pass, shaped after its forward ones
-    (from _worker_scratch) and kept the same way."""
+    (from _worker_scratch)."""
     _, blocks, channels = v.shape
     filters = m.shape[2]
-    key = (blocks, channels, filters, image.size, v.dtype.str)
-    store = getattr(_scratch, "backward", None)
-    if store is None:
-        store = _scratch.backward = {}
-    if key not in store:
-        store[key] = (np.empty_like(v), np.empty((16, channels, filters), v.dtype),
-                      np.empty((16, channels, filters), v.dtype), np.empty_like(image),
-                      np.empty((16, channels), v.dtype), np.empty((4, filters), v.dtype), np.empty(filters, v.dtype))
-    return store[key]
+    return worker_buffers(("backward 3x3", blocks, channels, filters, image.size, v.dtype.str), lambda: (
+        np.empty_like(v), np.empty((16, channels, filters), v.dtype), np.empty((16, channels, filters), v.dtype),
+        np.empty_like(image), np.empty((16, channels), v.dtype), np.empty((4, filters), v.dtype),
+        np.empty(filters, v.dtype)))
 
 
 def _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, gradient, dkernel, need_dx, dx):
@@ -396,7 +395,7 @@ def _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, gradien
         dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(v, m, image)
         du[:] = 0
         bias_sums[:] = 0
-        for start, end, tiles in _chunks(first, stop, tiles_h * tiles_w, chunk):
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             gradient(m, start, end, quad, bias_sums)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)

@@ -9,6 +9,7 @@ from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.planar import applies as planar_applies
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies
+from ..kernels.winograd5x5 import applies as winograd5x5_applies
 from ..tensor import as_tensor
 from .base import Layer
 from .core import ActivationMixin, KernelMixin, _reg_config
@@ -151,12 +152,16 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        # Which pass: planar, else direct, else Winograd, else im2col (see each applies()).
+        # Which pass: planar, else direct, else Winograd, else im2col (see each applies());
+        # outside training, a 5x5 conv that Winograd F(2x2, 5x5) serves takes it first.
+        winograd5x5 = (not training and ops.conv5x5_forward is not None
+                       and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
+                                               out_h * out_w))
         pooled_winograd = (self.pool is not None and ops.conv3x3_maxpool_forward is not None
                            and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
-        planar = (ops.planar_conv_forward is not None
+        planar = (not winograd5x5 and ops.planar_conv_forward is not None
                   and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
-        direct = not planar and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
+        direct = not (planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         if self.pool is not None:
             winograd = not (direct or planar) and pooled_winograd
         else:
@@ -164,9 +169,10 @@ class Conv2D(KernelMixin, Layer):
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar = direct, winograd, planar
-        # These passes read the input again in backward; im2col keeps its columns.
-        self._x = x if direct or winograd or planar else None
-        self._cols = (None if direct or winograd or planar
+        # These passes read the input again in backward; im2col keeps its columns (and a
+        # backward after an inference pass makes them, see backward).
+        self._x = x if direct or winograd or planar or winograd5x5 else None
+        self._cols = (None if direct or winograd or planar or winograd5x5
                       else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
         if self.pool is not None:
             # Returns the pool's output: the conv's own activation is never stored.
@@ -182,6 +188,9 @@ class Conv2D(KernelMixin, Layer):
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 if planar:
                     ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+                elif winograd5x5:
+                    ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
+                                        z.reshape(batch, out_h, out_w, self.filters))
                 else:
                     ops.im2col(x, *geometry, self._cols)
                     ops.matmul(self._cols, kernel2d, out=z)
@@ -195,6 +204,9 @@ class Conv2D(KernelMixin, Layer):
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
         elif winograd:
             ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(),
+                                z.reshape(batch, out_h, out_w, self.filters))
+        elif winograd5x5:
+            ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
                                 z.reshape(batch, out_h, out_w, self.filters))
         else:
             ops.im2col(x, *geometry, self._cols)
@@ -247,6 +259,9 @@ class Conv2D(KernelMixin, Layer):
                                  *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
                                  dx is not None, dx if dx is not None else self._x[:0])
             return dx
+        if self._cols is None:  # the forward was an inference pass (Winograd 5x5): no columns kept
+            self._cols = self._buffer("cols", (dz.shape[0], kernel2d.shape[0]), dtype)
+            ops.im2col(self._x, *self._geometry_used, self._cols)
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
@@ -255,10 +270,11 @@ class Conv2D(KernelMixin, Layer):
                             self._cols if dx is not None else None, dx)
         return dx
 
-    def _kernel_transform(self):
-        """The Winograd pass's buffer for the transformed kernel (16, in, out)."""
+    def _kernel_transform(self, positions=16):
+        """A Winograd pass's buffer for the transformed kernel (positions, in, out): 16 for
+        F(2x2, 3x3), 36 for F(2x2, 5x5)."""
         kernel = self.params["kernel"]
-        return self._buffer("kernel_transform", (16,) + tuple(kernel.shape[2:]), kernel.dtype)
+        return self._buffer(f"kernel_transform{positions}", (positions,) + tuple(kernel.shape[2:]), kernel.dtype)
 
     def _depthwise(self, channels):
         """groups == in_channels is a depthwise convolution: the kernel (kh, kw, 1, F) is

@@ -1,0 +1,213 @@
+"""Winograd F(2x2, 5x5) forward pass of a 5x5, stride-1 Conv2D, for inference.
+
+A 5x5 convolution of C input and F output channels costs 25*C*F multiply-adds per output
+pixel; im2col + GEMM spends them all in BLAS, which runs at its peak there (130-140
+GFLOP/s on this 2-core machine), so only fewer multiplies make it faster. Here each 2x2
+block of outputs comes from the 6x6 input patch under it: transformed (B^T d B) per input
+channel, multiplied position by position with the transformed kernel (G g G^T) and summed
+over input channels (36 small matmuls, one per position, in BLAS), then transformed back
+(A^T m A): 9 multiply-adds per pixel and channel pair instead of 25. The transforms are
+Toom-Cook's on the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, "Fast Algorithms
+for Convolutional Neural Networks", 2016), built below from those points.
+
+Training keeps im2col, whose columns the backward pass reuses; this pass serves evaluate
+and predict, where the layer keeps nothing for a backward pass. Its results equal im2col's
+up to float32 rounding (the transforms' largest coefficient is 5; tests/test_winograd5x5.py
+bounds the difference). The batch is split across the matmul workers as in winograd.py,
+each running its images a chunk at a time so the chunk's transformed input and products
+stay in its core's cache.
+"""
+
+import numpy as np
+from numba import njit
+from numpy.polynomial import polynomial
+
+from .conv import pad_image
+from .matmul import for_each_worker
+from .winograd import chunk_ranges, worker_buffers
+
+# Values (transformed input + products) per chunk: about 1.6 MB of float32.
+CHUNK_VALUES = 400_000
+# One pass, 2 cores, ms. Against im2col + BLAS (batch 128): 14x14x32 -> 64 'same' 22.8 ->
+# 16.5, 28x28x16 -> 32 42.8 -> 24.1, 14x14x64 -> 64 48.5 -> 29.8, 13x13x32 -> 64 'valid'
+# 10.4 -> 9.6; at 8 input channels even (32x32x8 -> 16, batch 32: 7.2 against 7.0).
+# Against the planar pass, which Conv2D takes for few channels and filters (batch 1000):
+# 14x14x16 -> 32 56.6 -> 37.9, but 14x14x16 -> 16 28.9 -> 35.8 and 10x10x6 -> 16 6.8 ->
+# 11.7. So from 16 channels and 512 channel pairs. On outputs under 4x4 most of a 2x2
+# block's work is wasted.
+MIN_CHANNELS = 16
+MIN_CHANNEL_PAIRS = 512
+MIN_PIXELS = 16
+
+
+def toom_cook(m, r, points):
+    """(A^T, G, B^T) of Winograd's F(m, r) on ``points`` (m + r - 2 distinct values; the
+    last point is infinity): for a signal d of m + r - 1 values and a filter g of r, the
+    correlation y[i] = sum_k g[k] d[i + k] is A^T ((G g) * (B^T d))."""
+    n = m + r - 1
+    points = np.asarray(points, np.float64)
+    if len(points) != n - 1 or len(set(points.tolist())) != n - 1:
+        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct points, received {points.tolist()}.")
+    a_t, g, b_t = np.zeros((m, n)), np.zeros((n, r)), np.zeros((n, n))
+    for j, point in enumerate(points):
+        others = np.delete(points, j)
+        a_t[:, j] = point ** np.arange(m)
+        g[j] = point ** np.arange(r) / np.prod(point - others)
+        b_t[j, :n - 1] = polynomial.polyfromroots(others)  # ascending powers
+    a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1.0
+    b_t[n - 1] = polynomial.polyfromroots(points)
+    return a_t, g, b_t
+
+
+_A_T, _G, _B_T = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))
+# (G g G^T)[i, j] = sum over r, s of G[i, r] G[j, s] g[r, s]: one matmul by kron(G, G).
+_GG = {np.dtype(dtype): np.kron(_G, _G).astype(dtype) for dtype in (np.float32, np.float64)}
+
+
+def applies(kernel_size, strides, channels, filters, out_pixels):
+    """Whether an inference pass of a plain (ungrouped, undilated) Conv2D takes this path."""
+    return (tuple(kernel_size) == (5, 5) and tuple(strides) == (1, 1) and channels >= MIN_CHANNELS
+            and channels * filters >= MIN_CHANNEL_PAIRS and out_pixels >= MIN_PIXELS)
+
+
+def kernel_transform(kernel, u):
+    """u[6*i + j, c, o] = (G g G^T)[i, j] of each 5x5 slice g = kernel[:, :, c, o]."""
+    np.matmul(_GG[kernel.dtype], kernel.reshape(25, -1), out=u.reshape(36, -1))
+
+
+def _terms(matrix, count):
+    """Each row's nonzero coefficients as ``count`` (column, coefficient) pairs, padded
+    with zero coefficients on column 0, so every pass below is a fixed-size sum."""
+    columns = np.zeros((matrix.shape[0], count), np.intp)
+    coefficients = np.zeros((matrix.shape[0], count))
+    for row in range(matrix.shape[0]):
+        nonzero = np.flatnonzero(matrix[row])
+        columns[row, :len(nonzero)] = nonzero
+        coefficients[row, :len(nonzero)] = matrix[row, nonzero]
+    return columns, coefficients
+
+
+# The transforms run two passes of small matrix products (rows, then columns), each output
+# one vector pass over the channels (or filters) with every input term at once: a pass of
+# a fixed few inputs is what LLVM vectorises, where adding term by term into the output
+# read and wrote it once per term (3x slower). B^T has 3-4 nonzeros a row, A^T 5.
+_B_COLUMNS, _B_COEFFICIENTS = _terms(_B_T, 4)
+_A_COLUMNS, _A_COEFFICIENTS = _terms(_A_T, 5)
+
+
+# 'contract': each coefficient * value + sum is one FMA.
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def input_transform(x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, rows, v):
+    """v[6*i + j, t, c] = (B^T d B)[i, j] of the 6x6 patch d of channel c under block t,
+    the blocks of images first..stop-1 in row-major order per image. ``image`` is a zeroed
+    buffer of (2*tiles_h + 4) * (2*tiles_w + 4) * channels (each image is copied into it
+    with its padding, so no patch needs a bounds check); ``rows`` (36, channels) scratch."""
+    channels = x.shape[3]
+    padded_h, padded_w = 2 * tiles_h + 4, 2 * tiles_w + 4
+    line = padded_w * channels
+    tile = 0
+    for n in range(first, stop):
+        pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                corner = (2 * ti * padded_w + 2 * tj) * channels
+                for i in range(6):  # rows[6*i + b] = (B^T d)[i, b]
+                    a0, a1, a2, a3 = _B_COLUMNS[i, 0], _B_COLUMNS[i, 1], _B_COLUMNS[i, 2], _B_COLUMNS[i, 3]
+                    k0 = x.dtype.type(_B_COEFFICIENTS[i, 0])
+                    k1 = x.dtype.type(_B_COEFFICIENTS[i, 1])
+                    k2 = x.dtype.type(_B_COEFFICIENTS[i, 2])
+                    k3 = x.dtype.type(_B_COEFFICIENTS[i, 3])
+                    for b in range(6):
+                        # Slices count from 0: no negative-wraparound check per index.
+                        base = corner + b * channels
+                        s0, s1 = image[np.uintp(base + a0 * line):], image[np.uintp(base + a1 * line):]
+                        s2, s3 = image[np.uintp(base + a2 * line):], image[np.uintp(base + a3 * line):]
+                        out = rows[6 * i + b]
+                        for c in range(channels):
+                            out[c] = k0 * s0[c] + k1 * s1[c] + k2 * s2[c] + k3 * s3[c]
+                for j in range(6):  # v[6*i + j] = ((B^T d) B)[i, j]
+                    b0, b1, b2, b3 = _B_COLUMNS[j, 0], _B_COLUMNS[j, 1], _B_COLUMNS[j, 2], _B_COLUMNS[j, 3]
+                    k0 = x.dtype.type(_B_COEFFICIENTS[j, 0])
+                    k1 = x.dtype.type(_B_COEFFICIENTS[j, 1])
+                    k2 = x.dtype.type(_B_COEFFICIENTS[j, 2])
+                    k3 = x.dtype.type(_B_COEFFICIENTS[j, 3])
+                    for i in range(6):
+                        s0, s1, s2, s3 = rows[6 * i + b0], rows[6 * i + b1], rows[6 * i + b2], rows[6 * i + b3]
+                        out = v[6 * i + j, tile]
+                        for c in range(channels):
+                            out[c] = k0 * s0[c] + k1 * s1[c] + k2 * s2[c] + k3 * s3[c]
+                tile += 1
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def output_blocks(m, first, stop, rows, z):
+    """z[n, 2*ti + r, 2*tj + s] = (A^T m A)[r, s] for block (ti, tj) of images
+    first..stop-1, where that lies inside z (an odd side's last blocks are half outside).
+    ``rows`` (12, filters) scratch."""
+    out_h, out_w, filters = z.shape[1], z.shape[2], z.shape[3]
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    tile = 0
+    for n in range(first, stop):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                for i in range(2):  # rows[6*i + b] = (A^T m)[i, b]
+                    a0, a1, a2 = _A_COLUMNS[i, 0], _A_COLUMNS[i, 1], _A_COLUMNS[i, 2]
+                    a3, a4 = _A_COLUMNS[i, 3], _A_COLUMNS[i, 4]
+                    k0 = z.dtype.type(_A_COEFFICIENTS[i, 0])
+                    k1 = z.dtype.type(_A_COEFFICIENTS[i, 1])
+                    k2 = z.dtype.type(_A_COEFFICIENTS[i, 2])
+                    k3 = z.dtype.type(_A_COEFFICIENTS[i, 3])
+                    k4 = z.dtype.type(_A_COEFFICIENTS[i, 4])
+                    for b in range(6):
+                        s0, s1, s2 = m[6 * a0 + b, tile], m[6 * a1 + b, tile], m[6 * a2 + b, tile]
+                        s3, s4 = m[6 * a3 + b, tile], m[6 * a4 + b, tile]
+                        out = rows[6 * i + b]
+                        for o in range(filters):
+                            out[o] = k0 * s0[o] + k1 * s1[o] + k2 * s2[o] + k3 * s3[o] + k4 * s4[o]
+                for j in range(2):
+                    col = 2 * tj + j
+                    b0, b1, b2 = _A_COLUMNS[j, 0], _A_COLUMNS[j, 1], _A_COLUMNS[j, 2]
+                    b3, b4 = _A_COLUMNS[j, 3], _A_COLUMNS[j, 4]
+                    k0 = z.dtype.type(_A_COEFFICIENTS[j, 0])
+                    k1 = z.dtype.type(_A_COEFFICIENTS[j, 1])
+                    k2 = z.dtype.type(_A_COEFFICIENTS[j, 2])
+                    k3 = z.dtype.type(_A_COEFFICIENTS[j, 3])
+                    k4 = z.dtype.type(_A_COEFFICIENTS[j, 4])
+                    for i in range(2):
+                        row = 2 * ti + i
+                        if row < out_h and col < out_w:
+                            s0, s1, s2 = rows[6 * i + b0], rows[6 * i + b1], rows[6 * i + b2]
+                            s3, s4 = rows[6 * i + b3], rows[6 * i + b4]
+                            out = z[n, row, col]
+                            for o in range(filters):
+                                out[o] = k0 * s0[o] + k1 * s1[o] + k2 * s2[o] + k3 * s3[o] + k4 * s4[o]
+                tile += 1
+
+
+def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
+    """This worker thread's chunk buffers (v, m, the padded image, the two transforms' rows)."""
+    blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
+    channels = x.shape[3]
+    return worker_buffers(("forward 5x5", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
+        np.empty((36, blocks, channels), x.dtype), np.empty((36, blocks, filters), x.dtype),
+        np.zeros((2 * tiles_h + 4) * (2 * tiles_w + 4) * channels, x.dtype), np.empty((36, channels), x.dtype),
+        np.empty((12, filters), x.dtype)))
+
+
+def conv5x5_forward(x, kernel, pad_top, pad_left, u, z):
+    """z = conv5x5(x, kernel) (no bias), z of shape (batch, out_h, out_w, filters) from the
+    input corner (-pad_top, -pad_left); ``u`` a (36, in, out) buffer for the kernel's
+    transform."""
+    _, out_h, out_w, filters = z.shape
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    kernel_transform(kernel, u)
+    chunk = max(1, CHUNK_VALUES // (36 * (x.shape[3] + filters)))
+
+    def run(first, stop):
+        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
+            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, in_rows, v)
+            np.matmul(v[:, :tiles], u, out=m[:, :tiles])
+            output_blocks(m, start, end, out_rows, z)
+
+    for_each_worker(run, x.shape[0])
