@@ -1,6 +1,6 @@
-"""Winograd F(2x2, 5x5), the inference pass of 5x5 convolutions: its transforms, its
-output against a float64 convolution, and the layer's use of it (predict and evaluate
-only; training and a backward pass after an inference pass keep im2col's results)."""
+"""Winograd F(2x2, 5x5), the pass of 5x5 convolutions from 16 channels: its transforms,
+its output and gradients against a float64 convolution, the layer's gradients against
+finite differences, and a training step against im2col's."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import pytest
 import nbnet as keras
 from nbnet import layers
 from nbnet.kernels.conv import im2col, output_geometry
+from nbnet.kernels import winograd5x5
 from nbnet.kernels.winograd5x5 import conv5x5_forward, toom_cook
 
 
@@ -54,54 +55,114 @@ def test_forward_equals_the_convolution(batch, height, width, channels, filters,
     assert np.abs(z - expected).max() <= 2e-5 * np.abs(expected).max()
 
 
-def _net(pool, filters):
-    keras.utils.set_random_seed(4)
-    stack = [keras.Input((12, 12, 16)), layers.Conv2D(filters, 5, padding="same", activation="relu")]
-    stack += [layers.MaxPooling2D(2)] if pool else []
-    model = keras.Sequential(stack + [layers.Flatten(), layers.Dense(3, activation="softmax")])
-    model.compile("sgd", "sparse_categorical_crossentropy")
-    return model
+def reference_backward(x, kernel, dz, padding):
+    """The kernel and input gradients of the convolution in float64: im2col's products and
+    the columns' gradient added back window by window."""
+    batch, height, width, channels = x.shape
+    out_h, out_w, top, left = output_geometry(height, width, (5, 5), (1, 1), padding)
+    cols = np.empty((batch * out_h * out_w, 25 * channels))
+    im2col(x.astype(np.float64), 5, 5, 1, 1, top, left, out_h, out_w, cols)
+    rows = dz.reshape(-1, kernel.shape[-1]).astype(np.float64)
+    dkernel = (cols.T @ rows).reshape(kernel.shape)
+    windows = (rows @ kernel.reshape(-1, kernel.shape[-1]).astype(np.float64).T).reshape(
+        batch, out_h, out_w, 5, 5, channels)
+    padded = np.zeros((batch, height + 8, width + 8, channels))
+    for p in range(5):
+        for q in range(5):
+            padded[:, 4 - top + p:4 - top + p + out_h, 4 - left + q:4 - left + q + out_w] += windows[:, :, :, p, q]
+    return dkernel, padded[:, 4:4 + height, 4:4 + width]
 
 
-@pytest.mark.parametrize("pool", [False, True])
-@pytest.mark.parametrize("filters, training_pass", [(40, "im2col"), (32, "planar")])
-def test_predict_takes_winograd_and_training_keeps_its_pass(pool, filters, training_pass):
-    """16 -> 40 channels train by im2col, 16 -> 32 by the planar pass; both predict by
-    Winograd, to the same outputs up to rounding."""
-    model = _net(pool, filters)
-    conv = model.layers[0]
-    x = np.random.default_rng(1).standard_normal((6, 12, 12, 16)).astype(np.float32)
-    trained_forward = model(x, training=True).numpy()
-    assert conv._planar == (training_pass == "planar") and (conv._cols is not None) == (training_pass == "im2col")
-    predicted = model.predict(x)
-    assert not conv._planar and conv._cols is None and conv._x is not None  # Winograd: no columns kept
-    np.testing.assert_allclose(predicted, trained_forward, rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(predicted, trained_forward)  # (a different pass indeed)
+@pytest.mark.parametrize("batch, height, width, channels, filters, padding, dtype", [
+    (3, 14, 14, 32, 64, "same", np.float32),
+    (2, 13, 11, 16, 8, "valid", np.float32),
+    (40, 8, 8, 16, 16, "same", np.float32),
+    (2, 9, 7, 16, 3, "same", np.float64),
+])
+def test_backward_equals_the_convolutions_gradients(batch, height, width, channels, filters, padding, dtype):
+    rng = np.random.default_rng(batch + channels)
+    x = rng.standard_normal((batch, height, width, channels)).astype(dtype)
+    kernel = (rng.standard_normal((5, 5, channels, filters)) / np.sqrt(25 * channels)).astype(dtype)
+    out_h, out_w, top, left = output_geometry(height, width, (5, 5), (1, 1), padding)
+    dz = rng.standard_normal((batch, out_h, out_w, filters)).astype(dtype)
+    expected_dkernel, expected_dx = reference_backward(x, kernel, dz, padding)
+    dkernel = np.ones_like(kernel)  # the gradient is added in
+    dx = np.full(x.shape, np.nan, dtype)
+    winograd5x5.conv5x5_backward(x, kernel, dz, top, left, np.empty((36, channels, filters), dtype), dkernel,
+                                 True, dx)
+    rounding = 3e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(dkernel - 1 - expected_dkernel).max() <= rounding * np.abs(expected_dkernel).max()
+    assert np.abs(dx - expected_dx).max() <= rounding * np.abs(expected_dx).max()
+    untouched = np.full(x.shape, 7.0, dtype)
+    winograd5x5.conv5x5_backward(x, kernel, dz, top, left, np.empty((36, channels, filters), dtype),
+                                 np.zeros_like(kernel), False, untouched)
+    assert (untouched == 7.0).all()
 
 
-def test_a_backward_after_an_inference_pass_gives_the_training_gradients():
-    conv = layers.Conv2D(40, 5, padding="same", activation="tanh")
-    conv.build((10, 10, 16), np.random.default_rng(0))
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 10, 10, 16)).astype(np.float32)
-    dy = rng.standard_normal((4, 10, 10, 40)).astype(np.float32)
-    gradients = []
-    for training in (True, False):
-        conv.forward(x, training=training)
-        assert (conv._cols is None) == (not training)  # im2col, then Winograd
-        dx = conv.backward(dy.copy()).copy()
-        gradients.append((dx, conv.grads["kernel"].copy(), conv.grads["bias"].copy()))
-        conv.grads["kernel"][:] = 0
-        conv.grads["bias"][:] = 0
-    for after_training, after_inference in zip(*gradients):
-        # (the activation's derivative comes from outputs that differ in the last bits)
-        np.testing.assert_allclose(after_inference, after_training, rtol=2e-4, atol=2e-6 * np.abs(after_training).max())
+def test_applies_to_5x5_stride_1_from_16_channels_and_512_pairs():
+    assert winograd5x5.applies((5, 5), (1, 1), 16, 32, 196)
+    assert not winograd5x5.applies((5, 5), (1, 1), 16, 16, 196)  # 256 pairs: the planar pass is faster
+    assert not winograd5x5.applies((5, 5), (1, 1), 8, 128, 196)
+    assert not winograd5x5.applies((5, 5), (2, 2), 32, 64, 196)
+    assert not winograd5x5.applies((3, 3), (1, 1), 32, 64, 196)
+    assert not winograd5x5.applies((5, 5), (1, 1), 32, 64, 9)
+
+
+def _conv_layer(pool, activation, seed=0):
+    """A 5x5 conv on 16 channels (float64), its bias keeping the pre-activations away
+    from relu's kink, the pooled ones away from ties."""
+    conv = layers.Conv2D(32, 5, padding="same", activation=activation)
+    conv.build((6, 7, 16), np.random.default_rng(seed))
+    conv.astype(np.float64)
+    if pool:
+        conv.pool = layers.MaxPooling2D(2)
+        conv.pool.build((6, 7, 32))
+    return conv
+
+
+@pytest.mark.parametrize("pool, activation", [(False, "tanh"), (False, None), (True, "relu")])
+def test_layer_gradients_equal_finite_differences(pool, activation):
+    """Conv2D's Winograd pass (forward and backward) against central differences, as
+    tests/test_layers.py checks every layer, pooled (the fused pool's gradient) or not."""
+    import test_layers
+
+    conv = _conv_layer(pool, activation)
+    x = np.random.default_rng(7).standard_normal((2, 6, 7, 16))
+    conv.forward(x, training=True)
+    assert conv._winograd5x5 and not conv._planar and conv._cols is None
+    test_layers.assert_gradients(conv, x, training=True)
+
+
+def test_training_with_winograd_equals_training_with_im2col(monkeypatch):
+    """One SGD step of a model whose 5x5 conv runs Winograd equals the step with im2col
+    (up to float32 rounding); predict takes the same pass."""
+    from nbnet.devices import cpu
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 12, 12, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    results = []
+    for forward in (cpu.conv5x5_forward, None):
+        monkeypatch.setattr(cpu, "conv5x5_forward", forward)
+        keras.utils.set_random_seed(4)
+        model = keras.Sequential([keras.Input((12, 12, 16)), layers.Conv2D(40, 5, padding="same", activation="relu"),
+                                  layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3, activation="softmax")])
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+        results.append((model.get_weights(), model.predict(x), model.layers[0]._winograd5x5))
+    (weights, predicted, used), (im2col_weights, im2col_predicted, unused) = results
+    assert used and not unused
+    for a, b in zip(weights, im2col_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predicted, im2col_predicted, rtol=1e-4, atol=1e-6)
 
 
 def test_model_with_a_5x5_layer_exports_and_matches_onnxruntime(tmp_path):
     from nbnet import onnx as nbnet_onnx
 
-    model = _net(pool=True, filters=40)
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((12, 12, 16)), layers.Conv2D(40, 5, padding="same", activation="relu"),
+                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3, activation="softmax")])
     x = np.random.default_rng(3).standard_normal((5, 12, 12, 16)).astype(np.float32)
     result = nbnet_onnx.export(model, tmp_path / "net.onnx", print_fn=None, x=x)
-    assert result.report.passed
+    assert result.report.passed and model.layers[0]._winograd5x5

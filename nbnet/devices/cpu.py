@@ -32,7 +32,7 @@ from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
 from ..kernels.winograd import (conv3x3_backward, conv3x3_forward, conv3x3_maxpool_backward,  # noqa: F401
                                conv3x3_maxpool_forward)
-from ..kernels.winograd5x5 import conv5x5_forward  # noqa: F401
+from ..kernels.winograd5x5 import conv5x5_backward, conv5x5_forward  # noqa: F401
 
 name = "cpu"
 _nothing = {}

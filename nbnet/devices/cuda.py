@@ -38,7 +38,7 @@ name = "cuda"
 # Conv2D's Winograd and planar passes (see nbnet/kernels/winograd.py and planar.py) are
 # the CPU's alone: on the GPU those convs run as im2col and the tiled GEMM.
 conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_backward = None
-conv5x5_forward = None
+conv5x5_forward = conv5x5_backward = None
 planar_conv_forward = planar_conv_backward = None
 _nothing = {}
 

@@ -245,12 +245,27 @@ def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
                 tile += 1
 
 
+@njit(inline="always")
+def crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx):
+    """dx[n] = the padded image's gradient ``dimage`` without its padding (the adjoint of
+    conv.pad_image); input pixels past the padded image get zero."""
+    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
+    zero = dx.dtype.type(0.0)
+    for row in range(height):
+        for col in range(width):
+            py, px = row + pad_top, col + pad_left
+            inside = py < padded_h and px < padded_w
+            base = (py * padded_w + px) * channels
+            for c in range(channels):
+                dx[n, row, col, c] = dimage[base + c] if inside else zero
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx):
     """dx[n] = the sum over blocks of B dv B^T, each on its 4x4 patch: the adjoint of
     input_transform for images first..stop-1. ``rows`` (16, channels) and ``dimage`` (the
     padded image's size) are scratch; input pixels no patch reaches get zero."""
-    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
+    channels = dx.shape[3]
     padded_h, padded_w = 2 * tiles_h + 2, 2 * tiles_w + 2
     zero = dx.dtype.type(0.0)
     tile = 0
@@ -282,13 +297,7 @@ def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w
                         for c in range(channels):
                             out[c] += b0 * t0[c] + b1 * t1[c] + b2 * t2[c]
                 tile += 1
-        for row in range(height):
-            for col in range(width):
-                py, px = row + pad_top, col + pad_left
-                inside = py < padded_h and px < padded_w
-                base = (py * padded_w + px) * channels
-                for c in range(channels):
-                    dx[n, row, col, c] = dimage[base + c] if inside else zero
+        crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx)
 
 
 def _chunk_tiles(channels, filters, pooled):

@@ -1,4 +1,6 @@
-"""Winograd F(2x2, 5x5) forward pass of a 5x5, stride-1 Conv2D, for inference.
+"""Winograd F(2x2, 5x5) passes of a 5x5, stride-1 Conv2D (``conv5x5_forward`` /
+``conv5x5_backward``: the conv output itself, before bias and activation, which the layer
+adds as on its im2col path, and a max pool after it runs as on the planar path).
 
 A 5x5 convolution of C input and F output channels costs 25*C*F multiply-adds per output
 pixel; im2col + GEMM spends them all in BLAS, which runs at its peak there (130-140
@@ -8,14 +10,17 @@ channel, multiplied position by position with the transformed kernel (G g G^T) a
 over input channels (36 small matmuls, one per position, in BLAS), then transformed back
 (A^T m A): 9 multiply-adds per pixel and channel pair instead of 25. The transforms are
 Toom-Cook's on the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, "Fast Algorithms
-for Convolutional Neural Networks", 2016), built below from those points.
+for Convolutional Neural Networks", 2016), built below from those points. The backward
+pass is the exact adjoint of these steps. Results equal im2col's up to float32 rounding
+(the transforms' largest coefficient is 5: about 5x im2col's rounding, 2e-5 of the
+outputs' scale; tests/test_winograd5x5.py bounds it).
 
-Training keeps im2col, whose columns the backward pass reuses; this pass serves evaluate
-and predict, where the layer keeps nothing for a backward pass. Its results equal im2col's
-up to float32 rounding (the transforms' largest coefficient is 5; tests/test_winograd5x5.py
-bounds the difference). The batch is split across the matmul workers as in winograd.py,
-each running its images a chunk at a time so the chunk's transformed input and products
-stay in its core's cache.
+Training step of a Conv2D + max pool + GAP + dense model, batch 128, 2 cores, ms, im2col
+(or planar) -> Winograd: 14x14x32 -> 64 with a 2x2 pool 45 -> 21, 14x14x64 -> 64 79 ->
+34, 14x14x16 -> 32 (planar) 15.3 -> 13, 10x10x16 -> 32 7.6 -> 5.5, 28x28x16 -> 32 with a
+pool (planar) even at 40; batch 32, 14x14x32 -> 64: 10.7 -> 7. The batch is split across
+the matmul workers as in winograd.py, each running its images a chunk at a time so the
+chunk's transformed input and products stay in its core's cache.
 """
 
 import numpy as np
@@ -24,7 +29,7 @@ from numpy.polynomial import polynomial
 
 from .conv import pad_image
 from .matmul import for_each_worker
-from .winograd import chunk_ranges, worker_buffers
+from .winograd import chunk_ranges, crop_image, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
 CHUNK_VALUES = 400_000
@@ -93,6 +98,10 @@ def _terms(matrix, count):
 # read and wrote it once per term (3x slower). B^T has 3-4 nonzeros a row, A^T 5.
 _B_COLUMNS, _B_COEFFICIENTS = _terms(_B_T, 4)
 _A_COLUMNS, _A_COEFFICIENTS = _terms(_A_T, 5)
+# The backward pass's adjoints run the transposed matrices the same way: B (columns of
+# B^T) has 1-5 nonzeros a row, A 1-2.
+_BT_COLUMNS, _BT_COEFFICIENTS = _terms(_B_T.T, 5)
+_AT_COLUMNS, _AT_COEFFICIENTS = _terms(_A_T.T, 2)
 
 
 # 'contract': each coefficient * value + sum is one FMA.
@@ -184,6 +193,96 @@ def output_blocks(m, first, stop, rows, z):
                 tile += 1
 
 
+# The backward pass is the adjoint of each forward step, in reverse: the output gradient
+# into the transformed domain (A E A^T), the 36 products transposed (one for the kernel's
+# gradient, one for the input's), and B dV B^T added back onto the overlapping patches.
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def gradient_blocks(dz, first, stop, quad, rows, m):
+    """m[6*a + b, t, o] = (A E A^T)[a, b] for block t's 2x2 gradient E of the conv output
+    (zero past an odd side's edge): the adjoint of output_blocks. ``quad`` (4, filters)
+    and ``rows`` (12, filters) are scratch."""
+    out_h, out_w, filters = dz.shape[1], dz.shape[2], dz.shape[3]
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    zero = dz.dtype.type(0.0)
+    tile = 0
+    for n in range(first, stop):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                for position in range(4):
+                    row, col = 2 * ti + position // 2, 2 * tj + position % 2
+                    out = quad[position]
+                    if row < out_h and col < out_w:
+                        source = dz[n, row, col]
+                        for o in range(filters):
+                            out[o] = source[o]
+                    else:
+                        out[:] = zero
+                for b in range(6):  # rows[6*i + b] = (E A^T)[i, b]
+                    j0, j1 = _AT_COLUMNS[b, 0], _AT_COLUMNS[b, 1]
+                    k0 = dz.dtype.type(_AT_COEFFICIENTS[b, 0])
+                    k1 = dz.dtype.type(_AT_COEFFICIENTS[b, 1])
+                    for i in range(2):
+                        s0, s1 = quad[2 * i + j0], quad[2 * i + j1]
+                        out = rows[6 * i + b]
+                        for o in range(filters):
+                            out[o] = k0 * s0[o] + k1 * s1[o]
+                for a in range(6):  # m[6*a + b] = (A (E A^T))[a, b]
+                    i0, i1 = _AT_COLUMNS[a, 0], _AT_COLUMNS[a, 1]
+                    k0 = dz.dtype.type(_AT_COEFFICIENTS[a, 0])
+                    k1 = dz.dtype.type(_AT_COEFFICIENTS[a, 1])
+                    for b in range(6):
+                        s0, s1 = rows[6 * i0 + b], rows[6 * i1 + b]
+                        out = m[6 * a + b, tile]
+                        for o in range(filters):
+                            out[o] = k0 * s0[o] + k1 * s1[o]
+                tile += 1
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx):
+    """dx[n] = the sum over blocks of B dv B^T, each on its 6x6 patch: the adjoint of
+    input_transform for images first..stop-1. ``rows`` (36, channels) and ``dimage`` (the
+    padded image's size) are scratch; input pixels no patch reaches get zero."""
+    channels = dx.shape[3]
+    padded_h, padded_w = 2 * tiles_h + 4, 2 * tiles_w + 4
+    zero = dx.dtype.type(0.0)
+    tile = 0
+    for n in range(first, stop):
+        dimage[:] = zero
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                for b in range(6):  # rows[6*i + b] = (dv B^T)[i, b]
+                    j0, j1, j2 = _BT_COLUMNS[b, 0], _BT_COLUMNS[b, 1], _BT_COLUMNS[b, 2]
+                    j3, j4 = _BT_COLUMNS[b, 3], _BT_COLUMNS[b, 4]
+                    k0 = dx.dtype.type(_BT_COEFFICIENTS[b, 0])
+                    k1 = dx.dtype.type(_BT_COEFFICIENTS[b, 1])
+                    k2 = dx.dtype.type(_BT_COEFFICIENTS[b, 2])
+                    k3 = dx.dtype.type(_BT_COEFFICIENTS[b, 3])
+                    k4 = dx.dtype.type(_BT_COEFFICIENTS[b, 4])
+                    for i in range(6):
+                        s0, s1, s2 = dv[6 * i + j0, tile], dv[6 * i + j1, tile], dv[6 * i + j2, tile]
+                        s3, s4 = dv[6 * i + j3, tile], dv[6 * i + j4, tile]
+                        out = rows[6 * i + b]
+                        for c in range(channels):
+                            out[c] = k0 * s0[c] + k1 * s1[c] + k2 * s2[c] + k3 * s3[c] + k4 * s4[c]
+                for a in range(6):  # the patch's row a += (B (dv B^T))[a, b]
+                    i0, i1, i2 = _BT_COLUMNS[a, 0], _BT_COLUMNS[a, 1], _BT_COLUMNS[a, 2]
+                    i3, i4 = _BT_COLUMNS[a, 3], _BT_COLUMNS[a, 4]
+                    k0 = dx.dtype.type(_BT_COEFFICIENTS[a, 0])
+                    k1 = dx.dtype.type(_BT_COEFFICIENTS[a, 1])
+                    k2 = dx.dtype.type(_BT_COEFFICIENTS[a, 2])
+                    k3 = dx.dtype.type(_BT_COEFFICIENTS[a, 3])
+                    k4 = dx.dtype.type(_BT_COEFFICIENTS[a, 4])
+                    for b in range(6):
+                        s0, s1, s2 = rows[6 * i0 + b], rows[6 * i1 + b], rows[6 * i2 + b]
+                        s3, s4 = rows[6 * i3 + b], rows[6 * i4 + b]
+                        out = dimage[np.uintp(((2 * ti + a) * padded_w + 2 * tj + b) * channels):]
+                        for c in range(channels):
+                            out[c] += k0 * s0[c] + k1 * s1[c] + k2 * s2[c] + k3 * s3[c] + k4 * s4[c]
+                tile += 1
+        crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx)
+
+
 def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     """This worker thread's chunk buffers (v, m, the padded image, the two transforms' rows)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
@@ -211,3 +310,46 @@ def conv5x5_forward(x, kernel, pad_top, pad_left, u, z):
             output_blocks(m, start, end, out_rows, z)
 
     for_each_worker(run, x.shape[0])
+
+
+def _worker_backward_scratch(v, m, image):
+    """This worker thread's buffers for the backward pass, shaped after its forward ones."""
+    _, blocks, channels = v.shape
+    filters = m.shape[2]
+    return worker_buffers(("backward 5x5", blocks, channels, filters, image.size, v.dtype.str), lambda: (
+        np.empty_like(v), np.empty((36, channels, filters), v.dtype), np.empty((36, channels, filters), v.dtype),
+        np.empty_like(image), np.empty((4, filters), v.dtype)))
+
+
+def conv5x5_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
+    """The backward pass of conv5x5_forward from ``dz`` (the gradient of its output, the
+    activation's already applied): adds into ``dkernel`` (5, 5, in, out); with ``need_dx``,
+    writes the input gradient into ``dx``. Each worker sums its images' kernel gradients;
+    the sums are added in a fixed order."""
+    _, out_h, out_w, filters = dz.shape
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    kernel_transform(kernel, u)
+    chunk = max(1, CHUNK_VALUES // (36 * (x.shape[3] + filters)))
+    u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # (BLAS ran m @ u.T slower on the strided view in winograd.py)
+
+    def run(first, stop):
+        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        dv, du_chunk, du, dimage, quad = _worker_backward_scratch(v, m, image)
+        du[:] = 0
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
+            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, in_rows, v)
+            gradient_blocks(dz, start, end, quad, out_rows, m)
+            np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
+            du += du_chunk
+            if need_dx:
+                np.matmul(m[:, :tiles], u_t, out=dv[:, :tiles])
+                input_transform_adjoint(dv, start, end, pad_top, pad_left, tiles_h, tiles_w, in_rows, dimage, dx)
+        # A copy: the pool may run both parts on one thread, one after the other, and the
+        # second would reset the first's sum in this thread's scratch.
+        return du.copy()
+
+    sums = for_each_worker(run, x.shape[0])
+    du = sums[0]
+    for more in sums[1:]:
+        du += more
+    dkernel += (_GG[kernel.dtype].T @ du.reshape(36, -1)).reshape(dkernel.shape)

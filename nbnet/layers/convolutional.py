@@ -152,9 +152,9 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        # Which pass: planar, else direct, else Winograd, else im2col (see each applies());
-        # outside training, a 5x5 conv that Winograd F(2x2, 5x5) serves takes it first.
-        winograd5x5 = (not training and ops.conv5x5_forward is not None
+        # Which pass: Winograd F(2x2, 5x5), else planar, else direct, else Winograd
+        # F(2x2, 3x3), else im2col (see each applies()).
+        winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
         pooled_winograd = (self.pool is not None and ops.conv3x3_maxpool_forward is not None
@@ -168,9 +168,8 @@ class Conv2D(KernelMixin, Layer):
             winograd = (not (direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         self._x_shape, self._geometry_used = x.shape, geometry
-        self._direct, self._winograd, self._planar = direct, winograd, planar
-        # These passes read the input again in backward; im2col keeps its columns (and a
-        # backward after an inference pass makes them, see backward).
+        self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
+        # These passes read the input again in backward; im2col keeps its columns.
         self._x = x if direct or winograd or planar or winograd5x5 else None
         self._cols = (None if direct or winograd or planar or winograd5x5
                       else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
@@ -253,15 +252,18 @@ class Conv2D(KernelMixin, Layer):
             ops.direct_conv_backward(self._x, kernel2d, dz, *self._geometry_used, dkernel, dx is not None,
                                      dx if dx is not None else self._x[:0])
             return dx
+        if self._winograd5x5:
+            out_h, out_w = self._geometry_used[-2:]
+            ops.conv5x5_backward(self._x, self.params["kernel"], dz.reshape(-1, out_h, out_w, self.filters),
+                                 *self._geometry_used[4:6], self._kernel_transform(36), self.grads["kernel"],
+                                 dx is not None, dx if dx is not None else self._x[:0])
+            return dx
         if self._winograd:
             out_h, out_w = self._geometry_used[-2:]
             ops.conv3x3_backward(self._x, self.params["kernel"], dz.reshape(-1, out_h, out_w, self.filters),
                                  *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
                                  dx is not None, dx if dx is not None else self._x[:0])
             return dx
-        if self._cols is None:  # the forward was an inference pass (Winograd 5x5): no columns kept
-            self._cols = self._buffer("cols", (dz.shape[0], kernel2d.shape[0]), dtype)
-            ops.im2col(self._x, *self._geometry_used, self._cols)
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
         # buffer as large as the columns (18 MB for the MNIST CNN's second layer).
