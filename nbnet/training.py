@@ -37,11 +37,11 @@ PREDICT_CHUNK_BYTES = 16 << 20
 GPU_STEPS_PER_EXECUTION = 20
 
 
-
 def _check_steps(steps, method, argument="steps"):
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise NbnetError(f"{method}: {argument} must be a positive number of batches, received {steps!r}.")
     return int(steps)
+
 
 class TrainingLoop:
     """fit / evaluate / predict / train_on_batch of a Model (a mixin: it reads the model's
