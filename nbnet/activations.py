@@ -13,6 +13,9 @@ _BY_NAME = {
     "tanh": (kernels.TANH, 0.0),
     "softmax": (kernels.SOFTMAX, 0.0),
     "leaky_relu": (kernels.LEAKY_RELU, 0.2),
+    "elu": (kernels.ELU, 1.0),  # (its alpha travels as the slope)
+    "selu": (kernels.SELU, 0.0),
+    "softplus": (kernels.SOFTPLUS, 0.0),
 }
 SUPPORTED = tuple(_BY_NAME)
 
@@ -59,3 +62,18 @@ def softmax(x, axis=-1):
 def leaky_relu(x, negative_slope=0.2):
     x = np.asarray(x)
     return np.where(x > 0, x, negative_slope * x)
+
+
+def elu(x, alpha=1.0):
+    x = np.asarray(x)
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def selu(x):
+    x = np.asarray(x)
+    return kernels.SELU_SCALE * np.where(x > 0, x, kernels.SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+
+
+def softplus(x):
+    x = np.asarray(x)
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))

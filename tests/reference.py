@@ -56,6 +56,13 @@ def activation(name, z, negative_slope=0.2):
         return np.tanh(z)
     if name == "leaky_relu":
         return np.where(z > 0, z, negative_slope * z)
+    if name == "elu":  # negative_slope: its alpha
+        return np.where(z > 0, z, negative_slope * (np.exp(np.minimum(z, 0)) - 1))
+    if name == "selu":  # Klambauer et al.'s constants, as Keras
+        alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+        return scale * np.where(z > 0, z, alpha * (np.exp(np.minimum(z, 0)) - 1))
+    if name == "softplus":
+        return np.log(1 + np.exp(z))
     if name == "softmax":
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)

@@ -270,7 +270,7 @@ def rand(rng, *shape, dtype=np.float32):
     return rng.standard_normal(shape).astype(dtype)
 
 
-ALL_CODES = ["LINEAR", "RELU", "SIGMOID", "TANH", "SOFTMAX", "LEAKY_RELU"]
+ALL_CODES = ["LINEAR", "RELU", "SIGMOID", "TANH", "SOFTMAX", "LEAKY_RELU", "ELU", "SELU", "SOFTPLUS"]
 
 
 @sim_only

@@ -41,7 +41,7 @@ FORWARD_RTOL = 1e-10    # float64 layer forward vs NumPy reference: max|y - ref|
 FLOAT32_RTOL = 1e-4     # float32 path vs float64 path (outputs and gradients), same metric
 KINK_MARGIN = 1e-3      # min |pre-activation| at a ReLU kink / min gap between max-pool candidates
 
-ACTIVATIONS = [None, "linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu"]
+ACTIVATIONS = [None, "linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu", "softplus"]
 KINKED = {"relu", "leaky_relu"}
 
 
@@ -660,6 +660,10 @@ ACTIVATION_LAYERS = [
     ("Softmax", layers.Softmax, "softmax", 0.0),
     ("LeakyReLU", layers.LeakyReLU, "leaky_relu", 0.3),
     ("LeakyReLU-0.1", lambda: layers.LeakyReLU(negative_slope=0.1), "leaky_relu", 0.1),
+    ("Activation-elu", lambda: layers.Activation("elu"), "elu", 1.0),
+    ("ELU-0.5", lambda: layers.ELU(alpha=0.5), "elu", 0.5),
+    ("Activation-selu", lambda: layers.Activation("selu"), "selu", 0.0),
+    ("Activation-softplus", lambda: layers.Activation("softplus"), "softplus", 0.0),
 ]
 
 
@@ -680,6 +684,8 @@ def test_leaky_relu_rejects_negative_slope():
     with pytest.raises(NbnetError, match="negative_slope"):
         layers.LeakyReLU(negative_slope=-0.1)
     assert layers.LeakyReLU(negative_slope=0.0).negative_slope == 0.0
+    with pytest.raises(NbnetError, match="ELU 'e': alpha must be >= 0, received -1"):
+        layers.ELU(alpha=-1, name="e")
 
 
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])

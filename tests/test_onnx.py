@@ -15,7 +15,7 @@ from nbnet.errors import ExportError, ModelFileError
 from nbnet.onnx.opsets import MIN_OPSET, ir_version_for
 from nbnet.onnx.verifier import _argmax_stats
 
-ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "leaky_relu", "linear"]
+ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "leaky_relu", "linear", "elu", "selu", "softplus"]
 ATOL = 1e-5
 
 
@@ -82,7 +82,7 @@ def test_fused_activations(activation):
 
 ACTIVATION_LAYERS = {**{f"Activation({a})": (lambda a=a: layers.Activation(a)) for a in ACTIVATIONS},
                      "ReLU": layers.ReLU, "Softmax": layers.Softmax, "LeakyReLU(0.1)": lambda: layers.LeakyReLU(0.1),
-                     "LeakyReLU": layers.LeakyReLU}
+                     "LeakyReLU": layers.LeakyReLU, "ELU(0.7)": lambda: layers.ELU(0.7)}
 
 
 @pytest.mark.parametrize("make", ACTIVATION_LAYERS.values(), ids=ACTIVATION_LAYERS.keys())

@@ -24,9 +24,9 @@ the error as its reason (``pytest -rs`` lists each excluded case and why); any o
 failure fails.
 
 Counts (onnx 1.23.2, CPU; ``pytest -v -rs tests/test_onnx_backend.py``):
-    node cases                       399 selected: 99 pass, 300 excluded
-    pytorch-converted                 62 selected: 34 pass,  28 excluded
-    pytorch-operator                  16 selected:  5 pass,  11 excluded
+    node cases                       416 selected: 103 pass, 313 excluded
+    pytorch-converted                 65 selected: 37 pass,  28 excluded
+    pytorch-operator                  17 selected:  6 pass,  11 excluded
     simple                             1 selected:  1 pass
 The exclusions, by reason: the first axis of a node case is not a batch (Transpose,
 Squeeze, Unsqueeze, Reshape, Gather, Slice, Softmax across axis 0, a constant varying along
@@ -34,8 +34,8 @@ it, 1-D inputs); input or output types other than float32 (Cast and CastLike to 
 float8/4-bit, double inputs, Shape's int64 output, sequences/optionals); outputs that are
 constants; the ``_expanded`` variants' ReduceMax and other unsupported operators; 1-D and
 3-D Conv and pooling; grouped/dilated Conv; dilated pooling; MatMul with a rank-1 or
-rank > 2 operand; Dropout in training mode; and opset-6 graphs with computed Concat or
-Gemm C operands.
+rank > 2 operand; Dropout in training mode; Selu with constants other than SELU's own;
+and opset-6 graphs with computed Concat or Gemm C operands.
 """
 
 import glob
@@ -59,9 +59,9 @@ from onnx.backend.base import Backend, BackendRep  # noqa: E402
 from nbnet.onnx.importing import OnnxImportError, import_proto  # noqa: E402
 
 OPERATORS = ["Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sub",
-             "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Clip", "Flatten",
-             "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "BatchNormalization", "Dropout", "Identity",
-             "Constant", "Shape", "Gather", "Slice", "Cast", "ConstantOfShape"]
+             "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softmax", "LogSoftmax",
+             "Clip", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "BatchNormalization", "Dropout",
+             "Identity", "Constant", "Shape", "Gather", "Slice", "Cast", "ConstantOfShape"]
 MODEL_KINDS = ("pytorch-converted", "pytorch-operator", "simple")
 ORT_RTOL, ORT_ATOL = 1e-3, 1e-5
 

@@ -541,6 +541,8 @@ def _architectures():
         "rescaling_offset": ([keras.Input((5, 5, 1)), layers.Rescaling(1 / 127.5, offset=-1.0), layers.Conv2D(2, 1),
                               layers.GlobalMaxPooling2D(), layers.Dense(2, activation="softmax")],
                              "sparse_categorical_crossentropy", "sgd"),
+        "exponential_units": ([keras.Input((6,)), layers.Dense(8, activation="elu"), layers.Activation("selu"),
+                               layers.ELU(alpha=0.5), layers.Dense(3, activation="softplus")], "mse", "adam"),
     }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import REDUCTION_CHUNKS
-from .activations import activate, gradient_from_output
+from .activations import activate_fusable, gradient_from_output
 
 
 def _partials(rows, channels):
@@ -71,7 +71,7 @@ def _normalise(x, mean, inv_std, gamma, beta, code, alpha, x_hat, y):
             normed = (x[i, k] - mean[k]) * inv_std[k]
             x_hat[i, k] = normed
             y[i, k] = gamma[k] * normed + beta[k]
-        activate(code, alpha, y[i])
+        activate_fusable(code, alpha, y[i])
 
 
 def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out):
@@ -112,7 +112,7 @@ def _scale_shift_rows(x, scale, shift, code, alpha, y):
     for i in prange(rows):
         for k in range(channels):
             y[i, k] = x[i, k] * scale[k] + shift[k]
-        activate(code, alpha, y[i])
+        activate_fusable(code, alpha, y[i])
 
 
 def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):

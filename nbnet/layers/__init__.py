@@ -2,7 +2,7 @@
 
 from .base import Layer
 from .convolutional import Conv2D, DepthwiseConv2D
-from .core import Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Softmax
+from .core import ELU, Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Softmax
 from .input import Input, InputLayer
 from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate,
                       maximum, minimum, multiply, subtract)
@@ -15,7 +15,7 @@ from .reshaping import Reshape, ZeroPadding2D
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
 GlobalAvgPool2D, GlobalMaxPool2D = GlobalAveragePooling2D, GlobalMaxPooling2D
 
-__all__ = ["Input", "InputLayer", "Layer", "Conv2D", "DepthwiseConv2D", "Dense", "Dropout", "Flatten", "Activation", "ReLU", "Softmax", "LeakyReLU",
+__all__ = ["Input", "InputLayer", "Layer", "Conv2D", "DepthwiseConv2D", "Dense", "Dropout", "Flatten", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU",
            "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AvgPool2D", "Rescaling",
            "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Reshape",
            "ZeroPadding2D", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",

@@ -247,3 +247,20 @@ class LeakyReLU(_NamedActivation):
 
     def get_config(self):
         return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+class ELU(_NamedActivation):
+    """Keras 3's ELU layer: x above 0, else alpha * (exp(x) - 1)."""
+
+    function = "elu"
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        # The derivative below 0 is read off the output (out + alpha), which must stay
+        # below 0 there: a negative alpha would flip its sign.
+        if not float(alpha) >= 0.0:
+            raise NbnetError(f"ELU '{self.name}': alpha must be >= 0, received {alpha!r}.")
+        self._slope = self.alpha = float(alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}

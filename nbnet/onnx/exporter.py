@@ -18,8 +18,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ExportError
+from ..kernels.activations import SELU_ALPHA, SELU_SCALE
 from ..kernels.conv import same_padding
-from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, BroadcastOperation, Clip,
+from ..layers import (ELU, Activation, Add, Average, AveragePooling2D, BatchNormalization, BroadcastOperation, Clip,
                       Concatenate, ConstantOperation, Conv2D, Dense, DepthwiseConv2D, LogSoftmax, Permute, Take,
                       Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
                       MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, Subtract, ZeroPadding2D)
@@ -103,7 +104,13 @@ def _activation(graph, prefix, tensor, activation, slope):
     if activation == "leaky_relu":
         return _Tensor(graph.node("LeakyRelu", [tensor.name], f"{prefix}/leaky_relu", alpha=float(slope)), tensor.rank,
                        tensor.channels_first)
-    ops = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+    if activation == "elu":
+        return _Tensor(graph.node("Elu", [tensor.name], f"{prefix}/elu", alpha=float(slope)), tensor.rank,
+                       tensor.channels_first)
+    if activation == "selu":  # ONNX's defaults are float32 roundings of these
+        return _Tensor(graph.node("Selu", [tensor.name], f"{prefix}/selu", alpha=SELU_ALPHA, gamma=SELU_SCALE),
+                       tensor.rank, tensor.channels_first)
+    ops = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus"}
     if activation not in ops:
         raise ExportError(f"Layer '{prefix}': activation {activation!r} has no ONNX mapping.")
     return _Tensor(graph.node(ops[activation], [tensor.name], f"{prefix}/{activation}"), tensor.rank,
@@ -328,7 +335,7 @@ CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, DepthwiseConv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
     Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
-    Softmax: _activation_layer, LeakyReLU: _activation_layer, Rescaling: _rescaling,
+    Softmax: _activation_layer, LeakyReLU: _activation_layer, ELU: _activation_layer, Rescaling: _rescaling,
     GlobalAveragePooling2D: _global_pooling("GlobalAveragePool"), GlobalMaxPooling2D: _global_pooling("GlobalMaxPool"),
     Reshape: _reshape, ZeroPadding2D: _zero_padding,
     Add: _elementwise("Add", False), Subtract: _elementwise("Sub", False), Multiply: _elementwise("Mul", False),

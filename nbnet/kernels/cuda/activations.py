@@ -12,7 +12,8 @@ import math
 
 from numba import cuda
 
-from ..activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTMAX, TANH  # noqa: F401 (re-exported codes)
+from ..activations import (ELU, LEAKY_RELU, LINEAR, RELU, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID,  # noqa: F401
+                           SOFTMAX, SOFTPLUS, TANH)  # (the codes re-exported)
 from . import as_scalar, chunking, launch_1d, workspace
 
 
@@ -21,6 +22,17 @@ def _max(a, b):
     """Python's max(a, b), spelled out: with Numba 0.68's CUDA target the two-argument
     builtin failed to compile in the offline PTX check (tests/test_cuda_kernels.py)."""
     return b if b > a else a
+
+
+@cuda.jit(device=True)
+def _exponential_activation(x, code, alpha):
+    """ELU (``alpha``), SELU or softplus of the float64 ``x``, as the CPU's
+    exponential_unit and softplus."""
+    if code == SOFTPLUS:
+        return _max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+    unit_alpha = alpha if code == ELU else SELU_ALPHA
+    unit_scale = 1.0 if code == ELU else SELU_SCALE
+    return unit_scale * x if x > 0.0 else unit_scale * unit_alpha * math.expm1(x)
 
 
 @cuda.jit
@@ -43,6 +55,11 @@ def _bias_activation_kernel(z, bias, code, alpha, one, zero, y):
             value = math.tanh(value)
         elif code == LEAKY_RELU:
             value = value if value > 0 else alpha * value
+        elif code == ELU or code == SELU or code == SOFTPLUS:
+            # In float64 as the CPU kernel, stored straight into y (``value`` keeps its
+            # dtype for the other codes).
+            y[i, k] = _exponential_activation(value + 0.0, code, alpha + 0.0)
+            continue
         y[i, k] = value
 
 
@@ -96,6 +113,12 @@ def _derivative(out, grad, code, alpha, zero):
         grad = grad * (1 - out * out)
     elif code == LEAKY_RELU:
         grad = grad if out > 0 else alpha * grad
+    elif code == ELU:
+        grad = grad if out > 0 else grad * (out + alpha)
+    elif code == SELU:
+        grad = grad * SELU_SCALE if out > 0 else grad * (out + SELU_SCALE * SELU_ALPHA)
+    elif code == SOFTPLUS:
+        grad = grad * -math.expm1(-out)
     return grad
 
 

@@ -82,6 +82,32 @@ converter("Tanh", since=1)(_unary(_activation_layer("tanh"), np.tanh))
 converter("LeakyRelu", since=1)(_unary(_leaky_layer, None))
 
 
+def _elu_layer(ctx, node):
+    from ...layers import ELU
+
+    alpha = float(ctx.attributes(node).get("alpha", 1.0))
+    if alpha < 0:
+        raise ctx.error(f"alpha={alpha}", "alpha >= 0")
+    return ctx.named(ELU, alpha=alpha)
+
+
+def _selu_layer(ctx, node):
+    """SELU with Keras's constants (ONNX's defaults are their float32 roundings)."""
+    from ...kernels.activations import SELU_ALPHA, SELU_SCALE
+    from ...layers import Activation
+
+    attributes = ctx.attributes(node)
+    alpha, gamma = float(attributes.get("alpha", SELU_ALPHA)), float(attributes.get("gamma", SELU_SCALE))
+    if not (np.isclose(alpha, SELU_ALPHA, rtol=1e-6) and np.isclose(gamma, SELU_SCALE, rtol=1e-6)):
+        raise ctx.error(f"alpha={alpha}, gamma={gamma}", f"SELU's own alpha={SELU_ALPHA:.7f}, gamma={SELU_SCALE:.7f}")
+    return ctx.named(Activation, "selu")
+
+
+converter("Elu", since=1)(_unary(_elu_layer, None))
+converter("Selu", since=1)(_unary(_selu_layer, None))
+converter("Softplus", since=1)(_unary(_activation_layer("softplus"), lambda a: np.logaddexp(a, 0)))
+
+
 def _clip(ctx, node, x, low, high):
     from ...layers import Clip, ReLU
 
