@@ -63,8 +63,11 @@ class Optimizer:
 
     @property
     def learning_rate(self):
-        """A Variable (``.assign(x)``, ``backend.set_value``, reads as a float), or the
-        schedule the optimizer was given."""
+        """A Variable (``.assign(x)``, ``backend.set_value``, reads as a float); with a
+        schedule, as Keras, the schedule's rate at the current step (the schedule itself
+        stays in ``_learning_rate`` and the config)."""
+        if isinstance(self._learning_rate, schedules.LearningRateSchedule):
+            return self.current_learning_rate()
         return self._learning_rate
 
     @learning_rate.setter

@@ -201,3 +201,30 @@ def test_schedules_step_and_cosine():
     np.testing.assert_allclose(flat, -1.0, rtol=1e-6)  # ten steps at 0.1
     restored = optimizers.get(optimizer.get_config())
     assert restored.current_learning_rate() == pytest.approx(0.1)  # a fresh optimizer starts at step 0
+
+
+@pytest.mark.parametrize("schedule", [
+    schedules.CosineDecay(0.01, 30, alpha=0.1, name="warm", warmup_target=0.1, warmup_steps=5),
+    schedules.CosineDecayRestarts(0.1, 8, t_mul=1.5, m_mul=0.8, name="sgdr"),
+    schedules.PolynomialDecay(0.1, 20, end_learning_rate=0.01, power=2.0, cycle=True),
+    schedules.InverseTimeDecay(0.1, 5, 0.5, staircase=True),
+], ids=lambda schedule: type(schedule).__name__)
+def test_schedules_drive_a_fit_and_survive_both_files(schedule, tmp_path):
+    """Each schedule as Adam's learning rate (Keras's name= taken): the optimizer's rate
+    follows it step by step, and .nbnet and .keras files bring it back (Keras writes
+    warmup_target and warmup_steps into every CosineDecay's config)."""
+    import nbnet as keras
+
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.standard_normal((40, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], seed=0)
+    model.compile(keras.optimizers.Adam(schedule), "mse")
+    rates = []
+    model.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: rates.append(float(model.optimizer.learning_rate)))])
+    assert rates == pytest.approx([schedule(step) for step in range(12)], rel=1e-6)
+    assert len(set(np.round(rates, 8))) > 2  # (it really changes)
+    for name in ("model.nbnet", "model.keras"):
+        model.save(tmp_path / name)
+        restored = keras.models.load_model(tmp_path / name).optimizer._learning_rate
+        assert type(restored) is type(schedule) and restored.get_config() == schedule.get_config(), name

@@ -278,6 +278,17 @@ def schedule_cases():
         ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 40}),
         ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 40, "alpha": 0.2}),
         ("PiecewiseConstantDecay", {"boundaries": [5, 12], "values": [0.1, 0.05, 0.01]}),
+        ("CosineDecay", {"initial_learning_rate": 0.01, "decay_steps": 30, "alpha": 0.1, "warmup_target": 0.1,
+                         "warmup_steps": 10}),
+        ("InverseTimeDecay", {"initial_learning_rate": 0.1, "decay_steps": 7, "decay_rate": 0.5}),
+        ("InverseTimeDecay", {"initial_learning_rate": 0.1, "decay_steps": 7, "decay_rate": 0.5, "staircase": True}),
+        ("PolynomialDecay", {"initial_learning_rate": 0.1, "decay_steps": 25}),
+        ("PolynomialDecay", {"initial_learning_rate": 0.1, "decay_steps": 25, "end_learning_rate": 0.01, "power": 2.0,
+                             "cycle": True}),
+        ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 8}),
+        ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 10, "t_mul": 1.0, "m_mul": 0.5,
+                                 "alpha": 0.1}),
+        ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 5, "t_mul": 1.5, "m_mul": 0.8}),
     ]
     out = []
     for name, kwargs in configs:
