@@ -188,6 +188,16 @@ class MeanAbsoluteError(_wrapper(mean_absolute_error, "mean_absolute_error")):
     pass
 
 
+class RootMeanSquaredError(MeanSquaredError):
+    """The square root of MeanSquaredError's (weighted) mean, as Keras's."""
+
+    def __init__(self, name="root_mean_squared_error", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def result(self):
+        return as_tensor(np.float32(np.sqrt(self.total / self.count) if self.count else 0.0))
+
+
 class _Confusion(Metric):
     """True/false positive/negative counts at each threshold: a prediction is positive
     when it is strictly above the threshold, as Keras counts."""
@@ -305,12 +315,14 @@ class AUC(_Confusion):
 
 _CLASSES = {cls.__name__: cls for cls in (
     Mean, Accuracy, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy, TopKCategoricalAccuracy,
-    SparseTopKCategoricalAccuracy, MeanSquaredError, MeanAbsoluteError, Precision, Recall, AUC)}
+    SparseTopKCategoricalAccuracy, MeanSquaredError, MeanAbsoluteError, RootMeanSquaredError, Precision, Recall,
+    AUC)}
 _BY_NAME = {
     "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy, "top_k_categorical_accuracy": TopKCategoricalAccuracy,
     "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy, "mean_squared_error": MeanSquaredError,
     "mse": MeanSquaredError, "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "root_mean_squared_error": RootMeanSquaredError,
     "precision": Precision, "recall": Recall, "auc": AUC,
 }
 # Keras's loss-dependent accuracy names.

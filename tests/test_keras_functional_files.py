@@ -435,8 +435,8 @@ def test_compile_settings_nbnet_lacks_are_refused_by_name(tmp_path):
         compiled["loss"][0]["config"]["label_smoothing"] = 0.1
 
     def unknown_metric(compiled):
-        compiled["metrics"][1][0] = {"module": "keras.metrics", "class_name": "RootMeanSquaredError",
-                                     "config": {"name": "rmse"}, "registered_name": None}
+        compiled["metrics"][1][0] = {"module": "keras.metrics", "class_name": "F1Score",
+                                     "config": {"name": "f1"}, "registered_name": None}
 
     def weighted(compiled):
         compiled["weighted_metrics"] = [["accuracy"], []]
@@ -444,7 +444,7 @@ def test_compile_settings_nbnet_lacks_are_refused_by_name(tmp_path):
     for change, message in ((log_cosh, r"output 'score': nbnet has no loss 'log_cosh'"),
                             (smoothing, r"output 'match': the loss BinaryCrossentropy with label_smoothing=0.1 is "
                                         "not supported"),
-                            (unknown_metric, r"nbnet has no metric RootMeanSquaredError \('rmse'\)"),
+                            (unknown_metric, r"nbnet has no metric F1Score \('f1'\)"),
                             (weighted, r"nbnet's compile has no weighted_metrics")):
         with pytest.warns(UserWarning, match=r"compile settings could not be restored \(.*" + message):
             model = models.load_model(compile_rewritten(tmp_path, case["keras"], change))

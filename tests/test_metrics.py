@@ -36,6 +36,22 @@ def test_metric_objects_in_fit_log_under_their_names_and_evaluate_as_standalone(
     assert listed == pytest.approx([results[name] for name in model.metrics_names])
 
 
+def test_root_mean_squared_error_is_the_root_of_the_mean_squared_error(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((48, 4)).astype(np.float32)
+    y = (x @ rng.standard_normal((4, 2))).astype(np.float32)
+    model = models.Sequential([layers.Dense(2, input_shape=(4,))], seed=0)
+    model.compile("adam", "mse", metrics=["root_mean_squared_error", metrics.MeanSquaredError(name="mse_metric")])
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert history.history["root_mean_squared_error"][-1] == pytest.approx(
+        np.sqrt(history.history["mse_metric"][-1]), rel=1e-5)
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert results["root_mean_squared_error"] == pytest.approx(np.sqrt(results["loss"]), rel=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = models.load_model(tmp_path / "model.keras")
+    assert [type(m) for m in loaded.metrics] == [metrics.RootMeanSquaredError, metrics.MeanSquaredError]
+
+
 def test_accuracy_counted_on_the_device_equals_the_standalone_metric():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((50, 5)).astype(np.float32)

@@ -223,6 +223,7 @@ def metric_cases():
         ("SparseTopKCategoricalAccuracy", {"k": 2}, list(zip(labels, probs)), True),
         ("MeanSquaredError", {}, regression, True),
         ("MeanAbsoluteError", {}, regression, False),
+        ("RootMeanSquaredError", {}, regression, True),
         ("Precision", {}, list(zip(binary_true, binary_pred)), False),
         ("Precision", {"thresholds": 0.3}, list(zip(binary_true, binary_pred)), True),
         ("Recall", {}, list(zip(binary_true, binary_pred)), False),
