@@ -13,7 +13,7 @@ from .device_session import DeviceSession
 from .devices import cpu
 from .errors import NbnetError, ShapeError
 from .executor import Plan
-from .layers import Dropout, InputLayer, Layer
+from .layers import InputLayer, Layer
 from .layers.base import unique_name
 from .outputs import compile_heads
 from .training import TrainingLoop
@@ -152,8 +152,8 @@ class Model(TrainingLoop, DeviceSession):
         for layer in self._plan.layers:
             layer.owner = self
         for call in self._plan.call_objects():
-            if isinstance(call, Dropout) and call.seed is None:
-                call.rng = self.rng  # one Generator for shuffling and dropout: one state to save
+            if getattr(call, "draws_from_model", False) and call.seed is None:
+                call.rng = self.rng  # one Generator for shuffling, dropout, flips: one state to save
             call.set_device(self.ops if self._on_device_depth else cpu)
         self._gather_parameters()
         self.built = True

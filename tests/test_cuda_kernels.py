@@ -54,12 +54,13 @@ def test_import_needs_no_cuda():
 def _ptx_signatures():
     """{kernel: argument types} for every @cuda.jit kernel, float32 data, as the launchers
     call them (NumPy float32 scalars, Python ints/floats/bools as int64/float64/boolean)."""
-    from numba import boolean, float32, float64, int32, int64, uint32
+    from numba import boolean, float32, float64, int32, int64, uint8, uint32
 
     from nbnet.kernels.cuda import activations as A
     from nbnet.kernels.cuda import conv as C
     from nbnet.kernels.cuda import depthwise as W
     from nbnet.kernels.cuda import dropout as D
+    from nbnet.kernels.cuda import flip as F
     from nbnet.kernels.cuda import losses as L
     from nbnet.kernels.cuda import merging as M
     from nbnet.kernels.cuda import normalization as N
@@ -77,7 +78,7 @@ def _ptx_signatures():
     h1 = int32[::1]  # the optimizer kernels' halt flag
     i1 = int32[::1]  # Maximum's and Minimum's winners
     a3, g2 = float32[:, :, ::1], int64[:, ::1]  # LogSoftmax's (outer, axis, inner) views; geometry
-    modules = (A, C, D, L, M, N, O, P, R, S, T, W, X, Z)
+    modules = (A, C, D, F, L, M, N, O, P, R, S, T, W, X, Z)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -137,6 +138,7 @@ def _ptx_signatures():
         O._decay_weights_kernel: (a1, f, h1),
         D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
+        F._flip_kernel: (a4, uint8[::1], boolean, boolean, a4),
         T._fill_zero_kernel: (a1, f),
         T._add_into_kernel: (a1, a1),
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
@@ -221,6 +223,7 @@ if ON_CUDA:
     from nbnet.kernels import conv as cpu_conv
     from nbnet.kernels import dense as cpu_dense
     from nbnet.kernels import dropout as cpu_dropout
+    from nbnet.kernels import flip as cpu_flip
     from nbnet.kernels import losses as cpu_losses
     from nbnet.kernels import matmul as cpu_matmul
     from nbnet.kernels import normalization as cpu_norm
@@ -234,6 +237,7 @@ if ON_CUDA:
     from nbnet.kernels.cuda import conv as gpu_conv
     from nbnet.kernels.cuda import dense as gpu_dense
     from nbnet.kernels.cuda import dropout as gpu_dropout
+    from nbnet.kernels.cuda import flip as gpu_flip
     from nbnet.kernels.cuda import gemm
     from nbnet.kernels.cuda import losses as gpu_losses
     from nbnet.kernels.cuda import normalization as gpu_norm
@@ -777,6 +781,18 @@ def test_moving_averages_dropout_mask_and_rescaling():
     cpu_rescaling.scale_shift(values, 1 / 255, -0.5, out)
     gpu_rescaling.scale_shift(dev(values), 1 / 255, -0.5, out_dev)
     close(out_dev, out, rtol=0, atol=0)
+
+
+@sim_only
+@pytest.mark.parametrize("horizontal, vertical", [(True, False), (False, True), (True, True)])
+def test_flip_images(horizontal, vertical):
+    rng = np.random.default_rng(19)
+    x, flips = rand(rng, 4, 3, 5, 2), np.array([1, 0, 1, 1], np.uint8)
+    expected = np.empty_like(x)
+    cpu_flip.flip_images(x, flips, horizontal, vertical, expected)
+    out_dev = cuda.device_array_like(x)
+    gpu_flip.flip_images(dev(x), dev(flips), horizontal, vertical, out_dev)
+    close(out_dev, expected, rtol=0, atol=0)
 
 
 @sim_only

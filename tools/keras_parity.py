@@ -555,6 +555,8 @@ def _architectures():
                              "sparse_categorical_crossentropy", "sgd"),
         "exponential_units": ([keras.Input((6,)), layers.Dense(8, activation="elu"), layers.Activation("selu"),
                                layers.ELU(alpha=0.5), layers.Dense(3, activation="softplus")], "mse", "adam"),
+        "random_flip": ([keras.Input((6, 5, 2)), layers.RandomFlip("horizontal", seed=3), layers.Conv2D(3, 3),
+                         layers.Flatten(), layers.Dense(2)], "mse", "sgd"),
     }
 
 

@@ -28,6 +28,7 @@ from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
+from ..kernels.flip import flip_images  # noqa: F401
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
 from ..kernels.winograd import (conv3x3_backward, conv3x3_forward, conv3x3_maxpool_backward,  # noqa: F401

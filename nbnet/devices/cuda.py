@@ -31,6 +31,7 @@ from ..kernels.cuda.padding import zero_pad_backward, zero_pad_forward  # noqa: 
 from ..kernels.cuda.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                                 maxpool_activation_backward, maxpool_backward, maxpool_forward)
 from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
+from ..kernels.cuda.flip import flip_images  # noqa: F401
 from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
 from ..kernels.cuda.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 

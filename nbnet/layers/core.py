@@ -139,6 +139,8 @@ class Dropout(Layer):
     by 1/(1 - rate); at inference it is the identity. The mask comes from ``rng``, which
     the model seeds, so a seeded run drops the same units every time."""
 
+    draws_from_model = True  # unseeded, it takes the model's generator (see Model._finish_build)
+
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= float(rate) < 1.0:

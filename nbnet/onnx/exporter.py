@@ -23,7 +23,8 @@ from ..kernels.conv import same_padding
 from ..layers import (ELU, Activation, Add, Average, AveragePooling2D, BatchNormalization, BroadcastOperation, Clip,
                       Concatenate, ConstantOperation, Conv2D, Dense, DepthwiseConv2D, LogSoftmax, Permute, Take,
                       Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
-                      MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, Subtract, ZeroPadding2D)
+                      MaxPooling2D, Minimum, Multiply, RandomFlip, ReLU, Rescaling, Reshape, Softmax, Subtract,
+                      ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
@@ -205,7 +206,7 @@ def _rescaling(layer, index, prefix, graph, tensor, input_shape):
 
 
 def _dropout(layer, index, prefix, graph, tensor, input_shape):
-    return tensor  # the identity at inference
+    return tensor  # the identity at inference (Dropout, RandomFlip)
 
 
 def _global_pooling(op):
@@ -334,7 +335,7 @@ def _take(layer, index, prefix, graph, tensor, input_shape):
 CONVERTERS = {
     Dense: _dense, Conv2D: _conv2d, DepthwiseConv2D: _conv2d, MaxPooling2D: _pooling("MaxPool", dilations=[1, 1]),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0), BatchNormalization: _batch_normalization,
-    Flatten: _flatten, Dropout: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
+    Flatten: _flatten, Dropout: _dropout, RandomFlip: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
     Softmax: _activation_layer, LeakyReLU: _activation_layer, ELU: _activation_layer, Rescaling: _rescaling,
     GlobalAveragePooling2D: _global_pooling("GlobalAveragePool"), GlobalMaxPooling2D: _global_pooling("GlobalMaxPool"),
     Reshape: _reshape, ZeroPadding2D: _zero_padding,
