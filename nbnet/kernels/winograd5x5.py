@@ -70,7 +70,7 @@ _GG = {np.dtype(dtype): np.kron(_G, _G).astype(dtype) for dtype in (np.float32, 
 
 
 def applies(kernel_size, strides, channels, filters, out_pixels):
-    """Whether an inference pass of a plain (ungrouped, undilated) Conv2D takes this path."""
+    """Whether a plain (ungrouped, undilated) Conv2D takes this path, in training and inference."""
     return (tuple(kernel_size) == (5, 5) and tuple(strides) == (1, 1) and channels >= MIN_CHANNELS
             and channels * filters >= MIN_CHANNEL_PAIRS and out_pixels >= MIN_PIXELS)
 
