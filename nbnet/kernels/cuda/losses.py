@@ -226,13 +226,19 @@ def _mean_squared_error_kernel(preds, targets, weights, scale, terms, grad):
         grad[i, k] = diff * scale * w
 
 
-def mean_squared_error(preds, targets, weights, grad, total_out=None):
+def _regression_loss(kernel, preds, targets, weights, settings, slope, grad, total_out):
+    """One thread per value: ``kernel`` writes each value's loss term and gradient (its
+    derivative times ``slope`` / the number of values); returns the terms' sum."""
     rows, width = preds.shape
     terms = _terms(rows * width)
     if rows * width:
         blocks, threads = launch_1d(rows * width)
-        _mean_squared_error_kernel[blocks, threads](preds, targets, weights, 2.0 / (rows * width), terms, grad)
+        kernel[blocks, threads](preds, targets, weights, *settings, slope / (rows * width), terms, grad)
     return sum_float64(terms, total_out)
+
+
+def mean_squared_error(preds, targets, weights, grad, total_out=None):
+    return _regression_loss(_mean_squared_error_kernel, preds, targets, weights, (), 2.0, grad, total_out)
 
 
 @cuda.jit
@@ -249,12 +255,7 @@ def _mean_absolute_error_kernel(preds, targets, weights, scale, terms, grad):
 
 
 def mean_absolute_error(preds, targets, weights, grad, total_out=None):
-    rows, width = preds.shape
-    terms = _terms(rows * width)
-    if rows * width:
-        blocks, threads = launch_1d(rows * width)
-        _mean_absolute_error_kernel[blocks, threads](preds, targets, weights, 1.0 / (rows * width), terms, grad)
-    return sum_float64(terms, total_out)
+    return _regression_loss(_mean_absolute_error_kernel, preds, targets, weights, (), 1.0, grad, total_out)
 
 
 @cuda.jit
@@ -275,9 +276,4 @@ def _huber_kernel(preds, targets, weights, delta, scale, terms, grad):
 
 
 def huber(preds, targets, weights, delta, grad, total_out=None):
-    rows, width = preds.shape
-    terms = _terms(rows * width)
-    if rows * width:
-        blocks, threads = launch_1d(rows * width)
-        _huber_kernel[blocks, threads](preds, targets, weights, float(delta), 1.0 / (rows * width), terms, grad)
-    return sum_float64(terms, total_out)
+    return _regression_loss(_huber_kernel, preds, targets, weights, (float(delta),), 1.0, grad, total_out)
