@@ -71,6 +71,7 @@ def _ptx_signatures():
     from nbnet.kernels.cuda import regularization as R
     from nbnet.kernels.cuda import rescaling as S
     from nbnet.kernels.cuda import training as T
+    from nbnet.kernels.cuda import upsampling as U
 
     f, i = float32, int64
     a1, a2, a4 = float32[::1], float32[:, ::1], float32[:, :, :, ::1]
@@ -78,7 +79,7 @@ def _ptx_signatures():
     h1 = int32[::1]  # the optimizer kernels' halt flag
     i1 = int32[::1]  # Maximum's and Minimum's winners
     a3, g2 = float32[:, :, ::1], int64[:, ::1]  # LogSoftmax's (outer, axis, inner) views; geometry
-    modules = (A, C, D, F, L, M, N, O, P, R, S, T, W, X, Z)
+    modules = (A, C, D, F, L, M, N, O, P, R, S, T, U, W, X, Z)
     return modules, {
         A._bias_activation_kernel: (a2, a1, i, f, f, f, a2),
         A._softmax_rows_kernel: (a2, a1, f, a2),
@@ -139,6 +140,8 @@ def _ptx_signatures():
         D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         F._flip_kernel: (a4, uint8[::1], boolean, boolean, a4),
+        U._upsample_forward_kernel: (a4, i, i, a4),
+        U._upsample_backward_kernel: (a4, i, i, f, a4),
         T._fill_zero_kernel: (a1, f),
         T._add_into_kernel: (a1, a1),
         T._gather_rows_kernel: (a2, int64[::1], i, a2),
@@ -233,6 +236,7 @@ if ON_CUDA:
     from nbnet.kernels import regularization as cpu_reg
     from nbnet.kernels import rescaling as cpu_rescaling
     from nbnet.kernels import training as cpu_training
+    from nbnet.kernels import upsampling as cpu_upsampling
     from nbnet.kernels.cuda import activations as gpu_act
     from nbnet.kernels.cuda import conv as gpu_conv
     from nbnet.kernels.cuda import dense as gpu_dense
@@ -247,6 +251,7 @@ if ON_CUDA:
     from nbnet.kernels.cuda import regularization as gpu_reg
     from nbnet.kernels.cuda import rescaling as gpu_rescaling
     from nbnet.kernels.cuda import training as gpu_training
+    from nbnet.kernels.cuda import upsampling as gpu_upsampling
 
     @pytest.fixture(autouse=True, scope="module")
     def tiny_launches():
@@ -793,6 +798,21 @@ def test_flip_images(horizontal, vertical):
     out_dev = cuda.device_array_like(x)
     gpu_flip.flip_images(dev(x), dev(flips), horizontal, vertical, out_dev)
     close(out_dev, expected, rtol=0, atol=0)
+
+
+@sim_only
+def test_upsampling():
+    rng = np.random.default_rng(20)
+    x = rand(rng, 2, 3, 4, 5)
+    y, y_dev = np.empty((2, 6, 12, 5), np.float32), cuda.device_array((2, 6, 12, 5), np.float32)
+    cpu_upsampling.upsample_forward(x, 2, 3, y)
+    gpu_upsampling.upsample_forward(dev(x), 2, 3, y_dev)
+    close(y_dev, y, rtol=0, atol=0)
+    dy = rand(rng, 2, 6, 12, 5)
+    dx, dx_dev = np.empty_like(x), cuda.device_array_like(x)
+    cpu_upsampling.upsample_backward(dy, 2, 3, dx)
+    gpu_upsampling.upsample_backward(dev(dy), 2, 3, dx_dev)
+    close(dx_dev, dx, rtol=0, atol=0)  # the same sum in the same order
 
 
 @sim_only

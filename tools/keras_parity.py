@@ -557,6 +557,9 @@ def _architectures():
                                layers.ELU(alpha=0.5), layers.Dense(3, activation="softplus")], "mse", "adam"),
         "random_flip": ([keras.Input((6, 5, 2)), layers.RandomFlip("horizontal", seed=3), layers.Conv2D(3, 3),
                          layers.Flatten(), layers.Dense(2)], "mse", "sgd"),
+        "upsampling_autoencoder": ([keras.Input((6, 6, 1)), layers.Conv2D(3, 3, padding="same", activation="relu"),
+                                    layers.MaxPooling2D(), layers.UpSampling2D((2, 3)), layers.Conv2D(1, 3),
+                                    layers.Flatten(), layers.Dense(2)], "mse", "adam"),
     }
 
 

@@ -16,6 +16,7 @@ from ..kernels.dense import dense_backward  # noqa: F401
 from ..kernels.depthwise import (depthwise_backward, depthwise_forward, grouped_col2im,  # noqa: F401
                                 grouped_conv_backward, grouped_conv_forward, grouped_im2col)
 from ..kernels.dropout import apply_mask  # noqa: F401
+from ..kernels.flip import flip_images  # noqa: F401
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      update_moving_averages)
@@ -28,9 +29,9 @@ from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
-from ..kernels.flip import flip_images  # noqa: F401
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
+from ..kernels.upsampling import upsample_backward, upsample_forward  # noqa: F401
 from ..kernels.winograd import (conv3x3_backward, conv3x3_forward, conv3x3_maxpool_backward,  # noqa: F401
                                conv3x3_maxpool_forward)
 from ..kernels.winograd5x5 import conv5x5_backward, conv5x5_forward  # noqa: F401

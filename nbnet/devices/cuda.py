@@ -33,6 +33,7 @@ from ..kernels.cuda.pool import (avgpool_backward, avgpool_forward, bias_activat
 from ..kernels.cuda.regularization import penalty_and_gradient  # noqa: F401
 from ..kernels.cuda.flip import flip_images  # noqa: F401
 from ..kernels.cuda.rescaling import scale_shift  # noqa: F401
+from ..kernels.cuda.upsampling import upsample_backward, upsample_forward  # noqa: F401
 from ..kernels.cuda.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 
 name = "cuda"

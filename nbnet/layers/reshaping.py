@@ -1,4 +1,4 @@
-"""Keras's Reshape and ZeroPadding2D over channels-last tensors."""
+"""Keras's Reshape, ZeroPadding2D and UpSampling2D over channels-last tensors."""
 
 import numpy as np
 
@@ -93,3 +93,45 @@ class ZeroPadding2D(Layer):
 
     def get_config(self):
         return {**super().get_config(), "padding": [list(p) for p in self.padding]}
+
+
+class UpSampling2D(Layer):
+    """Keras's UpSampling2D with its default "nearest" interpolation: each pixel repeated
+    over a (rows, cols) block; the gradient is each block's sum."""
+
+    def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise NbnetError(f"UpSampling2D '{self.name}': nbnet computes channels last, received "
+                             f"data_format={data_format!r}.")
+        if interpolation != "nearest":
+            raise NbnetError(f"UpSampling2D '{self.name}': nbnet has the 'nearest' interpolation only, received "
+                             f"interpolation={interpolation!r}.")
+        size = (size, size) if np.ndim(size) == 0 else tuple(size)
+        if len(size) != 2 or not all(int(s) == s and s >= 1 for s in size):
+            raise NbnetError(f"UpSampling2D '{self.name}': size must be a positive int or (rows, cols), received "
+                             f"{size!r}.")
+        self.size = tuple(int(s) for s in size)
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0] * self.size[0], input_shape[1] * self.size[1], input_shape[2])
+
+    def forward(self, x, training=False):
+        y = self._buffer("y", (x.shape[0],) + self.compute_output_shape(tuple(x.shape)[1:]), x.dtype)
+        self.ops.upsample_forward(x, *self.size, y)
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        dx = self._buffer("dx", self._x_shape, dy.dtype)
+        self.ops.upsample_backward(dy, *self.size, dx)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "interpolation": "nearest"}

@@ -24,7 +24,7 @@ from ..layers import (ELU, Activation, Add, Average, AveragePooling2D, BatchNorm
                       Concatenate, ConstantOperation, Conv2D, Dense, DepthwiseConv2D, LogSoftmax, Permute, Take,
                       Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
                       MaxPooling2D, Minimum, Multiply, RandomFlip, ReLU, Rescaling, Reshape, Softmax, Subtract,
-                      ZeroPadding2D)
+                      UpSampling2D, ZeroPadding2D)
 from .opsets import ir_version_for, resolve_opset
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
@@ -242,6 +242,17 @@ def _zero_padding(layer, index, prefix, graph, tensor, input_shape):
     return _Tensor(graph.node("Pad", [tensor.name, pads], prefix, mode="constant"), 4, True)
 
 
+def _upsampling(layer, index, prefix, graph, tensor, input_shape):
+    """Resize, nearest neighbour: output pixel i reads input pixel floor(i / size)."""
+    from onnx import numpy_helper
+
+    tensor = graph.transpose(tensor, prefix, channels_first=True)
+    scales = graph.unique(f"{prefix}.scales")
+    graph.initializers.append(numpy_helper.from_array(np.array([1, 1, *layer.size], np.float32), scales))
+    return _Tensor(graph.node("Resize", [tensor.name, "", scales], prefix, mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"), 4, True)
+
+
 def _same_layout(graph, prefix, tensors):
     """The tensors in the first one's layout."""
     first = tensors[0].channels_first
@@ -338,7 +349,7 @@ CONVERTERS = {
     Flatten: _flatten, Dropout: _dropout, RandomFlip: _dropout, Activation: _activation_layer, ReLU: _activation_layer,
     Softmax: _activation_layer, LeakyReLU: _activation_layer, ELU: _activation_layer, Rescaling: _rescaling,
     GlobalAveragePooling2D: _global_pooling("GlobalAveragePool"), GlobalMaxPooling2D: _global_pooling("GlobalMaxPool"),
-    Reshape: _reshape, ZeroPadding2D: _zero_padding,
+    Reshape: _reshape, ZeroPadding2D: _zero_padding, UpSampling2D: _upsampling,
     Add: _elementwise("Add", False), Subtract: _elementwise("Sub", False), Multiply: _elementwise("Mul", False),
     Average: _elementwise("Mean", True), Maximum: _elementwise("Max", True), Minimum: _elementwise("Min", True),
     Concatenate: _concatenate,
