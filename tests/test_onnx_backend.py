@@ -24,7 +24,7 @@ the error as its reason (``pytest -rs`` lists each excluded case and why); any o
 failure fails.
 
 Counts (onnx 1.23.2, CPU; ``pytest -v -rs tests/test_onnx_backend.py``):
-    node cases                       416 selected: 103 pass, 313 excluded
+    node cases                       456 selected: 107 pass, 349 excluded
     pytorch-converted                 65 selected: 37 pass,  28 excluded
     pytorch-operator                  17 selected:  6 pass,  11 excluded
     simple                             1 selected:  1 pass
@@ -35,6 +35,8 @@ float8/4-bit, double inputs, Shape's int64 output, sequences/optionals); outputs
 constants; the ``_expanded`` variants' ReduceMax and other unsupported operators; 1-D and
 3-D Conv and pooling; grouped/dilated Conv; dilated pooling; MatMul with a rank-1 or
 rank > 2 operand; Dropout in training mode; Selu with constants other than SELU's own;
+Resize other than nearest-neighbour upscaling by whole factors (linear, cubic, downscaling,
+sizes that are no whole multiple, align_corners, tf_crop_and_resize);
 and opset-6 graphs with computed Concat or Gemm C operands.
 """
 
@@ -61,7 +63,7 @@ from nbnet.onnx.importing import OnnxImportError, import_proto  # noqa: E402
 OPERATORS = ["Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sub",
              "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softmax", "LogSoftmax",
              "Clip", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "BatchNormalization", "Dropout",
-             "Identity", "Constant", "Shape", "Gather", "Slice", "Cast", "ConstantOfShape"]
+             "Identity", "Constant", "Shape", "Gather", "Slice", "Cast", "ConstantOfShape", "Resize", "Upsample"]
 MODEL_KINDS = ("pytorch-converted", "pytorch-operator", "simple")
 ORT_RTOL, ORT_ATOL = 1e-3, 1e-5
 

@@ -45,3 +45,32 @@ def test_bad_settings_are_refused_by_name():
         layers.UpSampling2D((2, 0))
     with pytest.raises(NbnetError, match="channels last"):
         layers.UpSampling2D(data_format="channels_first")
+
+
+@pytest.mark.parametrize("transform, nearest", [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                                                ("pytorch_half_pixel", "round_prefer_ceil")])
+def test_foreign_nearest_resize_imports_as_upsampling(transform, nearest):
+    """A Resize another exporter wrote (PyTorch's nn.Upsample writes asymmetric + floor)
+    imports as UpSampling2D and computes what onnxruntime does; the pairs that pick
+    another pixel are refused by name."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nbnet.onnx.importing import OnnxImportError, import_proto
+
+    def model(transform, nearest):
+        node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                                coordinate_transformation_mode=transform, nearest_mode=nearest)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(np.array([1, 1, 3, 2], np.float32), "scales")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    proto = model(transform, nearest)
+    x = np.random.default_rng(4).standard_normal((2, 2, 3, 4)).astype(np.float32)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    imported = import_proto(proto, "resize")
+    assert any(isinstance(layer, layers.UpSampling2D) for layer in imported.layers)
+    np.testing.assert_array_equal(imported.predict(x), session.run(None, {"x": x})[0])
+    with pytest.raises(OnnxImportError, match="coordinate_transformation_mode='align_corners'"):
+        import_proto(model("align_corners", "floor"), "resize")

@@ -1,4 +1,5 @@
-"""Convolution, pooling, BatchNormalization, Pad and spatial ReduceMean (channels-last
+"""Convolution, pooling, BatchNormalization, Pad, spatial ReduceMean and nearest-neighbour
+Resize/Upsample (channels-last
 inside; the layout pass keeps the graph's NCHW at the boundary)."""
 
 import numpy as np
@@ -288,3 +289,74 @@ def reduce_mean_18(ctx, node, inputs):
             return inputs[0]
         axes = None
     return _reduce_mean(ctx, node, inputs[0], axes, attrs.get("keepdims", 1))
+
+
+# Nearest-neighbour Resize (and Upsample) by whole factors is UpSampling2D: output pixel i
+# reads input pixel floor(i / s). ONNX reaches that pixel with 'asymmetric' coordinates
+# rounded down, and with half-pixel ones rounded to the nearest ((i + 0.5) / s - 0.5 lies
+# within half a pixel of floor(i / s), never on the half), not with the others.
+_NEAREST_WAYS = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
+                 ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil")}
+
+
+def _upsample(ctx, x, scales, attrs, transform="asymmetric", nearest="floor"):
+    from ...layers import UpSampling2D
+
+    if isinstance(x, Const):
+        raise ctx.error("Resize of a constant", "Resize of computed tensors")
+    mode = attrs.get("mode", "nearest")
+    if mode != "nearest":
+        raise ctx.error(f"mode={mode!r}", "nearest-neighbour resizing (UpSampling2D)")
+    if (transform, nearest) not in _NEAREST_WAYS:
+        raise ctx.error(f"coordinate_transformation_mode={transform!r} with nearest_mode={nearest!r}",
+                        f"the pairs that pick pixel floor(i / scale): {sorted(_NEAREST_WAYS)}")
+    scales = [float(s) for s in scales]
+    x, tensor = _spatial_input(ctx, x, "Resize")
+    if len(scales) != 4 or scales[:2] != [1.0, 1.0] or any(s != int(s) or s < 1 for s in scales[2:]):
+        raise ctx.error(f"scales {scales}", "whole-number upscaling of the spatial axes of (N, C, H, W)")
+    if scales[2:] == [1.0, 1.0]:
+        return x
+    layer = ctx.named(UpSampling2D, (int(scales[2]), int(scales[3])))
+    return Value(ctx.call(layer, tensor), channels_last(4))
+
+
+@converter("Upsample", since=7)
+def upsample_7(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    return _upsample(ctx, inputs[0], attrs.get("scales", []), attrs)
+
+
+@converter("Upsample", since=9)
+def upsample_9(ctx, node, inputs):
+    return _upsample(ctx, inputs[0], ctx.constant(inputs[1], "scales"), ctx.attributes(node))
+
+
+@converter("Resize", since=10)
+def resize_10(ctx, node, inputs):
+    return _upsample(ctx, inputs[0], ctx.constant(inputs[1], "scales"), ctx.attributes(node))
+
+
+@converter("Resize", since=11)
+def resize_11(ctx, node, inputs):
+    attrs = ctx.attributes(node)
+    scales = None if len(inputs) < 3 or inputs[2] is None else ctx.constant(inputs[2], "scales")
+    if scales is None or np.size(scales) == 0:
+        if len(inputs) < 4 or inputs[3] is None:
+            raise ctx.error("neither scales nor sizes")
+        sizes = [int(s) for s in ctx.constant(inputs[3], "sizes")]
+        shape = ctx.dynamic(inputs[0]).onnx_shape
+        axes = attrs.get("axes", list(range(len(shape))))
+        full = list(shape)
+        for axis, size in zip(axes, sizes):
+            full[checked_axis(ctx, axis, len(shape))] = size
+        scales = [1.0 if a is None or b is None else b / a for a, b in zip(shape, full)]
+    elif "axes" in attrs:
+        full = [1.0] * ctx.dynamic(inputs[0]).rank
+        for axis, scale in zip(attrs["axes"], scales):
+            full[checked_axis(ctx, axis, len(full))] = float(scale)
+        scales = full
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    nearest = attrs.get("nearest_mode", "round_prefer_floor")
+    if attrs.get("antialias", 0):
+        raise ctx.error("antialias=1", "antialias=0 (nearest-neighbour upscaling has nothing to smooth)")
+    return _upsample(ctx, inputs[0], scales, attrs, transform, nearest)
