@@ -651,7 +651,9 @@ def _keras_layer_entry(layer, input_shape):
 _LOSS_CLASSES = {"categorical_crossentropy": "CategoricalCrossentropy",
                  "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
                  "binary_crossentropy": "BinaryCrossentropy", "mean_squared_error": "MeanSquaredError",
-                 "mean_absolute_error": "MeanAbsoluteError", "huber": "Huber"}
+                 "mean_absolute_error": "MeanAbsoluteError", "huber": "Huber",
+                 "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
+                 "mean_absolute_percentage_error": "MeanAbsolutePercentageError"}
 
 
 def _keras_layer_config(layer):

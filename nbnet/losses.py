@@ -133,6 +133,22 @@ class Huber(Loss):
         return {**super().get_config(), "delta": self.delta}
 
 
+class MeanSquaredLogarithmicError(Loss):
+    name = "mean_squared_logarithmic_error"
+
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        return ops.mean_squared_logarithmic_error(outputs, targets, _weights_or_none(weights, ops), EPSILON, grad,
+                                                  total_out=total_out)
+
+
+class MeanAbsolutePercentageError(Loss):
+    name = "mean_absolute_percentage_error"
+
+    def compute(self, outputs, targets, grad, on_logits, ops=cpu, total_out=None, weights=None):
+        return ops.mean_absolute_percentage_error(outputs, targets, _weights_or_none(weights, ops), EPSILON, grad,
+                                                  total_out=total_out)
+
+
 def _weights_or_none(weights, ops):
     """Per-sample weights as the kernels take them: an empty array for none."""
     return ops.nothing(np.float32) if weights is None else weights
@@ -180,8 +196,18 @@ def huber(y_true, y_pred, delta=1.0):
     return per_sample(Huber(delta), y_true, y_pred)
 
 
+def mean_squared_logarithmic_error(y_true, y_pred):
+    return per_sample(MeanSquaredLogarithmicError(), y_true, y_pred)
+
+
+def mean_absolute_percentage_error(y_true, y_pred):
+    return per_sample(MeanAbsolutePercentageError(), y_true, y_pred)
+
+
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
+msle = MSLE = mean_squared_logarithmic_error
+mape = MAPE = mean_absolute_percentage_error
 
 _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
@@ -193,12 +219,18 @@ _BY_NAME = {
     "mae": MeanAbsoluteError,
     "huber": Huber,
     "huber_loss": Huber,  # the name Keras gives a Huber object
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
 }
 # compile(loss=keras.losses.categorical_crossentropy): the function stands for its class.
 _BY_FUNCTION = {categorical_crossentropy: CategoricalCrossentropy,
                 sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
                 binary_crossentropy: BinaryCrossentropy, mean_squared_error: MeanSquaredError,
-                mean_absolute_error: MeanAbsoluteError, huber: Huber}
+                mean_absolute_error: MeanAbsoluteError, huber: Huber,
+                mean_squared_logarithmic_error: MeanSquaredLogarithmicError,
+                mean_absolute_percentage_error: MeanAbsolutePercentageError}
 
 
 def get(identifier):

@@ -125,6 +125,8 @@ def _ptx_signatures():
         L._mean_squared_error_kernel: (a2, a2, a1, float64, d1, a2),
         L._mean_absolute_error_kernel: (a2, a2, a1, float64, d1, a2),
         L._huber_kernel: (a2, a2, a1, float64, float64, d1, a2),
+        L._mean_squared_logarithmic_error_kernel: (a2, a2, a1, float64, float64, d1, a2),
+        L._mean_absolute_percentage_error_kernel: (a2, a2, a1, float64, float64, d1, a2),
         R._penalty_kernel: (a1, float64, float64, f, f, f, d1, a1),
         N._moving_averages_kernel: (a1, a1, a1, a1, f, f),
         O._sgd_kernel: (a1, a1, a1, f, f, boolean, boolean, h1),
@@ -677,6 +679,8 @@ def _loss_case(name, sparse, weighted=False):
         "mean_squared_error": (logits, probs, weights, grad),
         "mean_absolute_error": (logits, tied, weights, grad),
         "huber": (logits, tied, weights, 1.5, grad),
+        "mean_squared_logarithmic_error": (logits, tied, weights, EPSILON, grad),
+        "mean_absolute_percentage_error": (logits, tied, weights, EPSILON, grad),
     }[name]
     return getattr(cpu_losses, name), getattr(gpu_losses, name), args
 
@@ -689,7 +693,9 @@ def _loss_case(name, sparse, weighted=False):
                                           ("sigmoid_crossentropy_from_logits", False),
                                           ("binary_crossentropy_from_probabilities", False),
                                           ("mean_squared_error", False),
-                                          ("mean_absolute_error", False), ("huber", False)])
+                                          ("mean_absolute_error", False), ("huber", False),
+                                          ("mean_squared_logarithmic_error", False),
+                                          ("mean_absolute_percentage_error", False)])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_losses(name, sparse, weighted):
     cpu_kernel, gpu_kernel, args = _loss_case(name, sparse, weighted)

@@ -99,9 +99,9 @@ def test_mean_squared_error_averages_over_outputs_and_batch():
     np.testing.assert_allclose(grad, 2 * diff / diff.size, rtol=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["mae", "huber", losses.Huber(delta=0.25)])
+@pytest.mark.parametrize("loss", ["mae", "huber", losses.Huber(delta=0.25), "msle", "mape"])
 def test_regression_losses_train_weighted_and_survive_both_files(loss, tmp_path):
-    """mean absolute error and Huber (its delta kept) in a real fit with sample weights: the
+    """mean absolute error, Huber (its delta kept), MSLE and MAPE in a real fit with sample weights: the
     loss falls, evaluate agrees with the loss function on the predictions, and .nbnet and
     .keras files bring the loss back."""
     import nbnet as keras

@@ -95,6 +95,10 @@ def loss_cases():
         ("mean_absolute_error", False, regression_true, tied, "three outputs, some differences 0"),
         ("huber", False, regression_true, regression_pred * 2, "three outputs, both sides of delta"),
         ("huber", False, regression_true, tied, "delta 0.5, some differences 0", {"delta": 0.5}),
+        ("mean_squared_logarithmic_error", False, np.abs(regression_true), np.abs(regression_pred) * 2,
+         "non-negative values"),
+        ("mean_squared_logarithmic_error", False, regression_true, regression_pred, "negative values clipped"),
+        ("mean_absolute_percentage_error", False, regression_true, tied, "some differences 0"),
     ]
     constructors = {
         "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
@@ -103,6 +107,8 @@ def loss_cases():
         "mean_squared_error": keras.losses.MeanSquaredError,
         "mean_absolute_error": keras.losses.MeanAbsoluteError,
         "huber": keras.losses.Huber,
+        "mean_squared_logarithmic_error": keras.losses.MeanSquaredLogarithmicError,
+        "mean_absolute_percentage_error": keras.losses.MeanAbsolutePercentageError,
     }
     out = []
     for name, from_logits, y_true, y_pred, what, *settings in cases:

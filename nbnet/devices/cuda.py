@@ -15,7 +15,8 @@ from ..kernels.cuda.depthwise import (depthwise_backward, depthwise_forward, gro
 from ..kernels.cuda.dropout import apply_mask  # noqa: F401
 from ..kernels.cuda.gemm import matmul  # noqa: F401
 from ..kernels.cuda.losses import (binary_crossentropy_from_probabilities, crossentropy_from_probabilities,  # noqa: F401
-                                   huber, mean_absolute_error, mean_squared_error, sigmoid_crossentropy_from_logits,
+                                   huber, mean_absolute_error, mean_absolute_percentage_error, mean_squared_error,
+                                   mean_squared_logarithmic_error, sigmoid_crossentropy_from_logits,
                                    softmax_crossentropy_from_logits)
 from ..kernels.cuda.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
                                    merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)

@@ -158,3 +158,38 @@ def huber(preds, targets, weights, delta, grad):
                 total += w * delta * (abs(diff) - 0.5 * delta) / width
                 grad[i, k] = delta * np.sign(diff) * scale * w
     return total
+
+
+@njit(cache=True)
+def mean_squared_logarithmic_error(preds, targets, weights, epsilon, grad):
+    """Keras's: (log(max(pred, epsilon) + 1) - log(max(target, epsilon) + 1))^2; no gradient
+    where the prediction is clipped to epsilon."""
+    rows, width = preds.shape
+    scale = 2.0 / (rows * width)
+    total = 0.0
+    for i in range(rows):
+        w = row_weight(weights, i)
+        for k in range(width):
+            p = np.float64(preds[i, k])
+            diff = np.log1p(max(p, epsilon)) - np.log1p(max(np.float64(targets[i, k]), epsilon))
+            total += w * diff * diff / width
+            grad[i, k] = diff / (1.0 + p) * scale * w if p > epsilon else 0.0
+    return total
+
+
+@njit(cache=True)
+def mean_absolute_percentage_error(preds, targets, weights, epsilon, grad):
+    """Keras's: 100 |target - pred| / max(|target|, epsilon); the gradient at a zero
+    difference is 0, as with mean_absolute_error."""
+    rows, width = preds.shape
+    scale = 100.0 / (rows * width)
+    total = 0.0
+    for i in range(rows):
+        w = row_weight(weights, i)
+        for k in range(width):
+            t = np.float64(targets[i, k])
+            diff = np.float64(preds[i, k]) - t
+            inverse = 1.0 / max(abs(t), epsilon)
+            total += w * 100.0 * abs(diff) * inverse / width
+            grad[i, k] = np.sign(diff) * inverse * scale * w
+    return total

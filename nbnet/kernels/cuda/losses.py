@@ -277,3 +277,41 @@ def _huber_kernel(preds, targets, weights, delta, scale, terms, grad):
 
 def huber(preds, targets, weights, delta, grad, total_out=None):
     return _regression_loss(_huber_kernel, preds, targets, weights, (float(delta),), 1.0, grad, total_out)
+
+
+@cuda.jit
+def _mean_squared_logarithmic_error_kernel(preds, targets, weights, epsilon, scale, terms, grad):
+    rows, width = preds.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        p = preds[i, k] + 0.0
+        diff = math.log1p(_max(p, epsilon)) - math.log1p(_max(targets[i, k] + 0.0, epsilon))
+        w = _row_weight(weights, i)
+        terms[idx] = w * diff * diff / width
+        grad[i, k] = diff / (1.0 + p) * scale * w if p > epsilon else 0.0
+
+
+def mean_squared_logarithmic_error(preds, targets, weights, epsilon, grad, total_out=None):
+    return _regression_loss(_mean_squared_logarithmic_error_kernel, preds, targets, weights, (float(epsilon),), 2.0,
+                            grad, total_out)
+
+
+@cuda.jit
+def _mean_absolute_percentage_error_kernel(preds, targets, weights, epsilon, scale, terms, grad):
+    rows, width = preds.shape
+    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
+        i = idx // width
+        k = idx - i * width
+        t = targets[i, k] + 0.0
+        diff = (preds[i, k] + 0.0) - t
+        inverse = 1.0 / _max(abs(t), epsilon)
+        w = _row_weight(weights, i)
+        terms[idx] = w * 100.0 * abs(diff) * inverse / width
+        sign = 1.0 if diff > 0.0 else (-1.0 if diff < 0.0 else 0.0)
+        grad[i, k] = sign * inverse * scale * w
+
+
+def mean_absolute_percentage_error(preds, targets, weights, epsilon, grad, total_out=None):
+    return _regression_loss(_mean_absolute_percentage_error_kernel, preds, targets, weights, (float(epsilon),),
+                            100.0, grad, total_out)
