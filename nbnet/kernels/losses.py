@@ -112,84 +112,62 @@ def binary_crossentropy_from_probabilities(probs, targets, weights, epsilon, gra
     return total
 
 
+# The regression losses, one value at a time: (loss term, its derivative in the
+# prediction). ``setting`` is Huber's delta, or the epsilon MSLE and MAPE clip at.
+MSE, MAE, HUBER, MSLE, MAPE = 0, 1, 2, 3, 4
+
+
+@njit(inline="always")
+def regression_term(kind, p, t, setting):
+    """Keras's formulas; |x|'s derivative at 0 is 0, and MSLE has none where the prediction
+    is clipped to epsilon."""
+    diff = p - t
+    if kind == MSE:
+        return diff * diff, 2.0 * diff
+    if kind == MAE:
+        return abs(diff), np.sign(diff)
+    if kind == HUBER:
+        if abs(diff) <= setting:
+            return 0.5 * diff * diff, diff
+        return setting * (abs(diff) - 0.5 * setting), setting * np.sign(diff)
+    if kind == MSLE:
+        logs = np.log1p(max(p, setting)) - np.log1p(max(t, setting))
+        return logs * logs, 2.0 * logs / (1.0 + p) if p > setting else 0.0
+    inverse = 100.0 / max(abs(t), setting)  # MAPE
+    return abs(diff) * inverse, np.sign(diff) * inverse
+
+
 @njit(cache=True)
+def regression_loss(preds, targets, weights, kind, setting, grad):
+    """The summed loss ``kind`` (see regression_term) over the batch, each row's mean over
+    its values; ``grad`` = the derivative of the batch's mean loss."""
+    rows, width = preds.shape
+    scale = 1.0 / (rows * width)
+    total = 0.0
+    for i in range(rows):
+        w = row_weight(weights, i)
+        for k in range(width):
+            term, slope = regression_term(kind, np.float64(preds[i, k]), np.float64(targets[i, k]), setting)
+            total += w * term / width
+            grad[i, k] = slope * scale * w
+    return total
+
+
 def mean_squared_error(preds, targets, weights, grad):
-    rows, width = preds.shape
-    scale = 2.0 / (rows * width)
-    total = 0.0
-    for i in range(rows):
-        w = row_weight(weights, i)
-        for k in range(width):
-            diff = np.float64(preds[i, k]) - targets[i, k]
-            total += w * diff * diff / width
-            grad[i, k] = diff * scale * w
-    return total
+    return regression_loss(preds, targets, weights, MSE, 0.0, grad)
 
 
-@njit(cache=True)
 def mean_absolute_error(preds, targets, weights, grad):
-    """The gradient at a zero difference is 0 (sign(0)), as Keras's."""
-    rows, width = preds.shape
-    scale = 1.0 / (rows * width)
-    total = 0.0
-    for i in range(rows):
-        w = row_weight(weights, i)
-        for k in range(width):
-            diff = np.float64(preds[i, k]) - targets[i, k]
-            total += w * abs(diff) / width
-            grad[i, k] = np.sign(diff) * scale * w
-    return total
+    return regression_loss(preds, targets, weights, MAE, 0.0, grad)
 
 
-@njit(cache=True)
 def huber(preds, targets, weights, delta, grad):
-    """Keras's Huber loss: diff^2 / 2 where |diff| <= delta, else delta * (|diff| - delta / 2)."""
-    rows, width = preds.shape
-    scale = 1.0 / (rows * width)
-    total = 0.0
-    for i in range(rows):
-        w = row_weight(weights, i)
-        for k in range(width):
-            diff = np.float64(preds[i, k]) - targets[i, k]
-            if abs(diff) <= delta:
-                total += w * 0.5 * diff * diff / width
-                grad[i, k] = diff * scale * w
-            else:
-                total += w * delta * (abs(diff) - 0.5 * delta) / width
-                grad[i, k] = delta * np.sign(diff) * scale * w
-    return total
+    return regression_loss(preds, targets, weights, HUBER, float(delta), grad)
 
 
-@njit(cache=True)
 def mean_squared_logarithmic_error(preds, targets, weights, epsilon, grad):
-    """Keras's: (log(max(pred, epsilon) + 1) - log(max(target, epsilon) + 1))^2; no gradient
-    where the prediction is clipped to epsilon."""
-    rows, width = preds.shape
-    scale = 2.0 / (rows * width)
-    total = 0.0
-    for i in range(rows):
-        w = row_weight(weights, i)
-        for k in range(width):
-            p = np.float64(preds[i, k])
-            diff = np.log1p(max(p, epsilon)) - np.log1p(max(np.float64(targets[i, k]), epsilon))
-            total += w * diff * diff / width
-            grad[i, k] = diff / (1.0 + p) * scale * w if p > epsilon else 0.0
-    return total
+    return regression_loss(preds, targets, weights, MSLE, float(epsilon), grad)
 
 
-@njit(cache=True)
 def mean_absolute_percentage_error(preds, targets, weights, epsilon, grad):
-    """Keras's: 100 |target - pred| / max(|target|, epsilon); the gradient at a zero
-    difference is 0, as with mean_absolute_error."""
-    rows, width = preds.shape
-    scale = 100.0 / (rows * width)
-    total = 0.0
-    for i in range(rows):
-        w = row_weight(weights, i)
-        for k in range(width):
-            t = np.float64(targets[i, k])
-            diff = np.float64(preds[i, k]) - t
-            inverse = 1.0 / max(abs(t), epsilon)
-            total += w * 100.0 * abs(diff) * inverse / width
-            grad[i, k] = np.sign(diff) * inverse * scale * w
-    return total
+    return regression_loss(preds, targets, weights, MAPE, float(epsilon), grad)

@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from . import chunking, launch_1d, workspace
+from ..losses import HUBER, MAE, MAPE, MSE, MSLE
 
 
 @cuda.jit(device=True)
@@ -214,104 +215,68 @@ def binary_crossentropy_from_probabilities(probs, targets, weights, epsilon, gra
     return sum_float64(terms, total_out)
 
 
+@cuda.jit(device=True)
+def _sign(x):
+    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
+
+
+@cuda.jit(device=True)
+def _regression_term(kind, p, t, setting):
+    """The CPU's regression_term: (loss term, its derivative in the prediction)."""
+    diff = p - t
+    if kind == MSE:
+        return diff * diff, 2.0 * diff
+    if kind == MAE:
+        return abs(diff), _sign(diff)
+    if kind == HUBER:
+        if abs(diff) <= setting:
+            return 0.5 * diff * diff, diff
+        return setting * (abs(diff) - 0.5 * setting), setting * _sign(diff)
+    if kind == MSLE:
+        logs = math.log1p(_max(p, setting)) - math.log1p(_max(t, setting))
+        return logs * logs, 2.0 * logs / (1.0 + p) if p > setting else 0.0
+    inverse = 100.0 / _max(abs(t), setting)  # MAPE
+    return abs(diff) * inverse, _sign(diff) * inverse
+
+
 @cuda.jit
-def _mean_squared_error_kernel(preds, targets, weights, scale, terms, grad):
+def _regression_kernel(preds, targets, weights, kind, setting, scale, terms, grad):
     rows, width = preds.shape
     for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
         i = idx // width
         k = idx - i * width
-        diff = (preds[i, k] + 0.0) - targets[i, k]
+        term, slope = _regression_term(kind, preds[i, k] + 0.0, targets[i, k] + 0.0, setting)
         w = _row_weight(weights, i)
-        terms[idx] = w * diff * diff / width
-        grad[i, k] = diff * scale * w
+        terms[idx] = w * term / width
+        grad[i, k] = slope * scale * w
 
 
-def _regression_loss(kernel, preds, targets, weights, settings, slope, grad, total_out):
-    """One thread per value: ``kernel`` writes each value's loss term and gradient (its
-    derivative times ``slope`` / the number of values); returns the terms' sum."""
+def _regression_loss(kind, preds, targets, weights, setting, grad, total_out):
+    """One thread per value; returns the terms' sum (see the CPU's regression_loss)."""
     rows, width = preds.shape
     terms = _terms(rows * width)
     if rows * width:
         blocks, threads = launch_1d(rows * width)
-        kernel[blocks, threads](preds, targets, weights, *settings, slope / (rows * width), terms, grad)
+        _regression_kernel[blocks, threads](preds, targets, weights, kind, float(setting), 1.0 / (rows * width),
+                                            terms, grad)
     return sum_float64(terms, total_out)
 
 
 def mean_squared_error(preds, targets, weights, grad, total_out=None):
-    return _regression_loss(_mean_squared_error_kernel, preds, targets, weights, (), 2.0, grad, total_out)
-
-
-@cuda.jit
-def _mean_absolute_error_kernel(preds, targets, weights, scale, terms, grad):
-    rows, width = preds.shape
-    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
-        i = idx // width
-        k = idx - i * width
-        diff = (preds[i, k] + 0.0) - targets[i, k]
-        w = _row_weight(weights, i)
-        terms[idx] = w * abs(diff) / width
-        sign = 1.0 if diff > 0.0 else (-1.0 if diff < 0.0 else 0.0)
-        grad[i, k] = sign * scale * w
+    return _regression_loss(MSE, preds, targets, weights, 0.0, grad, total_out)
 
 
 def mean_absolute_error(preds, targets, weights, grad, total_out=None):
-    return _regression_loss(_mean_absolute_error_kernel, preds, targets, weights, (), 1.0, grad, total_out)
-
-
-@cuda.jit
-def _huber_kernel(preds, targets, weights, delta, scale, terms, grad):
-    rows, width = preds.shape
-    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
-        i = idx // width
-        k = idx - i * width
-        diff = (preds[i, k] + 0.0) - targets[i, k]
-        w = _row_weight(weights, i)
-        if abs(diff) <= delta:
-            terms[idx] = w * 0.5 * diff * diff / width
-            grad[i, k] = diff * scale * w
-        else:
-            sign = 1.0 if diff > 0.0 else -1.0
-            terms[idx] = w * delta * (abs(diff) - 0.5 * delta) / width
-            grad[i, k] = delta * sign * scale * w
+    return _regression_loss(MAE, preds, targets, weights, 0.0, grad, total_out)
 
 
 def huber(preds, targets, weights, delta, grad, total_out=None):
-    return _regression_loss(_huber_kernel, preds, targets, weights, (float(delta),), 1.0, grad, total_out)
-
-
-@cuda.jit
-def _mean_squared_logarithmic_error_kernel(preds, targets, weights, epsilon, scale, terms, grad):
-    rows, width = preds.shape
-    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
-        i = idx // width
-        k = idx - i * width
-        p = preds[i, k] + 0.0
-        diff = math.log1p(_max(p, epsilon)) - math.log1p(_max(targets[i, k] + 0.0, epsilon))
-        w = _row_weight(weights, i)
-        terms[idx] = w * diff * diff / width
-        grad[i, k] = diff / (1.0 + p) * scale * w if p > epsilon else 0.0
+    return _regression_loss(HUBER, preds, targets, weights, delta, grad, total_out)
 
 
 def mean_squared_logarithmic_error(preds, targets, weights, epsilon, grad, total_out=None):
-    return _regression_loss(_mean_squared_logarithmic_error_kernel, preds, targets, weights, (float(epsilon),), 2.0,
-                            grad, total_out)
-
-
-@cuda.jit
-def _mean_absolute_percentage_error_kernel(preds, targets, weights, epsilon, scale, terms, grad):
-    rows, width = preds.shape
-    for idx in range(cuda.grid(1), rows * width, cuda.gridsize(1)):
-        i = idx // width
-        k = idx - i * width
-        t = targets[i, k] + 0.0
-        diff = (preds[i, k] + 0.0) - t
-        inverse = 1.0 / _max(abs(t), epsilon)
-        w = _row_weight(weights, i)
-        terms[idx] = w * 100.0 * abs(diff) * inverse / width
-        sign = 1.0 if diff > 0.0 else (-1.0 if diff < 0.0 else 0.0)
-        grad[i, k] = sign * inverse * scale * w
+    return _regression_loss(MSLE, preds, targets, weights, epsilon, grad, total_out)
 
 
 def mean_absolute_percentage_error(preds, targets, weights, epsilon, grad, total_out=None):
-    return _regression_loss(_mean_absolute_percentage_error_kernel, preds, targets, weights, (float(epsilon),),
-                            100.0, grad, total_out)
+    return _regression_loss(MAPE, preds, targets, weights, epsilon, grad, total_out)
