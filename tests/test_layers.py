@@ -889,6 +889,24 @@ def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows):
     np.testing.assert_allclose(grad, 1 + a.T @ dy, rtol=1e-6)
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_weight_and_input_gradients_side_by_side_match_numpy(monkeypatch, paired):
+    """A layer's two backward products (kernels/matmul.weight_and_input_gradients), one
+    after the other or side by side on two threads: equal to NumPy's, and the same bits
+    either way (each product is one whole BLAS call in both)."""
+    from nbnet.kernels import matmul
+
+    monkeypatch.setattr(matmul, "PAIR_MIN_MACS", 0 if paired else 10 ** 12)
+    monkeypatch.setattr(matmul, "PARALLEL_MIN_MACS", 10 ** 12)
+    rng = np.random.default_rng(6)
+    a, dz = rng.random((9, 5), dtype=np.float32), rng.random((9, 3), dtype=np.float32)
+    kernel = rng.random((5, 3), dtype=np.float32)
+    grad, dx = np.ones((5, 3), np.float32), np.full((9, 5), np.nan, np.float32)
+    matmul.weight_and_input_gradients(a, dz, kernel, grad, np.empty((matmul.workers(), 5, 3), np.float32), dx)
+    np.testing.assert_array_equal(grad, 1 + np.matmul(a.T, dz))
+    np.testing.assert_array_equal(dx, np.matmul(dz, kernel.T))
+
+
 def test_dense_on_positions_applies_to_the_last_axis_as_keras():
     """Dense on (batch, steps, features): the kernel on each position's features; an SGD
     step under MSE equals one on the positions as rows (Keras's mean over every position)."""
