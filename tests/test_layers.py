@@ -872,20 +872,21 @@ def test_pool_property(config, kind, default_strides, seed):
     assert report["x"][0] <= GRAD_RTOL, report
 
 
-@pytest.mark.parametrize("rows", [7, 64])
-def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows):
-    """The row-split matmul and the batch-split weight gradient (kernels/matmul.py), which
-    large products take, against NumPy; forced on for small shapes."""
+@pytest.mark.parametrize("rows, inner, columns", [(7, 5, 3), (64, 5, 3), (4, 9, 6)])
+def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows, inner, columns):
+    """The row-split matmul and the weight gradient split by rows (many rows) or by
+    columns (fewer rows than the gradient has) (kernels/matmul.py), which large products
+    take, against NumPy; forced on for small shapes."""
     from nbnet.kernels import matmul
 
     monkeypatch.setattr(matmul, "PARALLEL_MIN_MACS", 0)
     rng = np.random.default_rng(4)
-    a, b = rng.random((rows, 5), dtype=np.float32), rng.random((5, 3), dtype=np.float32)
-    dy = rng.random((rows, 3), dtype=np.float32)
-    out = np.full((rows, 3), np.nan, np.float32)
+    a, b = rng.random((rows, inner), dtype=np.float32), rng.random((inner, columns), dtype=np.float32)
+    dy = rng.random((rows, columns), dtype=np.float32)
+    out = np.full((rows, columns), np.nan, np.float32)
     np.testing.assert_allclose(matmul.matmul(a, b, out), a @ b, rtol=1e-6)
-    grad = np.ones((5, 3), np.float32)
-    matmul.add_transposed_product(a, dy, grad, np.empty((matmul.workers(), 5, 3), np.float32))
+    grad = np.ones((inner, columns), np.float32)
+    matmul.add_transposed_product(a, dy, grad, np.empty((matmul.workers(), inner, columns), np.float32))
     np.testing.assert_allclose(grad, 1 + a.T @ dy, rtol=1e-6)
 
 

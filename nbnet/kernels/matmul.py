@@ -47,13 +47,28 @@ def matmul(a, b, out):
 
 def add_transposed_product(a, b, grad, scratch):
     """grad += a.T @ b (a weight gradient: the sum over the batch rows of ``a`` and ``b``).
-    The rows are split across the workers; each writes its partial product into
-    ``scratch[k]`` (``scratch`` has shape (workers(), *grad.shape)), then all are added."""
-    rows = a.shape[0]
+    Large products are split across the workers: by the rows summed over, each worker
+    writing its partial product into ``scratch[k]`` (``scratch`` has shape (workers(),
+    *grad.shape)), all then added; or, where the rows are fewer than ``grad``'s (a Dense
+    layer's batch against its inputs), by the columns of ``b``, each worker making and
+    adding its own columns of ``grad``: partial products as large as ``grad`` would cost
+    more memory traffic than the sum over the few rows saves (2 cores, ms, alone: 784 ->
+    2048 at batch 32 4.6 split by rows, 2.8 by columns, 2.5 on one thread; at batch 128
+    4.2, 3.7 and 5.3; 3136 -> 1024 at batch 128 8.0, 7.5 and 10.3; an im2col conv's 6272
+    rows into 288 x 64: 1.7, 2.2 and 2.7. Inside training steps the gap is smaller: the
+    784-2048-10 MLP's dense backward at batch 32 2.1-2.3 -> 1.8-2.1 ms a step)."""
+    rows, inner = a.shape
+    columns = b.shape[1]
     pool, count = _executor()
-    if count == 1 or rows * a.shape[1] * b.shape[1] < PARALLEL_MIN_MACS or rows < 2 * count:
-        np.matmul(a.T, b, out=scratch[0])
-        grad += scratch[0]
+    if count == 1 or rows * inner * columns < PARALLEL_MIN_MACS or rows < 2 * count:
+        _add_product(a.T, b, grad, scratch[0])
+        return
+    if rows < inner and columns >= 2 * count:
+        bounds = [columns * i // count for i in range(count + 1)]
+        futures = [pool.submit(_add_product, a.T, b[:, lo:hi], grad[:, lo:hi], scratch[0, :, lo:hi])
+                   for lo, hi in zip(bounds, bounds[1:])]
+        for future in futures:
+            future.result()
         return
     bounds = [rows * i // count for i in range(count + 1)]
     futures = [pool.submit(np.matmul, a[lo:hi].T, b[lo:hi], out=scratch[k])
