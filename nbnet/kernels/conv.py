@@ -223,7 +223,8 @@ def _direct_conv_parallel(images, x, offsets, packed, taps, bias, code, sh, sw, 
 
 
 def _direct_conv(*args):
-    launch(_direct_conv_parallel, _direct_conv_images, CHUNK_BOUNDS, args)
+    batch = args[0].shape[0]
+    launch(_direct_conv_parallel, _direct_conv_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
 
 
 def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
@@ -357,7 +358,7 @@ def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_t
     bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
     args = (chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
             pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
-    launch(_direct_backward_parallel, _direct_backward_chunk, (types.int64,), args)
+    launch(_direct_backward_parallel, _direct_backward_chunk, (types.int64,), args, (0,) if chunks == 1 else None)
     # packed (filter block, tap, filter in block) back to (tap, filter)
     blocks = packed.size // (taps * _FILTER_BLOCK)
     unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)

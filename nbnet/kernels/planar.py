@@ -239,7 +239,8 @@ def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
     """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
     ``kernel`` is Keras's (kh, kw, in, out)."""
     args = (x, kernel, pad_top, pad_left, out_h, out_w, z)
-    launch(_forward_parallel, _forward_images, CHUNK_BOUNDS, args)
+    batch = x.shape[0]
+    launch(_forward_parallel, _forward_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
 
 
 @njit(cache=True)
@@ -298,7 +299,7 @@ def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel
                        x.dtype)
     launch(_backward_parallel, _backward_chunk, (types.int64,),
            (chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial, need_dx,
-            dx))
+            dx), (0,) if chunks == 1 else None)
     # taps run (c, p, q); the kernel is (p, q, c, o)
     total = partial[0, :filters, :field]
     for chunk in range(1, chunks):
