@@ -11,6 +11,8 @@ from numba import njit, prange
 from . import REDUCTION_CHUNKS
 
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, LEAKY_RELU, ELU, SELU, SOFTPLUS = 0, 1, 2, 3, 4, 5, 6, 7, 8
+# The codes whose slope is a quadratic in the output (see slope_terms).
+SLOPE_CODES = frozenset((LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH))
 # SELU's constants (Klambauer et al. 2017, as Keras): scale * x above 0, else
 # scale * alpha * (exp(x) - 1).
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
@@ -190,15 +192,53 @@ def gradient_from_output(code, alpha, out, grad, zero):
     return grad
 
 
+@njit(inline="always")
+def slope_terms(code, alpha, dtype):
+    """(above, below, linear, square): the slope of activation ``code`` at output y is
+    (above if y > 0 else below) + y * (linear + square * y) for LINEAR, RELU, LEAKY_RELU,
+    SIGMOID (y (1 - y)) and TANH (1 - y^2), the codes gradient_from_slope serves."""
+    zero, one = dtype(0.0), dtype(1.0)
+    if code == SIGMOID:
+        return zero, zero, one, -one
+    if code == TANH:
+        return one, one, zero, -one
+    return one, (zero if code == RELU else dtype(alpha) if code == LEAKY_RELU else one), zero, zero
+
+
+@njit(inline="always")
+def gradient_from_slope(out, grad, above, below, linear, square, zero):
+    """grad times the slope at output ``out`` (see slope_terms), zero where the slope is:
+    one expression for the common codes, so a loop over it vectorises (with the code
+    tested inside, as gradient_from_output does, LLVM vectorised none: ReLU's gradient
+    over 128x14x14x16 values took 0.21 ms, now 0.03-0.04)."""
+    slope = (above if out > zero else below) + out * (linear + square * out)
+    return grad * slope if slope != zero else zero
+
+
 @njit(parallel=True, cache=True)
-def _activation_backward_chunks(y, dy, code, alpha, dz, partial):
+def _activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
+    rows, channels = y.shape
+    chunks = partial.shape[0]
+    zero = y.dtype.type(0.0)
+    above, below, linear, square = slope_terms(code, alpha, y.dtype.type)
+    for chunk in prange(chunks):
+        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            for k in range(channels):
+                dz[i, k] = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
+            if sums:
+                for k in range(channels):
+                    partial[chunk, k] += dz[i, k]
+
+
+# The other codes (softmax and the exponential units) in a kernel of their own, compiled
+# only by the models that use them (each loop costs compile time in every model).
+@njit(parallel=True, cache=True)
+def _other_activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
     rows, channels = y.shape
     chunks = partial.shape[0]
     zero = y.dtype.type(0.0)
     for chunk in prange(chunks):
-        start = chunk * rows // chunks
-        stop = (chunk + 1) * rows // chunks
-        for i in range(start, stop):
+        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             if code == SOFTMAX:
                 dot = 0.0
                 for k in range(channels):
@@ -208,8 +248,9 @@ def _activation_backward_chunks(y, dy, code, alpha, dz, partial):
             else:
                 for k in range(channels):
                     dz[i, k] = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
-            for k in range(channels):
-                partial[chunk, k] += dz[i, k]
+            if sums:
+                for k in range(channels):
+                    partial[chunk, k] += dz[i, k]
 
 
 def activation_backward(y, dy, code, alpha, dz, dbias):
@@ -217,9 +258,11 @@ def activation_backward(y, dy, code, alpha, dz, dbias):
     (column sums of dz, partial sums per fixed chunk of rows) into ``dbias`` unless it has
     length 0. ``dz`` may be ``dy``."""
     rows, channels = y.shape
-    partial = np.zeros((max(min(REDUCTION_CHUNKS, rows), 1), channels), dtype=y.dtype)
-    _activation_backward_chunks(y, dy, code, alpha, dz, partial)
-    if dbias.shape[0] > 0:
+    sums = dbias.shape[0] > 0
+    partial = np.zeros((max(min(REDUCTION_CHUNKS, rows), 1), channels if sums else 0), dtype=y.dtype)
+    kernel = _activation_backward_chunks if code in SLOPE_CODES else _other_activation_backward_chunks
+    kernel(y, dy, code, alpha, dz, partial, sums)
+    if sums:
         add_chunk_sums(partial, dbias)
 
 

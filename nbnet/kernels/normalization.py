@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import REDUCTION_CHUNKS
-from .activations import activate_fusable, gradient_from_output
+from .activations import activate_fusable, gradient_from_slope, slope_terms
 
 
 def _partials(rows, channels):
@@ -127,10 +127,11 @@ def _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat):
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
+    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
-                grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
+                grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
                 sum_dy[chunk, k] += grad
                 sum_dy_xhat[chunk, k] += grad * x_hat[i, k]
 
@@ -158,9 +159,10 @@ def _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta):
 def _input_gradient(dy, y, code, alpha, x_hat, gamma, inv_std, mean_dy, mean_dy_xhat, dx):
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
+    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
     for i in prange(rows):
         for k in range(channels):
-            grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
+            grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
             dx[i, k] = gamma[k] * inv_std[k] * (grad - mean_dy[k] - x_hat[i, k] * mean_dy_xhat[k])
 
 
@@ -179,10 +181,11 @@ def _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_d
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
+    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
-                grad = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
+                grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
                 sum_dy[chunk, k] += grad
                 sum_dy_xhat[chunk, k] += grad * (x[i, k] - moving_mean[k]) * inv_std[k]
 
@@ -191,9 +194,11 @@ def _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_d
 def _frozen_input_gradient(dy, y, code, alpha, gamma, inv_std, dx):
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
+    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
     for i in prange(rows):
         for k in range(channels):
-            dx[i, k] = gamma[k] * inv_std[k] * gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
+            dx[i, k] = gamma[k] * inv_std[k] * gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square,
+                                                                   zero)
 
 
 def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
