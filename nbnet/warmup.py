@@ -7,10 +7,12 @@ install time. Shapes do not matter to Numba, only dtypes and ranks: two samples 
 Numba compiles on one core. When the warm-up, or any model's first training step, is
 still compiling after half a second (a cold cache), a second process warms up the
 model's segments from the back (see _segment_jobs), into the same disk cache, while this
-one works from the front: whatever it finished, this one loads instead of compiling. Cold
-starts (cache cleared, 2 cores, first fit or `nbnet warmup`): the MNIST CNN 15.4 s in one
-process (NBNET_WARMUP_HELPER=0), 9.9-10.0 s with the helper; LeNet-5 9.4 s; the small
-ResNet 16 s, the Kaggle-style BatchNormalization CNN 17.5 s.
+one works from the front: whatever it finished, this one loads instead of compiling, and
+whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
+cleared, 2 cores, first fit of 256 images or `nbnet warmup`): the MNIST CNN 15.4 s in one
+process (NBNET_WARMUP_HELPER=0), 8.4-8.5 s with the helper; LeNet-5 8.0 s; the MLP 4.5 s;
+tf_mnist_5x5 9.5-9.8 s; the small ResNet 12.5-12.8 s, the Kaggle-style BatchNormalization
+CNN 15.1 s.
 """
 
 import json
@@ -22,6 +24,8 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+
+from . import compile_locks
 
 # Seconds of warm-up after which the cache counts as cold and the helper process starts.
 HELPER_AFTER = 0.5
@@ -106,9 +110,8 @@ def _segment_jobs(model):
     activation, stay together), the last segment first. The helper works from the back
     while this process compiles from the front (forward kernels, then the backward ones
     from the back), and they meet in the middle instead of compiling the same kernels
-    side by side. The first weighted layer's segment is left to this process (a first
-    layer on few channels takes kernel paths of its own). Layers with several inputs
-    (merges) and nested models stay with this process too. Each job: the segment's input
+    side by side; the first weighted layer's segment goes second (below). Layers with
+    several inputs (merges) and nested models stay with this process. Each job: the segment's input
     shape, its layers' configs, and the loss to train it with (the model's where the
     segment ends at its only output, else mean squared error); None where the model is
     not built and compiled or has fewer than two weighted layers."""
@@ -131,8 +134,18 @@ def _segment_jobs(model):
         return bool(getattr(node.layer, "weight_order", ()))  # (a nested model has none)
 
     starts = [node for node in model._nodes if weighted(node) and is_chain(node)]
+    # The first segment's backward kernels are the last this process needs; the helper
+    # takes them second, once this process has compiled (or is compiling: see
+    # compile_locks) their forward ones. Left to this process they were compiled at the
+    # end with the other core idle (first fits, cache cleared: the small ResNet 14.4 ->
+    # 12.6 s, tf_mnist_5x5 13.6 -> 10.3 s, the Kaggle-style CNN 16-17 -> 15 s; taken
+    # first, the helper waited on the forward ones: 17 s).
+    if len(starts) < 2:
+        return None
+    order = list(reversed(starts[1:]))
+    order[1:1] = starts[:1]
     jobs = []
-    for first in reversed(starts[1:]):
+    for first in order:
         segment = [first]
         while id(segment[-1].outputs[0]) not in outputs:
             following = readers.get(id(segment[-1].outputs[0]), [])
@@ -174,6 +187,7 @@ class _Helper:
                                             env={**os.environ, "NBNET_WARMUP_HELPER": "0"})
             self.process.stdin.write(json.dumps(job).encode())
             self.process.stdin.close()
+            compile_locks.enable()
 
     def stop(self):
         with self._lock:
@@ -185,6 +199,7 @@ class _Helper:
                 # kill leaves no half-written entry behind.
                 self.process.kill()
                 self.process.wait()
+            compile_locks.disable()
 
 
 def _helper_main():
@@ -197,6 +212,7 @@ def _helper_main():
     from .models import Sequential
 
     request = json.loads(sys.stdin.read())
+    compile_locks.enable()
     trained = []
     for job in request["segments"]:
         names = [entry["class_name"] for entry in job["layers"]]

@@ -9,6 +9,7 @@ import textwrap
 
 import numba
 import numpy as np
+import pytest
 
 from nbnet import layers
 from nbnet.kernels.activations import RELU, _bias_activation_blocks, bias_activation_forward
@@ -122,8 +123,8 @@ def test_second_process_reuses_disk_cache(tmp_path):
 
 
 def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
-    """On a cold cache a second process warms up the segments from each weighted layer
-    after the first on to the next, the last first (a conv and the pool after it stay
+    """On a cold cache a second process warms up the segments from each weighted layer on
+    to the next, the last first and the first second (a conv and the pool after it stay
     together); it runs on its own and is stopped when the warm-up ends."""
     import json
     import subprocess
@@ -136,15 +137,16 @@ def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
     model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
     jobs = warmup_module._segment_jobs(model)
     assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
-        ["Dense"], ["Conv2D", "MaxPooling2D", "Flatten"]]  # from the back
-    assert [job["input_shape"] for job in jobs] == [[16], [6, 6, 4]]
-    assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config(), "mean_squared_error"]
+        ["Dense"], ["Conv2D"], ["Conv2D", "MaxPooling2D", "Flatten"]]  # from the back, the first second
+    assert [job["input_shape"] for job in jobs] == [[16], [8, 8, 1], [6, 6, 4]]
+    assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config()] + ["mean_squared_error"] * 2
     request = {"segments": jobs, "inference": True}
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(request).encode(),
                           capture_output=True, timeout=600)
     assert done.returncode == 0 and "skipped" not in done.stderr.decode(), done.stderr.decode()[-2000:]
-    assert done.stdout.decode().splitlines() == ["warmed ['Dense']", "warmed ['Conv2D', 'MaxPooling2D', 'Flatten']",
-                                                 "inferred ['Dense']", "inferred ['Conv2D', 'MaxPooling2D', 'Flatten']"]
+    segments = ["['Dense']", "['Conv2D']", "['Conv2D', 'MaxPooling2D', 'Flatten']"]
+    assert done.stdout.decode().splitlines() == ([f"warmed {names}" for names in segments]
+                                                 + [f"inferred {names}" for names in segments])
 
     started = []
     real_popen = subprocess.Popen
@@ -180,9 +182,9 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
 
     jobs = warmup_module._segment_jobs(_residual_model())
     assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
-        ["Dense"], ["BatchNormalization", "Activation"], ["Conv2D"]]
-    assert [job["input_shape"] for job in jobs] == [[4], [8, 8, 4], [8, 8, 4]]
-    assert [job["loss"] == "mean_squared_error" for job in jobs] == [False, True, True]
+        ["Dense"], ["Conv2D"], ["BatchNormalization", "Activation"], ["Conv2D"]]
+    assert [job["input_shape"] for job in jobs] == [[4], [8, 8, 1], [8, 8, 4], [8, 8, 4]]
+    assert [job["loss"] == "mean_squared_error" for job in jobs] == [False, True, True, True]
     broken = dict(jobs[0], layers=[{"class_name": "NoSuchLayer", "config": {}}])
     request = {"segments": [broken] + jobs, "inference": False}  # as for a first training step
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"],
@@ -191,7 +193,7 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
     skipped = [line for line in done.stderr.decode().splitlines() if line.startswith("skipped")]
     assert len(skipped) == 1 and "NoSuchLayer" in skipped[0], done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == [
-        "warmed ['Dense']", "warmed ['BatchNormalization', 'Activation']", "warmed ['Conv2D']"]
+        "warmed ['Dense']", "warmed ['Conv2D']", "warmed ['BatchNormalization', 'Activation']", "warmed ['Conv2D']"]
 
 
 def test_first_training_step_starts_the_helper_once(monkeypatch):
@@ -224,7 +226,37 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     model.fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]  # one helper, told to start none of its own
-    assert requests[0]["inference"] is False and len(requests[0]["segments"]) == 3  # the step's kernels only
+    assert requests[0]["inference"] is False and len(requests[0]["segments"]) == 4  # the step's kernels only
     monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
     _residual_model().fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="compile locks use flock")
+def test_compile_locks_hold_a_compile_until_the_other_holder_is_done():
+    """While a helper runs, compiling a cached nbnet kernel takes its file lock first
+    (nbnet/compile_locks.py): a compile waits while another holds the lock, then runs."""
+    import fcntl
+    import threading
+
+    from nbnet import compile_locks
+    from nbnet.kernels import activations
+
+    function = activations.add_chunk_sums
+    partial = np.arange(24.0).reshape(3, 8)[:, ::2]  # a layout nothing else compiles it for
+    out = np.zeros(4)
+    done = threading.Event()
+    compile_locks.enable()
+    try:
+        with open(compile_locks._lock_path(f"{function.py_func.__module__}.{function.py_func.__qualname__}"),
+                  "a+b") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            worker = threading.Thread(target=lambda: (function(partial, out), done.set()))
+            worker.start()
+            assert not done.wait(0.5)  # waiting for the lock
+            fcntl.flock(holder, fcntl.LOCK_UN)
+        assert done.wait(120)
+        worker.join()
+    finally:
+        compile_locks.disable()
+    np.testing.assert_array_equal(out, partial.sum(axis=0))
