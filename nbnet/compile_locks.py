@@ -22,12 +22,16 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
+# No kernel compiles for anything near this long; past it the holder is taken to be stuck.
+MAX_WAIT = 120.0
+_POLL = 0.01
 _state = threading.local()
 _active = False
 _original_compile = None
@@ -63,14 +67,34 @@ def _compile(self, sig):
             held = _state.held = set()
         if key in held:  # another signature of it, inside its own compile
             return _original_compile(self, sig)
-        with open(_lock_path(key), "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle = open(_lock_path(key), "a+b")
+        except OSError:  # no writable temporary folder: compile unlocked, as without a helper
+            return _original_compile(self, sig)
+        with handle:
+            locked = _wait_for(handle)
             held.add(key)
             try:
                 return _original_compile(self, sig)
             finally:
                 held.discard(key)
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_for(handle):
+    """Takes the lock; gives up after MAX_WAIT seconds (a helper that hangs must not hang
+    this process: it then compiles the kernel itself). Returns whether it took it."""
+    waited = 0.0
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if waited >= MAX_WAIT:
+                return False
+            time.sleep(_POLL)
+            waited += _POLL
 
 
 def _locks_this(dispatcher):

@@ -260,3 +260,26 @@ def test_compile_locks_hold_a_compile_until_the_other_holder_is_done():
     finally:
         compile_locks.disable()
     np.testing.assert_array_equal(out, partial.sum(axis=0))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="compile locks use flock")
+def test_compile_locks_give_up_on_a_holder_that_never_lets_go(monkeypatch):
+    """A stuck holder (a hung helper) delays a compile by MAX_WAIT, then it compiles anyway."""
+    import fcntl
+
+    from nbnet import compile_locks
+    from nbnet.kernels import activations
+
+    monkeypatch.setattr(compile_locks, "MAX_WAIT", 0.2)
+    function = activations.add_chunk_sums
+    partial = np.arange(12, dtype=np.float32).reshape(3, 4)[::2]  # another new layout
+    out = np.zeros(4, np.float32)
+    compile_locks.enable()
+    try:
+        with open(compile_locks._lock_path(f"{function.py_func.__module__}.{function.py_func.__qualname__}"),
+                  "a+b") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            function(partial, out)  # returns, though the lock is never released
+    finally:
+        compile_locks.disable()
+    np.testing.assert_array_equal(out, partial.sum(axis=0))
