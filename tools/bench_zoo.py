@@ -13,6 +13,8 @@ inference images/s at batch 1000 and ms for one image, the ratios nbnet/PyTorch 
 below 1 is faster) and nbnet/onnxruntime (inference throughput: above 1 is faster),
 effective GFLOP/s (3x the forward FLOPs per trained image) and the compute floor (the
 step's FLOPs at the sgemm rate measured in this run). Geometric means close the report.
+The nbnet and PyTorch workers run --repeats times (3), taking turns, and every figure is
+the median over the runs: on a shared 2-core machine one run's figures moved 10-40%.
 """
 
 import argparse
@@ -175,9 +177,7 @@ def nbnet_worker(args):
             entry[f"train_ms_b{batch}"] = statistics.median(times) * 1e3
         x, _ = data(name, 1000, seed=1)
         model.predict(x[:200], batch_size=1000)
-        began = time.perf_counter()
-        model.predict(x, batch_size=1000)
-        entry["infer_images_per_s_b1000"] = 1000 / (time.perf_counter() - began)
+        entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model.predict(x, batch_size=1000))
         times = []
         for i in range(50):
             began = time.perf_counter()
@@ -200,9 +200,7 @@ def onnxruntime_timings(path, x, threads):
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     session.run(None, {name: x[:200]})
-    began = time.perf_counter()
-    session.run(None, {name: x})
-    rate = len(x) / (time.perf_counter() - began)
+    rate = len(x) / median_seconds(lambda: session.run(None, {name: x}))
     times = []
     for i in range(50):
         began = time.perf_counter()
@@ -298,9 +296,7 @@ def torch_worker(args):
         images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         with torch.inference_mode():
             model(images[:200])
-            began = time.perf_counter()
-            model(images)
-            entry["infer_images_per_s_b1000"] = 1000 / (time.perf_counter() - began)
+            entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model(images))
             times = []
             for i in range(50):
                 began = time.perf_counter()
@@ -312,6 +308,17 @@ def torch_worker(args):
     print(json.dumps(results))
 
 
+def median_seconds(run, times=3):
+    """The median wall time of ``times`` calls of ``run`` (one batch-1000 pass is too short
+    to time once on a noisy machine)."""
+    taken = []
+    for _ in range(times):
+        began = time.perf_counter()
+        run()
+        taken.append(time.perf_counter() - began)
+    return statistics.median(taken)
+
+
 # -- the run ------------------------------------------------------------------------------------
 def child(flag, args, python):
     command = [python, str(HERE), flag, "--steps", str(args.steps), "--threads", str(args.threads), "--only",
@@ -320,6 +327,12 @@ def child(flag, args, python):
     if out.returncode != 0:
         raise SystemExit(f"{flag} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def medians(runs):
+    """Per architecture and figure, the median over the workers' runs."""
+    return {name: {key: statistics.median(run[name][key] for run in runs) for key in runs[0][name]}
+            for name in runs[0] if name != "version"}
 
 
 def geometric_mean(values):
@@ -333,6 +346,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--only", default=",".join(ARCHITECTURES), help="comma-separated architecture names")
     parser.add_argument("--torch-python", help="python of a virtualenv with torch installed")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each worker, taking turns; medians reported")
     parser.add_argument("--nbnet-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -347,10 +361,18 @@ def main():
     from bench_train import sgemm_gflops
 
     sgemm = sgemm_gflops(args.threads)
-    nbnet = child("--nbnet-worker", args, sys.executable)
-    torch = child("--torch-worker", args, args.torch_python) if args.torch_python else None
-    report = {"benchmark": "bench_zoo", "threads": args.threads, "steps": args.steps, "sgemm_gflops": round(sgemm, 1),
-              "torch_version": torch.pop("version") if torch else None, "architectures": {}}
+    # The workers take turns, so a slow spell of the machine falls on both sides; each
+    # figure is the median over the repeats.
+    nbnet_runs, torch_runs = [], []
+    for _ in range(args.repeats):
+        nbnet_runs.append(child("--nbnet-worker", args, sys.executable))
+        if args.torch_python:
+            torch_runs.append(child("--torch-worker", args, args.torch_python))
+    nbnet = medians(nbnet_runs)
+    torch = medians(torch_runs) if torch_runs else None
+    report = {"benchmark": "bench_zoo", "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
+              "sgemm_gflops": round(sgemm, 1), "torch_version": torch_runs[0]["version"] if torch else None,
+              "architectures": {}}
     ratios = {"train_b32": [], "train_b128": [], "infer_b1000_vs_ort": [], "infer_b1_vs_ort": []}
     for name in args.only.split(","):
         ours, entry = nbnet[name], {"nbnet": {k: round(v, 3) for k, v in nbnet[name].items()}}
