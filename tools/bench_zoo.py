@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+# Untimed training steps before the timed ones, for both frameworks.
+WARMUP_STEPS = 8
 
 # Layer specs: ("conv", filters, kernel, stride, padding, activation), ("bn",), ("act", name),
 # ("maxpool", size), ("avgpool", size), ("gap",), ("flatten",), ("dense", units, activation),
@@ -168,7 +170,9 @@ def nbnet_worker(args):
         entry = {}
         for batch in (32, 128):
             x, y = data(name, batch * args.steps)
-            model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, verbose=0)  # compile, warm buffers
+            # Compile, then warm buffers: the first steps after allocating a large model's
+            # buffers ran up to 1.7x slower (first page touches), on both sides.
+            model.fit(x[:batch * WARMUP_STEPS], y[:batch * WARMUP_STEPS], batch_size=batch, verbose=0)
             times = []
             for start in range(0, len(x), batch):
                 began = time.perf_counter()
@@ -283,12 +287,12 @@ def torch_worker(args):
             x, y = data(name, batch * args.steps)
             images, labels = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
             times = []
-            for step, start in enumerate([0, 0] + list(range(0, len(x), batch))):
+            for step, start in enumerate([0] * WARMUP_STEPS + list(range(0, len(x), batch))):
                 began = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(images[start:start + batch]), labels[start:start + batch]).backward()
                 optimizer.step()
-                if step >= 2:  # two warm-up steps
+                if step >= WARMUP_STEPS:
                     times.append(time.perf_counter() - began)
             entry[f"train_ms_b{batch}"] = statistics.median(times) * 1e3
         model.eval()
