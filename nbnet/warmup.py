@@ -10,9 +10,9 @@ model's segments from the back (see _segment_jobs), into the same disk cache, wh
 one works from the front: whatever it finished, this one loads instead of compiling, and
 whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
 cleared, 2 cores, first fit of 256 images or `nbnet warmup`): the MNIST CNN 15.4 s in one
-process (NBNET_WARMUP_HELPER=0), 8.4-8.5 s with the helper; LeNet-5 8.0 s; the MLP 4.5 s;
-tf_mnist_5x5 9.5-9.8 s; the small ResNet 12.5-12.8 s, the Kaggle-style BatchNormalization
-CNN 15.1 s.
+process (NBNET_WARMUP_HELPER=0), 8.4-8.9 s with the helper; LeNet-5 7.6-8.8 s; the MLP
+4.5-4.8 s; tf_mnist_5x5 9.5-11.9 s; the small ResNet 11.9-13.4 s, the Kaggle-style
+BatchNormalization CNN 11.9-12.6 s (the range: this VM from run to run).
 """
 
 import json
@@ -111,10 +111,10 @@ def _segment_jobs(model):
     while this process compiles from the front (forward kernels, then the backward ones
     from the back), and they meet in the middle instead of compiling the same kernels
     side by side; the first weighted layer's segment goes second (below). Layers with
-    several inputs (merges) and nested models stay with this process. Each job: the segment's input
-    shape, its layers' configs, and the loss to train it with (the model's where the
-    segment ends at its only output, else mean squared error); None where the model is
-    not built and compiled or has fewer than two weighted layers."""
+    several inputs (merges) and nested models stay with this process. Each job: the
+    segment's input shape, its layers' configs, and the loss to train it with (the
+    model's where the segment ends at its only output, else mean squared error); None
+    where the model is not built and compiled or has fewer than two weighted layers."""
     from . import metrics
     from .models import Model
 
