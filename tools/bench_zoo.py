@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_infer import median_seconds  # (a warm-up call, then the median of the timed ones)
+
 HERE = Path(__file__).resolve()
 # Untimed training steps before the timed ones, for both frameworks.
 WARMUP_STEPS = 8
@@ -181,7 +183,7 @@ def nbnet_worker(args):
             entry[f"train_ms_b{batch}"] = statistics.median(times) * 1e3
         x, _ = data(name, 1000, seed=1)
         model.predict(x[:200], batch_size=1000)
-        entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model.predict(x, batch_size=1000))
+        entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model.predict(x, batch_size=1000), 3)
         times = []
         for i in range(50):
             began = time.perf_counter()
@@ -204,7 +206,7 @@ def onnxruntime_timings(path, x, threads):
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     session.run(None, {name: x[:200]})
-    rate = len(x) / median_seconds(lambda: session.run(None, {name: x}))
+    rate = len(x) / median_seconds(lambda: session.run(None, {name: x}), 3)
     times = []
     for i in range(50):
         began = time.perf_counter()
@@ -300,7 +302,7 @@ def torch_worker(args):
         images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         with torch.inference_mode():
             model(images[:200])
-            entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model(images))
+            entry["infer_images_per_s_b1000"] = 1000 / median_seconds(lambda: model(images), 3)
             times = []
             for i in range(50):
                 began = time.perf_counter()
@@ -310,17 +312,6 @@ def torch_worker(args):
         results[name] = entry
     results["version"] = torch.__version__
     print(json.dumps(results))
-
-
-def median_seconds(run, times=3):
-    """The median wall time of ``times`` calls of ``run`` (one batch-1000 pass is too short
-    to time once on a noisy machine)."""
-    taken = []
-    for _ in range(times):
-        began = time.perf_counter()
-        run()
-        taken.append(time.perf_counter() - began)
-    return statistics.median(taken)
 
 
 # -- the run ------------------------------------------------------------------------------------
