@@ -21,7 +21,6 @@ cycle. A process that dies releases its locks (flock). Where ``fcntl`` does not 
 import hashlib
 import os
 import tempfile
-import threading
 import time
 
 try:
@@ -32,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows
 # No kernel compiles for anything near this long; past it the holder is taken to be stuck.
 MAX_WAIT = 120.0
 _POLL = 0.01
-_state = threading.local()
+_held = set()  # the functions whose file lock this process holds
 _active = False
 _original_compile = None
 
@@ -61,10 +60,8 @@ def _compile(self, sig):
     from numba.core.compiler_lock import global_compiler_lock
 
     key = self.py_func.__module__ + "." + self.py_func.__qualname__
-    with global_compiler_lock:
-        held = getattr(_state, "held", None)
-        if held is None:
-            held = _state.held = set()
+    with global_compiler_lock:  # one thread at a time past here: _held needs no lock of its own
+        held = _held
         if key in held:  # another signature of it, inside its own compile
             return _original_compile(self, sig)
         try:

@@ -270,16 +270,21 @@ def test_compile_locks_give_up_on_a_holder_that_never_lets_go(monkeypatch):
     from nbnet import compile_locks
     from nbnet.kernels import activations
 
+    import threading
+
     monkeypatch.setattr(compile_locks, "MAX_WAIT", 0.2)
     function = activations.add_chunk_sums
     partial = np.arange(12, dtype=np.float32).reshape(3, 4)[::2]  # another new layout
     out = np.zeros(4, np.float32)
+    done = threading.Event()
     compile_locks.enable()
     try:
         with open(compile_locks._lock_path(f"{function.py_func.__module__}.{function.py_func.__qualname__}"),
                   "a+b") as holder:
             fcntl.flock(holder, fcntl.LOCK_EX)
-            function(partial, out)  # returns, though the lock is never released
+            worker = threading.Thread(target=lambda: (function(partial, out), done.set()), daemon=True)
+            worker.start()
+            assert done.wait(120)  # finished while the lock is still held
     finally:
         compile_locks.disable()
     np.testing.assert_array_equal(out, partial.sum(axis=0))

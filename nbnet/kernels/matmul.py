@@ -86,10 +86,11 @@ def add_transposed_product(a, b, grad, scratch):
 # in one process, 2 cores, ms, one after the other (each split from PARALLEL_MIN_MACS)
 # against side by side: tf_mnist_5x5 (Dense 3136 -> 1024) b128 59.5 -> 52.0, b32 23.7 ->
 # 19.9; MLP 784-512-512-10 b128 5.5 -> 4.8. Below about 10M the hand-off eats the gain
-# (the MLP at b32, 8M: 2.30 -> 2.37). The caller running one of the two measured faster
-# alone and slower in training steps (tf_mnist_5x5 b128 50 -> 59), as the split did. An
-# im2col conv's pair (with a column-gradient buffer of its own) measured slower than its
-# split products (two strided 3x3 convs, b128 7.5 -> 8.0 ms, b32 3.5 -> 4.1).
+# (the MLP at b32, 8M products: 2.30-2.37 ms paired, 2.18-2.22 not). The caller running
+# one of the two measured faster alone and slower in training steps (tf_mnist_5x5 b128
+# 50 -> 59), as the split did. An im2col conv's pair (with a column-gradient buffer of
+# its own) measured slower than its split products (two strided 3x3 convs, b128 7.5 ->
+# 8.0 ms, b32 3.5 -> 4.1).
 PAIR_MIN_MACS = 10_000_000
 
 

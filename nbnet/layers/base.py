@@ -245,6 +245,11 @@ class Layer:
             self._buffers[key] = buf
         return buf
 
+    def _require_images(self, input_shape):
+        """validate_input_shape of the layers that take (batch, height, width, channels)."""
+        if len(input_shape) != 3:
+            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+
     def _shape_error(self, expected, received):
         return ShapeError(
             f"{type(self).__name__} '{self.name}' expects {expected}, but received input shape "

@@ -66,8 +66,7 @@ def dilated_geometry(height, width, kernel_size, strides, dilation, padding):
 
 def _check_span(layer, input_shape):
     """A 'valid' window must fit in the input (a dilated one over its whole span)."""
-    if len(input_shape) != 3:
-        raise layer._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+    layer._require_images(input_shape)
     height, width, _ = input_shape
     (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1

@@ -41,8 +41,7 @@ class _Pooling2D(Layer):
         self.padding = _pool_padding(padding, self.pool_size, owner)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+        self._require_images(input_shape)
         ph, pw = self.pool_size
         if self.padding == "same":
             return
@@ -139,8 +138,7 @@ class _GlobalPooling2D(Layer):
         self.keepdims = bool(keepdims)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+        self._require_images(input_shape)
 
     def compute_output_shape(self, input_shape):
         return (1, 1, input_shape[2]) if self.keepdims else (input_shape[2],)

@@ -59,8 +59,7 @@ class RandomFlip(Layer):
         self._flips = None
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("images of rank 4 (batch, height, width, channels)", input_shape)
+        self._require_images(input_shape)
 
     def forward(self, x, training=False):
         if not training:

@@ -71,8 +71,7 @@ class ZeroPadding2D(Layer):
         self.padding = _padding_pairs(padding, self.name)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+        self._require_images(input_shape)
 
     def compute_output_shape(self, input_shape):
         (top, bottom), (left, right) = self.padding
@@ -114,8 +113,7 @@ class UpSampling2D(Layer):
         self.size = tuple(int(s) for s in size)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise self._shape_error("input of rank 4 (batch, height, width, channels)", input_shape)
+        self._require_images(input_shape)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0] * self.size[0], input_shape[1] * self.size[1], input_shape[2])
