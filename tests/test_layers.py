@@ -872,13 +872,29 @@ def test_pool_property(config, kind, default_strides, seed):
     assert report["x"][0] <= GRAD_RTOL, report
 
 
-@pytest.mark.parametrize("rows, inner, columns", [(7, 5, 3), (64, 5, 3), (4, 9, 6)])
-def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows, inner, columns):
-    """The row-split matmul and the weight gradient split by rows (many rows) or by
-    columns (fewer rows than the gradient has) (kernels/matmul.py), which large products
-    take, against NumPy; forced on for small shapes."""
+@pytest.fixture(params=["sgemm jobs", "worker threads"])
+def product_path(request, monkeypatch):
+    """The two ways kernels/matmul.py runs a split product: sgemm called from a Numba
+    kernel (kernels/blas.py) where NumPy's BLAS allows it, else worker threads."""
+    from nbnet.kernels import blas
+
+    if request.param == "worker threads":
+        blas.address()
+        monkeypatch.setattr(blas, "_address", 0)
+    elif not blas.address():
+        pytest.skip("NumPy's BLAS is not an ILP64 OpenBLAS here")
+    return request.param
+
+
+@pytest.mark.parametrize("rows, inner, columns", [(7, 5, 3), (64, 5, 3), (4, 9, 6), (3, 5, 8)])
+def test_matmul_split_across_workers_matches_numpy(monkeypatch, product_path, rows, inner, columns):
+    """The split matmul (by rows, or by columns where the rows are fewer) and the weight
+    gradient split by rows (many rows) or by columns (fewer rows than the gradient has)
+    (kernels/matmul.py), which large products take, against NumPy; forced on for small
+    shapes."""
     from nbnet.kernels import matmul
 
+    monkeypatch.setattr(matmul, "SPLIT_MIN_MACS", 0)
     monkeypatch.setattr(matmul, "PARALLEL_MIN_MACS", 0)
     rng = np.random.default_rng(4)
     a, b = rng.random((rows, inner), dtype=np.float32), rng.random((inner, columns), dtype=np.float32)
@@ -891,20 +907,21 @@ def test_matmul_split_across_workers_matches_numpy(monkeypatch, rows, inner, col
 
 
 @pytest.mark.parametrize("paired", [False, True])
-def test_weight_and_input_gradients_side_by_side_match_numpy(monkeypatch, paired):
+def test_weight_and_input_gradients_side_by_side_match_numpy(monkeypatch, product_path, paired):
     """A layer's two backward products (kernels/matmul.weight_and_input_gradients), one
-    after the other or side by side on two threads: equal to NumPy's, and the same bits
-    either way (each product is one whole BLAS call in both)."""
+    after the other or side by side: equal to NumPy's."""
     from nbnet.kernels import matmul
 
-    monkeypatch.setattr(matmul, "PAIR_MIN_MACS", 0 if paired else 10 ** 12)
-    monkeypatch.setattr(matmul, "PARALLEL_MIN_MACS", 10 ** 12)
+    for name in ("PAIR_MIN_MACS", "PAIR_JOBS_MIN_MACS"):
+        monkeypatch.setattr(matmul, name, 0 if paired else 10 ** 12)
+    for name in ("PARALLEL_MIN_MACS", "SPLIT_MIN_MACS"):
+        monkeypatch.setattr(matmul, name, 10 ** 12)
     rng = np.random.default_rng(6)
     a, dz = rng.random((9, 5), dtype=np.float32), rng.random((9, 3), dtype=np.float32)
     kernel = rng.random((5, 3), dtype=np.float32)
     grad, dx = np.ones((5, 3), np.float32), np.full((9, 5), np.nan, np.float32)
     matmul.weight_and_input_gradients(a, dz, kernel, grad, np.empty((matmul.workers(), 5, 3), np.float32), dx)
-    np.testing.assert_array_equal(grad, 1 + np.matmul(a.T, dz))
+    np.testing.assert_allclose(grad, 1 + np.matmul(a.T, dz), rtol=1e-6)
     np.testing.assert_array_equal(dx, np.matmul(dz, kernel.T))
 
 
