@@ -43,6 +43,7 @@ name = "cuda"
 conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_backward = None
 conv5x5_forward = conv5x5_backward = None
 planar_conv_forward = planar_conv_backward = None
+implicit_conv_forward = implicit_conv_backward = None
 _nothing = {}
 
 

@@ -7,6 +7,7 @@ from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import direct_applies, output_geometry
+from ..kernels.implicit_gemm import applies as implicit_applies
 from ..kernels.planar import applies as planar_applies
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
@@ -151,8 +152,9 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        # Which pass: Winograd F(2x2, 5x5), else planar, else direct, else Winograd
-        # F(2x2, 3x3), else im2col (see each applies()).
+        # Which pass: Winograd F(2x2, 5x5), else planar (run as the implicit GEMM where
+        # channels and filters fill its vectors), else direct, else Winograd F(2x2, 3x3),
+        # else im2col (see each applies()).
         winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
@@ -160,17 +162,23 @@ class Conv2D(KernelMixin, Layer):
                            and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         planar = (not winograd5x5 and ops.planar_conv_forward is not None
                   and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
-        direct = not (planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
+        # Elsewhere Winograd and BLAS measured faster than the implicit GEMM (see
+        # implicit_gemm.py).
+        implicit = (planar and ops.implicit_conv_forward is not None
+                    and implicit_applies(self.kernel_size, self.strides, x.shape[3], self.filters, x.dtype))
+        planar = planar and not implicit
+        direct = not (implicit or planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         if self.pool is not None:
             winograd = not (direct or planar) and pooled_winograd
         else:
-            winograd = (not (direct or planar) and ops.conv3x3_forward is not None
+            winograd = (not (implicit or direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
+        self._implicit = implicit
         # These passes read the input again in backward; im2col keeps its columns.
-        self._x = x if direct or winograd or planar or winograd5x5 else None
-        self._cols = (None if direct or winograd or planar or winograd5x5
+        self._x = x if direct or winograd or planar or winograd5x5 or implicit else None
+        self._cols = (None if direct or winograd or planar or winograd5x5 or implicit
                       else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
         if self.pool is not None:
             # Returns the pool's output: the conv's own activation is never stored.
@@ -184,7 +192,9 @@ class Conv2D(KernelMixin, Layer):
                                             self._kernel_transform(), self._pooled, self._argmax)
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
-                if planar:
+                if implicit:
+                    ops.implicit_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+                elif planar:
                     ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
                 elif winograd5x5:
                     ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
@@ -196,7 +206,9 @@ class Conv2D(KernelMixin, Layer):
                                             *self.pool.pool_size, self._pooled, self._argmax)
             return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        if planar:
+        if implicit:
+            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+        elif planar:
             ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
         elif direct:
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
@@ -243,6 +255,10 @@ class Conv2D(KernelMixin, Layer):
         else:
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
             ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
+        if self._implicit:
+            ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[4:],
+                                       self.grads["kernel"], dx is not None, dx if dx is not None else self._x[:0])
+            return dx
         if self._planar:
             ops.planar_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[4:], self.grads["kernel"],
                                      dx is not None, dx if dx is not None else self._x[:0])

@@ -1,0 +1,157 @@
+"""The implicit-GEMM convolution (nbnet/kernels/implicit_gemm.py) against a float64 NumPy
+convolution and its adjoint, and a Conv2D layer on it against the same layer on the
+planar pass."""
+
+import numba
+import numpy as np
+import pytest
+
+from nbnet import layers, models, optimizers
+from nbnet.kernels import conv, implicit_gemm
+
+
+def _random(rng):
+    return lambda *shape: rng.standard_normal(shape).astype(np.float32)
+
+
+def im2col_reference(x, kernel, padding, dz):
+    """(z, dkernel, dx) of a stride-1 conv in float64 NumPy, window by window on a
+    zero-padded copy; dz(pixels, filters) makes the output gradient."""
+    batch, height, width, channels = x.shape
+    kh, kw, _, filters = kernel.shape
+    out_h, out_w, top, left = conv.output_geometry(height, width, (kh, kw), (1, 1), padding)
+    padded = np.zeros((batch, out_h + kh - 1, out_w + kw - 1, channels))
+    rows, cols = min(height, out_h + kh - 1 - top), min(width, out_w + kw - 1 - left)
+    padded[:, top:top + rows, left:left + cols] = x[:, :rows, :cols]
+    grads = dz(batch * out_h * out_w, filters)
+    g = grads.reshape(batch, out_h, out_w, filters).astype(np.float64)
+    z = np.zeros((batch, out_h, out_w, filters))
+    dkernel = np.zeros(kernel.shape)
+    dpadded = np.zeros_like(padded)
+    for p in range(kh):
+        for q in range(kw):
+            window = padded[:, p:p + out_h, q:q + out_w]
+            z += window @ kernel[p, q]
+            dkernel[p, q] = np.einsum("nijc,nijf->cf", window, g)
+            dpadded[:, p:p + out_h, q:q + out_w] += g @ kernel[p, q].T
+    dx = np.zeros(x.shape)
+    dx[:, :rows, :cols] = dpadded[:, top:top + rows, left:left + cols]
+    return (z.reshape(-1, filters), dkernel, dx), grads, (top, left, out_h, out_w)
+
+
+@pytest.mark.parametrize("batch, height, width, channels, filters, kernel_size, padding", [
+    (3, 14, 14, 16, 16, (3, 3), "same"),     # a small ResNet's block
+    (2, 9, 7, 16, 32, (3, 3), "valid"),      # two vectors of filters; 35 pixels: a part block of rows
+    (2, 8, 8, 32, 16, (5, 5), "same"),
+    (19, 5, 6, 16, 16, (3, 3), "same"),      # more images than chunks
+    (2, 6, 5, 16, 16, (1, 1), "valid"),
+    (1, 7, 9, 16, 16, (4, 2), "same"),       # an even, rectangular kernel: the extra pad at the end
+])
+def test_implicit_gemm_matches_im2col(batch, height, width, channels, filters, kernel_size, padding):
+    rng = np.random.default_rng(channels + filters + kernel_size[0])
+    x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
+    kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)
+    (z_expected, dkernel_expected, dx_expected), dz, geometry = im2col_reference(
+        x.astype(np.float64), kernel.astype(np.float64), padding, _random(rng))
+    dz = dz.astype(np.float32)
+
+    def close(got, expected):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+    z = np.full(z_expected.shape, np.nan, np.float32)
+    implicit_gemm.implicit_conv_forward(x, kernel, *geometry, z)
+    close(z, z_expected)
+
+    dkernel = np.ones_like(kernel)  # added into
+    dx = np.full_like(x, np.nan)
+    implicit_gemm.implicit_conv_backward(x, kernel, dz, *geometry, dkernel, True, dx)
+    close(dkernel - 1, dkernel_expected)
+    close(dx, dx_expected)
+
+    # A first layer: no input gradient, and dx is not touched.
+    dkernel[:] = 0
+    untouched = np.full_like(x, 7)
+    implicit_gemm.implicit_conv_backward(x, kernel, dz, *geometry, dkernel, False, untouched)
+    close(dkernel, dkernel_expected)
+    assert (untouched == 7).all()
+
+
+def test_a_pool_trimmed_output_reads_only_the_rows_it_needs():
+    """With a 2x2 pool absorbed, an odd output loses its last row and column (see
+    Conv2D._geometry): the padded buffer then holds fewer rows than the padded input."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 11, 11, 16)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    (z, _, _), dz, (top, left, out_h, out_w) = im2col_reference(x, kernel.astype(np.float64), "same", _random(rng))
+    got = np.empty((2 * 100, 16), np.float32)
+    implicit_gemm.implicit_conv_forward(x, kernel, top, left, 10, 10, got)
+    np.testing.assert_allclose(got.reshape(2, 10, 10, 16), z.reshape(2, out_h, out_w, 16)[:, :10, :10],
+                               rtol=1e-5, atol=1e-4)
+    dz_trimmed = dz.reshape(2, out_h, out_w, 16).copy()
+    dz_trimmed[:, 10:], dz_trimmed[:, :, 10:] = 0, 0
+    (_, expected, expected_dx), _, _ = im2col_reference(x, kernel.astype(np.float64), "same",
+                                                        lambda *shape: dz_trimmed.reshape(shape))
+    dkernel, dx = np.zeros_like(kernel), np.empty_like(x)
+    implicit_gemm.implicit_conv_backward(x, kernel, np.ascontiguousarray(dz_trimmed[:, :10, :10]).reshape(-1, 16),
+                                         top, left, 10, 10, dkernel, True, dx)
+    np.testing.assert_allclose(dkernel, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-4)
+
+
+def test_the_same_bits_whatever_the_thread_count():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, 8, 8, 16)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    dz = rng.standard_normal((20 * 64, 16)).astype(np.float32)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            z, dkernel, dx = np.empty((20 * 64, 16), np.float32), np.zeros_like(kernel), np.empty_like(x)
+            implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 8, 8, z)
+            implicit_gemm.implicit_conv_backward(x, kernel, dz, 1, 1, 8, 8, dkernel, True, dx)
+            results.append((z, dkernel, dx))
+    finally:
+        numba.set_num_threads(before)
+    for one, many in zip(*results):
+        np.testing.assert_array_equal(one, many)
+
+
+def test_applies_to_stride_1_float32_convs_of_whole_vectors():
+    assert implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float32)
+    assert implicit_gemm.applies((5, 5), (1, 1), 32, 16, np.float32)
+    assert not implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float64)   # the reference path
+    assert not implicit_gemm.applies((3, 3), (2, 2), 16, 16, np.float32)
+    assert not implicit_gemm.applies((3, 3), (1, 1), 8, 16, np.float32)
+    assert not implicit_gemm.applies((3, 3), (1, 1), 16, 24, np.float32)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, pool):
+    """A residual-style 16 -> 16 3x3 conv pair runs the implicit GEMM (where the planar
+    pass ran before); predictions and one SGD step's weights equal the planar pass's."""
+    from nbnet.layers import convolutional
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 12, 12, 16)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    results = []
+    for applies in (implicit_gemm.applies, lambda *args: False):
+        monkeypatch.setattr(convolutional, "implicit_applies", applies)
+        model = models.Sequential(
+            [layers.Input((12, 12, 16)), layers.Conv2D(16, 3, padding="same", activation="relu"),
+             layers.MaxPooling2D(2) if pool else layers.AveragePooling2D(2),
+             layers.Conv2D(16, 3, padding="same", activation="tanh"), layers.Flatten(), layers.Dense(3)], seed=0)
+        model.compile(optimizers.SGD(0.1), "mse")
+        before = model.predict(x, verbose=0)
+        model.train_on_batch(x, y)
+        results.append((before, model.get_weights(), [(model.layers[i]._implicit, model.layers[i]._planar)
+                                                      for i in (0, 2)]))
+    (a, weights_a, used), (b, weights_b, unused) = results
+    # With a max pool fused, the first conv is Winograd's (it runs the pool in its pass).
+    assert used == [(not pool, False), (True, False)]
+    assert unused == [(False, not pool), (False, True)]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for u, v in zip(weights_a, weights_b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
