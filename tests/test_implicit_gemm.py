@@ -124,6 +124,7 @@ def test_applies_to_stride_1_float32_convs_of_whole_vectors():
     assert not implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float64)   # the reference path
     assert not implicit_gemm.applies((3, 3), (2, 2), 16, 16, np.float32)
     assert not implicit_gemm.applies((3, 3), (1, 1), 8, 16, np.float32)
+    assert implicit_gemm.applies((3, 3), (1, 1), 3, 16, np.float32, need_dx=False)   # a first layer
     assert not implicit_gemm.applies((3, 3), (1, 1), 16, 24, np.float32)
 
 
@@ -155,3 +156,39 @@ def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, p
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for u, v in zip(weights_a, weights_b):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_a_first_layer_of_few_channels_runs_it_without_an_input_gradient(monkeypatch):
+    """A first conv (3 channels -> 32, no input gradient to make) takes the implicit GEMM
+    where the direct kernels ran; a later conv of 8 channels, whose input gradient would
+    need vectors of channels, keeps its own pass. Trains as with neither."""
+    from nbnet.layers import convolutional
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 10, 10, 3)).astype(np.float32)
+    y = rng.standard_normal((5, 2)).astype(np.float32)
+    results = []
+    for applies in (implicit_gemm.applies, lambda *args: False):
+        monkeypatch.setattr(convolutional, "implicit_applies", applies)
+        model = models.Sequential([layers.Input((10, 10, 3)), layers.Conv2D(32, 3, padding="same", activation="relu"),
+                                   layers.Conv2D(8, 3, activation="relu"), layers.Conv2D(16, 3),
+                                   layers.GlobalAveragePooling2D(), layers.Dense(2)], seed=0)
+        model.compile(optimizers.SGD(0.05), "mse")
+        model.train_on_batch(x, y)
+        results.append((model.predict(x, verbose=0), model.get_weights(),
+                        [model.layers[i]._implicit for i in range(3)]))
+    (a, weights_a, used), (b, weights_b, unused) = results
+    assert used == [True, False, False] and unused == [False, False, False]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for u, v in zip(weights_a, weights_b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_shapes_outside_its_vectors_are_refused():
+    x = np.zeros((1, 5, 5, 8), np.float32)
+    with pytest.raises(ValueError, match="8 channels -> 16 filters"):
+        implicit_gemm.implicit_conv_backward(x, np.zeros((3, 3, 8, 16), np.float32), np.zeros((9, 16), np.float32),
+                                             0, 0, 3, 3, np.zeros((3, 3, 8, 16), np.float32), True, np.zeros_like(x))
+    with pytest.raises(ValueError, match="24 filters"):
+        implicit_gemm.implicit_conv_forward(x, np.zeros((3, 3, 8, 24), np.float32), 0, 0, 3, 3,
+                                            np.zeros((9, 24), np.float32))

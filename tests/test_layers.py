@@ -962,6 +962,7 @@ def test_direct_conv_of_first_layers_matches_im2col(monkeypatch, shape, filters,
     x = rng.standard_normal((4,) + shape).astype(np.float32)
     results = []
     monkeypatch.setattr(convolutional, "planar_applies", lambda *args: False)  # 5x5 and 7x7 would run planar
+    monkeypatch.setattr(convolutional, "implicit_applies", lambda *args: False)  # 16 filters without a pool too
     for direct in (True, False):
         monkeypatch.setattr(convolutional, "direct_applies", lambda channels, field, count, direct=direct: direct)
         model = models.Sequential([layers.Input(shape), layers.Conv2D(filters, kernel, padding="same",

@@ -21,14 +21,18 @@ block makes
 Each image is first copied into a zero-bordered buffer of its own, so no tap reads
 outside it. Float32 only (the float64 reference path keeps the planar kernels).
 
-Conv2D takes it where the planar pass applied (few channels and filters) and channels
-and filters are multiples of 16. 14x14x16 -> 16 3x3 at batch 128, 2 cores, ms: forward
-1.28 planar -> 0.58, backward 2.43 -> 1.18 (190-197 GFLOP/s); the small ResNet of
-tools/bench_zoo.py trains a step in 13.1 ms instead of 21.0 (b128), 4.1 instead of 6.6
-(b32), and predicts 1000 images in 31 ms instead of 55. Against Winograd (32-64 channels,
-a fused max pool), F(2x2, 5x5) and BLAS (1x1) it measured slower, by 2.25x fewer
-multiplies or a pass it saves: the Kaggle-style CNN 76 -> 90 ms a step, the CIFAR CNN 74
--> 88, the MNIST CNN 9.5 -> 13.9, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54.
+Conv2D takes it where the planar pass or (without a fused max pool) the direct kernels
+applied, the filters are multiples of 16, and so are the channels unless the layer makes
+no input gradient (a first layer: its vectors run along the filters only). 14x14x16 ->
+16 3x3 at batch 128, 2 cores, ms: forward 1.28 planar -> 0.58, backward 2.43 -> 1.18
+(190-197 GFLOP/s). Training steps (b128, b32) and 1000-image predicts, ms, alternating
+in one process: the small ResNet of tools/bench_zoo.py 21.0 -> 13.1, 6.6 -> 4.1, 55 -> 31;
+first layers of 3 channels (direct before) cifar 75.8 -> 70.4 and 216 -> 198, cifar_bn
+73.2 -> 68.8 and 186 -> 169; a 7x7 first layer (planar before) big_kernels 18.4 -> 16.2.
+Against Winograd (32-64 channels, or a fused max pool), F(2x2, 5x5) and BLAS (1x1) it
+measured slower, by the 2.25-2.8x fewer multiplies or the pass they save: as the only
+pass for every shape it fits, the Kaggle-style CNN 76 -> 90 ms a step, the CIFAR CNN 74 ->
+88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54.
 """
 
 import numpy as np
@@ -43,9 +47,11 @@ LANES = 16
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
 
 
-def applies(kernel_size, strides, channels, filters, dtype):
-    """Whether a plain (ungrouped, undilated) Conv2D can take this path."""
-    return (tuple(strides) == (1, 1) and channels % LANES == 0 and filters % LANES == 0
+def applies(kernel_size, strides, channels, filters, dtype, need_dx=True):
+    """Whether a plain (ungrouped, undilated) Conv2D can take this path: the filters fill
+    whole vectors, and so do the channels where the input gradient is made (its vectors
+    run along them)."""
+    return (tuple(strides) == (1, 1) and filters % LANES == 0 and (channels % LANES == 0 or not need_dx)
             and np.dtype(dtype) == np.float32)
 
 
@@ -194,6 +200,8 @@ def implicit_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
     """z[n, i*out_w + j, o] = sum over the window of x * kernel (no bias), ``kernel`` Keras's
     (kh, kw, in, out); z is (batch * out_h * out_w, filters)."""
     kh, kw, channels, filters = kernel.shape
+    if filters % LANES:
+        raise ValueError(f"implicit_conv_forward: {filters} filters do not fill vectors of {LANES}")
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, pad_top, pad_left,
              out_h, out_w, z.reshape(x.shape[0], out_h * out_w, filters))
 
@@ -240,6 +248,9 @@ def implicit_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkern
     ``dz`` spread back through the kernel. Partial sums per fixed chunk of images, added
     in order: a result that does not depend on the thread count."""
     kh, kw, channels, filters = kernel.shape
+    if filters % LANES or (need_dx and channels % LANES):
+        raise ValueError(f"implicit_conv_backward: {channels} channels -> {filters} filters do not fill vectors of "
+                         f"{LANES} (see applies())")
     batch = x.shape[0]
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)

@@ -152,9 +152,9 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        # Which pass: Winograd F(2x2, 5x5), else planar (run as the implicit GEMM where
-        # channels and filters fill its vectors), else direct, else Winograd F(2x2, 3x3),
-        # else im2col (see each applies()).
+        # Which pass: Winograd F(2x2, 5x5), else planar, else direct (each run as the
+        # implicit GEMM where the filters, and the channels if the input gradient is made,
+        # fill its vectors), else Winograd F(2x2, 3x3), else im2col (see each applies()).
         winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
@@ -162,14 +162,17 @@ class Conv2D(KernelMixin, Layer):
                            and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
         planar = (not winograd5x5 and ops.planar_conv_forward is not None
                   and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
+        direct = not (planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
         # Elsewhere Winograd and BLAS measured faster than the implicit GEMM (see
-        # implicit_gemm.py).
-        implicit = (planar and ops.implicit_conv_forward is not None
-                    and implicit_applies(self.kernel_size, self.strides, x.shape[3], self.filters, x.dtype))
-        planar = planar and not implicit
-        direct = not (implicit or planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
+        # implicit_gemm.py); the direct kernels keep a fused max pool, where the implicit
+        # GEMM would write the whole conv output first (the MNIST CNN's 26x26x32 per
+        # image: a step 9.5 -> 20.7 ms).
+        implicit = ((planar or (direct and self.pool is None)) and ops.implicit_conv_forward is not None
+                    and implicit_applies(self.kernel_size, self.strides, x.shape[3], self.filters, x.dtype,
+                                         self.needs_input_grad))
+        planar, direct = planar and not implicit, direct and not implicit
         if self.pool is not None:
-            winograd = not (direct or planar) and pooled_winograd
+            winograd = not (implicit or direct or planar) and pooled_winograd
         else:
             winograd = (not (implicit or direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
