@@ -14,14 +14,16 @@ def _random(rng):
     return lambda *shape: rng.standard_normal(shape).astype(np.float32)
 
 
-def im2col_reference(x, kernel, padding, dz):
-    """(z, dkernel, dx) of a stride-1 conv in float64 NumPy, window by window on a
-    zero-padded copy; dz(pixels, filters) makes the output gradient."""
+def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
+    """(z, dkernel, dx) of a conv in float64 NumPy, tap by tap on a zero-padded copy;
+    dz(pixels, filters) makes the output gradient. Returns them with the geometry
+    (sh, sw, top, left, out_h, out_w)."""
     batch, height, width, channels = x.shape
     kh, kw, _, filters = kernel.shape
-    out_h, out_w, top, left = conv.output_geometry(height, width, (kh, kw), (1, 1), padding)
-    padded = np.zeros((batch, out_h + kh - 1, out_w + kw - 1, channels))
-    rows, cols = min(height, out_h + kh - 1 - top), min(width, out_w + kw - 1 - left)
+    sh, sw = strides
+    out_h, out_w, top, left = conv.output_geometry(height, width, (kh, kw), strides, padding)
+    padded = np.zeros((batch, (out_h - 1) * sh + kh, (out_w - 1) * sw + kw, channels))
+    rows, cols = min(height, padded.shape[1] - top), min(width, padded.shape[2] - left)
     padded[:, top:top + rows, left:left + cols] = x[:, :rows, :cols]
     grads = dz(batch * out_h * out_w, filters)
     g = grads.reshape(batch, out_h, out_w, filters).astype(np.float64)
@@ -30,29 +32,34 @@ def im2col_reference(x, kernel, padding, dz):
     dpadded = np.zeros_like(padded)
     for p in range(kh):
         for q in range(kw):
-            window = padded[:, p:p + out_h, q:q + out_w]
+            window = padded[:, p:p + (out_h - 1) * sh + 1:sh, q:q + (out_w - 1) * sw + 1:sw]
             z += window @ kernel[p, q]
             dkernel[p, q] = np.einsum("nijc,nijf->cf", window, g)
-            dpadded[:, p:p + out_h, q:q + out_w] += g @ kernel[p, q].T
+            dpadded[:, p:p + (out_h - 1) * sh + 1:sh, q:q + (out_w - 1) * sw + 1:sw] += g @ kernel[p, q].T
     dx = np.zeros(x.shape)
     dx[:, :rows, :cols] = dpadded[:, top:top + rows, left:left + cols]
-    return (z.reshape(-1, filters), dkernel, dx), grads, (top, left, out_h, out_w)
+    return (z.reshape(-1, filters), dkernel, dx), grads, (sh, sw, top, left, out_h, out_w)
 
 
-@pytest.mark.parametrize("batch, height, width, channels, filters, kernel_size, padding", [
-    (3, 14, 14, 16, 16, (3, 3), "same"),     # a small ResNet's block
-    (2, 9, 7, 16, 32, (3, 3), "valid"),      # two vectors of filters; 35 pixels: a part block of rows
-    (2, 8, 8, 32, 16, (5, 5), "same"),
-    (19, 5, 6, 16, 16, (3, 3), "same"),      # more images than chunks
-    (2, 6, 5, 16, 16, (1, 1), "valid"),
-    (1, 7, 9, 16, 16, (4, 2), "same"),       # an even, rectangular kernel: the extra pad at the end
+@pytest.mark.parametrize("batch, height, width, channels, filters, kernel_size, padding, strides", [
+    (3, 14, 14, 16, 16, (3, 3), "same", (1, 1)),     # a small ResNet's block
+    (2, 9, 7, 16, 32, (3, 3), "valid", (1, 1)),      # two vectors of filters; 35 pixels: a part block
+    (2, 8, 8, 32, 16, (5, 5), "same", (1, 1)),
+    (19, 5, 6, 16, 16, (3, 3), "same", (1, 1)),      # more images than chunks
+    (2, 6, 5, 16, 16, (1, 1), "valid", (1, 1)),
+    (1, 7, 9, 16, 16, (4, 2), "same", (1, 1)),       # an even, rectangular kernel: the extra pad at the end
+    (2, 14, 14, 16, 32, (3, 3), "same", (2, 2)),     # strided: four phases of the input gradient
+    (2, 11, 10, 16, 16, (3, 3), "valid", (2, 2)),    # odd sides: the last row of the input unread
+    (2, 9, 13, 16, 16, (5, 4), "same", (3, 2)),
+    (2, 8, 8, 16, 16, (1, 1), "valid", (2, 2)),      # a kernel smaller than its stride: pixels with no tap
+    (2, 12, 12, 16, 16, (2, 2), "valid", (2, 2)),    # windows that tile the image
 ])
-def test_implicit_gemm_matches_im2col(batch, height, width, channels, filters, kernel_size, padding):
+def test_implicit_gemm_matches_numpy(batch, height, width, channels, filters, kernel_size, padding, strides):
     rng = np.random.default_rng(channels + filters + kernel_size[0])
     x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
     kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)
-    (z_expected, dkernel_expected, dx_expected), dz, geometry = im2col_reference(
-        x.astype(np.float64), kernel.astype(np.float64), padding, _random(rng))
+    (z_expected, dkernel_expected, dx_expected), dz, geometry = conv_reference(
+        x.astype(np.float64), kernel.astype(np.float64), padding, _random(rng), strides)
     dz = dz.astype(np.float32)
 
     def close(got, expected):
@@ -82,18 +89,18 @@ def test_a_pool_trimmed_output_reads_only_the_rows_it_needs():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 11, 11, 16)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
-    (z, _, _), dz, (top, left, out_h, out_w) = im2col_reference(x, kernel.astype(np.float64), "same", _random(rng))
+    (z, _, _), dz, (_, _, top, left, out_h, out_w) = conv_reference(x, kernel.astype(np.float64), "same", _random(rng))
     got = np.empty((2 * 100, 16), np.float32)
-    implicit_gemm.implicit_conv_forward(x, kernel, top, left, 10, 10, got)
+    implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, top, left, 10, 10, got)
     np.testing.assert_allclose(got.reshape(2, 10, 10, 16), z.reshape(2, out_h, out_w, 16)[:, :10, :10],
                                rtol=1e-5, atol=1e-4)
     dz_trimmed = dz.reshape(2, out_h, out_w, 16).copy()
     dz_trimmed[:, 10:], dz_trimmed[:, :, 10:] = 0, 0
-    (_, expected, expected_dx), _, _ = im2col_reference(x, kernel.astype(np.float64), "same",
+    (_, expected, expected_dx), _, _ = conv_reference(x, kernel.astype(np.float64), "same",
                                                         lambda *shape: dz_trimmed.reshape(shape))
     dkernel, dx = np.zeros_like(kernel), np.empty_like(x)
     implicit_gemm.implicit_conv_backward(x, kernel, np.ascontiguousarray(dz_trimmed[:, :10, :10]).reshape(-1, 16),
-                                         top, left, 10, 10, dkernel, True, dx)
+                                         1, 1, top, left, 10, 10, dkernel, True, dx)
     np.testing.assert_allclose(dkernel, expected, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-4)
 
@@ -109,8 +116,8 @@ def test_the_same_bits_whatever_the_thread_count():
         for threads in (1, before):
             numba.set_num_threads(threads)
             z, dkernel, dx = np.empty((20 * 64, 16), np.float32), np.zeros_like(kernel), np.empty_like(x)
-            implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 8, 8, z)
-            implicit_gemm.implicit_conv_backward(x, kernel, dz, 1, 1, 8, 8, dkernel, True, dx)
+            implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 1, 1, 8, 8, z)
+            implicit_gemm.implicit_conv_backward(x, kernel, dz, 1, 1, 1, 1, 8, 8, dkernel, True, dx)
             results.append((z, dkernel, dx))
     finally:
         numba.set_num_threads(before)
@@ -118,11 +125,11 @@ def test_the_same_bits_whatever_the_thread_count():
         np.testing.assert_array_equal(one, many)
 
 
-def test_applies_to_stride_1_float32_convs_of_whole_vectors():
+def test_applies_to_float32_convs_of_whole_vectors():
     assert implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float32)
     assert implicit_gemm.applies((5, 5), (1, 1), 32, 16, np.float32)
+    assert implicit_gemm.applies((3, 3), (2, 2), 16, 16, np.float32)
     assert not implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float64)   # the reference path
-    assert not implicit_gemm.applies((3, 3), (2, 2), 16, 16, np.float32)
     assert not implicit_gemm.applies((3, 3), (1, 1), 8, 16, np.float32)
     assert implicit_gemm.applies((3, 3), (1, 1), 3, 16, np.float32, need_dx=False)   # a first layer
     assert not implicit_gemm.applies((3, 3), (1, 1), 16, 24, np.float32)
@@ -188,7 +195,8 @@ def test_shapes_outside_its_vectors_are_refused():
     x = np.zeros((1, 5, 5, 8), np.float32)
     with pytest.raises(ValueError, match="8 channels -> 16 filters"):
         implicit_gemm.implicit_conv_backward(x, np.zeros((3, 3, 8, 16), np.float32), np.zeros((9, 16), np.float32),
-                                             0, 0, 3, 3, np.zeros((3, 3, 8, 16), np.float32), True, np.zeros_like(x))
+                                             1, 1, 0, 0, 3, 3, np.zeros((3, 3, 8, 16), np.float32), True,
+                                             np.zeros_like(x))
     with pytest.raises(ValueError, match="24 filters"):
-        implicit_gemm.implicit_conv_forward(x, np.zeros((3, 3, 8, 24), np.float32), 0, 0, 3, 3,
+        implicit_gemm.implicit_conv_forward(x, np.zeros((3, 3, 8, 24), np.float32), 1, 1, 0, 0, 3, 3,
                                             np.zeros((9, 24), np.float32))

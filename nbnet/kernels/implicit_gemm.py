@@ -1,6 +1,6 @@
-"""Stride-1 Conv2D as an implicit GEMM with its accumulators in vector registers: the
-path for convs whose filters and channels are whole multiples of 16 (a float32 vector
-of 16 lanes).
+"""Conv2D as an implicit GEMM with its accumulators in vector registers: the path for
+convs whose filters (and channels, where the input gradient is made) are whole multiples
+of 16 (a float32 vector of 16 lanes).
 
 A conv is a product: output pixel r, filter f = the sum over taps k (p, q, c) of
 x_padded[position(r) + offset(k)] * kernel[k, f]. ``_block`` computes ROWS such outputs
@@ -9,30 +9,32 @@ tap one vector load of the kernel row, one broadcast value per output and a fuse
 multiply-add. Numba's own loops cannot keep a vector in a register across a loop (each
 accumulator row is loaded and stored around every pass: the planar kernels reach 42
 GFLOP/s a core on a 16 -> 16 3x3 conv), so the block is written in LLVM IR (96 GFLOP/s,
-the core's sgemm rate). The block reads its operands through index tables: the same
-block makes
+the core's sgemm rate). The block reads its operands and writes its results through
+index tables, so the same block makes
 
-- the forward pass: rows = output pixels, taps as above;
+- the forward pass: rows = output pixels (any stride), taps as above;
 - the kernel gradient: rows = taps, the sum over the image's output pixels, the
   "kernel" operand being the output gradient (one row per pixel);
-- the input gradient: the forward pass of the output gradient, zero-padded to
-  full correlation, with the kernel flipped and its channels and filters swapped.
+- the input gradient: per phase of the strides (see _phases), a stride-1 correlation of
+  the zero-padded output gradient with that phase's taps, flipped, channels and filters
+  swapped (one phase at stride 1).
 
 Each image is first copied into a zero-bordered buffer of its own, so no tap reads
 outside it. Float32 only (the float64 reference path keeps the planar kernels).
 
-Conv2D takes it where the planar pass or (without a fused max pool) the direct kernels
-applied, the filters are multiples of 16, and so are the channels unless the layer makes
-no input gradient (a first layer: its vectors run along the filters only). 14x14x16 ->
-16 3x3 at batch 128, 2 cores, ms: forward 1.28 planar -> 0.58, backward 2.43 -> 1.18
-(190-197 GFLOP/s). Training steps (b128, b32) and 1000-image predicts, ms, alternating
-in one process: the small ResNet of tools/bench_zoo.py 21.0 -> 13.1, 6.6 -> 4.1, 55 -> 31;
-first layers of 3 channels (direct before) cifar 75.8 -> 70.4 and 216 -> 198, cifar_bn
-73.2 -> 68.8 and 186 -> 169; a 7x7 first layer (planar before) big_kernels 18.4 -> 16.2.
-Against Winograd (32-64 channels, or a fused max pool), F(2x2, 5x5) and BLAS (1x1) it
-measured slower, by the 2.25-2.8x fewer multiplies or the pass they save: as the only
-pass for every shape it fits, the Kaggle-style CNN 76 -> 90 ms a step, the CIFAR CNN 74 ->
-88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54.
+Conv2D takes it where the planar pass, im2col or (without a fused max pool) the direct
+kernels applied, the filters are multiples of 16, and so are the channels unless the
+layer makes no input gradient (a first layer: its vectors run along the filters only).
+14x14x16 -> 16 3x3 at batch 128, 2 cores, ms: forward 1.28 planar -> 0.58, backward 2.43
+-> 1.18 (190-197 GFLOP/s). Training steps (b128, b32) and 1000-image predicts, ms,
+alternating in one process: the small ResNet of tools/bench_zoo.py 21.0 -> 13.1, 6.6 ->
+4.1, 55 -> 31; first layers of 3 channels (direct before) cifar 75.8 -> 70.4 and 216 ->
+198, cifar_bn 73.2 -> 68.8 and 186 -> 169; a 7x7 first layer (planar before) big_kernels
+18.4 -> 16.2; strided 3x3 convs (im2col before: no column matrix written) 6.05 -> 5.55
+and 48 -> 16 for 1000 images. Winograd (32-64 channels, or a fused max pool) and F(2x2,
+5x5) stay ahead, by their 2.25-2.8x fewer multiplies or the pass they save: the implicit
+GEMM taking every shape it fits measured the Kaggle-style CNN 76 -> 90 ms a step, the
+CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54 (its pooled 3x3 conv).
 """
 
 import numpy as np
@@ -48,22 +50,22 @@ ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadca
 
 
 def applies(kernel_size, strides, channels, filters, dtype, need_dx=True):
-    """Whether a plain (ungrouped, undilated) Conv2D can take this path: the filters fill
-    whole vectors, and so do the channels where the input gradient is made (its vectors
-    run along them)."""
-    return (tuple(strides) == (1, 1) and filters % LANES == 0 and (channels % LANES == 0 or not need_dx)
-            and np.dtype(dtype) == np.float32)
+    """Whether a plain (ungrouped, undilated) Conv2D can take this path: any kernel size
+    and stride, float32, the filters filling whole vectors, and so do the channels where
+    the input gradient is made (its vectors run along them)."""
+    return filters % LANES == 0 and (channels % LANES == 0 or not need_dx) and np.dtype(dtype) == np.float32
 
 
 @intrinsic
-def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_stride, valid_rows, add):
-    """For r < ROWS: C[r, :LANES] (+)= sum over k < count of A[row_offsets[r] +
-    column_offsets[k]] * B[k, :LANES]; rows from ``valid_rows`` on are not stored.
-    Arguments are addresses (float32 A, B, C; int64 offsets) and element strides."""
+def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add):
+    """For r < ROWS: C[c_offsets[r] + :LANES] (+)= the sum over k < count of
+    A[row_offsets[r] + column_offsets[k]] * B[k * b_stride + :LANES]; rows from
+    ``valid_rows`` on are not stored. Arguments are addresses (float32 A, B, C; int64
+    offset tables) and element counts."""
     sig = types.void(*([types.int64] * 10))
 
     def codegen(context, builder, signature, args):
-        a, row_offsets, column_offsets, count, b, b_stride, c, c_stride, valid_rows, add = args
+        a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add = args
         i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
         vector = ir.VectorType(f32, LANES)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
@@ -73,6 +75,7 @@ def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_s
         column_offsets = builder.inttoptr(column_offsets, i64.as_pointer())
         b = builder.inttoptr(b, f32.as_pointer())
         c = builder.inttoptr(c, f32.as_pointer())
+        c_offsets = builder.inttoptr(c_offsets, i64.as_pointer())
         rows = [builder.load(builder.gep(row_offsets, [ir.Constant(i64, r)])) for r in range(ROWS)]
         zero = ir.Constant(vector, [0.0] * LANES)
         undefined = ir.Constant(vector, ir.Undefined)
@@ -116,8 +119,8 @@ def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_s
         adding = builder.icmp_signed("!=", add, ir.Constant(i64, 0))
         for r, total in enumerate(totals):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, r), valid_rows)):
-                target = builder.bitcast(builder.gep(c, [builder.mul(ir.Constant(i64, r), c_stride)]),
-                                         vector.as_pointer())
+                at = builder.load(builder.gep(c_offsets, [ir.Constant(i64, r)]))
+                target = builder.bitcast(builder.gep(c, [at]), vector.as_pointer())
                 with builder.if_else(adding) as (then, otherwise):
                     with then:
                         builder.store(builder.fadd(builder.load(target, align=4), total), target, align=4)
@@ -143,12 +146,12 @@ def _tap_offsets(kh, kw, channels, wide):
 
 
 @njit(cache=True)
-def _pixel_offsets(out_h, out_w, wide, channels):
+def _pixel_offsets(out_h, out_w, sh, sw, wide, channels):
     """Offset of each output pixel's window corner in the padded buffer."""
     offsets = np.empty(out_h * out_w, np.int64)
     for i in range(out_h):
         for j in range(out_w):
-            offsets[i * out_w + j] = (i * wide + j) * channels
+            offsets[i * out_w + j] = (i * sh * wide + j * sw) * channels
     return offsets
 
 
@@ -166,83 +169,123 @@ def _pad_image(source, top, left, buffer):
 
 
 @njit(cache=True)
-def _correlate_image(padded, pixel_offsets, tap_offsets, kernel2d, out, spare_rows):
-    """out (pixels, filters) = the image's outputs: ROWS pixels by LANES filters a block."""
+def _correlate(padded, pixel_offsets, targets, tap_offsets, kernel2d, out, add, rows, places):
+    """out[targets[k] + f] (+)= the sum over taps t of padded[pixel_offsets[k] +
+    tap_offsets[t]] * kernel2d[t, f], ROWS pixels by LANES filters a block (``rows`` and
+    ``places``: ROWS-long scratch)."""
     pixels = pixel_offsets.size
     filters = kernel2d.shape[1]
-    rows = spare_rows
     for start in range(0, pixels, ROWS):
         valid = min(ROWS, pixels - start)
         for r in range(ROWS):
             rows[r] = pixel_offsets[start + min(r, valid - 1)]
+            places[r] = targets[start + min(r, valid - 1)]
         for f in range(0, filters, LANES):
             _block(padded.ctypes.data, rows.ctypes.data, tap_offsets.ctypes.data, tap_offsets.size,
-                   kernel2d.ctypes.data + 4 * f, filters, out.ctypes.data + 4 * (start * filters + f), filters,
-                   valid, 0)
+                   kernel2d.ctypes.data + 4 * f, filters, out.ctypes.data + 4 * f, places.ctypes.data, valid, add)
+
+
+@njit(cache=True)
+def _rows_of(count, width):
+    """0, width, 2*width, ...: where each of ``count`` rows of ``width`` values starts."""
+    return np.arange(count) * width
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, kernel2d, kh, kw, pad_top, pad_left, out_h, out_w, z):
+def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
     batch, _, _, channels = x.shape
-    rows, wide = out_h + kh - 1, out_w + kw - 1
+    filters = kernel2d.shape[1]
+    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
     taps = _tap_offsets(kh, kw, channels, wide)
-    pixels = _pixel_offsets(out_h, out_w, wide, channels)
+    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
+    targets = _rows_of(out_h * out_w, filters)
     chunks = min(REDUCTION_CHUNKS, batch)
     for chunk in prange(chunks):
         padded = np.empty((rows, wide, channels), np.float32)
-        spare = np.empty(ROWS, np.int64)
+        spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x[n], pad_top, pad_left, padded)
-            _correlate_image(padded, pixels, taps, kernel2d, z[n], spare)
+            _correlate(padded, pixels, targets, taps, kernel2d, z[n], 0, spare, places)
 
 
-def implicit_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
+def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z):
     """z[n, i*out_w + j, o] = sum over the window of x * kernel (no bias), ``kernel`` Keras's
-    (kh, kw, in, out); z is (batch * out_h * out_w, filters)."""
+    (kh, kw, in, out), strides (sh, sw); z is (batch * out_h * out_w, filters)."""
     kh, kw, channels, filters = kernel.shape
     if filters % LANES:
         raise ValueError(f"implicit_conv_forward: {filters} filters do not fill vectors of {LANES}")
-    _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, pad_top, pad_left,
-             out_h, out_w, z.reshape(x.shape[0], out_h * out_w, filters))
+    _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
+             pad_left, out_h, out_w, z.reshape(x.shape[0], out_h * out_w, filters))
+
+
+# The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded
+# input with u = ru (mod sh), v = rv (mod sw) receive only the taps p = ru, q = rv (mod
+# the strides), so phase (ru, rv) is a stride-1 correlation of the output gradient with
+# that sub-kernel, flipped, written to every sh-th row and sw-th column. The output
+# gradient is laid on a grid with (taps per phase - 1) zero rows and columns before it.
+def _phases(kernel, sh, sw, pad_top, pad_left, height, width, grid_top, grid_left, grid_wide):
+    """Per phase with taps: (tap offsets on the gradient grid, its flipped sub-kernel
+    (taps * filters, channels), the grid offsets of its pixels' window corners, and their
+    places in dx (element offsets in one image)); and whether some pixels belong to no
+    tap (a kernel smaller than its stride: those gradients are zero)."""
+    kh, kw, channels, filters = kernel.shape
+    phases, uncovered = [], False
+    for ru in range(sh):
+        for rv in range(sw):
+            mh, mw = len(range(ru, kh, sh)), len(range(rv, kw, sw))
+            us = np.arange(ru, height + pad_top, sh)
+            vs = np.arange(rv, width + pad_left, sw)
+            us, vs = us[us >= pad_top], vs[vs >= pad_left]
+            if us.size == 0 or vs.size == 0:
+                continue
+            if mh == 0 or mw == 0:
+                uncovered = True
+                continue
+            sub = kernel[ru::sh, rv::sw][::-1, ::-1]  # (mh, mw, channels, filters), flipped
+            weights = np.ascontiguousarray(sub.transpose(0, 1, 3, 2)).reshape(-1, channels)
+            taps = ((np.arange(mh)[:, None, None] * grid_wide + np.arange(mw)[None, :, None]) * filters
+                    + np.arange(filters)[None, None, :]).ravel()
+            big_u, big_v = (us - ru) // sh, (vs - rv) // sw
+            corners = (((big_u + grid_top - mh + 1)[:, None] * grid_wide + (big_v + grid_left - mw + 1)[None, :])
+                       * filters).ravel()
+            places = (((us - pad_top)[:, None] * width + (vs - pad_left)[None, :]) * channels).ravel()
+            phases.append((taps.astype(np.int64), weights, corners.astype(np.int64), places.astype(np.int64)))
+    return phases, uncovered
 
 
 @njit(parallel=True, cache=True)
-def _backward(x, kernel2d, flipped2d, kh, kw, pad_top, pad_left, dz, partial, need_dx, dx):
+def _backward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape, phase_bounds,
+              phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx):
     batch, height, width, channels = x.shape
     _, out_h, out_w, filters = dz.shape
-    rows, wide = out_h + kh - 1, out_w + kw - 1
+    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
     taps = _tap_offsets(kh, kw, channels, wide)
-    pixels = _pixel_offsets(out_h, out_w, wide, channels)
-    # The input gradient: the output gradient on a grid of (height + kh - 1, width + kw -
-    # 1), correlated with the flipped kernel (filters now the channels).
-    grad_wide = width + kw - 1
-    grad_taps = _tap_offsets(kh, kw, filters, grad_wide)
-    grad_pixels = _pixel_offsets(height, width, grad_wide, filters)
+    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
+    tap_places = _rows_of(taps.size, filters)
+    grid_rows, grid_wide, grid_top, grid_left = grid_shape[0], grid_shape[1], grid_shape[2], grid_shape[3]
     chunks = partial.shape[0]
     for chunk in prange(chunks):
         padded = np.empty((rows, wide, channels), np.float32)
-        grad_padded = np.empty((height + kh - 1, grad_wide, filters), np.float32)
-        spare = np.empty(ROWS, np.int64)
+        grid = np.empty((grid_rows if need_dx else 0, grid_wide, filters), np.float32)
+        spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
         sums = partial[chunk]
         sums[:] = 0.0
-        field = taps.size
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x[n], pad_top, pad_left, padded)
-            # sums[t, f] += sum over pixels of padded[pixel + tap t] * dz[pixel, f]
-            for start in range(0, field, ROWS):
-                valid = min(ROWS, field - start)
-                for r in range(ROWS):
-                    spare[r] = taps[start + min(r, valid - 1)]
-                for f in range(0, filters, LANES):
-                    _block(padded.ctypes.data, spare.ctypes.data, pixels.ctypes.data, pixels.size,
-                           dz[n].ctypes.data + 4 * f, filters, sums.ctypes.data + 4 * (start * filters + f), filters,
-                           valid, 1)
+            # sums[t, f] += the sum over pixels of padded[pixel + tap t] * dz[pixel, f]:
+            # taps as the block's rows, pixels as its sum, dz's rows as the "kernel".
+            _correlate(padded, taps, tap_places, pixels, dz[n].reshape(-1, filters), sums, 1, spare, places)
             if need_dx:
-                _pad_image(dz[n], kh - 1 - pad_top, kw - 1 - pad_left, grad_padded)
-                _correlate_image(grad_padded, grad_pixels, grad_taps, flipped2d, dx[n], spare)
+                _pad_image(dz[n], grid_top, grid_left, grid)
+                if uncovered:
+                    dx[n] = 0.0
+                for ph in range(phase_bounds.shape[0]):
+                    t0, t1, p0, p1 = phase_bounds[ph, 0], phase_bounds[ph, 1], phase_bounds[ph, 2], phase_bounds[ph, 3]
+                    _correlate(grid, phase_corners[p0:p1], phase_places[p0:p1], phase_taps[t0:t1],
+                               phase_weights[t0:t1], dx[n].reshape(-1, channels), 0, spare, places)
 
 
-def implicit_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
+def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
     """dkernel (kh, kw, in, out) += the window-by-gradient products summed over the batch,
     ``dz`` the (pixels, filters) gradient before the activation; with ``need_dx``, dx =
     ``dz`` spread back through the kernel. Partial sums per fixed chunk of images, added
@@ -251,14 +294,28 @@ def implicit_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkern
     if filters % LANES or (need_dx and channels % LANES):
         raise ValueError(f"implicit_conv_backward: {channels} channels -> {filters} filters do not fill vectors of "
                          f"{LANES} (see applies())")
-    batch = x.shape[0]
+    batch, height, width, _ = x.shape
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
-    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(-1, channels)
-    grads = np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters)
-    target = dx.reshape(batch, -1, channels) if need_dx else np.empty((batch, 0, channels), np.float32)
-    _backward(np.ascontiguousarray(x), kernel.reshape(-1, filters), flipped, kh, kw, pad_top, pad_left, grads,
-              partial, need_dx, target)
+    grid_top, grid_left = -(-kh // sh) - 1, -(-kw // sw) - 1
+    grid_rows = grid_top + max(out_h, (height - 1 + pad_top) // sh + 1)
+    grid_wide = grid_left + max(out_w, (width - 1 + pad_left) // sw + 1)
+    phases, uncovered = (_phases(kernel, sh, sw, pad_top, pad_left, height, width, grid_top, grid_left, grid_wide)
+                         if need_dx else ([], False))
+    bounds = np.zeros((len(phases), 4), np.int64)
+    t = p = 0
+    for k, (taps, _, corners, _) in enumerate(phases):
+        bounds[k] = (t, t + taps.size, p, p + corners.size)
+        t, p = t + taps.size, p + corners.size
+    if phases:
+        joined = [np.concatenate(part) for part in zip(*phases)]
+    else:
+        joined = [np.empty(0, np.int64), np.empty((0, channels), np.float32), np.empty(0, np.int64),
+                  np.empty(0, np.int64)]
+    target = dx if need_dx else np.empty((batch, 0, 0, channels), np.float32)
+    _backward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
+              pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx,
+              np.array([grid_rows, grid_wide, grid_top, grid_left], np.int64), bounds, *joined, uncovered, target)
     total = partial[0]
     for chunk in range(1, chunks):
         total = total + partial[chunk]

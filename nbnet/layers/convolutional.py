@@ -152,9 +152,10 @@ class Conv2D(KernelMixin, Layer):
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
-        # Which pass: Winograd F(2x2, 5x5), else planar, else direct (each run as the
+        # Which pass: Winograd F(2x2, 5x5), else planar, else direct, else Winograd F(2x2,
+        # 3x3), else im2col (see each applies()); planar, direct and im2col run as the
         # implicit GEMM where the filters, and the channels if the input gradient is made,
-        # fill its vectors), else Winograd F(2x2, 3x3), else im2col (see each applies()).
+        # fill its vectors.
         winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
@@ -163,19 +164,19 @@ class Conv2D(KernelMixin, Layer):
         planar = (not winograd5x5 and ops.planar_conv_forward is not None
                   and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
         direct = not (planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
-        # Elsewhere Winograd and BLAS measured faster than the implicit GEMM (see
-        # implicit_gemm.py); the direct kernels keep a fused max pool, where the implicit
-        # GEMM would write the whole conv output first (the MNIST CNN's 26x26x32 per
-        # image: a step 9.5 -> 20.7 ms).
-        implicit = ((planar or (direct and self.pool is None)) and ops.implicit_conv_forward is not None
+        if self.pool is not None:
+            winograd = not (direct or planar) and pooled_winograd
+        else:
+            winograd = (not (direct or planar) and ops.conv3x3_forward is not None
+                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
+        im2col = not (planar or winograd5x5 or direct or winograd)
+        # Against Winograd the implicit GEMM measured slower (see implicit_gemm.py); the
+        # direct kernels keep a fused max pool, where the implicit GEMM would write the
+        # whole conv output first (the MNIST CNN's 26x26x32 per image: a step 9.5 -> 20.7 ms).
+        implicit = ((planar or im2col or (direct and self.pool is None)) and ops.implicit_conv_forward is not None
                     and implicit_applies(self.kernel_size, self.strides, x.shape[3], self.filters, x.dtype,
                                          self.needs_input_grad))
         planar, direct = planar and not implicit, direct and not implicit
-        if self.pool is not None:
-            winograd = not (implicit or direct or planar) and pooled_winograd
-        else:
-            winograd = (not (implicit or direct or planar) and ops.conv3x3_forward is not None
-                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
         self._implicit = implicit
@@ -196,7 +197,7 @@ class Conv2D(KernelMixin, Layer):
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 if implicit:
-                    ops.implicit_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+                    ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
                 elif planar:
                     ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
                 elif winograd5x5:
@@ -210,7 +211,7 @@ class Conv2D(KernelMixin, Layer):
             return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
         if implicit:
-            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[4:], z)
+            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
         elif planar:
             ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
         elif direct:
@@ -259,7 +260,7 @@ class Conv2D(KernelMixin, Layer):
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
             ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
         if self._implicit:
-            ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[4:],
+            ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
                                        self.grads["kernel"], dx is not None, dx if dx is not None else self._x[:0])
             return dx
         if self._planar:
