@@ -138,7 +138,8 @@ def test_applies_to_float32_convs_of_whole_vectors():
 @pytest.mark.parametrize("pool", [False, True])
 def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, pool):
     """A residual-style 16 -> 16 3x3 conv pair runs the implicit GEMM (where the planar
-    pass ran before); predictions and one SGD step's weights equal the planar pass's."""
+    pass, or Winograd with its fused max pool, ran before); predictions and one SGD
+    step's weights equal theirs."""
     from nbnet.layers import convolutional
 
     rng = np.random.default_rng(5)
@@ -157,8 +158,8 @@ def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, p
         results.append((before, model.get_weights(), [(model.layers[i]._implicit, model.layers[i]._planar)
                                                       for i in (0, 2)]))
     (a, weights_a, used), (b, weights_b, unused) = results
-    # With a max pool fused, the first conv is Winograd's (it runs the pool in its pass).
-    assert used == [(not pool, False), (True, False)]
+    # Without the implicit GEMM, a first conv with a max pool fused is Winograd's.
+    assert used == [(True, False), (True, False)]
     assert unused == [(False, not pool), (False, True)]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for u, v in zip(weights_a, weights_b):

@@ -31,10 +31,12 @@ alternating in one process: the small ResNet of tools/bench_zoo.py 21.0 -> 13.1,
 4.1, 55 -> 31; first layers of 3 channels (direct before) cifar 75.8 -> 70.4 and 216 ->
 198, cifar_bn 73.2 -> 68.8 and 186 -> 169; a 7x7 first layer (planar before) big_kernels
 18.4 -> 16.2; strided 3x3 convs (im2col before: no column matrix written) 6.05 -> 5.55
-and 48 -> 16 for 1000 images. Winograd (32-64 channels, or a fused max pool) and F(2x2,
-5x5) stay ahead, by their 2.25-2.8x fewer multiplies or the pass they save: the implicit
-GEMM taking every shape it fits measured the Kaggle-style CNN 76 -> 90 ms a step, the
-CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54 (its pooled 3x3 conv).
+and 48 -> 16 for 1000 images; Winograd's 16-channel layers (see Conv2D's
+IMPLICIT_OVER_WINOGRAD_CHANNELS) big_kernels 16.1 -> 13.7, 4.7 -> 3.7 and 53 -> 42. From
+32 channels Winograd (3x3, 5x5) stays ahead by its 2.25-2.8x fewer multiplies: the
+implicit GEMM taking every shape it fits measured the Kaggle-style CNN 76 -> 90 ms a
+step, the CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54. The direct
+kernels keep first layers with a fused max pool (the MNIST CNN 9.5 -> 20.7 otherwise).
 """
 
 import numpy as np
