@@ -53,6 +53,10 @@ def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
     (2, 9, 13, 16, 16, (5, 4), "same", (3, 2)),
     (2, 8, 8, 16, 16, (1, 1), "valid", (2, 2)),      # a kernel smaller than its stride: pixels with no tap
     (2, 12, 12, 16, 16, (2, 2), "valid", (2, 2)),    # windows that tile the image
+    (3, 12, 12, 1, 6, (5, 5), "same", (1, 1)),       # LeNet-5's first layer: 6 of 16 lanes
+    (2, 8, 8, 6, 16, (5, 5), "valid", (1, 1)),       # its second: the input gradient on 6 lanes
+    (2, 9, 9, 3, 20, (3, 3), "same", (2, 2)),        # a whole vector and 4 lanes; strided
+    (2, 7, 7, 24, 40, (3, 3), "same", (1, 1)),       # 24 channels: a vector and 8 lanes of dx
 ])
 def test_implicit_gemm_matches_numpy(batch, height, width, channels, filters, kernel_size, padding, strides):
     rng = np.random.default_rng(channels + filters + kernel_size[0])
@@ -125,14 +129,9 @@ def test_the_same_bits_whatever_the_thread_count():
         np.testing.assert_array_equal(one, many)
 
 
-def test_applies_to_float32_convs_of_whole_vectors():
-    assert implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float32)
-    assert implicit_gemm.applies((5, 5), (1, 1), 32, 16, np.float32)
-    assert implicit_gemm.applies((3, 3), (2, 2), 16, 16, np.float32)
-    assert not implicit_gemm.applies((3, 3), (1, 1), 16, 16, np.float64)   # the reference path
-    assert not implicit_gemm.applies((3, 3), (1, 1), 8, 16, np.float32)
-    assert implicit_gemm.applies((3, 3), (1, 1), 3, 16, np.float32, need_dx=False)   # a first layer
-    assert not implicit_gemm.applies((3, 3), (1, 1), 16, 24, np.float32)
+def test_applies_to_float32_only():
+    assert implicit_gemm.applies(np.float32)
+    assert not implicit_gemm.applies(np.float64)   # the reference path keeps the other passes
 
 
 @pytest.mark.parametrize("pool", [False, True])
@@ -166,10 +165,10 @@ def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, p
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
 
 
-def test_a_first_layer_of_few_channels_runs_it_without_an_input_gradient(monkeypatch):
-    """A first conv (3 channels -> 32, no input gradient to make) takes the implicit GEMM
-    where the direct kernels ran; a later conv of 8 channels, whose input gradient would
-    need vectors of channels, keeps its own pass. Trains as with neither."""
+def test_thin_layers_run_it_and_train_as_on_their_own_passes(monkeypatch):
+    """A first conv of 3 channels (the direct kernels' before), one of 32 -> 8 channels
+    (Winograd's: it keeps its layers from 32 channels) and one of 8 -> 16 (the planar
+    pass's) train as with neither on the implicit GEMM."""
     from nbnet.layers import convolutional
 
     rng = np.random.default_rng(6)
@@ -186,18 +185,7 @@ def test_a_first_layer_of_few_channels_runs_it_without_an_input_gradient(monkeyp
         results.append((model.predict(x, verbose=0), model.get_weights(),
                         [model.layers[i]._implicit for i in range(3)]))
     (a, weights_a, used), (b, weights_b, unused) = results
-    assert used == [True, False, False] and unused == [False, False, False]
+    assert used == [True, False, True] and unused == [False, False, False]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for u, v in zip(weights_a, weights_b):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
-
-
-def test_shapes_outside_its_vectors_are_refused():
-    x = np.zeros((1, 5, 5, 8), np.float32)
-    with pytest.raises(ValueError, match="8 channels -> 16 filters"):
-        implicit_gemm.implicit_conv_backward(x, np.zeros((3, 3, 8, 16), np.float32), np.zeros((9, 16), np.float32),
-                                             1, 1, 0, 0, 3, 3, np.zeros((3, 3, 8, 16), np.float32), True,
-                                             np.zeros_like(x))
-    with pytest.raises(ValueError, match="24 filters"):
-        implicit_gemm.implicit_conv_forward(x, np.zeros((3, 3, 8, 24), np.float32), 1, 1, 0, 0, 3, 3,
-                                            np.zeros((9, 24), np.float32))

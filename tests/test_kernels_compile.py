@@ -75,22 +75,21 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from nbnet import layers
     from nbnet.kernels.activations import _bias_activation_blocks
-    from nbnet.kernels.conv import _direct_conv_parallel, im2col
+    from nbnet.kernels.implicit_gemm import _forward as implicit_forward
     from nbnet.kernels.pool import maxpool_forward
 
-    # 3x3x1 runs the direct convolution, 3x3x2 im2col + BLAS (see conv.direct_applies).
-    direct = layers.Conv2D(2, 3, padding="same", activation="relu")
-    direct.build((5, 5, 1), np.random.default_rng(0))
-    unfolded = layers.Conv2D(2, 3, padding="same", activation="relu")
-    unfolded.build((5, 5, 2), np.random.default_rng(0))
+    # In float32 both convs run the implicit GEMM (see Conv2D.forward).
+    first = layers.Conv2D(2, 3, padding="same", activation="relu")
+    first.build((5, 5, 1), np.random.default_rng(0))
+    second = layers.Conv2D(2, 3, padding="same", activation="relu")
+    second.build((5, 5, 2), np.random.default_rng(0))
     pool = layers.MaxPooling2D(2)
     pool.build((5, 5, 2))
     for batch in (3, 5):
-        pool.forward(unfolded.forward(direct.forward(np.ones((batch, 5, 5, 1), np.float32))))
+        pool.forward(second.forward(first.forward(np.ones((batch, 5, 5, 1), np.float32))))
     report = {}
-    # The direct convolution's compiled part (its launcher is plain Python).
-    for name, d in [("im2col", im2col), ("direct_conv_parallel", _direct_conv_parallel),
-                    ("bias_activation_forward", _bias_activation_blocks), ("maxpool_forward", maxpool_forward)]:
+    for name, d in [("implicit_forward", implicit_forward), ("bias_activation_forward", _bias_activation_blocks),
+                    ("maxpool_forward", maxpool_forward)]:
         report[name] = {"signatures": len(d.signatures),
                         "hits": sum(d.stats.cache_hits.values()),
                         "misses": sum(d.stats.cache_misses.values()),

@@ -266,28 +266,33 @@ def compare(model, coords, analytic, numeric):
 
 
 @plain_only
-@pytest.mark.parametrize("conv2_path", ["winograd", "im2col", "direct", "planar"])
+@pytest.mark.parametrize("conv2_path", ["implicit", "winograd", "im2col", "direct", "planar"])
 def test_softmax_model_gradient_on_cpu(conv2_path, monkeypatch):
-    """The second conv + pool pass on each CPU path: Winograd (where it applies, as here:
-    a 3x3x3 kernel, stride 1, 2x2 pool), im2col (Winograd switched off, as in
+    """The second conv + pool pass on each CPU path: the implicit GEMM (float32's own for
+    this 3x3x3 kernel), and with it switched off Winograd (where it applies, as here: a
+    3x3 kernel, stride 1, 2x2 pool), im2col (Winograd switched off too, as in
     test_fusion.py), direct (a 3x3x1 field), planar (3x3 on 5 channels, 'same', Winograd
     off: with it on, a 3x3 conv with its pool runs Winograd)."""
+    from nbnet.layers import convolutional
+
+    if conv2_path != "implicit":
+        monkeypatch.setattr(convolutional, "implicit_applies", lambda *args: False)
     if conv2_path in ("im2col", "planar"):
         monkeypatch.setattr(cpu, "conv3x3_maxpool_forward", None)
     conv1_filters = {"direct": 1, "planar": 5}.get(conv2_path, 3)
     model = check_model_gradient("softmax", 14, conv1_filters, count=6,
                                  conv2_padding="same" if conv2_path == "planar" else "valid")
     conv1, conv2 = model.layers[0], model.layers[3]  # the passes the training step took
-    assert ((conv2._direct, conv2._winograd, conv2._planar)
-            == (conv2_path == "direct", conv2_path == "winograd", conv2_path == "planar"))
-    assert conv1._direct and not conv1._winograd
+    assert ((conv2._implicit, conv2._direct, conv2._winograd, conv2._planar)
+            == (conv2_path == "implicit", conv2_path == "direct", conv2_path == "winograd", conv2_path == "planar"))
+    assert conv1._direct and not conv1._winograd  # its max pool fused
 
 
 @plain_only
 @pytest.mark.parametrize("head", ["sigmoid", "mse"])
 def test_sigmoid_and_mse_model_gradient_on_cpu(head):
     model = check_model_gradient(head, 14, 3, count=6, seed=1)
-    assert model.layers[3]._winograd
+    assert model.layers[3]._implicit
 
 
 @plain_only

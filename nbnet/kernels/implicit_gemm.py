@@ -1,42 +1,40 @@
-"""Conv2D as an implicit GEMM with its accumulators in vector registers: the path for
-convs whose filters (and channels, where the input gradient is made) are whole multiples
-of 16 (a float32 vector of 16 lanes).
+"""Conv2D as an implicit GEMM with its accumulators in vector registers.
 
 A conv is a product: output pixel r, filter f = the sum over taps k (p, q, c) of
 x_padded[position(r) + offset(k)] * kernel[k, f]. ``_block`` computes ROWS such outputs
-for 16 filters at once, each in a vector register for the whole sum over the taps: per
-tap one vector load of the kernel row, one broadcast value per output and a fused
-multiply-add. Numba's own loops cannot keep a vector in a register across a loop (each
-accumulator row is loaded and stored around every pass: the planar kernels reach 42
-GFLOP/s a core on a 16 -> 16 3x3 conv), so the block is written in LLVM IR (96 GFLOP/s,
-the core's sgemm rate). The block reads its operands and writes its results through
-index tables, so the same block makes
+for 16 filters at once (a float32 vector; fewer lanes masked), each in a vector register
+for the whole sum over the taps: per tap one vector load of the kernel row, one
+broadcast value per output and a fused multiply-add. Numba's own loops cannot keep a
+vector in a register across a loop (each accumulator row is loaded and stored around
+every pass: the planar kernels reach 42 GFLOP/s a core on a 16 -> 16 3x3 conv), so the
+block is written in LLVM IR (96 GFLOP/s, the core's sgemm rate). The block reads its
+operands and writes its results through index tables, so the same block makes
 
 - the forward pass: rows = output pixels (any stride), taps as above;
 - the kernel gradient: rows = taps, the sum over the image's output pixels, the
   "kernel" operand being the output gradient (one row per pixel);
 - the input gradient: per phase of the strides (see _phases), a stride-1 correlation of
   the zero-padded output gradient with that phase's taps, flipped, channels and filters
-  swapped (one phase at stride 1).
+  swapped (one phase at stride 1), its vectors along the channels.
 
 Each image is first copied into a zero-bordered buffer of its own, so no tap reads
-outside it. Float32 only (the float64 reference path keeps the planar kernels).
+outside it. Float32 only (the float64 reference path keeps the other passes).
 
-Conv2D takes it where the planar pass, im2col or (without a fused max pool) the direct
-kernels applied, the filters are multiples of 16, and so are the channels unless the
-layer makes no input gradient (a first layer: its vectors run along the filters only).
-14x14x16 -> 16 3x3 at batch 128, 2 cores, ms: forward 1.28 planar -> 0.58, backward 2.43
--> 1.18 (190-197 GFLOP/s). Training steps (b128, b32) and 1000-image predicts, ms,
-alternating in one process: the small ResNet of tools/bench_zoo.py 21.0 -> 13.1, 6.6 ->
-4.1, 55 -> 31; first layers of 3 channels (direct before) cifar 75.8 -> 70.4 and 216 ->
-198, cifar_bn 73.2 -> 68.8 and 186 -> 169; a 7x7 first layer (planar before) big_kernels
-18.4 -> 16.2; strided 3x3 convs (im2col before: no column matrix written) 6.05 -> 5.55
-and 48 -> 16 for 1000 images; Winograd's 16-channel layers (see Conv2D's
-IMPLICIT_OVER_WINOGRAD_CHANNELS) big_kernels 16.1 -> 13.7, 4.7 -> 3.7 and 53 -> 42. From
-32 channels Winograd (3x3, 5x5) stays ahead by its 2.25-2.8x fewer multiplies: the
-implicit GEMM taking every shape it fits measured the Kaggle-style CNN 76 -> 90 ms a
-step, the CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60, pointwise_gap 38 -> 54. The direct
-kernels keep first layers with a fused max pool (the MNIST CNN 9.5 -> 20.7 otherwise).
+Conv2D takes it where the planar pass, im2col, the direct kernels (without a fused max
+pool: the MNIST CNN's first layer, 26x26x32 written whole, 9.5 -> 20.7 ms a step
+otherwise) or (to 16 channels, see Conv2D's IMPLICIT_OVER_WINOGRAD_CHANNELS) Winograd
+applied. 14x14x16 -> 16 3x3 at batch 128, 2 cores, ms: forward 1.28 planar -> 0.58,
+backward 2.43 -> 1.18 (190-197 GFLOP/s). Training steps (b128, b32) and 1000-image
+predicts, ms, alternating in one process: the small ResNet of tools/bench_zoo.py 21.0 ->
+13.1, 6.6 -> 4.1, 55 -> 31; first layers of 3 channels (direct before) cifar 75.8 -> 70.4
+and 216 -> 198, cifar_bn 73.2 -> 68.8 and 186 -> 169; strided 3x3 convs (im2col before:
+no column matrix written) 6.05 -> 5.55 and 48 -> 16; big_kernels (7x7 planar, 5x5
+Winograd at 16 channels before) 16.1 -> 13.7, 4.7 -> 3.7 and 53 -> 42. Layers of few
+filters, masked lanes and all, b128 step: LeNet-5's 5x5 1 -> 6 2.69 -> 2.58 and 6 -> 16
+3.99 -> 3.06 (planar before), 3x3 3 -> 24 6.39 -> 4.08 (direct), stride-2 24 -> 48 19.9
+-> 15.2 (im2col). From 32 channels Winograd (3x3, 5x5) stays ahead by its 2.25-2.8x
+fewer multiplies: the implicit GEMM taking every shape measured the Kaggle-style CNN 76
+-> 90 ms a step, the CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60.
 """
 
 import numpy as np
@@ -51,86 +49,124 @@ LANES = 16
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
 
 
-def applies(kernel_size, strides, channels, filters, dtype, need_dx=True):
-    """Whether a plain (ungrouped, undilated) Conv2D can take this path: any kernel size
-    and stride, float32, the filters filling whole vectors, and so do the channels where
-    the input gradient is made (its vectors run along them)."""
-    return filters % LANES == 0 and (channels % LANES == 0 or not need_dx) and np.dtype(dtype) == np.float32
+def applies(dtype):
+    """Whether a plain (ungrouped, undilated) Conv2D can take this path: float32, any
+    kernel size, stride, channels and filters."""
+    return np.dtype(dtype) == np.float32
+
+
+def _emit_block(builder, args, masked):
+    """The IR of _block (see there); with ``masked``, every load and store of B and C
+    covers only the first ``lanes`` lanes (a separate block: a target without masked
+    vector instructions would pay for the masks on every tap)."""
+    a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes = args
+    i1, i32, i64, f32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    vector = ir.VectorType(f32, LANES)
+    pointer = vector.as_pointer()
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{LANES}f32")
+    zero = ir.Constant(vector, [0.0] * LANES)
+    if masked:
+        mask_type = ir.VectorType(i1, LANES)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [pointer, i32, mask_type, vector]), f"llvm.masked.load.v{LANES}f32.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, i32, mask_type]),
+            f"llvm.masked.store.v{LANES}f32.p0")
+        wide = ir.VectorType(i64, LANES)
+        limit = builder.shuffle_vector(builder.insert_element(ir.Constant(wide, ir.Undefined), lanes, ir.Constant(i32, 0)),
+                                       ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+        mask = builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), limit)
+
+        def load(at):
+            return builder.call(masked_load, [at, ir.Constant(i32, 4), mask, zero])
+
+        def store(value, at):
+            builder.call(masked_store, [value, at, ir.Constant(i32, 4), mask])
+    else:
+        def load(at):
+            return builder.load(at, align=4)
+
+        def store(value, at):
+            builder.store(value, at, align=4)
+
+    a = builder.inttoptr(a, f32.as_pointer())
+    row_offsets = builder.inttoptr(row_offsets, i64.as_pointer())
+    column_offsets = builder.inttoptr(column_offsets, i64.as_pointer())
+    b = builder.inttoptr(b, f32.as_pointer())
+    c = builder.inttoptr(c, f32.as_pointer())
+    c_offsets = builder.inttoptr(c_offsets, i64.as_pointer())
+    rows = [builder.load(builder.gep(row_offsets, [ir.Constant(i64, r)])) for r in range(ROWS)]
+    undefined = ir.Constant(vector, ir.Undefined)
+    first_lane = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+
+    before = builder.block
+    loop = builder.append_basic_block("taps")
+    after = builder.append_basic_block("store")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, after)
+
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    k.add_incoming(ir.Constant(i64, 0), before)
+    sums = []
+    for _ in range(ROWS):
+        phi = builder.phi(vector)
+        phi.add_incoming(zero, before)
+        sums.append(phi)
+    column = builder.load(builder.gep(column_offsets, [k]))
+    weights = load(builder.bitcast(builder.gep(b, [builder.mul(k, b_stride)]), pointer))
+    added = []
+    for r in range(ROWS):
+        value = builder.load(builder.gep(a, [builder.add(rows[r], column)]))
+        spread = builder.shuffle_vector(builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined,
+                                        first_lane)
+        added.append(builder.call(fma, [spread, weights, sums[r]]))
+    following = builder.add(k, ir.Constant(i64, 1))
+    k.add_incoming(following, loop)
+    for phi, value in zip(sums, added):
+        phi.add_incoming(value, loop)
+    builder.cbranch(builder.icmp_signed("<", following, count), loop, after)
+
+    builder.position_at_end(after)
+    totals = []
+    for r in range(ROWS):
+        total = builder.phi(vector)
+        total.add_incoming(zero, before)
+        total.add_incoming(added[r], loop)
+        totals.append(total)
+    adding = builder.icmp_signed("!=", add, ir.Constant(i64, 0))
+    for r, total in enumerate(totals):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, r), valid_rows)):
+            at = builder.load(builder.gep(c_offsets, [ir.Constant(i64, r)]))
+            target = builder.bitcast(builder.gep(c, [at]), pointer)
+            with builder.if_else(adding) as (then, otherwise):
+                with then:
+                    store(builder.fadd(load(target), total), target)
+                with otherwise:
+                    store(total, target)
 
 
 @intrinsic
-def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add):
+def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes):
     """For r < ROWS: C[c_offsets[r] + :LANES] (+)= the sum over k < count of
     A[row_offsets[r] + column_offsets[k]] * B[k * b_stride + :LANES]; rows from
     ``valid_rows`` on are not stored. Arguments are addresses (float32 A, B, C; int64
-    offset tables) and element counts."""
-    sig = types.void(*([types.int64] * 10))
-
+    offset tables) and element counts; ``lanes`` must be LANES (see _masked_block)."""
     def codegen(context, builder, signature, args):
-        a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add = args
-        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-        vector = ir.VectorType(f32, LANES)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{LANES}f32")
-        a = builder.inttoptr(a, f32.as_pointer())
-        row_offsets = builder.inttoptr(row_offsets, i64.as_pointer())
-        column_offsets = builder.inttoptr(column_offsets, i64.as_pointer())
-        b = builder.inttoptr(b, f32.as_pointer())
-        c = builder.inttoptr(c, f32.as_pointer())
-        c_offsets = builder.inttoptr(c_offsets, i64.as_pointer())
-        rows = [builder.load(builder.gep(row_offsets, [ir.Constant(i64, r)])) for r in range(ROWS)]
-        zero = ir.Constant(vector, [0.0] * LANES)
-        undefined = ir.Constant(vector, ir.Undefined)
-        first_lane = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-
-        before = builder.block
-        loop = builder.append_basic_block("taps")
-        after = builder.append_basic_block("store")
-        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, after)
-
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        k.add_incoming(ir.Constant(i64, 0), before)
-        sums = []
-        for _ in range(ROWS):
-            phi = builder.phi(vector)
-            phi.add_incoming(zero, before)
-            sums.append(phi)
-        column = builder.load(builder.gep(column_offsets, [k]))
-        b_row = builder.bitcast(builder.gep(b, [builder.mul(k, b_stride)]), vector.as_pointer())
-        weights = builder.load(b_row, align=4)
-        added = []
-        for r in range(ROWS):
-            value = builder.load(builder.gep(a, [builder.add(rows[r], column)]))
-            spread = builder.shuffle_vector(builder.insert_element(undefined, value, ir.Constant(i32, 0)),
-                                            undefined, first_lane)
-            added.append(builder.call(fma, [spread, weights, sums[r]]))
-        following = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(following, loop)
-        for phi, value in zip(sums, added):
-            phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", following, count), loop, after)
-
-        builder.position_at_end(after)
-        totals = []
-        for r in range(ROWS):
-            total = builder.phi(vector)
-            total.add_incoming(zero, before)
-            total.add_incoming(added[r], loop)
-            totals.append(total)
-        adding = builder.icmp_signed("!=", add, ir.Constant(i64, 0))
-        for r, total in enumerate(totals):
-            with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, r), valid_rows)):
-                at = builder.load(builder.gep(c_offsets, [ir.Constant(i64, r)]))
-                target = builder.bitcast(builder.gep(c, [at]), vector.as_pointer())
-                with builder.if_else(adding) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(target, align=4), total), target, align=4)
-                    with otherwise:
-                        builder.store(total, target, align=4)
+        _emit_block(builder, args, masked=False)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return types.void(*([types.int64] * 11)), codegen
+
+
+@intrinsic
+def _masked_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes):
+    """_block over the first ``lanes`` lanes only (fewer than LANES): the rest of B and C
+    is neither read nor written."""
+    def codegen(context, builder, signature, args):
+        _emit_block(builder, args, masked=True)
+        return context.get_dummy_value()
+
+    return types.void(*([types.int64] * 11)), codegen
 
 
 @njit(cache=True)
@@ -183,8 +219,14 @@ def _correlate(padded, pixel_offsets, targets, tap_offsets, kernel2d, out, add, 
             rows[r] = pixel_offsets[start + min(r, valid - 1)]
             places[r] = targets[start + min(r, valid - 1)]
         for f in range(0, filters, LANES):
-            _block(padded.ctypes.data, rows.ctypes.data, tap_offsets.ctypes.data, tap_offsets.size,
-                   kernel2d.ctypes.data + 4 * f, filters, out.ctypes.data + 4 * f, places.ctypes.data, valid, add)
+            if filters - f >= LANES:
+                _block(padded.ctypes.data, rows.ctypes.data, tap_offsets.ctypes.data, tap_offsets.size,
+                       kernel2d.ctypes.data + 4 * f, filters, out.ctypes.data + 4 * f, places.ctypes.data, valid, add,
+                       LANES)
+            else:
+                _masked_block(padded.ctypes.data, rows.ctypes.data, tap_offsets.ctypes.data, tap_offsets.size,
+                              kernel2d.ctypes.data + 4 * f, filters, out.ctypes.data + 4 * f, places.ctypes.data,
+                              valid, add, filters - f)
 
 
 @njit(cache=True)
@@ -214,8 +256,6 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z)
     """z[n, i*out_w + j, o] = sum over the window of x * kernel (no bias), ``kernel`` Keras's
     (kh, kw, in, out), strides (sh, sw); z is (batch * out_h * out_w, filters)."""
     kh, kw, channels, filters = kernel.shape
-    if filters % LANES:
-        raise ValueError(f"implicit_conv_forward: {filters} filters do not fill vectors of {LANES}")
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
              pad_left, out_h, out_w, z.reshape(x.shape[0], out_h * out_w, filters))
 
@@ -293,9 +333,6 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     ``dz`` spread back through the kernel. Partial sums per fixed chunk of images, added
     in order: a result that does not depend on the thread count."""
     kh, kw, channels, filters = kernel.shape
-    if filters % LANES or (need_dx and channels % LANES):
-        raise ValueError(f"implicit_conv_backward: {channels} channels -> {filters} filters do not fill vectors of "
-                         f"{LANES} (see applies())")
     batch, height, width, _ = x.shape
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)

@@ -161,9 +161,8 @@ class Conv2D(KernelMixin, Layer):
         bias = self._param_or_nothing(self.params, "bias", x.dtype)
         rows = batch * out_h * out_w
         # Which pass: Winograd F(2x2, 5x5), else planar, else direct, else Winograd F(2x2,
-        # 3x3), else im2col (see each applies()); planar, direct and im2col run as the
-        # implicit GEMM where the filters, and the channels if the input gradient is made,
-        # fill its vectors.
+        # 3x3), else im2col (see each applies()); all but Winograd from 32 channels and
+        # the direct kernels' fused max pool run as the implicit GEMM in float32.
         winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
@@ -183,9 +182,7 @@ class Conv2D(KernelMixin, Layer):
         # 26x26x32 per image: a step 9.5 -> 20.7 ms).
         thin_winograd = (winograd or winograd5x5) and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
         implicit = ((planar or im2col or thin_winograd or (direct and self.pool is None))
-                    and ops.implicit_conv_forward is not None
-                    and implicit_applies(self.kernel_size, self.strides, x.shape[3], self.filters, x.dtype,
-                                         self.needs_input_grad))
+                    and ops.implicit_conv_forward is not None and implicit_applies(x.dtype))
         if implicit:
             planar = direct = winograd = winograd5x5 = False
         self._x_shape, self._geometry_used = x.shape, geometry
