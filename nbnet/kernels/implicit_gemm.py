@@ -13,7 +13,7 @@ operands and writes its results through index tables, so the same block makes
 - the forward pass: rows = output pixels (any stride), taps as above;
 - the kernel gradient: rows = taps, the sum over the image's output pixels, the
   "kernel" operand being the output gradient (one row per pixel);
-- the input gradient: per phase of the strides (see _phases), a stride-1 correlation of
+- the input gradient: per phase of the strides (see _phase_tables), a stride-1 correlation of
   the zero-padded output gradient with that phase's taps, flipped, channels and filters
   swapped (one phase at stride 1), its vectors along the channels.
 
@@ -36,6 +36,8 @@ filters, masked lanes and all, b128 step: LeNet-5's 5x5 1 -> 6 2.69 -> 2.58 and 
 fewer multiplies: the implicit GEMM taking every shape measured the Kaggle-style CNN 76
 -> 90 ms a step, the CIFAR CNN 74 -> 88, tf_mnist_5x5 50 -> 60.
 """
+
+import functools
 
 import numpy as np
 from llvmlite import ir
@@ -265,13 +267,22 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z)
 # the strides), so phase (ru, rv) is a stride-1 correlation of the output gradient with
 # that sub-kernel, flipped, written to every sh-th row and sw-th column. The output
 # gradient is laid on a grid with (taps per phase - 1) zero rows and columns before it.
-def _phases(kernel, sh, sw, pad_top, pad_left, height, width, grid_top, grid_left, grid_wide):
-    """Per phase with taps: (tap offsets on the gradient grid, its flipped sub-kernel
-    (taps * filters, channels), the grid offsets of its pixels' window corners, and their
-    places in dx (element offsets in one image)); and whether some pixels belong to no
-    tap (a kernel smaller than its stride: those gradients are zero)."""
-    kh, kw, channels, filters = kernel.shape
-    phases, uncovered = [], False
+@functools.lru_cache(maxsize=128)
+def _phase_tables(kernel_shape, sh, sw, pad_top, pad_left, height, width, out_h, out_w):
+    """The input gradient's index tables, made once per layer geometry: the grid's
+    (rows, wide, top, left); per phase with taps its bounds in the joined tables (taps
+    from, to; pixels from, to); the joined tap offsets on the grid, the flat indices into
+    the kernel of each phase's flipped sub-kernel (taps * filters, channels), the grid
+    offsets of the pixels' window corners and their places in dx (element offsets in one
+    image); and whether some pixels belong to no tap (a kernel smaller than its stride:
+    those gradients are zero)."""
+    kh, kw, channels, filters = kernel_shape
+    grid_top, grid_left = -(-kh // sh) - 1, -(-kw // sw) - 1
+    grid = (grid_top + max(out_h, (height - 1 + pad_top) // sh + 1),
+            grid_left + max(out_w, (width - 1 + pad_left) // sw + 1), grid_top, grid_left)
+    grid_wide = grid[1]
+    tables, bounds, uncovered = [], [], False
+    taps_so_far = pixels_so_far = 0
     for ru in range(sh):
         for rv in range(sw):
             mh, mw = len(range(ru, kh, sh)), len(range(rv, kw, sw))
@@ -283,16 +294,26 @@ def _phases(kernel, sh, sw, pad_top, pad_left, height, width, grid_top, grid_lef
             if mh == 0 or mw == 0:
                 uncovered = True
                 continue
-            sub = kernel[ru::sh, rv::sw][::-1, ::-1]  # (mh, mw, channels, filters), flipped
-            weights = np.ascontiguousarray(sub.transpose(0, 1, 3, 2)).reshape(-1, channels)
-            taps = ((np.arange(mh)[:, None, None] * grid_wide + np.arange(mw)[None, :, None]) * filters
-                    + np.arange(filters)[None, None, :]).ravel()
+            m, n = np.arange(mh)[:, None, None], np.arange(mw)[None, :, None]
+            f = np.arange(filters)[None, None, :]
+            taps = ((m * grid_wide + n) * filters + f).ravel()
+            # Row (m, n, f), column c of the sub-kernel: kernel[p, q, c, f], flipped.
+            p, q = ru + sh * (mh - 1 - m), rv + sw * (mw - 1 - n)
+            weights = (((p * kw + q) * channels)[..., None] * filters + f[..., None]
+                       + np.arange(channels) * filters).reshape(-1, channels)
             big_u, big_v = (us - ru) // sh, (vs - rv) // sw
             corners = (((big_u + grid_top - mh + 1)[:, None] * grid_wide + (big_v + grid_left - mw + 1)[None, :])
                        * filters).ravel()
             places = (((us - pad_top)[:, None] * width + (vs - pad_left)[None, :]) * channels).ravel()
-            phases.append((taps.astype(np.int64), weights, corners.astype(np.int64), places.astype(np.int64)))
-    return phases, uncovered
+            tables.append((taps, weights, corners, places))
+            bounds.append((taps_so_far, taps_so_far + taps.size, pixels_so_far, pixels_so_far + corners.size))
+            taps_so_far, pixels_so_far = bounds[-1][1], bounds[-1][3]
+    if tables:
+        joined = [np.concatenate(part).astype(np.int64) for part in zip(*tables)]
+    else:
+        joined = [np.empty(0, np.int64), np.empty((0, channels), np.int64), np.empty(0, np.int64),
+                  np.empty(0, np.int64)]
+    return np.array(grid, np.int64), np.array(bounds, np.int64).reshape(-1, 4), joined, uncovered
 
 
 @njit(parallel=True, cache=True)
@@ -336,25 +357,18 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     batch, height, width, _ = x.shape
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
-    grid_top, grid_left = -(-kh // sh) - 1, -(-kw // sw) - 1
-    grid_rows = grid_top + max(out_h, (height - 1 + pad_top) // sh + 1)
-    grid_wide = grid_left + max(out_w, (width - 1 + pad_left) // sw + 1)
-    phases, uncovered = (_phases(kernel, sh, sw, pad_top, pad_left, height, width, grid_top, grid_left, grid_wide)
-                         if need_dx else ([], False))
-    bounds = np.zeros((len(phases), 4), np.int64)
-    t = p = 0
-    for k, (taps, _, corners, _) in enumerate(phases):
-        bounds[k] = (t, t + taps.size, p, p + corners.size)
-        t, p = t + taps.size, p + corners.size
-    if phases:
-        joined = [np.concatenate(part) for part in zip(*phases)]
+    if need_dx:
+        grid, bounds, (taps, weight_index, corners, places), uncovered = _phase_tables(
+            kernel.shape, sh, sw, pad_top, pad_left, height, width, out_h, out_w)
+        weights = kernel.reshape(-1)[weight_index]
     else:
-        joined = [np.empty(0, np.int64), np.empty((0, channels), np.float32), np.empty(0, np.int64),
-                  np.empty(0, np.int64)]
+        grid, bounds, uncovered = np.zeros(4, np.int64), np.zeros((0, 4), np.int64), False
+        taps = corners = places = np.empty(0, np.int64)
+        weights = np.empty((0, channels), np.float32)
     target = dx if need_dx else np.empty((batch, 0, 0, channels), np.float32)
     _backward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-              pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx,
-              np.array([grid_rows, grid_wide, grid_top, grid_left], np.int64), bounds, *joined, uncovered, target)
+              pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx, grid, bounds,
+              taps, weights, corners, places, uncovered, target)
     total = partial[0]
     for chunk in range(1, chunks):
         total = total + partial[chunk]
