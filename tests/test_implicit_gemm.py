@@ -134,58 +134,52 @@ def test_applies_to_float32_only():
     assert not implicit_gemm.applies(np.float64)   # the reference path keeps the other passes
 
 
+def _both_ways(monkeypatch, layer_list, x, y, learning_rate):
+    """The model of ``layer_list()`` with the implicit GEMM and with it kept out: per
+    way its predictions before and after one SGD step, its weights after, the model."""
+    from nbnet.layers import convolutional
+
+    results = []
+    for applies in (implicit_gemm.applies, lambda *args: False):
+        monkeypatch.setattr(convolutional, "implicit_applies", applies)
+        model = models.Sequential(layer_list(), seed=0)
+        model.compile(optimizers.SGD(learning_rate), "mse")
+        before = model.predict(x, verbose=0)
+        model.train_on_batch(x, y)
+        results.append((before, model.predict(x, verbose=0), model.get_weights(), model))
+    (before_on, after_on, weights_on, on), (before_off, after_off, weights_off, off) = results
+    for u, v in [(before_on, before_off), (after_on, after_off), *zip(weights_on, weights_off)]:
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+    return on, off
+
+
 @pytest.mark.parametrize("pool", [False, True])
 def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, pool):
     """A residual-style 16 -> 16 3x3 conv pair runs the implicit GEMM (where the planar
     pass, or Winograd with its fused max pool, ran before); predictions and one SGD
     step's weights equal theirs."""
-    from nbnet.layers import convolutional
-
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 12, 12, 16)).astype(np.float32)
     y = rng.standard_normal((6, 3)).astype(np.float32)
-    results = []
-    for applies in (implicit_gemm.applies, lambda *args: False):
-        monkeypatch.setattr(convolutional, "implicit_applies", applies)
-        model = models.Sequential(
-            [layers.Input((12, 12, 16)), layers.Conv2D(16, 3, padding="same", activation="relu"),
-             layers.MaxPooling2D(2) if pool else layers.AveragePooling2D(2),
-             layers.Conv2D(16, 3, padding="same", activation="tanh"), layers.Flatten(), layers.Dense(3)], seed=0)
-        model.compile(optimizers.SGD(0.1), "mse")
-        before = model.predict(x, verbose=0)
-        model.train_on_batch(x, y)
-        results.append((before, model.get_weights(), [(model.layers[i]._implicit, model.layers[i]._planar)
-                                                      for i in (0, 2)]))
-    (a, weights_a, used), (b, weights_b, unused) = results
+    on, off = _both_ways(monkeypatch, lambda: [
+        layers.Input((12, 12, 16)), layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2) if pool else layers.AveragePooling2D(2),
+        layers.Conv2D(16, 3, padding="same", activation="tanh"), layers.Flatten(), layers.Dense(3)], x, y, 0.1)
+    assert [(on.layers[i]._implicit, on.layers[i]._planar) for i in (0, 2)] == [(True, False), (True, False)]
     # Without the implicit GEMM, a first conv with a max pool fused is Winograd's.
-    assert used == [(True, False), (True, False)]
-    assert unused == [(False, not pool), (False, True)]
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for u, v in zip(weights_a, weights_b):
-        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+    assert [(off.layers[i]._implicit, off.layers[i]._planar) for i in (0, 2)] == [(False, not pool), (False, True)]
 
 
 def test_thin_layers_run_it_and_train_as_on_their_own_passes(monkeypatch):
     """A first conv of 3 channels (the direct kernels' before), one of 32 -> 8 channels
     (Winograd's: it keeps its layers from 32 channels) and one of 8 -> 16 (the planar
     pass's) train as with neither on the implicit GEMM."""
-    from nbnet.layers import convolutional
-
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 10, 10, 3)).astype(np.float32)
     y = rng.standard_normal((5, 2)).astype(np.float32)
-    results = []
-    for applies in (implicit_gemm.applies, lambda *args: False):
-        monkeypatch.setattr(convolutional, "implicit_applies", applies)
-        model = models.Sequential([layers.Input((10, 10, 3)), layers.Conv2D(32, 3, padding="same", activation="relu"),
-                                   layers.Conv2D(8, 3, activation="relu"), layers.Conv2D(16, 3),
-                                   layers.GlobalAveragePooling2D(), layers.Dense(2)], seed=0)
-        model.compile(optimizers.SGD(0.05), "mse")
-        model.train_on_batch(x, y)
-        results.append((model.predict(x, verbose=0), model.get_weights(),
-                        [model.layers[i]._implicit for i in range(3)]))
-    (a, weights_a, used), (b, weights_b, unused) = results
-    assert used == [True, False, True] and unused == [False, False, False]
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for u, v in zip(weights_a, weights_b):
-        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+    on, off = _both_ways(monkeypatch, lambda: [
+        layers.Input((10, 10, 3)), layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.Conv2D(8, 3, activation="relu"), layers.Conv2D(16, 3), layers.GlobalAveragePooling2D(),
+        layers.Dense(2)], x, y, 0.05)
+    assert [on.layers[i]._implicit for i in range(3)] == [True, False, True]
+    assert [off.layers[i]._implicit for i in range(3)] == [False, False, False]
