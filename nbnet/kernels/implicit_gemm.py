@@ -355,6 +355,8 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     in order: a result that does not depend on the thread count."""
     kh, kw, channels, filters = kernel.shape
     batch, height, width, _ = x.shape
+    if batch == 0:
+        return
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
     if need_dx:
