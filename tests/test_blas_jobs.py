@@ -12,38 +12,39 @@ def needs_sgemm():
         pytest.skip("NumPy's BLAS is not an ILP64 OpenBLAS here")
 
 
-def _views(rng):
-    """Matrices of shape (6, 4) laid out every way a layer hands one over."""
-    base = rng.random((10, 12), dtype=np.float32)
-    return {
-        "row-major": np.ascontiguousarray(base[:6, :4]),
-        "transposed": np.ascontiguousarray(base[:4, :6]).T,
-        "rows of a wider matrix": base[2:8, 3:7],
-        "columns of a transposed one": base[1:5, 2:8].T,
-    }
+LAYOUTS = ["row-major", "transposed", "rows of a wider matrix", "columns of a transposed one"]
 
 
-@pytest.mark.parametrize("left", ["row-major", "transposed", "rows of a wider matrix", "columns of a transposed one"])
-@pytest.mark.parametrize("right", ["row-major", "transposed", "rows of a wider matrix", "columns of a transposed one"])
+def _matrix(rng, layout, rows, columns):
+    """A (rows, columns) float32 matrix laid out as a layer may hand one over: the first
+    and third read by sgemm as they are, the second and fourth as transposes."""
+    base = rng.random((rows + columns + 4, rows + columns + 4), dtype=np.float32)
+    matrix = {"row-major": lambda: np.ascontiguousarray(base[:rows, :columns]),
+              "transposed": lambda: np.ascontiguousarray(base[:columns, :rows]).T,
+              "rows of a wider matrix": lambda: base[2:2 + rows, 3:3 + columns],
+              "columns of a transposed one": lambda: base[1:1 + columns, 2:2 + rows].T}[layout]()
+    assert matrix.shape == (rows, columns)
+    return matrix
+
+
+@pytest.mark.parametrize("left", LAYOUTS)
+@pytest.mark.parametrize("right", LAYOUTS)
 @pytest.mark.parametrize("add", [False, True])
 def test_a_job_computes_numpys_product_on_any_unit_stride_layout(left, right, add):
     rng = np.random.default_rng(1)
-    a = _views(rng)[left]
-    b = _views(rng)[right].T.copy() if right == "row-major" else _views(rng)[right][:4].T
-    b = np.asarray(b)
-    assert b.shape == (4, b.shape[1])
-    start = rng.random((6, b.shape[1] + 3), dtype=np.float32)
+    a, b = _matrix(rng, left, 6, 4), _matrix(rng, right, 4, 5)
+    assert blas.operand(a)[1] == (blas.PLAIN if LAYOUTS.index(left) % 2 == 0 else blas.TRANSPOSED)
+    assert blas.operand(b)[1] == (blas.PLAIN if LAYOUTS.index(right) % 2 == 0 else blas.TRANSPOSED)
+    start = rng.random((6, 8), dtype=np.float32)
     out = start.copy()
-    target = out[:, 1:1 + b.shape[1]]  # a block of a wider result: its rows are strided
+    target = out[:, 1:6]  # a block of a wider result: its rows are strided
     job = blas.job(a, b, target, add)
     assert job is not None
     blas.run(np.array([job], np.int64))
     expected = start.copy()
-    product = np.matmul(a, b)
-    expected[:, 1:1 + b.shape[1]] = expected[:, 1:1 + b.shape[1]] + product if add else product
+    expected[:, 1:6] = expected[:, 1:6] + a @ b if add else a @ b
     np.testing.assert_allclose(out, expected, rtol=1e-6)
-    np.testing.assert_array_equal(out[:, 0], start[:, 0])  # nothing outside the block written
-    np.testing.assert_array_equal(out[:, 1 + b.shape[1]:], start[:, 1 + b.shape[1]:])
+    np.testing.assert_array_equal(out[:, [0, 6, 7]], start[:, [0, 6, 7]])  # nothing outside the block written
 
 
 def test_jobs_side_by_side_write_their_own_blocks():

@@ -28,8 +28,9 @@ backward 2.43 -> 1.18 (190-197 GFLOP/s). Training steps (b128, b32) and 1000-ima
 predicts, ms, alternating in one process: the small ResNet of tools/bench_zoo.py 21.0 ->
 13.1, 6.6 -> 4.1, 55 -> 31; first layers of 3 channels (direct before) cifar 75.8 -> 70.4
 and 216 -> 198, cifar_bn 73.2 -> 68.8 and 186 -> 169; strided 3x3 convs (im2col before:
-no column matrix written) 6.05 -> 5.55 and 48 -> 16; big_kernels (7x7 planar, 5x5
-Winograd at 16 channels before) 16.1 -> 13.7, 4.7 -> 3.7 and 53 -> 42. Layers of few
+no column matrix written) 6.05 -> 5.55 and 48 -> 16; big_kernels' 5x5 16 -> 32 layer
+(Winograd before; its 7x7 first layer on this path both ways) 16.1 -> 13.7, 4.7 -> 3.7
+and 53 -> 42. Layers of few
 filters, masked lanes and all, b128 step: LeNet-5's 5x5 1 -> 6 2.69 -> 2.58 and 6 -> 16
 3.99 -> 3.06 (planar before), 3x3 3 -> 24 6.39 -> 4.08 (direct), stride-2 24 -> 48 19.9
 -> 15.2 (im2col). From 32 channels Winograd (3x3, 5x5) stays ahead by its 2.25-2.8x
@@ -197,9 +198,10 @@ def _pixel_offsets(out_h, out_w, sh, sw, wide, channels):
 
 @njit(cache=True)
 def _pad_image(source, top, left, buffer):
-    """buffer (rows, wide, channels) = the (height, width, channels) image ``source``
-    placed at (top, left), zero elsewhere; parts outside the buffer are cut off."""
-    buffer[:] = 0.0
+    """Copies the (height, width, channels) image ``source`` into buffer (rows, wide,
+    channels) at (top, left); parts outside the buffer are cut off. The rest of the buffer
+    keeps what it had: zeros, the buffer made with np.zeros and every image of a call
+    landing on the same part of it."""
     rows, wide, channels = buffer.shape
     height, width = source.shape[0], source.shape[1]
     for y in range(max(0, -top), min(height, rows - top)):
@@ -247,7 +249,7 @@ def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
     targets = _rows_of(out_h * out_w, filters)
     chunks = min(REDUCTION_CHUNKS, batch)
     for chunk in prange(chunks):
-        padded = np.empty((rows, wide, channels), np.float32)
+        padded = np.zeros((rows, wide, channels), np.float32)
         spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x[n], pad_top, pad_left, padded)
@@ -328,8 +330,8 @@ def _backward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_
     grid_rows, grid_wide, grid_top, grid_left = grid_shape[0], grid_shape[1], grid_shape[2], grid_shape[3]
     chunks = partial.shape[0]
     for chunk in prange(chunks):
-        padded = np.empty((rows, wide, channels), np.float32)
-        grid = np.empty((grid_rows if need_dx else 0, grid_wide, filters), np.float32)
+        padded = np.zeros((rows, wide, channels), np.float32)
+        grid = np.zeros((grid_rows if need_dx else 0, grid_wide, filters), np.float32)
         spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
         sums = partial[chunk]
         sums[:] = 0.0
@@ -371,7 +373,5 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     _backward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
               pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx, grid, bounds,
               taps, weights, corners, places, uncovered, target)
-    total = partial[0]
-    for chunk in range(1, chunks):
-        total = total + partial[chunk]
-    dkernel += total.reshape(dkernel.shape)
+    for chunk in range(chunks):
+        dkernel += partial[chunk].reshape(dkernel.shape)

@@ -77,11 +77,12 @@ def _check_span(layer, input_shape):
         raise layer._shape_error(f"an input at least as large as its {spanned} with padding='valid'", input_shape)
 
 
-# Winograd's transforms cost as much as the products they save up to 16 channels: 3x3 at
-# batch 128, a layer's step, ms, implicit GEMM against Winograd: 14x14x16 -> 32 4.7 vs
-# 6.5, 28x28x16 -> 32 18.1 vs 27.6, 28x28x16 -> 16 with a 2x2 max pool 10.5 vs 16.0
-# (Winograd's own fused pool), 14x14x32 -> 32 8.9 vs 8.9, 16x16x32 -> 64 22.1 vs 17.4; 5x5:
-# 14x14x16 -> 32 10.0 vs 12.2, 28x28x16 -> 32 39.8 vs 50.5, 14x14x32 -> 64 37.5 vs 26.5.
+# Winograd's transforms cost as much as the products they save up to 16 channels. The
+# step of a model around one such conv, batch 128, ms, implicit GEMM against Winograd:
+# 3x3 14x14x16 -> 32 4.7 vs 6.5, 28x28x16 -> 32 18.1 vs 27.6, 28x28x16 -> 16 with a 2x2
+# max pool 10.5 vs 16.0 (Winograd's own fused pool), 14x14x32 -> 32 8.9 vs 8.9, 16x16x32
+# -> 64 22.1 vs 17.4; 5x5 14x14x16 -> 32 10.0 vs 12.2, 28x28x16 -> 32 39.8 vs 50.5,
+# 14x14x32 -> 64 37.5 vs 26.5.
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 
 
@@ -184,14 +185,13 @@ class Conv2D(KernelMixin, Layer):
         implicit = ((planar or im2col or thin_winograd or (direct and self.pool is None))
                     and ops.implicit_conv_forward is not None and implicit_applies(x.dtype))
         if implicit:
-            planar = direct = winograd = winograd5x5 = False
+            planar = direct = winograd = winograd5x5 = im2col = False
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
         self._implicit = implicit
-        # These passes read the input again in backward; im2col keeps its columns.
-        self._x = x if direct or winograd or planar or winograd5x5 or implicit else None
-        self._cols = (None if direct or winograd or planar or winograd5x5 or implicit
-                      else self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype))
+        # Every pass but im2col reads the input again in backward; im2col keeps its columns.
+        self._x = None if im2col else x
+        self._cols = self._buffer("cols", (rows, kernel2d.shape[0]), x.dtype) if im2col else None
         if self.pool is not None:
             # Returns the pool's output: the conv's own activation is never stored.
             self._y = None
