@@ -5,7 +5,7 @@ gradient + the two matmuls + col2im backward."""
 import numpy as np
 import pytest
 
-from nbnet.kernels import conv, pool, winograd
+from nbnet.kernels import conv, pool, winograd, winograd_tiles
 from nbnet.kernels.activations import LINEAR, RELU
 
 
@@ -137,12 +137,14 @@ def test_applies_only_to_3x3_stride_1_with_2x2_pool():
     (5, 14, 14, 16, 16, "same", np.float32),    # a residual block's conv, two workers
     (3, 7, 9, 8, 12, "same", np.float32),       # odd sides: the last blocks half outside
     (2, 9, 8, 9, 5, "valid", np.float32),
+    (2, 9, 7, 40, 20, "same", np.float32),      # whole and part vectors of channels and filters, odd sides
     (2, 5, 6, 8, 3, "same", np.float64),
 ])
 def test_unpooled_winograd_matches_im2col(monkeypatch, batch, height, width, channels, filters, padding, dtype):
     """conv3x3_forward / conv3x3_backward (no pool) against im2col + matmul and its adjoint,
-    one image a chunk."""
+    one image a chunk: F(4x4, 3x3) in float32, F(2x2, 3x3) in float64."""
     monkeypatch.setattr(winograd, "PLAIN_CHUNK_VALUES", 1)
+    monkeypatch.setattr(winograd_tiles, "CHUNK_VALUES", 1)
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((batch, height, width, channels)).astype(dtype)
     kernel = rng.standard_normal((3, 3, channels, filters)).astype(dtype)
@@ -152,7 +154,7 @@ def test_unpooled_winograd_matches_im2col(monkeypatch, batch, height, width, cha
     conv.im2col(x, *geometry, cols)
     expected = (cols @ kernel.reshape(-1, filters)).reshape(batch, out_h, out_w, filters)
     z = np.full(expected.shape, np.nan, dtype)
-    u = np.empty((16, channels, filters), dtype)
+    u = np.empty((winograd.plain_positions(dtype, out_h, out_w), channels, filters), dtype)
     winograd.conv3x3_forward(x, kernel, top, left, u, z)
     rounding = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(z, expected, rtol=rounding, atol=rounding * np.abs(expected).max())

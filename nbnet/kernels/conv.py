@@ -150,6 +150,21 @@ def pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image):
 
 
 @njit(inline="always")
+def crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx):
+    """dx[n] = the padded image's gradient ``dimage`` without its padding (the adjoint of
+    pad_image); input pixels past the padded image get zero."""
+    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
+    zero = dx.dtype.type(0.0)
+    for row in range(height):
+        for col in range(width):
+            py, px = row + pad_top, col + pad_left
+            inside = py < padded_h and px < padded_w
+            base = (py * padded_w + px) * channels
+            for c in range(channels):
+                dx[n, row, col, c] = dimage[base + c] if inside else zero
+
+
+@njit(inline="always")
 def _load_window(image, corner, offsets, window):
     """window = the image values under the window at ``corner``, one group of taps; a
     padding tap (offset 0) reads the corner, which its zero weight cancels."""

@@ -18,19 +18,18 @@ blocks: 2.4 MB for 32 -> 64 channels) stay in its core's cache; over a whole bat
 175-180 GFLOP/s on chunks. Only the CPU has this path; the GPU runs im2col and its GEMM.
 """
 
-import threading
-
 import numpy as np
 from numba import njit
 
 from .activations import LINEAR, RELU
-from .conv import pad_image
+from . import winograd_tiles
+from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from .pool import max_of_window
+from .winograd_tiles import F2_3, F4_3, chunk_ranges, worker_buffers
 
 CHUNK_TILES = 400
 PLAIN_CHUNK_VALUES = 25600
-_scratch = threading.local()
 
 
 def applies(kernel_size, strides, pool_size):
@@ -45,6 +44,29 @@ def applies(kernel_size, strides, pool_size):
 PLAIN_MIN_CHANNELS = 8
 PLAIN_MAX_CHANNELS = 64
 PLAIN_MIN_PIXELS = 64
+
+
+# In float32 the unpooled pass runs winograd_tiles.py: F(4x4, 3x3) where its products are
+# at most this share of F(2x2, 3x3)'s (sides that are multiples of 4, or one short: 28x28,
+# 16x16, 7x7 give 0.56), F(2x2, 3x3) elsewhere (14x14: 0.73, 6x6: 1.0). Layer forward +
+# backward, 2 cores, batch 128, F(2x2) -> F(4x4) ms, alternating: 28x28x32 -> 32 18.7 ->
+# 13.5, 7x7x64 -> 64 10.7 -> 7.0, 14x14x64 -> 64 29.5 -> 28.7, 13x13x32 -> 32 5.9 -> 5.6,
+# 6x6x64 -> 128 10.6 -> 13.3; batch 32, 28x28x32 -> 32 4.9 -> 3.6, 14x14x32 -> 64 2.25 ->
+# 2.36.
+F4_MAX_PRODUCTS = 0.65
+
+
+def plain_variant(out_h, out_w):
+    """winograd_tiles' variant for a float32 unpooled pass with this output."""
+    f4 = -(-out_h // 4) * -(-out_w // 4) * 36
+    f2 = -(-out_h // 2) * -(-out_w // 2) * 16
+    return F4_3 if f4 <= F4_MAX_PRODUCTS * f2 else F2_3
+
+
+def plain_positions(dtype, out_h, out_w):
+    """The first axis of conv3x3_forward's kernel-transform buffer: 16 for F(2x2, 3x3), 36
+    for F(4x4, 3x3)."""
+    return winograd_tiles.positions(plain_variant(out_h, out_w)) if np.dtype(dtype) == np.float32 else 16
 
 
 def plain_applies(kernel_size, strides, channels, out_pixels):
@@ -254,21 +276,6 @@ def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
                 tile += 1
 
 
-@njit(inline="always")
-def crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx):
-    """dx[n] = the padded image's gradient ``dimage`` without its padding (the adjoint of
-    conv.pad_image); input pixels past the padded image get zero."""
-    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
-    zero = dx.dtype.type(0.0)
-    for row in range(height):
-        for col in range(width):
-            py, px = row + pad_top, col + pad_left
-            inside = py < padded_h and px < padded_w
-            base = (py * padded_w + px) * channels
-            for c in range(channels):
-                dx[n, row, col, c] = dimage[base + c] if inside else zero
-
-
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx):
     """dx[n] = the sum over blocks of B dv B^T, each on its 4x4 patch: the adjoint of
@@ -316,26 +323,6 @@ def _chunk_tiles(channels, filters, pooled):
     return CHUNK_TILES if pooled else max(1, PLAIN_CHUNK_VALUES // (channels + filters))
 
 
-def chunk_ranges(first, stop, per_image, chunk_tiles):
-    """(start, end, blocks) of the chunks of images first..stop-1, ``chunk_tiles`` blocks or
-    fewer each (at least one image)."""
-    images = max(1, chunk_tiles // per_image)
-    for start in range(first, stop, images):
-        end = min(start + images, stop)
-        yield start, end, (end - start) * per_image
-
-
-def worker_buffers(key, make):
-    """This worker thread's buffers for ``key``, made by ``make()`` the first time and kept
-    between calls (a model's layers keep theirs)."""
-    store = getattr(_scratch, "buffers", None)
-    if store is None:
-        store = _scratch.buffers = {}
-    if key not in store:
-        store[key] = make()
-    return store[key]
-
-
 def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
@@ -343,6 +330,23 @@ def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     return worker_buffers(("forward 3x3", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
         np.empty((16, blocks, channels), x.dtype), np.empty((16, blocks, filters), x.dtype),
         np.zeros((2 * tiles_h + 2) * (2 * tiles_w + 2) * channels, x.dtype), np.empty((4, filters), x.dtype)))
+
+
+def _input_transform(x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, v):
+    """input_transform; in float32 as lane maps (winograd_tiles.py)."""
+    if x.dtype == np.float32:
+        winograd_tiles.input_transform(F2_3, 2, 4, x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, v)
+    else:
+        input_transform(x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, v)
+
+
+def _input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx):
+    """input_transform_adjoint; in float32 as lane maps (winograd_tiles.py)."""
+    if dx.dtype == np.float32:
+        winograd_tiles.input_transform_adjoint(F2_3, 2, 4, dv, first, stop, pad_top, pad_left, tiles_h, tiles_w,
+                                               dimage, dx)
+    else:
+        input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx)
 
 
 def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
@@ -355,7 +359,7 @@ def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
     def run(first, stop):
         v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
-            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            _input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
             finish(m, start, end, quad)
 
@@ -381,6 +385,9 @@ def conv3x3_forward(x, kernel, pad_top, pad_left, u, z):
     14x14x64 -> 64 40.7 -> 19.4, 16x16x32 -> 64 30.3 -> 14.1, 14x14x16 -> 16 9.0 -> 5.6;
     batch 32: 28x28x32 -> 32 18.1 -> 10.1, 14x14x64 -> 64 12.5 -> 6.4."""
     _, out_h, out_w, _ = z.shape
+    if z.dtype == np.float32:
+        winograd_tiles.forward(plain_variant(out_h, out_w), x, kernel, pad_top, pad_left, u, z)
+        return
     _forward(x, kernel, pad_top, pad_left, u, (out_h + 1) // 2, (out_w + 1) // 2, False,
              lambda m, start, end, quad: output_blocks(m, start, end, quad, z))
 
@@ -414,13 +421,13 @@ def _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, gradien
         du[:] = 0
         bias_sums[:] = 0
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
-            input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            _input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             gradient(m, start, end, quad, bias_sums)
             np.matmul(v[:, :tiles].transpose(0, 2, 1), m[:, :tiles], out=du_chunk)
             du += du_chunk
             if need_dx:
                 np.matmul(m[:, :tiles], u_t, out=dv[:, :tiles])
-                input_transform_adjoint(dv, start, end, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx)
+                _input_transform_adjoint(dv, start, end, pad_top, pad_left, tiles_h, tiles_w, rows, dimage, dx)
         # Copies: the pool may run both parts on one thread, one after the other, and
         # the second would reset the first's sums in this thread's scratch.
         return du.copy(), bias_sums.copy()
@@ -452,5 +459,8 @@ def conv3x3_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
     activation's already applied): adds into ``dkernel`` (3, 3, in, out); with
     ``need_dx``, writes the input gradient into ``dx``."""
     _, out_h, out_w, _ = dz.shape
+    if dz.dtype == np.float32:
+        winograd_tiles.backward(plain_variant(out_h, out_w), x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx)
+        return
     _backward(x, kernel, pad_top, pad_left, u, (out_h + 1) // 2, (out_w + 1) // 2, False,
               lambda m, start, end, quad, sums: gradient_blocks(dz, start, end, quad, m), dkernel, need_dx, dx)

@@ -25,11 +25,11 @@ chunk's transformed input and products stay in its core's cache.
 
 import numpy as np
 from numba import njit
-from numpy.polynomial import polynomial
 
-from .conv import pad_image
+from .conv import crop_image, pad_image
 from .matmul import for_each_worker
-from .winograd import chunk_ranges, crop_image, worker_buffers
+from . import winograd_tiles
+from .winograd_tiles import F2_5, chunk_ranges, toom_cook, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
 CHUNK_VALUES = 400_000
@@ -43,25 +43,6 @@ CHUNK_VALUES = 400_000
 MIN_CHANNELS = 16
 MIN_CHANNEL_PAIRS = 512
 MIN_PIXELS = 16
-
-
-def toom_cook(m, r, points):
-    """(A^T, G, B^T) of Winograd's F(m, r) on ``points`` (m + r - 2 distinct values; the
-    last point is infinity): for a signal d of m + r - 1 values and a filter g of r, the
-    correlation y[i] = sum_k g[k] d[i + k] is A^T ((G g) * (B^T d))."""
-    n = m + r - 1
-    points = np.asarray(points, np.float64)
-    if len(points) != n - 1 or len(set(points.tolist())) != n - 1:
-        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct points, received {points.tolist()}.")
-    a_t, g, b_t = np.zeros((m, n)), np.zeros((n, r)), np.zeros((n, n))
-    for j, point in enumerate(points):
-        others = np.delete(points, j)
-        a_t[:, j] = point ** np.arange(m)
-        g[j] = point ** np.arange(r) / np.prod(point - others)
-        b_t[j, :n - 1] = polynomial.polyfromroots(others)  # ascending powers
-    a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1.0
-    b_t[n - 1] = polynomial.polyfromroots(points)
-    return a_t, g, b_t
 
 
 _A_T, _G, _B_T = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))
@@ -297,6 +278,9 @@ def conv5x5_forward(x, kernel, pad_top, pad_left, u, z):
     """z = conv5x5(x, kernel) (no bias), z of shape (batch, out_h, out_w, filters) from the
     input corner (-pad_top, -pad_left); ``u`` a (36, in, out) buffer for the kernel's
     transform."""
+    if z.dtype == np.float32:
+        winograd_tiles.forward(F2_5, x, kernel, pad_top, pad_left, u, z)
+        return
     _, out_h, out_w, filters = z.shape
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     kernel_transform(kernel, u)
@@ -326,6 +310,9 @@ def conv5x5_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
     activation's already applied): adds into ``dkernel`` (5, 5, in, out); with ``need_dx``,
     writes the input gradient into ``dx``. Each worker sums its images' kernel gradients;
     the sums are added in a fixed order."""
+    if dz.dtype == np.float32:
+        winograd_tiles.backward(F2_5, x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx)
+        return
     _, out_h, out_w, filters = dz.shape
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     kernel_transform(kernel, u)

@@ -9,7 +9,7 @@ from ..kernels.activations import LINEAR, RELU
 from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.implicit_gemm import applies as implicit_applies
 from ..kernels.planar import applies as planar_applies
-from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies
+from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
 from ..tensor import as_tensor
 from .base import Layer
@@ -225,7 +225,8 @@ class Conv2D(KernelMixin, Layer):
         elif direct:
             ops.direct_conv_forward(x, kernel2d, *geometry, z)
         elif winograd:
-            ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(),
+            ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
+                                self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
                                 z.reshape(batch, out_h, out_w, self.filters))
         elif winograd5x5:
             ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
@@ -287,9 +288,10 @@ class Conv2D(KernelMixin, Layer):
             return dx
         if self._winograd:
             out_h, out_w = self._geometry_used[-2:]
+            u = self._kernel_transform(plain_positions(self._x.dtype, out_h, out_w))
             ops.conv3x3_backward(self._x, self.params["kernel"], dz.reshape(-1, out_h, out_w, self.filters),
-                                 *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
-                                 dx is not None, dx if dx is not None else self._x[:0])
+                                 *self._geometry_used[4:6], u, self.grads["kernel"], dx is not None,
+                                 dx if dx is not None else self._x[:0])
             return dx
         # The column gradient overwrites the columns: conv2d_backward reads them (for the
         # kernel gradient) before it writes, and the next forward refills them. Saves a
@@ -301,7 +303,7 @@ class Conv2D(KernelMixin, Layer):
 
     def _kernel_transform(self, positions=16):
         """A Winograd pass's buffer for the transformed kernel (positions, in, out): 16 for
-        F(2x2, 3x3), 36 for F(2x2, 5x5)."""
+        F(2x2, 3x3), 36 for F(4x4, 3x3) and F(2x2, 5x5)."""
         kernel = self.params["kernel"]
         return self._buffer(f"kernel_transform{positions}", (positions,) + tuple(kernel.shape[2:]), kernel.dtype)
 

@@ -1,0 +1,390 @@
+"""Winograd F(m x m, r x r) passes of a stride-1 Conv2D in float32, every transform a
+lane map (lane_maps.py): F(4x4, 3x3) for 3x3 kernels without a fused pool, F(2x2, 5x5)
+for 5x5 kernels, and F(2x2, 3x3)'s input transform for winograd.py's pooled pass.
+
+Each m x m block of outputs comes from the n x n input patch under it (n = m + r - 1):
+transformed (B^T d B) per input channel, multiplied position by position with the
+transformed kernel (G g G^T) and summed over the input channels (n*n small matmuls, one
+per position, in BLAS), then transformed back (A^T m A). F(4x4, 3x3) spends 36 products
+on 16 outputs where F(2x2, 3x3) spends 16 on 4: 1.78x fewer multiplies (on sides that are
+a multiple of 4; a 14x14 output wastes a quarter of its 4x4 blocks, 1.36x). The backward
+pass is the exact adjoint of these steps. Toom-Cook's transforms on the points 0, 1, -1,
+2, -2 and infinity (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+2016); their coefficients reach 5 (B^T) and 8 (A^T), so results round about 5-10x as
+far from im2col's as a direct sum (2e-5 of the outputs' scale; the tests bound it).
+
+The batch is split across the matmul workers (matmul.py), each running its images a
+chunk at a time so the chunk's transformed input and products (CHUNK_VALUES) stay in its
+core's cache.
+
+Float64 (the reference path of gradient checks) runs winograd.py's and winograd5x5.py's
+Numba loops.
+"""
+
+import threading
+
+import numpy as np
+from numba import njit
+from numpy.polynomial import polynomial
+
+from .conv import crop_image, pad_image
+from .lane_maps import LANES, lane_map, masked_lane_map
+from .matmul import for_each_worker
+
+# Values (transformed input + products) per chunk: about 1.6 MB of float32.
+CHUNK_VALUES = 400_000
+
+
+def toom_cook(m, r, points):
+    """(A^T, G, B^T) of Winograd's F(m, r) on ``points`` (m + r - 2 distinct values; the
+    last point is infinity): for a signal d of m + r - 1 values and a filter g of r, the
+    correlation y[i] = sum_k g[k] d[i + k] is A^T ((G g) * (B^T d))."""
+    n = m + r - 1
+    points = np.asarray(points, np.float64)
+    if len(points) != n - 1 or len(set(points.tolist())) != n - 1:
+        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct points, received {points.tolist()}.")
+    a_t, g, b_t = np.zeros((m, n)), np.zeros((n, r)), np.zeros((n, n))
+    for j, point in enumerate(points):
+        others = np.delete(points, j)
+        a_t[:, j] = point ** np.arange(m)
+        g[j] = point ** np.arange(r) / np.prod(point - others)
+        b_t[j, :n - 1] = polynomial.polyfromroots(others)  # ascending powers
+    a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1.0
+    b_t[n - 1] = polynomial.polyfromroots(points)
+    return a_t, g, b_t
+
+
+# The variants, by (m, r). F(2x2, 3x3) takes winograd.py's matrices (its kernel transform
+# and pooled output pass are there), the others Toom-Cook's.
+F2_3, F4_3, F2_5 = 0, 1, 2
+SIZES = {F2_3: (2, 3), F4_3: (4, 3), F2_5: (2, 5)}
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
+_MATRICES = {
+    F2_3: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]]),
+           np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+           np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])),
+    F4_3: toom_cook(4, 3, _POINTS),
+    F2_5: toom_cook(2, 5, _POINTS),
+}
+# (G g G^T)[i, j] = sum over p, q of G[i, p] G[j, q] g[p, q]: one matmul by kron(G, G).
+_GG = {variant: np.kron(g, g).astype(np.float32) for variant, (_, g, _) in _MATRICES.items()}
+
+
+def _maps(variant):
+    """(input, adjoint, output, gradient) lane maps, each whole and masked: B^T d B; its
+    adjoint B dv B^T, added onto the patch; A^T m A; its adjoint A E A^T."""
+    a_t, _, b_t = _MATRICES[variant]
+    pairs = ((b_t, False), (b_t.T, True), (a_t, False), (a_t.T, False))
+    return [make(matrix, matrix, accumulate) for matrix, accumulate in pairs for make in (lane_map, masked_lane_map)]
+
+
+(_input23, _input23_masked, _adjoint23, _adjoint23_masked, _output23, _output23_masked,
+ _gradient23, _gradient23_masked) = _maps(F2_3)
+(_input43, _input43_masked, _adjoint43, _adjoint43_masked, _output43, _output43_masked,
+ _gradient43, _gradient43_masked) = _maps(F4_3)
+(_input25, _input25_masked, _adjoint25, _adjoint25_masked, _output25, _output25_masked,
+ _gradient25, _gradient25_masked) = _maps(F2_5)
+
+
+# Each map over a row of values (channels or filters), LANES at a time and the rest masked.
+# The variant is a plain argument: one compiled loop serves all three.
+@njit(inline="always")
+def _input(variant, source, row, column, target, target_row, target_column, count):
+    for c in range(0, count, LANES):
+        lanes = min(LANES, count - c)
+        s, t = source + 4 * c, target + 4 * c
+        if variant == F2_3:
+            if lanes == LANES:
+                _input23(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _input23_masked(s, row, column, t, target_row, target_column, lanes)
+        elif variant == F4_3:
+            if lanes == LANES:
+                _input43(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _input43_masked(s, row, column, t, target_row, target_column, lanes)
+        else:
+            if lanes == LANES:
+                _input25(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _input25_masked(s, row, column, t, target_row, target_column, lanes)
+
+
+@njit(inline="always")
+def _adjoint(variant, source, row, column, target, target_row, target_column, count):
+    for c in range(0, count, LANES):
+        lanes = min(LANES, count - c)
+        s, t = source + 4 * c, target + 4 * c
+        if variant == F2_3:
+            if lanes == LANES:
+                _adjoint23(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _adjoint23_masked(s, row, column, t, target_row, target_column, lanes)
+        elif variant == F4_3:
+            if lanes == LANES:
+                _adjoint43(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _adjoint43_masked(s, row, column, t, target_row, target_column, lanes)
+        else:
+            if lanes == LANES:
+                _adjoint25(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _adjoint25_masked(s, row, column, t, target_row, target_column, lanes)
+
+
+@njit(inline="always")
+def _output(variant, source, row, column, target, target_row, target_column, count):
+    for c in range(0, count, LANES):
+        lanes = min(LANES, count - c)
+        s, t = source + 4 * c, target + 4 * c
+        if variant == F2_3:
+            if lanes == LANES:
+                _output23(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _output23_masked(s, row, column, t, target_row, target_column, lanes)
+        elif variant == F4_3:
+            if lanes == LANES:
+                _output43(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _output43_masked(s, row, column, t, target_row, target_column, lanes)
+        else:
+            if lanes == LANES:
+                _output25(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _output25_masked(s, row, column, t, target_row, target_column, lanes)
+
+
+@njit(inline="always")
+def _gradient(variant, source, row, column, target, target_row, target_column, count):
+    for c in range(0, count, LANES):
+        lanes = min(LANES, count - c)
+        s, t = source + 4 * c, target + 4 * c
+        if variant == F2_3:
+            if lanes == LANES:
+                _gradient23(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _gradient23_masked(s, row, column, t, target_row, target_column, lanes)
+        elif variant == F4_3:
+            if lanes == LANES:
+                _gradient43(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _gradient43_masked(s, row, column, t, target_row, target_column, lanes)
+        else:
+            if lanes == LANES:
+                _gradient25(s, row, column, t, target_row, target_column, lanes)
+            else:
+                _gradient25_masked(s, row, column, t, target_row, target_column, lanes)
+
+
+def padded_size(variant, tiles_h, tiles_w):
+    """(rows, columns) of the zero-bordered image whose n x n patches the blocks read."""
+    m, r = SIZES[variant]
+    return m * tiles_h + r - 1, m * tiles_w + r - 1
+
+
+@njit(cache=True, nogil=True)
+def input_transform(variant, m, n, x, first, stop, pad_top, pad_left, tiles_h, tiles_w, image, v):
+    """v[n*i + j, t, c] = (B^T d B)[i, j] of the n x n patch d of channel c under block t
+    (its corner m rows and columns past the previous block's), the blocks of images
+    first..stop-1 in row-major order per image. ``image`` is a zeroed buffer of the
+    padded size (padded_size) times the channels: each image is copied into it with its
+    padding, so no patch needs a bounds check."""
+    channels = x.shape[3]
+    padded_h, padded_w = m * tiles_h + n - m, m * tiles_w + n - m
+    line = padded_w * channels
+    position = v.shape[1] * channels
+    source, target = image.ctypes.data, v.ctypes.data
+    tile = 0
+    for image_index in range(first, stop):
+        pad_image(x, image_index, pad_top, pad_left, padded_h, padded_w, image)
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                corner = (m * ti * padded_w + m * tj) * channels
+                _input(variant, source + 4 * corner, line, channels, target + 4 * tile * channels, n * position,
+                       position, channels)
+                tile += 1
+
+
+@njit(cache=True, nogil=True)
+def input_transform_adjoint(variant, m, n, dv, first, stop, pad_top, pad_left, tiles_h, tiles_w, dimage, dx):
+    """dx[image] = the sum over blocks of B dv B^T, each on its n x n patch: the adjoint of
+    input_transform for images first..stop-1. ``dimage`` (the padded image's size) is
+    scratch; input pixels no patch reaches get zero."""
+    channels = dx.shape[3]
+    padded_h, padded_w = m * tiles_h + n - m, m * tiles_w + n - m
+    line = padded_w * channels
+    position = dv.shape[1] * channels
+    source, target = dv.ctypes.data, dimage.ctypes.data
+    tile = 0
+    for image_index in range(first, stop):
+        dimage[:] = 0.0
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                corner = (m * ti * padded_w + m * tj) * channels
+                _adjoint(variant, source + 4 * tile * channels, n * position, position, target + 4 * corner, line,
+                         channels, channels)
+                tile += 1
+        crop_image(dimage, image_index, pad_top, pad_left, padded_h, padded_w, dx)
+
+
+@njit(cache=True, nogil=True)
+def output_blocks(variant, m, n, products, first, stop, block, z):
+    """z[image, m*ti + r, m*tj + s] = (A^T p A)[r, s] for block (ti, tj) of images
+    first..stop-1 and its products p, where that lies inside z: blocks partly outside
+    (sides that are not a multiple of m) are written through ``block`` (m*m, filters)."""
+    out_h, out_w, filters = z.shape[1], z.shape[2], z.shape[3]
+    tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
+    position = products.shape[1] * filters
+    tile = 0
+    for image_index in range(first, stop):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                source = products.ctypes.data + 4 * tile * filters
+                if m * ti + m <= out_h and m * tj + m <= out_w:
+                    corner = ((image_index * out_h + m * ti) * out_w + m * tj) * filters
+                    _output(variant, source, n * position, position, z.ctypes.data + 4 * corner, out_w * filters,
+                            filters, filters)
+                else:
+                    _output(variant, source, n * position, position, block.ctypes.data, m * filters, filters, filters)
+                    for r in range(min(m, out_h - m * ti)):
+                        for s in range(min(m, out_w - m * tj)):
+                            target, values = z[image_index, m * ti + r, m * tj + s], block[m * r + s]
+                            for o in range(filters):
+                                target[o] = values[o]
+                tile += 1
+
+
+@njit(cache=True, nogil=True)
+def gradient_blocks(variant, m, n, dz, first, stop, block, products):
+    """products[n*a + b, t, o] = (A E A^T)[a, b] for block t's m x m gradient E of the conv
+    output (zero past the output's edge, read through ``block`` (m*m, filters)): the
+    adjoint of output_blocks."""
+    out_h, out_w, filters = dz.shape[1], dz.shape[2], dz.shape[3]
+    tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
+    position = products.shape[1] * filters
+    tile = 0
+    for image_index in range(first, stop):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                if m * ti + m <= out_h and m * tj + m <= out_w:
+                    source = dz.ctypes.data + 4 * (((image_index * out_h + m * ti) * out_w + m * tj) * filters)
+                    row = out_w * filters
+                else:
+                    for r in range(m):
+                        for s in range(m):
+                            values = block[m * r + s]
+                            inside = m * ti + r < out_h and m * tj + s < out_w
+                            for o in range(filters):
+                                values[o] = dz[image_index, m * ti + r, m * tj + s, o] if inside else 0.0
+                    source, row = block.ctypes.data, m * filters
+                _gradient(variant, source, row, filters, products.ctypes.data + 4 * tile * filters, n * position,
+                          position, filters)
+                tile += 1
+
+
+def kernel_transform(variant, kernel, u):
+    """u[n*i + j, c, o] = (G g G^T)[i, j] of each r x r slice g = kernel[:, :, c, o]."""
+    np.matmul(_GG[variant], kernel.reshape(kernel.shape[0] * kernel.shape[1], -1), out=u.reshape(u.shape[0], -1))
+
+
+def positions(variant):
+    """n*n: the transformed kernel's first axis."""
+    m, r = SIZES[variant]
+    return (m + r - 1) ** 2
+
+
+def chunk_ranges(first, stop, per_image, chunk_tiles):
+    """(start, end, blocks) of the chunks of images first..stop-1, ``chunk_tiles`` blocks or
+    fewer each (at least one image)."""
+    images = max(1, chunk_tiles // per_image)
+    for start in range(first, stop, images):
+        end = min(start + images, stop)
+        yield start, end, (end - start) * per_image
+
+
+_scratch = threading.local()
+
+
+def worker_buffers(key, make):
+    """This worker thread's buffers for ``key``, made by ``make()`` the first time and kept
+    between calls (a model's layers keep theirs)."""
+    store = getattr(_scratch, "buffers", None)
+    if store is None:
+        store = _scratch.buffers = {}
+    if key not in store:
+        store[key] = make()
+    return store[key]
+
+
+def _geometry(variant, x, z_shape):
+    """(m, n, tiles_h, tiles_w, blocks a chunk) of a pass with output shape ``z_shape``."""
+    m, r = SIZES[variant]
+    n = m + r - 1
+    _, out_h, out_w, filters = z_shape
+    tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
+    return m, n, tiles_h, tiles_w, max(1, CHUNK_VALUES // (n * n * (x.shape[3] + filters)))
+
+
+def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles):
+    """This worker thread's chunk buffers (v, products, the padded image, an m*m block)."""
+    m = SIZES[variant][0]
+    blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
+    channels = x.shape[3]
+    rows, columns = padded_size(variant, tiles_h, tiles_w)
+    return worker_buffers(("winograd", variant, blocks, channels, filters, tiles_h, tiles_w), lambda: (
+        np.empty((n * n, blocks, channels), np.float32), np.empty((n * n, blocks, filters), np.float32),
+        np.zeros(rows * columns * channels, np.float32), np.empty((m * m, filters), np.float32)))
+
+
+def forward(variant, x, kernel, pad_top, pad_left, u, z):
+    """z = the stride-1 convolution of x by ``kernel`` (r, r, in, out), no bias, z of shape
+    (batch, out_h, out_w, filters) from the input corner (-pad_top, -pad_left); ``u`` a
+    (positions(variant), in, out) buffer for the kernel's transform. Float32."""
+    m, n, tiles_h, tiles_w, chunk = _geometry(variant, x, z.shape)
+    kernel_transform(variant, kernel, u)
+    filters = z.shape[3]
+
+    def run(first, stop):
+        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk)
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
+            input_transform(variant, m, n, x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            np.matmul(v[:, :tiles], u, out=products[:, :tiles])
+            output_blocks(variant, m, n, products, start, end, block, z)
+
+    for_each_worker(run, x.shape[0])
+
+
+def backward(variant, x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
+    """The backward pass of forward from ``dz`` (the gradient of its output): adds into
+    ``dkernel`` (r, r, in, out); with ``need_dx``, writes the input gradient into ``dx``.
+    Each worker sums its images' kernel gradients; the sums are added in a fixed order."""
+    m, n, tiles_h, tiles_w, chunk = _geometry(variant, x, dz.shape)
+    kernel_transform(variant, kernel, u)
+    filters = dz.shape[3]
+    dz = np.ascontiguousarray(dz)
+    u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
+
+    def run(first, stop):
+        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk)
+        dv, du_chunk, du, dimage = worker_buffers(("winograd backward", variant, v.shape, filters), lambda: (
+            np.empty_like(v), np.empty((n * n, v.shape[2], filters), np.float32),
+            np.empty((n * n, v.shape[2], filters), np.float32), np.empty_like(image)))
+        du[:] = 0
+        for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
+            input_transform(variant, m, n, x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
+            gradient_blocks(variant, m, n, dz, start, end, block, products)
+            np.matmul(v[:, :tiles].transpose(0, 2, 1), products[:, :tiles], out=du_chunk)
+            du += du_chunk
+            if need_dx:
+                np.matmul(products[:, :tiles], u_t, out=dv[:, :tiles])
+                input_transform_adjoint(variant, m, n, dv, start, end, pad_top, pad_left, tiles_h, tiles_w, dimage,
+                                        dx)
+        # A copy: the pool may run both parts on one thread, one after the other, and the
+        # second would reset the first's sum in this thread's scratch.
+        return du.copy()
+
+    sums = for_each_worker(run, x.shape[0])
+    du = sums[0]
+    for more in sums[1:]:
+        du += more
+    dkernel += (_GG[variant].T @ du.reshape(n * n, -1)).reshape(dkernel.shape)

@@ -1,0 +1,102 @@
+"""The lane maps (kernels/lane_maps.py) against NumPy, and the float32 Winograd passes of
+kernels/winograd_tiles.py (F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5)) against a float64
+convolution by im2col: forward, kernel and input gradients, on outputs whose sides are
+not multiples of the block, channels and filters past whole vectors, chunks of one image."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from nbnet.kernels import winograd_tiles
+from nbnet.kernels.conv import col2im, im2col, output_geometry
+from nbnet.kernels.lane_maps import LANES, lane_map, masked_lane_map
+
+_LEFT = np.array([[1.0, 0.0, -2.0], [0.5, 1.0, 1.0]])
+_RIGHT = np.array([[0.0, -1.0, 1.0], [4.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+_set = lane_map(_LEFT, _RIGHT)
+_add = lane_map(_LEFT, _RIGHT, accumulate=True)
+_set_masked = masked_lane_map(_LEFT, _RIGHT)
+
+
+@njit
+def _apply(source, target, add, lanes):
+    # Grids of vectors LANES apart along a row, 5 * LANES apart down a column; the result's
+    # rows 7 * LANES apart.
+    if lanes < LANES:
+        _set_masked(source.ctypes.data, 5 * LANES, LANES, target.ctypes.data, 7 * LANES, LANES, lanes)
+    elif add:
+        _add(source.ctypes.data, 5 * LANES, LANES, target.ctypes.data, 7 * LANES, LANES, lanes)
+    else:
+        _set(source.ctypes.data, 5 * LANES, LANES, target.ctypes.data, 7 * LANES, LANES, lanes)
+
+
+@pytest.mark.parametrize("add, lanes", [(False, LANES), (True, LANES), (False, 5)])
+def test_lane_map_is_left_grid_right_transposed(add, lanes):
+    rng = np.random.default_rng(lanes)
+    source = rng.standard_normal((3, 5, LANES)).astype(np.float32)
+    target = rng.standard_normal((2, 7, LANES)).astype(np.float32)
+    before = target.copy()
+    _apply(source, target, add, lanes)
+    grid = source[:, :3].astype(np.float64)  # (3, 3, LANES): X[r, s] per lane
+    expected = np.einsum("ir,rsl,js->ijl", _LEFT, grid, _RIGHT) + (before[:, :4] if add else 0)
+    np.testing.assert_allclose(target[:, :4, :lanes], expected[..., :lanes], rtol=1e-6, atol=1e-6)
+    # Lanes past ``lanes`` and grid positions past the result are neither read nor written.
+    np.testing.assert_array_equal(target[:, :4, lanes:], before[:, :4, lanes:])
+    np.testing.assert_array_equal(target[:, 4:], before[:, 4:])
+
+
+def _convolution(x, kernel, padding):
+    """Forward output, and a function of dz giving (dkernel, dx), in float64 by im2col."""
+    batch, height, width, channels = x.shape
+    size, filters = kernel.shape[0], kernel.shape[3]
+    out_h, out_w, top, left = output_geometry(height, width, (size, size), (1, 1), padding)
+    geometry = (size, size, 1, 1, top, left, out_h, out_w)
+    cols = np.empty((batch * out_h * out_w, size * size * channels))
+    im2col(x.astype(np.float64), *geometry, cols)
+    kernel2d = kernel.reshape(-1, filters).astype(np.float64)
+
+    def gradients(dz):
+        rows = dz.reshape(-1, filters).astype(np.float64)
+        dx = np.empty(x.shape)
+        col2im(rows @ kernel2d.T, *geometry, dx)
+        return (cols.T @ rows).reshape(kernel.shape), dx
+
+    return (cols @ kernel2d).reshape(batch, out_h, out_w, filters), (top, left), gradients
+
+
+@pytest.mark.parametrize("variant, batch, height, width, channels, filters, padding", [
+    (winograd_tiles.F4_3, 3, 9, 14, 40, 20, "same"),    # 9x14 output: edge blocks on both sides
+    (winograd_tiles.F4_3, 2, 18, 18, 16, 33, "valid"),  # 16x16 output: whole blocks only
+    (winograd_tiles.F4_3, 2, 5, 6, 3, 7, "same"),       # every block partly outside, masked lanes only
+    (winograd_tiles.F2_3, 3, 7, 9, 17, 16, "same"),
+    (winograd_tiles.F2_5, 2, 11, 10, 32, 24, "valid"),
+    (winograd_tiles.F2_5, 2, 9, 9, 20, 48, "same"),
+])
+def test_passes_match_a_float64_convolution(monkeypatch, variant, batch, height, width, channels, filters, padding):
+    monkeypatch.setattr(winograd_tiles, "CHUNK_VALUES", 1)  # one image a chunk
+    size = winograd_tiles.SIZES[variant][1]
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
+    kernel = (rng.standard_normal((size, size, channels, filters)) / np.sqrt(size * size * channels)).astype(np.float32)
+    expected, (top, left), gradients = _convolution(x, kernel, padding)
+    u = np.empty((winograd_tiles.positions(variant), channels, filters), np.float32)
+    z = np.full(expected.shape, np.nan, np.float32)
+    winograd_tiles.forward(variant, x, kernel, top, left, u, z)
+    # Float32 through transforms whose coefficients reach 8 (A^T of F(4x4, 3x3)).
+    assert np.abs(z - expected).max() <= 3e-5 * np.abs(expected).max()
+
+    dz = rng.standard_normal(expected.shape).astype(np.float32)
+    expected_dkernel, expected_dx = gradients(dz)
+    dkernel = np.ones_like(kernel)  # added into
+    dx = np.full_like(x, np.nan)
+    winograd_tiles.backward(variant, x, kernel, dz, top, left, u, dkernel, True, dx)
+    assert np.abs(dkernel - 1 - expected_dkernel).max() <= 3e-5 * np.abs(expected_dkernel).max()
+    assert np.abs(dx - expected_dx).max() <= 3e-5 * np.abs(expected_dx).max()
+
+    # Without the input gradient: the kernel gradient, dx untouched; one thread running both
+    # workers' parts in turn (each part's sum lives in that thread's scratch).
+    again, untouched = np.zeros_like(kernel), np.full_like(x, 7)
+    monkeypatch.setattr(winograd_tiles, "for_each_worker", lambda task, count: [task(0, 1), task(1, count)])
+    winograd_tiles.backward(variant, x, kernel, dz, top, left, u, again, False, untouched)
+    assert np.abs(again - expected_dkernel).max() <= 3e-5 * np.abs(expected_dkernel).max()
+    assert (untouched == 7).all()
