@@ -38,11 +38,14 @@ CHUNK_VALUES = 400_000
 # 10.4 -> 9.6; at 8 input channels even (32x32x8 -> 16, batch 32: 7.2 against 7.0).
 # Against the planar pass, which Conv2D takes for few channels and filters (batch 1000):
 # 14x14x16 -> 32 56.6 -> 37.9, but 14x14x16 -> 16 28.9 -> 35.8 and 10x10x6 -> 16 6.8 ->
-# 11.7. So from 16 channels and 512 channel pairs. On outputs under 4x4 most of a 2x2
-# block's work is wasted.
+# 11.7. So from 16 channels and 512 channel pairs. Small outputs pay the transforms and
+# the per-chunk products for little work: against the implicit GEMM (float32, forward +
+# backward, 2 cores, batch 128 / 32, ms, with winograd_tiles.py's transforms) 14x14x16 ->
+# 32 9.2 -> 6.5 / 2.37 -> 1.93, 10x10x16 -> 32 4.75 -> 3.44 / 1.23 -> 1.16, but 7x7x16 ->
+# 32 2.76 -> 3.03 / 0.72 -> 1.15: from 10x10.
 MIN_CHANNELS = 16
 MIN_CHANNEL_PAIRS = 512
-MIN_PIXELS = 16
+MIN_PIXELS = 100
 
 
 _A_T, _G, _B_T = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))

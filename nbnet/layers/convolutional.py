@@ -77,12 +77,14 @@ def _check_span(layer, input_shape):
         raise layer._shape_error(f"an input at least as large as its {spanned} with padding='valid'", input_shape)
 
 
-# Winograd's transforms cost as much as the products they save up to 16 channels. The
-# step of a model around one such conv, batch 128, ms, implicit GEMM against Winograd:
-# 3x3 14x14x16 -> 32 4.7 vs 6.5, 28x28x16 -> 32 18.1 vs 27.6, 28x28x16 -> 16 with a 2x2
-# max pool 10.5 vs 16.0 (Winograd's own fused pool), 14x14x32 -> 32 8.9 vs 8.9, 16x16x32
-# -> 64 22.1 vs 17.4; 5x5 14x14x16 -> 32 10.0 vs 12.2, 28x28x16 -> 32 39.8 vs 50.5,
-# 14x14x32 -> 64 37.5 vs 26.5.
+# Winograd 3x3's transforms cost as much as the products they save up to 16 channels. The
+# step of a model around one such conv, batch 128, ms, implicit GEMM against Winograd
+# (F(2x2, 3x3) in Numba loops): 3x3 14x14x16 -> 32 4.7 vs 6.5, 28x28x16 -> 32 18.1 vs
+# 27.6, 28x28x16 -> 16 with a 2x2 max pool 10.5 vs 16.0 (Winograd's own fused pool),
+# 14x14x32 -> 32 8.9 vs 8.9, 16x16x32 -> 64 22.1 vs 17.4. With winograd_tiles.py's
+# transforms, one layer's forward + backward at batch 128 / 32: 14x14x16 -> 16 1.86 vs
+# 2.22 / 0.50 vs 0.85, 28x28x16 -> 32 (F(4x4, 3x3)) 14.2 vs 8.9 / 3.4 vs 3.4. 5x5 convs
+# take Winograd F(2x2, 5x5) wherever winograd5x5.applies (from 16 channels).
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 
 
@@ -178,10 +180,10 @@ class Conv2D(KernelMixin, Layer):
             winograd = (not (direct or planar) and ops.conv3x3_forward is not None
                         and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
         im2col = not (planar or winograd5x5 or direct or winograd)
-        # Winograd stays ahead from 32 channels; the direct kernels keep a fused max pool,
-        # where the implicit GEMM would write the whole conv output first (the MNIST CNN's
-        # 26x26x32 per image: a step 9.5 -> 20.7 ms).
-        thin_winograd = (winograd or winograd5x5) and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
+        # Winograd 3x3 stays ahead from 32 channels, 5x5 wherever it applies; the direct
+        # kernels keep a fused max pool, where the implicit GEMM would write the whole conv
+        # output first (the MNIST CNN's 26x26x32 per image: a step 9.5 -> 20.7 ms).
+        thin_winograd = winograd and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
         implicit = ((planar or im2col or thin_winograd or (direct and self.pool is None))
                     and ops.implicit_conv_forward is not None and implicit_applies(x.dtype))
         if implicit:
