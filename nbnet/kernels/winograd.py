@@ -145,7 +145,9 @@ def output_maxpool(m, bias, code, first, stop, y, argmax):
     """y[n, i, j, o] = activation(max of the 2x2 block A^T m A + bias) for block (i, j) of
     images first..stop-1 (A^T = [[1,1,1,0], [0,1,-1,-1]]), and argmax its flat position
     in the (2*out_h, 2*out_w) conv output, as bias_activation_maxpool records them (the
-    bias added before the comparison, ties keeping the first position)."""
+    bias added before the comparison, ties keeping the first position). (Numba's loop
+    over the filters vectorises here: a lane map through a scratch block measured 41 ->
+    46 us a chunk of 16 of the MNIST CNN's images.)"""
     tiles_h, tiles_w, filters = y.shape[1], y.shape[2], y.shape[3]
     width = 2 * tiles_w
     has_bias = bias.shape[0] > 0
@@ -246,12 +248,14 @@ def gradient_blocks(dz, first, stop, quad, m):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
+def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums, lanes):
     """m[4*i + j, t, o] = (A E A^T)[i, j] for block t's 2x2 gradient E of the conv
     output: the pooled gradient dy at the window's maximum (argmax) where the activation
     passed it, zero elsewhere. ``quad`` (4, filters) is scratch for E. Adds the passed
-    gradients into ``bias_sums``."""
+    gradients into ``bias_sums``. With ``lanes`` (float32 only) the transform runs as a
+    lane map (the MNIST CNN's 13x13x32 -> 64 layer: 106 -> 58 us a chunk of 16 images)."""
     tiles_h, tiles_w, filters = dy.shape[1], dy.shape[2], dy.shape[3]
+    position = m.shape[1] * filters
     width = 2 * tiles_w
     linear = code == LINEAR
     zero = dy.dtype.type(0.0)
@@ -262,17 +266,21 @@ def gradient_transform(dy, argmax, y, code, first, stop, quad, m, bias_sums):
                 grads, where, pooled = dy[n, ti, tj], argmax[n, ti, tj], y[n, ti, tj]
                 corner = 2 * ti * width + 2 * tj
                 # E, one window position a pass (r, s = position // 2, position % 2).
-                for position in range(4):
-                    pixel = corner + (position // 2) * width + position % 2
-                    out = quad[position]
+                for corner_position in range(4):
+                    pixel = corner + (corner_position // 2) * width + corner_position % 2
+                    out = quad[corner_position]
                     for o in range(filters):
                         passes = (where[o] == pixel) & (linear | (pooled[o] > zero))
                         out[o] = grads[o] if passes else zero
-                for position in range(4):
-                    passed = quad[position]
+                for corner_position in range(4):
+                    passed = quad[corner_position]
                     for o in range(filters):
                         bias_sums[o] += passed[o]
-                _transform_gradient(quad, m, tile)
+                if lanes:
+                    winograd_tiles.gradient_map(F2_3, quad.ctypes.data, 2 * filters, filters,
+                                                m.ctypes.data + 4 * tile * filters, 4 * position, position, filters)
+                else:
+                    _transform_gradient(quad, m, tile)
                 tile += 1
 
 
@@ -326,6 +334,9 @@ def _chunk_tiles(channels, filters, pooled):
 def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
     """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
+    # An odd count of blocks a position (see winograd_tiles._worker_scratch): pooled
+    # 26x26x32 -> 32 forward + backward, batch 128, 18.2 -> 15.9 ms, 13x13x32 -> 64 6.1 -> 5.7.
+    blocks += 1 - blocks % 2
     channels = x.shape[3]
     return worker_buffers(("forward 3x3", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
         np.empty((16, blocks, channels), x.dtype), np.empty((16, blocks, filters), x.dtype),
@@ -447,7 +458,7 @@ def conv3x3_maxpool_backward(x, kernel, dy, argmax, y, code, pad_top, pad_left, 
     _, tiles_h, tiles_w, _ = dy.shape
     bias_sums = _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, True,
                           lambda m, start, end, quad, sums: gradient_transform(dy, argmax, y, code, start, end, quad,
-                                                                               m, sums),
+                                                                               m, sums, dy.dtype == np.float32),
                           dkernel, need_dx, dx)
     if dbias.shape[0] > 0:
         for sums in bias_sums:

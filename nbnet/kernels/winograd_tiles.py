@@ -155,7 +155,7 @@ def _output(variant, source, row, column, target, target_row, target_column, cou
 
 
 @njit(inline="always")
-def _gradient(variant, source, row, column, target, target_row, target_column, count):
+def gradient_map(variant, source, row, column, target, target_row, target_column, count):
     for c in range(0, count, LANES):
         lanes = min(LANES, count - c)
         s, t = source + 4 * c, target + 4 * c
@@ -281,7 +281,7 @@ def gradient_blocks(variant, m, n, dz, first, stop, block, products):
                                 for o in range(filters):
                                     values[o] = 0.0
                     source, row = block.ctypes.data, m * filters
-                _gradient(variant, source, row, filters, products.ctypes.data + 4 * tile * filters, n * position,
+                gradient_map(variant, source, row, filters, products.ctypes.data + 4 * tile * filters, n * position,
                           position, filters)
                 tile += 1
 
