@@ -129,6 +129,30 @@ def test_the_same_bits_whatever_the_thread_count():
         np.testing.assert_array_equal(one, many)
 
 
+@pytest.mark.parametrize("filters", [16, 20, 5])
+def test_bias_and_relu_in_the_stores_equal_their_own_pass(filters):
+    """The forward pass with its bias and rectifier fused gives bias_activation_forward's
+    bits, lanes past a whole vector and NaN sums (relu passes 0) included."""
+    from nbnet.kernels.activations import LINEAR, RELU, bias_activation_forward
+
+    rng = np.random.default_rng(filters)
+    x = rng.standard_normal((3, 6, 7, 4)).astype(np.float32)
+    x[1, 2, 3, 0] = np.nan
+    kernel = rng.standard_normal((3, 3, 4, filters)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    plain = np.empty((3 * 6 * 7, filters), np.float32)
+    implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 1, 1, 6, 7, plain)
+    assert np.isnan(plain).any()
+    for code, use_bias in ((RELU, True), (RELU, False), (LINEAR, True)):
+        expected = np.empty_like(plain)
+        bias_activation_forward(plain, bias if use_bias else bias[:0], code, 0.0, expected)
+        fused = np.full_like(plain, 7.0)
+        implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 1, 1, 6, 7, fused, bias if use_bias else None,
+                                            code == RELU)
+        np.testing.assert_array_equal(fused, expected)
+        assert np.isnan(fused).any() == (code == LINEAR)
+
+
 def test_applies_to_float32_only():
     assert implicit_gemm.applies(np.float32)
     assert not implicit_gemm.applies(np.float64)   # the reference path keeps the other passes

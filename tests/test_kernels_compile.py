@@ -78,8 +78,9 @@ _CHILD = textwrap.dedent("""
     from nbnet.kernels.implicit_gemm import _forward as implicit_forward
     from nbnet.kernels.pool import maxpool_forward
 
-    # In float32 both convs run the implicit GEMM (see Conv2D.forward).
-    first = layers.Conv2D(2, 3, padding="same", activation="relu")
+    # In float32 both convs run the implicit GEMM (see Conv2D.forward); tanh in a pass of
+    # its own, relu inside the GEMM's stores.
+    first = layers.Conv2D(2, 3, padding="same", activation="tanh")
     first.build((5, 5, 1), np.random.default_rng(0))
     second = layers.Conv2D(2, 3, padding="same", activation="relu")
     second.build((5, 5, 2), np.random.default_rng(0))

@@ -220,6 +220,11 @@ class Conv2D(KernelMixin, Layer):
                                             *self.pool.pool_size, self._pooled, self._argmax)
             return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
+        if implicit and not self.keep_logits and self._code in (LINEAR, RELU):
+            # The bias and rectifier go in with the implicit GEMM's stores: no pass of their own.
+            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias, self._code == RELU)
+            self._y = z
+            return z.reshape(batch, out_h, out_w, self.filters)
         if implicit:
             ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
         elif planar:
