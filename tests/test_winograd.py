@@ -196,3 +196,33 @@ def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatc
     assert used == [True, False] and unused == [False, False]  # the second conv: a 7x8 output, under 64 pixels
     for a, b in zip(winograd_weights, im2col_weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pooled_conv_runs_f4x4_with_the_pool_apart_and_trains_as_without_winograd(monkeypatch):
+    """A float32 3x3 conv + 2x2 max pool whose output suits F(4x4, 3x3) (16x16) runs the
+    unpooled Winograd pass and the pool apart (winograd.pool_apart); one SGD step equals
+    the one without Winograd (the implicit GEMM)."""
+    from nbnet import layers, models, optimizers
+    from nbnet.devices import cpu
+
+    assert winograd.pool_apart(np.float32, 16, 16) and not winograd.pool_apart(np.float64, 16, 16)
+    assert not winograd.pool_apart(np.float32, 11, 11)  # the MNIST CNN's second conv stays fused
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 16, 16, 32)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    results = []
+    for with_winograd in (True, False):
+        if not with_winograd:
+            monkeypatch.setattr(cpu, "conv3x3_forward", None)
+            monkeypatch.setattr(cpu, "conv3x3_maxpool_forward", None)
+        model = models.Sequential([layers.Input((16, 16, 32)), layers.Conv2D(24, 3, padding="same", activation="relu"),
+                                   layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3, activation="softmax")],
+                                  seed=0)
+        model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+        conv = model.layers[0]
+        results.append((model.get_weights(), conv.pool is not None, conv._winograd, conv._fused_winograd))
+    (weights, pooled, used, fused), (reference, _, unused, _) = results
+    assert pooled and used and not fused and not unused
+    for a, b in zip(weights, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.implicit_gemm import applies as implicit_applies
 from ..kernels.planar import applies as planar_applies
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
+from ..kernels.winograd import pool_apart as winograd_pool_apart
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
 from ..tensor import as_tensor
 from .base import Layer
@@ -169,16 +170,17 @@ class Conv2D(KernelMixin, Layer):
         winograd5x5 = (ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
+        plain_winograd = winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w)
         pooled_winograd = (self.pool is not None and ops.conv3x3_maxpool_forward is not None
-                           and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size))
+                           and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size)
+                           and not (plain_winograd and winograd_pool_apart(x.dtype, out_h, out_w)))
         planar = (not winograd5x5 and ops.planar_conv_forward is not None
                   and planar_applies(self.kernel_size, self.strides, x.shape[3], self.filters, out_w, pooled_winograd))
         direct = not (planar or winograd5x5) and direct_applies(x.shape[3], kernel2d.shape[0], self.filters)
-        if self.pool is not None:
-            winograd = not (direct or planar) and pooled_winograd
+        if pooled_winograd:
+            winograd = not (direct or planar)
         else:
-            winograd = (not (direct or planar) and ops.conv3x3_forward is not None
-                        and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w))
+            winograd = not (direct or planar) and ops.conv3x3_forward is not None and plain_winograd
         im2col = not (planar or winograd5x5 or direct or winograd)
         # Winograd 3x3 stays ahead from 32 channels, 5x5 wherever it applies; the direct
         # kernels keep a fused max pool, where the implicit GEMM would write the whole conv
@@ -190,6 +192,7 @@ class Conv2D(KernelMixin, Layer):
             planar = direct = winograd = winograd5x5 = im2col = False
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
+        self._fused_winograd = winograd and pooled_winograd
         self._implicit = implicit
         # Every pass but im2col reads the input again in backward; im2col keeps its columns.
         self._x = None if im2col else x
@@ -201,13 +204,17 @@ class Conv2D(KernelMixin, Layer):
             if direct:
                 ops.direct_conv_maxpool_forward(x, kernel2d, bias, self._code, *geometry, *self.pool.pool_size,
                                                 self._pooled, self._argmax)
-            elif winograd:
+            elif self._fused_winograd:
                 ops.conv3x3_maxpool_forward(x, self.params["kernel"], bias, self._code, *geometry[4:6],
                                             self._kernel_transform(), self._pooled, self._argmax)
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 if implicit:
                     ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
+                elif winograd:
+                    ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
+                                        self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
+                                        z.reshape(batch, out_h, out_w, self.filters))
                 elif planar:
                     ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
                 elif winograd5x5:
@@ -262,7 +269,7 @@ class Conv2D(KernelMixin, Layer):
                                              *self._geometry_used, *pool_size, dkernel, dbias, dx is not None,
                                              dx if dx is not None else self._x[:0])
             return dx
-        if self._winograd and pool_size:
+        if self._fused_winograd:
             ops.conv3x3_maxpool_backward(self._x, self.params["kernel"], dy, self._argmax, self._pooled, self._code,
                                          *self._geometry_used[4:6], self._kernel_transform(), self.grads["kernel"],
                                          dbias, dx is not None, dx if dx is not None else self._x[:0])
