@@ -69,8 +69,9 @@ def pool_apart(dtype, out_h, out_w):
     pass (F(2x2, 3x3) over the pooled part): where F(4x4)'s products are at most
     F4_MAX_PRODUCTS of the fused pass's. Forward + backward, batch 128 / 32, 2 cores, ms,
     fused -> apart: 30x30x32 -> 32 22.8 -> 18.7 / 6.7 -> 5.6, 28x28x32 -> 32 ('same') 20.0
-    -> 15.5 / 5.2 -> 4.1, 16x16x32 -> 64 12.8 -> 11.0 / 5.9 -> 5.4; the MNIST CNN's 11x11x32
-    -> 64 (0.81) stays fused: 6.0 -> 6.0 / 2.35 -> 3.6."""
+    -> 15.5 / 5.2 -> 4.1, 16x16x32 -> 64 12.8 -> 11.0 / 5.9 -> 5.4; the MNIST CNN's second
+    conv (out_h, out_w 10x10: the pool's part of its 11x11 output; 0.81) stays fused: 6.0 ->
+    6.0 / 2.35 -> 3.6. The CIFAR CNN of tools/bench_zoo.py, b128 57.4 -> 48.1 ms a step."""
     if np.dtype(dtype) != np.float32:
         return False
     f4 = -(-out_h // 4) * -(-out_w // 4) * 36
