@@ -5,7 +5,9 @@ Built once per model set-up (``Plan(model)``): nested models are expanded into t
 layers, each tensor gets a slot, a layer called more than once runs as separate call
 objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), a
 Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass,
-and a BatchNormalization whose only consumer is an elementwise Activation runs that.
+and a BatchNormalization whose only consumer is an elementwise Activation runs that. In
+inference a BatchNormalization whose input comes only from a linear Conv2D or Dense is
+folded into that layer's kernel and bias (see KernelMixin.forward_folded).
 Backward sums the gradients of a tensor that feeds several layers, and skips every step
 no trainable weight depends on.
 """
@@ -22,7 +24,7 @@ class Step:
     the slot ``output``, a tensor of ``shape`` per sample; ``source`` is the model's layer."""
 
     __slots__ = ("layer", "source", "inputs", "output", "shape", "multiple", "needs_backward", "needs_input_grad",
-                 "fused_output", "pool", "activation")
+                 "fused_output", "pool", "activation", "norm", "folded")
 
     def __init__(self, layer, source, inputs, output, shape):
         self.layer, self.source, self.inputs, self.output, self.shape = layer, source, inputs, output, shape
@@ -31,6 +33,8 @@ class Step:
         self.fused_output = False
         self.pool = None  # the MaxPooling2D call this Conv2D runs in its own pass
         self.activation = None  # the Activation call this BatchNormalization runs in its own pass
+        self.norm = None  # the BatchNormalization call this Conv2D folds in, in inference
+        self.folded = False  # a BatchNormalization its conv computes, in inference
 
 
 class Plan:
@@ -43,6 +47,7 @@ class Plan:
         if fuse:
             self._fuse_conv_pool()
             self._fuse_norm_activation()
+            self._fold_conv_norm()
         self._mark_gradients()
         self._values = [None] * self.slot_count
         self._fused = None
@@ -120,6 +125,19 @@ class Plan:
                 step.activation = activation.layer
                 self._absorb(step, activation)
 
+    def _fold_conv_norm(self):
+        """Each BatchNormalization that alone reads a Conv2D's or Dense's output, where
+        that layer has no activation (nor an absorbed pool), is computed by it in
+        inference: the moving statistics, gamma and beta folded into its kernel and bias,
+        the norm's absorbed activation applied in the layer's own pass (relu in the
+        implicit GEMM's stores). Training runs both as they are."""
+        for step in self.steps:
+            norm = self._absorbable_reader(step) if hasattr(step.layer, "can_fold_norm") else None
+            if (norm is not None and isinstance(norm.layer, BatchNormalization) and step.pool is None
+                    and step.layer.can_fold_norm()):
+                step.norm = norm.layer
+                norm.folded = True
+
     def _mark_gradients(self):
         """Which steps need an input gradient (a trainable weight lies before them) and
         which need a backward pass at all (one lies before or in them)."""
@@ -167,8 +185,12 @@ class Plan:
         for step in self.steps:
             if step.multiple:
                 values[step.output] = step.layer.forward([values[slot] for slot in step.inputs], training=training)
-            else:
+            elif training or (step.norm is None and not step.folded):
                 values[step.output] = step.layer.forward(values[step.inputs[0]], training=training)
+            elif step.folded:
+                values[step.output] = values[step.inputs[0]]  # its conv computed it
+            else:
+                values[step.output] = step.layer.forward_folded(values[step.inputs[0]], step.norm)
         outputs = [values[slot] for slot in self.output_slots]
         for slot in range(self.slot_count):
             values[slot] = None  # the plan keeps no batch alive between calls

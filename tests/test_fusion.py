@@ -148,3 +148,47 @@ def test_an_activation_that_is_an_output_or_softmax_is_not_absorbed():
     for net in (head, tail):
         net.build()
         assert not any(layer.absorbed for layer in net.layers) and net.layers[1].activation_after is None
+
+
+@pytest.mark.parametrize("channels, activation, use_bias", [(3, "relu", False), (32, "relu", True), (32, "tanh", False),
+                                                            (8, None, True)])
+def test_a_normalisation_folded_into_its_conv_predicts_as_run_apart(channels, activation, use_bias):
+    """In inference a BatchNormalization reading a linear Conv2D (or Dense) is computed by
+    it (executor.Plan._fold_conv_norm): kernel and bias scaled by its moving statistics,
+    gamma and beta, its activation in the conv's pass; on the implicit GEMM (3, 8
+    channels) and Winograd (32). Training still runs the norm on the batch's statistics."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((7, 12, 12, channels)).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+
+    def stack(fuse):
+        after = [layers.Activation(activation)] if activation else []
+        net = models.Sequential([layers.Input((12, 12, channels)),
+                                 layers.Conv2D(16, 3, padding="same", use_bias=use_bias),
+                                 layers.BatchNormalization(), *after, layers.Conv2D(4, 3, activation="relu"),
+                                 layers.BatchNormalization(), layers.Flatten(), layers.Dense(6),
+                                 layers.BatchNormalization(), layers.Dense(3, activation="softmax")], seed=2)
+        net.fuse_layers = fuse
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        net.build()
+        return net
+
+    folded, plain = stack(True), stack(False)
+    norm = folded.layers[1]
+    norm.params["gamma"][:] = rng.uniform(0.5, 2.0, 16)
+    norm.params["beta"][:] = rng.standard_normal(16)
+    norm.state["moving_mean"][:] = rng.standard_normal(16)
+    norm.state["moving_variance"][:] = rng.uniform(0.2, 3.0, 16)
+    plain.set_weights(folded.get_weights())
+    steps = folded._plan.steps
+    assert steps[0].norm is norm and steps[1].folded
+    # The second conv has an activation of its own; the Dense layer folds its norm too.
+    assert [type(step.layer).__name__ for step in steps if step.norm is not None] == ["Conv2D", "Dense"]
+    np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+    before = norm.state["moving_mean"].copy()
+    folded.train_on_batch(x, y)
+    plain.train_on_batch(x, y)
+    assert not np.array_equal(norm.state["moving_mean"], before)
+    for a, b in zip(folded.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)

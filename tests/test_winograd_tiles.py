@@ -100,3 +100,29 @@ def test_passes_match_a_float64_convolution(monkeypatch, variant, batch, height,
     winograd_tiles.backward(variant, x, kernel, dz, top, left, u, again, False, untouched)
     assert np.abs(again - expected_dkernel).max() <= 3e-5 * np.abs(expected_dkernel).max()
     assert (untouched == 7).all()
+
+
+@pytest.mark.parametrize("variant", [winograd_tiles.F2_3, winograd_tiles.F4_3, winograd_tiles.F2_5])
+def test_bias_and_relu_in_the_stores_equal_their_own_pass(variant):
+    """forward with a bias and relu gives bias_activation_forward's bits on its plain
+    output: edge blocks (9x7), filters past whole vectors (20), a NaN (relu passes 0)."""
+    from nbnet.kernels.activations import LINEAR, RELU, bias_activation_forward
+
+    size = winograd_tiles.SIZES[variant][1]
+    rng = np.random.default_rng(variant)
+    x = rng.standard_normal((2, 9, 7, 17)).astype(np.float32)
+    x[1, 4, 3, 2] = np.nan
+    kernel = rng.standard_normal((size, size, 17, 20)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    u = np.empty((winograd_tiles.positions(variant), 17, 20), np.float32)
+    plain = np.empty((2, 9, 7, 20), np.float32)
+    winograd_tiles.forward(variant, x, kernel, size // 2, size // 2, u, plain)
+    assert np.isnan(plain).any()
+    for code, use_bias in ((RELU, True), (RELU, False), (LINEAR, True)):
+        expected = np.empty_like(plain)
+        bias_activation_forward(plain.reshape(-1, 20), bias if use_bias else bias[:0], code, 0.0,
+                                expected.reshape(-1, 20))
+        fused = np.full_like(plain, 7.0)
+        winograd_tiles.forward(variant, x, kernel, size // 2, size // 2, u, fused, bias if use_bias else None,
+                               code == RELU)
+        np.testing.assert_array_equal(fused, expected)

@@ -47,8 +47,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import REDUCTION_CHUNKS
+from .lane_maps import LANES, bias_and_relu, vector_access
 
-LANES = 16
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
 
 
@@ -63,35 +63,9 @@ def _emit_block(builder, args, masked):
     covers only the first ``lanes`` lanes (a separate block: a target without masked
     vector instructions would pay for the masks on every tap)."""
     a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes, bias, relu = args
-    i1, i32, i64, f32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
-    vector = ir.VectorType(f32, LANES)
-    pointer = vector.as_pointer()
+    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+    vector, pointer, zero, load, store = vector_access(builder, masked, lanes)
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{LANES}f32")
-    zero = ir.Constant(vector, [0.0] * LANES)
-    if masked:
-        mask_type = ir.VectorType(i1, LANES)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [pointer, i32, mask_type, vector]), f"llvm.masked.load.v{LANES}f32.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, i32, mask_type]),
-            f"llvm.masked.store.v{LANES}f32.p0")
-        wide = ir.VectorType(i64, LANES)
-        limit = builder.shuffle_vector(builder.insert_element(ir.Constant(wide, ir.Undefined), lanes, ir.Constant(i32, 0)),
-                                       ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
-        mask = builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), limit)
-
-        def load(at):
-            return builder.call(masked_load, [at, ir.Constant(i32, 4), mask, zero])
-
-        def store(value, at):
-            builder.call(masked_store, [value, at, ir.Constant(i32, 4), mask])
-    else:
-        def load(at):
-            return builder.load(at, align=4)
-
-        def store(value, at):
-            builder.store(value, at, align=4)
-
     a = builder.inttoptr(a, f32.as_pointer())
     row_offsets = builder.inttoptr(row_offsets, i64.as_pointer())
     column_offsets = builder.inttoptr(column_offsets, i64.as_pointer())
@@ -137,22 +111,11 @@ def _emit_block(builder, args, masked):
         total.add_incoming(added[r], loop)
         totals.append(total)
     # The forward pass adds the bias (an address, 0 for none) and applies relu here, as
-    # bias_activation_forward would in a pass of its own: z + b, then z if z > 0 else 0.
-    has_bias = builder.icmp_unsigned("!=", bias, ir.Constant(i64, 0))
-    with builder.if_else(has_bias) as (then, otherwise):
-        with then:
-            loaded = load(builder.inttoptr(bias, pointer))
-            with_bias = builder.block
-        with otherwise:
-            without_bias = builder.block
-    shift = builder.phi(vector)
-    shift.add_incoming(loaded, with_bias)
-    shift.add_incoming(zero, without_bias)
-    rectify = builder.icmp_signed("!=", relu, ir.Constant(i64, 0))
+    # bias_activation_forward would in a pass of its own.
+    finish = bias_and_relu(builder, load, zero, bias, relu)
     adding = builder.icmp_signed("!=", add, ir.Constant(i64, 0))
     for r, total in enumerate(totals):
-        total = builder.select(has_bias, builder.fadd(total, shift), total)
-        total = builder.select(rectify, builder.select(builder.fcmp_ordered(">", total, zero), total, zero), total)
+        total = finish(total)
         with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, r), valid_rows)):
             at = builder.load(builder.gep(c_offsets, [ir.Constant(i64, r)]))
             target = builder.bitcast(builder.gep(c, [at]), pointer)

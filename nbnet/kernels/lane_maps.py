@@ -23,37 +23,61 @@ from numba.extending import intrinsic
 LANES = 16
 
 
-def _emit_map(builder, args, left, right, accumulate, masked):
-    """The IR of a lane map (see lane_map)."""
-    source, source_row, source_column, target, target_row, target_column, lanes = args
-    i1, i32, i64, f32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
-    vector = ir.VectorType(f32, LANES)
+def vector_access(builder, masked, lanes):
+    """(vector type, its pointer type, zero vector, load(at), store(value, at)) for LANES
+    float32 values at a time; with ``masked`` the loads and stores cover only the first
+    ``lanes`` (an IR integer) lanes: the rest is neither read nor written."""
+    i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    vector = ir.VectorType(ir.FloatType(), LANES)
     pointer = vector.as_pointer()
     zero = ir.Constant(vector, [0.0] * LANES)
-    if masked:
-        mask_type = ir.VectorType(i1, LANES)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [pointer, i32, mask_type, vector]), f"llvm.masked.load.v{LANES}f32.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, i32, mask_type]),
-            f"llvm.masked.store.v{LANES}f32.p0")
-        wide = ir.VectorType(i64, LANES)
-        limit = builder.shuffle_vector(builder.insert_element(ir.Constant(wide, ir.Undefined), lanes, ir.Constant(i32, 0)),
-                                       ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
-        mask = builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), limit)
+    if not masked:
+        return (vector, pointer, zero, lambda at: builder.load(at, align=4),
+                lambda value, at: builder.store(value, at, align=4))
+    mask_type = ir.VectorType(i1, LANES)
+    masked_load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [pointer, i32, mask_type, vector]), f"llvm.masked.load.v{LANES}f32.p0")
+    masked_store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector, pointer, i32, mask_type]),
+        f"llvm.masked.store.v{LANES}f32.p0")
+    wide = ir.VectorType(i64, LANES)
+    limit = builder.shuffle_vector(builder.insert_element(ir.Constant(wide, ir.Undefined), lanes, ir.Constant(i32, 0)),
+                                   ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+    mask = builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), limit)
+    return (vector, pointer, zero, lambda at: builder.call(masked_load, [at, ir.Constant(i32, 4), mask, zero]),
+            lambda value, at: builder.call(masked_store, [value, at, ir.Constant(i32, 4), mask]))
 
-        def load(at):
-            return builder.call(masked_load, [at, ir.Constant(i32, 4), mask, zero])
 
-        def store(value, at):
-            builder.call(masked_store, [value, at, ir.Constant(i32, 4), mask])
-    else:
-        def load(at):
-            return builder.load(at, align=4)
+def bias_and_relu(builder, load, zero, bias, relu):
+    """A function of a vector: + bias[:LANES] where ``bias`` (an address) is not 0, then
+    the rectifier (x if x > 0 else 0, NaN -> 0) where ``relu`` is not 0: what
+    bias_activation_forward computes for LINEAR and RELU, in registers before a store."""
+    i64 = ir.IntType(64)
+    has_bias = builder.icmp_unsigned("!=", bias, ir.Constant(i64, 0))
+    with builder.if_else(has_bias) as (then, otherwise):
+        with then:
+            loaded = load(builder.inttoptr(bias, zero.type.as_pointer()))
+            with_bias = builder.block
+        with otherwise:
+            without_bias = builder.block
+    shift = builder.phi(zero.type)
+    shift.add_incoming(loaded, with_bias)
+    shift.add_incoming(zero, without_bias)
+    rectify = builder.icmp_signed("!=", relu, ir.Constant(i64, 0))
 
-        def store(value, at):
-            builder.store(value, at, align=4)
+    def finish(value):
+        value = builder.select(has_bias, builder.fadd(value, shift), value)
+        return builder.select(rectify, builder.select(builder.fcmp_ordered(">", value, zero), value, zero), value)
 
+    return finish
+
+
+def _emit_map(builder, args, left, right, accumulate, masked, finished):
+    """The IR of a lane map (see lane_map)."""
+    source, source_row, source_column, target, target_row, target_column, lanes = args[:7]
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    vector, pointer, zero, load, store = vector_access(builder, masked, lanes)
+    finish = bias_and_relu(builder, load, zero, *args[7:]) if finished else (lambda value: value)
     source = builder.inttoptr(source, f32.as_pointer())
     target = builder.inttoptr(target, f32.as_pointer())
 
@@ -100,7 +124,7 @@ def _emit_map(builder, args, left, right, accumulate, masked):
         column = apply(left, [half[r][j] for r in range(rows_in)])
         for i, value in enumerate(column):
             at = address(target, target_row, target_column, i, j)
-            store(builder.fadd(load(at), value) if accumulate else value, at)
+            store(builder.fadd(load(at), value) if accumulate else finish(value), at)
 
 
 def _plan(matrix):
@@ -131,31 +155,41 @@ def _plan(matrix):
                 del terms[j]
 
 
-def _make(left, right, accumulate, masked):
+def _make(left, right, accumulate, masked, finished):
     left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
+
+    def codegen(context, builder, signature, args):
+        _emit_map(builder, args, left, right, accumulate, masked, finished)
+        return context.get_dummy_value()
+
+    if finished:
+        @intrinsic
+        def finished_lane_map(typingctx, source, source_row, source_column, target, target_row, target_column, lanes,
+                              bias, relu):
+            return types.void(*([types.int64] * 9)), codegen
+
+        return finished_lane_map
 
     @intrinsic
     def lane_map_intrinsic(typingctx, source, source_row, source_column, target, target_row, target_column, lanes):
-        def codegen(context, builder, signature, args):
-            _emit_map(builder, args, left, right, accumulate, masked)
-            return context.get_dummy_value()
-
         return types.void(*([types.int64] * 7)), codegen
 
     return lane_map_intrinsic
 
 
-def lane_map(left, right, accumulate=False):
+def lane_map(left, right, accumulate=False, finished=False):
     """An intrinsic ``(source, source_row, source_column, target, target_row,
     target_column, lanes)`` that sets (or with ``accumulate`` adds to) the grid at
     ``target`` the map L X R^T of the grid X at ``source``, LANES float32 values a
     position: X[r, s] is the vector at address source + 4 * (r * source_row + s *
     source_column), and likewise the result's positions (strides in elements, addresses
-    as integers). ``lanes`` must be LANES (see masked_lane_map)."""
-    return _make(left, right, accumulate, masked=False)
+    as integers). ``lanes`` must be LANES (see masked_lane_map). With ``finished`` it
+    takes two more arguments, ``bias`` and ``relu`` (see bias_and_relu), applied to the
+    result before it is stored."""
+    return _make(left, right, accumulate, False, finished)
 
 
-def masked_lane_map(left, right, accumulate=False):
+def masked_lane_map(left, right, accumulate=False, finished=False):
     """lane_map over the first ``lanes`` lanes only (fewer than LANES): the rest of every
     vector is neither read nor written."""
-    return _make(left, right, accumulate, masked=True)
+    return _make(left, right, accumulate, True, finished)

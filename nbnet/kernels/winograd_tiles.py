@@ -72,10 +72,12 @@ _GG = {variant: np.kron(g, g).astype(np.float32) for variant, (_, g, _) in _MATR
 
 def _maps(variant):
     """(input, adjoint, output, gradient) lane maps, each whole and masked: B^T d B; its
-    adjoint B dv B^T, added onto the patch; A^T m A; its adjoint A E A^T."""
+    adjoint B dv B^T, added onto the patch; A^T m A, with a bias and relu (see
+    lane_maps.bias_and_relu); its adjoint A E A^T."""
     a_t, _, b_t = _MATRICES[variant]
-    pairs = ((b_t, False), (b_t.T, True), (a_t, False), (a_t.T, False))
-    return [make(matrix, matrix, accumulate) for matrix, accumulate in pairs for make in (lane_map, masked_lane_map)]
+    pairs = ((b_t, False, False), (b_t.T, True, False), (a_t, False, True), (a_t.T, False, False))
+    return [make(matrix, matrix, accumulate, finished) for matrix, accumulate, finished in pairs
+            for make in (lane_map, masked_lane_map)]
 
 
 (_input23, _input23_masked, _adjoint23, _adjoint23_masked, _output23, _output23_masked,
@@ -133,25 +135,26 @@ def _adjoint(variant, source, row, column, target, target_row, target_column, co
 
 
 @njit(inline="always")
-def _output(variant, source, row, column, target, target_row, target_column, count):
+def _output(variant, source, row, column, target, target_row, target_column, count, bias, relu):
     for c in range(0, count, LANES):
         lanes = min(LANES, count - c)
         s, t = source + 4 * c, target + 4 * c
+        shift = bias + 4 * c if bias else 0
         if variant == F2_3:
             if lanes == LANES:
-                _output23(s, row, column, t, target_row, target_column, lanes)
+                _output23(s, row, column, t, target_row, target_column, lanes, shift, relu)
             else:
-                _output23_masked(s, row, column, t, target_row, target_column, lanes)
+                _output23_masked(s, row, column, t, target_row, target_column, lanes, shift, relu)
         elif variant == F4_3:
             if lanes == LANES:
-                _output43(s, row, column, t, target_row, target_column, lanes)
+                _output43(s, row, column, t, target_row, target_column, lanes, shift, relu)
             else:
-                _output43_masked(s, row, column, t, target_row, target_column, lanes)
+                _output43_masked(s, row, column, t, target_row, target_column, lanes, shift, relu)
         else:
             if lanes == LANES:
-                _output25(s, row, column, t, target_row, target_column, lanes)
+                _output25(s, row, column, t, target_row, target_column, lanes, shift, relu)
             else:
-                _output25_masked(s, row, column, t, target_row, target_column, lanes)
+                _output25_masked(s, row, column, t, target_row, target_column, lanes, shift, relu)
 
 
 @njit(inline="always")
@@ -228,11 +231,14 @@ def input_transform_adjoint(variant, m, n, dv, first, stop, pad_top, pad_left, t
 
 
 @njit(cache=True, nogil=True)
-def output_blocks(variant, m, n, products, first, stop, block, z):
+def output_blocks(variant, m, n, products, first, stop, block, bias, relu, z):
     """z[image, m*ti + r, m*tj + s] = (A^T p A)[r, s] for block (ti, tj) of images
     first..stop-1 and its products p, where that lies inside z: blocks partly outside
-    (sides that are not a multiple of m) are written through ``block`` (m*m, filters)."""
+    (sides that are not a multiple of m) are written through ``block`` (m*m, filters).
+    ``bias`` (length 0: none) added and with ``relu`` the rectifier applied as they are
+    stored."""
     out_h, out_w, filters = z.shape[1], z.shape[2], z.shape[3]
+    shift = bias.ctypes.data if bias.size else 0
     tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
     position = products.shape[1] * filters
     tile = 0
@@ -243,9 +249,10 @@ def output_blocks(variant, m, n, products, first, stop, block, z):
                 if m * ti + m <= out_h and m * tj + m <= out_w:
                     corner = ((image_index * out_h + m * ti) * out_w + m * tj) * filters
                     _output(variant, source, n * position, position, z.ctypes.data + 4 * corner, out_w * filters,
-                            filters, filters)
+                            filters, filters, shift, relu)
                 else:
-                    _output(variant, source, n * position, position, block.ctypes.data, m * filters, filters, filters)
+                    _output(variant, source, n * position, position, block.ctypes.data, m * filters, filters, filters,
+                            shift, relu)
                     for r in range(min(m, out_h - m * ti)):
                         for s in range(min(m, out_w - m * tj)):
                             target, values = z[image_index, m * ti + r, m * tj + s], block[m * r + s]
@@ -345,11 +352,14 @@ def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles):
         np.zeros(rows * columns * channels, np.float32), np.empty((m * m, filters), np.float32)))
 
 
-def forward(variant, x, kernel, pad_top, pad_left, u, z):
-    """z = the stride-1 convolution of x by ``kernel`` (r, r, in, out), no bias, z of shape
-    (batch, out_h, out_w, filters) from the input corner (-pad_top, -pad_left); ``u`` a
-    (positions(variant), in, out) buffer for the kernel's transform. Float32."""
+def forward(variant, x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
+    """z = the stride-1 convolution of x by ``kernel`` (r, r, in, out), z of shape (batch,
+    out_h, out_w, filters) from the input corner (-pad_top, -pad_left); ``u`` a
+    (positions(variant), in, out) buffer for the kernel's transform. With ``bias`` it is
+    added, with ``relu`` the rectifier applied, as the output is stored (the same bits
+    as bias_activation_forward's pass). Float32."""
     m, n, tiles_h, tiles_w, chunk = _geometry(variant, x, z.shape)
+    bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
     kernel_transform(variant, kernel, u)
     filters = z.shape[3]
 
@@ -358,7 +368,7 @@ def forward(variant, x, kernel, pad_top, pad_left, u, z):
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(variant, m, n, x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=products[:, :tiles])
-            output_blocks(variant, m, n, products, start, end, block, z)
+            output_blocks(variant, m, n, products, start, end, block, bias, int(relu), z)
 
     for_each_worker(run, x.shape[0])
 

@@ -227,9 +227,20 @@ class Conv2D(KernelMixin, Layer):
                                             *self.pool.pool_size, self._pooled, self._argmax)
             return self._pooled
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
-        if implicit and not self.keep_logits and self._code in (LINEAR, RELU):
-            # The bias and rectifier go in with the implicit GEMM's stores: no pass of their own.
-            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias, self._code == RELU)
+        # The bias and rectifier go in with the implicit GEMM's or the float32 Winograd
+        # pass's stores: no pass of their own.
+        if not self.keep_logits and self._code in (LINEAR, RELU) and (
+                implicit or ((winograd or winograd5x5) and x.dtype == np.float32)):
+            relu = self._code == RELU
+            if implicit:
+                ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias, relu)
+            elif winograd:
+                ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
+                                    self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
+                                    z.reshape(batch, out_h, out_w, self.filters), bias, relu)
+            else:
+                ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
+                                    z.reshape(batch, out_h, out_w, self.filters), bias, relu)
             self._y = z
             return z.reshape(batch, out_h, out_w, self.filters)
         if implicit:
@@ -314,6 +325,12 @@ class Conv2D(KernelMixin, Layer):
                             self._buffer("dkernel", (ops.workers(),) + kernel2d.shape, dtype),
                             self._cols if dx is not None else None, dx)
         return dx
+
+    def can_fold_norm(self):
+        """Whether a BatchNormalization right after this layer can be folded into it for
+        inference (see KernelMixin.forward_folded): an ungrouped conv without an activation
+        of its own."""
+        return self._plain and self._code == LINEAR
 
     def _kernel_transform(self, positions=16):
         """A Winograd pass's buffer for the transformed kernel (positions, in, out): 16 for

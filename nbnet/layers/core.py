@@ -44,6 +44,11 @@ def _bias_activation(ops, z2d, bias, code, slope, y2d):
         ops.bias_activation_forward(z2d, bias, code, slope, y2d)
 
 
+# Inputs fold a following BatchNormalization into the layer from this many rows (samples
+# times pixels) per row of the kernel (see KernelMixin.forward_folded).
+FOLD_MIN_ROWS_PER_KERNEL_ROW = 16
+
+
 class KernelMixin(ActivationMixin):
     """What Dense and Conv2D share: a kernel, an optional bias, their initializers and
     regularizers, and a fused activation."""
@@ -62,6 +67,37 @@ class KernelMixin(ActivationMixin):
         if not use_bias:
             self.weight_order = ("kernel",)
         self._init_activation(activation)
+
+    def forward_folded(self, x, norm):
+        """The inference output of ``norm`` (a BatchNormalization, with its absorbed
+        activation) applied to this layer's: one pass whose kernel and bias hold the norm's
+        moving statistics, gamma and beta (scale = gamma / sqrt(moving_variance + epsilon);
+        kernel * scale, (bias - moving_mean) * scale + beta), with no pass of the norm's
+        own. Equal to running both up to float rounding. CPU only: elsewhere both run.
+        1000-image predicts of tools/bench_zoo.py's networks, with the norm's relu in the
+        conv's stores, ms (two runs each, processes alternating with the parent commit):
+        resnet_small 33.9 -> 29.6, kaggle_bn 152 -> 134, cifar_bn 123 -> 111."""
+        kernel = self.params["kernel"]
+        # Folding costs a pass over the kernel and some 20 us of NumPy calls, the norm a
+        # pass over the output: on small inputs the norm is cheaper (one image through
+        # the Kaggle-style CNN, its 3136 -> 256 Dense layer folded: 0.69 -> 0.87 ms; the
+        # small ResNet's 14x14x16 convs folded: 0.206 -> 0.222 ms).
+        if not isinstance(kernel, np.ndarray) or (
+                x.size // x.shape[-1] < FOLD_MIN_ROWS_PER_KERNEL_ROW * (kernel.size // kernel.shape[-1])):
+            return norm.forward(self.forward(x), training=False)
+        moving_variance = norm.state["moving_variance"].astype(np.float64)
+        scale = norm.params["gamma"] / np.sqrt(moving_variance + norm.epsilon)
+        folded_kernel = self._buffer("folded_kernel", kernel.shape, kernel.dtype)
+        np.multiply(kernel, scale.astype(kernel.dtype), out=folded_kernel)
+        bias = self.params["bias"] if "bias" in self.params else 0.0
+        folded_bias = ((bias - norm.state["moving_mean"]) * scale + norm.params["beta"]).astype(kernel.dtype)
+        params, code, slope = self.params, self._code, self._slope
+        self.params = {"kernel": folded_kernel, "bias": folded_bias}
+        self._code, self._slope = norm._activation_code()
+        try:
+            return self.forward(x)
+        finally:
+            self.params, self._code, self._slope = params, code, slope
 
     def _create_kernel(self, kernel_shape, rng):
         self.params["kernel"] = self._kernel_init.draw(kernel_shape, rng)
@@ -97,6 +133,11 @@ class Dense(KernelMixin, Layer):
     def compute_output_shape(self, input_shape):
         # As Keras: on (batch, ..., features) the kernel applies to the last axis of each position.
         return tuple(input_shape[:-1]) + (self.units,)
+
+    def can_fold_norm(self):
+        """Whether a BatchNormalization right after this layer can be folded into it for
+        inference (see KernelMixin.forward_folded): no activation of its own."""
+        return self._code == LINEAR
 
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
