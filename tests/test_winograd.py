@@ -226,3 +226,30 @@ def test_a_pooled_conv_runs_f4x4_with_the_pool_apart_and_trains_as_without_winog
     assert pooled and used and not fused and not unused
     for a, b in zip(weights, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_thin_conv_with_enough_channel_pairs_runs_f4x4_and_trains_as_the_implicit_gemm(monkeypatch):
+    """16 -> 32 channels on a 16x16 output: F(4x4, 3x3) (winograd.f4_over_implicit), not
+    the implicit GEMM Conv2D gives other thin layers; one SGD step equals the implicit
+    GEMM's."""
+    from nbnet import layers, models, optimizers
+    from nbnet.layers import convolutional
+
+    assert winograd.f4_over_implicit(np.float32, 16, 32, 16, 16)
+    assert not winograd.f4_over_implicit(np.float32, 16, 16, 16, 16)  # 256 pairs
+    assert not winograd.f4_over_implicit(np.float32, 16, 32, 14, 14)  # F(2x2) there
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 16, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    results = []
+    for rule in (winograd.f4_over_implicit, lambda *args: False):
+        monkeypatch.setattr(convolutional, "winograd_f4_over_implicit", rule)
+        model = models.Sequential([layers.Input((16, 16, 16)), layers.Conv2D(32, 3, padding="same", activation="relu"),
+                                   layers.Flatten(), layers.Dense(3, activation="softmax")], seed=0)
+        model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+        results.append((model.get_weights(), model.layers[0]._winograd, model.layers[0]._implicit))
+    (weights, used, _), (reference, unused, implicit) = results
+    assert used and not unused and implicit
+    for a, b in zip(weights, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

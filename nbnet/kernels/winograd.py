@@ -63,6 +63,23 @@ def plain_variant(out_h, out_w):
     return F4_3 if f4 <= F4_MAX_PRODUCTS * f2 else F2_3
 
 
+# From 512 channel pairs F(4x4, 3x3) beats the implicit GEMM on thin layers too (which
+# Conv2D otherwise gives it up to 16 channels). Forward + backward, 2 cores, BLAS on one
+# thread, batch 128 / 32, implicit -> F(4x4) ms: 28x28x16 -> 32 13.3 -> 7.9 / 3.3 -> 2.1,
+# 16x16x16 -> 32 4.3 -> 2.9 / 1.11 -> 1.01, 32x32x16 -> 32 17.3 -> 10.4 / 4.2 -> 2.6,
+# 28x28x12 -> 24 10.4 -> 6.7 / 2.5 -> 1.8; fewer pairs are even or lose (16x16x16 -> 16 2.2
+# -> 2.0 / 0.62 -> 0.69, 28x28x8 -> 16 4.9 -> 4.6 / 1.20 -> 1.26), as does F(2x2)
+# (14x14x16 -> 32 3.4 -> 3.0 / 0.89 -> 1.12).
+F4_MIN_CHANNEL_PAIRS = 512
+
+
+def f4_over_implicit(dtype, channels, filters, out_h, out_w):
+    """Whether a thin float32 3x3 conv (which Conv2D would give the implicit GEMM) runs
+    faster as F(4x4, 3x3)."""
+    return (np.dtype(dtype) == np.float32 and plain_variant(out_h, out_w) == F4_3
+            and channels * filters >= F4_MIN_CHANNEL_PAIRS)
+
+
 def pool_apart(dtype, out_h, out_w):
     """Whether a float32 3x3 conv followed by a 2x2 max pool runs faster as the unpooled
     pass (F(4x4, 3x3) over the whole output) and the pool apart than as the fused pooled

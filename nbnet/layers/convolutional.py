@@ -10,7 +10,7 @@ from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.implicit_gemm import applies as implicit_applies
 from ..kernels.planar import applies as planar_applies
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
-from ..kernels.winograd import pool_apart as winograd_pool_apart
+from ..kernels.winograd import f4_over_implicit as winograd_f4_over_implicit, pool_apart as winograd_pool_apart
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
 from ..tensor import as_tensor
 from .base import Layer
@@ -181,11 +181,14 @@ class Conv2D(KernelMixin, Layer):
             winograd = not (direct or planar)
         else:
             winograd = not (direct or planar) and ops.conv3x3_forward is not None and plain_winograd
+        winograd_plain = winograd and not pooled_winograd
         im2col = not (planar or winograd5x5 or direct or winograd)
         # Winograd 3x3 stays ahead from 32 channels, 5x5 wherever it applies; the direct
         # kernels keep a fused max pool, where the implicit GEMM would write the whole conv
         # output first (the MNIST CNN's 26x26x32 per image: a step 9.5 -> 20.7 ms).
-        thin_winograd = winograd and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
+        thin_winograd = (winograd and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
+                         and not (winograd_plain and winograd_f4_over_implicit(x.dtype, x.shape[3], self.filters,
+                                                                               out_h, out_w)))
         implicit = ((planar or im2col or thin_winograd or (direct and self.pool is None))
                     and ops.implicit_conv_forward is not None and implicit_applies(x.dtype))
         if implicit:
