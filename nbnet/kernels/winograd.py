@@ -1,6 +1,9 @@
 """Winograd F(2x2, 3x3) passes of a 3x3, stride-1 Conv2D, with its 2x2 max pool fused or
 without a pool (``conv3x3_forward`` / ``conv3x3_backward``: the conv output itself, before
-bias and activation, which the layer adds as on its im2col path).
+bias and activation, which the layer adds as on its im2col path). In float32 the unpooled
+pass runs winograd_tiles.py (F(4x4, 3x3) where the output suits it, see plain_variant)
+and the pooled one takes its transforms from there; the Numba loops below are the
+float64 reference path's and the pooled pass's own.
 
 Each 2x2 block of conv outputs, which is exactly one window of the pool, comes from the
 4x4 input patch under it: transformed (B^T d B) per input channel, multiplied position by
@@ -50,9 +53,9 @@ PLAIN_MIN_PIXELS = 64
 # at most this share of F(2x2, 3x3)'s (sides that are multiples of 4, or one short: 28x28,
 # 16x16, 7x7 give 0.56), F(2x2, 3x3) elsewhere (14x14: 0.73, 6x6: 1.0). Layer forward +
 # backward, 2 cores, batch 128, F(2x2) -> F(4x4) ms, alternating: 28x28x32 -> 32 18.7 ->
-# 13.5, 7x7x64 -> 64 10.7 -> 7.0, 14x14x64 -> 64 29.5 -> 28.7, 13x13x32 -> 32 5.9 -> 5.6,
-# 6x6x64 -> 128 10.6 -> 13.3; batch 32, 28x28x32 -> 32 4.9 -> 3.6, 14x14x32 -> 64 2.25 ->
-# 2.36.
+# 13.5, 7x7x64 -> 64 10.7 -> 7.0, 16x16x64 -> 64 43.7 -> 29.7, 6x6x64 -> 128 10.6 -> 13.3;
+# at 14x14 (0.73) 14x14x32 -> 64 8.2 -> 7.2 but 14x14x64 -> 64 15.4 -> 24.9 (BLAS on one
+# thread, as in training; the others with BLAS's own threads, which slowed both sides).
 F4_MAX_PRODUCTS = 0.65
 
 
