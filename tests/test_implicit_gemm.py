@@ -55,6 +55,8 @@ def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
     (2, 12, 12, 16, 16, (2, 2), "valid", (2, 2)),    # windows that tile the image
     (3, 12, 12, 1, 6, (5, 5), "same", (1, 1)),       # LeNet-5's first layer: 6 of 16 lanes
     (2, 8, 8, 6, 16, (5, 5), "valid", (1, 1)),       # its second: the input gradient on 6 lanes
+    (2, 7, 9, 8, 12, (3, 4), "same", (1, 1)),        # 8 lanes, an even rectangular kernel, odd sides
+    (2, 6, 5, 2, 16, (1, 3), "valid", (1, 1)),       # one kernel row
     (2, 9, 9, 3, 20, (3, 3), "same", (2, 2)),        # a whole vector and 4 lanes; strided
     (2, 7, 7, 24, 40, (3, 3), "same", (1, 1)),       # 24 channels: a vector and 8 lanes of dx
 ])
