@@ -126,3 +126,30 @@ def test_bias_and_relu_in_the_stores_equal_their_own_pass(variant):
         winograd_tiles.forward(variant, x, kernel, size // 2, size // 2, u, fused, bias if use_bias else None,
                                code == RELU)
         np.testing.assert_array_equal(fused, expected)
+
+
+def test_layers_of_one_block_grid_but_other_paddings_keep_their_own_zero_borders():
+    """A 'same' conv and a 'valid' one with the same output size share every chunk shape:
+    each keeps its own zero-bordered image buffer (the 'valid' one's pixels read as the
+    'same' one's padding made its output wrong by up to 39), in the unpooled float32
+    pass and in winograd.py's pooled one."""
+    from nbnet.kernels import winograd
+    from nbnet.kernels.activations import LINEAR
+
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    same = rng.standard_normal((2, 16, 16, 32)).astype(np.float32)
+    valid = rng.standard_normal((2, 18, 18, 32)).astype(np.float32)
+    u = np.empty((winograd_tiles.positions(winograd_tiles.F4_3), 32, 32), np.float32)
+    before, other, after = (np.empty((2, 16, 16, 32), np.float32) for _ in range(3))
+    winograd_tiles.forward(winograd_tiles.F4_3, same, kernel, 1, 1, u, before)
+    winograd_tiles.forward(winograd_tiles.F4_3, valid, kernel, 0, 0, u, other)
+    winograd_tiles.forward(winograd_tiles.F4_3, same, kernel, 1, 1, u, after)
+    np.testing.assert_array_equal(after, before)
+
+    u16, bias = np.empty((16, 32, 32), np.float32), np.zeros(0, np.float32)
+    pooled = [np.empty((2, 8, 8, 32), np.float32) for _ in range(3)]
+    argmax = np.empty((2, 8, 8, 32), np.int32)
+    for image, pad, y in ((same, 1, pooled[0]), (valid, 0, pooled[1]), (same, 1, pooled[2])):
+        winograd.conv3x3_maxpool_forward(image, kernel, bias, LINEAR, pad, pad, u16, y, argmax)
+    np.testing.assert_array_equal(pooled[2], pooled[0])

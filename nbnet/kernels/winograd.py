@@ -29,7 +29,7 @@ from . import winograd_tiles
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from .pool import max_of_window
-from .winograd_tiles import F2_3, F4_3, chunk_ranges, worker_buffers
+from .winograd_tiles import F2_3, F4_3, chunk_ranges, image_placement, worker_buffers
 
 CHUNK_TILES = 400
 PLAIN_CHUNK_VALUES = 25600
@@ -369,14 +369,16 @@ def _chunk_tiles(channels, filters, pooled):
     return min(CHUNK_TILES, plain) if pooled else plain
 
 
-def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
+def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles, pad_top, pad_left):
     """This worker thread's chunk buffers (v, m, the padded image, a (4, filters) quad)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
     # An odd count of blocks a position (see winograd_tiles._worker_scratch): pooled
     # 26x26x32 -> 32 forward + backward, batch 128, 18.2 -> 15.9 ms, 13x13x32 -> 64 6.1 -> 5.7.
     blocks += 1 - blocks % 2
     channels = x.shape[3]
-    return worker_buffers(("forward 3x3", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
+    key = ("forward 3x3", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str,
+           image_placement(x, pad_top, pad_left))
+    return worker_buffers(key, lambda: (
         np.empty((16, blocks, channels), x.dtype), np.empty((16, blocks, filters), x.dtype),
         np.zeros((2 * tiles_h + 2) * (2 * tiles_w + 2) * channels, x.dtype), np.empty((4, filters), x.dtype)))
 
@@ -406,7 +408,7 @@ def _forward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, finish):
     chunk = _chunk_tiles(x.shape[3], filters, pooled)
 
     def run(first, stop):
-        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        v, m, image, quad = _worker_scratch(x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             _input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
@@ -468,7 +470,7 @@ def _backward(x, kernel, pad_top, pad_left, u, tiles_h, tiles_w, pooled, gradien
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
 
     def run(first, stop):
-        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        v, m, image, _ = _worker_scratch(x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         dv, du_chunk, du, dimage, rows, quad, bias_sums = _worker_backward_scratch(v, m, image)
         du[:] = 0
         bias_sums[:] = 0

@@ -29,7 +29,7 @@ from numba import njit
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from . import winograd_tiles
-from .winograd_tiles import F2_5, chunk_ranges, toom_cook, worker_buffers
+from .winograd_tiles import F2_5, chunk_ranges, image_placement, toom_cook, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
 CHUNK_VALUES = 400_000
@@ -267,11 +267,13 @@ def input_transform_adjoint(dv, first, stop, pad_top, pad_left, tiles_h, tiles_w
         crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx)
 
 
-def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles):
+def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles, pad_top, pad_left):
     """This worker thread's chunk buffers (v, m, the padded image, the two transforms' rows)."""
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
     channels = x.shape[3]
-    return worker_buffers(("forward 5x5", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str), lambda: (
+    key = ("forward 5x5", blocks, channels, filters, tiles_h, tiles_w, x.dtype.str,
+           image_placement(x, pad_top, pad_left))
+    return worker_buffers(key, lambda: (
         np.empty((36, blocks, channels), x.dtype), np.empty((36, blocks, filters), x.dtype),
         np.zeros((2 * tiles_h + 4) * (2 * tiles_w + 4) * channels, x.dtype), np.empty((36, channels), x.dtype),
         np.empty((12, filters), x.dtype)))
@@ -293,7 +295,7 @@ def conv5x5_forward(x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
     chunk = max(1, CHUNK_VALUES // (36 * (x.shape[3] + filters)))
 
     def run(first, stop):
-        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, in_rows, v)
             np.matmul(v[:, :tiles], u, out=m[:, :tiles])
@@ -326,7 +328,7 @@ def conv5x5_backward(x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx):
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # (BLAS ran m @ u.T slower on the strided view in winograd.py)
 
     def run(first, stop):
-        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk)
+        v, m, image, in_rows, out_rows = _worker_scratch(x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         dv, du_chunk, du, dimage, quad = _worker_backward_scratch(v, m, image)
         du[:] = 0
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):

@@ -336,7 +336,15 @@ def _geometry(variant, x, z_shape):
     return m, n, tiles_h, tiles_w, max(1, CHUNK_VALUES // (n * n * (x.shape[3] + filters)))
 
 
-def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles):
+def image_placement(x, pad_top, pad_left):
+    """What decides which cells of a zero-bordered image buffer pad_image writes: a
+    buffer is kept per placement, as the cells it does not write must stay zero (two
+    layers of one block grid, one 'same' and one 'valid', sharing a buffer read each
+    other's pixels as padding)."""
+    return x.shape[1], x.shape[2], pad_top, pad_left
+
+
+def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles, pad_top, pad_left):
     """This worker thread's chunk buffers (v, products, the padded image, an m*m block)."""
     m = SIZES[variant][0]
     blocks = max(1, chunk_tiles // (tiles_h * tiles_w)) * tiles_h * tiles_w
@@ -347,7 +355,8 @@ def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles):
     blocks += 1 - blocks % 2
     channels = x.shape[3]
     rows, columns = padded_size(variant, tiles_h, tiles_w)
-    return worker_buffers(("winograd", variant, blocks, channels, filters, tiles_h, tiles_w), lambda: (
+    key = ("winograd", variant, blocks, channels, filters, tiles_h, tiles_w, image_placement(x, pad_top, pad_left))
+    return worker_buffers(key, lambda: (
         np.empty((n * n, blocks, channels), np.float32), np.empty((n * n, blocks, filters), np.float32),
         np.zeros(rows * columns * channels, np.float32), np.empty((m * m, filters), np.float32)))
 
@@ -364,7 +373,7 @@ def forward(variant, x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
     filters = z.shape[3]
 
     def run(first, stop):
-        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk)
+        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(variant, m, n, x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=products[:, :tiles])
@@ -384,7 +393,7 @@ def backward(variant, x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx)
     u_t = np.ascontiguousarray(u.transpose(0, 2, 1))  # BLAS ran m @ u.T 1.5x slower on the strided view
 
     def run(first, stop):
-        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk)
+        v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
         dv, du_chunk, du, dimage = worker_buffers(("winograd backward", variant, v.shape, filters), lambda: (
             np.empty_like(v), np.empty((n * n, v.shape[2], filters), np.float32),
             np.empty((n * n, v.shape[2], filters), np.float32), np.empty_like(image)))
