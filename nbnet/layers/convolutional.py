@@ -232,22 +232,11 @@ class Conv2D(KernelMixin, Layer):
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
         # The bias and rectifier go in with the implicit GEMM's or the float32 Winograd
         # pass's stores: no pass of their own.
-        if not self.keep_logits and self._code in (LINEAR, RELU) and (
-                implicit or ((winograd or winograd5x5) and x.dtype == np.float32)):
-            relu = self._code == RELU
-            if implicit:
-                ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias, relu)
-            elif winograd:
-                ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
-                                    self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
-                                    z.reshape(batch, out_h, out_w, self.filters), bias, relu)
-            else:
-                ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
-                                    z.reshape(batch, out_h, out_w, self.filters), bias, relu)
-            self._y = z
-            return z.reshape(batch, out_h, out_w, self.filters)
+        in_stores = not self.keep_logits and self._code in (LINEAR, RELU) and (
+            implicit or ((winograd or winograd5x5) and x.dtype == np.float32))
+        finish = (bias, self._code == RELU) if in_stores else ()
         if implicit:
-            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
+            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, *finish)
         elif planar:
             ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
         elif direct:
@@ -255,13 +244,16 @@ class Conv2D(KernelMixin, Layer):
         elif winograd:
             ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
                                 self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
-                                z.reshape(batch, out_h, out_w, self.filters))
+                                z.reshape(batch, out_h, out_w, self.filters), *finish)
         elif winograd5x5:
             ops.conv5x5_forward(x, self.params["kernel"], *geometry[4:6], self._kernel_transform(36),
-                                z.reshape(batch, out_h, out_w, self.filters))
+                                z.reshape(batch, out_h, out_w, self.filters), *finish)
         else:
             ops.im2col(x, *geometry, self._cols)
             ops.matmul(self._cols, kernel2d, out=z)
+        if in_stores:
+            self._y = z
+            return z.reshape(batch, out_h, out_w, self.filters)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
         self._activate(z, bias, y)
         self._y = y
