@@ -33,8 +33,8 @@ class Step:
         self.fused_output = False
         self.pool = None  # the MaxPooling2D call this Conv2D runs in its own pass
         self.activation = None  # the Activation call this BatchNormalization runs in its own pass
-        self.norm = None  # the BatchNormalization call this Conv2D folds in, in inference
-        self.folded = False  # a BatchNormalization its conv computes, in inference
+        self.norm = None  # the BatchNormalization call this Conv2D or Dense folds in, in inference
+        self.folded = False  # a BatchNormalization the layer before it computes, in inference
 
 
 class Plan:
@@ -188,7 +188,7 @@ class Plan:
             elif training or (step.norm is None and not step.folded):
                 values[step.output] = step.layer.forward(values[step.inputs[0]], training=training)
             elif step.folded:
-                values[step.output] = values[step.inputs[0]]  # its conv computed it
+                values[step.output] = values[step.inputs[0]]  # the layer before it computed it
             else:
                 values[step.output] = step.layer.forward_folded(values[step.inputs[0]], step.norm)
         outputs = [values[slot] for slot in self.output_slots]

@@ -78,14 +78,14 @@ def _check_span(layer, input_shape):
         raise layer._shape_error(f"an input at least as large as its {spanned} with padding='valid'", input_shape)
 
 
-# Winograd 3x3's transforms cost as much as the products they save up to 16 channels. The
-# step of a model around one such conv, batch 128, ms, implicit GEMM against Winograd
-# (F(2x2, 3x3) in Numba loops): 3x3 14x14x16 -> 32 4.7 vs 6.5, 28x28x16 -> 32 18.1 vs
-# 27.6, 28x28x16 -> 16 with a 2x2 max pool 10.5 vs 16.0 (Winograd's own fused pool),
-# 14x14x32 -> 32 8.9 vs 8.9, 16x16x32 -> 64 22.1 vs 17.4. With winograd_tiles.py's
-# transforms, one layer's forward + backward at batch 128 / 32: 14x14x16 -> 16 1.86 vs
-# 2.22 / 0.50 vs 0.85, 28x28x16 -> 32 (F(4x4, 3x3)) 14.2 vs 8.9 / 3.4 vs 3.4. 5x5 convs
-# take Winograd F(2x2, 5x5) wherever winograd5x5.applies (from 16 channels).
+# Winograd 3x3's transforms cost as much as the products they save up to 16 channels,
+# except F(4x4, 3x3) from 512 channel pairs (winograd.f4_over_implicit). The step of a
+# model around one such conv, batch 128, ms, implicit GEMM against Winograd (F(2x2, 3x3)
+# in Numba loops): 3x3 14x14x16 -> 32 4.7 vs 6.5, 28x28x16 -> 16 with a 2x2 max pool 10.5
+# vs 16.0 (Winograd's own fused pool), 14x14x32 -> 32 8.9 vs 8.9, 16x16x32 -> 64 22.1 vs
+# 17.4. With winograd_tiles.py's transforms, one layer's forward + backward at batch 128 /
+# 32: 14x14x16 -> 16 (F(2x2)) 1.86 vs 2.22 / 0.50 vs 0.85. 5x5 convs take Winograd F(2x2,
+# 5x5) wherever winograd5x5.applies (from 16 channels).
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 
 
