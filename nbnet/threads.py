@@ -35,6 +35,27 @@ def single_threaded_blas():
                 library.set_num_threads(count)
 
 
+@contextmanager
+def numba_threads(count):
+    """Numba's parallel kernels launched from this thread run on at most ``count``
+    threads while the block runs. One sample's kernels are too small to share: waking the
+    second core for each costs more than it saves (a one-image predict of
+    tools/bench_zoo.py's networks, 2 cores, us, two threads -> one: seed_cnn 245 -> 162,
+    mlp 261 -> 163, cifar 1050 -> 836, resnet_small 260 -> 226, strided 99 -> 95; from 4
+    images two threads won or tied)."""
+    import numba
+
+    before = numba.get_num_threads()
+    if count >= before:
+        yield
+        return
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def blas_limited(method):
     """Run ``method`` under single_threaded_blas."""
     @functools.wraps(method)

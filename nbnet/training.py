@@ -9,6 +9,7 @@ every ``steps_per_execution`` steps (Keras's name).
 import math
 import time
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .progress import ProgressBar
 from .tensor import as_tensor
-from .threads import blas_limited
+from .threads import blas_limited, numba_threads
 
 # Inference runs in chunks of at most this many samples whatever the batch size asked for:
 # the results are the same, a batch of 1000 CNN images would hold ~300 MB of buffers, and
@@ -627,7 +628,7 @@ class TrainingLoop:
         callback_list = self._with_model(callbacks)
         for callback in callback_list:
             callback.on_predict_begin({})
-        with self._on_device():
+        with self._on_device(), numba_threads(1) if count == 1 else nullcontext():
             ops = self.ops
             for index, start in enumerate(range(0, count, chunk)):
                 for callback in callback_list:

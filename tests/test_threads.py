@@ -26,3 +26,25 @@ def test_blas_runs_one_thread_inside_predict_and_fit_and_the_setting_is_restored
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[probe])
         assert len(seen) == 4 and all(set(counts) == {1} for counts in seen)
         assert set(blas_threads(controller)) == {2}
+
+
+def test_one_sample_predicts_on_one_numba_thread_and_the_count_is_restored():
+    numba = pytest.importorskip("numba")
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread only")
+    model = models.Sequential([layers.Input((4,)), layers.Dense(3, activation="relu")], seed=0)
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    before = numba.get_num_threads()
+    seen = []
+    probe = callbacks.LambdaCallback(on_predict_batch_begin=lambda batch, logs: seen.append(numba.get_num_threads()))
+    one = model.predict(x[:1], callbacks=[probe])
+    several = model.predict(x, callbacks=[probe])
+    assert seen == [1, before] and numba.get_num_threads() == before
+    np.testing.assert_allclose(one, several[:1], rtol=1e-6)
+
+    def interrupt(batch, logs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.predict(x[:1], callbacks=[callbacks.LambdaCallback(on_predict_batch_begin=interrupt)])
+    assert numba.get_num_threads() == before
