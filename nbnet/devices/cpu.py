@@ -102,10 +102,9 @@ def maxpool_backward(dy, argmax, ph, pw, sh, sw, pad_top, pad_left, dx):
     _pool.maxpool_backward(dy, argmax, dx)
 
 
-def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out, inv_std=None):
+def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out, inv_std=None):
     """Returns the per-channel 1/std (the GPU writes it into ``inv_std``; here it is new)."""
-    return _normalization.batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out,
-                                                  variance_out)
+    return _normalization.batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out)
 
 
 def _keeping_total(kernel):

@@ -63,24 +63,38 @@ def _statistics(sums, squares, rows, epsilon, mean_out, variance_out):
     return mean, inv_std
 
 
+# Rows a parallel block of the elementwise passes holds at least: the activation runs over
+# the block's values as one flat loop (16 channels a row: a loop per row ran the training
+# forward of 25088 x 16 values in 0.55 ms, blocks in 0.17).
+_BLOCK_VALUES = 4096
+
+
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _normalise(x, mean, inv_std, gamma, beta, code, alpha, x_hat, y):
+def _affine_blocks(x, center, scale, shift, code, alpha, y):
+    """y = activation((x - center) * scale + shift), per channel, over blocks of rows."""
     rows, channels = x.shape
-    for i in prange(rows):
-        for k in range(channels):
-            normed = (x[i, k] - mean[k]) * inv_std[k]
-            x_hat[i, k] = normed
-            y[i, k] = gamma[k] * normed + beta[k]
-        activate_fusable(code, alpha, y[i])
+    flat = y.reshape(-1)
+    block = max(1, _BLOCK_VALUES // max(channels, 1))
+    for index in prange((rows + block - 1) // block):
+        first = index * block
+        stop = min(rows, first + block)
+        for i in range(first, stop):
+            for k in range(channels):
+                y[i, k] = (x[i, k] - center[k]) * scale[k] + shift[k]
+        activate_fusable(code, alpha, flat[first * channels:stop * channels])
 
 
-def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out):
-    """y = activation(gamma * x_hat + beta), x_hat normalised with the batch's own mean and
-    (biased) variance; keeps x_hat for backward. Returns the per-channel 1/std (float64)."""
+def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out):
+    """y = activation(gamma * x_hat + beta), x_hat = (x - mean) / std with the batch's own
+    mean and (biased) variance, written into mean_out / variance_out. x_hat is not kept:
+    backward takes it again from x (a write of the whole batch fewer, and no slower a
+    backward, which is bound by memory either way). Returns the per-channel 1/std
+    (float64)."""
     sums, squares = _partials(*x.shape)
     _column_partials(x, sums, squares)
     mean, inv_std = _statistics(sums, squares, x.shape[0], float(epsilon), mean_out, variance_out)
-    _normalise(x, mean, inv_std, gamma, beta, code, alpha, x_hat, y)
+    dtype = x.dtype
+    _affine_blocks(x, mean.astype(dtype), (gamma * inv_std).astype(dtype), beta.astype(dtype), code, alpha, y)
     return inv_std
 
 
@@ -94,36 +108,16 @@ def update_moving_averages(moving_mean, moving_variance, mean, variance, momentu
         moving_variance[k] = keep * moving_variance[k] + take * variance[k]
 
 
-@njit(cache=True)
-def _affine(gamma, beta, moving_mean, moving_variance, epsilon):
-    """(scale, shift) of the inference transform, in the parameters' dtype."""
-    channels = gamma.shape[0]
-    scale = np.empty(channels, dtype=gamma.dtype)
-    shift = np.empty(channels, dtype=gamma.dtype)
-    for k in range(channels):
-        scale[k] = gamma[k] / np.sqrt(moving_variance[k] + epsilon)
-        shift[k] = beta[k] - moving_mean[k] * scale[k]
-    return scale, shift
+def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
+    """y = activation(gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta)."""
+    scale = gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    _affine_blocks(x, moving_mean, scale.astype(x.dtype), beta, code, alpha, y)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _scale_shift_rows(x, scale, shift, code, alpha, y):
-    rows, channels = x.shape
-    for i in prange(rows):
-        for k in range(channels):
-            y[i, k] = x[i, k] * scale[k] + shift[k]
-        activate_fusable(code, alpha, y[i])
-
-
-def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
-    """y = activation(the affine map of the moving statistics applied to x)."""
-    scale, shift = _affine(gamma, beta, moving_mean, moving_variance, epsilon)
-    _scale_shift_rows(x, scale, shift, code, alpha, y)
-
-
-@njit(parallel=True, cache=True)
-def _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat):
-    """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel."""
+def _gradient_partials(dy, y, code, alpha, x, center, inv_std, sum_dy, sum_dy_xhat):
+    """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel, with
+    x_hat = (x - center) * inv_std."""
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
@@ -133,7 +127,7 @@ def _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat):
             for k in range(channels):
                 grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
                 sum_dy[chunk, k] += grad
-                sum_dy_xhat[chunk, k] += grad * x_hat[i, k]
+                sum_dy_xhat[chunk, k] += grad * ((x[i, k] - center[k]) * inv_std[k])
 
 
 @njit(cache=True)
@@ -155,58 +149,43 @@ def _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta):
     return mean_dy, mean_dy_xhat
 
 
-@njit(parallel=True, cache=True)
-def _input_gradient(dy, y, code, alpha, x_hat, gamma, inv_std, mean_dy, mean_dy_xhat, dx):
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _input_gradient(dy, y, code, alpha, x, center, g_scale, x_scale, shift, dx):
+    """dx = g_scale * g + x_scale * (x - center) + shift, per channel, with g = dy *
+    activation'(.), over blocks of rows."""
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    for i in prange(rows):
-        for k in range(channels):
-            grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
-            dx[i, k] = gamma[k] * inv_std[k] * (grad - mean_dy[k] - x_hat[i, k] * mean_dy_xhat[k])
-
-
-def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx):
-    """With g = dy * activation'(.) (from the output ``y``): adds into dgamma/dbeta;
-    dx = gamma*inv_std*(g - mean(g) - x_hat*mean(g*x_hat))."""
-    sum_dy, sum_dy_xhat = _partials(*dy.shape)
-    _gradient_partials(dy, y, code, alpha, x_hat, sum_dy, sum_dy_xhat)
-    mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
-    _input_gradient(dy, y, code, alpha, x_hat, gamma, inv_std, mean_dy, mean_dy_xhat, dx)
-
-
-@njit(parallel=True, cache=True)
-def _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_dy, sum_dy_xhat):
-    """_gradient_partials with x_hat taken from the moving statistics on the fly."""
-    rows, channels = dy.shape
-    chunks = sum_dy.shape[0]
-    zero = dy.dtype.type(0.0)
-    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    for chunk in prange(chunks):
-        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+    block = max(1, _BLOCK_VALUES // max(channels, 1))
+    for index in prange((rows + block - 1) // block):
+        for i in range(index * block, min(rows, (index + 1) * block)):
             for k in range(channels):
                 grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
-                sum_dy[chunk, k] += grad
-                sum_dy_xhat[chunk, k] += grad * (x[i, k] - moving_mean[k]) * inv_std[k]
+                dx[i, k] = g_scale[k] * grad + x_scale[k] * (x[i, k] - center[k]) + shift[k]
 
 
-@njit(parallel=True, cache=True)
-def _frozen_input_gradient(dy, y, code, alpha, gamma, inv_std, dx):
-    rows, channels = dy.shape
-    zero = dy.dtype.type(0.0)
-    above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    for i in prange(rows):
-        for k in range(channels):
-            dx[i, k] = gamma[k] * inv_std[k] * gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square,
-                                                                   zero)
+def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, inv_std, dgamma, dbeta, dx):
+    """With g = dy * activation'(.) (from the output ``y``) and x_hat = (x - mean) *
+    inv_std (the forward's input and batch statistics): adds into dgamma/dbeta; dx =
+    gamma*inv_std*(g - mean(g) - x_hat*mean(g*x_hat))."""
+    dtype = dy.dtype
+    sum_dy, sum_dy_xhat = _partials(*dy.shape)
+    _gradient_partials(dy, y, code, alpha, x, mean, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
+    mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
+    g_scale = gamma * inv_std
+    x_scale = -g_scale * inv_std * mean_dy_xhat
+    _input_gradient(dy, y, code, alpha, x, mean, g_scale.astype(dtype), x_scale.astype(dtype),
+                    (-g_scale * mean_dy).astype(dtype), dx)
 
 
 def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
     """Backward of the inference transform (moving statistics held fixed), with g = dy *
     activation'(.) (from the output ``y``): adds into dgamma/dbeta; dx = gamma * g /
     sqrt(moving_variance + epsilon)."""
+    dtype = dy.dtype
     inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
     sum_dy, sum_dy_xhat = _partials(*dy.shape)
-    _frozen_gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std, sum_dy, sum_dy_xhat)
+    _gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
     _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
-    _frozen_input_gradient(dy, y, code, alpha, gamma, inv_std, dx)
+    nothing = np.zeros(dy.shape[1], dtype)
+    _input_gradient(dy, y, code, alpha, x, moving_mean, (gamma * inv_std).astype(dtype), nothing, nothing, dx)

@@ -46,13 +46,13 @@ class BatchNormalization(Layer):
             self.ops.batchnorm_infer(x2d, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
                                      self.state["moving_variance"], self.epsilon, code, alpha, y2d)
             return y
-        x_hat = self._buffer("x_hat", x2d.shape, x.dtype)
         mean = self._buffer("mean", (channels,), x.dtype)
         variance = self._buffer("variance", (channels,), x.dtype)
         self._inv_std = self.ops.batchnorm_train_forward(x2d, self.params["gamma"], self.params["beta"], self.epsilon,
-                                                         code, alpha, x_hat, y2d, mean, variance,
+                                                         code, alpha, y2d, mean, variance,
                                                          self._buffer("inv_std", (channels,), np.float64))
-        self._x_hat = x_hat
+        # Backward takes x_hat again from the input and the batch statistics.
+        self._x2d, self._mean = x2d, mean
         self.ops.update_moving_averages(self.state["moving_mean"], self.state["moving_variance"], mean, variance,
                                         self.momentum)
         return y
@@ -68,7 +68,7 @@ class BatchNormalization(Layer):
                                               self.state["moving_mean"], self.state["moving_variance"], self.epsilon,
                                               self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
             return dx if self.needs_input_grad else None
-        self.ops.batchnorm_backward(dy2d, y2d, code, alpha, self._x_hat, self.params["gamma"], self._inv_std,
+        self.ops.batchnorm_backward(dy2d, y2d, code, alpha, self._x2d, self._mean, self.params["gamma"], self._inv_std,
                                     self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
         return dx if self.needs_input_grad else None
 

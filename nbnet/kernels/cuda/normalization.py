@@ -60,18 +60,17 @@ def _moments_finish_kernel(sums, squares, rows, epsilon, mean_out, variance_out,
 
 
 @cuda.jit
-def _normalise_kernel(x, gamma, beta, mean64, inv_std, x_hat, y):
+def _normalise_kernel(x, gamma, beta, mean64, inv_std, y):
     rows, channels = x.shape
     for idx in range(cuda.grid(1), rows * channels, cuda.gridsize(1)):
         i = idx // channels
         k = idx - i * channels
-        normed = (x[i, k] - mean64[k]) * inv_std[k]
-        x_hat[i, k] = normed
-        y[i, k] = gamma[k] * normed + beta[k]
+        y[i, k] = gamma[k] * ((x[i, k] - mean64[k]) * inv_std[k]) + beta[k]
 
 
-def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean_out, variance_out, inv_std=None):
-    """Normalise with the batch's own mean and (biased) variance; keeps x_hat for backward.
+def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out, inv_std=None):
+    """Normalise with the batch's own mean and (biased) variance (backward takes x_hat again
+    from x, ``mean_out`` and inv_std).
     Returns ``inv_std`` (float64, per channel; a new device array unless one is given),
     which ``batchnorm_backward`` takes."""
     rows, channels = x.shape
@@ -89,7 +88,7 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, x_hat, y, mean
     _moments_finish_kernel[blocks, threads](sums, squares, rows, float(epsilon), mean_out, variance_out, mean64,
                                             inv_std)
     blocks, threads = launch_1d(rows * channels)
-    _normalise_kernel[blocks, threads](x, gamma, beta, mean64, inv_std, x_hat, y)
+    _normalise_kernel[blocks, threads](x, gamma, beta, mean64, inv_std, y)
     if code != LINEAR:
         bias_activation_forward(y, None, code, alpha, y)
     return inv_std
@@ -145,7 +144,8 @@ def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code,
 
 
 @cuda.jit
-def _backward_partials_kernel(dy, x_hat, sum_dy, sum_dy_xhat):
+def _backward_partials_kernel(dy, x, center, inv_std, sum_dy, sum_dy_xhat):
+    """Per (chunk, channel): the sums of dy and of dy * x_hat, x_hat = (x - center) * inv_std."""
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     for idx in range(cuda.grid(1), chunks * channels, cuda.gridsize(1)):
@@ -155,7 +155,7 @@ def _backward_partials_kernel(dy, x_hat, sum_dy, sum_dy_xhat):
         total_xhat = 0.0
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             total += dy[i, k]
-            total_xhat += dy[i, k] * x_hat[i, k]
+            total_xhat += dy[i, k] * (x[i, k] - center[k]) * inv_std[k]
         sum_dy[chunk, k] = total
         sum_dy_xhat[chunk, k] = total_xhat
 
@@ -177,17 +177,19 @@ def _backward_finish_kernel(sum_dy, sum_dy_xhat, rows, dgamma, dbeta, means):
 
 
 @cuda.jit
-def _backward_dx_kernel(dy, x_hat, gamma, inv_std, means, dx):
+def _backward_dx_kernel(dy, x, mean, gamma, inv_std, means, dx):
     rows, channels = dy.shape
     for idx in range(cuda.grid(1), rows * channels, cuda.gridsize(1)):
         i = idx // channels
         k = idx - i * channels
-        dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - means[0, k] - x_hat[i, k] * means[1, k])
+        x_hat = (x[i, k] - mean[k]) * inv_std[k]
+        dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - means[0, k] - x_hat * means[1, k])
 
 
-def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta, dx):
-    """With dy first taken through the activation from the output ``y`` (in place): adds
-    into dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
+def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, inv_std, dgamma, dbeta, dx):
+    """With dy first taken through the activation from the output ``y`` (in place) and
+    x_hat = (x - mean) * inv_std (the forward's input and batch statistics): adds into
+    dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
     rows, channels = dy.shape
     if rows * channels == 0:
         return
@@ -198,33 +200,17 @@ def batchnorm_backward(dy, y, code, alpha, x_hat, gamma, inv_std, dgamma, dbeta,
     sum_dy_xhat = workspace("normalization.squares", (chunks, channels), np.float64)
     means = workspace("normalization.means", (2, channels), np.float64)
     blocks, threads = launch_1d(chunks * channels)
-    _backward_partials_kernel[blocks, threads](dy, x_hat, sum_dy, sum_dy_xhat)
+    _backward_partials_kernel[blocks, threads](dy, x, mean, inv_std, sum_dy, sum_dy_xhat)
     blocks, threads = launch_1d(channels)
     _backward_finish_kernel[blocks, threads](sum_dy, sum_dy_xhat, rows, dgamma, dbeta, means)
     blocks, threads = launch_1d(rows * channels)
-    _backward_dx_kernel[blocks, threads](dy, x_hat, gamma, inv_std, means, dx)
+    _backward_dx_kernel[blocks, threads](dy, x, mean, gamma, inv_std, means, dx)
 
 
 @cuda.jit
 def _inv_std_kernel(moving_variance, epsilon, inv_std):
     for k in range(cuda.grid(1), moving_variance.shape[0], cuda.gridsize(1)):
         inv_std[k] = 1.0 / math.sqrt(moving_variance[k] + 0.0 + epsilon)
-
-
-@cuda.jit
-def _infer_backward_partials_kernel(dy, x, moving_mean, inv_std, sum_dy, sum_dy_xhat):
-    rows, channels = dy.shape
-    chunks = sum_dy.shape[0]
-    for idx in range(cuda.grid(1), chunks * channels, cuda.gridsize(1)):
-        chunk = idx // channels
-        k = idx - chunk * channels
-        total = 0.0
-        total_xhat = 0.0
-        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            total += dy[i, k]
-            total_xhat += dy[i, k] * (x[i, k] - moving_mean[k]) * inv_std[k]
-        sum_dy[chunk, k] = total
-        sum_dy_xhat[chunk, k] = total_xhat
 
 
 @cuda.jit
@@ -253,7 +239,7 @@ def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_v
     blocks, threads = launch_1d(channels)
     _inv_std_kernel[blocks, threads](moving_variance, float(epsilon), inv_std)
     blocks, threads = launch_1d(chunks * channels)
-    _infer_backward_partials_kernel[blocks, threads](dy, x, moving_mean, inv_std, sum_dy, sum_dy_xhat)
+    _backward_partials_kernel[blocks, threads](dy, x, moving_mean, inv_std, sum_dy, sum_dy_xhat)
     blocks, threads = launch_1d(channels)
     _backward_finish_kernel[blocks, threads](sum_dy, sum_dy_xhat, max(rows, 1), dgamma, dbeta, means)
     if rows:
