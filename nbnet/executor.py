@@ -12,6 +12,8 @@ Backward sums the gradients of a tensor that feeds several layers, and skips eve
 no trainable weight depends on.
 """
 
+import math
+
 from .kernels.activations import LEAKY_RELU, RELU, SIGMOID, TANH
 from .layers import Activation, BatchNormalization, Conv2D, MaxPooling2D
 
@@ -24,7 +26,7 @@ class Step:
     the slot ``output``, a tensor of ``shape`` per sample; ``source`` is the model's layer."""
 
     __slots__ = ("layer", "source", "inputs", "output", "shape", "multiple", "needs_backward", "needs_input_grad",
-                 "fused_output", "pool", "activation", "norm", "folded")
+                 "fused_output", "pool", "activation", "norm", "folded", "hidden_shapes")
 
     def __init__(self, layer, source, inputs, output, shape):
         self.layer, self.source, self.inputs, self.output, self.shape = layer, source, inputs, output, shape
@@ -35,6 +37,7 @@ class Step:
         self.activation = None  # the Activation call this BatchNormalization runs in its own pass
         self.norm = None  # the BatchNormalization call this Conv2D or Dense folds in, in inference
         self.folded = False  # a BatchNormalization the layer before it computes, in inference
+        self.hidden_shapes = []  # per sample, the outputs of its own that absorbing a reader hid
 
 
 class Plan:
@@ -49,6 +52,10 @@ class Plan:
             self._fuse_norm_activation()
             self._fold_conv_norm()
         self._mark_gradients()
+        # What one sample's pass writes, the outputs that fused passes still make included
+        # (a conv's before its absorbed pool): predict sizes its chunks by it.
+        self.values_per_sample = sum(math.prod(shape) for step in self.steps
+                                     for shape in [step.shape] + step.hidden_shapes)
         self._values = [None] * self.slot_count
         self._fused = None
 
@@ -99,6 +106,7 @@ class Plan:
         return readers[0]
 
     def _absorb(self, step, reader):
+        step.hidden_shapes.append(step.shape)
         step.output, step.shape = reader.output, reader.shape
         self.steps.remove(reader)
 

@@ -623,7 +623,7 @@ class TrainingLoop:
             x = [a[:_check_steps(steps, "predict") * batch_size] for a in x]
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
-        sample_bytes = 4 * sum(math.prod(step.shape) for step in self._plan.steps)
+        sample_bytes = 4 * self._plan.values_per_sample
         chunk = min(batch_size, max(INFERENCE_CHUNK, PREDICT_CHUNK_BYTES // max(sample_bytes, 1)))
         callback_list = self._with_model(callbacks)
         for callback in callback_list:

@@ -450,3 +450,24 @@ def test_pop_and_keras_weight_attributes():
     assert len(model.weights) == 6
     with pytest.raises(AttributeError, match="no attribute 'kernal'"):
         dense.kernal
+
+
+def test_a_smaller_last_batch_computes_in_the_full_batches_buffers():
+    """The uneven last batch of a fit or predict takes views of the buffers the full
+    batches made (no new buffers each call), and gives what it gives alone."""
+    rng = np.random.default_rng(3)
+    model = models.Sequential([layers.Input((6, 6, 2)), layers.Conv2D(4, 3, activation="tanh"), layers.MaxPooling2D(),
+                               layers.Flatten(), layers.Dense(3, activation="softmax")], seed=1)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = rng.standard_normal((10, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 10)
+    alone = np.concatenate([model.predict(x[i:i + 1]) for i in range(10)])
+    assert np.abs(model.predict(x, batch_size=4) - alone).max() < 1e-6
+    dense = model.layers[-1]
+    full = dense._buffer("y", (4, 3), np.float32)
+    part = dense._buffer("y", (2, 3), np.float32)
+    assert part.base is full and part.shape == (2, 3) and dense._buffer("y", (2, 3), np.float32) is part
+    assert dense._buffer("y", (4, 3), np.float32) is full
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert np.isfinite(model.predict(x, batch_size=3)).all()
+    bigger = dense._buffer("y", (8, 3), np.float32)  # a larger batch gets a buffer of its own
+    assert bigger.shape == (8, 3) and bigger.base is None and dense._buffer("y", (2, 3), np.float32).base is bigger

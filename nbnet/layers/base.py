@@ -240,9 +240,20 @@ class Layer:
         if buf is not None and buf.shape == shape and buf.dtype == dtype:
             return buf
         shape = tuple(map(int, shape))
-        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
-            buf = self.ops.empty(shape, dtype)
-            self._buffers[key] = buf
+        if buf is not None and tuple(buf.shape) == shape and buf.dtype == dtype:
+            return buf
+        if buf is not None and buf.dtype == dtype and tuple(buf.shape[1:]) == shape[1:] and buf.shape[0] > shape[0]:
+            # A smaller batch (an epoch's or a predict's last, uneven one) takes the leading
+            # rows of the buffer it has, a view kept per shape, where a new buffer for it and
+            # another for the next full batch cost their first page touches on every call:
+            # big_kernels' 1000-image predict in chunks of 443 + 443 + 114, 45 -> 80-140 ms.
+            owner, view = self._buffers.get((key, shape), (None, None))
+            if owner is not buf:
+                view = buf[:shape[0]]
+                self._buffers[key, shape] = buf, view
+            return view
+        buf = self.ops.empty(shape, dtype)
+        self._buffers[key] = buf
         return buf
 
     def _require_images(self, input_shape):
