@@ -36,10 +36,12 @@ def data(odd=False, count=48):
 
 @pytest.mark.parametrize("winograd", [False, True])
 @pytest.mark.parametrize("activation, use_bias, odd, first_filters", [
-    ("relu", True, False, 4), ("relu", False, True, 4), ("linear", True, True, 4), ("relu", True, True, 1)])
+    ("relu", True, False, 4), ("relu", False, True, 4), ("linear", True, True, 4), ("relu", True, True, 1),
+    ("tanh", True, False, 4), ("sigmoid", False, True, 1), ("leaky_relu", True, True, 4)])
 def test_fused_step_equals_unfused(activation, use_bias, odd, first_filters, winograd, monkeypatch):
     """Exactly, except that the Winograd pass (the second conv, 3x3x4 -> 6, on the CPU)
-    rounds its sums differently: then equal to float32 rounding. (The implicit GEMM, which
+    rounds its sums differently: then equal to float32 rounding. Tanh, sigmoid and leaky
+    relu run on the pooled pre-activation's maximum (Conv2D._pooled_code). (The implicit GEMM, which
     would run the unfused convs in float32 and round otherwise, is kept out.)"""
     from nbnet.layers import convolutional
 
@@ -86,10 +88,10 @@ def test_only_fusable_pairs_fuse():
     layers apart; the model still computes the same."""
     overlapping = stack(pool_strides=1)
     assert [layer.absorbed for layer in overlapping.layers] == [False, False, False, True, False, False]
-    tanh = stack("tanh")
-    assert not any(layer.absorbed for layer in tanh.layers)
+    softmax = stack("softmax")  # over the channels: not elementwise
+    assert not any(layer.absorbed for layer in softmax.layers)
     x, y = data()
-    np.testing.assert_array_equal(tanh.predict(x), stack("tanh", fuse=False).predict(x))
+    np.testing.assert_array_equal(softmax.predict(x), stack("softmax", fuse=False).predict(x))
     # A pool that is the model's output stays a layer of its own (the loss needs it).
     ending = models.Sequential([layers.Conv2D(2, 3, activation="relu", input_shape=(12, 12, 1)),
                                 layers.MaxPooling2D(10)], seed=1)
