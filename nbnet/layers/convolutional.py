@@ -311,7 +311,7 @@ class Conv2D(KernelMixin, Layer):
                                             dz.reshape(-1, out_h, out_w, self.filters), dbias)
         else:
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
-            ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz, dbias)
+            self._activation_gradient(self._y, dz, from_logits, dbias)
         if self._implicit:
             ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
                                        self.grads["kernel"], dx is not None, dx if dx is not None else self._x[:0])
@@ -389,8 +389,7 @@ class Conv2D(KernelMixin, Layer):
         dtype = dy.dtype
         dx = self._buffer("dx", self._x_shape, dtype) if self.needs_input_grad else None
         dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
-        ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
-                                self._param_or_nothing(self.grads, "bias", dtype))
+        self._activation_gradient(self._y, dz, from_logits, self._param_or_nothing(self.grads, "bias", dtype))
         kernel, dkernel = self.params["kernel"], self.grads["kernel"]
         if self._cols is None:
             window = (*self.kernel_size, self.filters)
@@ -482,8 +481,7 @@ class DepthwiseConv2D(ActivationMixin, Layer):
         dx = self._buffer("dx", x.shape, dy.dtype) if self.needs_input_grad else None
         outs = self._y.shape[1]
         dz = dy.reshape(-1, outs)  # overwritten in place with the gradient before the activation
-        ops.activation_backward(self._y, dz, self._backward_code(from_logits), self._slope, dz,
-                                self._param_or_nothing(self.grads, "bias", dy.dtype))
+        self._activation_gradient(self._y, dz, from_logits, self._param_or_nothing(self.grads, "bias", dy.dtype))
         window = (*self.kernel_size, outs)
         ops.depthwise_backward(x, self.params["kernel"].reshape(window), dz, *self._geometry_used,
                                self.grads["kernel"].reshape(window), dx is not None,

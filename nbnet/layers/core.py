@@ -31,6 +31,16 @@ class ActivationMixin:
     def _backward_code(self, from_logits):
         return LINEAR if from_logits else self._code
 
+    def _activation_gradient(self, y2d, dz2d, from_logits, dbias):
+        """dz2d = the gradient before the activation, in place, and the bias gradient (its
+        column sums) added into ``dbias`` (length 0: none). Linear without a bias (a conv
+        before BatchNormalization) has nothing to do, where the kernel would write every
+        value onto itself: a read and write of the conv's output in each training step
+        (kaggle_bn's four convs at batch 128: about 1.5 ms of a 83 ms step)."""
+        code = self._backward_code(from_logits)
+        if code != LINEAR or dbias.shape[0]:
+            self.ops.activation_backward(y2d, dz2d, code, self._slope, dz2d, dbias)
+
     def _param_or_nothing(self, store, key, dtype):
         """``store[key]``, or the kernels' zero-length 'none' array (no bias)."""
         return store[key] if key in store else self.ops.nothing(dtype)
