@@ -54,7 +54,7 @@ def test_import_needs_no_cuda():
 def _ptx_signatures():
     """{kernel: argument types} for every @cuda.jit kernel, float32 data, as the launchers
     call them (NumPy float32 scalars, Python ints/floats/bools as int64/float64/boolean)."""
-    from numba import boolean, float32, float64, int32, int64, uint8, uint32
+    from numba import boolean, float32, float64, int32, int64, uint8, uint32, uint64
 
     from nbnet.kernels.cuda import activations as A
     from nbnet.kernels.cuda import conv as C
@@ -134,7 +134,7 @@ def _ptx_signatures():
         O._clip_by_value_kernel: (a1, f),
         O._clip_segments_kernel: (a1, int64[::1], float64),
         O._decay_weights_kernel: (a1, f, h1),
-        D._apply_mask_kernel: (a1, uint32[::1], uint32, f, f, a1),
+        D._apply_mask_kernel: (a1, uint64, uint64, f, f, a1),
         S._scale_shift_kernel: (a1, f, f, a1),
         F._flip_kernel: (a4, uint8[::1], boolean, boolean, a4),
         U._upsample_forward_kernel: (a4, i, i, a4),
@@ -775,13 +775,23 @@ def test_moving_averages_dropout_mask_and_rescaling():
     gpu_norm.update_moving_averages(*moving_dev, *(dev(a) for a in batch), 0.9)
     for got, expected in zip(moving_dev, moving):
         close(got, expected)
-    values, bits = rand(rng, 70), rng.integers(0, 2 ** 32, 70, dtype=np.uint32)
+    values, key = rand(rng, 70), np.uint64(0xDEADBEEF12345678)
     threshold, scale = np.uint32(0.4 * 2 ** 32), np.float32(1 / 0.6)
     out = np.empty_like(values)
     out_dev = dev(out)
-    cpu_dropout.apply_mask(values, bits, threshold, scale, out)
-    gpu_dropout.apply_mask(dev(values), cuda.to_device(bits), threshold, scale, out_dev)
-    np.testing.assert_array_equal(out, np.where(bits >= threshold, values * scale, 0))
+    cpu_dropout.apply_mask(values, key, threshold, scale, out)
+    gpu_dropout.apply_mask(dev(values), key, threshold, scale, out_dev)
+    # SplitMix64's finaliser, written out in Python integers: the kernels' bits exactly.
+    full = (1 << 64) - 1
+    bits = []
+    for i in range(len(values)):
+        z = (int(key) + (i + 1) * 0x9E3779B97F4A7C15) & full
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & full
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & full
+        bits.append((z ^ (z >> 31)) >> 32)
+    kept = np.array(bits) >= int(threshold)
+    assert 0 < kept.sum() < len(values)
+    np.testing.assert_array_equal(out, np.where(kept, values * scale, 0))
     close(out_dev, out, rtol=0, atol=0)
     cpu_rescaling.scale_shift(values, 1 / 255, -0.5, out)
     gpu_rescaling.scale_shift(dev(values), 1 / 255, -0.5, out_dev)

@@ -64,7 +64,7 @@ def cnn(seed, learning_rate=0.01):
 
 
 def mixed(seed):
-    """Regularizer, BatchNormalization (moving statistics), Dropout (host-drawn masks),
+    """Regularizer, BatchNormalization (moving statistics), Dropout (masks hashed from a host-drawn key),
     average pooling, SGD with momentum, a sigmoid output fused with binary cross-entropy."""
     model = models.Sequential([
         layers.AveragePooling2D(2, input_shape=(4, 4, 2)),

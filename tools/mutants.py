@@ -241,7 +241,8 @@ MUTANTS += [
     # -- dropout ------------------------------------------------------------------------------
     M("dropout_mask_inverted", "dropout keeps the units whose bits fall below the threshold (keeps rate, "
       "not 1 - rate)", "kernels/dropout.py",
-      "factor = scale if keep_bits[i] >= threshold else zero", "factor = scale if keep_bits[i] < threshold else zero",
+      "factor = scale if keep_bits(key, np.uint64(i)) >= limit else zero",
+      "factor = scale if keep_bits(key, np.uint64(i)) < limit else zero",
       [LAYERS + "::test_dropout_training_mask_statistics_and_scaling"]),
     M("dropout_scale_multiplies", "dropout scales kept units by 1 - rate instead of 1/(1 - rate)", "layers/core.py",
       "self._scale = x.dtype.type(1.0 / (1.0 - self.rate))", "self._scale = x.dtype.type(1.0 - self.rate)",
@@ -415,8 +416,8 @@ MUTANTS += [
       "            y[i, k] = z[i, k]\n            peak = _max(peak, value)",
       [CUDA_TESTS + "::test_bias_activation_forward"], SIM),
     M("cuda_dropout_unscaled", "CUDA dropout keeps units unscaled", "kernels/cuda/dropout.py",
-      "out[i] = values[i] * scale if keep_bits[i] >= threshold else zero",
-      "out[i] = values[i] if keep_bits[i] >= threshold else zero",
+      "out[i] = values[i] * scale if _keep_bits(key, np.uint64(i)) >= threshold else zero",
+      "out[i] = values[i] if _keep_bits(key, np.uint64(i)) >= threshold else zero",
       [CUDA_TESTS + "::test_moving_averages_dropout_mask_and_rescaling"], SIM),
     M("cuda_l1_sign_of_zero", "CUDA L1 gradient: sign(0) taken as +1", "kernels/cuda/regularization.py",
       "        elif w == 0:\n            sign = zero", "        elif w == 0:\n            sign = sign_scale",

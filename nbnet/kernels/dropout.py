@@ -1,18 +1,44 @@
-"""Dropout's kernel: keep a unit, scaled by 1/(1 - rate), where its 32 random bits reach
-the threshold rate * 2**32. The bits are drawn on the host from the model's seeded
-generator, so a seeded run drops the same units on the CPU and on the GPU."""
+"""Dropout's kernel: keep a unit, scaled by 1/(1 - rate), where 32 bits hashed from the
+layer's key for this step and the unit's index reach the threshold rate * 2**32.
 
-from numba import njit
+The key is one draw from the layer's seeded generator per training step, so a seeded run
+drops the same units every time, on the CPU and on the GPU (whose twin hashes alike), and
+backward recomputes the mask from the key instead of storing one. The hash is SplitMix64's
+finaliser over key + (index + 1) * 0x9E3779B97F4A7C15, its upper 32 bits: what Java's
+SplittableRandom and others use to seed streams, statistically uniform per index. Drawing
+32 bits a unit on the host and copying them in cost the Kaggle-style CNN's three Dropout
+layers about 3.4 ms of its 84 ms step at batch 128 (one core, outside the kernels).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX_2 = np.uint64(0x94D049BB133111EB)
+
+# Units a parallel block of apply_mask handles.
+_BLOCK = 16384
 
 
-@njit(cache=True)
-def apply_mask(values, keep_bits, threshold, scale, out):
-    """out = values * scale where keep_bits >= threshold, else 0, elementwise over 1-D
-    views (``keep_bits`` uint32, ``threshold`` a uint32 scalar); ``out`` may be ``values``."""
+@njit(inline="always")
+def keep_bits(key, index):
+    """The 32 random bits of unit ``index`` (uint64) under ``key`` (uint64), as a uint64."""
+    z = key + (index + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX_1
+    z = (z ^ (z >> np.uint64(27))) * MIX_2
+    return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
+
+
+@njit(parallel=True, cache=True)
+def apply_mask(values, key, threshold, scale, out):
+    """out = values * scale where keep_bits(key, i) >= threshold (a uint32 scalar), else 0,
+    elementwise over 1-D views; ``out`` may be ``values``."""
     zero = out.dtype.type(0.0)
-    # A select of the factor, not of the result: LLVM emits it without a branch, which
-    # matters where ``out`` is ``values`` and the loop runs unvectorised (a branch on
-    # random bits mispredicts: 0.36 ms at 128x1600 in place, 0.10 ms this way).
-    for i in range(values.shape[0]):
-        factor = scale if keep_bits[i] >= threshold else zero
-        out[i] = values[i] * factor
+    size = values.shape[0]
+    limit = np.uint64(threshold)
+    for block in prange((size + _BLOCK - 1) // _BLOCK):
+        for i in range(block * _BLOCK, min(size, (block + 1) * _BLOCK)):
+            # A select of the factor, not of the result: no branch on random bits.
+            factor = scale if keep_bits(key, np.uint64(i)) >= limit else zero
+            out[i] = values[i] * factor
