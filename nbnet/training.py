@@ -601,7 +601,6 @@ class TrainingLoop:
             names += [f"{head.name}_loss" for head in heads]
         return names + [head.prefix + metric.name for head in heads for metric in head.metrics]
 
-    @blas_limited
     def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
         """The outputs for ``x``: an array, or with several outputs a list (a dict when
         the model's outputs were given as one). ``x`` may be a batch source (see fit):
@@ -621,6 +620,11 @@ class TrainingLoop:
         batch_size = self._check_batch_size(batch_size)
         if steps is not None:  # Keras: the first ``steps`` batches
             x = [a[:_check_steps(steps, "predict") * batch_size] for a in x]
+        return self._predict_prepared(x, batch_size, callbacks)
+
+    @blas_limited
+    def _predict_prepared(self, x, batch_size, callbacks):
+        """predict on inputs _prepare_x has made (a list of arrays)."""
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
         sample_bytes = 4 * self._plan.values_per_sample
@@ -657,7 +661,7 @@ class TrainingLoop:
 
     def predict_on_batch(self, x):
         x = self._prepare_x(x)
-        return self.predict(x, batch_size=max(len(x[0]), 1))
+        return self._predict_prepared(x, max(len(x[0]), 1), None)
 
     def _call_on_arrays(self, x, training):
         """Keras's ``model(x)`` on arrays: inference unless ``training=True`` (Dropout
