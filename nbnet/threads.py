@@ -41,8 +41,9 @@ def numba_threads(count):
     threads while the block runs. One sample's kernels are too small to share: waking the
     second core for each costs more than it saves (a one-image predict of
     tools/bench_zoo.py's networks, 2 cores, us, two threads -> one: seed_cnn 245 -> 162,
-    mlp 261 -> 163, cifar 1050 -> 836, resnet_small 260 -> 226, strided 99 -> 95; from 4
-    images two threads won or tied)."""
+    mlp 261 -> 163, cifar 1050 -> 836, resnet_small 260 -> 226, strided 99 -> 95; at 4
+    images one thread still won on seed_cnn, 0.88x, but lost or tied on mlp, cifar,
+    resnet_small and strided, 1.0-1.3x)."""
     import numba
 
     before = numba.get_num_threads()

@@ -64,8 +64,8 @@ def _statistics(sums, squares, rows, epsilon, mean_out, variance_out):
 
 
 # Rows a parallel block of the elementwise passes holds at least: the activation runs over
-# the block's values as one flat loop (16 channels a row: a loop per row ran the training
-# forward of 25088 x 16 values in 0.55 ms, blocks in 0.17).
+# the block's values as one flat loop (16 channels a row: a loop per row in float64 ran the
+# training forward of 25088 x 16 values in 0.55 ms, blocks with float32 coefficients in 0.17).
 _BLOCK_VALUES = 4096
 
 
@@ -94,7 +94,7 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, v
     _column_partials(x, sums, squares)
     mean, inv_std = _statistics(sums, squares, x.shape[0], float(epsilon), mean_out, variance_out)
     dtype = x.dtype
-    _affine_blocks(x, mean.astype(dtype), (gamma * inv_std).astype(dtype), beta.astype(dtype), code, alpha, y)
+    _affine_blocks(x, mean.astype(dtype), (gamma * inv_std).astype(dtype), beta, code, alpha, y)
     return inv_std
 
 

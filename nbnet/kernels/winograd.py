@@ -59,11 +59,15 @@ PLAIN_MIN_PIXELS = 64
 F4_MAX_PRODUCTS = 0.65
 
 
+def _f4_products(out_h, out_w):
+    """Products a channel pair of F(4x4, 3x3) makes for this output: 36 a 4x4 block."""
+    return -(-out_h // 4) * -(-out_w // 4) * 36
+
+
 def plain_variant(out_h, out_w):
     """winograd_tiles' variant for a float32 unpooled pass with this output."""
-    f4 = -(-out_h // 4) * -(-out_w // 4) * 36
     f2 = -(-out_h // 2) * -(-out_w // 2) * 16
-    return F4_3 if f4 <= F4_MAX_PRODUCTS * f2 else F2_3
+    return F4_3 if _f4_products(out_h, out_w) <= F4_MAX_PRODUCTS * f2 else F2_3
 
 
 # From 512 channel pairs F(4x4, 3x3) beats the implicit GEMM on thin layers too (which
@@ -94,9 +98,8 @@ def pool_apart(dtype, out_h, out_w):
     6.0 / 2.35 -> 3.6. The CIFAR CNN of tools/bench_zoo.py, b128 57.4 -> 48.1 ms a step."""
     if np.dtype(dtype) != np.float32:
         return False
-    f4 = -(-out_h // 4) * -(-out_w // 4) * 36
     fused = (out_h // 2) * (out_w // 2) * 16
-    return f4 <= F4_MAX_PRODUCTS * fused
+    return _f4_products(out_h, out_w) <= F4_MAX_PRODUCTS * fused
 
 
 def plain_positions(dtype, out_h, out_w):

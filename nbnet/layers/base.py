@@ -252,6 +252,9 @@ class Layer:
                 view = buf[:shape[0]]
                 self._buffers[key, shape] = buf, view
             return view
+        if buf is not None:  # the views of the buffer being replaced go with it
+            for stale in [k for k in self._buffers if len(k) == 2 and k[0] == key]:
+                del self._buffers[stale]
         buf = self.ops.empty(shape, dtype)
         self._buffers[key] = buf
         return buf

@@ -164,7 +164,9 @@ class Conv2D(KernelMixin, Layer):
         rounding makes two activated values of a window equal, the gradient may go to the
         other one of them. tools/bench_zoo.py's big_kernels (a 7x7 leaky relu conv of 16
         filters, then a 2x2 pool), batch 128: 14.7 -> 13.8 ms a step, predict 22.7k ->
-        25.3k images/s."""
+        25.3k images/s (two runs each, alternating; the predict figure with Layer._buffer's
+        views of the full batch's buffers, without which the pooled layer's larger
+        predict chunks halved it)."""
         return self._code if self._code in (LINEAR, RELU) else LINEAR
 
     def forward(self, x, training=False):
@@ -290,8 +292,7 @@ class Conv2D(KernelMixin, Layer):
         if pooled_code != self._code:
             # dy, the pooled output's gradient, taken through the activation in place.
             dy2d = dy.reshape(-1, self.filters)
-            ops.activation_backward(self._pooled.reshape(-1, self.filters), dy2d, self._code, self._slope, dy2d,
-                                    ops.nothing(dtype))
+            self._activation_gradient(self._pooled.reshape(-1, self.filters), dy2d, False, ops.nothing(dtype))
             dy = dy2d.reshape(dy.shape)  # the same array, unless dy was not contiguous
         if self._direct and pool_size:
             # dy is the pool's gradient; each image's conv gradient is made, used and dropped in one pass.
