@@ -198,6 +198,21 @@ def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatc
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_the_unpooled_f4x4_limit_follows_the_cpu_family_and_leaves_the_pooled_and_thin_rules_alone(monkeypatch):
+    """On AMD's Zen cores F(4x4, 3x3) took only shares up to F4_MAX_PRODUCTS (14x14 measured
+    slower there); elsewhere (measured on an Intel Xeon) up to 0.75 of F(2x2)'s products.
+    The pooled pass and the thin layers keep F4_MAX_PRODUCTS on every CPU."""
+    assert winograd.plain_f4_max_products("znver4") == winograd.F4_MAX_PRODUCTS
+    assert winograd.plain_f4_max_products("sapphirerapids") == 0.75
+    for cpu_name, f4_at_14 in (("znver4", False), ("sapphirerapids", True)):
+        monkeypatch.setattr(winograd, "PLAIN_F4_MAX_PRODUCTS", winograd.plain_f4_max_products(cpu_name))
+        assert (winograd.plain_variant(14, 14) == winograd.F4_3) == f4_at_14
+        assert winograd.plain_variant(28, 28) == winograd.F4_3  # 0.56 on both
+        assert winograd.plain_variant(6, 6) == winograd.F2_3  # 1.0 on both
+        assert not winograd.pool_apart(np.float32, 14, 14)
+        assert not winograd.f4_over_implicit(np.float32, 16, 32, 14, 14)
+
+
 def test_a_pooled_conv_runs_f4x4_with_the_pool_apart_and_trains_as_without_winograd(monkeypatch):
     """A float32 3x3 conv + 2x2 max pool whose output suits F(4x4, 3x3) (16x16) runs the
     unpooled Winograd pass and the pool apart (winograd.pool_apart); one SGD step equals

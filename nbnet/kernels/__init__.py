@@ -8,3 +8,11 @@ Nothing here compiles at import: Numba compiles on first call and caches to disk
 # Fixed chunk count for parallel reductions: partial sums per chunk, then a serial sum.
 # A fixed count (not the thread count) keeps results bit-identical whatever the threads.
 REDUCTION_CHUNKS = 16
+
+
+def host_cpu_name():
+    """LLVM's name for this machine's CPU ("znver4", "sapphirerapids", ...): the size
+    rules that were measured to differ between CPU families key on it."""
+    from llvmlite import binding
+
+    return binding.get_host_cpu_name()

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .activations import LINEAR, RELU
-from . import winograd_tiles
+from . import host_cpu_name, winograd_tiles
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from .pool import max_of_window
@@ -52,11 +52,30 @@ PLAIN_MIN_PIXELS = 64
 # In float32 the unpooled pass runs winograd_tiles.py: F(4x4, 3x3) where its products are
 # at most this share of F(2x2, 3x3)'s (sides that are multiples of 4, or one short: 28x28,
 # 16x16, 7x7 give 0.56), F(2x2, 3x3) elsewhere (14x14: 0.73, 6x6: 1.0). Layer forward +
-# backward, 2 cores, batch 128, F(2x2) -> F(4x4) ms, alternating: 28x28x32 -> 32 18.7 ->
-# 13.5, 7x7x64 -> 64 10.7 -> 7.0, 16x16x64 -> 64 43.7 -> 29.7, 6x6x64 -> 128 10.6 -> 13.3;
-# at 14x14 (0.73) 14x14x32 -> 64 8.2 -> 7.2 but 14x14x64 -> 64 15.4 -> 24.9 (BLAS on one
-# thread, as in training; the others with BLAS's own threads, which slowed both sides).
+# backward, 2 cores, batch 128, F(2x2) -> F(4x4) ms, alternating, on an AMD EPYC (Zen 4):
+# 28x28x32 -> 32 18.7 -> 13.5, 7x7x64 -> 64 10.7 -> 7.0, 16x16x64 -> 64 43.7 -> 29.7,
+# 6x6x64 -> 128 10.6 -> 13.3; at 14x14 (0.73) 14x14x32 -> 64 8.2 -> 7.2 but 14x14x64 -> 64
+# 15.4 -> 24.9 (BLAS on one thread, as in training; the others with BLAS's own threads,
+# which slowed both sides). Thin layers (f4_over_implicit) and the pooled pass (pool_apart)
+# keep this share on every CPU.
 F4_MAX_PRODUCTS = 0.65
+# On an Intel Xeon (Sapphire Rapids class) F(4x4) won at 14x14 too, both sizes, in one
+# process, BLAS on one thread, forward + backward, F(2x2) -> F(4x4) ms, two rounds: batch
+# 128 14x14x64 -> 64 21.9 / 22.2 -> 18.6 / 18.9, 14x14x32 -> 64 12.5 -> 11.0 / 10.9, 16x16x64
+# -> 14x14x64 ('valid') 21.6 / 20.7 -> 18.4 / 19.0; batch 32 14x14x64 -> 64 6.1 / 6.2 ->
+# 5.8 / 5.7; the other shares it now covers, batch 128: 28x28x32 -> 26x26x32 ('valid', 0.65)
+# 28.1 / 25.9 -> 22.1 / 20.6, 15x15x64 -> 13x13x64 (0.73) 21.0 / 20.9 -> 17.8 / 18.2, 18x18x32
+# -> 32 (0.69) 11.8 / 11.9 -> 9.9 / 10.4, 22x22x32 -> 32 (0.67) 18.6 / 19.2 -> 15.7 / 15.2. The
+# Kaggle-style CNN of tools/bench_zoo.py (two such layers), b128 97.2 /
+# 101.8 -> 92.0 / 92.4 ms a step, b32 32.6 / 31.7 -> 30.8 / 29.6 (alternating processes).
+# So the unpooled pass takes F(4x4) up to 0.75 except on AMD's Zen cores, where 14x14 was
+# measured the other way.
+def plain_f4_max_products(cpu_name):
+    """The unpooled pass's F(4x4) share limit on the CPU LLVM names ``cpu_name``."""
+    return F4_MAX_PRODUCTS if cpu_name.startswith("znver") else 0.75
+
+
+PLAIN_F4_MAX_PRODUCTS = plain_f4_max_products(host_cpu_name())
 
 
 def _f4_products(out_h, out_w):
@@ -64,10 +83,14 @@ def _f4_products(out_h, out_w):
     return -(-out_h // 4) * -(-out_w // 4) * 36
 
 
+def _f4_share(out_h, out_w):
+    """F(4x4, 3x3)'s products for this output over F(2x2, 3x3)'s."""
+    return _f4_products(out_h, out_w) / (-(-out_h // 2) * -(-out_w // 2) * 16)
+
+
 def plain_variant(out_h, out_w):
     """winograd_tiles' variant for a float32 unpooled pass with this output."""
-    f2 = -(-out_h // 2) * -(-out_w // 2) * 16
-    return F4_3 if _f4_products(out_h, out_w) <= F4_MAX_PRODUCTS * f2 else F2_3
+    return F4_3 if _f4_share(out_h, out_w) <= PLAIN_F4_MAX_PRODUCTS else F2_3
 
 
 # From 512 channel pairs F(4x4, 3x3) beats the implicit GEMM on thin layers too (which
@@ -83,7 +106,7 @@ F4_MIN_CHANNEL_PAIRS = 512
 def f4_over_implicit(dtype, channels, filters, out_h, out_w):
     """Whether a thin float32 3x3 conv (which Conv2D would give the implicit GEMM) runs
     faster as F(4x4, 3x3)."""
-    return (np.dtype(dtype) == np.float32 and plain_variant(out_h, out_w) == F4_3
+    return (np.dtype(dtype) == np.float32 and _f4_share(out_h, out_w) <= F4_MAX_PRODUCTS
             and channels * filters >= F4_MIN_CHANNEL_PAIRS)
 
 
