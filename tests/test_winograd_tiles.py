@@ -128,6 +128,29 @@ def test_bias_and_relu_in_the_stores_equal_their_own_pass(variant):
         np.testing.assert_array_equal(fused, expected)
 
 
+def test_the_backward_scratch_image_is_as_large_as_each_pass_pads(monkeypatch):
+    """Two 5x5 passes, 16 -> 32 channels, whose chunks have one shape (197 blocks: 4 images
+    of 14x14 or one of 28x28) but pad images of different sizes: each backward gets a
+    scratch image of its own size. Sharing the 14x14 one, the 28x28 adjoint wrote past its
+    end (heap corruption; the gradients still came out right)."""
+    variant = winograd_tiles.F2_5
+    monkeypatch.setattr(winograd_tiles, "for_each_worker", lambda task, count: [task(0, count)])
+    rng = np.random.default_rng(3)
+    kernel = rng.standard_normal((5, 5, 16, 32)).astype(np.float32)
+    u = np.empty((winograd_tiles.positions(variant), 16, 32), np.float32)
+    padded = {}
+    for batch, side in ((4, 14), (1, 28)):
+        x = rng.standard_normal((batch, side, side, 16)).astype(np.float32)
+        dz = rng.standard_normal((batch, side, side, 32)).astype(np.float32)
+        winograd_tiles.backward(variant, x, kernel, dz, 2, 2, u, np.zeros_like(kernel), True, np.empty_like(x))
+        tiles = -(-side // 2)
+        rows, columns = winograd_tiles.padded_size(variant, tiles, tiles)
+        padded[rows * columns * 16] = side
+    scratch = [buffers[3] for key, buffers in winograd_tiles._scratch.buffers.items()
+               if key[0] == "winograd backward" and key[2] == (36, 197, 16)]
+    assert sorted(image.size for image in scratch) == sorted(padded)
+
+
 def test_layers_of_one_block_grid_but_other_paddings_keep_their_own_zero_borders():
     """A 'same' conv and a 'valid' one with the same output size share every chunk shape:
     each keeps its own zero-bordered image buffer (the 'valid' one's pixels read as the

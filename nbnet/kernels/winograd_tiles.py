@@ -394,7 +394,10 @@ def backward(variant, x, kernel, dz, pad_top, pad_left, u, dkernel, need_dx, dx)
 
     def run(first, stop):
         v, products, image, block = _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk, pad_top, pad_left)
-        dv, du_chunk, du, dimage = worker_buffers(("winograd backward", variant, v.shape, filters), lambda: (
+        # Keyed by the image's size too: passes of one chunk shape can pad different
+        # images (5x5, 16 -> 32: 4 images of 14x14 or one of 28x28 make 197 blocks).
+        key = ("winograd backward", variant, v.shape, filters, image.size)
+        dv, du_chunk, du, dimage = worker_buffers(key, lambda: (
             np.empty_like(v), np.empty((n * n, v.shape[2], filters), np.float32),
             np.empty((n * n, v.shape[2], filters), np.float32), np.empty_like(image)))
         du[:] = 0
