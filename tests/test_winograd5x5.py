@@ -12,6 +12,13 @@ from nbnet.kernels import winograd5x5
 from nbnet.kernels.winograd5x5 import conv5x5_forward, toom_cook
 
 
+@pytest.fixture(autouse=True)
+def zen_pairs(monkeypatch):
+    """The layers here take this pass from 512 channel pairs (AMD Zen's rule) on any CPU:
+    their tests are of the pass, test_applies_... checks where each CPU family takes it."""
+    monkeypatch.setattr(winograd5x5, "HOST_MIN_CHANNEL_PAIRS", winograd5x5.MIN_CHANNEL_PAIRS)
+
+
 @pytest.mark.parametrize("m, r, points", [(2, 5, (0, 1, -1, 2, -2)), (2, 3, (0, 1, -1)), (4, 3, (0, 1, -1, 2, -2))])
 def test_toom_cook_matrices_compute_a_correlation(m, r, points):
     a_t, g, b_t = toom_cook(m, r, points)
@@ -101,11 +108,25 @@ def test_backward_equals_the_convolutions_gradients(batch, height, width, channe
 
 def test_applies_to_5x5_stride_1_from_16_channels_and_512_pairs():
     assert winograd5x5.applies((5, 5), (1, 1), 16, 32, 196)
+    assert winograd5x5.applies((5, 5), (1, 1), 24, 48, 196)
     assert not winograd5x5.applies((5, 5), (1, 1), 16, 16, 196)  # 256 pairs: the planar pass is faster
     assert not winograd5x5.applies((5, 5), (1, 1), 8, 128, 196)
     assert not winograd5x5.applies((5, 5), (2, 2), 32, 64, 196)
     assert not winograd5x5.applies((3, 3), (1, 1), 32, 64, 196)
     assert not winograd5x5.applies((5, 5), (1, 1), 32, 64, 49)  # 7x7: the implicit GEMM is faster
+
+
+def test_off_amd_zen_the_implicit_gemm_keeps_up_to_1024_channel_pairs(monkeypatch):
+    assert winograd5x5.min_channel_pairs("znver4") == winograd5x5.MIN_CHANNEL_PAIRS == 512
+    monkeypatch.setattr(winograd5x5, "HOST_MIN_CHANNEL_PAIRS", winograd5x5.min_channel_pairs("sapphirerapids"))
+    assert not winograd5x5.applies((5, 5), (1, 1), 16, 32, 196)
+    assert not winograd5x5.applies((5, 5), (1, 1), 32, 32, 196)
+    assert winograd5x5.applies((5, 5), (1, 1), 24, 48, 196)
+    assert winograd5x5.applies((5, 5), (1, 1), 32, 64, 196)
+    conv = layers.Conv2D(32, 5, padding="same")
+    conv.build((14, 14, 16), np.random.default_rng(0))
+    conv.forward(np.zeros((2, 14, 14, 16), np.float32))
+    assert conv._implicit and not conv._winograd5x5
 
 
 def _conv_layer(pool, activation, seed=0):

@@ -28,7 +28,7 @@ from numba import njit
 
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
-from . import winograd_tiles
+from . import host_cpu_name, winograd_tiles
 from .winograd_tiles import F2_5, chunk_ranges, image_placement, toom_cook, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
@@ -46,6 +46,25 @@ CHUNK_VALUES = 400_000
 MIN_CHANNELS = 16
 MIN_CHANNEL_PAIRS = 512
 MIN_PIXELS = 100
+# On an Intel Xeon (Sapphire Rapids class) the implicit GEMM, with two vectors a row from
+# 32 filters, kept up to 1024 pairs. Forward + backward, 2 cores, BLAS on one thread, in
+# one process, batch 128, implicit against F(2x2, 5x5), ms, two rounds: 14x14x16 -> 32 9.6
+# / 8.6 against 12.0 / 11.7 (batch 32 2.2 / 2.2 against 3.5 / 3.7), 28x28x16 -> 32 35.7 /
+# 34.3 against 42.0 / 41.0, 10x10x16 -> 32 4.6 / 4.7 against 6.5 / 6.7, 14x14x32 -> 32 16.7
+# / 16.7 against 17.5 / 17.3, 14x14x16 -> 64 18.3 / 18.4 against 17.0 / 18.6; from there
+# Winograd: 14x14x24 -> 48 24.5 / 25.0 against 20.0 / 20.2, 14x14x32 -> 64 36.2 / 36.9
+# against 30.4 / 32.4, 14x14x64 -> 64 71.6 / 69.9 against 52.3 / 52.3. AMD's Zen cores keep
+# MIN_CHANNEL_PAIRS (measured there as above).
+INTEL_MIN_CHANNEL_PAIRS = 1025
+
+
+def min_channel_pairs(cpu_name):
+    """The channel pairs from which a 5x5 conv takes this path on the CPU LLVM names
+    ``cpu_name``."""
+    return MIN_CHANNEL_PAIRS if cpu_name.startswith("znver") else INTEL_MIN_CHANNEL_PAIRS
+
+
+HOST_MIN_CHANNEL_PAIRS = min_channel_pairs(host_cpu_name())
 
 
 _A_T, _G, _B_T = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))
@@ -56,7 +75,7 @@ _GG = {np.dtype(dtype): np.kron(_G, _G).astype(dtype) for dtype in (np.float32, 
 def applies(kernel_size, strides, channels, filters, out_pixels):
     """Whether a plain (ungrouped, undilated) Conv2D takes this path, in training and inference."""
     return (tuple(kernel_size) == (5, 5) and tuple(strides) == (1, 1) and channels >= MIN_CHANNELS
-            and channels * filters >= MIN_CHANNEL_PAIRS and out_pixels >= MIN_PIXELS)
+            and channels * filters >= HOST_MIN_CHANNEL_PAIRS and out_pixels >= MIN_PIXELS)
 
 
 def kernel_transform(kernel, u):
