@@ -198,6 +198,35 @@ def test_conv2d_takes_the_unpooled_winograd_path_and_trains_as_im2col(monkeypatc
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_wide_convs_take_winograd_and_train_as_the_implicit_gemm(monkeypatch):
+    """128 channels (beyond 64 the implicit GEMM took them, at half Winograd's speed) run
+    the unpooled pass, F(4x4) on 8x8 and F(2x2) on 10x10; one SGD step equals the
+    implicit GEMM's."""
+    from nbnet import layers, models, optimizers
+
+    rng = np.random.default_rng(5)
+    least = winograd.PLAIN_MIN_CHANNELS
+    for side, variant in ((8, winograd.F4_3), (10, winograd.F2_3)):
+        assert winograd.plain_variant(side, side) == variant
+        x = rng.standard_normal((3, side, side, 128)).astype(np.float32)
+        y = rng.integers(0, 3, 3)
+        results = []
+        for minimum in (least, 10 ** 6):
+            monkeypatch.setattr(winograd, "PLAIN_MIN_CHANNELS", minimum)
+            model = models.Sequential([layers.Input((side, side, 128)),
+                                       layers.Conv2D(128, 3, padding="same", activation="relu"),
+                                       layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")],
+                                      seed=0)
+            model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+            model.train_on_batch(x, y)
+            conv = model.layers[0]
+            results.append((model.get_weights(), (conv._winograd, conv._implicit)))
+        (winograd_weights, used), (implicit_weights, unused) = results
+        assert used == (True, False) and unused == (False, True)
+        for a, b in zip(winograd_weights, implicit_weights):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_unpooled_f4x4_limit_follows_the_cpu_family_and_leaves_the_pooled_and_thin_rules_alone(monkeypatch):
     """On AMD's Zen cores F(4x4, 3x3) took only shares up to F4_MAX_PRODUCTS (14x14 measured
     slower there); elsewhere (measured on an Intel Xeon) up to 0.75 of F(2x2)'s products.

@@ -42,10 +42,18 @@ def applies(kernel_size, strides, pool_size):
 
 # Where the unpooled pass beats im2col + BLAS (layer forward + backward, batch 128, 2
 # cores): from 8 input channels (fewer, and the transforms cost more than the multiplies
-# they save) to 64 (14x14x128 -> 128: im2col 140 ms, Winograd 198), on outputs of 8x8 or
-# more (7x7x64 -> 64: 9.0 ms, 10.9; an odd side wastes a quarter of its blocks).
+# they save), on outputs of 8x8 or more (7x7x64 -> 64: 9.0 ms, 10.9; an odd side wastes a
+# quarter of its blocks). No upper limit: up to 64 channels before (14x14x128 -> 128 with
+# F(2x2) in Numba loops: im2col 140 ms, Winograd 198), but with winograd_tiles.py's passes
+# wide layers gain most (products grow with channels x filters, transforms with channels
+# + filters). Against the implicit GEMM, which took them, on an Intel Xeon, BLAS on one
+# thread, ms, two rounds: 16x16x128 -> 128 b128 146 / 149 -> 70 / 74 (F(4x4)), b32 39.5 /
+# 38.7 -> 24.6 / 24.6, 8x8x128 -> 128 34.3 / 34.8 -> 21.9 / 22.5, 8x8x128 -> 256 82.7 / 83.3
+# -> 41.5 / 40.5, 10x10x128 -> 128 (F(2x2)) 61.5 / 61.3 -> 44.5 / 45.2, 9x9x128 -> 128 49.9 /
+# 50.1 -> 42.7 / 43.0, 8x8x512 -> 512 at batch 16 213 / 211 -> 187 / 184. A VGG-style CIFAR
+# net (32, 32, pool, 64, 64, pool, 128, 128, 128, pool; alternating processes) b128 169 /
+# 162 -> 151 / 137 ms a step, b32 58 / 55 -> 54 / 51, predict 1000 424 / 418 -> 389 / 347.
 PLAIN_MIN_CHANNELS = 8
-PLAIN_MAX_CHANNELS = 64
 PLAIN_MIN_PIXELS = 64
 
 
@@ -134,7 +142,7 @@ def plain_positions(dtype, out_h, out_w):
 def plain_applies(kernel_size, strides, channels, out_pixels):
     """Whether a Conv2D without an absorbed pool can take the Winograd path."""
     return (tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1)
-            and PLAIN_MIN_CHANNELS <= channels <= PLAIN_MAX_CHANNELS and out_pixels >= PLAIN_MIN_PIXELS)
+            and channels >= PLAIN_MIN_CHANNELS and out_pixels >= PLAIN_MIN_PIXELS)
 
 
 # G = [[1,0,0], [1/2,1/2,1/2], [1/2,-1/2,1/2], [0,0,1]]; (G g G^T)[i, j] = sum over r, s of
