@@ -227,18 +227,19 @@ def test_wide_convs_take_winograd_and_train_as_the_implicit_gemm(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_the_unpooled_f4x4_limit_follows_the_cpu_family_and_leaves_the_pooled_and_thin_rules_alone(monkeypatch):
+def test_the_f4x4_limit_follows_the_cpu_family_and_leaves_thin_layers_alone(monkeypatch):
     """On AMD's Zen cores F(4x4, 3x3) took only shares up to F4_MAX_PRODUCTS (14x14 measured
-    slower there); elsewhere (measured on an Intel Xeon) up to 0.75 of F(2x2)'s products.
-    The pooled pass and the thin layers keep F4_MAX_PRODUCTS on every CPU."""
-    assert winograd.plain_f4_max_products("znver4") == winograd.F4_MAX_PRODUCTS
-    assert winograd.plain_f4_max_products("sapphirerapids") == 0.75
+    slower there); elsewhere (measured on an Intel Xeon) up to 0.75 of F(2x2)'s products,
+    unpooled and with the pool apart. Thin layers keep F4_MAX_PRODUCTS on every CPU."""
+    assert winograd.host_f4_max_products("znver4") == winograd.F4_MAX_PRODUCTS
+    assert winograd.host_f4_max_products("sapphirerapids") == 0.75
     for cpu_name, f4_at_14 in (("znver4", False), ("sapphirerapids", True)):
-        monkeypatch.setattr(winograd, "PLAIN_F4_MAX_PRODUCTS", winograd.plain_f4_max_products(cpu_name))
+        monkeypatch.setattr(winograd, "HOST_F4_MAX_PRODUCTS", winograd.host_f4_max_products(cpu_name))
         assert (winograd.plain_variant(14, 14) == winograd.F4_3) == f4_at_14
+        assert winograd.pool_apart(np.float32, 14, 14) == f4_at_14
         assert winograd.plain_variant(28, 28) == winograd.F4_3  # 0.56 on both
         assert winograd.plain_variant(6, 6) == winograd.F2_3  # 1.0 on both
-        assert not winograd.pool_apart(np.float32, 14, 14)
+        assert not winograd.pool_apart(np.float32, 10, 10)  # 0.81: the MNIST CNN's second conv stays fused
         assert not winograd.f4_over_implicit(np.float32, 16, 32, 14, 14)
 
 

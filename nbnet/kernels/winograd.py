@@ -64,8 +64,7 @@ PLAIN_MIN_PIXELS = 64
 # 28x28x32 -> 32 18.7 -> 13.5, 7x7x64 -> 64 10.7 -> 7.0, 16x16x64 -> 64 43.7 -> 29.7,
 # 6x6x64 -> 128 10.6 -> 13.3; at 14x14 (0.73) 14x14x32 -> 64 8.2 -> 7.2 but 14x14x64 -> 64
 # 15.4 -> 24.9 (BLAS on one thread, as in training; the others with BLAS's own threads,
-# which slowed both sides). Thin layers (f4_over_implicit) and the pooled pass (pool_apart)
-# keep this share on every CPU.
+# which slowed both sides). Thin layers (f4_over_implicit) keep this share on every CPU.
 F4_MAX_PRODUCTS = 0.65
 # On an Intel Xeon (Sapphire Rapids class) F(4x4) won at 14x14 too, both sizes, in one
 # process, BLAS on one thread, forward + backward, F(2x2) -> F(4x4) ms, two rounds: batch
@@ -77,13 +76,14 @@ F4_MAX_PRODUCTS = 0.65
 # Kaggle-style CNN of tools/bench_zoo.py (two such layers), b128 97.2 /
 # 101.8 -> 92.0 / 92.4 ms a step, b32 32.6 / 31.7 -> 30.8 / 29.6 (alternating processes).
 # So the unpooled pass takes F(4x4) up to 0.75 except on AMD's Zen cores, where 14x14 was
-# measured the other way.
-def plain_f4_max_products(cpu_name):
-    """The unpooled pass's F(4x4) share limit on the CPU LLVM names ``cpu_name``."""
+# measured the other way; the pooled pass goes apart up to the same share (see pool_apart).
+def host_f4_max_products(cpu_name):
+    """The share of F(2x2)'s products up to which the unpooled pass and a pool apart take
+    F(4x4) on the CPU LLVM names ``cpu_name``."""
     return F4_MAX_PRODUCTS if cpu_name.startswith("znver") else 0.75
 
 
-PLAIN_F4_MAX_PRODUCTS = plain_f4_max_products(host_cpu_name())
+HOST_F4_MAX_PRODUCTS = host_f4_max_products(host_cpu_name())
 
 
 def _f4_products(out_h, out_w):
@@ -98,7 +98,7 @@ def _f4_share(out_h, out_w):
 
 def plain_variant(out_h, out_w):
     """winograd_tiles' variant for a float32 unpooled pass with this output."""
-    return F4_3 if _f4_share(out_h, out_w) <= PLAIN_F4_MAX_PRODUCTS else F2_3
+    return F4_3 if _f4_share(out_h, out_w) <= HOST_F4_MAX_PRODUCTS else F2_3
 
 
 # From 512 channel pairs F(4x4, 3x3) beats the implicit GEMM on thin layers too (which
@@ -122,15 +122,21 @@ def pool_apart(dtype, out_h, out_w):
     """Whether a float32 3x3 conv followed by a 2x2 max pool runs faster as the unpooled
     pass (F(4x4, 3x3) over the whole output) and the pool apart than as the fused pooled
     pass (F(2x2, 3x3) over the pooled part): where F(4x4)'s products are at most
-    F4_MAX_PRODUCTS of the fused pass's. Forward + backward, batch 128 / 32, 2 cores, ms,
-    fused -> apart: 30x30x32 -> 32 22.8 -> 18.7 / 6.7 -> 5.6, 28x28x32 -> 32 ('same') 20.0
-    -> 15.5 / 5.2 -> 4.1, 16x16x32 -> 64 12.8 -> 11.0 / 5.9 -> 5.4; the MNIST CNN's second
-    conv (out_h, out_w 10x10: the pool's part of its 11x11 output; 0.81) stays fused: 6.0 ->
-    6.0 / 2.35 -> 3.6. The CIFAR CNN of tools/bench_zoo.py, b128 57.4 -> 48.1 ms a step."""
+    HOST_F4_MAX_PRODUCTS of the fused pass's. Forward + backward, batch 128 / 32, 2 cores,
+    ms, fused -> apart, on the EPYC: 30x30x32 -> 32 22.8 -> 18.7 / 6.7 -> 5.6, 28x28x32 ->
+    32 ('same') 20.0 -> 15.5 / 5.2 -> 4.1, 16x16x32 -> 64 12.8 -> 11.0 / 5.9 -> 5.4; the
+    MNIST CNN's second conv (out_h, out_w 10x10: the pool's part of its 11x11 output; 0.81)
+    stays fused: 6.0 -> 6.0 / 2.35 -> 3.6. The CIFAR CNN of tools/bench_zoo.py, b128 57.4 ->
+    48.1 ms a step. On the Intel Xeon (relu layers, two rounds in one process, BLAS on one
+    thread): 28x28x32 -> 26x26x64 'valid' (0.65) 48.8 / 45.8 -> 41.0 / 40.2, batch 32 13.0 /
+    13.3 -> 10.8 / 11.0, 18x18x32 -> 32 (0.69) 15.1 / 15.5 -> 14.4 / 13.9, 16x16x64 ->
+    14x14x64 (0.73) 26.2 / 25.3 -> 23.9 / 24.3, 14x14x64 -> 64 24.3 / 22.8 -> 21.4 / 22.5
+    (batch 32 even); tools/bench_zoo.py's pointwise_gap (its 26x26 layer) b128 58.4 / 56.1
+    -> 48.1 / 50.1 ms a step, predict 1000 155 / 163 -> 125 / 129 ms."""
     if np.dtype(dtype) != np.float32:
         return False
     fused = (out_h // 2) * (out_w // 2) * 16
-    return _f4_products(out_h, out_w) <= F4_MAX_PRODUCTS * fused
+    return _f4_products(out_h, out_w) <= HOST_F4_MAX_PRODUCTS * fused
 
 
 def plain_positions(dtype, out_h, out_w):
