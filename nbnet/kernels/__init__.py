@@ -16,3 +16,19 @@ def host_cpu_name():
     from llvmlite import binding
 
     return binding.get_host_cpu_name()
+
+
+def l2_cache_bytes(folder="/sys/devices/system/cpu/cpu0/cache"):
+    """One core's L2 cache, from Linux's sysfs; 1 MiB where it cannot be read (other
+    systems, containers without sysfs)."""
+    from pathlib import Path
+
+    try:
+        for index in sorted(Path(folder).glob("index*")):
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 1 << 20
