@@ -201,7 +201,10 @@ def test_conv2d_on_the_implicit_gemm_trains_as_on_the_planar_pass(monkeypatch, p
 def test_thin_layers_run_it_and_train_as_on_their_own_passes(monkeypatch):
     """A first conv of 3 channels (the direct kernels' before), one of 32 -> 8 channels
     (Winograd's: it keeps its layers from 32 channels) and one of 8 -> 16 (the planar
-    pass's) train as with neither on the implicit GEMM."""
+    pass's) train as with neither on the implicit GEMM. (Five images: Winograd kept for them.)"""
+    from nbnet.layers import convolutional
+
+    monkeypatch.setattr(convolutional, "WINOGRAD_MIN_IMAGES", 1)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 10, 10, 3)).astype(np.float32)
     y = rng.standard_normal((5, 2)).astype(np.float32)

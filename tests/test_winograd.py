@@ -7,6 +7,14 @@ import pytest
 
 from nbnet.kernels import conv, pool, winograd, winograd_tiles
 from nbnet.kernels.activations import LINEAR, RELU
+from nbnet.layers import convolutional
+
+
+@pytest.fixture(autouse=True)
+def winograd_from_one_image(monkeypatch):
+    """The layers here run Winograd on their few images (Conv2D gives fewer than
+    WINOGRAD_MIN_IMAGES to the implicit GEMM; test_few_images_... checks that)."""
+    monkeypatch.setattr(convolutional, "WINOGRAD_MIN_IMAGES", 1)
 
 
 def reference(x, kernel, bias, code, padding):
@@ -225,6 +233,33 @@ def test_wide_convs_take_winograd_and_train_as_the_implicit_gemm(monkeypatch):
         assert used == (True, False) and unused == (False, True)
         for a, b in zip(winograd_weights, implicit_weights):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_few_images_run_the_implicit_gemm_and_predict_as_winograd(monkeypatch):
+    """Under WINOGRAD_MIN_IMAGES images Conv2D runs the implicit GEMM instead of Winograd
+    (3x3 unpooled, 3x3 with its pool, 5x5); from there Winograd; the outputs agree to
+    rounding. float64 (no implicit GEMM) keeps Winograd for any batch."""
+    from nbnet import layers
+
+    monkeypatch.undo()
+    assert convolutional.WINOGRAD_MIN_IMAGES == 16
+    rng = np.random.default_rng(8)
+    for size, pooled, channels, flag in ((3, False, 32, "_winograd"), (3, True, 32, "_winograd"),
+                                         (5, False, 64, "_winograd5x5")):
+        conv_layer = layers.Conv2D(64, size, padding="same", activation="relu")
+        conv_layer.build((14, 14, channels), rng)
+        if pooled:
+            conv_layer.pool = layers.MaxPooling2D(2)
+            conv_layer.pool.build((14, 14, 64))
+        x = rng.standard_normal((16, 14, 14, channels)).astype(np.float32)
+        many = conv_layer.forward(x).copy()
+        assert getattr(conv_layer, flag) and not conv_layer._implicit
+        few = conv_layer.forward(x[:15]).copy()
+        assert conv_layer._implicit and not getattr(conv_layer, flag)
+        np.testing.assert_allclose(few, many[:15], rtol=1e-4, atol=1e-4 * np.abs(many).max())
+        conv_layer.astype(np.float64)
+        conv_layer.forward(x[:2].astype(np.float64))
+        assert getattr(conv_layer, flag) and not conv_layer._implicit
 
 
 def test_the_f4x4_limit_follows_the_cpu_family_and_leaves_thin_layers_alone(monkeypatch):

@@ -14,9 +14,13 @@ from nbnet.kernels.winograd5x5 import conv5x5_forward, toom_cook
 
 @pytest.fixture(autouse=True)
 def zen_pairs(monkeypatch):
-    """The layers here take this pass from 512 channel pairs (AMD Zen's rule) on any CPU:
-    their tests are of the pass, test_applies_... checks where each CPU family takes it."""
+    """The layers here take this pass from 512 channel pairs (AMD Zen's rule) on any CPU
+    and from one image: their tests are of the pass, test_applies_... checks where each CPU
+    family takes it, tests/test_winograd.py from how many images."""
+    from nbnet.layers import convolutional
+
     monkeypatch.setattr(winograd5x5, "HOST_MIN_CHANNEL_PAIRS", winograd5x5.MIN_CHANNEL_PAIRS)
+    monkeypatch.setattr(convolutional, "WINOGRAD_MIN_IMAGES", 1)
 
 
 @pytest.mark.parametrize("m, r, points", [(2, 5, (0, 1, -1, 2, -2)), (2, 3, (0, 1, -1)), (4, 3, (0, 1, -1, 2, -2))])

@@ -88,6 +88,20 @@ def _check_span(layer, input_shape):
 # 5x5) wherever winograd5x5.applies (from 16 channels: 512 channel pairs on AMD Zen, over
 # 1024 elsewhere).
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
+# Below this many images the implicit GEMM takes the convs Winograd would: Winograd's
+# fixed costs per call (the kernel's transform, handing the images to the worker threads
+# and back: about 250 us on this Intel VM for two images against 70 for one in the
+# calling thread) outweigh its fewer multiplies. Forward + backward, BLAS on one thread,
+# Winograd -> implicit, two rounds, ms: 8 images 14x14x64 -> 64 2.85 / 2.93 -> 2.02 /
+# 2.06, 8x8x128 -> 128 5.42 / 5.34 -> 3.19 / 3.30, 14x14x32 -> 64 5x5 3.21 / 3.11 -> 2.85 /
+# 2.57, pooled 13x13x32 -> 64 1.35 / 1.33 -> 0.77 / 0.70; 16 images about even (16x16x64
+# -> 64 4.04 / 3.81 -> 4.96 / 4.90, 28x28x32 -> 32 3.92 / 4.17 -> 3.55 / 3.27). Predict's
+# forward alone, us: one image 14x14x64 -> 64 224 / 230 -> 144 / 142, 8x8x128 -> 128 629
+# / 616 -> 182 / 183; four images 14x14x64 -> 64 918 / 745 -> 274 / 356. One-image
+# predicts of tools/bench_zoo.py's nets, us, three rounds in one process: kaggle_bn 1217 /
+# 1229 / 1260 -> 973 / 1018 / 1012, cifar 1150-1173 -> 907-918, cifar_bn 710-717 ->
+# 591-596, pointwise_gap 483-490 -> 421-429, seed_cnn 274-280 -> 252-257.
+WINOGRAD_MIN_IMAGES = 16
 
 
 class Conv2D(KernelMixin, Layer):
@@ -182,12 +196,16 @@ class Conv2D(KernelMixin, Layer):
         rows = batch * out_h * out_w
         # Which pass: Winograd F(2x2, 5x5), else planar, else direct, else Winograd F(2x2,
         # 3x3), else im2col (see each applies()); all but Winograd from 32 channels and
-        # the direct kernels' fused max pool run as the implicit GEMM in float32.
-        winograd5x5 = (ops.conv5x5_forward is not None
+        # 16 images and the direct kernels' fused max pool run as the implicit GEMM in
+        # float32.
+        can_implicit = ops.implicit_conv_forward is not None and implicit_applies(x.dtype)
+        few_images = batch < WINOGRAD_MIN_IMAGES and can_implicit
+        winograd5x5 = (not few_images and ops.conv5x5_forward is not None
                        and winograd5x5_applies(self.kernel_size, self.strides, x.shape[3], self.filters,
                                                out_h * out_w))
-        plain_winograd = winograd_plain_applies(self.kernel_size, self.strides, x.shape[3], out_h * out_w)
-        pooled_winograd = (self.pool is not None and ops.conv3x3_maxpool_forward is not None
+        plain_winograd = not few_images and winograd_plain_applies(self.kernel_size, self.strides, x.shape[3],
+                                                                   out_h * out_w)
+        pooled_winograd = (not few_images and self.pool is not None and ops.conv3x3_maxpool_forward is not None
                            and winograd_applies(self.kernel_size, self.strides, self.pool.pool_size)
                            and not (plain_winograd and winograd_pool_apart(x.dtype, out_h, out_w)))
         planar = (not winograd5x5 and ops.planar_conv_forward is not None
@@ -205,8 +223,7 @@ class Conv2D(KernelMixin, Layer):
         thin_winograd = (winograd and x.shape[3] <= IMPLICIT_OVER_WINOGRAD_CHANNELS
                          and not (winograd_plain and winograd_f4_over_implicit(x.dtype, x.shape[3], self.filters,
                                                                                out_h, out_w)))
-        implicit = ((planar or im2col or thin_winograd or (direct and self.pool is None))
-                    and ops.implicit_conv_forward is not None and implicit_applies(x.dtype))
+        implicit = (planar or im2col or thin_winograd or (direct and self.pool is None)) and can_implicit
         if implicit:
             planar = direct = winograd = winograd5x5 = im2col = False
         self._x_shape, self._geometry_used = x.shape, geometry
