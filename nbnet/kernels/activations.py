@@ -157,8 +157,10 @@ def _softmax_rows(z, bias, y):
 
 @njit(inline="always")
 def _bias_rows(z, bias, y, first, stop):
-    """y[i] = z[i] + bias (a copy without one; a self-copy when y is z), rows first..stop-1."""
+    """y[i] = z[i] + bias (a copy without one; nothing when y is z), rows first..stop-1."""
     channels = z.shape[1]
+    if bias.shape[0] == 0 and z.ctypes.data == y.ctypes.data:
+        return
     for i in range(first, stop):
         if bias.shape[0] > 0:
             for k in range(channels):
