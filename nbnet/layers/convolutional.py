@@ -276,9 +276,10 @@ class Conv2D(KernelMixin, Layer):
         # 5x5 1 -> 6 tanh at batch 128 1.54 / 1.62 -> 1.17 / 1.28, at 1000 12.5 / 12.0 -> 8.9 /
         # 9.0, its 6 -> 16 1.13 / 1.14 -> 0.83 / 0.96, 7x7 1 -> 16 leaky relu 2.36 / 2.34 ->
         # 1.34 / 1.32, 5x5 16 -> 32 sigmoid 3.90 / 4.00 -> 3.57 / 3.72.
-        stores = not self.keep_logits and (implicit or ((winograd or winograd5x5) and x.dtype == np.float32))
-        in_stores = stores and self._code in (LINEAR, RELU)
-        finish = (bias, self._code == RELU) if stores else ()
+        bias_in_stores = not self.keep_logits and (
+            implicit or ((winograd or winograd5x5) and x.dtype == np.float32))
+        activation_in_stores = bias_in_stores and self._code in (LINEAR, RELU)
+        finish = (bias, self._code == RELU) if bias_in_stores else ()
         if implicit:
             ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, *finish)
         elif planar:
@@ -295,8 +296,8 @@ class Conv2D(KernelMixin, Layer):
         else:
             ops.im2col(x, *geometry, self._cols)
             ops.matmul(self._cols, kernel2d, out=z)
-        if stores:
-            if not in_stores:
+        if bias_in_stores:
+            if not activation_in_stores:
                 ops.bias_activation_forward(z, ops.nothing(x.dtype), self._code, self._slope, z)
             self._y = z
             return z.reshape(batch, out_h, out_w, self.filters)
