@@ -217,21 +217,27 @@ def test_thin_layers_run_it_and_train_as_on_their_own_passes(monkeypatch):
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "leaky_relu", "elu"])
-def test_convs_add_the_bias_in_their_stores_for_any_activation(activation):
+def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monkeypatch):
     """Besides relu, a float32 conv on the implicit GEMM or Winograd adds its bias as it
-    stores and runs its activation in place over the output: the bits of the conv, then
-    bias_activation_forward with the bias (the pass it replaces)."""
+    stores and runs its activation in place over the output, its pass given no bias: the
+    bits of the conv, then bias_activation_forward with the bias (the pass it replaces)."""
+    from nbnet.devices import cpu
     from nbnet.kernels.activations import bias_activation_forward
     from nbnet.kernels.winograd import plain_positions
 
+    passes = []
+    monkeypatch.setattr(cpu, "bias_activation_forward", lambda z, bias, code, alpha, y: (
+        passes.append((bias.size, z is y)), bias_activation_forward(z, bias, code, alpha, y)))
     rng = np.random.default_rng(11)
     for images, size, channels in ((3, 5, 4), (16, 3, 32)):  # the implicit GEMM; Winograd F(4x4)
         conv = layers.Conv2D(8, size, padding="same", activation=activation)
         conv.build((12, 12, channels), rng)
         conv.params["bias"][:] = rng.standard_normal(8)
         x = rng.standard_normal((images, 12, 12, channels)).astype(np.float32)
+        passes.clear()
         got = conv.forward(x).reshape(-1, 8).copy()
         assert conv._implicit == (images == 3) and conv._winograd == (images == 16)
+        assert passes == [(0, True)]  # one pass, in place, without the bias
         z = np.empty_like(got)
         if conv._implicit:
             implicit_gemm.implicit_conv_forward(x, conv.params["kernel"], 1, 1, size // 2, size // 2, 12, 12, z)

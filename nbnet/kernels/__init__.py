@@ -11,11 +11,18 @@ REDUCTION_CHUNKS = 16
 
 
 def host_cpu_name():
-    """LLVM's name for this machine's CPU ("znver4", "sapphirerapids", ...): the size
-    rules that were measured to differ between CPU families key on it."""
+    """LLVM's name for this machine's CPU ("znver4" on the AMD EPYC of sessions 1-14,
+    "rocketlake" on the Intel Xeon of sessions 15-16): the size rules that were measured to
+    differ between CPU families key on it (see is_amd_zen)."""
     from llvmlite import binding
 
     return binding.get_host_cpu_name()
+
+
+def is_amd_zen(cpu_name):
+    """Whether LLVM's ``cpu_name`` is one of AMD's Zen cores, where the Winograd size rules
+    were first measured; other CPUs take the rules measured on the Intel Xeon."""
+    return cpu_name.startswith("znver")
 
 
 def l2_cache_bytes(folder="/sys/devices/system/cpu/cpu0/cache"):

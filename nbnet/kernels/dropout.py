@@ -18,6 +18,7 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX_2 = np.uint64(0x94D049BB133111EB)
 
+
 @njit(inline="always")
 def keep_bits(key, index):
     """The 32 random bits of unit ``index`` (uint64) under ``key`` (uint64), as a uint64."""

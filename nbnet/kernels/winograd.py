@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .activations import LINEAR, RELU
-from . import host_cpu_name, winograd_tiles
+from . import host_cpu_name, is_amd_zen, winograd_tiles
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from .pool import max_of_window
@@ -77,10 +77,13 @@ F4_MAX_PRODUCTS = 0.65
 # 101.8 -> 92.0 / 92.4 ms a step, b32 32.6 / 31.7 -> 30.8 / 29.6 (alternating processes).
 # So the unpooled pass takes F(4x4) up to 0.75 except on AMD's Zen cores, where 14x14 was
 # measured the other way; the pooled pass goes apart up to the same share (see pool_apart).
+OFF_ZEN_F4_MAX_PRODUCTS = 0.75
+
+
 def host_f4_max_products(cpu_name):
     """The share of F(2x2)'s products up to which the unpooled pass and a pool apart take
     F(4x4) on the CPU LLVM names ``cpu_name``."""
-    return F4_MAX_PRODUCTS if cpu_name.startswith("znver") else 0.75
+    return F4_MAX_PRODUCTS if is_amd_zen(cpu_name) else OFF_ZEN_F4_MAX_PRODUCTS
 
 
 HOST_F4_MAX_PRODUCTS = host_f4_max_products(host_cpu_name())

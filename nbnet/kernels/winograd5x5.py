@@ -28,7 +28,7 @@ from numba import njit
 
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
-from . import host_cpu_name, winograd_tiles
+from . import host_cpu_name, is_amd_zen, winograd_tiles
 from .winograd_tiles import F2_5, chunk_ranges, image_placement, toom_cook, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
@@ -55,13 +55,13 @@ MIN_PIXELS = 100
 # Winograd: 14x14x24 -> 48 24.5 / 25.0 against 20.0 / 20.2, 14x14x32 -> 64 36.2 / 36.9
 # against 30.4 / 32.4, 14x14x64 -> 64 71.6 / 69.9 against 52.3 / 52.3. AMD's Zen cores keep
 # MIN_CHANNEL_PAIRS (measured there as above).
-INTEL_MIN_CHANNEL_PAIRS = 1025
+OFF_ZEN_MIN_CHANNEL_PAIRS = 1025
 
 
 def min_channel_pairs(cpu_name):
     """The channel pairs from which a 5x5 conv takes this path on the CPU LLVM names
     ``cpu_name``."""
-    return MIN_CHANNEL_PAIRS if cpu_name.startswith("znver") else INTEL_MIN_CHANNEL_PAIRS
+    return MIN_CHANNEL_PAIRS if is_amd_zen(cpu_name) else OFF_ZEN_MIN_CHANNEL_PAIRS
 
 
 HOST_MIN_CHANNEL_PAIRS = min_channel_pairs(host_cpu_name())

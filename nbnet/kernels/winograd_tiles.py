@@ -32,15 +32,21 @@ from .conv import crop_image, pad_image
 from .lane_maps import LANES, lane_map, masked_lane_map
 from .matmul import for_each_worker
 
-# Values (transformed input + products) per chunk: 1.6x the core's L2 cache in float32
-# bytes. 400k values were measured best on an AMD EPYC (1 MB L2 a core); on an Intel Xeon
-# (2 MB) 800k were: forward + backward, BLAS on one thread, ms, 400k -> 800k, two rounds,
+# Values (transformed input + products) per chunk, from the core's L2 cache: 0.4 a byte,
+# their float32 bytes 1.6x the L2. On the AMD EPYC (1 MB L2 a core) the passes were
+# written with 400k (not measured there against other sizes); on the Intel Xeon (2 MB)
+# 800k measured faster: forward + backward, BLAS on one thread, ms, 400k -> 800k, two rounds,
 # batch 128, 28x28x32 -> 32 (F(4x4)) 24.6 / 24.0 -> 22.1 / 23.5, 14x14x64 -> 64 20.8 / 21.6
 # -> 20.6 / 20.3, 16x16x128 -> 128 77.8 / 76.8 -> 70.4 / 73.6; batch 32 14x14x64 -> 64 5.7 /
 # 6.3 -> 5.7 / 5.9 (1.2M and 1.6M were no better: 14x14x64 -> 64 21.4 / 20.9); training
 # steps b128 (tools/bench_zoo.py, alternating processes) cifar_bn 93.4 / 84.9 -> 83.7 /
 # 82.8 ms, cifar 91.3 / 82.3 -> 79.7 / 79.7, kaggle_bn 119 / 106 -> 114 / 108.
-CHUNK_VALUES = l2_cache_bytes() * 2 // 5
+def chunk_values(l2_bytes):
+    """Values a chunk holds on a core with ``l2_bytes`` of L2 cache."""
+    return l2_bytes * 2 // 5
+
+
+CHUNK_VALUES = chunk_values(l2_cache_bytes())
 
 
 def toom_cook(m, r, points):

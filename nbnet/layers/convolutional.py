@@ -89,18 +89,19 @@ def _check_span(layer, input_shape):
 # 1024 elsewhere).
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 # Below this many images the implicit GEMM takes the convs Winograd would: Winograd's
-# fixed costs per call (the kernel's transform, handing the images to the worker threads
-# and back: about 250 us on this Intel VM for two images against 70 for one in the
-# calling thread) outweigh its fewer multiplies. Forward + backward, BLAS on one thread,
-# Winograd -> implicit, two rounds, ms: 8 images 14x14x64 -> 64 2.85 / 2.93 -> 2.02 /
-# 2.06, 8x8x128 -> 128 5.42 / 5.34 -> 3.19 / 3.30, 14x14x32 -> 64 5x5 3.21 / 3.11 -> 2.85 /
-# 2.57, pooled 13x13x32 -> 64 1.35 / 1.33 -> 0.77 / 0.70; 16 images about even (16x16x64
-# -> 64 4.04 / 3.81 -> 4.96 / 4.90, 28x28x32 -> 32 3.92 / 4.17 -> 3.55 / 3.27). Predict's
-# forward alone, us: one image 14x14x64 -> 64 224 / 230 -> 144 / 142, 8x8x128 -> 128 629
-# / 616 -> 182 / 183; four images 14x14x64 -> 64 918 / 745 -> 274 / 356. One-image
-# predicts of tools/bench_zoo.py's nets, us, three rounds in one process: kaggle_bn 1217 /
-# 1229 / 1260 -> 973 / 1018 / 1012, cifar 1150-1173 -> 907-918, cifar_bn 710-717 ->
-# 591-596, pointwise_gap 483-490 -> 421-429, seed_cnn 274-280 -> 252-257.
+# fixed costs per call (the kernel's transform; handing the images to the worker threads
+# and back: on the Intel VM a 13x13x32 -> 64 pooled forward took 307-322 us for two
+# images, 70-73 for one, which runs in the calling thread) outweigh its fewer multiplies.
+# Forward + backward, BLAS on one thread, Winograd -> implicit, two rounds, ms: 8 images
+# 14x14x64 -> 64 2.85 / 2.93 -> 2.02 / 2.06, 8x8x128 -> 128 5.42 / 5.34 -> 3.19 / 3.30,
+# 14x14x32 -> 64 5x5 3.21 / 3.11 -> 2.85 / 2.57, pooled 13x13x32 -> 64 1.35 / 1.33 -> 0.77
+# / 0.70; 16 images about even (16x16x64 -> 64 4.04 / 3.81 -> 4.96 / 4.90, 28x28x32 -> 32
+# 3.92 / 4.17 -> 3.55 / 3.27). Predict's forward alone, us: one image 14x14x64 -> 64 224 /
+# 230 -> 144 / 142, 8x8x128 -> 128 629 / 616 -> 182 / 183; four images 14x14x64 -> 64 918
+# / 745 -> 274 / 356. One-image predicts of tools/bench_zoo.py's nets, us, three rounds in
+# one process: kaggle_bn 1217 / 1229 / 1260 -> 973 / 1018 / 1012, cifar 1150-1173 ->
+# 907-918, cifar_bn 710-717 -> 591-596, pointwise_gap 483-490 -> 421-429, seed_cnn 274-280
+# -> 252-257.
 WINOGRAD_MIN_IMAGES = 16
 
 
