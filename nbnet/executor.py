@@ -58,6 +58,9 @@ class Plan:
                                      for shape in [step.shape] + step.hidden_shapes)
         self._values = [None] * self.slot_count
         self._fused = None
+        # Recorded inference passes per input shape (see inference_program): a proven
+        # program, or None where the layers' own pass must run.
+        self.programs = {}
 
     def bind(self):
         """Set the call objects up for this plan (a plan is data until then, so one made

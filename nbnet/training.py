@@ -11,12 +11,14 @@ import time
 import warnings
 from contextlib import nullcontext
 
+import numba
 import numpy as np
 
 from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from .devices import cpu
 from .feeding import ArrayFeeder, BatchStream, StreamFeeder, is_batch_source
+from . import inference_program
 from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .progress import ProgressBar
@@ -632,12 +634,16 @@ class TrainingLoop:
         callback_list = self._with_model(callbacks)
         for callback in callback_list:
             callback.on_predict_begin({})
+        recordable = count <= inference_program.RECORD_MAX_SAMPLES
         with self._on_device(), numba_threads(1) if count == 1 else nullcontext():
             ops = self.ops
             for index, start in enumerate(range(0, count, chunk)):
                 for callback in callback_list:
                     callback.on_predict_batch_begin(index, {})
-                for y, out in zip(self._forward(_chunk_to_device(ops, x, start, chunk), training=False), outputs):
+                xs = _chunk_to_device(ops, x, start, chunk)
+                # A large predict's last, smaller chunk is not recorded: once per predict.
+                ys = self._inference_forward(xs) if recordable else self._forward(xs, training=False)
+                for y, out in zip(ys, outputs):
                     ops.copy_to_host(y, out[start:start + chunk])
                 for callback in callback_list:
                     callback.on_predict_batch_end(index, {"outputs": self._structured([o[start:start + chunk]
@@ -645,6 +651,28 @@ class TrainingLoop:
         for callback in callback_list:
             callback.on_predict_end({})
         return self._structured(outputs)
+
+    def _inference_forward(self, xs):
+        """The outputs (a list) of an inference forward of the small batch ``xs`` (on the
+        device). A shape seen before runs the program recorded for it (see
+        inference_program): a one-off predict does not pay for the recording."""
+        if self.ops is not cpu:
+            return self._forward(xs, training=False)
+        programs = self._plan.programs
+        key = tuple((x.shape, x.dtype.str) for x in xs) + (numba.get_num_threads(),)
+        program = programs.get(key, _UNSEEN)
+        if isinstance(program, inference_program.InferenceProgram):
+            if program.current():
+                return program.run(xs)
+            program = _SEEN  # its weights were replaced: record again
+        if program is _SEEN and inference_program.distinct(xs):
+            program = programs[key] = inference_program.record(
+                self._plan, lambda inputs: self._forward(inputs, training=False), xs, cpu)
+            if program is not None:
+                return program.run(xs)
+        elif program is _UNSEEN:
+            programs[key] = _SEEN
+        return self._forward(xs, training=False)
 
     def _structured(self, outputs):
         """Per-output arrays as the model's outputs were given: one, a list, or a dict."""
@@ -729,6 +757,10 @@ def sample_weights(y, targets, sample_weight, class_weight, argument="sample_wei
         by_class = np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
         weights = by_class
     return None if weights is None else weights.astype(np.float32)
+
+
+# _inference_forward's marks of a batch shape: not met yet, or met once (recorded when met again).
+_UNSEEN, _SEEN = object(), object()
 
 
 def _chunk_to_device(ops, arrays, start, size, convert=True):

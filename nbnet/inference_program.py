@@ -1,0 +1,118 @@
+"""A small batch's inference pass, recorded once per input shape and replayed.
+
+On one image the layers' Python (choosing a pass, fetching buffers, the plan's loop)
+took longer than their kernels: a one-image forward of tools/bench_zoo.py's seed CNN spent
+145 us, of which its 7 kernel calls 86. Those calls are the same on every call of a
+given input shape: the same kernels on the same weight arrays and the same buffers. So
+the first forward of a shape runs with every layer's device module swapped for a
+recorder, which notes each call (function, arguments) as it passes it on; later calls
+copy their inputs into the recorded input arrays and make the same calls again.
+
+A program is only kept once it has shown that it computes what the layers compute:
+replayed on other inputs (the recorded ones rearranged), with the weights changed in
+place (rearranged and scaled, then restored), it must give the same bits as the layers'
+own forward. A layer that computes part of its output outside the device module, from
+the input or from the weights, fails that proof, and the model then keeps the layers'
+path for that shape. Weight arrays replaced rather than written (a device move, a dtype
+change) retire the program (``current``).
+"""
+
+import numpy as np
+
+# The largest batch replayed: the Python a replay saves is the same at any batch, the
+# kernels' time grows with it.
+RECORD_MAX_SAMPLES = 16
+# Functions of the device module that allocate or answer, rather than compute: not replayed.
+_NOT_REPLAYED = frozenset({"empty", "zeros", "nothing", "workers", "to_device", "to_host"})
+
+
+class _Recorder:
+    """Stands in for a device module: each computing call is noted, then made."""
+
+    def __init__(self, ops, calls):
+        self._ops, self._calls = ops, calls
+
+    def __getattr__(self, name):
+        function = getattr(self._ops, name)
+        if not callable(function) or name in _NOT_REPLAYED:
+            return function
+
+        def noted(*args, **kwargs):
+            self._calls.append((function, args, kwargs))
+            return function(*args, **kwargs)
+
+        return noted
+
+
+class InferenceProgram:
+    def __init__(self, inputs, calls, outputs, weights):
+        self.inputs, self.calls, self.outputs = inputs, calls, outputs
+        self._weights = weights  # (store, key, array): the weight arrays the calls read
+
+    def current(self):
+        """Whether the layers still hold the weight arrays the calls were recorded with."""
+        for store, key, array in self._weights:
+            if store.get(key) is not array:
+                return False
+        return True
+
+    def run(self, inputs):
+        """The outputs for ``inputs`` (arrays of the recorded shapes), in the program's
+        own buffers: copy them out before the next run."""
+        for staged, given in zip(self.inputs, inputs):
+            np.copyto(staged, given)
+        for function, args, kwargs in self.calls:
+            function(*args, **kwargs)
+        return self.outputs
+
+
+def record(plan, forward, inputs, ops):
+    """A proven program for ``forward`` (the plan's inference forward: a function of a list
+    of input arrays) on inputs shaped as ``inputs`` (which must be ``distinct``), or None
+    where the layers compute outside ``ops``."""
+    layers = plan.call_objects()
+    staged = [np.array(x, order="C") for x in inputs]
+    calls = []
+    recorder = _Recorder(ops, calls)
+    devices = [layer.ops for layer in layers]
+    for layer in layers:
+        layer.ops = recorder
+    try:
+        outputs = forward(staged)
+    finally:
+        for layer, device in zip(layers, devices):
+            layer.ops = device
+    stores = [store for layer in layers for store in (layer.params, layer.state)]
+    weights = [(store, key, array) for store in stores for key, array in store.items()]
+    program = InferenceProgram(staged, calls, outputs, weights)
+    return program if _proven(program, forward, inputs, weights) else None
+
+
+def distinct(inputs):
+    """Whether ``inputs`` can prove a program: rearranged, they differ (a uniform batch, all
+    zeros say, would not tell a program that ignored its input apart)."""
+    return not all(np.array_equal(_rearranged(x), x) for x in inputs)
+
+
+def _proven(program, forward, inputs, weights):
+    others = [_rearranged(x) for x in inputs]
+    originals = [array.copy() for _, _, array in weights]
+    try:
+        for (_, _, array), original in zip(weights, originals):
+            if array.dtype.kind == "f":
+                array[...] = np.roll(original.ravel(), 1).reshape(array.shape) * array.dtype.type(0.75)
+        expected = [np.array(y) for y in forward(others)]
+        replayed = [np.array(y) for y in program.run(others)]
+    finally:
+        for (_, _, array), original in zip(weights, originals):
+            array[...] = original
+    if len(expected) != len(replayed) or not all(
+            np.array_equal(a, b, equal_nan=True) for a, b in zip(expected, replayed)):
+        return False
+    expected = [np.array(y) for y in forward(inputs)]
+    return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(expected, program.run(inputs)))
+
+
+def _rearranged(array):
+    """The same values, each sample's moved along by one place (a token id stays a valid id)."""
+    return np.roll(array.reshape(len(array), -1), 1, axis=1).reshape(array.shape)

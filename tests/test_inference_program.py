@@ -1,0 +1,145 @@
+"""Small predicts replayed from a recorded program (nbnet/inference_program.py): the same
+bits as the layers' own pass, the weights read live, and no program where the layers
+compute outside the device module."""
+
+import numpy as np
+import pytest
+
+from nbnet import inference_program, layers, models
+from nbnet.inference_program import InferenceProgram
+
+
+def small_net(extra=()):
+    net = models.Sequential([
+        layers.Conv2D(8, 3, activation="relu", input_shape=(10, 10, 2)),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(16, 3, padding="same", use_bias=False),
+        layers.BatchNormalization(),
+        layers.Activation("relu"),
+        layers.Flatten(),
+        layers.Dropout(0.3),
+        *extra,
+        layers.Dense(5, activation="tanh"),
+        layers.Dense(3, activation="softmax"),
+    ], seed=4)
+    net.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return net
+
+
+def images(count, seed):
+    return np.random.default_rng(seed).standard_normal((count, 10, 10, 2)).astype(np.float32)
+
+
+def layers_pass(net, x):
+    """The layers' own inference pass, no program involved."""
+    return np.array(net._forward([np.ascontiguousarray(x)], training=False)[0])
+
+
+def programs(net):
+    return [p for p in net._plan.programs.values() if isinstance(p, InferenceProgram)]
+
+
+def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypatch):
+    net = small_net()
+    first = net.predict(images(1, 0), verbose=0)
+    assert programs(net) == []  # a one-off predict records nothing
+    for seed in range(1, 4):
+        x = images(1, seed)
+        np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
+    (program,) = programs(net)
+    assert len(program.calls) >= 5
+    # Replayed: no layer's forward runs.
+    for layer in net._plan.call_objects():
+        monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: pytest.fail("a layer ran"))
+    x = images(1, 9)
+    replayed = net.predict(x, verbose=0)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(replayed, layers_pass(net, x))
+    assert not np.array_equal(replayed, first)
+    # Each small batch size has its program; model(x) takes it too.
+    x4 = images(4, 5)
+    for _ in range(2):
+        np.testing.assert_array_equal(net(x4).numpy(), layers_pass(net, x4))
+    assert len(programs(net)) == 2
+
+
+def test_training_and_new_weights_reach_the_replayed_predict():
+    net, twin = small_net(), small_net()
+    x = images(1, 1)
+    for _ in range(2):
+        net.predict(x, verbose=0)
+    assert programs(net)
+    batch, labels = images(16, 2), np.arange(16) % 3
+    net.fit(batch, labels, epochs=2, batch_size=8, verbose=0)  # the weights and BN's statistics move in place
+    twin.set_weights(net.get_weights())
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
+    weights = [w * 0.5 for w in net.get_weights()]
+    net.set_weights(weights)
+    twin.set_weights(weights)
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
+    # Weight arrays replaced (a dtype change makes new ones), then written: that program,
+    # which holds the old arrays, is retired.
+    for layer in net.layers:
+        layer.astype(np.float32)
+    assert not programs(net)[0].current()
+    weights = [w * 3 for w in weights]
+    net.set_weights(weights)
+    twin.set_weights(weights)
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
+    assert programs(net)[0].current()
+
+
+class Doubler(layers.Layer):
+    """Computes outside the device module (a new array each call)."""
+
+    def forward(self, x, training=False):
+        return 2 * x
+
+
+class ScaledByWeight(layers.Layer):
+    """Reads its weight in Python: a replay would keep the value it had when recorded."""
+
+    def create_weights(self, input_shape, rng):
+        self.params["scale"] = np.full(1, 1.5, np.float32)
+
+    def forward(self, x, training=False):
+        y = self._buffer("y", x.shape, x.dtype)
+        self.ops.scale_shift(x.reshape(-1), float(self.params["scale"][0]), 0.0, y.reshape(-1))
+        return y
+
+
+@pytest.mark.parametrize("odd_layer", [Doubler, ScaledByWeight])
+def test_layers_computing_outside_the_device_module_keep_their_own_pass(odd_layer):
+    net = small_net(extra=[odd_layer()])
+    x = images(1, 1)
+    for _ in range(3):
+        net.predict(x, verbose=0)
+    assert list(net._plan.programs.values()) == [None]  # tried, not proven
+    for seed in (2, 3):
+        x = images(1, seed)
+        np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
+    if odd_layer is ScaledByWeight:
+        net.layers[-3].params["scale"][0] = 3.0
+        np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
+
+
+def test_a_uniform_input_proves_nothing_and_waits_for_another():
+    net = small_net()
+    zeros = np.zeros((1, 10, 10, 2), np.float32)
+    assert not inference_program.distinct([zeros])
+    for _ in range(3):
+        np.testing.assert_array_equal(net.predict(zeros, verbose=0), layers_pass(net, zeros))
+    assert not programs(net)
+    x = images(1, 3)
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
+    assert programs(net)
+
+
+def test_a_large_predicts_last_chunk_is_not_recorded():
+    net = small_net()
+    x = images(21, 6)
+    for _ in range(3):
+        np.testing.assert_array_equal(net.predict(x, batch_size=10, verbose=0),
+                                      np.concatenate([layers_pass(net, x[:10]), layers_pass(net, x[10:20]),
+                                                      layers_pass(net, x[20:])]))
+    assert not net._plan.programs
