@@ -8,13 +8,11 @@ copy loaded in the process, and restores the user's setting afterwards.
 """
 
 import functools
-from contextlib import contextmanager
 
 _blas_libraries = None
 
 
-@contextmanager
-def single_threaded_blas():
+def _blas():
     global _blas_libraries
     if _blas_libraries is None:
         from threadpoolctl import ThreadpoolController
@@ -23,20 +21,31 @@ def single_threaded_blas():
         # sets the thread counts directly (1.5 us), where threadpoolctl's limit() takes
         # stock of every library first (7.6 us: a tenth of a one-image predict).
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [library.num_threads for library in _blas_libraries]
-    for library, count in zip(_blas_libraries, before):
-        if count != 1:
-            library.set_num_threads(1)
-    try:
-        yield
-    finally:
+    return _blas_libraries
+
+
+# Both context managers are classes rather than @contextmanager generators: a one-image
+# predict enters three, and a generator's enter and exit cost twice a class's.
+class single_threaded_blas:
+    """Every BLAS library loaded runs on one thread inside the block; each gets its own
+    count back after it."""
+
+    __slots__ = ("_before",)
+
+    def __enter__(self):
+        self._before = before = [library.num_threads for library in _blas()]
         for library, count in zip(_blas_libraries, before):
+            if count != 1:
+                library.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exception):
+        for library, count in zip(_blas_libraries, self._before):
             if count != 1:
                 library.set_num_threads(count)
 
 
-@contextmanager
-def numba_threads(count):
+class numba_threads:
     """Numba's parallel kernels launched from this thread run on at most ``count``
     threads while the block runs. One sample's kernels are too small to share: waking the
     second core for each costs more than it saves (a one-image predict of
@@ -44,17 +53,25 @@ def numba_threads(count):
     mlp 261 -> 163, cifar 1050 -> 836, resnet_small 260 -> 226, strided 99 -> 95; at 4
     images one thread still won on seed_cnn, 0.88x, but lost or tied on mlp, cifar,
     resnet_small and strided, 1.0-1.3x)."""
-    import numba
 
-    before = numba.get_num_threads()
-    if count >= before:
-        yield
-        return
-    numba.set_num_threads(count)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+    __slots__ = ("_count", "_before")
+
+    def __init__(self, count):
+        self._count = count
+
+    def __enter__(self):
+        import numba
+
+        self._before = numba.get_num_threads()
+        if self._count < self._before:
+            numba.set_num_threads(self._count)
+        return self
+
+    def __exit__(self, *exception):
+        if self._count < self._before:
+            import numba
+
+            numba.set_num_threads(self._before)
 
 
 def blas_limited(method):

@@ -629,12 +629,20 @@ class TrainingLoop:
         """predict on inputs _prepare_x has made (a list of arrays)."""
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
+        recordable = count <= inference_program.RECORD_MAX_SAMPLES
+        if recordable and not callbacks and self.ops is cpu:
+            # A recorded shape goes straight to its program: no device session, no chunks.
+            with numba_threads(1) if count == 1 else nullcontext():
+                program = self._plan.programs.get(_program_key(x))
+                if isinstance(program, inference_program.InferenceProgram) and program.current():
+                    for y, out in zip(program.run(x), outputs):
+                        out[...] = y
+                    return self._structured(outputs)
         sample_bytes = 4 * self._plan.values_per_sample
         chunk = min(batch_size, max(INFERENCE_CHUNK, PREDICT_CHUNK_BYTES // max(sample_bytes, 1)))
         callback_list = self._with_model(callbacks)
         for callback in callback_list:
             callback.on_predict_begin({})
-        recordable = count <= inference_program.RECORD_MAX_SAMPLES
         with self._on_device(), numba_threads(1) if count == 1 else nullcontext():
             ops = self.ops
             for index, start in enumerate(range(0, count, chunk)):
@@ -659,7 +667,7 @@ class TrainingLoop:
         if self.ops is not cpu:
             return self._forward(xs, training=False)
         programs = self._plan.programs
-        key = tuple((x.shape, x.dtype.str) for x in xs) + (numba.get_num_threads(),)
+        key = _program_key(xs)
         program = programs.get(key, _UNSEEN)
         if isinstance(program, inference_program.InferenceProgram):
             if program.current():
@@ -759,6 +767,12 @@ def sample_weights(y, targets, sample_weight, class_weight, argument="sample_wei
     return None if weights is None else weights.astype(np.float32)
 
 
+def _program_key(xs):
+    """What a recorded inference program is kept by: the batch's shapes and types, and the
+    Numba threads its kernels ran on."""
+    return tuple((x.shape, x.dtype.str) for x in xs) + (numba.get_num_threads(),)
+
+
 # _inference_forward's marks of a batch shape: not met yet, or met once (recorded when met again).
 _UNSEEN, _SEEN = object(), object()
 
@@ -777,10 +791,15 @@ def _first_non_finite_sample(x, chunk=4096):
     """The index of the first sample holding NaN or Inf, or None. A finite sum rules both
     out in one pass without a mask; otherwise (or when the sum overflowed) the samples are
     checked in slices, so a mask of the whole array (47 MB for MNIST, on top of the
-    peak) never exists at once."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(x.sum()):
+    peak) never exists at once. A small array's mask is cheaper than the sum's errstate
+    (one image: 4 us against 8, of a 100 us predict)."""
+    if x.size <= chunk * 16:
+        if np.isfinite(x).all():
             return None
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(x.sum()):
+                return None
     for start in range(0, len(x), chunk):
         finite = np.isfinite(x[start:start + chunk])
         if not finite.all():

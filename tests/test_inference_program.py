@@ -5,7 +5,7 @@ compute outside the device module."""
 import numpy as np
 import pytest
 
-from nbnet import inference_program, layers, models
+from nbnet import callbacks, inference_program, layers, models
 from nbnet.inference_program import InferenceProgram
 
 
@@ -53,8 +53,14 @@ def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypat
         monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: pytest.fail("a layer ran"))
     x = images(1, 9)
     replayed = net.predict(x, verbose=0)
+    # With callbacks the predict takes its chunked path, and replays there.
+    batches = []
+    watched = net.predict(x, verbose=0, callbacks=[callbacks.LambdaCallback(
+        on_predict_batch_end=lambda batch, logs: batches.append(batch))])
     monkeypatch.undo()
+    assert batches == [0]
     np.testing.assert_array_equal(replayed, layers_pass(net, x))
+    np.testing.assert_array_equal(watched, replayed)
     assert not np.array_equal(replayed, first)
     # Each small batch size has its program; model(x) takes it too.
     x4 = images(4, 5)
