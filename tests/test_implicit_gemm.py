@@ -59,8 +59,15 @@ def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
     (2, 6, 5, 2, 16, (1, 3), "valid", (1, 1)),       # one kernel row
     (2, 9, 9, 3, 20, (3, 3), "same", (2, 2)),        # a whole vector and 4 lanes; strided
     (2, 7, 7, 24, 40, (3, 3), "same", (1, 1)),       # 24 channels: a vector and 8 lanes of dx
+    (2, 8, 8, 3, 16, (1, 1), "valid", (2, 2)),       # few channels, pixels with no tap
+    (2, 11, 10, 4, 8, (3, 3), "valid", (2, 2)),      # few channels, the last row of the input unread
 ])
-def test_implicit_gemm_matches_numpy(batch, height, width, channels, filters, kernel_size, padding, strides):
+@pytest.mark.parametrize("dx_route", ["columns", "phases"])
+def test_implicit_gemm_matches_numpy(batch, height, width, channels, filters, kernel_size, padding, strides,
+                                     dx_route, monkeypatch):
+    """The input gradient both ways: as columns added back (below COLUMNS_BELOW_CHANNELS
+    channels) and as the phase correlations."""
+    monkeypatch.setattr(implicit_gemm, "COLUMNS_BELOW_CHANNELS", 1 << 20 if dx_route == "columns" else 0)
     rng = np.random.default_rng(channels + filters + kernel_size[0])
     x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
     kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)
@@ -111,10 +118,11 @@ def test_a_pool_trimmed_output_reads_only_the_rows_it_needs():
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-4)
 
 
-def test_the_same_bits_whatever_the_thread_count():
+@pytest.mark.parametrize("channels", [16, 6])  # the input gradient by phases, by columns
+def test_the_same_bits_whatever_the_thread_count(channels):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((20, 8, 8, 16)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((20, 8, 8, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels, 16)).astype(np.float32)
     dz = rng.standard_normal((20 * 64, 16)).astype(np.float32)
     results = []
     before = numba.get_num_threads()

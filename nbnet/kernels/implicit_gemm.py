@@ -20,7 +20,10 @@ operands and writes its results through index tables, so the same block makes
   "kernel" operand being the output gradient (one row per pixel);
 - the input gradient: per phase of the strides (see _phase_tables), a stride-1 correlation of
   the zero-padded output gradient with that phase's taps, flipped, channels and filters
-  swapped (one phase at stride 1), its vectors along the channels.
+  swapped (one phase at stride 1), its vectors along the channels; below
+  COLUMNS_BELOW_CHANNELS channels, rows = output pixels, each one's window gradient
+  (dz @ kernel.T, vectors along the window's taps and channels), added back onto the
+  image (see _input_gradient_images).
 
 Each image is first copied into a zero-bordered buffer of its own, so no tap reads
 outside it. Float32 only (the float64 reference path keeps the other passes).
@@ -52,6 +55,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import REDUCTION_CHUNKS
+from .entry import CHUNK_BOUNDS, launch
 from .lane_maps import LANES, bias_and_relu, vector_access
 
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
@@ -374,6 +378,66 @@ def _backward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_
                                phase_weights[t0:t1], dx[n].reshape(-1, channels), 0, spare, places, nothing, 0)
 
 
+@njit(cache=True)
+def _input_gradient_images(first, stop, dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx):
+    """dx[n] for images first..stop-1 from their ``dz`` (out_h, out_w, filters): each image's
+    columns (each output pixel's window gradient: dz @ kernel.T, ``kernel_t`` the
+    (filters, taps) transpose) added back onto a zero-bordered image, then cut out."""
+    _, height, width, channels = dx.shape
+    _, out_h, out_w, filters = dz.shape
+    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
+    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
+    gradient_rows = _rows_of(pixels.size, filters)
+    column_rows = _rows_of(pixels.size, kernel_t.shape[1])
+    filter_taps = _rows_of(filters, 1)
+    columns = np.empty((pixels.size, kernel_t.shape[1]), np.float32)
+    image = np.empty((rows, wide, channels), np.float32)
+    flat = image.reshape(-1)
+    spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
+    nothing = np.zeros(0, np.float32)
+    run, row_step = kw * channels, wide * channels
+    for n in range(first, stop):
+        # columns[k, t] = the sum over f of dz[pixel k, f] * kernel[t, f]: dz's rows as the
+        # block's rows, its filters as the sum.
+        _correlate(dz[n], gradient_rows, column_rows, filter_taps, kernel_t, columns, 0, spare, places, nothing, 0)
+        # Each column back at its window, a contiguous run of taps and channels per kernel
+        # row: the adjoint of reading the windows, summed in pixel order.
+        flat[:] = 0.0
+        for k in range(pixels.size):
+            for p in range(kh):
+                source = columns[k, p * run:(p + 1) * run]
+                target = flat[pixels[k] + p * row_step:pixels[k] + p * row_step + run]
+                for e in range(run):
+                    target[e] += source[e]
+        if rows - pad_top < height or wide - pad_left < width:
+            dx[n] = 0.0  # pixels past the padded image: no window reached them
+        _pad_image(image, -pad_top, -pad_left, dx[n])  # the image without its border
+
+
+# The images' body comes in as a first-class function (see entry.py): linked into the
+# loop, LLVM optimised it again there (cold compile 2.3 s, now 1.1 s for the body and 0.55
+# s for the loop). Only models with a conv of few input channels that needs an input
+# gradient compile them (LeNet-5's cold first fit 10.9 -> 12.6 s).
+@njit(parallel=True, cache=True)
+def _input_gradient_parallel(images, dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx):
+    batch = dz.shape[0]
+    chunks = min(REDUCTION_CHUNKS, batch)
+    for chunk in prange(chunks):
+        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left,
+               dx)
+
+
+# Below this many input channels the input gradient is made as columns (see
+# _input_gradient_images: vectors along the window's taps and channels) instead of by the
+# phase correlations, whose vectors run along the few channels, most lanes masked.
+# Backward with dx at 128 images, 2 cores, ms, phases -> columns: 14x14x6 -> 16 5x5 (LeNet-5's
+# second layer) 1.98 -> 1.10, 28x28x1 -> 32 3x3 'same' 5.7 -> 2.1, 16x16x3 -> 24 stride 2
+# 0.53 -> 0.41, 15x15x4 -> 8 stride 2 even; 8 channels 1.03-1.06 against 0.99-1.17, 12
+# even, 16 1.28 against 1.61 (the kernel gradient included: 0.41 of LeNet's 1.98). A
+# LeNet-5 training step, alternating in one process: b128 8.9 -> 7.8 ms, b32 3.1 -> 2.8.
+COLUMNS_BELOW_CHANNELS = 8
+
+
 def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
     """dkernel (kh, kw, in, out) += the window-by-gradient products summed over the batch,
     ``dz`` the (pixels, filters) gradient before the activation; with ``need_dx``, dx =
@@ -382,6 +446,12 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     kh, kw, channels, filters = kernel.shape
     batch, height, width, _ = x.shape
     if batch == 0:
+        return
+    if need_dx and channels < COLUMNS_BELOW_CHANNELS:
+        implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, False, dx)
+        args = (np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
+                np.ascontiguousarray(kernel.reshape(-1, filters).T), kh, kw, sh, sw, pad_top, pad_left, dx)
+        launch(_input_gradient_parallel, _input_gradient_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
         return
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
