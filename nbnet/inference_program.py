@@ -17,6 +17,9 @@ path for that shape. Weight arrays replaced rather than written (a device move, 
 change) retire the program (``current``).
 """
 
+import time
+
+import numba
 import numpy as np
 
 # The largest batch replayed: the Python a replay saves is the same at any batch, the
@@ -45,9 +48,10 @@ class _Recorder:
 
 
 class InferenceProgram:
-    def __init__(self, inputs, calls, outputs, weights):
+    def __init__(self, inputs, calls, outputs, weights, threads):
         self.inputs, self.calls, self.outputs = inputs, calls, outputs
         self._weights = weights  # (store, key, array): the weight arrays the calls read
+        self.threads = threads  # the Numba threads its kernels run on
 
     def current(self):
         """Whether the layers still hold the weight arrays the calls were recorded with."""
@@ -61,15 +65,23 @@ class InferenceProgram:
         own buffers: copy them out before the next run."""
         for staged, given in zip(self.inputs, inputs):
             np.copyto(staged, given)
-        for function, args, kwargs in self.calls:
-            function(*args, **kwargs)
+        before = numba.get_num_threads()
+        if before != self.threads:
+            numba.set_num_threads(self.threads)
+        try:
+            for function, args, kwargs in self.calls:
+                function(*args, **kwargs)
+        finally:
+            if before != self.threads:
+                numba.set_num_threads(before)
         return self.outputs
 
 
-def record(plan, forward, inputs, ops):
+def record(plan, forward, inputs, ops, thread_counts):
     """A proven program for ``forward`` (the plan's inference forward: a function of a list
     of input arrays) on inputs shaped as ``inputs`` (which must be ``distinct``), or None
-    where the layers compute outside ``ops``."""
+    where the layers compute outside ``ops``. It runs on whichever of ``thread_counts``
+    (Numba threads; the first is the count now set) ran it fastest."""
     layers = plan.call_objects()
     staged = [np.array(x, order="C") for x in inputs]
     calls = []
@@ -84,8 +96,30 @@ def record(plan, forward, inputs, ops):
             layer.ops = device
     stores = [store for layer in layers for store in (layer.params, layer.state)]
     weights = [(store, key, array) for store in stores for key, array in store.items()]
-    program = InferenceProgram(staged, calls, outputs, weights)
-    return program if _proven(program, forward, inputs, weights) else None
+    program = InferenceProgram(staged, calls, outputs, weights, thread_counts[0])
+    if not _proven(program, forward, inputs, weights):
+        return None
+    program.threads = _fastest(program, inputs, thread_counts)
+    return program
+
+
+def _fastest(program, inputs, thread_counts, rounds=5):
+    """The thread count that ran ``program`` fastest (best of ``rounds`` each, alternating).
+    One sample's small kernels lose by sharing, its large ones gain: one image, 2 cores, us,
+    one thread -> two (the implicit GEMM then splitting the image's pixels): cifar_bn 440
+    -> 360, pointwise_gap 343 -> 270, seed_cnn 162 -> 146; mlp 250 -> 300, lenet5 120 ->
+    128, resnet_small 222 -> 235 (tools/bench_zoo.py's networks)."""
+    if len(thread_counts) == 1:
+        return thread_counts[0]
+    best = {}
+    for _ in range(rounds):
+        for count in thread_counts:
+            program.threads = count
+            started = time.perf_counter()
+            program.run(inputs)
+            seconds = time.perf_counter() - started
+            best[count] = min(best.get(count, seconds), seconds)
+    return min(thread_counts, key=best.get)
 
 
 def distinct(inputs):

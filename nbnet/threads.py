@@ -52,7 +52,9 @@ class numba_threads:
     tools/bench_zoo.py's networks, 2 cores, us, two threads -> one: seed_cnn 245 -> 162,
     mlp 261 -> 163, cifar 1050 -> 836, resnet_small 260 -> 226, strided 99 -> 95; at 4
     images one thread still won on seed_cnn, 0.88x, but lost or tied on mlp, cifar,
-    resnet_small and strided, 1.0-1.3x)."""
+    resnet_small and strided, 1.0-1.3x). A one-image predict recorded as a program (see
+    inference_program) runs on one thread or all, whichever it measured faster: a net of
+    large convs gains by splitting their pixels."""
 
     __slots__ = ("_count", "_before")
 

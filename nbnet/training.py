@@ -9,7 +9,6 @@ every ``steps_per_execution`` steps (Keras's name).
 import math
 import time
 import warnings
-from contextlib import nullcontext
 
 import numba
 import numpy as np
@@ -630,27 +629,29 @@ class TrainingLoop:
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
         recordable = count <= inference_program.RECORD_MAX_SAMPLES
+        threads = numba.get_num_threads()
+        lowered = 1 if count == 1 else threads  # see threads.numba_threads
         if recordable and not callbacks and self.ops is cpu:
-            # A recorded shape goes straight to its program: no device session, no chunks.
-            with numba_threads(1) if count == 1 else nullcontext():
-                program = self._plan.programs.get(_program_key(x))
-                if isinstance(program, inference_program.InferenceProgram) and program.current():
-                    for y, out in zip(program.run(x), outputs):
-                        out[...] = y
-                    return self._structured(outputs)
+            # A recorded shape goes straight to its program (which sets its own thread
+            # count): no device session, no chunks.
+            program = self._plan.programs.get(_program_key(x, lowered))
+            if isinstance(program, inference_program.InferenceProgram) and program.current():
+                for y, out in zip(program.run(x), outputs):
+                    out[...] = y
+                return self._structured(outputs)
         sample_bytes = 4 * self._plan.values_per_sample
         chunk = min(batch_size, max(INFERENCE_CHUNK, PREDICT_CHUNK_BYTES // max(sample_bytes, 1)))
         callback_list = self._with_model(callbacks)
         for callback in callback_list:
             callback.on_predict_begin({})
-        with self._on_device(), numba_threads(1) if count == 1 else nullcontext():
+        with self._on_device(), numba_threads(lowered):
             ops = self.ops
             for index, start in enumerate(range(0, count, chunk)):
                 for callback in callback_list:
                     callback.on_predict_batch_begin(index, {})
                 xs = _chunk_to_device(ops, x, start, chunk)
                 # A large predict's last, smaller chunk is not recorded: once per predict.
-                ys = self._inference_forward(xs) if recordable else self._forward(xs, training=False)
+                ys = self._inference_forward(xs, threads) if recordable else self._forward(xs, training=False)
                 for y, out in zip(ys, outputs):
                     ops.copy_to_host(y, out[start:start + chunk])
                 for callback in callback_list:
@@ -660,14 +661,17 @@ class TrainingLoop:
             callback.on_predict_end({})
         return self._structured(outputs)
 
-    def _inference_forward(self, xs):
+    def _inference_forward(self, xs, threads):
         """The outputs (a list) of an inference forward of the small batch ``xs`` (on the
         device). A shape seen before runs the program recorded for it (see
-        inference_program): a one-off predict does not pay for the recording."""
+        inference_program): a one-off predict does not pay for the recording. ``threads``:
+        the Numba threads the caller had before it lowered them for one sample; the
+        program runs on whichever of the two counts it measured faster."""
         if self.ops is not cpu:
             return self._forward(xs, training=False)
         programs = self._plan.programs
-        key = _program_key(xs)
+        lowered = numba.get_num_threads()
+        key = _program_key(xs, lowered)
         program = programs.get(key, _UNSEEN)
         if isinstance(program, inference_program.InferenceProgram):
             if program.current():
@@ -675,7 +679,8 @@ class TrainingLoop:
             program = _SEEN  # its weights were replaced: record again
         if program is _SEEN and inference_program.distinct(xs):
             program = programs[key] = inference_program.record(
-                self._plan, lambda inputs: self._forward(inputs, training=False), xs, cpu)
+                self._plan, lambda inputs: self._forward(inputs, training=False), xs, cpu,
+                sorted({lowered, max(threads, lowered)}))
             if program is not None:
                 return program.run(xs)
         elif program is _UNSEEN:
@@ -767,10 +772,10 @@ def sample_weights(y, targets, sample_weight, class_weight, argument="sample_wei
     return None if weights is None else weights.astype(np.float32)
 
 
-def _program_key(xs):
+def _program_key(xs, threads):
     """What a recorded inference program is kept by: the batch's shapes and types, and the
-    Numba threads its kernels ran on."""
-    return tuple((x.shape, x.dtype.str) for x in xs) + (numba.get_num_threads(),)
+    Numba threads its forward was recorded on."""
+    return tuple((x.shape, x.dtype.str) for x in xs) + (threads,)
 
 
 # _inference_forward's marks of a batch shape: not met yet, or met once (recorded when met again).

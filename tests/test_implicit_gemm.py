@@ -257,3 +257,18 @@ def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monke
         expected = np.empty_like(z)
         bias_activation_forward(z, conv.params["bias"], conv._code, conv._slope, expected)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_an_images_pixels_split_across_threads_give_the_same_bits():
+    """Fewer images than threads: each image's pixels in parts (a one-image predict)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 13, 11, 32)).astype(np.float32)
+    kernel2d = rng.standard_normal((3 * 3 * 32, 40)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    outputs = []
+    for parts in (1, 2, 3, 7):
+        z = np.full((1, 11 * 9, 40), np.nan, np.float32)
+        implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, 1, z, parts)
+        outputs.append(z)
+    for split in outputs[1:]:
+        np.testing.assert_array_equal(split, outputs[0])

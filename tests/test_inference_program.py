@@ -149,3 +149,22 @@ def test_a_large_predicts_last_chunk_is_not_recorded():
                                       np.concatenate([layers_pass(net, x[:10]), layers_pass(net, x[10:20]),
                                                       layers_pass(net, x[20:])]))
     assert not net._plan.programs
+
+
+def test_the_program_runs_on_the_thread_count_it_measured_faster_with_the_same_bits():
+    numba = pytest.importorskip("numba")
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread only")
+    net = small_net()
+    x = images(1, 1)
+    for _ in range(2):
+        net.predict(x, verbose=0)
+    (program,) = programs(net)
+    assert program.threads in (1, numba.get_num_threads())
+    before = numba.get_num_threads()
+    results = []
+    for threads in (1, before):
+        program.threads = threads
+        results.append(net.predict(x, verbose=0))
+        assert numba.get_num_threads() == before  # the program's count is its own
+    np.testing.assert_array_equal(results[0], results[1])

@@ -50,7 +50,7 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -262,7 +262,10 @@ def _rows_of(count, width):
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z):
+def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
+    """Jobs of a chunk of images each, or where the images are fewer than the threads, of
+    one of ``parts`` parts of an image's pixels (each pixel's sums are the same whichever
+    block makes them: the same bits at any split)."""
     batch, _, _, channels = x.shape
     filters = kernel2d.shape[1]
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
@@ -270,12 +273,24 @@ def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
     pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
     targets = _rows_of(out_h * out_w, filters)
     chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
+    blocks = (pixels.size + ROWS - 1) // ROWS
+    for job in prange(chunks * parts):
+        chunk, part = job // parts, job % parts
+        first, last = part * blocks // parts * ROWS, min(pixels.size, (part + 1) * blocks // parts * ROWS)
         padded = np.zeros((rows, wide, channels), np.float32)
         spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x[n], pad_top, pad_left, padded)
-            _correlate(padded, pixels, targets, taps, kernel2d, z[n], 0, spare, places, bias, relu)
+            _correlate(padded, pixels[first:last], targets[first:last], taps, kernel2d, z[n], 0, spare, places, bias,
+                       relu)
+
+
+# From this many multiply-adds an image's pixels are split across the threads where the
+# images are fewer than them (a one-image predict that measured faster on two threads, see
+# inference_program._fastest). One conv forward, one image, 2 cores, us, one thread -> two:
+# 13x13x32 -> 64 3x3 (2.2M) 48 -> 41, 14x14x32 -> 64 'same' 71 -> 53, 28x28x32 -> 32 'same'
+# (7.2M) 123 -> 78; 32x32x3 -> 32 (0.9M) 25 -> 21, 28x28x1 -> 32 (0.2M) 9 -> 13.
+SPLIT_IMAGE_MIN_MACS = 2_000_000
 
 
 def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, relu=False):
@@ -286,8 +301,11 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z,
     CNN of tools/bench_zoo.py took for 1000 images)."""
     kh, kw, channels, filters = kernel.shape
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
+    batch = x.shape[0]
+    large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
+    parts = max(1, get_num_threads() // batch) if large else 1
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-             pad_left, out_h, out_w, bias, int(relu), z.reshape(x.shape[0], out_h * out_w, filters))
+             pad_left, out_h, out_w, bias, int(relu), z.reshape(x.shape[0], out_h * out_w, filters), parts)
 
 
 # The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded
