@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nbnet import callbacks, inference_program, layers, models
+from nbnet.kernels.activations import LINEAR
 from nbnet.inference_program import InferenceProgram
 
 
@@ -114,7 +115,22 @@ class ScaledByWeight(layers.Layer):
         return y
 
 
-@pytest.mark.parametrize("odd_layer", [Doubler, ScaledByWeight])
+class ShiftedByWeightBuffer(layers.Layer):
+    """Fills a buffer from its weight in NumPy, then adds it through the device module: a
+    replay would read the buffer as last filled."""
+
+    def create_weights(self, input_shape, rng):
+        self.params["shift"] = np.linspace(-1, 1, input_shape[-1]).astype(np.float32)
+
+    def forward(self, x, training=False):
+        shift = self._buffer("doubled", self.params["shift"].shape, x.dtype)
+        np.multiply(self.params["shift"], 2.0, out=shift)
+        y = self._buffer("y", x.shape, x.dtype)
+        self.ops.bias_activation_forward(x, shift, LINEAR, 0.0, y)
+        return y
+
+
+@pytest.mark.parametrize("odd_layer", [Doubler, ScaledByWeight, ShiftedByWeightBuffer])
 def test_layers_computing_outside_the_device_module_keep_their_own_pass(odd_layer):
     net = small_net(extra=[odd_layer()])
     x = images(1, 1)
@@ -124,8 +140,9 @@ def test_layers_computing_outside_the_device_module_keep_their_own_pass(odd_laye
     for seed in (2, 3):
         x = images(1, seed)
         np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
-    if odd_layer is ScaledByWeight:
-        net.layers[-3].params["scale"][0] = 3.0
+    if odd_layer is not Doubler:
+        for weight in net.layers[-3].params.values():
+            weight[...] = 3.0
         np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
 
 
@@ -168,3 +185,26 @@ def test_the_program_runs_on_the_thread_count_it_measured_faster_with_the_same_b
         results.append(net.predict(x, verbose=0))
         assert numba.get_num_threads() == before  # the program's count is its own
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_a_folded_batch_normalization_folds_again_on_each_replay():
+    """A norm folded into the conv before it (KernelMixin.forward_folded): the program folds
+    through the device module, so training after the recording reaches its predicts."""
+    def folded_net():
+        net = models.Sequential([
+            layers.Conv2D(4, 3, padding="same", use_bias=False, input_shape=(12, 12, 1)),
+            layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(), layers.Dense(3)], seed=2)
+        net.compile(optimizer="adam", loss="mse")
+        return net
+
+    net, twin = folded_net(), folded_net()
+    x = np.random.default_rng(1).standard_normal((1, 12, 12, 1)).astype(np.float32)
+    for _ in range(2):
+        net.predict(x, verbose=0)
+    (program,) = programs(net)
+    assert "fold_norm" in [function.__name__ for function, _, _ in program.calls]
+    batch = np.random.default_rng(2).standard_normal((16, 12, 12, 1)).astype(np.float32)
+    net.fit(batch, np.ones((16, 3), np.float32), epochs=3, batch_size=8, verbose=0)
+    twin.set_weights(net.get_weights())
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
+    assert programs(net) == [program]

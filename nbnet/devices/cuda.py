@@ -44,6 +44,7 @@ conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_b
 conv5x5_forward = conv5x5_backward = None
 planar_conv_forward = planar_conv_backward = None
 implicit_conv_forward = implicit_conv_backward = None
+fold_norm = None  # BatchNormalization folds into the layer before it on the CPU only (KernelMixin.forward_folded)
 _nothing = {}
 
 

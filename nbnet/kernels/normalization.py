@@ -114,6 +114,15 @@ def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code,
     _affine_blocks(x, moving_mean, scale.astype(x.dtype), beta, code, alpha, y)
 
 
+def fold_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel, folded_bias):
+    """A BatchNormalization folded into the conv or Dense layer before it, for inference:
+    folded_kernel = kernel * scale, folded_bias = (bias - moving_mean) * scale + beta, with
+    scale = gamma / sqrt(moving_variance + epsilon) in float64; ``bias`` of length 0: none."""
+    scale = gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    np.multiply(kernel, scale.astype(kernel.dtype), out=folded_kernel)
+    folded_bias[...] = ((bias if bias.size else 0.0) - moving_mean) * scale + beta
+
+
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _gradient_partials(dy, y, code, alpha, x, center, inv_std, sum_dy, sum_dy_xhat):
     """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel, with

@@ -97,12 +97,13 @@ class KernelMixin(ActivationMixin):
         if not isinstance(kernel, np.ndarray) or (
                 x.size // x.shape[-1] < FOLD_MIN_ROWS_PER_KERNEL_ROW * (kernel.size // kernel.shape[-1])):
             return norm.forward(self.forward(x), training=False)
-        moving_variance = norm.state["moving_variance"].astype(np.float64)
-        scale = norm.params["gamma"] / np.sqrt(moving_variance + norm.epsilon)
+        # Folded through the device module, into buffers: a recorded inference program
+        # (inference_program.py) folds again on each replay, with the weights of then.
         folded_kernel = self._buffer("folded_kernel", kernel.shape, kernel.dtype)
-        np.multiply(kernel, scale.astype(kernel.dtype), out=folded_kernel)
-        bias = self.params["bias"] if "bias" in self.params else 0.0
-        folded_bias = ((bias - norm.state["moving_mean"]) * scale + norm.params["beta"]).astype(kernel.dtype)
+        folded_bias = self._buffer("folded_bias", kernel.shape[-1:], kernel.dtype)
+        self.ops.fold_norm(kernel, self._param_or_nothing(self.params, "bias", kernel.dtype), norm.params["gamma"],
+                           norm.params["beta"], norm.state["moving_mean"], norm.state["moving_variance"],
+                           norm.epsilon, folded_kernel, folded_bias)
         params, code, slope = self.params, self._code, self._slope
         self.params = {"kernel": folded_kernel, "bias": folded_bias}
         self._code, self._slope = norm._activation_code()
