@@ -5,9 +5,10 @@ compute outside the device module."""
 import numpy as np
 import pytest
 
+import functional_architectures
 from nbnet import callbacks, inference_program, layers, models
-from nbnet.kernels.activations import LINEAR
 from nbnet.inference_program import InferenceProgram
+from nbnet.kernels.activations import LINEAR
 
 
 def small_net(extra=()):
@@ -208,3 +209,23 @@ def test_a_folded_batch_normalization_folds_again_on_each_replay():
     twin.set_weights(net.get_weights())
     np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
     assert programs(net) == [program]
+
+
+@pytest.mark.parametrize("name", functional_architectures.NAMES + ("two_heads",))
+def test_graph_models_replay_their_small_predicts_with_the_layers_bits(name):
+    """Residual adds, concatenations, shared and nested models, several inputs and outputs."""
+    import nbnet
+
+    net = (functional_architectures.two_heads(nbnet) if name == "two_heads"
+           else functional_architectures.build(nbnet, name))
+    rng = np.random.default_rng(5)
+    shapes = [tuple(t.shape[1:]) for t in net.inputs]
+    for count in (1, 3):
+        for seed in range(3):
+            xs = [rng.standard_normal((count,) + shape).astype(np.float32) for shape in shapes]
+            got = net.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+            expected = [np.array(y) for y in net._forward([np.ascontiguousarray(x) for x in xs], training=False)]
+            got = got if isinstance(got, list) else [got]
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+    assert len(programs(net)) == 2
