@@ -8,6 +8,7 @@ import pytest
 import functional_architectures
 from nbnet import callbacks, inference_program, layers, models
 from nbnet.inference_program import InferenceProgram
+from nbnet.kernels import activations
 from nbnet.kernels.activations import LINEAR
 
 
@@ -50,6 +51,9 @@ def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypat
         np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
     (program,) = programs(net)
     assert len(program.calls) >= 5
+    # The device module's wrappers that declare it are recorded as the call they make.
+    recorded = [function for function, _, _ in program.calls]
+    assert np.matmul in recorded and activations._bias_activation_blocks in recorded
     # Replayed: no layer's forward runs.
     for layer in net._plan.call_objects():
         monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: pytest.fail("a layer ran"))

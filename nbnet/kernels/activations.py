@@ -204,12 +204,21 @@ def _other_bias_activation_blocks(z, bias, code, alpha, y):
 def bias_activation_forward(z, bias, code, alpha, y):
     """y = activation(z + bias), row by row; ``y`` (C-contiguous) may be ``z`` itself (in
     place). ``bias`` of length 0 means no bias. Softmax is taken over each row."""
+    function, args, _ = _bias_activation_replayed_as(z, bias, code, alpha, y)
+    function(*args)
+
+
+def _bias_activation_replayed_as(z, bias, code, alpha, y):
+    """The kernel call bias_activation_forward makes (a recorded inference program makes it
+    directly, see inference_program)."""
     if code == SOFTMAX:
-        _softmax_rows(z, bias, y)
-    elif code in SLOPE_CODES:
-        _bias_activation_blocks(z, bias, code, alpha, y)
-    else:
-        _other_bias_activation_blocks(z, bias, code, alpha, y)
+        return _softmax_rows, (z, bias, y), {}
+    if code in SLOPE_CODES:
+        return _bias_activation_blocks, (z, bias, code, alpha, y), {}
+    return _other_bias_activation_blocks, (z, bias, code, alpha, y), {}
+
+
+bias_activation_forward.replayed_as = _bias_activation_replayed_as
 
 
 @njit(inline="always")

@@ -99,6 +99,19 @@ def matmul(a, b, out):
     return out
 
 
+def _matmul_replayed_as(a, b, out):
+    """The call matmul(a, b, out) comes down to where it does not split (np.matmul's), for
+    a recorded inference program to make directly (see inference_program); else None."""
+    rows, inner = a.shape
+    count = workers()
+    if count == 1 or _too_small_to_split(rows * inner * b.shape[1]) or rows < 2 * count:
+        return np.matmul, (a, b), {"out": out}
+    return None
+
+
+matmul.replayed_as = _matmul_replayed_as
+
+
 def add_transposed_product(a, b, grad, scratch):
     """grad += a.T @ b (a weight gradient: the sum over the batch rows of ``a`` and ``b``);
     ``scratch`` has shape (workers(), *grad.shape). Large products are split across the
