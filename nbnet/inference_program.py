@@ -25,6 +25,9 @@ import numpy as np
 # The largest batch replayed: the Python a replay saves is the same at any batch, the
 # kernels' time grows with it.
 RECORD_MAX_SAMPLES = 16
+# Models with more weights than this are not recorded: the proof copies every weight once,
+# and the Python a replay saves (some 100 us) is lost in such a model's products anyway.
+RECORD_MAX_WEIGHT_BYTES = 64 << 20
 # Functions of the device module that allocate or answer, rather than compute: not replayed.
 _NOT_REPLAYED = frozenset({"empty", "zeros", "nothing", "workers", "to_device", "to_host"})
 
@@ -84,9 +87,14 @@ class InferenceProgram:
 def record(plan, forward, inputs, ops, thread_counts):
     """A proven program for ``forward`` (the plan's inference forward: a function of a list
     of input arrays) on inputs shaped as ``inputs`` (which must be ``distinct``), or None
-    where the layers compute outside ``ops``. It runs on whichever of ``thread_counts``
-    (Numba threads; the first is the count now set) ran it fastest."""
+    where the layers compute outside ``ops`` or hold over RECORD_MAX_WEIGHT_BYTES of
+    weights. It runs on whichever of ``thread_counts`` (Numba threads; the first is the
+    count now set) ran it fastest."""
     layers = plan.call_objects()
+    stores = [store for layer in layers for store in (layer.params, layer.state)]
+    weights = [(store, key, array) for store in stores for key, array in store.items()]
+    if sum(array.nbytes for _, _, array in weights) > RECORD_MAX_WEIGHT_BYTES:
+        return None
     staged = [np.array(x, order="C") for x in inputs]
     calls = []
     recorder = _Recorder(ops, calls)
@@ -98,8 +106,6 @@ def record(plan, forward, inputs, ops, thread_counts):
     finally:
         for layer, device in zip(layers, devices):
             layer.ops = device
-    stores = [store for layer in layers for store in (layer.params, layer.state)]
-    weights = [(store, key, array) for store in stores for key, array in store.items()]
     program = InferenceProgram(staged, calls, outputs, weights, thread_counts[0])
     if not _proven(program, forward, inputs, weights):
         return None

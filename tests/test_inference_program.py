@@ -233,3 +233,14 @@ def test_graph_models_replay_their_small_predicts_with_the_layers_bits(name):
             for a, b in zip(got, expected):
                 np.testing.assert_array_equal(a, b)
     assert len(programs(net)) == 2
+
+
+def test_models_of_many_weights_are_not_recorded(monkeypatch):
+    """The proof copies every weight: past RECORD_MAX_WEIGHT_BYTES it is not tried."""
+    net = small_net()
+    weight_bytes = sum(w.nbytes for w in net.get_weights())
+    monkeypatch.setattr(inference_program, "RECORD_MAX_WEIGHT_BYTES", weight_bytes - 1)
+    x = images(1, 1)
+    for _ in range(3):
+        np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
+    assert list(net._plan.programs.values()) == [None]
