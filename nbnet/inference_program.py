@@ -4,9 +4,11 @@ On one image the layers' Python (choosing a pass, fetching buffers, the plan's l
 took longer than their kernels: a one-image forward of tools/bench_zoo.py's seed CNN spent
 145 us, of which its 7 kernel calls 86. Those calls are the same on every call of a
 given input shape: the same kernels on the same weight arrays and the same buffers. So
-the first forward of a shape runs with every layer's device module swapped for a
-recorder, which notes each call (function, arguments) as it passes it on; later calls
-copy their inputs into the recorded input arrays and make the same calls again.
+the second forward of a shape (a one-off predict records nothing) runs with every
+layer's device module swapped for a recorder, which notes each call (function,
+arguments) as it passes it on; later calls copy their inputs into the recorded input
+arrays and make the same calls again, on one Numba thread or all, whichever the
+program measured faster (``_fastest``).
 
 A program is only kept once it has shown that it computes what the layers compute:
 replayed on other inputs (the recorded ones rearranged), with the weights changed in
