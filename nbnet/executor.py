@@ -14,6 +14,7 @@ no trainable weight depends on.
 
 import math
 
+from .inference_program import Programs
 from .kernels.activations import LEAKY_RELU, RELU, SIGMOID, TANH
 from .layers import Activation, BatchNormalization, Conv2D, MaxPooling2D
 
@@ -58,9 +59,7 @@ class Plan:
                                      for shape in [step.shape] + step.hidden_shapes)
         self._values = [None] * self.slot_count
         self._fused = None
-        # Recorded inference passes per input shape (see inference_program): a proven
-        # program, or None where the layers' own pass must run.
-        self.programs = {}
+        self.programs = Programs(self)  # recorded inference passes of small batches
 
     def bind(self):
         """Set the call objects up for this plan (a plan is data until then, so one made

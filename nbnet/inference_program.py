@@ -2,7 +2,7 @@
 
 On one image the layers' Python (choosing a pass, fetching buffers, the plan's loop)
 took longer than their kernels: a one-image forward of tools/bench_zoo.py's seed CNN spent
-145 us, of which its 7 kernel calls 86. Those calls are the same on every call of a
+145 us, a replay of its 7 kernel calls 86. Those calls are the same on every call of a
 given input shape: the same kernels on the same weight arrays and the same buffers. So
 the second forward of a shape (a one-off predict records nothing) runs with every
 layer's device module swapped for a recorder, which notes each call (function,
@@ -37,8 +37,8 @@ _NOT_REPLAYED = frozenset({"empty", "zeros", "nothing", "workers", "to_device", 
 class _Recorder:
     """Stands in for a device module: each computing call is noted, then made. A function
     with a ``replayed_as`` attribute is noted as the call it comes down to for these
-    arguments (its own Python choices, made on shapes and codes, skipped in replays:
-    a one-image predict makes some 3 us of them a call)."""
+    arguments (its own Python choices, made on shapes and codes, skipped in replays: the
+    deep MLP's one-image predict, 14 such calls, 91-95 -> 79-91 us)."""
 
     def __init__(self, ops, calls):
         self._ops, self._calls = ops, calls
@@ -86,6 +86,59 @@ class InferenceProgram:
         return self.outputs
 
 
+# Programs' marks of a batch shape met once: recorded when met again.
+_SEEN = object()
+
+
+class Programs:
+    """A plan's programs, kept by the batch's shapes and types and the Numba threads its
+    forward runs from: a proven program, None where the proof failed (the layers' pass
+    runs), or the mark of a shape met once (a one-off predict records nothing)."""
+
+    def __init__(self, plan):
+        self._plan, self._marks = plan, {}
+
+    def current(self, xs, threads):
+        """The program that replays ``xs``, if one is recorded and holds the layers' weight
+        arrays still; else None."""
+        program = self._marks.get(_key(xs, threads))
+        return program if isinstance(program, InferenceProgram) and program.current() else None
+
+    def forward(self, xs, forward, ops, outer_threads):
+        """forward(xs) (the layers' inference pass, the Numba threads now set, ``outer_threads``
+        before one sample lowered them): replayed, recorded (a shape met a second time,
+        its program running on whichever of the two counts it measured faster), or run."""
+        threads = numba.get_num_threads()
+        key = _key(xs, threads)
+        mark = self._marks.get(key)
+        if isinstance(mark, InferenceProgram):
+            if mark.current():
+                return mark.run(xs)
+            mark = _SEEN  # its weights were replaced: record again
+        if mark is _SEEN and distinct(xs):
+            program = self._marks[key] = record(self._plan, forward, xs, ops,
+                                                sorted({threads, max(outer_threads, threads)}))
+            if program is not None:
+                return program.run(xs)
+        elif key not in self._marks:
+            self._marks[key] = _SEEN
+        return forward(xs)
+
+    def recorded(self):
+        return [mark for mark in self._marks.values() if isinstance(mark, InferenceProgram)]
+
+    def refused(self):
+        """How many shapes keep the layers' pass because their program failed the proof."""
+        return sum(mark is None for mark in self._marks.values())
+
+    def __len__(self):
+        return len(self._marks)  # the shapes met
+
+
+def _key(xs, threads):
+    return tuple((x.shape, x.dtype.str) for x in xs) + (threads,)
+
+
 def record(plan, forward, inputs, ops, thread_counts):
     """A proven program for ``forward`` (the plan's inference forward: a function of a list
     of input arrays) on inputs shaped as ``inputs`` (which must be ``distinct``), or None
@@ -93,7 +146,8 @@ def record(plan, forward, inputs, ops, thread_counts):
     weights. It runs on whichever of ``thread_counts`` (Numba threads; the first is the
     count now set) ran it fastest."""
     layers = plan.call_objects()
-    stores = [store for layer in layers for store in (layer.params, layer.state)]
+    # Call copies of a layer share its stores: each once.
+    stores = list({id(store): store for layer in layers for store in (layer.params, layer.state)}.values())
     weights = [(store, key, array) for store in stores for key, array in store.items()]
     if sum(array.nbytes for _, _, array in weights) > RECORD_MAX_WEIGHT_BYTES:
         return None
@@ -119,7 +173,7 @@ def _fastest(program, inputs, thread_counts, rounds=5):
     """The thread count that ran ``program`` fastest (best of ``rounds`` each, alternating).
     One sample's small kernels lose by sharing, its large ones gain: one image, 2 cores, us,
     one thread -> two (the implicit GEMM then splitting the image's pixels): cifar_bn 440
-    -> 360, pointwise_gap 343 -> 270, seed_cnn 162 -> 146; mlp 250 -> 300, lenet5 120 ->
+    -> 360, pointwise_gap 343 -> 270, seed_cnn 162 -> 155; mlp 250 -> 300, lenet5 120 ->
     128, resnet_small 222 -> 235 (tools/bench_zoo.py's networks)."""
     if len(thread_counts) == 1:
         return thread_counts[0]
@@ -154,11 +208,14 @@ def _proven(program, forward, inputs, weights):
     finally:
         for (_, _, array), original in zip(weights, originals):
             array[...] = original
-    if len(expected) != len(replayed) or not all(
-            np.array_equal(a, b, equal_nan=True) for a, b in zip(expected, replayed)):
+    if not _same(replayed, expected):
         return False
     replayed = [np.array(y) for y in program.run(inputs)]
-    return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(forward(inputs), replayed))
+    return _same(replayed, forward(inputs))
+
+
+def _same(outputs, others):
+    return len(outputs) == len(others) and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(outputs, others))
 
 
 def _rearranged(array):

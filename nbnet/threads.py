@@ -25,7 +25,8 @@ def _blas():
 
 
 # Both context managers are classes rather than @contextmanager generators: a one-image
-# predict enters three, and a generator's enter and exit cost twice a class's.
+# predict enters them on every call (enter and exit, warm, generator -> class: the BLAS one
+# 1.5 -> 0.8 us, the Numba one 4.3 -> 3.7).
 class single_threaded_blas:
     """Every BLAS library loaded runs on one thread inside the block; each gets its own
     count back after it."""

@@ -639,8 +639,8 @@ class TrainingLoop:
         if recordable and not callbacks and self.ops is cpu:
             # A recorded shape goes straight to its program (which sets its own thread
             # count): no device session, no chunks.
-            program = self._plan.programs.get(_program_key(x, lowered))
-            if isinstance(program, inference_program.InferenceProgram) and program.current():
+            program = self._plan.programs.current(x, lowered)
+            if program is not None:
                 for y, out in zip(program.run(x), outputs):
                     out[...] = y
                 return self._structured(outputs)
@@ -668,29 +668,11 @@ class TrainingLoop:
 
     def _inference_forward(self, xs, threads):
         """The outputs (a list) of an inference forward of the small batch ``xs`` (on the
-        device). A shape seen before runs the program recorded for it (see
-        inference_program): a one-off predict does not pay for the recording. ``threads``:
-        the Numba threads the caller had before it lowered them for one sample; the
-        program runs on whichever of the two counts it measured faster."""
+        device), through the plan's recorded programs on the CPU (see inference_program);
+        ``threads``: the Numba threads before one sample lowered them."""
         if self.ops is not cpu:
             return self._forward(xs, training=False)
-        programs = self._plan.programs
-        lowered = numba.get_num_threads()
-        key = _program_key(xs, lowered)
-        program = programs.get(key, _UNSEEN)
-        if isinstance(program, inference_program.InferenceProgram):
-            if program.current():
-                return program.run(xs)
-            program = _SEEN  # its weights were replaced: record again
-        if program is _SEEN and inference_program.distinct(xs):
-            program = programs[key] = inference_program.record(
-                self._plan, lambda inputs: self._forward(inputs, training=False), xs, cpu,
-                sorted({lowered, max(threads, lowered)}))
-            if program is not None:
-                return program.run(xs)
-        elif program is _UNSEEN:
-            programs[key] = _SEEN
-        return self._forward(xs, training=False)
+        return self._plan.programs.forward(xs, lambda inputs: self._forward(inputs, training=False), cpu, threads)
 
     def _structured(self, outputs):
         """Per-output arrays as the model's outputs were given: one, a list, or a dict."""
@@ -775,16 +757,6 @@ def sample_weights(y, targets, sample_weight, class_weight, argument="sample_wei
         by_class = np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
         weights = by_class
     return None if weights is None else weights.astype(np.float32)
-
-
-def _program_key(xs, threads):
-    """What a recorded inference program is kept by: the batch's shapes and types, and the
-    Numba threads its forward was recorded on."""
-    return tuple((x.shape, x.dtype.str) for x in xs) + (threads,)
-
-
-# _inference_forward's marks of a batch shape: not met yet, or met once (recorded when met again).
-_UNSEEN, _SEEN = object(), object()
 
 
 def _chunk_to_device(ops, arrays, start, size, convert=True):

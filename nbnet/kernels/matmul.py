@@ -87,11 +87,9 @@ def matmul(a, b, out):
     fewer than the columns (a Dense layer at a small batch) by columns, each core then
     packing half of ``b`` instead of all of it (2 cores, sgemm jobs, ms, rows / columns /
     one thread: 32x3136x1024 2.33 / 1.72 / 3.24, 32x784x512 0.23 / 0.20 / 0.32)."""
-    rows, inner = a.shape
-    count = workers()
-    if count == 1 or _too_small_to_split(rows * inner * b.shape[1]) or rows < 2 * count:
+    if _unsplit(a, b):
         return np.matmul(a, b, out=out)
-    columns = b.shape[1]
+    rows, count, columns = a.shape[0], workers(), b.shape[1]
     if rows < columns:
         _run([(a, b[:, lo:hi], out[:, lo:hi], None) for lo, hi in _blocks(columns, count)])
     else:
@@ -99,14 +97,17 @@ def matmul(a, b, out):
     return out
 
 
+def _unsplit(a, b):
+    """Whether matmul makes a @ b in one call on this thread."""
+    rows, inner = a.shape
+    count = workers()
+    return count == 1 or _too_small_to_split(rows * inner * b.shape[1]) or rows < 2 * count
+
+
 def _matmul_replayed_as(a, b, out):
     """The call matmul(a, b, out) comes down to where it does not split (np.matmul's), for
     a recorded inference program to make directly (see inference_program); else None."""
-    rows, inner = a.shape
-    count = workers()
-    if count == 1 or _too_small_to_split(rows * inner * b.shape[1]) or rows < 2 * count:
-        return np.matmul, (a, b), {"out": out}
-    return None
+    return (np.matmul, (a, b), {"out": out}) if _unsplit(a, b) else None
 
 
 matmul.replayed_as = _matmul_replayed_as
