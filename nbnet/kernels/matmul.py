@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import blas
+from . import blas, few_rows
 
 # Below this many multiply-adds a product is faster on one thread than split. Through
 # sgemm jobs (2 cores, ms, one thread against split in two): 32x128x128 (0.5M) 0.011 vs
@@ -86,7 +86,10 @@ def matmul(a, b, out):
     """out = a @ b, split across the cores when it pays: by rows, or where the rows are
     fewer than the columns (a Dense layer at a small batch) by columns, each core then
     packing half of ``b`` instead of all of it (2 cores, sgemm jobs, ms, rows / columns /
-    one thread: 32x3136x1024 2.33 / 1.72 / 3.24, 32x784x512 0.23 / 0.20 / 0.32)."""
+    one thread: 32x3136x1024 2.33 / 1.72 / 3.24, 32x784x512 0.23 / 0.20 / 0.32); a few rows
+    by large weights by columns on Numba's threads (see kernels/few_rows.py)."""
+    if few_rows.applies(a, b, out):
+        return few_rows.few_rows_matmul(a, b, out)
     if _unsplit(a, b):
         return np.matmul(a, b, out=out)
     rows, count, columns = a.shape[0], workers(), b.shape[1]
@@ -105,8 +108,11 @@ def _unsplit(a, b):
 
 
 def _matmul_replayed_as(a, b, out):
-    """The call matmul(a, b, out) comes down to where it does not split (np.matmul's), for
-    a recorded inference program to make directly (see inference_program); else None."""
+    """The call matmul(a, b, out) comes down to where it does not split (np.matmul's, or
+    few_rows_matmul's, which splits on the threads of the call), for a recorded inference
+    program to make directly (see inference_program); else None."""
+    if few_rows.applies(a, b, out):
+        return few_rows.few_rows_matmul, (a, b, out), {}
     return (np.matmul, (a, b), {"out": out}) if _unsplit(a, b) else None
 
 
