@@ -5,7 +5,8 @@ Built once per model set-up (``Plan(model)``): nested models are expanded into t
 layers, each tensor gets a slot, a layer called more than once runs as separate call
 objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), a
 Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass,
-and a BatchNormalization whose only consumer is an elementwise Activation runs that. In
+a BatchNormalization whose only consumer is an elementwise Activation runs that (and a
+2x2 MaxPooling2D after it, with a relu or none). In
 inference a BatchNormalization whose input comes only from a linear Conv2D or Dense is
 folded into that layer's kernel and bias (see KernelMixin.forward_folded).
 Backward sums the gradients of a tensor that feeds several layers, and skips every step
@@ -15,7 +16,7 @@ no trainable weight depends on.
 import math
 
 from .inference_program import Programs
-from .kernels.activations import LEAKY_RELU, RELU, SIGMOID, TANH
+from .kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
 from .layers import Activation, BatchNormalization, Conv2D, MaxPooling2D
 
 # The activations BatchNormalization's kernels can run in their own pass.
@@ -34,7 +35,7 @@ class Step:
         self.multiple = bool(getattr(source, "multiple_inputs", False))
         self.needs_backward = self.needs_input_grad = True
         self.fused_output = False
-        self.pool = None  # the MaxPooling2D call this Conv2D runs in its own pass
+        self.pool = None  # the MaxPooling2D call this Conv2D or BatchNormalization runs in its own pass
         self.activation = None  # the Activation call this BatchNormalization runs in its own pass
         self.norm = None  # the BatchNormalization call this Conv2D or Dense folds in, in inference
         self.folded = False  # a BatchNormalization the layer before it computes, in inference
@@ -51,6 +52,7 @@ class Plan:
         if fuse:
             self._fuse_conv_pool()
             self._fuse_norm_activation()
+            self._fuse_norm_pool()
             self._fold_conv_norm()
         self._mark_gradients()
         # What one sample's pass writes, the outputs that fused passes still make included
@@ -70,7 +72,7 @@ class Plan:
             if isinstance(step.layer, Conv2D):
                 step.layer.pool = step.pool
             if isinstance(step.layer, BatchNormalization):
-                step.layer.activation_after = step.activation
+                step.layer.activation_after, step.layer.pool_after = step.activation, step.pool
             for absorbed in (step.pool, step.activation):
                 if absorbed is not None:
                     absorbed.absorbed = True
@@ -134,6 +136,19 @@ class Plan:
                     and activation.layer._code in NORM_ACTIVATIONS):
                 step.activation = activation.layer
                 self._absorb(step, activation)
+
+    def _fuse_norm_pool(self):
+        """Each BatchNormalization (with no activation or a relu) whose output goes only to
+        a 2x2 MaxPooling2D of stride 2 ('valid') runs the pool in its own passes (see
+        kernels/normalization_pool.py): the normalised batch and its full-size gradient
+        are never written. Outputs and gradients equal running them apart."""
+        for step in list(self.steps):
+            pool = self._absorbable_reader(step) if isinstance(step.layer, BatchNormalization) else None
+            code = step.activation._code if step.activation is not None else LINEAR
+            if (pool is not None and isinstance(pool.layer, MaxPooling2D) and pool.layer.tiles_input()
+                    and pool.layer.pool_size == (2, 2) and code in (LINEAR, RELU) and len(step.shape) == 3):
+                step.pool = pool.layer
+                self._absorb(step, pool)
 
     def _fold_conv_norm(self):
         """Each BatchNormalization that alone reads a Conv2D's or Dense's output, where

@@ -612,9 +612,9 @@ def test_batchnorm_train_forward_and_backward(code, alpha):
     dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
     dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
     dx = np.empty_like(x)
-    cpu_norm.batchnorm_backward(dy, y, code, alpha, x, mean, gamma, inv_std, dgamma, dbeta, dx)
-    gpu_norm.batchnorm_backward(dev(dy), y_dev, code, alpha, x_dev, mean_dev, gamma_dev, inv_std_dev, dgamma_dev,
-                                dbeta_dev, dx_dev)
+    cpu_norm.batchnorm_backward(dy, y, code, alpha, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx)
+    gpu_norm.batchnorm_backward(dev(dy), y_dev, code, alpha, x_dev, mean_dev, gamma_dev, dev(beta), inv_std_dev,
+                                dgamma_dev, dbeta_dev, dx_dev)
     close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
     close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
     close(dx_dev, dx, SUM_RTOL, SUM_ATOL)
@@ -637,10 +637,10 @@ def test_batchnorm_infer_forward_and_backward(code, alpha):
     dy, dgamma, dbeta = rand(rng, rows, channels), rand(rng, channels), rand(rng, channels)
     dgamma_dev, dbeta_dev, dx_dev = dev(dgamma), dev(dbeta), cuda.device_array_like(x)
     dx = np.empty_like(x)
-    cpu_norm.batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, eps, dgamma, dbeta,
-                                      dx)
-    gpu_norm.batchnorm_infer_backward(dev(dy), y_dev, code, alpha, dev(x), stats[0], stats[2], stats[3], eps,
-                                      dgamma_dev, dbeta_dev, dx_dev)
+    cpu_norm.batchnorm_infer_backward(dy, y, code, alpha, x, gamma, beta, moving_mean, moving_variance, eps, dgamma,
+                                      dbeta, dx)
+    gpu_norm.batchnorm_infer_backward(dev(dy), y_dev, code, alpha, dev(x), stats[0], stats[1], stats[2], stats[3],
+                                      eps, dgamma_dev, dbeta_dev, dx_dev)
     close(dgamma_dev, dgamma, SUM_RTOL, SUM_ATOL)
     close(dbeta_dev, dbeta, SUM_RTOL, SUM_ATOL)
     close(dx_dev, dx)

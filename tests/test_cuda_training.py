@@ -134,6 +134,28 @@ def test_state_dropout_and_regularizers_on_cuda_as_on_cpu():
     np.testing.assert_allclose(gpu.train_on_batch(x[:4], y[:4]), reference.train_on_batch(x[:4], y[:4]), rtol=RTOL)
 
 
+@sim_only
+def test_a_normalisation_and_its_pool_on_cuda_as_on_cpu():
+    """Conv2D -> BatchNormalization -> relu -> 2x2 MaxPooling2D: the CPU runs the pool in
+    the norm's passes (kernels/normalization_pool.py), the GPU runs them apart."""
+    x, y = image_data(count=8)
+
+    def model():
+        net = models.Sequential([layers.Input((8, 8, 1)), layers.Conv2D(3, 3, use_bias=False),
+                                 layers.BatchNormalization(), layers.Activation("relu"), layers.MaxPooling2D(2),
+                                 layers.Flatten(), layers.Dense(3, activation="softmax")], seed=2)
+        net.compile(optimizer=optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+        return net
+
+    reference = model()
+    reference.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert reference.layers[1].pool_after is reference.layers[3] and reference.layers[1]._pooled
+    gpu = model().to("cuda")
+    gpu.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert gpu.layers[1].pool_after is gpu.layers[3] and not gpu.layers[1]._pooled  # apart on the GPU
+    assert_same_model(gpu, reference)
+
+
 def reshaping(seed, optimizer="nadam"):
     """Zero padding, global max and average pooling, Reshape, a Keras metric object counted
     on the host, one of the newer optimizers."""

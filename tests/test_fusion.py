@@ -125,6 +125,11 @@ def test_normalisation_with_its_activation_equals_them_apart(activation, trainab
     x, y = rng.standard_normal((10, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 10)
     fused, plain = normalised_stack(activation, trainable=trainable), normalised_stack(activation, fuse=False,
                                                                                        trainable=trainable)
+    # Shifts well away from 0: the fused backward finds which side of 0 a value lay on
+    # from the pre-activation it makes again (kernels/normalization.py), beta included.
+    for net in (fused, plain):
+        for index, channels in ((1, 4), (5, 5)):
+            net.layers[index].params["beta"][:] = np.random.default_rng(index).uniform(-1.0, 1.0, channels)
     assert [layer.absorbed for layer in fused.layers] == [False, False, True, False, False, False, True, False]
     assert fused.layers[1].activation_after is fused.layers[2] and plain.layers[1].activation_after is None
     np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
@@ -194,3 +199,61 @@ def test_a_normalisation_folded_into_its_conv_predicts_as_run_apart(channels, ac
     for a, b in zip(folded.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation, size, trainable", [("relu", 12, True), (None, 13, True), ("relu", 9, True),
+                                                          ("relu", 11, False)])
+def test_a_pool_after_a_normalisation_runs_in_its_passes(activation, size, trainable):
+    """Conv2D -> BatchNormalization -> (relu) -> 2x2 MaxPooling2D: the norm runs the pool
+    in its own passes (executor.Plan._fuse_norm_pool, kernels/normalization_pool.py), odd
+    sizes leaving the last row and column out of every window but not out of the
+    statistics; with trainable=False in inference mode, backward included. Predictions
+    (the norm then folded into the conv, the pool after it), every gradient, the moving
+    statistics and the weights after two steps equal the layers run apart."""
+    rng = np.random.default_rng(size)
+    x, y = rng.standard_normal((6, size, size, 3)).astype(np.float32), rng.integers(0, 3, 6)
+
+    def stack(fuse):
+        after = [layers.Activation(activation)] if activation else []
+        net = models.Sequential([layers.Input((size, size, 3)), layers.Conv2D(8, 3, padding="same", use_bias=False),
+                                 layers.BatchNormalization(trainable=trainable), *after, layers.MaxPooling2D(2),
+                                 layers.Flatten(), layers.Dense(3, activation="softmax")], seed=7)
+        net.fuse_layers = fuse
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        net.build()
+        norm = net.layers[1]
+        norm.params["beta"][:] = np.random.default_rng(1).uniform(-1.0, 1.0, 8)
+        norm.state["moving_mean"][:] = np.random.default_rng(2).standard_normal(8)
+        return net
+
+    fused, plain = stack(True), stack(False)
+    norm_step = fused._plan.steps[1]
+    assert norm_step.pool is fused.layers[-3] and fused.layers[1].pool_after is fused.layers[-3]
+    assert len(fused._plan.steps) == 4 and plain.layers[1].pool_after is None
+    np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+    for _ in range(2):
+        fused.train_on_batch(x, y)
+        plain.train_on_batch(x, y)
+        assert fused.layers[1]._pooled
+        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
+            for key in layer_plain.grads:
+                np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{layer_plain.name}.{key}")
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_2x2_pool_after_a_rectified_or_plain_normalisation_is_absorbed():
+    def plan(activation, pool):
+        after = [layers.Activation(activation)] if activation else []
+        net = models.Sequential([layers.Input((8, 8, 2)), layers.Conv2D(4, 3), layers.BatchNormalization(), *after,
+                                 pool, layers.Flatten(), layers.Dense(2)])
+        net.build()
+        return net._plan.steps[1].pool
+
+    assert plan("relu", layers.MaxPooling2D(2)) is not None
+    assert plan("tanh", layers.MaxPooling2D(2)) is None  # kernels/normalization_pool.py knows the rectifier only
+    assert plan("relu", layers.MaxPooling2D(2, strides=1)) is None
+    assert plan("relu", layers.MaxPooling2D(3)) is None  # the fused kernels take 2x2 windows only
+    assert plan("relu", layers.AveragePooling2D(2)) is None
+    assert plan(None, layers.MaxPooling2D(2, padding="same")) is None

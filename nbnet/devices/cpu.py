@@ -21,6 +21,8 @@ from ..kernels.implicit_gemm import implicit_conv_backward, implicit_conv_forwar
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      fold_norm, update_moving_averages)
+from ..kernels.normalization_pool import (batchnorm_pool_backward, batchnorm_pool_infer,  # noqa: F401
+                                            batchnorm_pool_infer_backward, batchnorm_pool_train_forward)
 from ..kernels.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
                               merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
 from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_forward, clip_backward,  # noqa: F401

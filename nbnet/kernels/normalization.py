@@ -19,9 +19,10 @@ parallel pass, combine the chunks in a serial kernel, and run the second pass.
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from . import REDUCTION_CHUNKS
-from .activations import activate_fusable, gradient_from_slope, slope_terms
+from .activations import SIGMOID, TANH, activate_fusable, gradient_from_slope, slope_terms
 
 
 def _partials(rows, channels):
@@ -123,10 +124,39 @@ def fold_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, 
     folded_bias[...] = ((bias if bias.size else 0.0) - moving_mean) * scale + beta
 
 
+def _activation_gradient(y, i, k, centered, scale, shift, grad, above, below, linear, square, zero):
+    """grad * activation'(.) at row i, channel k: from the output ``y`` for sigmoid and
+    tanh, whose slope is a function of it; for the others, whose slope is only which side
+    of 0 the value lies, from the pre-activation the forward computed, ``centered`` *
+    scale + shift, made again from the input (the same float32 operations as
+    _affine_blocks: the same side), so the output is not read at all. Which one is chosen
+    when a kernel compiles, by ``y``: the output (2-D), or an empty 1-D array where it is
+    not read (see _output_for_slope): each model compiles the kernels of one."""
+    raise NotImplementedError("_activation_gradient runs inside Numba kernels only")
+
+
+@overload(_activation_gradient, inline="always")
+def _activation_gradient_for(y, i, k, centered, scale, shift, grad, above, below, linear, square, zero):
+    if y.ndim == 2:
+        def from_output(y, i, k, centered, scale, shift, grad, above, below, linear, square, zero):
+            return gradient_from_slope(y[i, k], grad, above, below, linear, square, zero)
+        return from_output
+
+    def from_side(y, i, k, centered, scale, shift, grad, above, below, linear, square, zero):
+        slope = above if centered * scale + shift > zero else below
+        return grad * slope if slope != zero else zero
+    return from_side
+
+
+def _output_for_slope(y, code):
+    """What the backward kernels get as ``y`` (see _activation_gradient)."""
+    return y if code in (SIGMOID, TANH) else y.reshape(-1)[:0]
+
+
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _gradient_partials(dy, y, code, alpha, x, center, inv_std, sum_dy, sum_dy_xhat):
+def _gradient_partials(dy, y, code, alpha, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
     """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel, with
-    x_hat = (x - center) * inv_std."""
+    x_hat = (x - center) * inv_std (activation'(.) as _activation_gradient)."""
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
@@ -134,9 +164,11 @@ def _gradient_partials(dy, y, code, alpha, x, center, inv_std, sum_dy, sum_dy_xh
     for chunk in prange(chunks):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
-                grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
+                centered = x[i, k] - center[k]
+                grad = _activation_gradient(y, i, k, centered, scale[k], shift[k], dy[i, k], above, below, linear,
+                                            square, zero)
                 sum_dy[chunk, k] += grad
-                sum_dy_xhat[chunk, k] += grad * ((x[i, k] - center[k]) * inv_std[k])
+                sum_dy_xhat[chunk, k] += grad * (centered * inv_std[k])
 
 
 @njit(cache=True)
@@ -159,9 +191,9 @@ def _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta):
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _input_gradient(dy, y, code, alpha, x, center, g_scale, x_scale, shift, dx):
-    """dx = g_scale * g + x_scale * (x - center) + shift, per channel, with g = dy *
-    activation'(.), over blocks of rows."""
+def _input_gradient(dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
+    """dx = g_scale * g + x_scale * (x - center) + g_shift, per channel, with g = dy *
+    activation'(.) (as _activation_gradient), over blocks of rows."""
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
@@ -169,32 +201,43 @@ def _input_gradient(dy, y, code, alpha, x, center, g_scale, x_scale, shift, dx):
     for index in prange((rows + block - 1) // block):
         for i in range(index * block, min(rows, (index + 1) * block)):
             for k in range(channels):
-                grad = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
-                dx[i, k] = g_scale[k] * grad + x_scale[k] * (x[i, k] - center[k]) + shift[k]
+                centered = x[i, k] - center[k]
+                grad = _activation_gradient(y, i, k, centered, scale[k], shift[k], dy[i, k], above, below, linear,
+                                            square, zero)
+                dx[i, k] = g_scale[k] * grad + x_scale[k] * centered + g_shift[k]
 
 
-def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, inv_std, dgamma, dbeta, dx):
-    """With g = dy * activation'(.) (from the output ``y``) and x_hat = (x - mean) *
-    inv_std (the forward's input and batch statistics): adds into dgamma/dbeta; dx =
-    gamma*inv_std*(g - mean(g) - x_hat*mean(g*x_hat))."""
+def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):
+    """With g = dy * activation'(.) and x_hat = (x - mean) * inv_std (the forward's input
+    and batch statistics): adds into dgamma/dbeta; dx = gamma*inv_std*(g - mean(g) -
+    x_hat*mean(g*x_hat)). The output ``y`` is read for sigmoid and tanh only (see
+    _activation_gradient): two reads of the batch fewer, the Kaggle-style CNN's 100352 x 32
+    relu norm 3.3-3.9 -> 2.9-3.3 ms after a 64 MB sweep."""
     dtype = dy.dtype
+    scale = (gamma * inv_std).astype(dtype)  # the forward's (batchnorm_train_forward)
     sum_dy, sum_dy_xhat = _partials(*dy.shape)
-    _gradient_partials(dy, y, code, alpha, x, mean, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
+    y = _output_for_slope(y, code)
+    _gradient_partials(dy, y, code, alpha, x, mean, scale, beta, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
     mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
     g_scale = gamma * inv_std
     x_scale = -g_scale * inv_std * mean_dy_xhat
-    _input_gradient(dy, y, code, alpha, x, mean, g_scale.astype(dtype), x_scale.astype(dtype),
+    _input_gradient(dy, y, code, alpha, x, mean, scale, beta, g_scale.astype(dtype), x_scale.astype(dtype),
                     (-g_scale * mean_dy).astype(dtype), dx)
 
 
-def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
+def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, beta, moving_mean, moving_variance, epsilon, dgamma, dbeta,
+                             dx):
     """Backward of the inference transform (moving statistics held fixed), with g = dy *
-    activation'(.) (from the output ``y``): adds into dgamma/dbeta; dx = gamma * g /
+    activation'(.) (as batchnorm_backward): adds into dgamma/dbeta; dx = gamma * g /
     sqrt(moving_variance + epsilon)."""
     dtype = dy.dtype
     inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+    # The inference forward's coefficients (batchnorm_infer): its pre-activation again.
+    scale = (gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)).astype(dtype)
     sum_dy, sum_dy_xhat = _partials(*dy.shape)
-    _gradient_partials(dy, y, code, alpha, x, moving_mean, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
+    y = _output_for_slope(y, code)
+    _gradient_partials(dy, y, code, alpha, x, moving_mean, scale, beta, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
     _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
     nothing = np.zeros(dy.shape[1], dtype)
-    _input_gradient(dy, y, code, alpha, x, moving_mean, (gamma * inv_std).astype(dtype), nothing, nothing, dx)
+    _input_gradient(dy, y, code, alpha, x, moving_mean, scale, beta, (gamma * inv_std).astype(dtype), nothing,
+                    nothing, dx)

@@ -108,9 +108,11 @@ class KernelMixin(ActivationMixin):
         self.params = {"kernel": folded_kernel, "bias": folded_bias}
         self._code, self._slope = norm._activation_code()
         try:
-            return self.forward(x)
+            y = self.forward(x)
         finally:
             self.params, self._code, self._slope = params, code, slope
+        # A pool the norm runs in its own pass (executor.Plan._fuse_norm_pool) runs here.
+        return y if norm.pool_after is None else norm.pool_after.forward(y)
 
     def _create_kernel(self, kernel_shape, rng):
         self.params["kernel"] = self._kernel_init.draw(kernel_shape, rng)

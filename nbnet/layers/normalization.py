@@ -16,9 +16,11 @@ class BatchNormalization(Layer):
     def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
         self.momentum, self.epsilon = float(momentum), float(epsilon)
-        # The Activation layer after this one whose work its kernels do (set by the
-        # model's plan, see executor.py), or None.
+        # The Activation layer after this one whose work its kernels do, and the
+        # MaxPooling2D after that (set by the model's plan, see executor.py), or None.
         self.activation_after = None
+        self.pool_after = None
+        self._pooled = False
 
     def _activation_code(self):
         after = self.activation_after
@@ -32,6 +34,34 @@ class BatchNormalization(Layer):
         self.state["moving_variance"] = np.ones(channels, np.float32)
 
     def forward(self, x, training=False):
+        pool = self.pool_after
+        self._pooled = pool is not None and self.ops.batchnorm_pool_train_forward is not None
+        if self._pooled:
+            return self._pooled_forward(x, training, pool)
+        y = self._forward(x, training)
+        return y if pool is None else pool.forward(y)  # a device without the fused kernels
+
+    def _pooled_forward(self, x, training, pool):
+        """The norm, its activation and ``pool`` in one pass (kernels/normalization_pool.py)."""
+        channels = x.shape[-1]
+        y, argmax = pool.absorbed_outputs(x.shape, x.dtype)
+        training = training and self.trainable
+        self._training, self._x, self._argmax = training, x, argmax
+        code, _ = self._activation_code()
+        if not training:
+            self.ops.batchnorm_pool_infer(x, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
+                                          self.state["moving_variance"], self.epsilon, code, y, argmax)
+            return y
+        mean = self._buffer("mean", (channels,), x.dtype)
+        variance = self._buffer("variance", (channels,), x.dtype)
+        self._inv_std = self.ops.batchnorm_pool_train_forward(x, self.params["gamma"], self.params["beta"],
+                                                              self.epsilon, code, y, argmax, mean, variance)
+        self._mean = mean
+        self.ops.update_moving_averages(self.state["moving_mean"], self.state["moving_variance"], mean, variance,
+                                        self.momentum)
+        return y
+
+    def _forward(self, x, training):
         channels = tuple(x.shape)[-1]  # tuple(): the CUDA simulator's shapes reject negative indices
         x2d = x.reshape(-1, channels)
         y = self._buffer("y", x.shape, x.dtype)
@@ -58,6 +88,10 @@ class BatchNormalization(Layer):
         return y
 
     def backward(self, dy):
+        if self._pooled:
+            return self._pooled_backward(dy)
+        if self.pool_after is not None:
+            dy = self.pool_after.backward(dy)
         channels = tuple(dy.shape)[-1]
         dy2d = dy.reshape(-1, channels)
         dx = self._buffer("dx", dy.shape, dy.dtype)
@@ -65,11 +99,28 @@ class BatchNormalization(Layer):
         code, alpha = self._activation_code()
         if not self._training:
             self.ops.batchnorm_infer_backward(dy2d, y2d, code, alpha, self._x2d, self.params["gamma"],
-                                              self.state["moving_mean"], self.state["moving_variance"], self.epsilon,
-                                              self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
+                                              self.params["beta"], self.state["moving_mean"],
+                                              self.state["moving_variance"], self.epsilon, self.grads["gamma"],
+                                              self.grads["beta"], dx.reshape(-1, channels))
             return dx if self.needs_input_grad else None
-        self.ops.batchnorm_backward(dy2d, y2d, code, alpha, self._x2d, self._mean, self.params["gamma"], self._inv_std,
-                                    self.grads["gamma"], self.grads["beta"], dx.reshape(-1, channels))
+        self.ops.batchnorm_backward(dy2d, y2d, code, alpha, self._x2d, self._mean, self.params["gamma"],
+                                    self.params["beta"], self._inv_std, self.grads["gamma"], self.grads["beta"],
+                                    dx.reshape(-1, channels))
+        return dx if self.needs_input_grad else None
+
+    def _pooled_backward(self, dy):
+        x = self._x
+        dx = self._buffer("dx", x.shape, x.dtype)
+        code, _ = self._activation_code()
+        if not self._training:
+            self.ops.batchnorm_pool_infer_backward(dy, self._argmax, code, x, self.params["gamma"],
+                                                   self.params["beta"], self.state["moving_mean"],
+                                                   self.state["moving_variance"], self.epsilon, self.grads["gamma"],
+                                                   self.grads["beta"], dx)
+        else:
+            self.ops.batchnorm_pool_backward(dy, self._argmax, code, x, self._mean,
+                                             self.params["gamma"], self.params["beta"], self._inv_std,
+                                             self.grads["gamma"], self.grads["beta"], dx)
         return dx if self.needs_input_grad else None
 
     def get_config(self):

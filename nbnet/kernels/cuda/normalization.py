@@ -186,7 +186,7 @@ def _backward_dx_kernel(dy, x, mean, gamma, inv_std, means, dx):
         dx[i, k] = gamma[k] * inv_std[k] * (dy[i, k] - means[0, k] - x_hat * means[1, k])
 
 
-def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, inv_std, dgamma, dbeta, dx):
+def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):
     """With dy first taken through the activation from the output ``y`` (in place) and
     x_hat = (x - mean) * inv_std (the forward's input and batch statistics): adds into
     dgamma/dbeta; dx = gamma*inv_std*(dy - mean(dy) - x_hat*mean(dy*x_hat))."""
@@ -222,7 +222,8 @@ def _scale_kernel(dy, gamma, inv_std, dx):
         dx[i, k] = gamma[k] * inv_std[k] * dy[i, k]
 
 
-def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, moving_mean, moving_variance, epsilon, dgamma, dbeta, dx):
+def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, beta, moving_mean, moving_variance, epsilon, dgamma, dbeta,
+                             dx):
     """Backward of the inference transform (moving statistics held fixed), with dy first
     taken through the activation from the output ``y`` (in place): adds into dgamma/dbeta;
     dx = gamma * dy / sqrt(moving_variance + epsilon)."""
