@@ -5,8 +5,8 @@ Built once per model set-up (``Plan(model)``): nested models are expanded into t
 layers, each tensor gets a slot, a layer called more than once runs as separate call
 objects (``Layer.call_copy``: the same weights and gradients, buffers of its own), a
 Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its own pass,
-a BatchNormalization whose only consumer is an elementwise Activation runs that (and a
-2x2 MaxPooling2D after it, with a relu or none). In
+a BatchNormalization or Add whose only consumer is an elementwise Activation runs that
+(and a BatchNormalization a 2x2 MaxPooling2D after it, with a relu or none). In
 inference a BatchNormalization whose input comes only from a linear Conv2D or Dense is
 folded into that layer's kernel and bias (see KernelMixin.forward_folded).
 Backward sums the gradients of a tensor that feeds several layers, and skips every step
@@ -17,7 +17,7 @@ import math
 
 from .inference_program import Programs
 from .kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
-from .layers import Activation, BatchNormalization, Conv2D, MaxPooling2D
+from .layers import Activation, Add, BatchNormalization, Conv2D, MaxPooling2D
 
 # The activations BatchNormalization's kernels can run in their own pass.
 NORM_ACTIVATIONS = (RELU, LEAKY_RELU, SIGMOID, TANH)
@@ -36,7 +36,7 @@ class Step:
         self.needs_backward = self.needs_input_grad = True
         self.fused_output = False
         self.pool = None  # the MaxPooling2D call this Conv2D or BatchNormalization runs in its own pass
-        self.activation = None  # the Activation call this BatchNormalization runs in its own pass
+        self.activation = None  # the Activation call this BatchNormalization or Add runs in its own pass
         self.norm = None  # the BatchNormalization call this Conv2D or Dense folds in, in inference
         self.folded = False  # a BatchNormalization the layer before it computes, in inference
         self.hidden_shapes = []  # per sample, the outputs of its own that absorbing a reader hid
@@ -53,6 +53,7 @@ class Plan:
             self._fuse_conv_pool()
             self._fuse_norm_activation()
             self._fuse_norm_pool()
+            self._fuse_merge_activation()
             self._fold_conv_norm()
         self._mark_gradients()
         # What one sample's pass writes, the outputs that fused passes still make included
@@ -73,6 +74,8 @@ class Plan:
                 step.layer.pool = step.pool
             if isinstance(step.layer, BatchNormalization):
                 step.layer.activation_after, step.layer.pool_after = step.activation, step.pool
+            if isinstance(step.layer, Add):
+                step.layer.activation_after = step.activation
             for absorbed in (step.pool, step.activation):
                 if absorbed is not None:
                     absorbed.absorbed = True
@@ -149,6 +152,17 @@ class Plan:
                     and pool.layer.pool_size == (2, 2) and code in (LINEAR, RELU) and len(step.shape) == 3):
                 step.pool = pool.layer
                 self._absorb(step, pool)
+
+    def _fuse_merge_activation(self):
+        """Each Add whose output goes only to an elementwise Activation (relu, leaky relu,
+        sigmoid, tanh) runs it in its own passes (see layers.merging.Add): a residual
+        block's add and relu, one pass each way where there were two."""
+        for step in list(self.steps):
+            activation = self._absorbable_reader(step) if type(step.layer) is Add else None
+            if (activation is not None and isinstance(activation.layer, Activation)
+                    and activation.layer._code in NORM_ACTIVATIONS):
+                step.activation = activation.layer
+                self._absorb(step, activation)
 
     def _fold_conv_norm(self):
         """Each BatchNormalization that alone reads a Conv2D's or Dense's output, where

@@ -257,3 +257,52 @@ def test_only_a_2x2_pool_after_a_rectified_or_plain_normalisation_is_absorbed():
     assert plan("relu", layers.MaxPooling2D(3)) is None  # the fused kernels take 2x2 windows only
     assert plan("relu", layers.AveragePooling2D(2)) is None
     assert plan(None, layers.MaxPooling2D(2, padding="same")) is None
+
+
+@pytest.mark.parametrize("activation, inputs", [("relu", 2), ("tanh", 2), ("sigmoid", 2), ("relu", 3)])
+def test_an_activation_after_an_add_runs_in_its_passes(activation, inputs):
+    """A residual block's add and activation (executor.Plan._fuse_merge_activation): two
+    inputs run the activation in the add's own passes (kernels/merging.py), three run it
+    as a layer after the add. Predictions, every gradient and the weights after two steps
+    equal the layers run apart."""
+    rng = np.random.default_rng(inputs)
+    x, y = rng.standard_normal((5, 6, 6, 4)).astype(np.float32), rng.integers(0, 3, 5)
+
+    def model(fuse):
+        source = layers.Input((6, 6, 4))
+        # Weights behind every input: each input's gradient shows in theirs.
+        branches = [layers.Conv2D(4, 3, padding="same")(source) for _ in range(inputs)]
+        merged = layers.Activation(activation)(layers.Add()(branches))
+        out = layers.Dense(3, activation="softmax")(layers.Flatten()(layers.Conv2D(2, 1)(merged)))
+        net = models.Model(source, out)
+        net.fuse_layers = fuse
+        net._finish_build()  # a functional model made its plan when it was made
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        return net
+
+    fused, plain = model(True), model(False)
+    assert any(isinstance(step.layer, layers.Activation) for step in plain._plan.steps)
+    plain.set_weights(fused.get_weights())
+    add = next(step for step in fused._plan.steps if isinstance(step.layer, layers.Add))
+    assert add.activation is not None and add.layer.activation_after is add.activation
+    assert not any(isinstance(step.layer, layers.Activation) for step in fused._plan.steps)
+    np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-6, atol=1e-7)
+    for _ in range(2):
+        fused.train_on_batch(x, y)
+        plain.train_on_batch(x, y)
+        assert add.layer._fused == (inputs == 2)
+        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
+            for key in layer_plain.grads:
+                np.testing.assert_array_equal(layer_fused.grads[key], layer_plain.grads[key],
+                                              err_msg=f"{layer_plain.name}.{key}")
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_add_read_by_more_than_its_activation_keeps_it_apart():
+    source = layers.Input((4,))
+    merged = layers.Add()([source, layers.Dense(4)(source)])
+    out = layers.Concatenate()([layers.Activation("relu")(merged), merged])
+    net = models.Model(source, out)
+    net.build()
+    assert all(step.activation is None for step in net._plan.steps)

@@ -23,8 +23,9 @@ from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchn
                                      fold_norm, update_moving_averages)
 from ..kernels.normalization_pool import (batchnorm_pool_backward, batchnorm_pool_infer,  # noqa: F401
                                             batchnorm_pool_infer_backward, batchnorm_pool_train_forward)
-from ..kernels.merging import (concat_backward, concat_forward, merge_add, merge_divide,  # noqa: F401
-                              merge_maximum, merge_minimum, merge_multiply, merge_route, merge_subtract)
+from ..kernels.merging import (activation_gradient_copies, concat_backward, concat_forward, merge_add,  # noqa: F401
+                               merge_add_activation, merge_divide, merge_maximum, merge_minimum, merge_multiply,
+                               merge_route, merge_subtract)
 from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_forward, clip_backward,  # noqa: F401
                                clip_forward, log_softmax_backward, log_softmax_forward, permute_forward, take_backward,
                                take_forward)

@@ -143,12 +143,39 @@ class _Elementwise(_Merge):
 
 
 class Add(_Elementwise):
-    """x0 + x1 + ...; every input's gradient is dy."""
+    """x0 + x1 + ...; every input's gradient is dy. A model's plan may give it the
+    elementwise Activation layer that alone reads its output (``activation_after``, see
+    executor.Plan._fuse_merge_activation): two inputs then run it in the add's own passes
+    on the CPU (kernels/merging.py), otherwise it runs as a layer after the add."""
+
+    activation_after = None
+    _fused = False
+
+    def forward(self, inputs, training=False):
+        after = self.activation_after
+        self._fused = (after is not None and isinstance(inputs, (list, tuple)) and len(inputs) == 2
+                       and self.ops.merge_add_activation is not None)
+        y = super().forward(inputs, training)
+        return after.forward(y, training) if after is not None and not self._fused else y
+
+    def backward(self, dy):
+        after = self.activation_after
+        if after is not None and not self._fused:
+            dy = after.backward(dy)
+        return super().backward(dy)
 
     def _merge(self, xs, out):
-        self._fold(self.ops.merge_add, xs, out, 1.0)
+        if self._fused:
+            self._y = out
+            self.ops.merge_add_activation(xs[0], xs[1], self.activation_after._code, self.activation_after._slope, out)
+        else:
+            self._fold(self.ops.merge_add, xs, out, 1.0)
 
     def _gradients(self, dy, dxs):
+        if self._fused:  # dy taken through the activation in place, and the same into the other input's
+            self.ops.activation_gradient_copies(self._y, dy, self.activation_after._code,
+                                                self.activation_after._slope, dxs[0])
+            return
         for dx in dxs:
             self.ops.copy(dy, dx)
 
