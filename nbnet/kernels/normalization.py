@@ -119,9 +119,26 @@ def fold_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, 
     """A BatchNormalization folded into the conv or Dense layer before it, for inference:
     folded_kernel = kernel * scale, folded_bias = (bias - moving_mean) * scale + beta, with
     scale = gamma / sqrt(moving_variance + epsilon) in float64; ``bias`` of length 0: none."""
-    scale = gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    np.multiply(kernel, scale.astype(kernel.dtype), out=folded_kernel)
-    folded_bias[...] = ((bias if bias.size else 0.0) - moving_mean) * scale + beta
+    filters = kernel.shape[-1]
+    _fold_rows(kernel.reshape(-1, filters), bias, gamma, beta, moving_mean, moving_variance, float(epsilon),
+               folded_kernel.reshape(-1, filters), folded_bias)
+
+
+# One kernel for what were ten NumPy calls: a predict folds on every chunk (and a recorded
+# one-image program on every run). 3x3x16x16, warm: 7.0 -> 1.8 us; in the small ResNet's
+# predicts (tools/profile_step.py --zoo resnet_small --predict 5000) 10.0 -> 1.7 ms of ~220.
+@njit(cache=True)
+def _fold_rows(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel, folded_bias):
+    rows, filters = kernel.shape
+    scales = np.empty(filters, kernel.dtype)
+    for f in range(filters):
+        scale = np.float64(gamma[f]) / np.sqrt(np.float64(moving_variance[f]) + epsilon)
+        shift = bias[f] - moving_mean[f] if bias.shape[0] > 0 else -moving_mean[f]
+        folded_bias[f] = np.float64(shift) * scale + np.float64(beta[f])
+        scales[f] = scale
+    for r in range(rows):
+        for f in range(filters):
+            folded_kernel[r, f] = kernel[r, f] * scales[f]
 
 
 def _activation_gradient(y, i, k, centered, scale, shift, grad, above, below, linear, square, zero):
