@@ -57,7 +57,7 @@ def _bias_activation(ops, z2d, bias, code, slope, y2d):
 
 # Inputs fold a following BatchNormalization into the layer from this many rows (samples
 # times pixels) per row of the kernel (see KernelMixin.forward_folded).
-FOLD_MIN_ROWS_PER_KERNEL_ROW = 16
+FOLD_MIN_ROWS_PER_KERNEL_ROW = 1
 
 
 class KernelMixin(ActivationMixin):
@@ -89,11 +89,12 @@ class KernelMixin(ActivationMixin):
         conv's stores, ms (two runs each, processes alternating with the parent commit):
         resnet_small 33.9 -> 29.6, kaggle_bn 152 -> 134, cifar_bn 123 -> 111."""
         kernel = self.params["kernel"]
-        # Folding costs a pass over the kernel and some 20 us of NumPy calls, the norm a
-        # pass over the output: on small inputs the norm is cheaper (one image through
-        # the Kaggle-style CNN with all five norms folded, its 3136 -> 256 Dense layer's
-        # among them: 0.69 -> 0.87 ms; through the small ResNet, its 14x14x16 convs
-        # folded: 0.206 -> 0.222 ms).
+        # Folding costs a pass over the kernel (one kernel call, fold_norm), the norm a pass
+        # over the output: where the kernel has more rows than the input the norm is
+        # cheaper (one image through the Kaggle-style CNN with all five norms folded, its
+        # 3136 -> 256 Dense layer's among them: 0.69 -> 0.87 ms, when a fold was ten NumPy
+        # calls). One image, us, from 16 rows per kernel row to 1 (fold_norm a kernel):
+        # resnet_small 168 -> 141 (its 14x14x16 convs folded), kaggle_bn 550 -> 527.
         if not isinstance(kernel, np.ndarray) or (
                 x.size // x.shape[-1] < FOLD_MIN_ROWS_PER_KERNEL_ROW * (kernel.size // kernel.shape[-1])):
             return norm.forward(self.forward(x), training=False)
