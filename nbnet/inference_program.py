@@ -56,11 +56,28 @@ class _Recorder:
         return noted
 
 
+# BLAS products below this many multiply-adds run on one thread whatever BLAS's thread
+# count (OpenBLAS threads an sgemm from 4 x 65536; a 1 x 784 x 128 product measured one
+# thread's CPU time with two allowed, a 16 x 784 x 128 one two).
+BLAS_ONE_THREAD_MACS = 1 << 17
+# The device module's functions that call BLAS themselves (products split into sgemm jobs
+# or run on worker threads, Winograd's position products, grouped convs' products): a
+# program calling one holds BLAS to one thread. A new function that calls BLAS belongs here.
+_BLAS_CALLERS = frozenset({"matmul", "conv3x3_forward", "conv3x3_maxpool_forward", "conv5x5_forward",
+                           "grouped_conv_forward", "conv2d_backward", "conv3x3_backward", "conv3x3_maxpool_backward",
+                           "conv5x5_backward", "dense_backward", "depthwise_backward", "grouped_conv_backward"})
+
+
 class InferenceProgram:
     def __init__(self, inputs, calls, outputs, weights, threads):
         self.inputs, self.calls, self.outputs = inputs, calls, outputs
         self._weights = weights  # (store, key, array): the weight arrays the calls read
         self.threads = threads  # the Numba threads its kernels run on
+        # Whether every BLAS product it makes is too small for BLAS's own threads: predict
+        # then skips holding BLAS to one thread around the run (threadpoolctl's calls, some
+        # 11-20 us of a one-image predict: tools/ab_zoo.sh, two rounds, us, seed_cnn 155 /
+        # 154 -> 132 / 135, strided 105 / 104 -> 83 / 77, resnet_small 173 / 162 -> 152 / 139).
+        self.blas_single = all(_blas_single(function, args) for function, args, _ in calls)
 
     def current(self):
         """Whether the layers still hold the weight arrays the calls were recorded with."""
@@ -84,6 +101,13 @@ class InferenceProgram:
             if before != self.threads:
                 numba.set_num_threads(before)
         return self.outputs
+
+
+def _blas_single(function, args):
+    """Whether the call ``function(*args)`` leaves BLAS's own threads idle."""
+    if function is np.matmul:
+        return args[0].shape[0] * args[0].shape[1] * args[1].shape[1] < BLAS_ONE_THREAD_MACS
+    return getattr(function, "__name__", None) not in _BLAS_CALLERS
 
 
 # Programs' marks of a batch shape met once: recorded when met again.

@@ -22,7 +22,7 @@ from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
 from .progress import ProgressBar
 from .tensor import as_tensor
-from .threads import blas_limited, numba_threads
+from .threads import blas_limited, numba_threads, single_threaded_blas
 
 # Inference runs in chunks of at most this many samples whatever the batch size asked for:
 # the results are the same, a batch of 1000 CNN images would hold ~300 MB of buffers, and
@@ -628,22 +628,31 @@ class TrainingLoop:
             x = [a[:_check_steps(steps, "predict") * batch_size] for a in x]
         return self._predict_prepared(x, batch_size, callbacks)
 
-    @blas_limited
     def _predict_prepared(self, x, batch_size, callbacks):
         """predict on inputs _prepare_x has made (a list of arrays)."""
+        count = len(x[0])
+        if count <= inference_program.RECORD_MAX_SAMPLES and not callbacks and self.ops is cpu:
+            # A recorded shape goes straight to its program (which sets its own thread
+            # count): no device session, no chunks, BLAS held to one thread only where
+            # the program's products could use more.
+            program = self._plan.programs.current(x, 1 if count == 1 else numba.get_num_threads())
+            if program is not None:
+                if program.blas_single:
+                    return self._program_outputs(program, x)
+                with single_threaded_blas():
+                    return self._program_outputs(program, x)
+        return self._predict_chunks(x, batch_size, callbacks)
+
+    def _program_outputs(self, program, x):
+        return self._structured([np.array(y) for y in program.run(x)])
+
+    @blas_limited
+    def _predict_chunks(self, x, batch_size, callbacks):
         count = len(x[0])
         outputs = [np.empty((count,) + tuple(t.sample_shape), np.float32) for t in self._output_tensors]
         recordable = count <= inference_program.RECORD_MAX_SAMPLES
         threads = numba.get_num_threads()
         lowered = 1 if count == 1 else threads  # see threads.numba_threads
-        if recordable and not callbacks and self.ops is cpu:
-            # A recorded shape goes straight to its program (which sets its own thread
-            # count): no device session, no chunks.
-            program = self._plan.programs.current(x, lowered)
-            if program is not None:
-                for y, out in zip(program.run(x), outputs):
-                    out[...] = y
-                return self._structured(outputs)
         sample_bytes = 4 * self._plan.values_per_sample
         chunk = min(batch_size, max(INFERENCE_CHUNK, PREDICT_CHUNK_BYTES // max(sample_bytes, 1)))
         callback_list = self._with_model(callbacks)

@@ -2,6 +2,7 @@
 bits as the layers' own pass, the weights read live, and no program where the layers
 compute outside the device module."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -243,3 +244,24 @@ def test_models_of_many_weights_are_not_recorded(monkeypatch):
     for _ in range(3):
         np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
     assert net._plan.programs.refused() == 1 and not programs(net)
+
+
+def test_blas_stays_as_the_user_set_it_where_the_programs_products_are_small(monkeypatch):
+    """A program whose BLAS products are all too small for BLAS's own threads runs without
+    holding BLAS to one thread (inference_program.BLAS_ONE_THREAD_MACS); one with a larger
+    product (16 samples through a 784 -> 128 Dense layer) holds it."""
+    from nbnet import threads
+
+    held = []
+    entered = threads.single_threaded_blas.__enter__
+    monkeypatch.setattr(threads.single_threaded_blas, "__enter__", lambda self: held.append(1) or entered(self))
+    net = models.Sequential([layers.Input((784,)), layers.Dense(128, activation="relu"), layers.Dense(10)], seed=1)
+    x = np.random.default_rng(0).standard_normal((16, 784)).astype(np.float32)
+    for count in (1, 16):
+        expected = net.predict(x[:count])  # the layers' pass; then recorded, then replayed
+        for _ in range(2):
+            held.clear()
+            np.testing.assert_array_equal(net.predict(x[:count]), expected)
+        program = net._plan.programs.current([x[:count]], 1 if count == 1 else numba.get_num_threads())
+        assert program is not None and program.blas_single == (count == 1)
+        assert bool(held) == (count == 16)
