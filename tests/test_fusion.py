@@ -100,6 +100,22 @@ def test_only_fusable_pairs_fuse():
     assert not ending.layers[1].absorbed
 
 
+def assert_trains_alike(fused, plain, x, y, grad_rtol=1e-5, rtol=1e-5, atol=1e-6, each_step=None):
+    """Two training steps of each model: every layer's gradients after each step, then the
+    weights, equal to the tolerances (0: the same bits); ``each_step()`` checks more."""
+    for _ in range(2):
+        fused.train_on_batch(x, y)
+        plain.train_on_batch(x, y)
+        if each_step is not None:
+            each_step()
+        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
+            for key in layer_plain.grads:
+                np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=grad_rtol, atol=atol,
+                                           err_msg=f"{layer_plain.name}.{key}")
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
 def normalised_stack(activation, fuse=True, trainable=True):
     """Conv2D -> BatchNormalization -> activation layer, twice (the second after a Dense,
     as a LeakyReLU layer), then a softmax head; BatchNormalization runs the activation in
@@ -133,16 +149,11 @@ def test_normalisation_with_its_activation_equals_them_apart(activation, trainab
     assert [layer.absorbed for layer in fused.layers] == [False, False, True, False, False, False, True, False]
     assert fused.layers[1].activation_after is fused.layers[2] and plain.layers[1].activation_after is None
     np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
-    for _ in range(2):
-        fused.train_on_batch(x, y)
-        plain.train_on_batch(x, y)
+
+    def same_mode():
         assert fused.layers[1]._training == plain.layers[1]._training == trainable
-        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
-            for key in layer_plain.grads:
-                np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=1e-4, atol=1e-6,
-                                           err_msg=f"{layer_plain.name}.{key}")
-    for a, b in zip(fused.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    assert_trains_alike(fused, plain, x, y, grad_rtol=1e-4, each_step=same_mode)
 
 
 def test_an_activation_that_is_an_output_or_softmax_is_not_absorbed():
@@ -231,16 +242,8 @@ def test_a_pool_after_a_normalisation_runs_in_its_passes(activation, size, train
     assert norm_step.pool is fused.layers[-3] and fused.layers[1].pool_after is fused.layers[-3]
     assert len(fused._plan.steps) == 4 and plain.layers[1].pool_after is None
     np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
-    for _ in range(2):
-        fused.train_on_batch(x, y)
-        plain.train_on_batch(x, y)
-        assert fused.layers[1]._pooled
-        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
-            for key in layer_plain.grads:
-                np.testing.assert_allclose(layer_fused.grads[key], layer_plain.grads[key], rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{layer_plain.name}.{key}")
-    for a, b in zip(fused.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_trains_alike(fused, plain, x, y)
+    assert fused.layers[1]._pooled
 
 
 def test_only_a_2x2_pool_after_a_rectified_or_plain_normalisation_is_absorbed():
@@ -287,16 +290,8 @@ def test_an_activation_after_an_add_runs_in_its_passes(activation, inputs):
     assert add.activation is not None and add.layer.activation_after is add.activation
     assert not any(isinstance(step.layer, layers.Activation) for step in fused._plan.steps)
     np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-6, atol=1e-7)
-    for _ in range(2):
-        fused.train_on_batch(x, y)
-        plain.train_on_batch(x, y)
-        assert add.layer._fused == (inputs == 2)
-        for layer_fused, layer_plain in zip(fused.layers, plain.layers):
-            for key in layer_plain.grads:
-                np.testing.assert_array_equal(layer_fused.grads[key], layer_plain.grads[key],
-                                              err_msg=f"{layer_plain.name}.{key}")
-    for a, b in zip(fused.get_weights(), plain.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert_trains_alike(fused, plain, x, y, grad_rtol=0, rtol=0, atol=0)
+    assert add.layer._fused == (inputs == 2)
 
 
 def test_an_add_read_by_more_than_its_activation_keeps_it_apart():
