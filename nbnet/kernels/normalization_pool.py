@@ -12,6 +12,7 @@ statistics still run over every pixel, those a tiling pool leaves out included.
 
 Windows of 2x2 at stride 2 ('valid'; the pool nearly every CNN uses) only: see
 executor.Plan._fuse_norm_pool.
+
 Apart, the norm's pass wrote the batch and the pool's read it back, and the pool's
 backward wrote the full gradient (zeroed) that the norm's two passes read again. 128 x
 28x28x32 with relu, 2 cores, ms, after a 64 MB sweep: forward 3.6-4.6 -> 1.9, backward
