@@ -17,6 +17,7 @@ from . import callbacks as callbacks_module
 from . import metrics as metrics_module
 from .devices import cpu
 from .feeding import ArrayFeeder, BatchStream, StreamFeeder, is_batch_source
+from .kernels.training import all_finite
 from . import inference_program
 from .outputs import prepare_targets
 from .errors import NbnetError, ResourceError, ShapeError, TrainingDiverged, TrainingInterrupted
@@ -779,13 +780,17 @@ def _chunk_to_device(ops, arrays, start, size, convert=True):
 
 
 def _first_non_finite_sample(x, chunk=4096):
-    """The index of the first sample holding NaN or Inf, or None. A finite sum rules both
-    out in one pass without a mask; otherwise (or when the sum overflowed) the samples are
-    checked in slices, so a mask of the whole array (47 MB for MNIST, on top of the
-    peak) never exists at once. A small array's mask is cheaper than the sum's errstate
-    (one image: 4 us against 8, of a 100 us predict)."""
+    """The index of the first sample holding NaN or Inf, or None. One vectorised pass
+    (kernels/training.all_finite: no mask, no overflow) rules both out for a large float32
+    array (1000 MNIST images: NumPy's isfinite and all 0.20 ms, its sum 0.21); otherwise the
+    samples are checked in slices, so a mask of the whole array (47 MB for MNIST, on top of
+    the peak) never exists at once. A small array's mask is cheaper than a kernel call (one
+    image: 4 us, of a 100 us predict)."""
     if x.size <= chunk * 16:
         if np.isfinite(x).all():
+            return None
+    elif x.dtype == np.float32 and x.flags.c_contiguous:
+        if all_finite(x.reshape(-1)):
             return None
     else:
         with np.errstate(over="ignore", invalid="ignore"):

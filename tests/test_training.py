@@ -200,6 +200,13 @@ def test_clear_errors_for_bad_input():
         model.predict(np.vstack([np.full((3, 4), 3e38, np.float32), [[0, np.inf, 0, 0]]]))
     # Finite values whose sum overflows float32 are not mistaken for Inf.
     assert model.predict(np.full((3, 4), 3e38, np.float32), verbose=0).shape == (3, 3)
+    # Past 65536 values one vectorised pass checks the whole array (kernels/training.all_finite).
+    large = np.full((20000, 4), 3e38, np.float32)
+    assert model.predict(large, batch_size=5000, verbose=0).shape == (20000, 3)
+    for bad in (np.nan, -np.inf):
+        large[12345, 2] = bad
+        with pytest.raises(NbnetError, match="sample 12345 contains NaN or Inf"):
+            model.predict(large)
     with pytest.raises(NbnetError, match="batch_size"):
         model.fit(x, np.zeros(5, int), batch_size=0, verbose=0)
     per_pixel = models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Dense(3)])  # as Keras allows
