@@ -57,8 +57,9 @@ class _Recorder:
 
 
 # BLAS products below this many multiply-adds run on one thread whatever BLAS's thread
-# count (OpenBLAS threads an sgemm from 4 x 65536; a 1 x 784 x 128 product measured one
-# thread's CPU time with two allowed, a 16 x 784 x 128 one two).
+# count, as measured with OpenBLAS 0.3.31 (the process's CPU time against wall time, two
+# BLAS threads allowed: 1 x 784 x 128, 1 x 512 x 512, 1 x 3136 x 10 and 4 x 784 x 128 one
+# thread's; 16 x 784 x 128 two). Another BLAS may split sooner: a speed risk, no more.
 BLAS_ONE_THREAD_MACS = 1 << 17
 # The device module's functions that call BLAS themselves (products split into sgemm jobs
 # or run on worker threads, Winograd's position products, grouped convs' products): a

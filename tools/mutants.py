@@ -225,8 +225,8 @@ MUTANTS += [
       [LAYERS + "::test_batchnorm_training_forward_and_gradients"]),
     M("batchnorm_unbiased_batch_variance", "BatchNormalization training normalises with the unbiased (n - 1) "
       "batch variance", "kernels/normalization.py",
-      "variance = np.maximum(squares.sum(axis=0) / rows - mean * mean, 0.0)",
-      "variance = np.maximum((squares.sum(axis=0) - rows * mean * mean) / (rows - 1), 0.0)",
+      "variance = max(total_squares / rows - mean[k] * mean[k], 0.0)",
+      "variance = max((total_squares - rows * mean[k] * mean[k]) / (rows - 1), 0.0)",
       [LAYERS + "::test_batchnorm_training_forward_and_gradients"]),
     M("batchnorm_momentum_pytorch_convention", "moving averages with PyTorch's momentum convention "
       "(momentum weighs the batch)", "kernels/normalization.py",
@@ -235,8 +235,8 @@ MUTANTS += [
       [LAYERS + "::test_batchnorm_moving_statistics_update"]),
     M("batchnorm_infer_epsilon_outside_sqrt", "BatchNormalization inference: epsilon outside the sqrt",
       "kernels/normalization.py",
-      "scale[k] = gamma[k] / np.sqrt(moving_variance[k] + epsilon)",
-      "scale[k] = gamma[k] / (np.sqrt(moving_variance[k]) + epsilon)",
+      "return gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)",
+      "return gamma / (np.sqrt(moving_variance.astype(np.float64)) + epsilon)",
       [LAYERS + "::test_batchnorm_inference_uses_moving_statistics"]),
     # -- dropout ------------------------------------------------------------------------------
     M("dropout_mask_inverted", "dropout keeps the units whose bits fall below the threshold (keeps rate, "
@@ -290,7 +290,7 @@ MUTANTS += [
       [TRAINING_STEP + "::test_fit_epoch_equals_minibatch_sgd_in_numpy"]),
     M("check_finite_ignores_loss", "the divergence check looks at the gradients only, not the loss",
       "kernels/training.py",
-      "probe = total[0] * 0.0", "probe = 0.0",
+      "if not (np.isfinite(total[0]) and all_finite(values)):", "if not all_finite(values):",
       [CUDA_TESTS + "::test_check_finite"], SIM),
     M("cosine_decay_not_clamped", "CosineDecay past decay_steps climbs back up (step not clamped)", "schedules.py",
       "progress = min(step, self.decay_steps) / self.decay_steps", "progress = step / self.decay_steps",

@@ -91,12 +91,32 @@ def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, v
     backward takes it again from x (a write of the whole batch fewer, and no slower a
     backward, which is bound by memory either way). Returns the per-channel 1/std
     (float64)."""
-    sums, squares = _partials(*x.shape)
-    _column_partials(x, sums, squares)
-    mean, inv_std = _statistics(sums, squares, x.shape[0], float(epsilon), mean_out, variance_out)
+    mean, inv_std = batch_statistics(x, epsilon, mean_out, variance_out)
     dtype = x.dtype
     _affine_blocks(x, mean.astype(dtype), (gamma * inv_std).astype(dtype), beta, code, alpha, y)
     return inv_std
+
+
+# The passes' coefficients, shared with normalization_pool.py (its kernels must make the
+# same values).
+def batch_statistics(x, epsilon, mean_out, variance_out):
+    """The (rows, channels) batch's mean and 1/std per channel in float64, its mean and
+    (biased) variance also written into mean_out / variance_out."""
+    sums, squares = _partials(*x.shape)
+    _column_partials(x, sums, squares)
+    return _statistics(sums, squares, x.shape[0], float(epsilon), mean_out, variance_out)
+
+
+def moving_scale(gamma, moving_variance, epsilon):
+    """The inference transform's scale, gamma / sqrt(moving_variance + epsilon), in float64."""
+    return gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
+
+
+def input_gradient_terms(gamma, inv_std, mean_dy, mean_dy_xhat, dtype):
+    """(g_scale, x_scale, g_shift) of the training backward's dx = g_scale * g + x_scale *
+    (x - mean) + g_shift, that is gamma * inv_std * (g - mean(g) - x_hat * mean(g * x_hat))."""
+    g_scale = gamma * inv_std
+    return g_scale.astype(dtype), (-g_scale * inv_std * mean_dy_xhat).astype(dtype), (-g_scale * mean_dy).astype(dtype)
 
 
 @njit(cache=True)
@@ -111,8 +131,7 @@ def update_moving_averages(moving_mean, moving_variance, mean, variance, momentu
 
 def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
     """y = activation(gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta)."""
-    scale = gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    _affine_blocks(x, moving_mean, scale.astype(x.dtype), beta, code, alpha, y)
+    _affine_blocks(x, moving_mean, moving_scale(gamma, moving_variance, epsilon).astype(x.dtype), beta, code, alpha, y)
 
 
 def fold_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel, folded_bias):
@@ -236,10 +255,8 @@ def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, beta, inv_std, dgamma
     y = _output_for_slope(y, code)
     _gradient_partials(dy, y, code, alpha, x, mean, scale, beta, inv_std.astype(dtype), sum_dy, sum_dy_xhat)
     mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, dy.shape[0], dgamma, dbeta)
-    g_scale = gamma * inv_std
-    x_scale = -g_scale * inv_std * mean_dy_xhat
-    _input_gradient(dy, y, code, alpha, x, mean, scale, beta, g_scale.astype(dtype), x_scale.astype(dtype),
-                    (-g_scale * mean_dy).astype(dtype), dx)
+    _input_gradient(dy, y, code, alpha, x, mean, scale, beta, *input_gradient_terms(gamma, inv_std, mean_dy,
+                                                                                    mean_dy_xhat, dtype), dx)
 
 
 def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, beta, moving_mean, moving_variance, epsilon, dgamma, dbeta,
@@ -249,8 +266,7 @@ def batchnorm_infer_backward(dy, y, code, alpha, x, gamma, beta, moving_mean, mo
     sqrt(moving_variance + epsilon)."""
     dtype = dy.dtype
     inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    # The inference forward's coefficients (batchnorm_infer): its pre-activation again.
-    scale = (gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)).astype(dtype)
+    scale = moving_scale(gamma, moving_variance, epsilon).astype(dtype)  # batchnorm_infer's
     sum_dy, sum_dy_xhat = _partials(*dy.shape)
     y = _output_for_slope(y, code)
     _gradient_partials(dy, y, code, alpha, x, moving_mean, scale, beta, inv_std.astype(dtype), sum_dy, sum_dy_xhat)

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import RELU
-from .normalization import _column_partials, _parameter_gradients, _partials, _statistics
+from .normalization import _parameter_gradients, _partials, batch_statistics, input_gradient_terms, moving_scale
 from .pool import max_of_window
 
 
@@ -127,10 +127,7 @@ def batchnorm_pool_train_forward(x, gamma, beta, epsilon, code, y, argmax, mean_
     """normalization.batchnorm_train_forward (``code`` LINEAR or RELU) with the 2x2 max
     pool after it: ``x`` NHWC, ``y`` and ``argmax`` the pooled shape. Returns the
     per-channel 1/std (float64)."""
-    x2d = x.reshape(-1, x.shape[-1])
-    sums, squares = _partials(*x2d.shape)
-    _column_partials(x2d, sums, squares)
-    mean, inv_std = _statistics(sums, squares, x2d.shape[0], float(epsilon), mean_out, variance_out)
+    mean, inv_std = batch_statistics(x.reshape(-1, x.shape[-1]), epsilon, mean_out, variance_out)
     dtype = x.dtype
     _affine_maxpool(x, mean.astype(dtype), (gamma * inv_std).astype(dtype), beta, code == RELU, y, argmax)
     return inv_std
@@ -138,8 +135,7 @@ def batchnorm_pool_train_forward(x, gamma, beta, epsilon, code, y, argmax, mean_
 
 def batchnorm_pool_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, y, argmax):
     """normalization.batchnorm_infer with the max pool after it (see above)."""
-    scale = gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    _affine_maxpool(x, moving_mean, scale.astype(x.dtype), beta, code == RELU, y, argmax)
+    _affine_maxpool(x, moving_mean, moving_scale(gamma, moving_variance, epsilon).astype(x.dtype), beta, code == RELU, y, argmax)
 
 
 def batchnorm_pool_backward(dy, argmax, code, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):
@@ -153,10 +149,8 @@ def batchnorm_pool_backward(dy, argmax, code, x, mean, gamma, beta, inv_std, dga
     _gradient_partials(dy, argmax, relu, 2, 2, x, mean, scale, beta, inv_std.astype(dtype),
                        sum_dy, sum_dy_xhat)
     mean_dy, mean_dy_xhat = _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta)
-    g_scale = gamma * inv_std
-    x_scale = -g_scale * inv_std * mean_dy_xhat
-    _input_gradient(dy, argmax, relu, 2, 2, x, mean, scale, beta, g_scale.astype(dtype),
-                    x_scale.astype(dtype), (-g_scale * mean_dy).astype(dtype), dx)
+    _input_gradient(dy, argmax, relu, 2, 2, x, mean, scale, beta,
+                    *input_gradient_terms(gamma, inv_std, mean_dy, mean_dy_xhat, dtype), dx)
 
 
 def batchnorm_pool_infer_backward(dy, argmax, code, x, gamma, beta, moving_mean, moving_variance, epsilon, dgamma,
@@ -165,7 +159,7 @@ def batchnorm_pool_infer_backward(dy, argmax, code, x, gamma, beta, moving_mean,
     dtype = x.dtype
     rows, channels = x.size // x.shape[-1], x.shape[-1]
     inv_std = 1.0 / np.sqrt(moving_variance.astype(np.float64) + epsilon)
-    scale = (gamma / np.sqrt(moving_variance.astype(np.float64) + epsilon)).astype(dtype)  # batchnorm_pool_infer's
+    scale = moving_scale(gamma, moving_variance, epsilon).astype(dtype)  # batchnorm_pool_infer's
     relu = code == RELU
     sum_dy, sum_dy_xhat = _partials(rows, channels)
     _gradient_partials(dy, argmax, relu, 2, 2, x, moving_mean, scale, beta,
