@@ -80,8 +80,9 @@ MUTANTS = [
       "norm += np.exp(np.float64(logits[i, k]) - peak)\n        log_norm = np.log(norm) + peak",
       "norm += np.exp(np.float64(logits[i, k]))\n        log_norm = np.log(norm)", PARITY),
     M("mse_summed_over_features", "MSE summed over the features instead of averaged", "kernels/losses.py",
-      "scale = 2.0 / (rows * width)", "scale = 2.0 / rows", PARITY,
-      more=[("total += w * diff * diff / width", "total += w * diff * diff")]),
+      "rows, width = preds.shape\n    scale = 1.0 / (rows * width)\n",
+      "rows, width = preds.shape\n    scale = 1.0 / rows\n", PARITY,
+      more=[("total += w * term / width", "total += w * term")]),
     M("training_ignores_regularizers", "training adds each regularizer's gradient into a copy (the penalty is "
       "still reported, the weights never feel it)", "layers/base.py",
       "reg.apply(self.params[key], self.grads[key], self.ops, total_out)",
@@ -129,26 +130,33 @@ MUTANTS += [
     # -- dense --------------------------------------------------------------------------
     M("dense_kernel_grad_before_activation_derivative", "Dense backward: the kernel gradient taken from dy "
       "before the activation derivative is applied", "kernels/dense.py",
-      "    activation_backward(y, dy, code, alpha, dy, dbias)\n    add_transposed_product(x, dy, dkernel, scratch)\n",
-      "    add_transposed_product(x, dy, dkernel, scratch)\n    activation_backward(y, dy, code, alpha, dy, dbias)\n",
+      "    activation_backward(y, dy, code, alpha, dy, dbias)\n    if dx is None:\n"
+      "        add_transposed_product(x, dy, dkernel, scratch)\n    else:\n"
+      "        weight_and_input_gradients(x, dy, kernel, dkernel, scratch, dx)\n",
+      "    add_transposed_product(x, dy, dkernel, scratch)\n    activation_backward(y, dy, code, alpha, dy, dbias)\n"
+      "    if dx is not None:\n        dx[...] = dy @ kernel.T\n",
       [LAYERS + "::test_dense_gradients"]),
     M("dense_keep_logits_bias_twice", "Dense with kept logits (fused softmax loss) adds the bias twice",
       "layers/core.py",
-      "ops.bias_activation_forward(z2d, ops.nothing(z2d.dtype), self._code, self._slope, y2d)",
-      "ops.bias_activation_forward(z2d, bias, self._code, self._slope, y2d)",
+      "_bias_activation(ops, z2d, ops.nothing(z2d.dtype), self._code, self._slope, y2d)",
+      "_bias_activation(ops, z2d, bias, self._code, self._slope, y2d)",
       [LAYERS + "::test_dense_keep_logits"]),
     # -- activations ------------------------------------------------------------------------
     M("sigmoid_negative_branch", "sigmoid of a negative input computed as 1/(1+e^x) instead of e^x/(1+e^x)",
       "kernels/activations.py",
-      "value = e / (one + e)", "value = one / (one + e)", [LAYERS + "::test_dense_forward_matches_reference"]),
+      "return e / (1.0 + e)", "return 1.0 / (1.0 + e)", [LAYERS + "::test_dense_forward_matches_reference"]),
     M("tanh_derivative", "tanh derivative 1 - y instead of 1 - y^2", "kernels/activations.py",
-      "grad = grad * (1 - out * out)", "grad = grad * (1 - out)", [LAYERS + "::test_dense_gradients"]),
+      "    if code == TANH:\n        return one, one, zero, -one\n",
+      "    if code == TANH:\n        return one, one, -one, zero\n", [LAYERS + "::test_dense_gradients"]),
     M("softmax_backward_unweighted_dot", "softmax backward: sum(dy) instead of sum(dy * y)",
       "kernels/activations.py",
       "dot += dy[i, k] * y[i, k]", "dot += dy[i, k]", [LAYERS + "::test_dense_gradients"]),
     M("activation_backward_chunk_bounds", "activation backward: chunk bounds rows//chunks*(chunk+1), the last "
       "rows of an uneven split get no gradient", "kernels/activations.py",
-      "stop = (chunk + 1) * rows // chunks", "stop = (chunk + 1) * (rows // chunks)",
+      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in prange(chunks):\n"
+      "        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):",
+      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in prange(chunks):\n"
+      "        for i in range(chunk * rows // chunks, (chunk + 1) * (rows // chunks)):",
       [LAYERS + "::test_dense_backward_over_uneven_reduction_chunks"]),
     # -- conv: im2col, same padding, direct ----------------------------------------------------
     M("conv_same_padding_odd_pixel_first", "'same' padding puts the odd pixel before instead of after",
@@ -180,7 +188,7 @@ MUTANTS += [
       ["tests/test_winograd.py::test_winograd_matches_im2col"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
-      "b1 - c1 - d1 + shift,", "b1 - c1 + d1 + shift,",
+      "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",
       ["tests/test_winograd.py::test_winograd_matches_im2col"]),
     M("winograd_kernel_transform_G", "Winograd G's third row [1/2, 1/2, -1/2]", "kernels/winograd.py",
       "[0.5, -0.5, 0.5], [0, 0, 1]]", "[0.5, 0.5, -0.5], [0, 0, 1]]",
@@ -293,7 +301,8 @@ MUTANTS += [
       "if not (np.isfinite(total[0]) and all_finite(values)):", "if not all_finite(values):",
       [CUDA_TESTS + "::test_check_finite"], SIM),
     M("cosine_decay_not_clamped", "CosineDecay past decay_steps climbs back up (step not clamped)", "schedules.py",
-      "progress = min(step, self.decay_steps) / self.decay_steps", "progress = step / self.decay_steps",
+      "self._decay(min(step, self.decay_steps), self.initial_learning_rate)",
+      "self._decay(step, self.initial_learning_rate)",
       PARITY),
     # -- metrics ------------------------------------------------------------------------------
     M("accuracy_argmax_skips_last_class", "accuracy count: the argmax never considers the last class",
@@ -307,7 +316,8 @@ MUTANTS += [
       "return [top, left, bottom, right]", "return [top, bottom, left, right]",
       ["tests/test_onnx.py::test_conv2d_geometry"]),
     M("onnx_gemm_transB", "ONNX Gemm with transB=1 on Keras's (in, out) kernel", "onnx/exporter.py",
-      'graph.node("Gemm", inputs, prefix)', 'graph.node("Gemm", inputs, prefix, transB=1)',
+      'graph.node("Gemm", inputs + ([bias] if bias else []), prefix)',
+      'graph.node("Gemm", inputs + ([bias] if bias else []), prefix, transB=1)',
       ["tests/test_onnx.py::test_fused_activations"]),
     M("onnx_flatten_channels_first", "ONNX Flatten of the channels-first tensor (C, H, W order)", "onnx/exporter.py",
       "tensor = graph.transpose(tensor, prefix, channels_first=False)  # Keras order: H, W, C",
