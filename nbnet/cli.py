@@ -145,7 +145,7 @@ def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batc
         fit_data = sources.fit_arguments(model, source)
         if verbose and not resume:
             model.summary()
-        warmup(model, progress=click.echo if verbose else None)
+        warmup(model, progress=click.echo if verbose else None, batch_size=batch_size)
         started = time.perf_counter()
         with _stop_on_signals(model):
             model.fit(**fit_data, epochs=epochs, batch_size=None if source.streamed else batch_size,
@@ -355,7 +355,10 @@ def predict(model_path, inputs, output, scale, invert, input_scale):
 @main.command("warmup")
 @click.option("--model", "model_name", default="mnist_cnn", show_default=True,
               help="A model definition name or .py path, or an .nbnet model file.")
-def warmup_command(model_name):
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="The training batch size to compile for (some layers take other kernels below 16 samples) "
+                   "[default: the model's, as nbnet train]")
+def warmup_command(model_name, batch_size):
     """Compile the kernels a model uses into Numba's disk cache, so training starts at once."""
     from .errors import NbnetError
     from .models import load_model
@@ -363,8 +366,13 @@ def warmup_command(model_name):
     from .zoo import get_definition
 
     try:
-        model = load_model(model_name) if model_name.endswith(".nbnet") else get_definition(model_name).build()
-        warmup(model, progress=click.echo)
+        if model_name.endswith(".nbnet"):
+            model = load_model(model_name)
+            default_batch = (model.fit_config or {}).get("batch_size")
+        else:
+            definition = get_definition(model_name)
+            model, default_batch = definition.build(), getattr(definition, "BATCH_SIZE", None)
+        warmup(model, progress=click.echo, batch_size=batch_size or default_batch or 128)
     except NbnetError as error:
         _fail(error)
 

@@ -2,7 +2,10 @@
 
 The first ``nbnet train`` on a fresh install spends seconds compiling; doing it up front
 on a throwaway copy of the model lets the CLI say so, and ``nbnet warmup`` can do it at
-install time. Shapes do not matter to Numba, only dtypes and ranks: two samples suffice.
+install time. Numba compiles per dtype and rank, not per shape, but the layers choose their
+kernels by batch size (a conv takes Winograd from WINOGRAD_MIN_IMAGES images, a Dense of a
+few rows kernels/few_rows.py), so the warm-up trains on a batch of the size training will
+use and predicts on two samples.
 
 Numba compiles on one core. When the warm-up, or any model's first training step, is
 still compiling after half a second (a cold cache), a second process warms up the
@@ -29,11 +32,16 @@ from . import compile_locks
 
 # Seconds of warm-up after which the cache counts as cold and the helper process starts.
 HELPER_AFTER = 0.5
+# The training batch a warm-up steps on: Keras's fit default. A larger one is held to
+# WARMUP_BATCH_MAX samples of zeros (the kernels chosen do not change past that).
+WARMUP_BATCH = 32
+WARMUP_BATCH_MAX = 256
 
 
-def warmup(model, progress=None):
-    """Run one training step and one prediction of a copy of ``model`` on zeros; returns
-    the seconds taken. ``progress(text)`` is told what is happening."""
+def warmup(model, progress=None, batch_size=WARMUP_BATCH):
+    """Run one training step (of ``batch_size`` samples, the batch training will use) and
+    one prediction of a copy of ``model`` on zeros; returns the seconds taken.
+    ``progress(text)`` is told what is happening."""
     from .saving import model_from_config
 
     started = time.perf_counter()
@@ -42,8 +50,8 @@ def warmup(model, progress=None):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    with compile_helper(model, inference=True):
-        _warm(model, copy)
+    with compile_helper(model, inference=True, batch=batch_size):
+        _warm(model, copy, batch=batch_size)
     seconds = time.perf_counter() - started
     if progress:
         progress(f"Kernels ready in {seconds:.1f}s.")
@@ -51,18 +59,18 @@ def warmup(model, progress=None):
 
 
 @contextmanager
-def compile_helper(model, inference=False):
+def compile_helper(model, inference=False, batch=WARMUP_BATCH):
     """While the block runs, a helper process compiles the kernels of ``model``'s later
     layers into the disk cache, if the block is still running (compiling) after
     HELPER_AFTER seconds: the first training step of every model and ``warmup`` run in
     it. Nothing starts on a warm cache, on the GPU, in the helper itself, or where
-    NBNET_WARMUP_HELPER=0. The helper compiles the training step's kernels, then (with
-    ``inference``) evaluate's and predict's."""
+    NBNET_WARMUP_HELPER=0. The helper compiles the kernels of a training step of
+    ``batch`` samples (the block's), then (with ``inference``) evaluate's and predict's."""
     helper = None
     if model.device == "cpu" and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0":
         try:
             jobs = _segment_jobs(model)
-            helper = _Helper(jobs and {"segments": jobs, "inference": inference})
+            helper = _Helper(jobs and {"segments": jobs, "inference": inference, "batch": batch})
         except Exception:  # noqa: BLE001 - a layer without a config: this process compiles it all
             helper = None
     try:
@@ -72,9 +80,9 @@ def compile_helper(model, inference=False):
             helper.stop()
 
 
-def _warm(model, copy, inference=True):
-    """One training step of ``copy`` (compiled as ``model``) on zeros, then (with
-    ``inference``) an evaluate and a predict."""
+def _warm(model, copy, inference=True, batch=WARMUP_BATCH):
+    """One training step of ``copy`` (compiled as ``model``) on ``batch`` samples of zeros,
+    then (with ``inference``) an evaluate and a predict."""
     from . import metrics
 
     if copy.built and model.loss is not None:
@@ -83,24 +91,28 @@ def _warm(model, copy, inference=True):
         metric_lists = [[metrics.serialize(m) for m in head.metrics] for head in heads]
         copy.compile(optimizer=type(model.optimizer)(), loss=loss if len(heads) > 1 else loss[0],
                      metrics=metric_lists if len(heads) > 1 else metric_lists[0], device=model.device)
-        x, y = _zero_batch(copy)
+        x, y = _zero_batch(copy, batch)
         copy._first_step_pending = False  # the helper, if any, is warmup's
-        copy.train_on_batch(x, y)
+        # fit, not train_on_batch: its batches are gathered by a kernel of their own.
+        copy.fit(x, y, batch_size=len(y[0]), verbose=0)
         if inference:
-            _infer(copy)
+            _infer(copy, batch)
 
 
-def _zero_batch(model):
-    x = [np.zeros((2,) + tuple(shape), np.float32) for shape in model._input_shapes()]
-    y = [np.zeros(2, np.int64) if head.loss.sparse_targets else np.zeros((2, head.width), np.float32)
+def _zero_batch(model, count):
+    count = max(2, min(int(count or WARMUP_BATCH), WARMUP_BATCH_MAX))  # None: a streamed source's own batches
+    x = [np.zeros((count,) + tuple(shape), np.float32) for shape in model._input_shapes()]
+    y = [np.zeros(count, np.int64) if head.loss.sparse_targets else np.zeros((count, head.width), np.float32)
          for head in model._heads]
     return x, y
 
 
-def _infer(model):
-    x, y = _zero_batch(model)
-    model.evaluate(x, y, verbose=0)
-    model.predict(x)
+def _infer(model, batch):
+    """An evaluate of ``batch`` samples and a predict of two: a few images take kernels of
+    their own (see the module's docstring)."""
+    x, y = _zero_batch(model, batch)
+    model.evaluate(x, y, verbose=0, batch_size=len(y[0]))
+    model.predict([a[:2] for a in x] if len(x) > 1 else x[0][:2])
 
 
 def _segment_jobs(model):
@@ -223,7 +235,7 @@ def _helper_main():
                 segment.add(layers_module.Flatten())
             segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
                             metrics=job["metrics"])
-            _warm(segment, segment, inference=False)
+            _warm(segment, segment, inference=False, batch=request.get("batch", WARMUP_BATCH))
         except Exception as error:  # noqa: BLE001 - the parent compiles whatever the helper did not
             print(f"skipped {names}: {error!r}", file=sys.stderr, flush=True)
             continue
@@ -231,7 +243,7 @@ def _helper_main():
         trained.append((names, segment))
     for names, segment in trained if request["inference"] else []:
         try:
-            _infer(segment)
+            _infer(segment, request.get("batch", WARMUP_BATCH))
         except Exception as error:  # noqa: BLE001 - as above
             print(f"skipped inference of {names}: {error!r}", file=sys.stderr, flush=True)
             continue

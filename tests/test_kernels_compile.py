@@ -227,9 +227,36 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     model.fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]  # one helper, told to start none of its own
     assert requests[0]["inference"] is False and len(requests[0]["segments"]) == 4  # the step's kernels only
+    assert requests[0]["batch"] == 4  # the kernels of the step's batch size
     monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
     _residual_model().fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]
+
+
+def test_warmup_runs_the_kernels_a_fit_of_its_batch_size_runs(monkeypatch):
+    """Layers choose kernels by batch size (a 3x3 conv of 32 channels takes Winograd from 16
+    images, the implicit GEMM below): the warm-up steps on the batch training will use, so
+    the first fit finds every kernel it calls compiled."""
+    from nbnet import models
+    from nbnet import warmup as warmup_module
+    from nbnet.devices import cpu
+
+    monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
+    called = set()
+    for name in dir(cpu):
+        function = getattr(cpu, name)
+        if not name.startswith("_") and callable(function) and not isinstance(function, type):
+            monkeypatch.setattr(cpu, name, lambda *a, __f=function, __n=name, **k: called.add(__n) or __f(*a, **k))
+    model = models.Sequential([layers.Input((14, 14, 32)), layers.Conv2D(32, 3, padding="same", activation="relu"),
+                               layers.Flatten(), layers.Dense(3, activation="softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    warmup_module.warmup(model, batch_size=32)
+    warmed = set(called)
+    called.clear()
+    model.fit(np.ones((64, 14, 14, 32), np.float32), np.zeros(64, np.int64), batch_size=32, verbose=0)
+    assert "conv3x3_forward" in called and "conv3x3_backward" in called  # Winograd at 32 images
+    assert called - {"available_memory"} <= warmed, called - warmed  # (a query, not a kernel)
+    assert "implicit_conv_forward" in warmed  # and a predict of a few images' kernels
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="compile locks use flock")
