@@ -36,8 +36,8 @@ _NOT_REPLAYED = frozenset({"empty", "zeros", "nothing", "workers", "to_device", 
 
 class _Recorder:
     """Stands in for a device module: each computing call is noted, then made. A function
-    with a ``replayed_as`` attribute is noted as the call it comes down to for these
-    arguments (its own Python choices, made on shapes and codes, skipped in replays: the
+    with a ``replayed_as`` attribute is noted as the call (or list of calls) it comes down to
+    for these arguments (its own Python choices, made on shapes and codes, skipped in replays: the
     deep MLP's one-image predict, 14 such calls, 91-95 -> 79-91 us)."""
 
     def __init__(self, ops, calls):
@@ -50,7 +50,11 @@ class _Recorder:
 
         def noted(*args, **kwargs):
             resolve = getattr(function, "replayed_as", None)
-            self._calls.append((resolve and resolve(*args, **kwargs)) or (function, args, kwargs))
+            resolved = (resolve and resolve(*args, **kwargs)) or (function, args, kwargs)
+            if isinstance(resolved, list):  # the several calls a function comes down to
+                self._calls.extend(resolved)
+            else:
+                self._calls.append(resolved)
             return function(*args, **kwargs)
 
         return noted

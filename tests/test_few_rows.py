@@ -1,11 +1,13 @@
 """kernels/few_rows.py: a product of a few rows by large weights, split by columns on
-Numba's threads (a Dense layer's forward in a small predict)."""
+Numba's threads, and a Dense layer's forward of a few rows in one kernel (a small predict)."""
 
 import numba
 import numpy as np
 import pytest
 
-from nbnet.kernels import few_rows, matmul
+from nbnet import layers
+from nbnet.kernels import activations, dense, few_rows, matmul
+from nbnet.kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTMAX, TANH
 
 
 @pytest.mark.parametrize("rows, inner, columns", [(1, 784, 512), (3, 515, 333), (8, 37, 1000), (2, 9, 16), (1, 8, 5)])
@@ -61,3 +63,66 @@ def test_one_thread_or_all_give_the_same_bits():
         numba.set_num_threads(before)
     for other in outputs[1:]:
         np.testing.assert_array_equal(other, outputs[0])
+
+
+@pytest.mark.parametrize("code", [LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX])
+@pytest.mark.parametrize("inner, columns, biased", [(100, 37, True), (1000, 150, False), (515, 333, True)])
+def test_a_dense_forward_of_few_rows_has_the_product_then_activation_bits_on_any_threads(code, inner, columns,
+                                                                                          biased):
+    """few_rows_dense (on this thread under FEW_ROWS_MIN_WEIGHTS weights or on one thread,
+    else the split product and an activation pass) gives the bits of the split product
+    followed by bias_activation_forward, whatever the threads."""
+    rng = np.random.default_rng(inner + columns + code)
+    a = rng.standard_normal((3, inner)).astype(np.float32)
+    b = (rng.standard_normal((inner, columns)) / np.sqrt(inner)).astype(np.float32)
+    bias = rng.standard_normal(columns if biased else 0).astype(np.float32)
+    expected = np.empty((3, columns), np.float32)
+    few_rows._product(a, b, expected, 1)
+    activations.bias_activation_forward(expected, bias, code, 0.2, expected)
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            out = np.full((3, columns), np.nan, np.float32)
+            assert few_rows.few_rows_dense(a, b, bias, code, 0.2, out) is out
+            np.testing.assert_array_equal(out, expected)
+    finally:
+        numba.set_num_threads(before)
+    z = a.astype(np.float64) @ b + (bias if biased else 0)
+    e = np.exp(z - z.max(1, keepdims=True))
+    reference = {LINEAR: z, RELU: np.maximum(z, 0), LEAKY_RELU: np.where(z > 0, z, 0.2 * z),
+                 SIGMOID: 1 / (1 + np.exp(-z)), TANH: np.tanh(z), SOFTMAX: e / e.sum(1, keepdims=True)}
+    np.testing.assert_allclose(expected, reference[code], rtol=1e-4, atol=1e-5)
+
+
+def test_dense_takes_it_for_few_float32_rows_only(monkeypatch):
+    """A Dense layer's forward of up to FEW_ROWS_MAX float32 rows is one few_rows_dense
+    call (training too: the backward reads its output); more rows, float64 (the gradient
+    checks), or kept logits (a fused loss) take the product and the activation apart."""
+    taken = []
+    original = few_rows.few_rows_dense
+    monkeypatch.setattr(few_rows, "few_rows_dense", lambda a, *rest: taken.append(a.shape) or original(a, *rest))
+    layer = layers.Dense(7, activation="tanh")
+    layer.build((20,), np.random.default_rng(0))
+    layer.params["bias"][:] = 0.5
+    rng = np.random.default_rng(1)
+    for rows in (1, 8, 9):
+        x = rng.standard_normal((rows, 20)).astype(np.float32)
+        np.testing.assert_allclose(layer.forward(x), np.tanh(x @ layer.params["kernel"] + 0.5), rtol=1e-5, atol=1e-6)
+    layer.keep_logits = True
+    layer.forward(rng.standard_normal((2, 20)).astype(np.float32))
+    layer.keep_logits = False
+    layer.astype(np.float64)
+    layer.forward(rng.standard_normal((2, 20)))
+    assert taken == [(1, 20), (8, 20)]
+    assert not few_rows.dense_applies(np.ones((2, 20), np.float32), np.ones((20, 7), np.float32),
+                                      activations.ELU, np.ones((2, 7), np.float32))  # not one of its codes
+    # A recorded inference program makes its call: one, or the product's and the pass's.
+    x = np.ones((1, 20), np.float32)
+    bias, kernel = np.ones(7, np.float32), np.ones((20, 7), np.float32)
+    assert [call[0] for call in dense.dense_forward.replayed_as(x, kernel, bias, TANH, 0.0, np.ones((1, 7),
+                                                                np.float32))] == [few_rows.few_rows_dense]
+    x = np.ones((9, 20), np.float32)
+    assert [call[0] for call in dense.dense_forward.replayed_as(x, kernel, bias, TANH, 0.0, np.ones((9, 7),
+            np.float32))] == [np.matmul, activations._bias_activation_blocks]
+    assert len(dense.dense_forward.replayed_as(x, kernel, bias[:0], LINEAR, 0.0, np.ones((9, 7), np.float32))) == 1

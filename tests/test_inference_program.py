@@ -8,7 +8,8 @@ import pytest
 
 import functional_architectures
 from nbnet import callbacks, inference_program, layers, models
-from nbnet.kernels import activations
+from nbnet.devices import cpu
+from nbnet.kernels import activations, few_rows
 from nbnet.kernels.activations import LINEAR
 
 
@@ -51,9 +52,10 @@ def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypat
         np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(net, x))
     (program,) = programs(net)
     assert len(program.calls) >= 5
-    # The device module's wrappers that declare it are recorded as the call they make.
+    # The device module's wrappers that declare it are recorded as the call (or calls) they
+    # make: a Dense layer of one row its few-row kernel (which picks its threads as it runs).
     recorded = [function for function, _, _ in program.calls]
-    assert np.matmul in recorded and activations._bias_activation_blocks in recorded
+    assert recorded.count(few_rows.few_rows_dense) == 2 and cpu.dense_forward not in recorded
     # Replayed: no layer's forward runs.
     for layer in net._plan.call_objects():
         monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: pytest.fail("a layer ran"))
@@ -73,6 +75,13 @@ def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypat
     for _ in range(2):
         np.testing.assert_array_equal(net(x4).numpy(), layers_pass(net, x4))
     assert len(programs(net)) == 2
+    # Past few_rows.FEW_ROWS_MAX rows a Dense layer is a product and an activation pass.
+    x12 = images(12, 6)
+    for _ in range(2):
+        np.testing.assert_array_equal(net.predict(x12, verbose=0), layers_pass(net, x12))
+    recorded = [function for function, _, _ in programs(net)[2].calls]
+    assert recorded.count(np.matmul) == 2 and activations._bias_activation_blocks in recorded
+    assert activations._softmax_rows in recorded
 
 
 def test_training_and_new_weights_reach_the_replayed_predict():

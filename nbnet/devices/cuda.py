@@ -48,6 +48,7 @@ implicit_conv_forward = implicit_conv_backward = None
 merge_add_activation = activation_gradient_copies = None
 # BatchNormalization runs a max pool after it in its own pass on the CPU only (layers/normalization.py).
 batchnorm_pool_train_forward = batchnorm_pool_infer = batchnorm_pool_backward = batchnorm_pool_infer_backward = None
+dense_forward = None  # Dense runs its matmul, then bias_activation_forward
 fold_norm = None  # BatchNormalization folds into the layer before it on the CPU only (KernelMixin.forward_folded)
 _nothing = {}
 

@@ -136,23 +136,29 @@ _BLOCK_VALUES = 4096
 # LLVM vectorises the loops.
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _softmax_rows(z, bias, y):
-    rows, channels = z.shape
+    for i in prange(z.shape[0]):
+        softmax_row(z, bias, y, i)
+
+
+@njit(inline="always")
+def softmax_row(z, bias, y, i):
+    """y[i] = softmax(z[i] + bias) (``bias`` of length 0: none)."""
+    channels = z.shape[1]
     has_bias = bias.shape[0] > 0
     one = z.dtype.type(1.0)
-    for i in prange(rows):
-        peak = -np.inf
-        for k in range(channels):
-            value = z[i, k] + bias[k] if has_bias else z[i, k]
-            y[i, k] = value
-            peak = max(peak, value)
-        total = 0.0
-        for k in range(channels):
-            e = np.exp(y[i, k] - peak)
-            y[i, k] = e
-            total += e
-        inverse = one / total
-        for k in range(channels):
-            y[i, k] *= inverse
+    peak = -np.inf
+    for k in range(channels):
+        value = z[i, k] + bias[k] if has_bias else z[i, k]
+        y[i, k] = value
+        peak = max(peak, value)
+    total = 0.0
+    for k in range(channels):
+        e = np.exp(y[i, k] - peak)
+        y[i, k] = e
+        total += e
+    inverse = one / total
+    for k in range(channels):
+        y[i, k] *= inverse
 
 
 @njit(inline="always")

@@ -161,9 +161,13 @@ class Dense(KernelMixin, Layer):
         if x.ndim > 2:
             x = x.reshape(-1, x.shape[-1])
         z = self._buffer("logits" if self.keep_logits else "y", (x.shape[0], self.units), x.dtype)
-        self.ops.matmul(x, kernel, out=z)
-        y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
+        bias = self._param_or_nothing(self.params, "bias", x.dtype)
+        if self.keep_logits or self.ops.dense_forward is None:
+            self.ops.matmul(x, kernel, out=z)
+            y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
+            self._activate(z, bias, y)
+        else:
+            y = self.ops.dense_forward(x, kernel, bias, self._code, self._slope, z)
         self._x, self._y = x, y
         return y if len(self._x_shape) == 2 else y.reshape(self._x_shape[:-1] + (self.units,))
 

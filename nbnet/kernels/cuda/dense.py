@@ -1,6 +1,6 @@
 """CUDA twin of ``nbnet.kernels.dense``: the Dense backward pass as the fused activation
 derivative + bias gradient, then x.T @ dy and dy @ W.T as tiled matmuls. (The forward is
-the layer's matmul + bias_activation_forward, on either device.)"""
+the layer's matmul + bias_activation_forward here: devices/cuda.py has no dense_forward.)"""
 
 from .activations import activation_backward
 from .gemm import matmul
