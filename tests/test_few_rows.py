@@ -100,8 +100,8 @@ def test_dense_takes_it_for_few_float32_rows_only(monkeypatch):
     call (training too: the backward reads its output); more rows, float64 (the gradient
     checks), or kept logits (a fused loss) take the product and the activation apart."""
     taken = []
-    original = few_rows.few_rows_dense
-    monkeypatch.setattr(few_rows, "few_rows_dense", lambda a, *rest: taken.append(a.shape) or original(a, *rest))
+    original = few_rows.dense_call
+    monkeypatch.setattr(few_rows, "dense_call", lambda a, *rest: taken.append(a.shape) or original(a, *rest))
     layer = layers.Dense(7, activation="tanh")
     layer.build((20,), np.random.default_rng(0))
     layer.params["bias"][:] = 0.5
@@ -117,11 +117,15 @@ def test_dense_takes_it_for_few_float32_rows_only(monkeypatch):
     assert taken == [(1, 20), (8, 20)]
     assert not few_rows.dense_applies(np.ones((2, 20), np.float32), np.ones((20, 7), np.float32),
                                       activations.ELU, np.ones((2, 7), np.float32))  # not one of its codes
-    # A recorded inference program makes its call: one, or the product's and the pass's.
+    # A recorded inference program makes its call: the serial kernel for few weights, else
+    # few_rows_dense (choosing by the threads of each run), or the product's and the pass's.
     x = np.ones((1, 20), np.float32)
     bias, kernel = np.ones(7, np.float32), np.ones((20, 7), np.float32)
     assert [call[0] for call in dense.dense_forward.replayed_as(x, kernel, bias, TANH, 0.0, np.ones((1, 7),
-                                                                np.float32))] == [few_rows.few_rows_dense]
+                                                                np.float32))] == [few_rows._serial_dense]
+    large = np.ones((20, few_rows.FEW_ROWS_MIN_WEIGHTS // 20 + 1), np.float32)
+    assert [call[0] for call in dense.dense_forward.replayed_as(x, large, large[0], TANH, 0.0, large[:1])] == [
+        few_rows.few_rows_dense]
     x = np.ones((9, 20), np.float32)
     assert [call[0] for call in dense.dense_forward.replayed_as(x, kernel, bias, TANH, 0.0, np.ones((9, 7),
             np.float32))] == [np.matmul, activations._bias_activation_blocks]

@@ -53,9 +53,9 @@ def test_a_shape_met_again_replays_its_kernel_calls_with_the_same_bits(monkeypat
     (program,) = programs(net)
     assert len(program.calls) >= 5
     # The device module's wrappers that declare it are recorded as the call (or calls) they
-    # make: a Dense layer of one row its few-row kernel (which picks its threads as it runs).
+    # make: a small Dense layer of one row its few-row kernel.
     recorded = [function for function, _, _ in program.calls]
-    assert recorded.count(few_rows.few_rows_dense) == 2 and cpu.dense_forward not in recorded
+    assert recorded.count(few_rows._serial_dense) == 2 and cpu.dense_forward not in recorded
     # Replayed: no layer's forward runs.
     for layer in net._plan.call_objects():
         monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: pytest.fail("a layer ran"))

@@ -19,7 +19,7 @@ def _dense_forward_calls(x, kernel, bias, code, alpha, y):
     """The calls dense_forward makes (a recorded inference program makes them directly, see
     inference_program): (function, args, kwargs) each."""
     if few_rows.dense_applies(x, kernel, code, y):
-        return [(few_rows.few_rows_dense, (x, kernel, bias, code, alpha, y), {})]
+        return [few_rows.dense_call(x, kernel, bias, code, alpha, y)]
     calls = [matmul.replayed_as(x, kernel, y) or (matmul, (x, kernel, y), {})]
     # No bias, no activation (a Dense before BatchNormalization): nothing more to do.
     if code != LINEAR or bias.shape[0]:

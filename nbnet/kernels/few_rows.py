@@ -119,6 +119,14 @@ def few_rows_matmul(a, b, out):
     return out
 
 
+def dense_call(a, b, bias, code, alpha, out):
+    """The call few_rows_dense comes down to (a recorded inference program makes it
+    directly): its serial kernel under FEW_ROWS_MIN_WEIGHTS weights, whatever the threads,
+    else itself (it chooses by the threads of each run)."""
+    args = (a, b, bias, code, alpha, out)
+    return (_serial_dense if b.size < FEW_ROWS_MIN_WEIGHTS else few_rows_dense), args, {}
+
+
 def few_rows_dense(a, b, bias, code, alpha, out):
     """out = activation ``code`` (slope ``alpha``) of a @ b + bias (see dense_applies): in
     one kernel on this thread below FEW_ROWS_MIN_WEIGHTS weights or on one thread, else
