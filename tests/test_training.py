@@ -184,6 +184,24 @@ def test_model_checkpoint_files_hold_the_weights_of_their_epoch(tmp_path):
             np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0, on purpose
+@pytest.mark.parametrize("bad_at", [None, 0, 65_535, 65_536, 99_999, 131_070])
+def test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread(bad_at):
+    """From PARALLEL_MIN_VALUES values the finite check and the zero fill split the values
+    among the threads: a NaN or Inf anywhere, at a part's edge too, still halts the step."""
+    from nbnet.kernels import training as training_kernels
+
+    values = np.ones(131_071, np.float32)
+    assert values.size >= training_kernels.PARALLEL_MIN_VALUES
+    if bad_at is not None:
+        values[bad_at] = np.nan if bad_at % 2 else -np.inf
+    halt = np.zeros(1, np.int32)
+    training_kernels.check_finite(values, np.array([2.5]), 7, halt)
+    assert halt[0] == (0 if bad_at is None else 7)
+    training_kernels.fill_zero(values)
+    assert not values.any()
+
+
 def test_clear_errors_for_bad_input():
     model = models.Sequential([layers.Dense(3, input_shape=(4,), activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")

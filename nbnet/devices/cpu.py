@@ -34,7 +34,7 @@ from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: 
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             maxpool_activation_backward, maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
-from ..kernels.training import add_into, check_finite, count_correct, gather_rows  # noqa: F401
+from ..kernels.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 from ..kernels.upsampling import upsample_backward, upsample_forward  # noqa: F401
 from ..kernels.winograd import (conv3x3_backward, conv3x3_forward, conv3x3_maxpool_backward,  # noqa: F401
                                conv3x3_maxpool_forward)
@@ -81,10 +81,6 @@ def nothing(dtype, ndim=1):
     if key not in _nothing:
         _nothing[key] = np.zeros((0,) * ndim, dtype)
     return _nothing[key]
-
-
-def fill_zero(values):
-    values.fill(0)
 
 
 def available_memory():
