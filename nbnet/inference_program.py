@@ -24,6 +24,8 @@ import time
 import numba
 import numpy as np
 
+from .threads import numba_thread_count
+
 # The largest batch replayed: the Python a replay saves is the same at any batch, the
 # kernels' time grows with it.
 RECORD_MAX_SAMPLES = 16
@@ -96,7 +98,7 @@ class InferenceProgram:
         own buffers: copy them out before the next run."""
         for staged, given in zip(self.inputs, inputs):
             np.copyto(staged, given)
-        before = numba.get_num_threads()
+        before = numba_thread_count()
         if before != self.threads:
             numba.set_num_threads(self.threads)
         try:
@@ -137,7 +139,7 @@ class Programs:
         """forward(xs) (the layers' inference pass, the Numba threads now set, ``outer_threads``
         before one sample lowered them): replayed, recorded (a shape met a second time,
         its program running on whichever of the two counts it measured faster), or run."""
-        threads = numba.get_num_threads()
+        threads = numba_thread_count()
         key = _key(xs, threads)
         mark = self._marks.get(key)
         if isinstance(mark, InferenceProgram):

@@ -48,3 +48,26 @@ def test_one_sample_predicts_on_one_numba_thread_and_the_count_is_restored():
     with pytest.raises(KeyboardInterrupt):
         model.predict(x[:1], callbacks=[callbacks.LambdaCallback(on_predict_batch_begin=interrupt)])
     assert numba.get_num_threads() == before
+
+
+def test_the_thread_count_read_directly_is_numbas():
+    """threads.numba_thread_count reads Numba's thread-local count without its locks: the
+    same answer as numba.get_num_threads() after every set_num_threads, and in a new thread."""
+    import threading
+
+    import numba
+
+    from nbnet.threads import numba_thread_count
+
+    before = numba.get_num_threads()
+    try:
+        for count in sorted({1, before}):
+            numba.set_num_threads(count)
+            assert numba_thread_count() == numba.get_num_threads() == count
+            seen = []
+            thread = threading.Thread(target=lambda: seen.append((numba_thread_count(), numba.get_num_threads())))
+            thread.start()
+            thread.join()
+            assert seen[0][0] == seen[0][1]
+    finally:
+        numba.set_num_threads(before)

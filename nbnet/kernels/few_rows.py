@@ -25,7 +25,9 @@ parallel region costs 0.9 us to launch on one thread, 1.9 on two, a call of a se
 """
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
+
+from ..threads import numba_thread_count
 
 from .activations import SLOPE_CODES, SOFTMAX, activate_fusable, bias_activation_forward, softmax_row
 
@@ -115,7 +117,7 @@ def _serial_dense(a, b, bias, code, alpha, out):
 
 def few_rows_matmul(a, b, out):
     """out = a @ b on every Numba thread (see applies)."""
-    _product(a, b, out, get_num_threads())
+    _product(a, b, out, numba_thread_count())
     return out
 
 
@@ -131,7 +133,7 @@ def few_rows_dense(a, b, bias, code, alpha, out):
     """out = activation ``code`` (slope ``alpha``) of a @ b + bias (see dense_applies): in
     one kernel on this thread below FEW_ROWS_MIN_WEIGHTS weights or on one thread, else
     the product on every thread, then bias_activation_forward."""
-    threads = get_num_threads()
+    threads = numba_thread_count()
     if threads == 1 or b.size < FEW_ROWS_MIN_WEIGHTS:
         _serial_dense(a, b, bias, code, alpha, out)
     else:

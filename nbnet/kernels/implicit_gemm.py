@@ -50,10 +50,11 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
 from .entry import CHUNK_BOUNDS, launch
 from .lane_maps import LANES, bias_and_relu, vector_access
@@ -307,7 +308,7 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z,
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
     batch = x.shape[0]
     large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
-    parts = max(1, get_num_threads() // batch) if large else 1
+    parts = max(1, numba_thread_count() // batch) if large else 1
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
              pad_left, out_h, out_w, bias, int(relu), z.reshape(x.shape[0], out_h * out_w, filters), parts)
 

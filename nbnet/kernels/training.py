@@ -4,7 +4,9 @@ let a whole step stay on the GPU; on the CPU they also spare the per-step tempor
 that the NumPy spellings (``np.take``, ``np.isfinite(...).all()``, ``argmax``) allocate."""
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
+
+from ..threads import numba_thread_count
 
 
 @njit(cache=True)
@@ -66,13 +68,13 @@ def all_finite(values):
 
 def _all_finite_parallel(values):
     """all_finite, a part of ``values`` a thread (the parts' probes, NaN or not, then summed)."""
-    probes = np.empty(get_num_threads(), np.float64)
+    probes = np.empty(numba_thread_count(), np.float64)
     _probe_parts(values, probes)
     return probes.sum() == 0.0
 
 
 # The probes and the parts come in as arguments: a parallel kernel that allocates an array
-# of get_num_threads() values was refused by Numba's disk cache ("uses dynamic globals").
+# of numba.get_num_threads() values was refused by Numba's disk cache ("uses dynamic globals").
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _probe_parts(values, probes):
     parts = probes.shape[0]
@@ -90,7 +92,7 @@ def fill_zero(values):
     if values.shape[0] < PARALLEL_MIN_VALUES:
         values.fill(0)
     else:
-        _fill_zero_parallel(values, get_num_threads())
+        _fill_zero_parallel(values, numba_thread_count())
 
 
 @njit(parallel=True, cache=True)
