@@ -195,7 +195,7 @@ class TrainingLoop:
             self._first_step_pending = False
             from .warmup import compile_helper
 
-            with compile_helper(self, batch=xs[0].shape[0]):
+            with compile_helper(self):
                 return self._train_step(xs, targets, totals, step, weights)
         ops = self.ops
         ops.fill_zero(self.flat_grads)

@@ -36,6 +36,12 @@ HELPER_AFTER = 0.5
 # WARMUP_BATCH_MAX samples of zeros (the kernels chosen do not change past that).
 WARMUP_BATCH = 32
 WARMUP_BATCH_MAX = 256
+# The helper process steps its segments on this many samples: the few-image kernels (the
+# implicit GEMM) that first layers and small predicts take at any batch size, while this
+# process compiles the large-batch ones (Winograd). At the step's own batch size both went
+# for the same kernels and waited on each other's compile locks: cifar_bn's cold first fit
+# 17.2-17.7 -> 19.4 s (kaggle_bn, resnet_small, tf_mnist_5x5 even).
+HELPER_BATCH = 2
 
 
 def warmup(model, progress=None, batch_size=WARMUP_BATCH):
@@ -50,7 +56,7 @@ def warmup(model, progress=None, batch_size=WARMUP_BATCH):
         progress("Compiling GPU kernels (on every run: CUDA kernels are not cached)..." if on_gpu
                  else "Compiling kernels (first run only; cached on disk afterwards)...")
     copy = model_from_config(model.get_config())
-    with compile_helper(model, inference=True, batch=batch_size):
+    with compile_helper(model, inference=True):
         _warm(model, copy, batch=batch_size)
     seconds = time.perf_counter() - started
     if progress:
@@ -59,18 +65,18 @@ def warmup(model, progress=None, batch_size=WARMUP_BATCH):
 
 
 @contextmanager
-def compile_helper(model, inference=False, batch=WARMUP_BATCH):
+def compile_helper(model, inference=False):
     """While the block runs, a helper process compiles the kernels of ``model``'s later
     layers into the disk cache, if the block is still running (compiling) after
     HELPER_AFTER seconds: the first training step of every model and ``warmup`` run in
     it. Nothing starts on a warm cache, on the GPU, in the helper itself, or where
-    NBNET_WARMUP_HELPER=0. The helper compiles the kernels of a training step of
-    ``batch`` samples (the block's), then (with ``inference``) evaluate's and predict's."""
+    NBNET_WARMUP_HELPER=0. The helper compiles the training step's kernels (on
+    HELPER_BATCH samples), then (with ``inference``) evaluate's and predict's."""
     helper = None
     if model.device == "cpu" and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0":
         try:
             jobs = _segment_jobs(model)
-            helper = _Helper(jobs and {"segments": jobs, "inference": inference, "batch": batch})
+            helper = _Helper(jobs and {"segments": jobs, "inference": inference})
         except Exception:  # noqa: BLE001 - a layer without a config: this process compiles it all
             helper = None
     try:
@@ -235,7 +241,7 @@ def _helper_main():
                 segment.add(layers_module.Flatten())
             segment.compile(optimizer=getattr(optimizers, job["optimizer"])(), loss=losses.get(job["loss"]),
                             metrics=job["metrics"])
-            _warm(segment, segment, inference=False, batch=request.get("batch", WARMUP_BATCH))
+            _warm(segment, segment, inference=False, batch=HELPER_BATCH)
         except Exception as error:  # noqa: BLE001 - the parent compiles whatever the helper did not
             print(f"skipped {names}: {error!r}", file=sys.stderr, flush=True)
             continue
@@ -243,7 +249,7 @@ def _helper_main():
         trained.append((names, segment))
     for names, segment in trained if request["inference"] else []:
         try:
-            _infer(segment, request.get("batch", WARMUP_BATCH))
+            _infer(segment, HELPER_BATCH)
         except Exception as error:  # noqa: BLE001 - as above
             print(f"skipped inference of {names}: {error!r}", file=sys.stderr, flush=True)
             continue

@@ -227,7 +227,6 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     model.fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]  # one helper, told to start none of its own
     assert requests[0]["inference"] is False and len(requests[0]["segments"]) == 4  # the step's kernels only
-    assert requests[0]["batch"] == 4  # the kernels of the step's batch size
     monkeypatch.setenv("NBNET_WARMUP_HELPER", "0")
     _residual_model().fit(x, y, batch_size=4, verbose=0)
     assert started == ["0"]
