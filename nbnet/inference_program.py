@@ -38,9 +38,9 @@ _NOT_REPLAYED = frozenset({"empty", "zeros", "nothing", "workers", "to_device", 
 
 class _Recorder:
     """Stands in for a device module: each computing call is noted, then made. A function
-    with a ``replayed_as`` attribute is noted as the call (or list of calls) it comes down to
-    for these arguments (its own Python choices, made on shapes and codes, skipped in replays: the
-    deep MLP's one-image predict, 14 such calls, 91-95 -> 79-91 us)."""
+    with a ``replayed_as`` attribute is noted as the call (or list of calls) it comes down
+    to for these arguments (its own Python choices, made on shapes and codes, skipped in
+    replays: the deep MLP's one-image predict, 14 such calls, 91-95 -> 79-91 us)."""
 
     def __init__(self, ops, calls):
         self._ops, self._calls = ops, calls

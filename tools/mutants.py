@@ -142,6 +142,9 @@ MUTANTS += [
       "_bias_activation(ops, z2d, bias, self._code, self._slope, y2d)",
       [LAYERS + "::test_dense_keep_logits"]),
     # -- activations ------------------------------------------------------------------------
+    M("few_row_dense_drops_bias", "a Dense forward of a few rows on one thread leaves the bias out",
+      "kernels/few_rows.py", "                row[j] = row[j] + bias[j]", "                row[j] = row[j]",
+      ["tests/test_few_rows.py::test_a_dense_forward_of_few_rows_has_the_product_then_activation_bits_on_any_threads"]),
     M("sigmoid_negative_branch", "sigmoid of a negative input computed as 1/(1+e^x) instead of e^x/(1+e^x)",
       "kernels/activations.py",
       "return e / (1.0 + e)", "return 1.0 / (1.0 + e)", [LAYERS + "::test_dense_forward_matches_reference"]),
@@ -186,6 +189,12 @@ MUTANTS += [
     M("winograd_input_transform_sign", "Winograd B^T row 2 with the wrong sign", "kernels/winograd.py",
       "_SIGNS = np.array([-1.0, 1.0, -1.0, -1.0])", "_SIGNS = np.array([-1.0, 1.0, 1.0, -1.0])",
       ["tests/test_winograd.py::test_winograd_matches_im2col"]),
+    M("implicit_backward_chunk_bounds", "the implicit GEMM's backward ends each chunk of images at (chunk + 1) "
+      "* (batch // chunks): the last images of an uneven split add nothing to the kernel gradient",
+      "kernels/implicit_gemm.py",
+      "    sums[:] = 0.0\n    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):",
+      "    sums[:] = 0.0\n    for n in range(chunk * batch // chunks, (chunk + 1) * (batch // chunks)):",
+      ["tests/test_implicit_gemm.py"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",
@@ -300,6 +309,16 @@ MUTANTS += [
       "kernels/training.py",
       "if not (np.isfinite(total[0]) and all_finite(values)):", "if not all_finite(values):",
       [CUDA_TESTS + "::test_check_finite"], SIM),
+    M("parallel_zero_fill_leaves_tail", "the gradients' parallel zero fill ends each part at (part + 1) * "
+      "(count // parts): an odd count's last value keeps the last step's gradient", "kernels/training.py",
+      "    for part in prange(parts):\n        for i in range(part * count // parts, (part + 1) * count // parts):\n"
+      "            values[i] = zero",
+      "    for part in prange(parts):\n        for i in range(part * count // parts, (part + 1) * (count // parts)):\n"
+      "            values[i] = zero",
+      ["tests/test_training.py::test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread"]),
+    M("parallel_finite_probe_skips_a_part", "the parallel finite check sums the probes of all parts but the last",
+      "kernels/training.py", "return probes.sum() == 0.0", "return probes[:-1].sum() == 0.0",
+      ["tests/test_training.py::test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread"]),
     M("cosine_decay_not_clamped", "CosineDecay past decay_steps climbs back up (step not clamped)", "schedules.py",
       "self._decay(min(step, self.decay_steps), self.initial_learning_rate)",
       "self._decay(step, self.initial_learning_rate)",

@@ -28,8 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..threads import numba_thread_count
-
-from .activations import SLOPE_CODES, SOFTMAX, activate_fusable, bias_activation_forward, softmax_row
+from .activations import LINEAR, SLOPE_CODES, SOFTMAX, activate_fusable, bias_activation_forward, softmax_row
 
 # The product takes this path up to this many rows...
 FEW_ROWS_MAX = 8
@@ -138,5 +137,6 @@ def few_rows_dense(a, b, bias, code, alpha, out):
         _serial_dense(a, b, bias, code, alpha, out)
     else:
         _product(a, b, out, threads)
-        bias_activation_forward(out, bias, code, alpha, out)
+        if code != LINEAR or bias.shape[0]:
+            bias_activation_forward(out, bias, code, alpha, out)
     return out
