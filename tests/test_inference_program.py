@@ -274,3 +274,27 @@ def test_blas_stays_as_the_user_set_it_where_the_programs_products_are_small(mon
         program = net._plan.programs.current([x[:count]], 1 if count == 1 else numba.get_num_threads())
         assert program is not None and program.blas_single == (count == 1)
         assert bool(held) == (count == 16)
+
+
+def test_thread_counts_are_timed_from_the_count_replays_start_from():
+    """_fastest times each count from all the threads (a replay's predict starts there, then
+    switches to its program's count and back), not from the recording predict's one, and
+    gives that count back afterwards."""
+    before = numba.get_num_threads()
+    if before < 2:
+        pytest.skip("one Numba thread: nothing to choose")
+
+    class Timed:
+        threads, started_from = 1, []
+
+        def run(self, inputs):
+            self.started_from.append(numba.get_num_threads())
+
+    program = Timed()
+    try:
+        numba.set_num_threads(1)  # as inside a one-image predict's lowering
+        chosen = inference_program._fastest(program, [np.zeros(1)], [1, before])
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+    assert chosen in (1, before) and set(program.started_from) == {before}
