@@ -206,8 +206,8 @@ def _fastest(program, inputs, thread_counts, rounds=5, runs=8):
     counts wakes or parks a thread), the best round's mean. Single runs alternating
     between the counts (best of 5) chose one thread for the MLP 784-512-512-10, whose
     program then ran 95 us against 69 on two; 3 rounds of 5 runs still chose it in 2 of 4
-    fresh processes, 5 rounds of 8 in none of 5 (some 90 runs once per shape: 10 ms for the
-    MLP, 45 for kaggle_bn).
+    fresh processes, 5 rounds of 8 in none of 5 (90 runs once per shape: 18 ms for the MLP,
+    60 for kaggle_bn, measured around the call).
     One sample's small kernels lose by sharing, its large ones gain: one image, 2 cores, us,
     one thread -> two (the implicit GEMM then splitting the image's pixels): cifar_bn 440
     -> 360, pointwise_gap 343 -> 270, seed_cnn 162 -> 155; mlp 250 -> 300, lenet5 120 ->

@@ -11,10 +11,9 @@ axis (the batch axis included) and inner of those after it.
 
 from numba import njit, prange
 
-from .activations import activate_fusable, gradient_from_slope, slope_terms
-
-# Values per parallel block of the fused passes: a block's sum is activated while in cache.
-_BLOCK_VALUES = 4096
+# Values per parallel block of the fused passes (activations.py's): a block's sum is
+# activated while in cache.
+from .activations import _BLOCK_VALUES, activate_fusable, gradient_from_slope, slope_terms
 
 
 @njit(parallel=True, cache=True)

@@ -135,7 +135,8 @@ def batchnorm_pool_train_forward(x, gamma, beta, epsilon, code, y, argmax, mean_
 
 def batchnorm_pool_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, y, argmax):
     """normalization.batchnorm_infer with the max pool after it (see above)."""
-    _affine_maxpool(x, moving_mean, moving_scale(gamma, moving_variance, epsilon).astype(x.dtype), beta, code == RELU, y, argmax)
+    scale = moving_scale(gamma, moving_variance, epsilon).astype(x.dtype)
+    _affine_maxpool(x, moving_mean, scale, beta, code == RELU, y, argmax)
 
 
 def batchnorm_pool_backward(dy, argmax, code, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):
