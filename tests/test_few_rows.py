@@ -1,5 +1,5 @@
-"""kernels/few_rows.py: a product of a few rows by large weights, split by columns on
-Numba's threads, and a Dense layer's forward of a few rows in one kernel (a small predict)."""
+"""kernels/few_rows.py: a product of a few rows by large weights, split on Numba's threads,
+and a Dense layer's forward of a few rows in one kernel (a small predict)."""
 
 import numba
 import numpy as np
@@ -10,23 +10,25 @@ from nbnet.kernels import activations, dense, few_rows, matmul
 from nbnet.kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTMAX, TANH
 
 
-@pytest.mark.parametrize("rows, inner, columns", [(1, 784, 512), (3, 515, 333), (8, 37, 1000), (2, 9, 16), (1, 8, 5)])
-def test_the_product_is_numpys_with_the_same_bits_at_any_split(rows, inner, columns):
-    """Each output's sum runs over the inner axis in one order, whatever block of columns
-    a thread takes: the bits of a predict do not depend on its threads. Inner sizes that
-    are not a multiple of the eight-row pass and columns that end in a part vector too."""
+@pytest.mark.parametrize("rows, inner, columns", [(1, 784, 512), (3, 515, 333), (1, 17, 8000), (8, 37, 1000),
+                                                 (2, 9, 16), (1, 8, 5)])
+def test_the_product_is_numpys_with_the_same_bits_on_any_threads(rows, inner, columns):
+    """Each output is the sum of one chain of multiply-adds over each half of the inner
+    axis (halves from FEW_ROWS_MIN_WEIGHTS weights), whatever block of columns a thread
+    takes: the bits of a predict do not depend on its threads. Inner sizes that are not a
+    multiple of the eight-row pass, halves of unequal length, and columns that end in a
+    part vector too."""
     rng = np.random.default_rng(rows * inner + columns)
     a = rng.standard_normal((rows, inner)).astype(np.float32)
     b = rng.standard_normal((inner, columns)).astype(np.float32)
-    results = []
-    for parts in (1, 2, 3, 5):
-        out = np.full((rows, columns), np.nan, np.float32)
-        few_rows._product(a, b, out, parts)
-        results.append(out)
+    out = np.full((rows, columns), np.nan, np.float32)
+    few_rows._serial_dense(a, b, few_rows._NO_BIAS, LINEAR, 0.0, out)
     exact = a.astype(np.float64) @ b.astype(np.float64)
-    np.testing.assert_allclose(results[0], exact, rtol=1e-5, atol=1e-5 * np.sqrt(inner))
-    for other in results[1:]:
-        np.testing.assert_array_equal(other, results[0])
+    np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5 * np.sqrt(inner))
+    for threads in (1, 2, 3, 5):
+        split = np.full((rows, columns), np.nan, np.float32)
+        few_rows._split_dense(a, b, few_rows._NO_BIAS, LINEAR, 0.0, split, threads)
+        np.testing.assert_array_equal(split, out)
 
 
 def test_matmul_takes_it_for_few_rows_by_large_weights_only(monkeypatch):
@@ -70,14 +72,14 @@ def test_one_thread_or_all_give_the_same_bits():
 def test_a_dense_forward_of_few_rows_has_the_product_then_activation_bits_on_any_threads(code, inner, columns,
                                                                                           biased):
     """few_rows_dense (on this thread under FEW_ROWS_MIN_WEIGHTS weights or on one thread,
-    else the split product and an activation pass) gives the bits of the split product
-    followed by bias_activation_forward, whatever the threads."""
+    else split on every thread, the bias and activation in the same kernel) gives the
+    bits of the product followed by bias_activation_forward, whatever the threads."""
     rng = np.random.default_rng(inner + columns + code)
     a = rng.standard_normal((3, inner)).astype(np.float32)
     b = (rng.standard_normal((inner, columns)) / np.sqrt(inner)).astype(np.float32)
     bias = rng.standard_normal(columns if biased else 0).astype(np.float32)
     expected = np.empty((3, columns), np.float32)
-    few_rows._product(a, b, expected, 1)
+    few_rows._serial_dense(a, b, few_rows._NO_BIAS, LINEAR, 0.0, expected)
     activations.bias_activation_forward(expected, bias, code, 0.2, expected)
     before = numba.get_num_threads()
     try:
