@@ -314,3 +314,48 @@ def test_compile_locks_give_up_on_a_holder_that_never_lets_go(monkeypatch):
     finally:
         compile_locks.disable()
     np.testing.assert_array_equal(out, partial.sum(axis=0))
+
+
+def test_an_empty_cache_starts_the_helper_with_the_first_step(tmp_path, monkeypatch):
+    """Numba's cache without a loss kernel, which every training step runs (a fresh
+    install), counts as empty: the first step's helper starts at once, not HELPER_AFTER
+    into the step; once a loss has run, the cache no longer counts as empty."""
+    from nbnet import warmup as warmup_module
+
+    probe = textwrap.dedent("""
+        import numpy as np
+        from nbnet import warmup
+        from nbnet.kernels import losses
+        print(warmup._cache_empty())
+        losses.mean_squared_error(np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32),
+                                  np.ones(0, np.float32), np.empty((2, 3), np.float32))
+        print(warmup._cache_empty())
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
+    assert not warmup_module._cache_empty()  # this suite's cache: steps have run
+
+    requests = []
+
+    class Recorded:  # a helper process that is not started
+        def __init__(self, *args, **kwargs):
+            self.stdin = self
+
+        def write(self, data):
+            requests.append(json.loads(data))
+
+        def close(self):
+            pass
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(warmup_module, "HELPER_AFTER", 600.0)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", Recorded)
+    x, y = np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int64)
+    _residual_model().fit(x, y, batch_size=4, verbose=0)
+    assert requests == []  # a warm cache: the step ended long before HELPER_AFTER
+    monkeypatch.setattr(warmup_module, "_cache_empty", lambda: True)
+    _residual_model().fit(x, y, batch_size=4, verbose=0)
+    assert len(requests) == 1 and len(requests[0]["segments"]) == 4
