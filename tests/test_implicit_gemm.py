@@ -272,3 +272,58 @@ def test_an_images_pixels_split_across_threads_give_the_same_bits():
         outputs.append(z)
     for split in outputs[1:]:
         np.testing.assert_array_equal(split, outputs[0])
+
+
+@pytest.mark.parametrize("batch, size, channels, filters, kernel_size, strides, padding, pool", [
+    (5, 28, 1, 32, 3, 1, "valid", 2), (3, 28, 1, 16, 3, 1, "same", 2), (1, 12, 1, 6, 3, 1, "valid", 2),
+    (4, 13, 2, 20, 2, 1, "same", 3), (2, 15, 1, 40, 4, 2, "valid", 2), (3, 11, 16, 8, 1, 1, "valid", 2)])
+def test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs(batch, size, channels, filters, kernel_size,
+                                                                  strides, padding, pool):
+    """implicit_conv_maxpool_forward gives direct_conv_maxpool_forward's outputs and argmax:
+    bit for bit up to 9 values a window (each sum the same taps in the same order; the
+    direct kernels sum larger fields in groups of 9, added after); one image (called
+    without the parallel loop) and several, filters under, at and past a vector's 16,
+    windows of 2 and 3, strides, 'same' padding, fields of 1 to 16 values."""
+    from nbnet.kernels.activations import RELU
+
+    rng = np.random.default_rng(batch * size + filters)
+    x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((kernel_size, kernel_size, channels, filters)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    out_h, out_w, top, left = conv.output_geometry(size, size, (kernel_size,) * 2, (strides,) * 2, padding)
+    out_h, out_w = out_h // pool * pool, out_w // pool * pool
+    results = []
+    for forward in ("direct", "implicit"):
+        y = np.full((batch, out_h // pool, out_w // pool, filters), np.nan, np.float32)
+        argmax = np.full(y.shape, -1, np.int32)
+        if forward == "direct":
+            conv.direct_conv_maxpool_forward(x, kernel.reshape(-1, filters), bias, RELU, kernel_size, kernel_size,
+                                             strides, strides, top, left, out_h, out_w, pool, pool, y, argmax)
+        else:
+            implicit_gemm.implicit_conv_maxpool_forward(x, kernel, bias, RELU, strides, strides, top, left, out_h,
+                                                        out_w, pool, pool, y, argmax)
+        results.append((y, argmax))
+    if kernel_size * kernel_size * channels <= 9:
+        np.testing.assert_array_equal(results[1][0], results[0][0])
+    else:
+        np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    assert np.isfinite(results[1][0]).all() and (results[1][0] >= 0).all() and results[1][0].max() > 0
+
+
+def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch):
+    """A Conv2D whose max pool the direct kernels fused runs implicit_conv_maxpool_forward
+    in float32 (its backward stays the direct kernels'), and trains as on them."""
+    from nbnet.devices import cpu
+
+    taken = []
+    original = cpu.implicit_conv_maxpool_forward
+    monkeypatch.setattr(cpu, "implicit_conv_maxpool_forward",
+                        lambda x, *rest: taken.append(x.shape) or original(x, *rest))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    model = lambda: [layers.Input((12, 12, 1)), layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D(2),
+                     layers.Flatten(), layers.Dense(3)]
+    on, _ = _both_ways(monkeypatch, model, x, y, 0.1)
+    assert on.layers[0]._direct and taken and taken[0] == (6, 12, 12, 1)

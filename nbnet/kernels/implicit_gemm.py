@@ -58,6 +58,7 @@ from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
 from .entry import CHUNK_BOUNDS, launch
 from .lane_maps import LANES, bias_and_relu, vector_access
+from .pool import maxpool_activation_image
 
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
 
@@ -311,6 +312,53 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z,
     parts = max(1, numba_thread_count() // batch) if large else 1
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
              pad_left, out_h, out_w, bias, int(relu), z.reshape(x.shape[0], out_h * out_w, filters), parts)
+
+
+# A conv whose max pool is fused (the direct kernels' case, see Conv2D): each image's conv
+# rows go to a buffer of one image (in cache), then pool.maxpool_activation_image takes
+# the maximum over z + bias and the activation: the same sums, tap after tap, as the
+# direct kernel's (the same bits up to 9 values a window; it sums larger fields in groups
+# of 9), in vector registers. Per image, us: 28x28x1 -> 26x26x32 3x3 then 2x2 max pool,
+# 1000 images on 2 cores 7.03 -> 5.12, 128 on one 12.9 -> 9.7; 'same' 28x28x1 -> 16, 128
+# on one 13.7 -> 11.8 (most of it the pool: its loop over 16 channels runs unvectorised).
+@njit(cache=True)
+def _pooled_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, y,
+                   argmax):
+    """Images first..stop-1 of implicit_conv_maxpool_forward."""
+    channels, filters = x.shape[3], kernel2d.shape[1]
+    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
+    taps = _tap_offsets(kh, kw, channels, wide)
+    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
+    targets = _rows_of(out_h * out_w, filters)
+    padded = np.zeros((rows, wide, channels), np.float32)
+    spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
+    image_z = np.empty((out_h * out_w, filters), np.float32)
+    no_bias = np.zeros(0, np.float32)
+    for n in range(first, stop):
+        _pad_image(x[n], pad_top, pad_left, padded)
+        _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, no_bias, 0)
+        maxpool_activation_image(image_z.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
+
+
+# The body comes in as a first-class function (see entry.py), as the direct kernels' does.
+@njit(parallel=True, cache=True)
+def _pooled_parallel(images, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, y,
+                     argmax):
+    batch = x.shape[0]
+    chunks = min(REDUCTION_CHUNKS, batch)
+    for chunk in prange(chunks):
+        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left,
+               out_h, out_w, bias, code, ph, pw, y, argmax)
+
+
+def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
+    """y = maxpool of activation ``code`` of (conv of x + bias), with its argmax, as
+    conv.direct_conv_maxpool_forward makes them; ``kernel`` Keras's."""
+    kh, kw, channels, filters = kernel.shape
+    batch = x.shape[0]
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
+            pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, y, argmax)
+    launch(_pooled_parallel, _pooled_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
 
 
 # The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded

@@ -239,7 +239,11 @@ class Conv2D(KernelMixin, Layer):
             self._y = None
             self._pooled, self._argmax = self.pool.absorbed_outputs((batch, out_h, out_w, self.filters), x.dtype)
             pooled_code = self._pooled_code()
-            if direct:
+            if direct and can_implicit and ops.implicit_conv_maxpool_forward is not None:
+                # The direct kernels' outputs, its sums in vector registers (see implicit_gemm).
+                ops.implicit_conv_maxpool_forward(x, self.params["kernel"], bias, pooled_code, *geometry[2:],
+                                                  *self.pool.pool_size, self._pooled, self._argmax)
+            elif direct:
                 ops.direct_conv_maxpool_forward(x, kernel2d, bias, pooled_code, *geometry, *self.pool.pool_size,
                                                 self._pooled, self._argmax)
             elif self._fused_winograd:
