@@ -154,6 +154,11 @@ MUTANTS += [
       "    split = _inner_split(b) if threads < 3 else b.shape[0] // 3\n"
       "    second = _second_half(a, b, split)\n    halves",
       ["tests/test_few_rows.py::test_the_product_is_numpys_with_the_same_bits_on_any_threads"]),
+    M("implicit_pool_drops_bias", "a conv with its max pool on the implicit GEMM pools without the bias",
+      "kernels/implicit_gemm.py",
+      "maxpool_activation_image(image_z.reshape(out_h, out_w, filters), bias, code,",
+      "maxpool_activation_image(image_z.reshape(out_h, out_w, filters), no_bias, code,",
+      ["tests/test_implicit_gemm.py::test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs"]),
     M("sigmoid_negative_branch", "sigmoid of a negative input computed as 1/(1+e^x) instead of e^x/(1+e^x)",
       "kernels/activations.py",
       "return e / (1.0 + e)", "return 1.0 / (1.0 + e)", [LAYERS + "::test_dense_forward_matches_reference"]),
