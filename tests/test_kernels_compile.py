@@ -196,15 +196,10 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
         "warmed ['Dense']", "warmed ['Conv2D']", "warmed ['BatchNormalization', 'Activation']", "warmed ['Conv2D']"]
 
 
-def test_first_training_step_starts_the_helper_once(monkeypatch):
-    """A Keras script's first fit compiles with the helper too (here: as if compiling took
-    longer than HELPER_AFTER); later steps and fits start none, nor does
-    NBNET_WARMUP_HELPER=0."""
-    from nbnet import warmup as warmup_module
-
-    started, requests = [], []
-
-    class Recorded:
+def _unstarted_helpers(started, requests):
+    """A stand-in for subprocess.Popen that starts no helper process: it records each
+    one's NBNET_WARMUP_HELPER in ``started`` and the request written to it in ``requests``."""
+    class Unstarted:
         def __init__(self, *args, **kwargs):
             started.append(kwargs["env"]["NBNET_WARMUP_HELPER"])
             self.stdin = self
@@ -218,8 +213,18 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
         def poll(self):
             return 0
 
+    return Unstarted
+
+
+def test_first_training_step_starts_the_helper_once(monkeypatch):
+    """A Keras script's first fit compiles with the helper too (here: as if compiling took
+    longer than HELPER_AFTER); later steps and fits start none, nor does
+    NBNET_WARMUP_HELPER=0."""
+    from nbnet import warmup as warmup_module
+
+    started, requests = [], []
     monkeypatch.setattr(warmup_module, "HELPER_AFTER", 0.0)
-    monkeypatch.setattr(warmup_module.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", _unstarted_helpers(started, requests))
     x = np.zeros((8, 8, 8, 1), np.float32)
     y = np.zeros(8, np.int64)
     model = _residual_model()
@@ -337,22 +342,8 @@ def test_an_empty_cache_starts_the_helper_with_the_first_step(tmp_path, monkeypa
     assert not warmup_module._cache_empty()  # this suite's cache: steps have run
 
     requests = []
-
-    class Recorded:  # a helper process that is not started
-        def __init__(self, *args, **kwargs):
-            self.stdin = self
-
-        def write(self, data):
-            requests.append(json.loads(data))
-
-        def close(self):
-            pass
-
-        def poll(self):
-            return 0
-
     monkeypatch.setattr(warmup_module, "HELPER_AFTER", 600.0)
-    monkeypatch.setattr(warmup_module.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", _unstarted_helpers([], requests))
     x, y = np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int64)
     _residual_model().fit(x, y, batch_size=4, verbose=0)
     assert requests == []  # a warm cache: the step ended long before HELPER_AFTER
