@@ -10,14 +10,14 @@ from nbnet.kernels import activations, dense, few_rows, matmul
 from nbnet.kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTMAX, TANH
 
 
-@pytest.mark.parametrize("rows, inner, columns", [(1, 784, 512), (3, 515, 333), (1, 17, 8000), (8, 37, 1000),
-                                                 (2, 9, 16), (1, 8, 5)])
+@pytest.mark.parametrize("rows, inner, columns", [(1, 784, 512), (3, 515, 333), (1, 17, 8000), (1, 3136, 10),
+                                                 (8, 37, 1000), (2, 9, 16), (1, 8, 5)])
 def test_the_product_is_numpys_with_the_same_bits_on_any_threads(rows, inner, columns):
     """Each output is the sum of one chain of multiply-adds over each half of the inner
-    axis (halves from FEW_ROWS_MIN_WEIGHTS weights), whatever block of columns a thread
-    takes: the bits of a predict do not depend on its threads. Inner sizes that are not a
-    multiple of the eight-row pass, halves of unequal length, and columns that end in a
-    part vector too."""
+    axis (halves for large weights: many values or a long inner axis), whatever block of
+    columns a thread takes: the bits of a predict do not depend on its threads. Inner
+    sizes that are not a multiple of the eight-row pass, halves of unequal length, and
+    columns that end in a part vector too."""
     rng = np.random.default_rng(rows * inner + columns)
     a = rng.standard_normal((rows, inner)).astype(np.float32)
     b = rng.standard_normal((inner, columns)).astype(np.float32)
@@ -68,10 +68,11 @@ def test_one_thread_or_all_give_the_same_bits():
 
 
 @pytest.mark.parametrize("code", [LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX])
-@pytest.mark.parametrize("inner, columns, biased", [(100, 37, True), (1000, 150, False), (515, 333, True)])
+@pytest.mark.parametrize("inner, columns, biased", [(100, 37, True), (1000, 150, False), (515, 333, True),
+                                                     (1100, 12, True)])
 def test_a_dense_forward_of_few_rows_has_the_product_then_activation_bits_on_any_threads(code, inner, columns,
                                                                                           biased):
-    """few_rows_dense (on this thread under FEW_ROWS_MIN_WEIGHTS weights or on one thread,
+    """few_rows_dense (on this thread for weights that are not large, or on one thread,
     else split on every thread, the bias and activation in the same kernel) gives the
     bits of the product followed by bias_activation_forward, whatever the threads."""
     rng = np.random.default_rng(inner + columns + code)
@@ -127,6 +128,10 @@ def test_dense_takes_it_for_few_float32_rows_only(monkeypatch):
                                                                 np.float32))] == [few_rows._serial_dense]
     large = np.ones((20, few_rows.FEW_ROWS_MIN_WEIGHTS // 20 + 1), np.float32)
     assert [call[0] for call in dense.dense_forward.replayed_as(x, large, large[0], TANH, 0.0, large[:1])] == [
+        few_rows.few_rows_dense]
+    long = np.ones((few_rows.FEW_ROWS_MIN_INNER, 7), np.float32)  # few weights, a long inner axis
+    row = np.ones((1, few_rows.FEW_ROWS_MIN_INNER), np.float32)
+    assert [call[0] for call in dense.dense_forward.replayed_as(row, long, long[0], TANH, 0.0, row[:, :7])] == [
         few_rows.few_rows_dense]
     x = np.ones((9, 20), np.float32)
     assert [call[0] for call in dense.dense_forward.replayed_as(x, kernel, bias, TANH, 0.0, np.ones((9, 7),

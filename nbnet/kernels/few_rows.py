@@ -21,9 +21,8 @@ the threads a predict ran on.
 A Dense layer's forward of a few rows (few_rows_dense) adds the bias and applies the
 activation as it stores each row: on one image the BLAS call and the activation's
 kernel took longer to launch than to compute (784 -> 128 -> ... 128 -> 10: 14 calls of
-1.5-7 us). Weights under FEW_ROWS_MIN_WEIGHTS, or one thread, take a serial kernel (a
-parallel region costs 0.9 us to launch on one thread, 1.9 on two, a call of a serial one
-0.3).
+1.5-7 us). Smaller weights (see _large), or one thread, take a serial kernel (a parallel
+region costs 0.9 us to launch on one thread, 1.9 on two, a call of a serial one 0.3).
 """
 
 import numpy as np
@@ -40,6 +39,10 @@ FEW_ROWS_MAX = 8
 # 512x512 58 -> 48, 784x512 89 -> 73, 1024x1024 150 -> 86; below it about even (784x128
 # 31 -> 28, 1600x64 31 -> 32), and warm in the cache NumPy's is ahead (784x128 4.5 vs 6.4).
 FEW_ROWS_MIN_WEIGHTS = 1 << 17
+# ... or from this long an inner axis, whatever the columns: each output is one chain of
+# dependent multiply-adds, and a narrow product waits on it (one row, 2 cores, us, on one
+# thread -> split: 3136x10 11.3 -> 8.2, 1600x64 8.7 -> 7.0; 512x128 4.5 -> 5.0).
+FEW_ROWS_MIN_INNER = 1024
 _NO_BIAS = np.zeros(0, np.float32)
 # Sums a task keeps at once (16 KB of float32): more rows, narrower tiles of columns.
 _TILE_SUMS = 4096
@@ -56,7 +59,7 @@ def _operands_apply(a, b, out):
 def applies(a, b, out):
     """Whether few_rows_matmul takes ``a @ b`` (C-contiguous float32 operands only: one
     compiled specialisation)."""
-    return b.size >= FEW_ROWS_MIN_WEIGHTS and _operands_apply(a, b, out)
+    return _large(b.shape[0], b.size) and _operands_apply(a, b, out)
 
 
 def dense_applies(a, b, code, out):
@@ -64,13 +67,22 @@ def dense_applies(a, b, code, out):
     return (code in SLOPE_CODES or code == SOFTMAX) and _operands_apply(a, b, out)
 
 
+def _large(inner, weights):
+    """Whether a product by weights of ``inner`` rows (``weights`` values) is split across
+    the threads, its inner axis cut in two (see _inner_split)."""
+    return weights >= FEW_ROWS_MIN_WEIGHTS or inner >= FEW_ROWS_MIN_INNER
+
+
+_large_inline = njit(inline="always")(_large)
+
+
 @njit(inline="always")
 def _inner_split(b):
-    """Where the inner axis is cut: in two halves of whole eight-row passes from
-    FEW_ROWS_MIN_WEIGHTS weights, else nowhere (its length). A function of the weights'
-    shape only, so the bits are the same whatever the threads."""
+    """Where the inner axis is cut: for large weights (_large) in two halves of whole
+    eight-row passes, else nowhere (its length). A function of the weights' shape only, so
+    the bits are the same whatever the threads."""
     inner = b.shape[0]
-    if b.size < FEW_ROWS_MIN_WEIGHTS or inner < 16:
+    if not _large_inline(inner, b.size) or inner < 16:
         return inner
     return (inner // 2 + 7) // 8 * 8
 
@@ -181,18 +193,18 @@ def few_rows_matmul(a, b, out):
 
 def dense_call(a, b, bias, code, alpha, out):
     """The call few_rows_dense comes down to (a recorded inference program makes it
-    directly): its serial kernel under FEW_ROWS_MIN_WEIGHTS weights, whatever the threads,
+    directly): its serial kernel for weights that are not _large, whatever the threads,
     else itself (it chooses by the threads of each run)."""
     args = (a, b, bias, code, alpha, out)
-    return (_serial_dense if b.size < FEW_ROWS_MIN_WEIGHTS else few_rows_dense), args, {}
+    return (few_rows_dense if _large(b.shape[0], b.size) else _serial_dense), args, {}
 
 
 def few_rows_dense(a, b, bias, code, alpha, out):
     """out = activation ``code`` (slope ``alpha``) of a @ b + bias (see dense_applies): in
-    one kernel, on this thread under FEW_ROWS_MIN_WEIGHTS weights or on one thread, else
-    on every thread."""
+    one kernel, on this thread for weights that are not _large or on one thread, else on
+    every thread."""
     threads = numba_thread_count()
-    if threads == 1 or b.size < FEW_ROWS_MIN_WEIGHTS:
+    if threads == 1 or not _large(b.shape[0], b.size):
         _serial_dense(a, b, bias, code, alpha, out)
     else:
         _split_dense(a, b, bias, code, alpha, out, threads)
