@@ -311,9 +311,11 @@ def test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs(batch, size, ch
     assert np.isfinite(results[1][0]).all() and (results[1][0] >= 0).all() and results[1][0].max() > 0
 
 
-def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch):
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch, activation):
     """A Conv2D whose max pool the direct kernels fused runs implicit_conv_maxpool_forward
-    in float32 (its backward stays the direct kernels'), and trains as on them."""
+    in float32 (its backward stays the direct kernels'), and trains as on them: a relu in
+    the pool's pass, a tanh on the pooled values after it."""
     from nbnet.devices import cpu
 
     taken = []
@@ -323,7 +325,7 @@ def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
     y = rng.standard_normal((6, 3)).astype(np.float32)
-    model = lambda: [layers.Input((12, 12, 1)), layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D(2),
+    model = lambda: [layers.Input((12, 12, 1)), layers.Conv2D(8, 3, activation=activation), layers.MaxPooling2D(2),
                      layers.Flatten(), layers.Dense(3)]
     on, _ = _both_ways(monkeypatch, model, x, y, 0.1)
     assert on.layers[0]._direct and taken and taken[0] == (6, 12, 12, 1)
