@@ -32,7 +32,7 @@ import numpy as np
 from . import compile_locks
 
 # Seconds of warm-up after which the cache counts as cold and the helper process starts;
-# at once where Numba's cache holds no nbnet training step at all (see _cache_empty).
+# at once where Numba's cache holds no nbnet loss kernel at all (see _cache_empty).
 HELPER_AFTER = 0.5
 # The training batch a warm-up steps on: Keras's fit default. A larger one is held to
 # WARMUP_BATCH_MAX samples of zeros (the kernels chosen do not change past that).
