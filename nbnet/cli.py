@@ -145,7 +145,8 @@ def train(model_name, data, dataset, image_size, color_mode, plots, epochs, batc
         fit_data = sources.fit_arguments(model, source)
         if verbose and not resume:
             model.summary()
-        warmup(model, progress=click.echo if verbose else None, batch_size=batch_size)
+        # Training never predicts a few samples: their kernels compile at a first predict.
+        warmup(model, progress=click.echo if verbose else None, batch_size=batch_size, few_samples=False)
         started = time.perf_counter()
         with _stop_on_signals(model):
             model.fit(**fit_data, epochs=epochs, batch_size=None if source.streamed else batch_size,

@@ -261,6 +261,28 @@ def test_warmup_runs_the_kernels_a_fit_of_its_batch_size_runs(monkeypatch):
     assert "conv3x3_forward" in called and "conv3x3_backward" in called  # Winograd at 32 images
     assert called - {"available_memory"} <= warmed, called - warmed  # (a query, not a kernel)
     assert "implicit_conv_forward" in warmed  # and a predict of a few images' kernels
+    # nbnet train's warm-up (few_samples=False) leaves the few images' kernels out.
+    called.clear()
+    warmup_module.warmup(model, batch_size=32, few_samples=False)
+    assert "conv3x3_forward" in called and "conv3x3_backward" in called and "implicit_conv_forward" not in called
+
+
+def test_nbnet_train_warms_up_without_a_few_samples_predict(monkeypatch, tmp_path):
+    """`nbnet train` never predicts a few samples: its warm-up leaves their kernels out."""
+    from click.testing import CliRunner
+
+    from nbnet import warmup as warmup_module
+    from nbnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(warmup_module, "warmup", lambda model, **kwargs: calls.append(kwargs) or 0.0)
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.random((64, 8, 8, 1)).astype(np.float32), y_train=np.arange(64) % 2)
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--epochs", "1", "--output",
+                                       str(tmp_path / "m.nbnet")])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and calls[0]["few_samples"] is False
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="compile locks use flock")
