@@ -373,16 +373,13 @@ def _pool_planes(planes, corners, width, relu, y, argmax):
 
 
 @njit(cache=True)
-def _pooled_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, y,
-                   argmax):
-    """Images first..stop-1 of implicit_conv_maxpool_forward."""
+def _pooled_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw,
+                   taps, pixels, targets, corners, y, argmax):
+    """Images first..stop-1 of implicit_conv_maxpool_forward (the tables: _pooled_tables;
+    ``corners`` empty where the rows are not laid out as corner planes)."""
     channels, filters = x.shape[3], kernel2d.shape[1]
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
-    taps = _tap_offsets(kh, kw, channels, wide)
-    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
-    planes = ph == 2 and pw == 2 and filters < PLANES_BELOW_FILTERS
-    targets = _corner_planes(out_h, out_w, filters) if planes else _rows_of(out_h * out_w, filters)
-    corners = _window_corners(out_h, out_w, filters) if planes else np.zeros(0, np.int32)
+    planes = corners.shape[0] > 0
     padded = np.zeros((rows, wide, channels), np.float32)
     spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
     image_z = np.empty((out_h * out_w, filters), np.float32)
@@ -397,15 +394,28 @@ def _pooled_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, 
             maxpool_activation_image(image_z.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
 
 
+@functools.lru_cache(maxsize=128)
+def _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw):
+    """(taps, pixels, targets, corners) of _pooled_images, made once per layer geometry
+    (shared: read only). Made in each chunk of images, they cost a quarter of the pass:
+    128 images 28x28x1, us a call, 16 filters 'same' 600 -> 455, 32 'valid' 783 -> 620."""
+    wide = (out_w - 1) * sw + kw
+    planes = ph == 2 and pw == 2 and filters < PLANES_BELOW_FILTERS
+    targets = _corner_planes(out_h, out_w, filters) if planes else _rows_of(out_h * out_w, filters)
+    corners = _window_corners(out_h, out_w, filters) if planes else np.zeros(0, np.int32)
+    return (_tap_offsets(kh, kw, channels, wide), _pixel_offsets(out_h, out_w, sh, sw, wide, channels), targets,
+            corners)
+
+
 # The body comes in as a first-class function (see entry.py), as the direct kernels' does.
 @njit(parallel=True, cache=True)
-def _pooled_parallel(images, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, y,
-                     argmax):
+def _pooled_parallel(images, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw,
+                     taps, pixels, targets, corners, y, argmax):
     batch = x.shape[0]
     chunks = min(REDUCTION_CHUNKS, batch)
     for chunk in prange(chunks):
         images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left,
-               out_h, out_w, bias, code, ph, pw, y, argmax)
+               out_h, out_w, bias, code, ph, pw, taps, pixels, targets, corners, y, argmax)
 
 
 def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
@@ -413,8 +423,9 @@ def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_le
     conv.direct_conv_maxpool_forward makes them; ``kernel`` Keras's."""
     kh, kw, channels, filters = kernel.shape
     batch = x.shape[0]
+    tables = _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw)
     args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-            pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, y, argmax)
+            pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, *tables, y, argmax)
     launch(_pooled_parallel, _pooled_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
 
 
