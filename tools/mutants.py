@@ -173,9 +173,9 @@ MUTANTS += [
       "dot += dy[i, k] * y[i, k]", "dot += dy[i, k]", [LAYERS + "::test_dense_gradients"]),
     M("activation_backward_chunk_bounds", "activation backward: chunk bounds rows//chunks*(chunk+1), the last "
       "rows of an uneven split get no gradient", "kernels/activations.py",
-      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in prange(chunks):\n"
+      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in range(begin, end):\n"
       "        for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):",
-      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in prange(chunks):\n"
+      "slope_terms(code, alpha, y.dtype.type)\n    for chunk in range(begin, end):\n"
       "        for i in range(chunk * rows // chunks, (chunk + 1) * (rows // chunks)):",
       [LAYERS + "::test_dense_backward_over_uneven_reduction_chunks"]),
     # -- conv: im2col, same padding, direct ----------------------------------------------------
@@ -209,8 +209,8 @@ MUTANTS += [
     M("implicit_backward_chunk_bounds", "the implicit GEMM's backward ends each chunk of images at (chunk + 1) "
       "* (batch // chunks): the last images of an uneven split add nothing to the kernel gradient",
       "kernels/implicit_gemm.py",
-      "    sums[:] = 0.0\n    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):",
-      "    sums[:] = 0.0\n    for n in range(chunk * batch // chunks, (chunk + 1) * (batch // chunks)):",
+      "        sums[:] = 0.0\n        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):",
+      "        sums[:] = 0.0\n        for n in range(chunk * batch // chunks, (chunk + 1) * (batch // chunks)):",
       ["tests/test_implicit_gemm.py"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
@@ -328,14 +328,20 @@ MUTANTS += [
       [CUDA_TESTS + "::test_check_finite"], SIM),
     M("parallel_zero_fill_leaves_tail", "the gradients' parallel zero fill ends each part at (part + 1) * "
       "(count // parts): an odd count's last value keeps the last step's gradient", "kernels/training.py",
-      "    for part in prange(parts):\n        for i in range(part * count // parts, (part + 1) * count // parts):\n"
-      "            values[i] = zero",
-      "    for part in prange(parts):\n        for i in range(part * count // parts, (part + 1) * (count // parts)):\n"
-      "            values[i] = zero",
+      "    for part in range(begin, end):\n"
+      "        for i in range(part * count // parts, (part + 1) * count // parts):\n            values[i] = zero",
+      "    for part in range(begin, end):\n"
+      "        for i in range(part * count // parts, (part + 1) * (count // parts)):\n            values[i] = zero",
       ["tests/test_training.py::test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread"]),
     M("parallel_finite_probe_skips_a_part", "the parallel finite check sums the probes of all parts but the last",
       "kernels/training.py", "return probes.sum() == 0.0", "return probes[:-1].sum() == 0.0",
       ["tests/test_training.py::test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread"]),
+    M("parallel_pieces_overlap", "parallel_ranges' pieces each end one item late: neighbouring threads both run "
+      "the item between them (sums counted twice)", "kernels/parallel.py",
+      "stop = builder.sdiv(builder.mul(builder.add(piece, ir.Constant(i64, 1)), count), total)",
+      "stop = builder.add(builder.sdiv(builder.mul(builder.add(piece, ir.Constant(i64, 1)), count), total), "
+      "ir.Constant(i64, 1))",
+      ["tests/test_parallel.py"]),
     M("cosine_decay_not_clamped", "CosineDecay past decay_steps climbs back up (step not clamped)", "schedules.py",
       "self._decay(min(step, self.decay_steps), self.initial_learning_rate)",
       "self._decay(step, self.initial_learning_rate)",

@@ -6,10 +6,11 @@ forward pass needs to keep only one array per layer.
 """
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from . import REDUCTION_CHUNKS
+from .parallel import parallel_ranges, range_body
 
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, LEAKY_RELU, ELU, SELU, SOFTPLUS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 # The codes whose slope is a quadratic in the output (see slope_terms).
@@ -143,12 +144,25 @@ def _squash_for(code, values):
 _BLOCK_VALUES = 4096
 
 
+@njit(cache=True)
+def _block_count(z):
+    """Blocks of _BLOCK_VALUES values (whole rows, at least one) in z's rows."""
+    rows, channels = z.shape
+    block = max(1, _BLOCK_VALUES // max(channels, 1))
+    return (rows + block - 1) // block
+
+
 # error_model="numpy": a division never raises ZeroDivisionError, and without that check
 # LLVM vectorises the loops.
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _softmax_rows(z, bias, y):
-    for i in prange(z.shape[0]):
+@range_body(fastmath={"contract"})
+def _softmax_rows_range(begin, end, z, bias, y):
+    for i in range(begin, end):
         softmax_row(z, bias, y, i)
+
+
+@njit(cache=True)
+def _softmax_rows(z, bias, y):
+    parallel_ranges(_softmax_rows_range, z.shape[0], (z, bias, y))
 
 
 @njit(inline="always")
@@ -190,33 +204,41 @@ def _bias_rows(z, bias, y, first, stop):
 # Two kernels: the common codes (activate_fusable's), and the exponential units in one of
 # their own that only the models using them compile (their loops took 0.4 s each of the
 # shared kernel's 2.2 s of compile time).
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _bias_activation_blocks(z, bias, code, alpha, y):
+@range_body(fastmath={"contract"})
+def _bias_activation_blocks_range(begin, end, z, bias, code, alpha, y):
     rows, channels = z.shape
     flat = y.reshape(-1)
     block = max(1, _BLOCK_VALUES // max(channels, 1))
-    for index in prange((rows + block - 1) // block):
+    for index in range(begin, end):
         first = index * block
         stop = min(rows, first + block)
         _bias_rows(z, bias, y, first, stop)
         activate_fusable(code, alpha, flat[first * channels:stop * channels])
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _other_bias_activation_blocks(z, bias, code, alpha, y):
+@njit(cache=True)
+def _bias_activation_blocks(z, bias, code, alpha, y):
+    parallel_ranges(_bias_activation_blocks_range, _block_count(z), (z, bias, code, alpha, y))
+
+
+@range_body(fastmath={"contract"})
+def _other_bias_activation_blocks_range(begin, end, z, bias, code, alpha, y):
     rows, channels = z.shape
     flat = y.reshape(-1)
     block = max(1, _BLOCK_VALUES // max(channels, 1))
-    for index in prange((rows + block - 1) // block):
+    for index in range(begin, end):
         first = index * block
         stop = min(rows, first + block)
         _bias_rows(z, bias, y, first, stop)
         activate(code, alpha, flat[first * channels:stop * channels])
 
 
-# Compile time: each parallel kernel holds one prange loop and nothing else. Numba compiles
-# every parallel loop of a function (and every array expression or allocation in one,
-# which it parallelises too) as a function of its own, whether or not a call reaches it:
+@njit(cache=True)
+def _other_bias_activation_blocks(z, bias, code, alpha, y):
+    parallel_ranges(_other_bias_activation_blocks_range, _block_count(z), (z, bias, code, alpha, y))
+
+
+# Compile time: each kernel compiles every loop it holds, whether or not a call reaches it:
 # softmax therefore has its own kernel, compiled only by the models that use it.
 def bias_activation_forward(z, bias, code, alpha, y):
     """y = activation(z + bias), row by row; ``y`` (C-contiguous) may be ``z`` itself (in
@@ -284,13 +306,13 @@ def gradient_from_slope(out, grad, above, below, linear, square, zero):
     return grad * slope if slope != zero else zero
 
 
-@njit(parallel=True, cache=True)
-def _activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
+@range_body
+def _activation_backward_chunks_range(begin, end, y, dy, code, alpha, dz, partial, sums):
     rows, channels = y.shape
     chunks = partial.shape[0]
     zero = y.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, y.dtype.type)
-    for chunk in prange(chunks):
+    for chunk in range(begin, end):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
                 dz[i, k] = gradient_from_slope(y[i, k], dy[i, k], above, below, linear, square, zero)
@@ -299,14 +321,19 @@ def _activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
                     partial[chunk, k] += dz[i, k]
 
 
+@njit(cache=True)
+def _activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
+    parallel_ranges(_activation_backward_chunks_range, partial.shape[0], (y, dy, code, alpha, dz, partial, sums))
+
+
 # The other codes (softmax and the exponential units) in a kernel of their own, compiled
 # only by the models that use them (each loop costs compile time in every model).
-@njit(parallel=True, cache=True)
-def _other_activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
+@range_body
+def _other_activation_backward_chunks_range(begin, end, y, dy, code, alpha, dz, partial, sums):
     rows, channels = y.shape
     chunks = partial.shape[0]
     zero = y.dtype.type(0.0)
-    for chunk in prange(chunks):
+    for chunk in range(begin, end):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             if code == SOFTMAX:
                 dot = 0.0
@@ -320,6 +347,11 @@ def _other_activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
             if sums:
                 for k in range(channels):
                     partial[chunk, k] += dz[i, k]
+
+
+@njit(cache=True)
+def _other_activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
+    parallel_ranges(_other_activation_backward_chunks_range, partial.shape[0], (y, dy, code, alpha, dz, partial, sums))
 
 
 def activation_backward(y, dy, code, alpha, dz, dbias):

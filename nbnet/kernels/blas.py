@@ -3,12 +3,12 @@ on Numba's own threads.
 
 Handing half a product to a sleeping worker thread (a queue and a futex wake-up) costs
 50 us on this 2-core VM, 140 us after half a millisecond idle: more than a 128x128x128
-product takes; Numba's threads
-spin between parallel regions and start one in 3-5 us. Here a product is described as
-*jobs*, each one sgemm call on raw pointers (rows of a row-major matrix, a transposed
-operand read in place, ``beta`` 0 or 1 to write or add), and a ``prange`` over the jobs
-calls sgemm through its address in the library NumPy itself uses, found through
-threadpoolctl. The address is an argument, not a constant: the kernels stay cacheable.
+product takes; Numba's threads spin between parallel regions and start one in 3-5 us.
+Here a product is described as *jobs*, each one sgemm call on raw pointers (rows of a
+row-major matrix, a transposed operand read in place, ``beta`` 0 or 1 to write or add),
+spread over Numba's threads (parallel.parallel_ranges), each calling sgemm through its
+address in the library NumPy itself uses, found through threadpoolctl. The address is an
+argument, not a constant: the kernels stay cacheable.
 
 Only an ILP64 OpenBLAS is called this way (NumPy's wheels bundle one as
 ``scipy_openblas64_``; a system OpenBLAS says so in its config). Elsewhere (Accelerate,
@@ -21,8 +21,10 @@ import ctypes
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
+
+from .parallel import parallel_ranges, range_body
 
 _ROW_MAJOR, PLAIN, TRANSPOSED = 101, 111, 112
 # A job, one row of int64: op_a, op_b, m, n, k, a, lda, b, ldb, c, ldc, add (c = op(a) @
@@ -59,10 +61,15 @@ def _run_job(address, jobs, j):
     _sgemm(address, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], np.float32(q[11]), q[9], q[10])
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _run_jobs_parallel(address, jobs):
-    for j in prange(jobs.shape[0]):
+@range_body(nogil=True)
+def _jobs(begin, end, address, jobs):
+    for j in range(begin, end):
         _run_job(address, jobs, j)
+
+
+@njit(cache=True, nogil=True)
+def _run_jobs_parallel(address, jobs):
+    parallel_ranges(_jobs, jobs.shape[0], (address, jobs))
 
 
 def run(jobs):

@@ -8,12 +8,11 @@ that Numba's threads and BLAS's threads never run at the same time, and SciPy is
 """
 
 import numpy as np
-from numba import njit, prange
-from numba.core import types
+from numba import njit
 
 from . import REDUCTION_CHUNKS
-from .entry import CHUNK_BOUNDS, launch
 from .matmul import add_transposed_product, matmul
+from .parallel import parallel_ranges, range_body
 from .pool import maxpool_activation_backward_image, maxpool_activation_image
 
 
@@ -35,13 +34,11 @@ def output_geometry(height, width, window, strides, padding):
     return (height - kh) // sh + 1, (width - kw) // sw + 1, 0, 0
 
 
-@njit(parallel=True, cache=True)
-def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
-    """cols[(n*out_h + i)*out_w + j, (p*kw + q)*C + c] = x[n, i*sh - pad_top + p, j*sw - pad_left + q, c],
-    zero where the window overhangs the border."""
+@range_body
+def _im2col_range(begin, end, x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
     batch, height, width, channels = x.shape
     zero = x.dtype.type(0.0)
-    for n in prange(batch):
+    for n in range(begin, end):
         for i in range(out_h):
             for j in range(out_w):
                 row = (n * out_h + i) * out_w + j
@@ -58,12 +55,17 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
                                 cols[row, base + c] = zero
 
 
-@njit(parallel=True, cache=True)
-def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
-    """The adjoint of im2col: dx = sum of every column entry back onto the pixel it came
-    from. Parallel over images only, so no two threads ever add into the same pixel."""
+@njit(cache=True)
+def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
+    """cols[(n*out_h + i)*out_w + j, (p*kw + q)*C + c] = x[n, i*sh - pad_top + p, j*sw - pad_left + q, c],
+    zero where the window overhangs the border."""
+    parallel_ranges(_im2col_range, x.shape[0], (x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols))
+
+
+@range_body
+def _col2im_range(begin, end, dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
     batch, height, width, channels = dx.shape
-    for n in prange(batch):
+    for n in range(begin, end):
         dx[n] = 0
         for i in range(out_h):
             for j in range(out_w):
@@ -79,6 +81,13 @@ def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
                         base = (p * kw + q) * channels
                         for c in range(channels):
                             dx[n, y, xx, c] += dcols[row, base + c]
+
+
+@njit(cache=True)
+def col2im(dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx):
+    """The adjoint of im2col: dx = sum of every column entry back onto the pixel it came
+    from. Parallel over images only, so no two threads ever add into the same pixel."""
+    parallel_ranges(_col2im_range, dx.shape[0], (dcols, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, dx))
 
 
 # Up to this receptive field (kh*kw*in) a direct loop beats im2col + BLAS: the product is
@@ -220,26 +229,15 @@ def _direct_conv_images(first, stop, x, offsets, packed, taps, bias, code, sh, s
 
 
 # One parallel kernel for both forward passes (a body of one call, shared), so the
-# MNIST CNN's first layer and an unpooled direct conv compile the same code once. The
-# body comes in as a first-class function (see entry.py): linked in, it was optimised
-# again with the loop (cold compile, forward: 5.5 s, now 2.5 s for the body and 0.8 s
-# for the loop; backward: 5.1-5.5 s, now 2.3 + 0.6 s). (Splitting
-# the images over the matmul workers instead also saved that, but waking a worker costs
-# about 0.1 ms where Numba's threads spin: forward + backward at batch 32 took 0.55 ->
+# MNIST CNN's first layer and an unpooled direct conv compile the same code once. (Splitting
+# the images over the matmul workers instead also saved compile time, but waking a worker
+# costs about 0.1 ms where Numba's threads spin: forward + backward at batch 32 took 0.55 ->
 # 0.82 ms.)
-@njit(parallel=True, cache=True)
-def _direct_conv_parallel(images, x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w,
-                          out_h, out_w, ph, pw, pooled, z, y, argmax):
-    batch = x.shape[0]
-    chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
-        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, offsets, packed, taps, bias, code, sh, sw,
-               pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph, pw, pooled, z, y, argmax)
-
-
-def _direct_conv(*args):
-    batch = args[0].shape[0]
-    launch(_direct_conv_parallel, _direct_conv_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
+@njit(cache=True)
+def _direct_conv(x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
+                 pw, pooled, z, y, argmax):
+    parallel_ranges(_direct_conv_images, x.shape[0], (x, offsets, packed, taps, bias, code, sh, sw, pad_top, pad_left,
+                                                      padded_h, padded_w, out_h, out_w, ph, pw, pooled, z, y, argmax))
 
 
 def direct_conv_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, z):
@@ -319,11 +317,11 @@ def _direct_dkernel_image(image, dz, offsets, taps, sh, sw, padded_w, channels, 
 
 
 @njit(cache=True)
-def _direct_backward_chunk(chunk, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
-                           padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
-                           bias_partial, need_dx, dx):
-    """One chunk of _direct_backward: adds its images' products into its own row of
-    ``partial`` (laid out as ``packed``) and ``bias_partial``."""
+def _direct_backward_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
+                            padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
+                            need_dx, dx):
+    """Chunks first..stop-1 of _direct_backward: each adds its images' products into its own
+    row of ``partial`` (laid out as ``packed``) and ``bias_partial``."""
     batch, channels = x.shape[0], x.shape[3]
     filters = bias_partial.shape[1]
     size = padded_h * padded_w * channels
@@ -334,29 +332,29 @@ def _direct_backward_chunk(chunk, chunks, x, dz, dy, argmax, y, code, field, sh,
     window_b = np.empty(_TAP_GROUP, x.dtype)
     no_grads = np.zeros(_FILTER_BLOCK, x.dtype)
     image_dz = np.empty((pixels if pooled else 0, filters), x.dtype)
-    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-        pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
-        if pooled:
-            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
-                                              image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])
-            rows = image_dz
-        else:
-            rows = dz[n * pixels:(n + 1) * pixels]
-        _direct_dkernel_image(image, rows, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window, window_b,
-                              no_grads, partial[chunk])
-        if need_dx:
-            _direct_dx_image(rows, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w, padded_h,
-                             padded_w, dimage, dx[n])
+    chunks = partial.shape[0]
+    for chunk in range(first, stop):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image)
+            if pooled:
+                maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw,
+                                                  image_dz.reshape(out_h, out_w, filters), bias_partial[chunk])
+                rows = image_dz
+            else:
+                rows = dz[n * pixels:(n + 1) * pixels]
+            _direct_dkernel_image(image, rows, offsets, taps, sh, sw, padded_w, channels, out_h, out_w, window,
+                                  window_b, no_grads, partial[chunk])
+            if need_dx:
+                _direct_dx_image(rows, packed, offsets, field, taps, sh, sw, pad_top, pad_left, out_h, out_w, padded_h,
+                                 padded_w, dimage, dx[n])
 
 
-@njit(parallel=True, cache=True)
-def _direct_backward_parallel(chunk_body, chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left,
-                              padded_h, padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial,
-                              bias_partial, need_dx, dx):
-    for chunk in prange(chunks):
-        # int64: the parallel lowering types a prange index as unsigned.
-        chunk_body(np.int64(chunk), chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
-                   padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
+@njit(cache=True)
+def _direct_backward_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
+                          out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx):
+    parallel_ranges(_direct_backward_chunks, partial.shape[0],
+                    (x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
+                     pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx))
 
 
 def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
@@ -371,9 +369,8 @@ def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_t
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, packed.size), dtype=x.dtype)
     bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
-    args = (chunks, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
-            pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
-    launch(_direct_backward_parallel, _direct_backward_chunk, (types.int64,), args, (0,) if chunks == 1 else None)
+    _direct_backward_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
+                          out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
     # packed (filter block, tap, filter in block) back to (tap, filter)
     blocks = packed.size // (taps * _FILTER_BLOCK)
     unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)

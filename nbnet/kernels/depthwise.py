@@ -19,21 +19,20 @@ Dilation 1 and one group never come here: conv.py's paths (and their fusions) ke
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import REDUCTION_CHUNKS
+from .parallel import parallel_ranges, range_body
 from .matmul import add_transposed_product, matmul
 
 
-@njit(parallel=True, cache=True)
-def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z):
-    """z[(n*out_h + i)*out_w + j, c*M + m] = sum over (p, q) of x[n, i*sh - pad_top + p*dh,
-    j*sw - pad_left + q*dw, c] * kernel[p, q, c*M + m] (no bias); zero outside the image."""
+@range_body
+def _depthwise_forward_range(begin, end, x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z):
     batch, height, width, channels = x.shape
     outs = z.shape[1]
     mult = outs // channels
     zero = z.dtype.type(0.0)
-    for n in prange(batch):
+    for n in range(begin, end):
         for i in range(out_h):
             for j in range(out_w):
                 out = z[(n * out_h + i) * out_w + j]
@@ -58,18 +57,23 @@ def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_
                                     out[c * mult + m] += value * taps[c * mult + m]
 
 
-@njit(parallel=True, cache=True)
-def _depthwise_backward_chunks(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, partial,
-                               need_dx, dx):
-    """Per fixed chunk of images: partial[chunk] = the chunk's kernel gradient; with
-    ``need_dx``, dx of its images. A chunk owns its images' dx and its partial row, so no
-    two threads add into one slot, and the sum does not depend on the thread count."""
+@njit(cache=True)
+def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z):
+    """z[(n*out_h + i)*out_w + j, c*M + m] = sum over (p, q) of x[n, i*sh - pad_top + p*dh,
+    j*sw - pad_left + q*dw, c] * kernel[p, q, c*M + m] (no bias); zero outside the image."""
+    parallel_ranges(_depthwise_forward_range, x.shape[0], (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h,
+                    out_w, z))
+
+
+@range_body
+def _depthwise_backward_chunks_range(begin, end, x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h,
+                                     out_w, partial, need_dx, dx):
     batch, height, width, channels = x.shape
     outs = dz.shape[1]
     mult = outs // channels
     chunks = partial.shape[0]
     zero = dz.dtype.type(0.0)
-    for chunk in prange(chunks):
+    for chunk in range(begin, end):
         grad = partial[chunk]
         grad[:] = zero
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
@@ -110,6 +114,16 @@ def _depthwise_backward_chunks(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, p
                                         dpixel[c] += total
 
 
+@njit(cache=True)
+def _depthwise_backward_chunks(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, partial,
+                               need_dx, dx):
+    """Per fixed chunk of images: partial[chunk] = the chunk's kernel gradient; with
+    ``need_dx``, dx of its images. A chunk owns its images' dx and its partial row, so no
+    two threads add into one slot, and the sum does not depend on the thread count."""
+    parallel_ranges(_depthwise_backward_chunks_range, partial.shape[0], (x, kernel, dz, kh, kw, sh, sw, dh, dw,
+                    pad_top, pad_left, out_h, out_w, partial, need_dx, dx))
+
+
 def depthwise_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
     """dkernel (kh, kw, C*M) += the kernel gradient from ``dz`` (rows, C*M), the gradient
     before the activation; with ``need_dx``, dx (overwritten) = the input gradient."""
@@ -121,15 +135,13 @@ def depthwise_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
         dkernel += partial[chunk]
 
 
-@njit(parallel=True, cache=True)
-def grouped_im2col(x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, cols):
-    """cols[g, (n*out_h + i)*out_w + j, (p*kw + q)*Cg + c] = x[n, i*sh - pad_top + p*dh,
-    j*sw - pad_left + q*dw, g*Cg + c], Cg = C / groups, zero where the tap is outside."""
+@range_body
+def _grouped_im2col_range(begin, end, x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, cols):
     batch, height, width, channels = x.shape
     groups = cols.shape[0]
     per_group = channels // groups
     zero = x.dtype.type(0.0)
-    for n in prange(batch):
+    for n in range(begin, end):
         for i in range(out_h):
             for j in range(out_w):
                 row = (n * out_h + i) * out_w + j
@@ -150,14 +162,20 @@ def grouped_im2col(x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, c
                                     out[c] = zero
 
 
-@njit(parallel=True, cache=True)
-def grouped_col2im(dcols, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, dx):
-    """The adjoint of grouped_im2col: dx (overwritten) = every column entry summed back
-    onto its pixel. Parallel over images only, so no two threads add into one pixel."""
+@njit(cache=True)
+def grouped_im2col(x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, cols):
+    """cols[g, (n*out_h + i)*out_w + j, (p*kw + q)*Cg + c] = x[n, i*sh - pad_top + p*dh,
+    j*sw - pad_left + q*dw, g*Cg + c], Cg = C / groups, zero where the tap is outside."""
+    parallel_ranges(_grouped_im2col_range, x.shape[0], (x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w,
+                    cols))
+
+
+@range_body
+def _grouped_col2im_range(begin, end, dcols, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, dx):
     batch, height, width, channels = dx.shape
     groups = dcols.shape[0]
     per_group = channels // groups
-    for n in prange(batch):
+    for n in range(begin, end):
         dx[n] = 0
         for i in range(out_h):
             for j in range(out_w):
@@ -176,6 +194,14 @@ def grouped_col2im(dcols, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_
                             pixel = dx[n, y, xx, g * per_group:(g + 1) * per_group]
                             for c in range(per_group):
                                 pixel[c] += source[c]
+
+
+@njit(cache=True)
+def grouped_col2im(dcols, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, dx):
+    """The adjoint of grouped_im2col: dx (overwritten) = every column entry summed back
+    onto its pixel. Parallel over images only, so no two threads add into one pixel."""
+    parallel_ranges(_grouped_col2im_range, dx.shape[0], (dcols, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w,
+                    dx))
 
 
 def grouped_conv_forward(x, kernel2d, geometry, cols, z):

@@ -26,10 +26,11 @@ region costs 0.9 us to launch on one thread, 1.9 on two, a call of a serial one 
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..threads import numba_thread_count
 from .activations import LINEAR, SLOPE_CODES, SOFTMAX, activate_fusable, softmax_row
+from .parallel import parallel_ranges, range_body
 
 # The product takes this path up to this many rows...
 FEW_ROWS_MAX = 8
@@ -162,7 +163,13 @@ def _second_half(a, b, split):
     return np.empty((a.shape[0] if split < b.shape[0] else 0, b.shape[1]), np.float32)
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"}, error_model="numpy")
+@range_body(fastmath={"contract"})
+def _tasks(begin, end, a, b, out, second, split, blocks):
+    for task in range(begin, end):
+        _task(a, b, out, second, split, task, blocks)
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _split_dense(a, b, bias, code, alpha, out, threads):
     """out = activation(a @ b + bias) on ``threads`` threads: each half of the inner axis
     in blocks of columns (as many as the threads allow), then the halves' sums added on
@@ -171,8 +178,7 @@ def _split_dense(a, b, bias, code, alpha, out, threads):
     second = _second_half(a, b, split)
     halves = 2 if split < b.shape[0] else 1
     blocks = max(1, threads // halves)
-    for task in prange(halves * blocks):
-        _task(a, b, out, second, split, task, blocks)
+    parallel_ranges(_tasks, halves * blocks, (a, b, out, second, split, blocks))
     _finish(out, second, bias, code, alpha)
 
 

@@ -50,13 +50,13 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
-from .entry import CHUNK_BOUNDS, launch
+from .parallel import parallel_ranges, range_body
 from .lane_maps import LANES, bias_and_relu, vector_access
 from .activations import RELU
 from .pool import max_of_window, maxpool_activation_image
@@ -268,28 +268,33 @@ def _rows_of(count, width):
     return starts
 
 
-@njit(parallel=True, cache=True)
-def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
-    """Jobs of a chunk of images each, or where the images are fewer than the threads, of
-    one of ``parts`` parts of an image's pixels (each pixel's sums are the same whichever
-    block makes them: the same bits at any split)."""
-    batch, _, _, channels = x.shape
+@range_body
+def _forward_jobs(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
+    """Jobs first..stop-1 of _forward: job (image n, part) makes that part of the image's
+    pixels (each pixel's sums are the same whichever block makes them: the same bits at
+    any split)."""
+    channels = x.shape[3]
     filters = kernel2d.shape[1]
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
     taps = _tap_offsets(kh, kw, channels, wide)
     pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
     targets = _rows_of(out_h * out_w, filters)
-    chunks = min(REDUCTION_CHUNKS, batch)
     blocks = (pixels.size + ROWS - 1) // ROWS
-    for job in prange(chunks * parts):
-        chunk, part = job // parts, job % parts
-        first, last = part * blocks // parts * ROWS, min(pixels.size, (part + 1) * blocks // parts * ROWS)
-        padded = np.zeros((rows, wide, channels), np.float32)
-        spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            _pad_image(x[n], pad_top, pad_left, padded)
-            _correlate(padded, pixels[first:last], targets[first:last], taps, kernel2d, z[n], 0, spare, places, bias,
-                       relu)
+    padded = np.zeros((rows, wide, channels), np.float32)
+    spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
+    for job in range(first, stop):
+        n, part = job // parts, job % parts
+        start, end = part * blocks // parts * ROWS, min(pixels.size, (part + 1) * blocks // parts * ROWS)
+        _pad_image(x[n], pad_top, pad_left, padded)
+        _correlate(padded, pixels[start:end], targets[start:end], taps, kernel2d, z[n], 0, spare, places, bias, relu)
+
+
+@njit(cache=True)
+def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
+    """Each image's pixels in ``parts`` parts (more than one where the images are fewer
+    than the threads), the jobs spread over the threads."""
+    parallel_ranges(_forward_jobs, x.shape[0] * parts,
+                    (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts))
 
 
 # From this many multiply-adds an image's pixels are split across the threads where the
@@ -407,26 +412,20 @@ def _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw):
             corners)
 
 
-# The body comes in as a first-class function (see entry.py), as the direct kernels' does.
-@njit(parallel=True, cache=True)
-def _pooled_parallel(images, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw,
-                     taps, pixels, targets, corners, y, argmax):
-    batch = x.shape[0]
-    chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
-        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left,
-               out_h, out_w, bias, code, ph, pw, taps, pixels, targets, corners, y, argmax)
+@njit(cache=True)
+def _pooled_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, taps, pixels,
+                    targets, corners, y, argmax):
+    parallel_ranges(_pooled_images, x.shape[0], (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
+                                                 code, ph, pw, taps, pixels, targets, corners, y, argmax))
 
 
 def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
     """y = maxpool of activation ``code`` of (conv of x + bias), with its argmax, as
     conv.direct_conv_maxpool_forward makes them; ``kernel`` Keras's."""
     kh, kw, channels, filters = kernel.shape
-    batch = x.shape[0]
     tables = _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw)
-    args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-            pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, *tables, y, argmax)
-    launch(_pooled_parallel, _pooled_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
+    _pooled_forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw,
+                    pad_top, pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, *tables, y, argmax)
 
 
 # The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded
@@ -484,10 +483,10 @@ def _phase_tables(kernel_shape, sh, sw, pad_top, pad_left, height, width, out_h,
 
 
 @njit(cache=True)
-def _backward_chunk(chunk, chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape,
-                    phase_bounds, phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx):
-    """Chunk ``chunk`` of ``chunks`` of the images: their kernel gradient summed into
-    partial[chunk], and with ``need_dx`` their input gradients."""
+def _backward_chunks(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape,
+                     phase_bounds, phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx):
+    """Chunks first..stop-1 of partial.shape[0] of the images: each chunk's kernel gradient
+    summed into partial[chunk], and with ``need_dx`` their input gradients."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, filters = dz.shape
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
@@ -499,39 +498,32 @@ def _backward_chunk(chunk, chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_lef
     padded = np.zeros((rows, wide, channels), np.float32)
     grid = np.zeros((grid_rows if need_dx else 0, grid_wide, filters), np.float32)
     spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
-    sums = partial[chunk]
-    sums[:] = 0.0
-    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-        _pad_image(x[n], pad_top, pad_left, padded)
-        # sums[t, f] += the sum over pixels of padded[pixel + tap t] * dz[pixel, f]:
-        # taps as the block's rows, pixels as its sum, dz's rows as the "kernel".
-        _correlate(padded, taps, tap_places, pixels, dz[n].reshape(-1, filters), sums, 1, spare, places,
-                   nothing, 0)
-        if need_dx:
-            _pad_image(dz[n], grid_top, grid_left, grid)
-            if uncovered:
-                dx[n] = 0.0
-            for ph in range(phase_bounds.shape[0]):
-                t0, t1, p0, p1 = phase_bounds[ph, 0], phase_bounds[ph, 1], phase_bounds[ph, 2], phase_bounds[ph, 3]
-                _correlate(grid, phase_corners[p0:p1], phase_places[p0:p1], phase_taps[t0:t1],
-                           phase_weights[t0:t1], dx[n].reshape(-1, channels), 0, spare, places, nothing, 0)
-
-
-# The chunks' body comes in as a first-class function (see entry.py), compiled once on its
-# own: linked into the loop, LLVM optimised the blocks again there. Cold compile of the
-# backward (a 3x3 16 -> 16 conv, fresh cache) 4.6 -> 3.1 s; cold first fits
-# (tools/bench_zoo.py, 256 images at batch 128, two rounds): strided 9.9 / 10.1 -> 9.2 /
-# 9.5 s, kaggle_bn 17.5 / 16.8 -> 16.5 / 16.5 s. A call costs some 6 us more (nothing in a
-# training step): the forward keeps its loop linked, as one image split across the threads
-# would pay it (cifar_bn's one-image predict +15-20 us of ~290 when the forward took this
-# way too, for 0.5-1 s less compile).
-@njit(parallel=True, cache=True)
-def _backward(chunk_body, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape,
-              phase_bounds, phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx):
     chunks = partial.shape[0]
-    for chunk in prange(chunks):
-        chunk_body(np.int64(chunk), chunks, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx,
-                   grid_shape, phase_bounds, phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx)
+    for chunk in range(first, stop):
+        sums = partial[chunk]
+        sums[:] = 0.0
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            _pad_image(x[n], pad_top, pad_left, padded)
+            # sums[t, f] += the sum over pixels of padded[pixel + tap t] * dz[pixel, f]:
+            # taps as the block's rows, pixels as its sum, dz's rows as the "kernel".
+            _correlate(padded, taps, tap_places, pixels, dz[n].reshape(-1, filters), sums, 1, spare, places,
+                       nothing, 0)
+            if need_dx:
+                _pad_image(dz[n], grid_top, grid_left, grid)
+                if uncovered:
+                    dx[n] = 0.0
+                for ph in range(phase_bounds.shape[0]):
+                    t0, t1, p0, p1 = phase_bounds[ph, 0], phase_bounds[ph, 1], phase_bounds[ph, 2], phase_bounds[ph, 3]
+                    _correlate(grid, phase_corners[p0:p1], phase_places[p0:p1], phase_taps[t0:t1],
+                               phase_weights[t0:t1], dx[n].reshape(-1, channels), 0, spare, places, nothing, 0)
+
+
+@njit(cache=True)
+def _backward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape, phase_bounds,
+              phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx):
+    parallel_ranges(_backward_chunks, partial.shape[0],
+                    (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, dz, partial, need_dx, grid_shape, phase_bounds,
+                     phase_taps, phase_weights, phase_corners, phase_places, uncovered, dx))
 
 
 @njit(cache=True)
@@ -570,17 +562,9 @@ def _input_gradient_images(first, stop, dz, kernel_t, kh, kw, sh, sw, pad_top, p
         _pad_image(image, -pad_top, -pad_left, dx[n])  # the image without its border
 
 
-# The images' body comes in as a first-class function (see entry.py): linked into the
-# loop, LLVM optimised it again there (cold compile 2.3 s, now 1.1 s for the body and 0.55
-# s for the loop). Only models with a conv of few input channels that needs an input
-# gradient compile them (LeNet-5's cold first fit 10.9 -> 12.6 s).
-@njit(parallel=True, cache=True)
-def _input_gradient_parallel(images, dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx):
-    batch = dz.shape[0]
-    chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
-        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left,
-               dx)
+@njit(cache=True)
+def _input_gradient(dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx):
+    parallel_ranges(_input_gradient_images, dz.shape[0], (dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx))
 
 
 # Below this many input channels the input gradient is made as columns (see
@@ -605,9 +589,8 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
         return
     if need_dx and channels < COLUMNS_BELOW_CHANNELS:
         implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, False, dx)
-        args = (np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
-                np.ascontiguousarray(kernel.reshape(-1, filters).T), kh, kw, sh, sw, pad_top, pad_left, dx)
-        launch(_input_gradient_parallel, _input_gradient_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
+        _input_gradient(np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
+                        np.ascontiguousarray(kernel.reshape(-1, filters).T), kh, kw, sh, sw, pad_top, pad_left, dx)
         return
     chunks = min(REDUCTION_CHUNKS, batch)
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
@@ -620,10 +603,8 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
         taps = corners = places = np.empty(0, np.int64)
         weights = np.empty((0, channels), np.float32)
     target = dx if need_dx else np.empty((batch, 0, 0, channels), np.float32)
-    args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-            pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx, grid, bounds,
-            taps, weights, corners, places, uncovered, target)
-    # (chunk, chunks) lead the body's arguments: two int64s, as CHUNK_BOUNDS.
-    launch(_backward, _backward_chunk, CHUNK_BOUNDS, args, (0, 1) if chunks == 1 else None)
+    _backward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
+              pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx, grid, bounds,
+              taps, weights, corners, places, uncovered, target)
     for chunk in range(chunks):
         dkernel += partial[chunk].reshape(dkernel.shape)

@@ -4,10 +4,10 @@ BLAS is held to one thread while nbnet runs (see nbnet/threads.py), because Open
 own threads spin after each call and starve Numba's. To still use every core, a large
 product is split into parts (blocks of the result's rows or columns, or of the axis a
 weight gradient sums over) run side by side: where BLAS's sgemm can be called from a
-Numba kernel (kernels/blas.py), each part is one sgemm call in a ``prange`` on Numba's
-threads; elsewhere each part runs on a plain worker thread (NumPy releases the GIL
-inside BLAS; idle workers sleep on a queue), which costs 50-140 us a hand-off on this
-2-core VM, so only much larger products are split that way.
+Numba kernel (kernels/blas.py), each part is one sgemm call on one of Numba's threads;
+elsewhere each part runs on a plain worker thread (NumPy releases the GIL inside BLAS;
+idle workers sleep on a queue), which costs 50-140 us a hand-off on this 2-core VM, so
+only much larger products are split that way.
 """
 
 import os

@@ -9,19 +9,20 @@ normalisation (``code``, ``alpha`` as in activations.py; LINEAR for none): forwa
 it to each row as it is written, backward takes the gradient through it from the output
 ``y`` on the fly, so neither the activation's output nor its gradient is a pass of its own.
 
-Compile time: a ``parallel=True`` function holds its ``prange`` loops and nothing else.
-Numba turns every array expression, ``np.zeros`` and ``.sum(axis=...)`` in such a function
-into a parallel loop of its own, each compiled separately: the statistics function with
-its two allocations and three array expressions took 3.1 s to compile, its loop alone 1.1 s.
-So the entry points below are Python functions that allocate the partial sums, run one
-parallel pass, combine the chunks in a serial kernel, and run the second pass.
+Compile time: the passes run on the threads through parallel.parallel_ranges, not
+``prange`` (a ``parallel=True`` function turned every array expression, ``np.zeros`` and
+``.sum(axis=...)`` into a parallel loop of its own: the statistics function with its two
+allocations and three array expressions took 3.1 s to compile, its loop alone 1.1 s). The
+entry points below are Python functions that allocate the partial sums, run one parallel
+pass, combine the chunks in a serial kernel, and run the second pass.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.extending import overload
 
 from . import REDUCTION_CHUNKS
+from .parallel import parallel_ranges, range_body
 from .activations import SIGMOID, TANH, activate_fusable, gradient_from_slope, slope_terms
 
 
@@ -31,16 +32,21 @@ def _partials(rows, channels):
     return np.zeros((chunks, channels)), np.zeros((chunks, channels))
 
 
-@njit(parallel=True, cache=True)
-def _column_partials(x, sums, squares):
+@range_body
+def _column_chunks(first, stop, x, sums, squares):
     rows, channels = x.shape
     chunks = sums.shape[0]
-    for chunk in prange(chunks):
+    for chunk in range(first, stop):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
                 value = np.float64(x[i, k])
                 sums[chunk, k] += value
                 squares[chunk, k] += value * value
+
+
+@njit(cache=True)
+def _column_partials(x, sums, squares):
+    parallel_ranges(_column_chunks, sums.shape[0], (x, sums, squares))
 
 
 @njit(cache=True)
@@ -70,19 +76,31 @@ def _statistics(sums, squares, rows, epsilon, mean_out, variance_out):
 _BLOCK_VALUES = 4096
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _affine_blocks(x, center, scale, shift, code, alpha, y):
-    """y = activation((x - center) * scale + shift), per channel, over blocks of rows."""
+@njit(cache=True)
+def block_rows(rows, channels):
+    """(rows a block, blocks) of the elementwise passes (see _BLOCK_VALUES)."""
+    block = max(1, _BLOCK_VALUES // max(channels, 1))
+    return block, (rows + block - 1) // block
+
+
+@range_body(fastmath={"contract"})
+def _affine_rows(first_block, stop_block, x, center, scale, shift, code, alpha, y):
     rows, channels = x.shape
     flat = y.reshape(-1)
-    block = max(1, _BLOCK_VALUES // max(channels, 1))
-    for index in prange((rows + block - 1) // block):
+    block, _ = block_rows(rows, channels)
+    for index in range(first_block, stop_block):
         first = index * block
         stop = min(rows, first + block)
         for i in range(first, stop):
             for k in range(channels):
                 y[i, k] = (x[i, k] - center[k]) * scale[k] + shift[k]
         activate_fusable(code, alpha, flat[first * channels:stop * channels])
+
+
+@njit(cache=True)
+def _affine_blocks(x, center, scale, shift, code, alpha, y):
+    """y = activation((x - center) * scale + shift), per channel, over blocks of rows."""
+    parallel_ranges(_affine_rows, block_rows(x.shape[0], x.shape[1])[1], (x, center, scale, shift, code, alpha, y))
 
 
 def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out):
@@ -189,15 +207,13 @@ def _output_for_slope(y, code):
     return y if code in (SIGMOID, TANH) else y.reshape(-1)[:0]
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _gradient_partials(dy, y, code, alpha, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
-    """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel, with
-    x_hat = (x - center) * inv_std (activation'(.) as _activation_gradient)."""
+@range_body(fastmath={"contract"})
+def _gradient_chunks(first, stop, dy, y, code, alpha, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
     rows, channels = dy.shape
     chunks = sum_dy.shape[0]
     zero = dy.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    for chunk in prange(chunks):
+    for chunk in range(first, stop):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             for k in range(channels):
                 centered = x[i, k] - center[k]
@@ -205,6 +221,14 @@ def _gradient_partials(dy, y, code, alpha, x, center, scale, shift, inv_std, sum
                                             square, zero)
                 sum_dy[chunk, k] += grad
                 sum_dy_xhat[chunk, k] += grad * (centered * inv_std[k])
+
+
+@njit(cache=True)
+def _gradient_partials(dy, y, code, alpha, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
+    """Per chunk: the sums of g = dy * activation'(.) and of g * x_hat, per channel, with
+    x_hat = (x - center) * inv_std (activation'(.) as _activation_gradient)."""
+    parallel_ranges(_gradient_chunks, sum_dy.shape[0],
+                    (dy, y, code, alpha, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat))
 
 
 @njit(cache=True)
@@ -226,21 +250,28 @@ def _parameter_gradients(sum_dy, sum_dy_xhat, rows, dgamma, dbeta):
     return mean_dy, mean_dy_xhat
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _input_gradient(dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
-    """dx = g_scale * g + x_scale * (x - center) + g_shift, per channel, with g = dy *
-    activation'(.) (as _activation_gradient), over blocks of rows."""
+@range_body(fastmath={"contract"})
+def _input_gradient_rows(first_block, stop_block, dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale,
+                         g_shift, dx):
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    block = max(1, _BLOCK_VALUES // max(channels, 1))
-    for index in prange((rows + block - 1) // block):
+    block, _ = block_rows(rows, channels)
+    for index in range(first_block, stop_block):
         for i in range(index * block, min(rows, (index + 1) * block)):
             for k in range(channels):
                 centered = x[i, k] - center[k]
                 grad = _activation_gradient(y, i, k, centered, scale[k], shift[k], dy[i, k], above, below, linear,
                                             square, zero)
                 dx[i, k] = g_scale[k] * grad + x_scale[k] * centered + g_shift[k]
+
+
+@njit(cache=True)
+def _input_gradient(dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
+    """dx = g_scale * g + x_scale * (x - center) + g_shift, per channel, with g = dy *
+    activation'(.) (as _activation_gradient), over blocks of rows."""
+    parallel_ranges(_input_gradient_rows, block_rows(dy.shape[0], dy.shape[1])[1],
+                    (dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx))
 
 
 def batchnorm_backward(dy, y, code, alpha, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):

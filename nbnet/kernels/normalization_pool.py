@@ -23,24 +23,20 @@ alternating in one process: cifar_bn b32 24.2 -> 22.5, b128 85.5 -> 74.7; kaggle
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .activations import RELU
+from .parallel import parallel_ranges, range_body
 from .normalization import _parameter_gradients, _partials, batch_statistics, input_gradient_terms, moving_scale
 from .pool import max_of_window
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _affine_maxpool(x, center, scale, shift, relu, y, argmax):
-    """y = maxpool(activation((x - center) * scale + shift)), x NHWC, over 2x2 windows at
-    stride 2: each window's four pixels in one pass over the channels (as
-    pool._maxpool_activation_2x2); ties keep the first maximum. (Any window size in a loop
-    over its pixels compiled in 3.2 s against 1.4, ran 2.2-2.8 ms against 1.4 on
-    128x28x28x32.)"""
+@range_body(fastmath={"contract"})
+def _affine_maxpool_range(begin, end, x, center, scale, shift, relu, y, argmax):
     width, channels = x.shape[2], x.shape[3]
     out_h, out_w = y.shape[1], y.shape[2]
     zero = x.dtype.type(0.0)
-    for n in prange(x.shape[0]):
+    for n in range(begin, end):
         for i in range(out_h):
             for j in range(out_w):
                 best, where = y[n, i, j], argmax[n, i, j]
@@ -55,6 +51,16 @@ def _affine_maxpool(x, center, scale, shift, relu, y, argmax):
                         (bottom_right[c] - center[c]) * scale[c] + shift[c], r * width + s, width, relu, zero)
 
 
+@njit(cache=True)
+def _affine_maxpool(x, center, scale, shift, relu, y, argmax):
+    """y = maxpool(activation((x - center) * scale + shift)), x NHWC, over 2x2 windows at
+    stride 2: each window's four pixels in one pass over the channels (as
+    pool._maxpool_activation_2x2); ties keep the first maximum. (Any window size in a loop
+    over its pixels compiled in 3.2 s against 1.4, ran 2.2-2.8 ms against 1.4 on
+    128x28x28x32.)"""
+    parallel_ranges(_affine_maxpool_range, x.shape[0], (x, center, scale, shift, relu, y, argmax))
+
+
 @njit(inline="always")
 def _pixel_gradient(dy, argmax, n, a, b, k, position, relu, pre, zero):
     """The gradient reaching a covered pixel's normalised value: its window's, where the
@@ -66,18 +72,15 @@ def _pixel_gradient(dy, argmax, n, a, b, k, position, relu, pre, zero):
     return grad if passes else zero
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _gradient_partials(dy, argmax, relu, ph, pw, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
-    """Per chunk of rows of x's (N*H*W, C) view (normalization._gradient_partials's
-    chunks: the same sums), the sums of the gradient g and of g * x_hat per channel;
-    pixels no window covers have g = 0. The pixel's place is carried along the rows (a
-    division per row cost more than the pass saved)."""
+@range_body(fastmath={"contract"})
+def _gradient_partials_range(begin, end, dy, argmax, relu, ph, pw, x, center, scale, shift, inv_std, sum_dy,
+                             sum_dy_xhat):
     batch, height, width, channels = x.shape
     out_h, out_w = dy.shape[1], dy.shape[2]
     rows = batch * height * width
     chunks = sum_dy.shape[0]
     zero = x.dtype.type(0.0)
-    for chunk in prange(chunks):
+    for chunk in range(begin, end):
         first = chunk * rows // chunks
         n, r, s = first // (height * width), first // width % height, first % width
         for _ in range(first, (chunk + 1) * rows // chunks):
@@ -98,14 +101,22 @@ def _gradient_partials(dy, argmax, relu, ph, pw, x, center, scale, shift, inv_st
                     r, n = 0, n + 1
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _input_gradient(dy, argmax, relu, ph, pw, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
-    """dx = g_scale * g + x_scale * (x - center) + g_shift per channel, g as above; x and
-    dx NHWC."""
+@njit(cache=True)
+def _gradient_partials(dy, argmax, relu, ph, pw, x, center, scale, shift, inv_std, sum_dy, sum_dy_xhat):
+    """Per chunk of rows of x's (N*H*W, C) view (normalization._gradient_partials's
+    chunks: the same sums), the sums of the gradient g and of g * x_hat per channel;
+    pixels no window covers have g = 0. The pixel's place is carried along the rows (a
+    division per row cost more than the pass saved)."""
+    parallel_ranges(_gradient_partials_range, sum_dy.shape[0], (dy, argmax, relu, ph, pw, x, center, scale, shift,
+                    inv_std, sum_dy, sum_dy_xhat))
+
+
+@range_body(fastmath={"contract"})
+def _input_gradient_range(begin, end, dy, argmax, relu, ph, pw, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
     batch, height, width, channels = x.shape
     out_h, out_w = dy.shape[1], dy.shape[2]
     zero = x.dtype.type(0.0)
-    for n in prange(batch):
+    for n in range(begin, end):
         for r in range(height):
             a = r // ph
             for s in range(width):
@@ -121,6 +132,14 @@ def _input_gradient(dy, argmax, relu, ph, pw, x, center, scale, shift, g_scale, 
                 else:
                     for k in range(channels):
                         grads[k] = g_scale[k] * zero + x_scale[k] * (values[k] - center[k]) + g_shift[k]
+
+
+@njit(cache=True)
+def _input_gradient(dy, argmax, relu, ph, pw, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
+    """dx = g_scale * g + x_scale * (x - center) + g_shift per channel, g as above; x and
+    dx NHWC."""
+    parallel_ranges(_input_gradient_range, x.shape[0], (dy, argmax, relu, ph, pw, x, center, scale, shift, g_scale,
+                    x_scale, g_shift, dx))
 
 
 def batchnorm_pool_train_forward(x, gamma, beta, epsilon, code, y, argmax, mean_out, variance_out):

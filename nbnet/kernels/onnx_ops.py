@@ -29,7 +29,9 @@ The arithmetic operation is an integer code (``CODES``), the layers keep its nam
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .parallel import parallel_ranges, range_body
 
 # Elements of the output's last (merged) axis per parallel iteration of the gathers, so a
 # tensor (op) scalar, whose geometry is one long axis, still runs on every core.
@@ -78,11 +80,9 @@ def _gradient(code, which, av, bv, g):
 @njit(cache=True)
 def _offsets(geometry, index, start, stop):
     """Strides rows 1 and 2 (row 2: 0 where the geometry has two rows) dotted with the
-    multi-index of ``index`` over the dims geometry[0, start:stop] (the last fastest).
-    A function of its own: Numba's parfor pass rejects the reassigned remainder when it
-    starts as the prange index."""
+    multi-index of ``index`` over the dims geometry[0, start:stop] (the last fastest)."""
     two = geometry.shape[0] > 2
-    rest = np.int64(index)  # a prange index may be unsigned: int64 arithmetic throughout
+    rest = np.int64(index)
     first = 0
     second = 0
     for k in range(stop - 1, start - 1, -1):
@@ -96,10 +96,17 @@ def _offsets(geometry, index, start, stop):
     return first, second
 
 
-@njit(parallel=True, cache=True)
-def permute_forward(x, geometry, out):
-    """out = x transposed: out's flat element of multi-index (i_0, ..) over the dims
-    ``geometry[0]`` reads x at sum(i_k * geometry[1, k]) (see ``permute_geometry``)."""
+@njit(cache=True)
+def _piece_count(n, geometry):
+    """How many pieces of at most PIECE values of the last axis make n output values."""
+    last = geometry[0, geometry.shape[1] - 1]
+    if n == 0 or last == 0:
+        return 0
+    return (n // last) * ((last + PIECE - 1) // PIECE)
+
+
+@range_body
+def _permute_forward_range(begin, end, x, geometry, out):
     n = out.shape[0]
     rank = geometry.shape[1]
     last = geometry[0, rank - 1]
@@ -107,7 +114,7 @@ def permute_forward(x, geometry, out):
         return
     step = geometry[1, rank - 1]
     pieces = (last + PIECE - 1) // PIECE
-    for t in prange((n // last) * pieces):
+    for t in range(begin, end):
         r = np.int64(t) // pieces
         start = (np.int64(t) - r * pieces) * PIECE
         stop = min(start + PIECE, last)
@@ -117,10 +124,15 @@ def permute_forward(x, geometry, out):
             out[base + m] = x[offset + m * step]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def binary_forward(code, a, b, geometry, out):
-    """out = a (op) b, broadcast as ``geometry`` says (see ``broadcast_geometry``);
-    ``code`` is one of ``CODES``' values."""
+@njit(cache=True)
+def permute_forward(x, geometry, out):
+    """out = x transposed: out's flat element of multi-index (i_0, ..) over the dims
+    ``geometry[0]`` reads x at sum(i_k * geometry[1, k]) (see ``permute_geometry``)."""
+    parallel_ranges(_permute_forward_range, _piece_count(out.shape[0], geometry), (x, geometry, out))
+
+
+@range_body
+def _binary_forward_range(begin, end, code, a, b, geometry, out):
     n = out.shape[0]
     rank = geometry.shape[1]
     last = geometry[0, rank - 1]
@@ -129,7 +141,7 @@ def binary_forward(code, a, b, geometry, out):
     step_a = geometry[1, rank - 1]
     step_b = geometry[2, rank - 1]
     pieces = (last + PIECE - 1) // PIECE
-    for t in prange((n // last) * pieces):
+    for t in range(begin, end):
         r = np.int64(t) // pieces
         start = (np.int64(t) - r * pieces) * PIECE
         stop = min(start + PIECE, last)
@@ -139,12 +151,15 @@ def binary_forward(code, a, b, geometry, out):
             out[base + m] = _apply(code, a[offset_a + m * step_a], b[offset_b + m * step_b])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def binary_backward(code, which, a, b, dy, geometry, n_kept, grad):
-    """grad = the gradient of sum(dy * (a (op) b)) with respect to a (``which`` 0) or b
-    (1), summed over the axes that operand was broadcast along; ``geometry`` and
-    ``n_kept`` from ``reduction_geometry``. Parallel over grad's elements, each summing
-    its own share of dy in order."""
+@njit(cache=True)
+def binary_forward(code, a, b, geometry, out):
+    """out = a (op) b, broadcast as ``geometry`` says (see ``broadcast_geometry``);
+    ``code`` is one of ``CODES``' values."""
+    parallel_ranges(_binary_forward_range, _piece_count(out.shape[0], geometry), (code, a, b, geometry, out))
+
+
+@range_body
+def _binary_backward_range(begin, end, code, which, a, b, dy, geometry, n_kept, grad):
     n = grad.shape[0]
     rank = geometry.shape[1]
     if n == 0:
@@ -166,7 +181,7 @@ def binary_backward(code, which, a, b, dy, geometry, n_kept, grad):
     target = a if which == 0 else b
     other = b if which == 0 else a
     zero = grad.dtype.type(0.0)
-    for j in prange(n):
+    for j in range(begin, end):
         base_dy, base_other = _offsets(geometry, j, 0, n_kept)
         tv = target[j]
         total = zero
@@ -184,13 +199,17 @@ def binary_backward(code, which, a, b, dy, geometry, n_kept, grad):
         grad[j] = total
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def binary_backward_same(code, which, a, b, dy, geometry, grad):
-    """``binary_backward`` for an operand that is not broadcast (its shape is the
-    output's): no sum, one gradient element per output element, read with the forward
-    pass's gather ``geometry`` (``broadcast_geometry``). The reduction kernel's outer loop
-    of offsets per element is what made the input gradient of x (op) c slow (41 ms at
-    32x64x32x32); this runs as the forward does."""
+@njit(cache=True)
+def binary_backward(code, which, a, b, dy, geometry, n_kept, grad):
+    """grad = the gradient of sum(dy * (a (op) b)) with respect to a (``which`` 0) or b
+    (1), summed over the axes that operand was broadcast along; ``geometry`` and
+    ``n_kept`` from ``reduction_geometry``. Parallel over grad's elements, each summing
+    its own share of dy in order."""
+    parallel_ranges(_binary_backward_range, grad.shape[0], (code, which, a, b, dy, geometry, n_kept, grad))
+
+
+@range_body
+def _binary_backward_same_range(begin, end, code, which, a, b, dy, geometry, grad):
     n = grad.shape[0]
     rank = geometry.shape[1]
     last = geometry[0, rank - 1]
@@ -199,7 +218,7 @@ def binary_backward_same(code, which, a, b, dy, geometry, grad):
     step_a = geometry[1, rank - 1]
     step_b = geometry[2, rank - 1]
     pieces = (last + PIECE - 1) // PIECE
-    for t in prange((n // last) * pieces):
+    for t in range(begin, end):
         r = np.int64(t) // pieces
         start = (np.int64(t) - r * pieces) * PIECE
         stop = min(start + PIECE, last)
@@ -213,10 +232,20 @@ def binary_backward_same(code, which, a, b, dy, geometry, grad):
                 grad[base + m] = _gradient(code, 1, a[offset_a + m * step_a], b[offset_b + m * step_b], dy[base + m])
 
 
-@njit(parallel=True, cache=True)
-def clip_forward(x, low, high, out):
-    """out = min(max(x, low), high), as np.clip (NaN stays NaN; low > high gives high)."""
-    for i in prange(out.shape[0]):
+@njit(cache=True)
+def binary_backward_same(code, which, a, b, dy, geometry, grad):
+    """``binary_backward`` for an operand that is not broadcast (its shape is the
+    output's): no sum, one gradient element per output element, read with the forward
+    pass's gather ``geometry`` (``broadcast_geometry``). The reduction kernel's outer loop
+    of offsets per element is what made the input gradient of x (op) c slow (41 ms at
+    32x64x32x32); this runs as the forward does."""
+    parallel_ranges(_binary_backward_same_range, _piece_count(grad.shape[0], geometry), (code, which, a, b, dy,
+                    geometry, grad))
+
+
+@range_body
+def _clip_forward_range(begin, end, x, low, high, out):
+    for i in range(np.uint64(begin), np.uint64(end)):
         v = x[i]
         if v < low:
             v = low
@@ -225,23 +254,33 @@ def clip_forward(x, low, high, out):
         out[i] = v
 
 
-@njit(parallel=True, cache=True)
-def clip_backward(x, low, high, dy, dx):
-    """dx = dy * (low <= x <= high) (PyTorch's clamp gradient; NaN x gets 0 * dy)."""
+@njit(cache=True)
+def clip_forward(x, low, high, out):
+    """out = min(max(x, low), high), as np.clip (NaN stays NaN; low > high gives high)."""
+    parallel_ranges(_clip_forward_range, out.shape[0], (x, low, high, out))
+
+
+@range_body
+def _clip_backward_range(begin, end, x, low, high, dy, dx):
     one = dx.dtype.type(1.0)
     zero = dx.dtype.type(0.0)
-    for i in prange(dx.shape[0]):
+    for i in range(np.uint64(begin), np.uint64(end)):
         v = x[i]
         dx[i] = dy[i] * (one if (v >= low) & (v <= high) else zero)
 
 
-@njit(parallel=True, cache=True)
-def log_softmax_forward(x, out):
-    """out = x - max - log(sum(exp(x - max))) along axis 1 of (outer, axis, inner) views."""
+@njit(cache=True)
+def clip_backward(x, low, high, dy, dx):
+    """dx = dy * (low <= x <= high) (PyTorch's clamp gradient; NaN x gets 0 * dy)."""
+    parallel_ranges(_clip_backward_range, dx.shape[0], (x, low, high, dy, dx))
+
+
+@range_body
+def _log_softmax_forward_range(begin, end, x, out):
     outer, n, inner = x.shape
     if n == 0:
         return
-    for r in prange(outer * inner):
+    for r in range(begin, end):
         o = r // inner
         c = r - o * inner
         top = x[o, 0, c]
@@ -257,12 +296,16 @@ def log_softmax_forward(x, out):
             out[o, i, c] = (x[o, i, c] - top) - log_total
 
 
-@njit(parallel=True, cache=True)
-def log_softmax_backward(y, dy, dx):
-    """y = log_softmax(x) along axis 1 of (outer, axis, inner) views:
-    dx = dy - exp(y) * sum(dy) (``dx`` may be ``dy``)."""
+@njit(cache=True)
+def log_softmax_forward(x, out):
+    """out = x - max - log(sum(exp(x - max))) along axis 1 of (outer, axis, inner) views."""
+    parallel_ranges(_log_softmax_forward_range, x.shape[0] * x.shape[2], (x, out))
+
+
+@range_body
+def _log_softmax_backward_range(begin, end, y, dy, dx):
     outer, n, inner = y.shape
-    for r in prange(outer * inner):
+    for r in range(begin, end):
         o = r // inner
         c = r - o * inner
         total = dx.dtype.type(0.0)
@@ -272,12 +315,17 @@ def log_softmax_backward(y, dy, dx):
             dx[o, i, c] = dy[o, i, c] - math.exp(y[o, i, c]) * total
 
 
-@njit(parallel=True, cache=True)
-def take_forward(x, indices, out):
-    """out[o, k, i] = x[o, indices[k], i] over (outer, axis, inner) views: ONNX's Slice
-    (any step) and Gather with constant indices along one axis."""
+@njit(cache=True)
+def log_softmax_backward(y, dy, dx):
+    """y = log_softmax(x) along axis 1 of (outer, axis, inner) views:
+    dx = dy - exp(y) * sum(dy) (``dx`` may be ``dy``)."""
+    parallel_ranges(_log_softmax_backward_range, y.shape[0] * y.shape[2], (y, dy, dx))
+
+
+@range_body
+def _take_forward_range(begin, end, x, indices, out):
     outer, n_out, inner = out.shape
-    for r in prange(outer * n_out):
+    for r in range(begin, end):
         o = r // n_out
         k = r - o * n_out
         j = indices[k]
@@ -285,15 +333,19 @@ def take_forward(x, indices, out):
             out[o, k, i] = x[o, j, i]
 
 
-@njit(parallel=True, cache=True)
-def take_backward(dy, indices, dx):
-    """dx[o, j, i] = the sum of dy[o, k, i] over the k with indices[k] == j (zero where
-    none). Parallel over ``outer`` only: each iteration owns its rows of dx, so indices
-    that repeat (Gather's may) add into one element from one iteration, in order."""
+@njit(cache=True)
+def take_forward(x, indices, out):
+    """out[o, k, i] = x[o, indices[k], i] over (outer, axis, inner) views: ONNX's Slice
+    (any step) and Gather with constant indices along one axis."""
+    parallel_ranges(_take_forward_range, out.shape[0] * out.shape[1], (x, indices, out))
+
+
+@range_body
+def _take_backward_range(begin, end, dy, indices, dx):
     outer, n_in, inner = dx.shape
     n_out = dy.shape[1]
     zero = dx.dtype.type(0.0)
-    for o in prange(outer):
+    for o in range(begin, end):
         for j in range(n_in):
             for i in range(inner):
                 dx[o, j, i] = zero
@@ -301,6 +353,14 @@ def take_backward(dy, indices, dx):
             j = indices[k]
             for i in range(inner):
                 dx[o, j, i] += dy[o, k, i]
+
+
+@njit(cache=True)
+def take_backward(dy, indices, dx):
+    """dx[o, j, i] = the sum of dy[o, k, i] over the k with indices[k] == j (zero where
+    none). Parallel over ``outer`` only: each iteration owns its rows of dx, so indices
+    that repeat (Gather's may) add into one element from one iteration, in order."""
+    parallel_ranges(_take_backward_range, dx.shape[0], (dy, indices, dx))
 
 
 # -- geometry (plain Python, once per shape) ----------------------------------------------

@@ -20,11 +20,10 @@ runs im2col and its GEMM.
 """
 
 import numpy as np
-from numba import njit, prange
-from numba.core import types
+from numba import njit
 
 from . import REDUCTION_CHUNKS
-from .entry import CHUNK_BOUNDS, launch
+from .parallel import parallel_ranges
 
 _TAPS = 4
 # The input gradient's pass takes this many filters at once (its accumulator is loaded and
@@ -226,29 +225,23 @@ def _forward_images(first, stop, x, kernel, pad_top, pad_left, out_h, out_w, z):
                     row[o] = out[o, i * wide + j]
 
 
-# The parallel kernels call their bodies as first-class functions: see entry.py.
-@njit(parallel=True, cache=True)
-def _forward_parallel(images, x, kernel, pad_top, pad_left, out_h, out_w, z):
-    batch = x.shape[0]
-    chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
-        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, x, kernel, pad_top, pad_left, out_h, out_w, z)
+@njit(cache=True)
+def _forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
+    parallel_ranges(_forward_images, x.shape[0], (x, kernel, pad_top, pad_left, out_h, out_w, z))
 
 
 def planar_conv_forward(x, kernel, pad_top, pad_left, out_h, out_w, z):
     """z[(n*out_h + i)*out_w + j, o] = sum over the window of x * kernel (no bias);
     ``kernel`` is Keras's (kh, kw, in, out)."""
-    args = (x, kernel, pad_top, pad_left, out_h, out_w, z)
-    batch = x.shape[0]
-    launch(_forward_parallel, _forward_images, CHUNK_BOUNDS, args, (0, batch) if batch == 1 else None)
+    _forward(x, kernel, pad_top, pad_left, out_h, out_w, z)
 
 
 @njit(cache=True)
-def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
-    """Adds the images of chunk ``chunk`` of ``chunks`` into their kernel-gradient
-    products ``partial[chunk]`` (filters, taps); with ``need_dx``, writes their input
-    gradients."""
-    sums = partial[chunk]
+def _backward_chunks(first, stop, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
+    """Adds the images of each chunk first..stop-1 of partial.shape[0] into their
+    kernel-gradient products ``partial[chunk]`` (filters, taps); with ``need_dx``, writes
+    their input gradients."""
+    chunks = partial.shape[0]
     batch, height, width, channels = x.shape
     kh, kw, _, filters = kernel.shape
     rows, wide = out_h + kh - 1, out_w + kw - 1
@@ -257,34 +250,35 @@ def _backward_chunk(chunk, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_
     length = _span(out_h * wide)
     planes = np.zeros(channels * plane + length, x.dtype)
     # The output gradient on the planes' flat grid; the dropped positions stay zero.
-    grads = np.zeros((sums.shape[0], length), x.dtype)
+    grads = np.zeros((partial.shape[1], length), x.dtype)
     dx_planes = np.empty(channels * plane + length if need_dx else 0, x.dtype)
     zero = x.dtype.type(0.0)
-    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-        _to_planes(x, n, pad_top, pad_left, rows, wide, planes)
-        for i in range(out_h):
-            for j in range(out_w):
-                for o in range(filters):
-                    grads[o, i * wide + j] = dz[n, i, j, o]
-        _tap_products(planes, offsets, grads, length, sums)
-        if need_dx:
-            dx_planes[:] = zero
-            _spread(grads, offsets, weights, kh * kw * channels, length, dx_planes)
-            # Pixels the planes do not hold (a pool-trimmed output's last rows) get zero.
-            for y in range(height):
-                inside_y = 0 <= y + pad_top < rows
-                for xx in range(width):
-                    inside = inside_y and 0 <= xx + pad_left < wide
-                    for c in range(channels):
-                        at = c * plane + (y + pad_top) * wide + xx + pad_left
-                        dx[n, y, xx, c] = dx_planes[at] if inside else zero
+    for chunk in range(first, stop):
+        sums = partial[chunk]
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            _to_planes(x, n, pad_top, pad_left, rows, wide, planes)
+            for i in range(out_h):
+                for j in range(out_w):
+                    for o in range(filters):
+                        grads[o, i * wide + j] = dz[n, i, j, o]
+            _tap_products(planes, offsets, grads, length, sums)
+            if need_dx:
+                dx_planes[:] = zero
+                _spread(grads, offsets, weights, kh * kw * channels, length, dx_planes)
+                # Pixels the planes do not hold (a pool-trimmed output's last rows) get zero.
+                for y in range(height):
+                    inside_y = 0 <= y + pad_top < rows
+                    for xx in range(width):
+                        inside = inside_y and 0 <= xx + pad_left < wide
+                        for c in range(channels):
+                            at = c * plane + (y + pad_top) * wide + xx + pad_left
+                            dx[n, y, xx, c] = dx_planes[at] if inside else zero
 
 
-@njit(parallel=True, cache=True)
-def _backward_parallel(chunk_body, chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
-    for chunk in prange(chunks):
-        # int64: see conv._direct_backward_parallel.
-        chunk_body(np.int64(chunk), chunks, x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx)
+@njit(cache=True)
+def _backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, partial, need_dx, dx):
+    parallel_ranges(_backward_chunks, partial.shape[0], (x, kernel, dz, pad_top, pad_left, out_h, out_w, partial,
+                                                         need_dx, dx))
 
 
 def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
@@ -297,9 +291,7 @@ def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, -(-filters // _SPREAD_FILTERS) * _SPREAD_FILTERS, -(-field // _TAPS) * _TAPS),
                        x.dtype)
-    launch(_backward_parallel, _backward_chunk, (types.int64,),
-           (chunks, x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial, need_dx,
-            dx), (0,) if chunks == 1 else None)
+    _backward(x, kernel, dz.reshape(-1, out_h, out_w, filters), pad_top, pad_left, out_h, out_w, partial, need_dx, dx)
     # taps run (c, p, q); the kernel is (p, q, c, o)
     total = partial[0, :filters, :field]
     for chunk in range(1, chunks):

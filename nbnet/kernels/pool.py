@@ -6,22 +6,22 @@ the number of real (unpadded) pixels in the window, as Keras and ONNX (count_inc
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import REDUCTION_CHUNKS
 from .activations import LINEAR, RELU, add_chunk_sums
-from .entry import CHUNK_BOUNDS, launch
+from .parallel import parallel_ranges, range_body
 
 
 # Loops run channels innermost: NHWC keeps a pixel's channels contiguous, so each window
 # position is one vectorised pass over the channels (4-6x faster than a window per channel).
 
 
-@njit(parallel=True, cache=True)
-def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y, argmax):
+@range_body
+def _maxpool_forward_range(begin, end, x, ph, pw, sh, sw, pad_top, pad_left, y, argmax):
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = y.shape
-    for n in prange(batch):
+    for n in range(begin, end):
         for i in range(out_h):
             for j in range(out_w):
                 first = True
@@ -47,11 +47,16 @@ def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y, argmax):
                                     argmax[n, i, j, c] = where
 
 
-@njit(parallel=True, cache=True)
-def maxpool_backward(dy, argmax, dx):
+@njit(cache=True)
+def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y, argmax):
+    parallel_ranges(_maxpool_forward_range, x.shape[0], (x, ph, pw, sh, sw, pad_top, pad_left, y, argmax))
+
+
+@range_body
+def _maxpool_backward_range(begin, end, dy, argmax, dx):
     batch, out_h, out_w, channels = dy.shape
     _, height, width, _ = dx.shape
-    for n in prange(batch):
+    for n in range(begin, end):
         pixels = dx[n].reshape(height * width, channels)
         pixels[:] = 0
         for i in range(out_h):
@@ -60,11 +65,16 @@ def maxpool_backward(dy, argmax, dx):
                     pixels[argmax[n, i, j, c], c] += dy[n, i, j, c]
 
 
-@njit(parallel=True, cache=True)
-def avgpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y):
+@njit(cache=True)
+def maxpool_backward(dy, argmax, dx):
+    parallel_ranges(_maxpool_backward_range, dy.shape[0], (dy, argmax, dx))
+
+
+@range_body
+def _avgpool_forward_range(begin, end, x, ph, pw, sh, sw, pad_top, pad_left, y):
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = y.shape
-    for n in prange(batch):
+    for n in range(begin, end):
         for i in range(out_h):
             r0, r1 = max(i * sh - pad_top, 0), min(i * sh - pad_top + ph, height)
             for j in range(out_w):
@@ -80,11 +90,16 @@ def avgpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y):
                     y[n, i, j, c] *= inverse
 
 
-@njit(parallel=True, cache=True)
-def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
+@njit(cache=True)
+def avgpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y):
+    parallel_ranges(_avgpool_forward_range, x.shape[0], (x, ph, pw, sh, sw, pad_top, pad_left, y))
+
+
+@range_body
+def _avgpool_backward_range(begin, end, dy, ph, pw, sh, sw, pad_top, pad_left, dx):
     batch, height, width, channels = dx.shape
     _, out_h, out_w, _ = dy.shape
-    for n in prange(batch):
+    for n in range(begin, end):
         dx[n] = 0
         for i in range(out_h):
             r0, r1 = max(i * sh - pad_top, 0), min(i * sh - pad_top + ph, height)
@@ -95,6 +110,11 @@ def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
                     for s in range(s0, s1):
                         for c in range(channels):
                             dx[n, r, s, c] += dy[n, i, j, c] * inverse
+
+
+@njit(cache=True)
+def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
+    parallel_ranges(_avgpool_backward_range, dy.shape[0], (dy, ph, pw, sh, sw, pad_top, pad_left, dx))
 
 
 # A Conv2D whose activation is ReLU or linear, followed by a max pool whose windows tile
@@ -206,45 +226,31 @@ def maxpool_activation_backward_image(dy, argmax, y, code, ph, pw, dz, dbias_sum
     dz[out_h * ph:] = zero
 
 
-# The two passes' parallel loops take their per-image bodies as first-class functions (see
-# entry.py): linked in, each body was optimised again with its loop. Compile, s: forward
-# 2.39 -> 1.09 + 0.43 for its loop, backward 1.16 -> 0.54 + 0.38; cold first fits
-# (tools/cold_start.py) pointwise_gap 11.6 -> 10.7, big_kernels 9.4 -> 8.5, cifar 10.5 -> 9.4.
 @njit(cache=True)
 def _maxpool_images(first, stop, z, bias, code, ph, pw, y, argmax):
     for n in range(first, stop):
         maxpool_activation_image(z[n], bias, code, ph, pw, y[n], argmax[n])
 
 
-@njit(parallel=True, cache=True)
-def _maxpool_parallel(images, z, bias, code, ph, pw, y, argmax):
-    batch = z.shape[0]
-    chunks = min(REDUCTION_CHUNKS, batch)
-    for chunk in prange(chunks):
-        images(chunk * batch // chunks, (chunk + 1) * batch // chunks, z, bias, code, ph, pw, y, argmax)
-
-
+@njit(cache=True)
 def bias_activation_maxpool(z, bias, code, ph, pw, y, argmax):
     """y = maxpool(activation(z + bias)) over (ph, pw) windows at stride (ph, pw), for
     ``code`` RELU or LINEAR; argmax as maxpool_forward records it. ``z`` is the conv's
     NHWC pre-activation; ``bias`` of length 0 means no bias."""
-    batch = z.shape[0]
-    launch(_maxpool_parallel, _maxpool_images, CHUNK_BOUNDS, (z, bias, code, ph, pw, y, argmax),
-           (0, batch) if batch == 1 else None)
+    parallel_ranges(_maxpool_images, z.shape[0], (z, bias, code, ph, pw, y, argmax))
 
 
 @njit(cache=True)
-def _maxpool_backward_chunk(chunk, chunks, dy, argmax, y, code, ph, pw, dz, partial):
-    batch = dz.shape[0]
-    for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-        maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
+def _maxpool_backward_chunks(first, stop, dy, argmax, y, code, ph, pw, dz, partial):
+    batch, chunks = dz.shape[0], partial.shape[0]
+    for chunk in range(first, stop):
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            maxpool_activation_backward_image(dy[n], argmax[n], y[n], code, ph, pw, dz[n], partial[chunk])
 
 
-@njit(parallel=True, cache=True)
-def _maxpool_backward_parallel(chunk_body, dy, argmax, y, code, ph, pw, dz, partial):
-    chunks = partial.shape[0]
-    for chunk in prange(chunks):
-        chunk_body(np.int64(chunk), chunks, dy, argmax, y, code, ph, pw, dz, partial)
+@njit(cache=True)
+def _maxpool_backward(dy, argmax, y, code, ph, pw, dz, partial):
+    parallel_ranges(_maxpool_backward_chunks, partial.shape[0], (dy, argmax, y, code, ph, pw, dz, partial))
 
 
 def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
@@ -255,8 +261,6 @@ def maxpool_activation_backward(dy, argmax, y, code, ph, pw, dz, dbias):
     out of the parallel kernel: see activations.bias_activation_forward."""
     batch, channels = dz.shape[0], dz.shape[3]
     partial = np.zeros((max(min(REDUCTION_CHUNKS, batch), 1), channels), dtype=dz.dtype)
-    chunks = partial.shape[0]
-    args = (dy, argmax, y, code, ph, pw, dz, partial)
-    launch(_maxpool_backward_parallel, _maxpool_backward_chunk, CHUNK_BOUNDS, args, (0, 1) if chunks == 1 else None)
+    _maxpool_backward(dy, argmax, y, code, ph, pw, dz, partial)
     if dbias.shape[0] > 0:
         add_chunk_sums(partial, dbias)

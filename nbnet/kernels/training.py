@@ -4,9 +4,10 @@ let a whole step stay on the GPU; on the CPU they also spare the per-step tempor
 that the NumPy spellings (``np.take``, ``np.isfinite(...).all()``, ``argmax``) allocate."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..threads import numba_thread_count
+from .parallel import parallel_ranges, range_body
 
 
 @njit(cache=True)
@@ -75,16 +76,21 @@ def _all_finite_parallel(values):
 
 # The probes and the parts come in as arguments: a parallel kernel that allocates an array
 # of numba.get_num_threads() values was refused by Numba's disk cache ("uses dynamic globals").
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _probe_parts(values, probes):
+@range_body(fastmath={"reassoc"})
+def _probe_parts_range(begin, end, values, probes):
     parts = probes.shape[0]
     count = values.shape[0]
     zero = values.dtype.type(0.0)
-    for part in prange(parts):
+    for part in range(begin, end):
         probe = zero
         for i in range(part * count // parts, (part + 1) * count // parts):
             probe += values[i] * zero
         probes[part] = probe
+
+
+@njit(cache=True)
+def _probe_parts(values, probes):
+    parallel_ranges(_probe_parts_range, probes.shape[0], (values, probes))
 
 
 def fill_zero(values):
@@ -95,13 +101,18 @@ def fill_zero(values):
         _fill_zero_parallel(values, numba_thread_count())
 
 
-@njit(parallel=True, cache=True)
-def _fill_zero_parallel(values, parts):
+@range_body
+def _fill_zero_parallel_range(begin, end, values, parts):
     count = values.shape[0]
     zero = values.dtype.type(0.0)
-    for part in prange(parts):
+    for part in range(begin, end):
         for i in range(part * count // parts, (part + 1) * count // parts):
             values[i] = zero
+
+
+@njit(cache=True)
+def _fill_zero_parallel(values, parts):
+    parallel_ranges(_fill_zero_parallel_range, parts, (values, parts))
 
 
 @njit(cache=True)
