@@ -378,30 +378,46 @@ def _pool_planes(planes, corners, width, relu, y, argmax):
 
 
 @njit(cache=True)
-def _pooled_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw,
-                   taps, pixels, targets, corners, y, argmax):
-    """Images first..stop-1 of implicit_conv_maxpool_forward (the tables: _pooled_tables;
-    ``corners`` empty where the rows are not laid out as corner planes)."""
-    channels, filters = x.shape[3], kernel2d.shape[1]
+def _pooled_scratch(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
+    """A piece of images' buffers: the zero-bordered image, the blocks' two ROWS-long
+    tables, one image's conv rows."""
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
-    planes = corners.shape[0] > 0
-    padded = np.zeros((rows, wide, channels), np.float32)
-    spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
-    image_z = np.empty((out_h * out_w, filters), np.float32)
+    return (np.zeros((rows, wide, x.shape[3]), np.float32), np.empty(ROWS, np.int64), np.empty(ROWS, np.int64),
+            np.empty((out_h * out_w, kernel2d.shape[1]), np.float32))
+
+
+# Two bodies, the pool's two layouts (see PLANES_BELOW_FILTERS): a model compiles the one
+# its layers take (both in one body: 0.9 s more of a cold start for the other's pool).
+@njit(cache=True)
+def _planes_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, taps, pixels,
+                   targets, corners, y, argmax):
+    """Images first..stop-1 of implicit_conv_maxpool_forward, the rows laid out as corner
+    planes (``targets``, ``corners``: _pooled_tables), the bias added as they are stored."""
+    padded, spare, places, image_z = _pooled_scratch(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
+    for n in range(first, stop):
+        _pad_image(x[n], pad_top, pad_left, padded)
+        _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, bias, 0)
+        _pool_planes(image_z.reshape(-1), corners, out_w, code == RELU, y[n].reshape(-1), argmax[n].reshape(-1))
+
+
+@njit(cache=True)
+def _windows_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, taps,
+                    pixels, targets, y, argmax):
+    """Images first..stop-1 of implicit_conv_maxpool_forward, the rows in the conv's layout,
+    pooled (with the bias and activation) window by window."""
+    padded, spare, places, image_z = _pooled_scratch(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
     no_bias = np.zeros(0, np.float32)
     for n in range(first, stop):
         _pad_image(x[n], pad_top, pad_left, padded)
-        if planes:
-            _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, bias, 0)
-            _pool_planes(image_z.reshape(-1), corners, out_w, code == RELU, y[n].reshape(-1), argmax[n].reshape(-1))
-        else:
-            _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, no_bias, 0)
-            maxpool_activation_image(image_z.reshape(out_h, out_w, filters), bias, code, ph, pw, y[n], argmax[n])
+        _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, no_bias, 0)
+        maxpool_activation_image(image_z.reshape(out_h, out_w, kernel2d.shape[1]), bias, code, ph, pw, y[n],
+                                 argmax[n])
 
 
 @functools.lru_cache(maxsize=128)
 def _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw):
-    """(taps, pixels, targets, corners) of _pooled_images, made once per layer geometry
+    """(taps, pixels, targets, corners) of _planes_images (corners empty: of
+    _windows_images), made once per layer geometry
     (shared: read only). Made in each chunk of images, they cost a quarter of the pass:
     128 images 28x28x1, us a call, 16 filters 'same' 600 -> 455, 32 'valid' 783 -> 620."""
     wide = (out_w - 1) * sw + kw
@@ -413,19 +429,30 @@ def _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw):
 
 
 @njit(cache=True)
-def _pooled_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, taps, pixels,
-                    targets, corners, y, argmax):
-    parallel_ranges(_pooled_images, x.shape[0], (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
-                                                 code, ph, pw, taps, pixels, targets, corners, y, argmax))
+def _planes_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, taps, pixels, targets,
+                    corners, y, argmax):
+    parallel_ranges(_planes_images, x.shape[0], (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
+                                                 code, taps, pixels, targets, corners, y, argmax))
+
+
+@njit(cache=True)
+def _windows_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, taps, pixels,
+                     targets, y, argmax):
+    parallel_ranges(_windows_images, x.shape[0], (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
+                                                  code, ph, pw, taps, pixels, targets, y, argmax))
 
 
 def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
     """y = maxpool of activation ``code`` of (conv of x + bias), with its argmax, as
     conv.direct_conv_maxpool_forward makes them; ``kernel`` Keras's."""
     kh, kw, channels, filters = kernel.shape
-    tables = _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw)
-    _pooled_forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw,
-                    pad_top, pad_left, out_h, out_w, np.ascontiguousarray(bias), code, ph, pw, *tables, y, argmax)
+    taps, pixels, targets, corners = _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw)
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
+            pad_left, out_h, out_w, np.ascontiguousarray(bias), code)
+    if corners.size:
+        _planes_forward(*args, taps, pixels, targets, corners, y, argmax)
+    else:
+        _windows_forward(*args, ph, pw, taps, pixels, targets, y, argmax)
 
 
 # The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded
