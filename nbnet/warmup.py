@@ -15,10 +15,12 @@ nbnet loss kernel at all: a fresh install), a second process warms up the
 model's segments from the back (see _segment_jobs), into the same disk cache, while this
 one works from the front: whatever it finished, this one loads instead of compiling, and
 whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
-cleared, 2 cores, first fit of 256 images or `nbnet warmup`): the MNIST CNN 15.4 s in one
-process (NBNET_WARMUP_HELPER=0), 8.4-8.9 s with the helper; LeNet-5 7.6-8.8 s; the MLP
-4.5-4.8 s; tf_mnist_5x5 9.5-11.9 s; the small ResNet 11.9-13.4 s, the Kaggle-style
-BatchNormalization CNN 11.9-12.6 s (the range: this VM from run to run).
+cleared, 2 cores, first fit of 256 images at batch 128, tools/cold_start.py): the MNIST CNN
+13.4 s in one process (NBNET_WARMUP_HELPER=0), 7.3-7.7 s with the helper; LeNet-5 6.8 s;
+the MLP 2.9-3.2 s; tf_mnist_5x5 8.9-9.2 s; the small ResNet 16.5 s alone, 9.7-10.0 s with
+the helper, the Kaggle-style BatchNormalization CNN 9.5-9.9 s (the range: this VM from
+run to run). In the small ResNet's, this process waits about 2 s at the end for the
+helper's last backward kernels: the two halves are not yet even.
 """
 
 import json
