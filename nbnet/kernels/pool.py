@@ -164,7 +164,7 @@ def _maxpool_activation_2x2(z, bias, code, y, argmax):
                                                   bottom_right[c] + shift, corner, width, relu, zero)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def maxpool_activation_image(z, bias, code, ph, pw, y, argmax):
     """One image of bias_activation_maxpool: ``z`` (H, W, C), ``y``/``argmax`` (out_h, out_w, C)."""
     if ph == 2 and pw == 2:
@@ -198,7 +198,7 @@ def maxpool_activation_image(z, bias, code, ph, pw, y, argmax):
                     best[c] = best[c] if best[c] > zero else zero
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def maxpool_activation_backward_image(dy, argmax, y, code, ph, pw, dz, dbias_sums):
     """One image of maxpool_activation_backward: ``dz`` (H, W, C) from ``dy``, ``argmax``
     and ``y`` (out_h, out_w, C); adds dz's column sums into ``dbias_sums`` (C,)."""
