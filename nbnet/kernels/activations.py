@@ -144,7 +144,7 @@ def _squash_for(code, values):
 _BLOCK_VALUES = 4096
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _block_count(z):
     """Blocks of _BLOCK_VALUES values (whole rows, at least one) in z's rows."""
     rows, channels = z.shape

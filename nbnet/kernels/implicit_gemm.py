@@ -382,7 +382,7 @@ def _pool_planes(planes, corners, width, relu, y, argmax):
                                         relu, zero)
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _pooled_scratch(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     """A piece of images' buffers: the zero-bordered image, the blocks' two ROWS-long
     tables, one image's conv rows."""

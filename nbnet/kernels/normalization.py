@@ -76,8 +76,8 @@ def _statistics(sums, squares, rows, epsilon, mean_out, variance_out):
 _BLOCK_VALUES = 4096
 
 
-@njit(cache=True)
-def block_rows(rows, channels):
+@njit(inline="always")
+def _block_rows(rows, channels):
     """(rows a block, blocks) of the elementwise passes (see _BLOCK_VALUES)."""
     block = max(1, _BLOCK_VALUES // max(channels, 1))
     return block, (rows + block - 1) // block
@@ -87,7 +87,7 @@ def block_rows(rows, channels):
 def _affine_rows(first_block, stop_block, x, center, scale, shift, code, alpha, y):
     rows, channels = x.shape
     flat = y.reshape(-1)
-    block, _ = block_rows(rows, channels)
+    block, _ = _block_rows(rows, channels)
     for index in range(first_block, stop_block):
         first = index * block
         stop = min(rows, first + block)
@@ -100,7 +100,7 @@ def _affine_rows(first_block, stop_block, x, center, scale, shift, code, alpha, 
 @njit(cache=True)
 def _affine_blocks(x, center, scale, shift, code, alpha, y):
     """y = activation((x - center) * scale + shift), per channel, over blocks of rows."""
-    parallel_ranges(_affine_rows, block_rows(x.shape[0], x.shape[1])[1], (x, center, scale, shift, code, alpha, y))
+    parallel_ranges(_affine_rows, _block_rows(x.shape[0], x.shape[1])[1], (x, center, scale, shift, code, alpha, y))
 
 
 def batchnorm_train_forward(x, gamma, beta, epsilon, code, alpha, y, mean_out, variance_out):
@@ -256,7 +256,7 @@ def _input_gradient_rows(first_block, stop_block, dy, y, code, alpha, x, center,
     rows, channels = dy.shape
     zero = dy.dtype.type(0.0)
     above, below, linear, square = slope_terms(code, alpha, dy.dtype.type)
-    block, _ = block_rows(rows, channels)
+    block, _ = _block_rows(rows, channels)
     for index in range(first_block, stop_block):
         for i in range(index * block, min(rows, (index + 1) * block)):
             for k in range(channels):
@@ -270,7 +270,7 @@ def _input_gradient_rows(first_block, stop_block, dy, y, code, alpha, x, center,
 def _input_gradient(dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx):
     """dx = g_scale * g + x_scale * (x - center) + g_shift, per channel, with g = dy *
     activation'(.) (as _activation_gradient), over blocks of rows."""
-    parallel_ranges(_input_gradient_rows, block_rows(dy.shape[0], dy.shape[1])[1],
+    parallel_ranges(_input_gradient_rows, _block_rows(dy.shape[0], dy.shape[1])[1],
                     (dy, y, code, alpha, x, center, scale, shift, g_scale, x_scale, g_shift, dx))
 
 

@@ -96,7 +96,7 @@ def _offsets(geometry, index, start, stop):
     return first, second
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _piece_count(n, geometry):
     """How many pieces of at most PIECE values of the last axis make n output values."""
     last = geometry[0, geometry.shape[1] - 1]
