@@ -55,7 +55,7 @@ def _sgemm(typingctx, address, op_a, op_b, m, n, k, a, lda, b, ldb, beta, c, ldc
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _run_job(address, jobs, j):
     q = jobs[j]
     _sgemm(address, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], np.float32(q[11]), q[9], q[10])

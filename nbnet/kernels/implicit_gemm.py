@@ -186,7 +186,7 @@ def _masked_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride,
     return types.void(*([types.int64] * 13)), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tap_offsets(kh, kw, channels, wide):
     """Offset of tap (p, q, c), in Keras's kernel order, from a window's corner in a
     padded (rows, wide, channels) buffer."""
@@ -200,7 +200,7 @@ def _tap_offsets(kh, kw, channels, wide):
     return offsets
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pixel_offsets(out_h, out_w, sh, sw, wide, channels):
     """Offset of each output pixel's window corner in the padded buffer."""
     offsets = np.empty(out_h * out_w, np.int64)
@@ -263,7 +263,7 @@ def _correlate(padded, pixel_offsets, targets, tap_offsets, kernel2d, out, add, 
                 f = filters
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rows_of(count, width):
     """0, width, 2*width, ...: where each of ``count`` rows of ``width`` values starts. (A
     loop: np.arange(count) * width compiled 0.4 s of the first conv's wait, this 0.1.)"""
