@@ -536,18 +536,25 @@ def _backward_chunks(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left
         sums[:] = 0.0
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
             _pad_image(x[n], pad_top, pad_left, padded)
-            # sums[t, f] += the sum over pixels of padded[pixel + tap t] * dz[pixel, f]:
-            # taps as the block's rows, pixels as its sum, dz's rows as the "kernel".
-            _correlate(padded, taps, tap_places, pixels, dz[n].reshape(-1, filters), sums, 1, spare, places,
-                       nothing, 0)
             if need_dx:
                 _pad_image(dz[n], grid_top, grid_left, grid)
                 if uncovered:
                     dx[n] = 0.0
-                for ph in range(phase_bounds.shape[0]):
-                    t0, t1, p0, p1 = phase_bounds[ph, 0], phase_bounds[ph, 1], phase_bounds[ph, 2], phase_bounds[ph, 3]
-                    _correlate(grid, phase_corners[p0:p1], phase_places[p0:p1], phase_taps[t0:t1],
-                               phase_weights[t0:t1], dx[n].reshape(-1, channels), 0, spare, places, nothing, 0)
+            # Pass -1: sums[t, f] += the sum over pixels of padded[pixel + tap t] * dz[pixel,
+            # f] (taps as the block's rows, pixels as its sum, dz's rows as the "kernel");
+            # then with need_dx one pass a phase into dx. One call of _correlate for all
+            # (it is inlined: two calls compiled its blocks twice, 0.7 s of a cold start).
+            for step in range(-1, phase_bounds.shape[0] if need_dx else 0):
+                if step < 0:
+                    source, rows_at, places_at, sum_at = padded, taps, tap_places, pixels
+                    operand, target, add = dz[n].reshape(-1, filters), sums, 1
+                else:
+                    t0, t1 = phase_bounds[step, 0], phase_bounds[step, 1]
+                    p0, p1 = phase_bounds[step, 2], phase_bounds[step, 3]
+                    source, rows_at, places_at = grid, phase_corners[p0:p1], phase_places[p0:p1]
+                    sum_at = phase_taps[t0:t1]
+                    operand, target, add = phase_weights[t0:t1], dx[n].reshape(-1, channels), 0
+                _correlate(source, rows_at, places_at, sum_at, operand, target, add, spare, places, nothing, 0)
 
 
 @njit(cache=True)
