@@ -326,12 +326,10 @@ MUTANTS += [
       "kernels/training.py",
       "if not (np.isfinite(total[0]) and all_finite(values)):", "if not all_finite(values):",
       [CUDA_TESTS + "::test_check_finite"], SIM),
-    M("parallel_zero_fill_leaves_tail", "the gradients' parallel zero fill ends each part at (part + 1) * "
-      "(count // parts): an odd count's last value keeps the last step's gradient", "kernels/training.py",
-      "    for part in range(begin, end):\n"
-      "        for i in range(part * count // parts, (part + 1) * count // parts):\n            values[i] = zero",
-      "    for part in range(begin, end):\n"
-      "        for i in range(part * count // parts, (part + 1) * (count // parts)):\n            values[i] = zero",
+    M("parallel_zero_fill_leaves_tail", "the gradients' parallel zero fill stops each thread's piece one value "
+      "short: the last value of each piece keeps the last step's gradient", "kernels/training.py",
+      "    for i in range(np.uint64(begin), np.uint64(end)):\n        values[i] = zero",
+      "    for i in range(np.uint64(begin), np.uint64(end) - np.uint64(1)):\n        values[i] = zero",
       ["tests/test_training.py::test_the_gradient_checks_and_zero_fill_of_many_values_run_on_every_thread"]),
     M("parallel_finite_probe_skips_a_part", "the parallel finite check sums the probes of all parts but the last",
       "kernels/training.py", "return probes.sum() == 0.0", "return probes[:-1].sum() == 0.0",

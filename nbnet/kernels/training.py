@@ -74,8 +74,8 @@ def _all_finite_parallel(values):
     return probes.sum() == 0.0
 
 
-# The probes and the parts come in as arguments: a parallel kernel that allocates an array
-# of numba.get_num_threads() values was refused by Numba's disk cache ("uses dynamic globals").
+# The probes come in as an argument: a parallel kernel that allocates an array of
+# numba.get_num_threads() values was refused by Numba's disk cache ("uses dynamic globals").
 @range_body(fastmath={"reassoc"})
 def _probe_parts_range(begin, end, values, probes):
     parts = probes.shape[0]
@@ -83,7 +83,8 @@ def _probe_parts_range(begin, end, values, probes):
     zero = values.dtype.type(0.0)
     for part in range(begin, end):
         probe = zero
-        for i in range(part * count // parts, (part + 1) * count // parts):
+        # Unsigned bounds: see parallel.py (a signed start kept the loop scalar).
+        for i in range(np.uint64(part * count // parts), np.uint64((part + 1) * count // parts)):
             probe += values[i] * zero
         probes[part] = probe
 
@@ -98,21 +99,19 @@ def fill_zero(values):
     if values.shape[0] < PARALLEL_MIN_VALUES:
         values.fill(0)
     else:
-        _fill_zero_parallel(values, numba_thread_count())
+        _fill_zero_parallel(values)
 
 
 @range_body
-def _fill_zero_parallel_range(begin, end, values, parts):
-    count = values.shape[0]
+def _fill_zero_range(begin, end, values):
     zero = values.dtype.type(0.0)
-    for part in range(begin, end):
-        for i in range(part * count // parts, (part + 1) * count // parts):
-            values[i] = zero
+    for i in range(np.uint64(begin), np.uint64(end)):
+        values[i] = zero
 
 
 @njit(cache=True)
-def _fill_zero_parallel(values, parts):
-    parallel_ranges(_fill_zero_parallel_range, parts, (values, parts))
+def _fill_zero_parallel(values):
+    parallel_ranges(_fill_zero_range, values.shape[0], (values,))
 
 
 @njit(cache=True)
