@@ -189,6 +189,16 @@ def _segment_jobs(model):
     # first, the helper waited on the forward ones: 17 s).
     if len(starts) < 2:
         return None
+    # Inner segments train on the model's own loss where it has one output (their flat
+    # output as its logits, or as its predictions for a loss without logits; zero
+    # targets): the loss kernel is then the one this process compiles (a cross-entropy
+    # takes the same kernel from logits as fused with its softmax or sigmoid), where mean
+    # squared error compiled one (0.4 s) it never needs.
+    inner_loss = "mean_squared_error"
+    if head is not None:
+        inner_loss = head.loss.get_config()
+        if "from_logits" in inner_loss:
+            inner_loss = {**inner_loss, "from_logits": True}
     order = list(reversed(starts[1:]))
     order[1:1] = starts[:1]
     jobs = []
@@ -203,7 +213,7 @@ def _segment_jobs(model):
         jobs.append({"input_shape": [int(d) for d in first.inputs[0].sample_shape],
                      "layers": [{"class_name": type(node.layer).__name__, "config": node.layer.get_config()}
                                 for node in segment],
-                     "loss": head.loss.get_config() if at_output else "mean_squared_error",
+                     "loss": head.loss.get_config() if at_output else inner_loss,
                      "metrics": [metrics.serialize(m) for m in head.metrics] if at_output else [],
                      "optimizer": type(model.optimizer).__name__})
     return jobs or None

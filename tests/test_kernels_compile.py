@@ -139,7 +139,9 @@ def test_warmup_helper_process_warms_the_segments_of_a_chain(monkeypatch):
     assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
         ["Dense"], ["Conv2D"], ["Conv2D", "MaxPooling2D", "Flatten"]]  # from the back, the first second
     assert [job["input_shape"] for job in jobs] == [[16], [8, 8, 1], [6, 6, 4]]
-    assert [job["loss"] for job in jobs] == [model._heads[0].loss.get_config()] + ["mean_squared_error"] * 2
+    # Inner segments train on the model's loss from logits: the kernel of its fused softmax.
+    own = model._heads[0].loss.get_config()
+    assert not own["from_logits"] and [job["loss"] for job in jobs] == [own] + [{**own, "from_logits": True}] * 2
     request = {"segments": jobs, "inference": True}
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"], input=json.dumps(request).encode(),
                           capture_output=True, timeout=600)
@@ -184,7 +186,7 @@ def test_helper_segments_of_a_graph_model_stop_at_merges():
     assert [[entry["class_name"] for entry in job["layers"]] for job in jobs] == [
         ["Dense"], ["Conv2D"], ["BatchNormalization", "Activation"], ["Conv2D"]]
     assert [job["input_shape"] for job in jobs] == [[4], [8, 8, 1], [8, 8, 4], [8, 8, 4]]
-    assert [job["loss"] == "mean_squared_error" for job in jobs] == [False, True, True, True]
+    assert [job["loss"]["from_logits"] for job in jobs] == [False, True, True, True]
     broken = dict(jobs[0], layers=[{"class_name": "NoSuchLayer", "config": {}}])
     request = {"segments": [broken] + jobs, "inference": False}  # as for a first training step
     done = subprocess.run([sys.executable, "-m", "nbnet.warmup", "--helper"],

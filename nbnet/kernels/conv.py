@@ -124,7 +124,8 @@ _FILTER_BLOCK = 32
 _NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
 
 
-@njit(cache=True)
+# In NumPy: compiled, this setup cost 0.6 s of a cold start (a pooled first layer's
+# backward), and runs once a call.
 def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     """(padded_h, padded_w, taps, offsets, packed): the zero-bordered image's size, the
     field rounded up to whole tap groups, each tap's offset in the image from its window's
@@ -135,15 +136,12 @@ def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     padded_h, padded_w = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
     taps = -(-field // _TAP_GROUP) * _TAP_GROUP
     offsets = np.zeros(taps, np.uintp)
-    for p in range(kh):
-        for q in range(kw):
-            for c in range(channels):
-                offsets[(p * kw + q) * channels + c] = (p * padded_w + q) * channels + c
+    rows, columns, depth = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(channels), indexing="ij")
+    offsets[:field] = ((rows * padded_w + columns) * channels + depth).reshape(-1)
     blocks = -(-filters // _FILTER_BLOCK)
-    packed = np.zeros(blocks * taps * _FILTER_BLOCK, x.dtype)
-    for t in range(field):
-        for o in range(filters):
-            packed[((o // _FILTER_BLOCK) * taps + t) * _FILTER_BLOCK + o % _FILTER_BLOCK] = kernel2d[t, o]
+    padded = np.zeros((taps, blocks * _FILTER_BLOCK), x.dtype)
+    padded[:field, :filters] = kernel2d
+    packed = np.ascontiguousarray(padded.reshape(taps, blocks, _FILTER_BLOCK).transpose(1, 0, 2)).reshape(-1)
     return padded_h, padded_w, taps, offsets, packed
 
 

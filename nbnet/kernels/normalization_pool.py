@@ -55,7 +55,7 @@ def _affine_maxpool_range(begin, end, x, center, scale, shift, relu, y, argmax):
 def _affine_maxpool(x, center, scale, shift, relu, y, argmax):
     """y = maxpool(activation((x - center) * scale + shift)), x NHWC, over 2x2 windows at
     stride 2: each window's four pixels in one pass over the channels (as
-    pool._maxpool_activation_2x2); ties keep the first maximum. (Any window size in a loop
+    pool.maxpool_2x2_image); ties keep the first maximum. (Any window size in a loop
     over its pixels compiled in 3.2 s against 1.4, ran 2.2-2.8 ms against 1.4 on
     128x28x28x32.)"""
     parallel_ranges(_affine_maxpool_range, x.shape[0], (x, center, scale, shift, relu, y, argmax))
