@@ -6,6 +6,7 @@ the per-step loss and accuracy totals stay on the device until the loop reads th
 every ``steps_per_execution`` steps (Keras's name).
 """
 
+import functools
 import math
 import time
 import warnings
@@ -37,6 +38,27 @@ PREDICT_CHUNK_BYTES = 16 << 20
 # Steps between reading the loss and accuracy back from a GPU (each read waits for the
 # device); on the CPU every step is read, which costs nothing.
 GPU_STEPS_PER_EXECUTION = 20
+
+
+def _helped_from_the_start(fit):
+    """On an empty kernel cache (a fresh install) the helper process (warmup.compile_helper)
+    starts as fit begins, not at its first step: it then compiles while this process checks
+    and gathers the data and compiles those kernels (0.5 s of a cold first fit). The first
+    step stops it, as it stops the one it starts itself on a cold cache."""
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        if not getattr(self, "_first_step_pending", True) or not self.built or getattr(self, "loss", None) is None:
+            return fit(self, *args, **kwargs)
+        from .warmup import compile_helper
+
+        with compile_helper(self, cold_only=True) as helper:
+            self._early_helper = helper
+            try:
+                return fit(self, *args, **kwargs)
+            finally:
+                self._early_helper = None
+
+    return wrapper
 
 
 def _check_steps(steps, method, argument="steps"):
@@ -190,9 +212,16 @@ class TrainingLoop:
         """One optimizer step on a batch already on the device. Its summed loss, correct
         count and penalties go into ``totals`` (a _StepTotals row); a step whose loss or
         gradients are not finite sets the halt flag instead of updating the weights."""
-        # The first step compiles the kernels: with a helper process on a cold cache.
+        # The first step compiles the kernels: with a helper process on a cold cache (on an
+        # empty one already running since fit began, see _helped_from_the_start).
         if getattr(self, "_first_step_pending", True):
             self._first_step_pending = False
+            early = getattr(self, "_early_helper", None)
+            if early is not None:
+                try:
+                    return self._train_step(xs, targets, totals, step, weights)
+                finally:
+                    early.stop()
             from .warmup import compile_helper
 
             with compile_helper(self):
@@ -297,6 +326,7 @@ class TrainingLoop:
 
     # -- Keras API ---------------------------------------------------------------------------
     @blas_limited
+    @_helped_from_the_start
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):

@@ -11,7 +11,8 @@ samples, leaves that out: the MNIST CNN's cold "Kernels ready" 13.2 -> 8.4 s, it
 
 Numba compiles on one core. When the warm-up, or any model's first training step, is
 still compiling after half a second (a cold cache; at once where the cache holds no
-nbnet loss kernel at all: a fresh install), a second process warms up the
+nbnet loss kernel at all: a fresh install, where fit starts it as it begins, before it
+checks and gathers the data), a second process warms up the
 model's segments from the back (see _segment_jobs), into the same disk cache, while this
 one works from the front: whatever it finished, this one loads instead of compiling, and
 whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
@@ -73,24 +74,26 @@ def warmup(model, progress=None, batch_size=WARMUP_BATCH, few_samples=True):
 
 
 @contextmanager
-def compile_helper(model, inference=False):
+def compile_helper(model, inference=False, cold_only=False):
     """While the block runs, a helper process compiles the kernels of ``model``'s later
     layers into the disk cache, if the block is still running (compiling) after
     HELPER_AFTER seconds: the first training step of every model and ``warmup`` run in
     it; on an empty cache (a fresh install) at once. Nothing starts on a warm cache, on
-    the GPU, in the helper itself, or where NBNET_WARMUP_HELPER=0. The helper compiles
-    the training step's kernels (on HELPER_BATCH samples), then (with ``inference``)
-    evaluate's and predict's."""
+    the GPU, in the helper itself, or where NBNET_WARMUP_HELPER=0; with ``cold_only``
+    nothing but on an empty cache. The helper compiles the training step's kernels (on
+    HELPER_BATCH samples), then (with ``inference``) evaluate's and predict's. Yields the
+    helper (its ``stop()`` ends it early), or None."""
     helper = None
     if model.device == "cpu" and os.environ.get("NBNET_WARMUP_HELPER", "1") != "0":
         try:
             jobs = _segment_jobs(model)
-            delay = 0.0 if _cache_empty() else HELPER_AFTER
-            helper = _Helper(jobs and {"segments": jobs, "inference": inference}, delay)
+            cold = bool(jobs) and _cache_empty()
+            if cold or (jobs and not cold_only):
+                helper = _Helper({"segments": jobs, "inference": inference}, 0.0 if cold else HELPER_AFTER)
         except Exception:  # noqa: BLE001 - a layer without a config: this process compiles it all
             helper = None
     try:
-        yield
+        yield helper
     finally:
         if helper is not None:
             helper.stop()

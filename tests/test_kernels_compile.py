@@ -239,6 +239,34 @@ def test_first_training_step_starts_the_helper_once(monkeypatch):
     assert started == ["0"]
 
 
+def test_on_an_empty_cache_the_helper_starts_with_fit(monkeypatch):
+    """On an empty kernel cache (a fresh install) fit starts the helper before it checks the
+    data, not at its first step, and only that once; on a warm cache it waits for the step."""
+    from nbnet import warmup as warmup_module
+
+    events, requests = [], []
+    unstarted = _unstarted_helpers(events, requests)
+    monkeypatch.setattr(warmup_module.subprocess, "Popen", lambda *a, **k: unstarted(*a, **k))
+    monkeypatch.setattr(warmup_module, "_cache_empty", lambda: True)
+    x = np.zeros((8, 8, 8, 1), np.float32)
+    y = np.zeros(8, np.int64)
+    model = _residual_model()
+    prepare = model._prepare_xy
+    monkeypatch.setattr(model, "_prepare_xy", lambda *a, **k: events.append("data") or prepare(*a, **k))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert events == ["0", "data", "data"] and len(requests) == 1  # one helper, started before the data's check
+
+    events.clear()
+    monkeypatch.setattr(warmup_module, "_cache_empty", lambda: False)
+    monkeypatch.setattr(warmup_module, "HELPER_AFTER", 0.0)
+    warm = _residual_model()
+    prepare = warm._prepare_xy
+    monkeypatch.setattr(warm, "_prepare_xy", lambda *a, **k: events.append("data") or prepare(*a, **k))
+    warm.fit(x, y, batch_size=4, verbose=0)
+    assert events[0] == "data" and events.count("0") == 1  # a warm cache: the first step starts it
+
+
 def test_warmup_runs_the_kernels_a_fit_of_its_batch_size_runs(monkeypatch):
     """Layers choose kernels by batch size (a 3x3 conv of 32 channels takes Winograd from 16
     images, the implicit GEMM below): the warm-up steps on the batch training will use, so
