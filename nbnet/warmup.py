@@ -17,11 +17,11 @@ model's segments from the back (see _segment_jobs), into the same disk cache, wh
 one works from the front: whatever it finished, this one loads instead of compiling, and
 whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
 cleared, 2 cores, first fit of 256 images at batch 128, tools/cold_start.py): the MNIST CNN
-11.5 s in one process (NBNET_WARMUP_HELPER=0), 6.8-7.3 s with the helper; LeNet-5 6.8-7.3 s;
-the MLP 2.8-3.0 s; tf_mnist_5x5 8.5-9.1 s; the small ResNet 14.8 s alone, 9.4-10.0 s with
-the helper, the Kaggle-style BatchNormalization CNN 9.0-9.5 s (the range: this VM from
-run to run). In the small ResNet's, this process waits about 2 s at the end for the
-helper's last backward kernels: the two halves are not yet even.
+11.5 s in one process (NBNET_WARMUP_HELPER=0), 6.7-7.6 s with the helper; LeNet-5 7.4 s;
+the MLP 3.1 s; tf_mnist_5x5 8.7-10.1 s; the small ResNet 9.5-10.6 s, the Kaggle-style
+BatchNormalization CNN 10.3-11.6 s (the ranges: this VM from hour to hour, 15-20 %). In
+the slowest this process still waits 1-2 s at the end for the helper's last backward
+kernels (the implicit GEMM's, 2.7 s to compile): the two halves are not yet even.
 """
 
 import json
