@@ -44,11 +44,15 @@ HELPER_AFTER = 0.5
 WARMUP_BATCH = 32
 WARMUP_BATCH_MAX = 256
 # The helper process steps its segments on this many samples: the few-image kernels (the
-# implicit GEMM) that first layers and small predicts take at any batch size, while this
-# process compiles the large-batch ones (Winograd). At the step's own batch size both went
-# for the same kernels and waited on each other's compile locks: cifar_bn's cold first fit
-# 17.2-17.7 -> 19.4 s (kaggle_bn, resnet_small, tf_mnist_5x5 even).
-HELPER_BATCH = 2
+# implicit GEMM, below Conv2D's WINOGRAD_MIN_IMAGES) that first layers and small predicts
+# take at any batch size, while this process compiles the large-batch ones (Winograd). At
+# the step's own batch size both went for the same kernels and waited on each other's
+# compile locks: cifar_bn's cold first fit 17.2-17.7 -> 19.4 s. Past few_rows' 8 rows, so
+# its Dense layers take the matmuls a training batch takes, not the few-row kernel (2.1 s
+# to compile, for nothing): cold first fits, 2 -> 9 samples, two rounds alternating, s:
+# tf_mnist_5x5 8.3 / 8.2 -> 6.6 / 6.7, the zoo's net of many kinds 10.9 / 10.6 -> 9.4 /
+# 8.7, kaggle_bn, resnet_small, cifar_bn 0.1-0.3 s less, the MLP, seed_cnn even.
+HELPER_BATCH = 9
 
 
 def warmup(model, progress=None, batch_size=WARMUP_BATCH, few_samples=True):
