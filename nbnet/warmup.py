@@ -17,9 +17,10 @@ model's segments from the back (see _segment_jobs), into the same disk cache, wh
 one works from the front: whatever it finished, this one loads instead of compiling, and
 whatever it is compiling, this one waits for (compile_locks.py). Cold starts (cache
 cleared, 2 cores, first fit of 256 images at batch 128, tools/cold_start.py): the MNIST CNN
-11.5 s in one process (NBNET_WARMUP_HELPER=0), 6.7-7.6 s with the helper; LeNet-5 7.4 s;
-the MLP 3.1 s; tf_mnist_5x5 8.7-10.1 s; the small ResNet 9.5-10.6 s, the Kaggle-style
-BatchNormalization CNN 10.3-11.6 s (the ranges: this VM from hour to hour, 15-20 %). In
+11.5 s in one process (NBNET_WARMUP_HELPER=0), 7.0 s with the helper; LeNet-5 7.4 s; the
+MLP 3.1 s; tf_mnist_5x5 6.6-7.3 s; the small ResNet 9.4-10.0 s, the Kaggle-style
+BatchNormalization CNN 9.4-10.0 s, the BatchNormalization CIFAR CNN 10.5-10.8 s (the
+ranges: this VM from hour to hour, 15-20 %). In
 the slowest this process still waits 1-2 s at the end for the helper's last backward
 kernels (the implicit GEMM's, 2.7 s to compile): the two halves are not yet even.
 """
@@ -167,7 +168,8 @@ def _segment_jobs(model):
     side by side; the first weighted layer's segment goes second (below). Layers with
     several inputs (merges) and nested models stay with this process. Each job: the
     segment's input shape, its layers' configs, and the loss to train it with (the
-    model's where the segment ends at its only output, else mean squared error); None
+    model's where the segment ends at its only output; inner segments the model's from
+    logits, or mean squared error for a model of several outputs); None
     where the model is not built and compiled or has fewer than two weighted layers."""
     from . import metrics
     from .models import Model

@@ -125,7 +125,7 @@ _NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
 
 
 # In NumPy: compiled, this setup cost 0.6 s of a cold start (a pooled first layer's
-# backward), and runs once a call.
+# backward); it runs once a call, 25 us (the MNIST CNN's first layer: of a 12 ms step).
 def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     """(padded_h, padded_w, taps, offsets, packed): the zero-bordered image's size, the
     field rounded up to whole tap groups, each tap's offset in the image from its window's

@@ -59,7 +59,7 @@ from . import REDUCTION_CHUNKS
 from .parallel import parallel_ranges, range_body
 from .lane_maps import LANES, bias_and_relu, vector_access
 from .activations import RELU
-from .pool import max_of_window, maxpool_2x2_image, maxpool_activation_image
+from .pool import max_of_window, maxpool_2x2_image, maxpool_any_image
 
 ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
 
@@ -410,15 +410,14 @@ def _planes_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, 
 def _windows_images(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, ph, pw, taps,
                     pixels, targets, y, argmax):
     """Images first..stop-1 of implicit_conv_maxpool_forward, the rows in the conv's layout,
-    pooled (with the bias and activation) window by window, for windows of any size
-    (_windows_2x2_images: 2x2)."""
+    pooled (with the bias and activation) window by window, for windows other than 2x2
+    (_windows_2x2_images)."""
     padded, spare, places, image_z = _pooled_scratch(x, kernel2d, kh, kw, sh, sw, out_h, out_w)
     no_bias = np.zeros(0, np.float32)
     for n in range(first, stop):
         _pad_image(x[n], pad_top, pad_left, padded)
         _correlate(padded, pixels, targets, taps, kernel2d, image_z, 0, spare, places, no_bias, 0)
-        maxpool_activation_image(image_z.reshape(out_h, out_w, kernel2d.shape[1]), bias, code, ph, pw, y[n],
-                                 argmax[n])
+        maxpool_any_image(image_z.reshape(out_h, out_w, kernel2d.shape[1]), bias, code, ph, pw, y[n], argmax[n])
 
 
 # A body of its own for 2x2 windows, as pool.bias_activation_maxpool has (the loops for any

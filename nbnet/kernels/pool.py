@@ -170,12 +170,12 @@ def maxpool_activation_image(z, bias, code, ph, pw, y, argmax):
     if ph == 2 and pw == 2:
         maxpool_2x2_image(z, bias, code, y, argmax)
     else:
-        _maxpool_activation_any(z, bias, code, ph, pw, y, argmax)
+        maxpool_any_image(z, bias, code, ph, pw, y, argmax)
 
 
 @njit(inline="always")
-def _maxpool_activation_any(z, bias, code, ph, pw, y, argmax):
-    """maxpool_activation_image for any window (2x2 included)."""
+def maxpool_any_image(z, bias, code, ph, pw, y, argmax):
+    """maxpool_activation_image for any window (2x2 included: its own loop is faster)."""
     width, channels = z.shape[1], z.shape[2]
     out_h, out_w = y.shape[0], y.shape[1]
     has_bias = bias.shape[0] > 0
@@ -243,7 +243,7 @@ def _maxpool_2x2_images(first, stop, z, bias, code, y, argmax):
 @njit(cache=True)
 def _maxpool_any_images(first, stop, z, bias, code, ph, pw, y, argmax):
     for n in range(first, stop):
-        _maxpool_activation_any(z[n], bias, code, ph, pw, y[n], argmax[n])
+        maxpool_any_image(z[n], bias, code, ph, pw, y[n], argmax[n])
 
 
 @njit(cache=True)
