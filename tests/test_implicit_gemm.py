@@ -2,12 +2,17 @@
 convolution and its adjoint, and a Conv2D layer on it against the same layer on the
 planar pass."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
 
 from nbnet import layers, models, optimizers
-from nbnet.kernels import conv, implicit_gemm
+from nbnet.kernels import conv, implicit_gemm, lane_maps
 
 
 def _random(rng):
@@ -53,7 +58,7 @@ def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
     (2, 9, 13, 16, 16, (5, 4), "same", (3, 2)),
     (2, 8, 8, 16, 16, (1, 1), "valid", (2, 2)),      # a kernel smaller than its stride: pixels with no tap
     (2, 12, 12, 16, 16, (2, 2), "valid", (2, 2)),    # windows that tile the image
-    (3, 12, 12, 1, 6, (5, 5), "same", (1, 1)),       # LeNet-5's first layer: 6 of 16 lanes
+    (3, 12, 12, 1, 6, (5, 5), "same", (1, 1)),       # LeNet-5's first layer: 6 lanes, masked
     (2, 8, 8, 6, 16, (5, 5), "valid", (1, 1)),       # its second: the input gradient on 6 lanes
     (2, 7, 9, 8, 12, (3, 4), "same", (1, 1)),        # 8 lanes, an even rectangular kernel, odd sides
     (2, 6, 5, 2, 16, (1, 3), "valid", (1, 1)),       # one kernel row
@@ -282,7 +287,7 @@ def test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs(batch, size, ch
     """implicit_conv_maxpool_forward gives direct_conv_maxpool_forward's outputs and argmax:
     bit for bit up to 9 values a window (each sum the same taps in the same order; the
     direct kernels sum larger fields in groups of 9, added after); one image (called
-    without the parallel loop) and several, filters under, at and past a vector's 16,
+    without the parallel loop) and several, filters under, at and past a vector's LANES,
     windows of 2 and 3, strides, 'same' padding, fields of 1 to 16 values."""
     from nbnet.kernels.activations import RELU
 
@@ -329,3 +334,30 @@ def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch, activation):
                      layers.Flatten(), layers.Dense(3)]
     on, _ = _both_ways(monkeypatch, model, x, y, 0.1)
     assert on.layers[0]._direct and taken and taken[0] == (6, 12, 12, 1)
+
+
+def test_the_vector_width_follows_the_cpus_registers():
+    """16 lanes (and 8-row blocks) with AVX-512's 32 registers of 512 bits, 8 (and 6 rows)
+    with AVX2's 16 of 256: blocks sized for AVX-512 spilled on AVX2."""
+    assert lane_maps.vector_lanes("+64bit,+avx,+avx2,+fma,-avx512f,-avx512bw") == 8
+    assert lane_maps.vector_lanes("+avx2,+avx512f,+avx512bw,+avx512vl") == 16
+    assert lane_maps.vector_lanes("") == 8
+    assert implicit_gemm.ROWS == {16: 8, 8: 6}[lane_maps.LANES]
+
+
+@pytest.mark.slow
+def test_the_blocks_at_the_other_vector_width_match_numpy(tmp_path):
+    """This module and the Winograd lane maps' tests, rerun with the width this CPU does not
+    take (NBNET_VECTOR_LANES; a 16-lane vector is legal, if slower, on AVX2), in a Numba
+    cache of their own: both block shapes stay proven whichever machine runs the suite."""
+    other = 8 if lane_maps.LANES == 16 else 16
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NBNET_VECTOR_LANES=str(other), NUMBA_CACHE_DIR=str(tmp_path))
+    width = subprocess.run([sys.executable, "-c", "from nbnet.kernels import implicit_gemm as g; print(g.LANES, g.ROWS)"],
+                           cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert width.stdout.split() == [str(other), str({16: 8, 8: 6}[other])]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_implicit_gemm.py",
+                          "tests/test_winograd_tiles.py", "-k", "not other_vector_width"],
+                         cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout

@@ -2,13 +2,14 @@
 
 A conv is a product: output pixel r, filter f = the sum over taps k (p, q, c) of
 x_padded[position(r) + offset(k)] * kernel[k, f]. ``_block`` computes ROWS such outputs
-for 16 filters at once (a float32 vector; fewer lanes masked), each in a vector register
+for LANES filters at once (a float32 vector: 16 with AVX-512, 8 with AVX2; fewer lanes
+masked), each in a vector register
 for the whole sum over the taps: per tap one vector load of the kernel row, one
 broadcast value per output and a fused multiply-add. Numba's own loops cannot keep a
 vector in a register across a loop (each accumulator row is loaded and stored around
 every pass: the planar kernels reach 42 GFLOP/s a core on a 16 -> 16 3x3 conv), so the
-block is written in LLVM IR (96 GFLOP/s, the core's sgemm rate). From 32 filters
-``_wide_block`` takes two vectors a row (16 accumulators, each broadcast used twice): on
+block is written in LLVM IR (96 GFLOP/s, the core's sgemm rate). From 2 * LANES filters
+``_wide_block`` takes two vectors a row (2 * ROWS accumulators, each broadcast used twice): on
 an Intel Xeon (Sapphire Rapids class, two FMA units) the one-vector block reached 105
 GFLOP/s a core against sgemm's 150, and two vectors ran 14-20% faster, forward and
 backward (500x16x16x32 -> 64 3x3 forward 20.9 -> 17.8 ms, backward at 128 images 13.0 ->
@@ -61,7 +62,15 @@ from .lane_maps import LANES, bias_and_relu, vector_access
 from .activations import RELU
 from .pool import max_of_window, maxpool_2x2_image, maxpool_any_image
 
-ROWS = 8  # accumulators: 8 of the 32 vector registers, the rest for the broadcasts
+# Pixels a block: _wide_block holds 2 * ROWS accumulators, its two kernel vectors and the
+# broadcast value in registers: 19 of AVX-512's 32 at 8 rows, 15 of AVX2's 16 at 6. On an
+# AMD EPYC (Zen 3, AVX2), 2 cores, batch 128, forward / backward ms, (16 lanes, 8 rows,
+# sized for AVX-512) -> (8, 8) -> (8, 6): 14x14x16 -> 16 3x3 'same' 2.46 / 7.53 -> 1.76 /
+# 3.10 -> 0.86 / 1.60, 16x16x32 -> 64 3x3 16.7 / 42.1 -> 12.5 / 27.4 -> 8.3 / 20.2,
+# 28x28x24 -> 48 3x3 stride 2 9.3 / 36.7 -> 9.2 / 17.4 -> 4.7 / 11.1, 14x14x6 -> 16 5x5
+# 1.39 / 3.96 -> 1.60 / 3.94 -> 0.55 / 1.91, 28x28x1 -> 6 5x5 2.85 / 7.39 -> 1.74 / 5.25 ->
+# 1.59 / 4.40 (4 rows: some shapes faster, the strided one twice slower).
+ROWS = 8 if LANES == 16 else 6
 
 
 def applies(dtype):
@@ -165,8 +174,8 @@ def _block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_o
 @intrinsic
 def _wide_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes,
                 bias, relu):
-    """_block over 2 * LANES filters: two vectors a row, 16 accumulators, each broadcast
-    value used twice."""
+    """_block over 2 * LANES filters: two vectors a row, 2 * ROWS accumulators, each
+    broadcast value used twice."""
     def codegen(context, builder, signature, args):
         _emit_block(builder, args, masked=False, vectors=2)
         return context.get_dummy_value()

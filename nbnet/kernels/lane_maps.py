@@ -12,15 +12,43 @@ added once (see _plan), weighted terms are fused multiply-adds. ``masked_lane_ma
 last whole LANES) with masked loads and stores.
 
 Float32 only; the float64 reference path keeps Numba's loops.
+
+LANES is the float32 width of the CPU's vector registers (see vector_lanes), which
+implicit_gemm's register blocks share.
 """
+
+import os
 
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-LANES = 16
+
+def vector_lanes(features):
+    """float32 lanes of a vector register on a CPU with LLVM's ``features`` ("+avx2,...",
+    as NUMBA_CPU_FEATURES spells them): 16 with AVX-512's 512-bit registers, 8 with
+    AVX2's 256-bit ones (or none: LLVM splits the vectors). A 16-lane vector on AVX2 is
+    two registers, so blocks sized for AVX-512's 32 registers spilled on the 16 of an AMD
+    EPYC (Zen 3): there the implicit GEMM ran 2-4x slower (see implicit_gemm.ROWS)."""
+    return 16 if "+avx512f" in features.split(",") else 8
+
+
+def _target_features():
+    """The features Numba compiles for: NUMBA_CPU_FEATURES where set, else the host's."""
+    if config.CPU_FEATURES:
+        return config.CPU_FEATURES
+    from llvmlite import binding
+
+    return binding.get_host_cpu_features().flatten()
+
+
+# NBNET_VECTOR_LANES (8 or 16) overrides the choice: the tests run the blocks at the
+# width the host does not take (a 16-lane block is legal, if slower, on AVX2).
+LANES = int(os.environ.get("NBNET_VECTOR_LANES") or vector_lanes(_target_features()))
+if LANES not in (8, 16):
+    raise ValueError(f"NBNET_VECTOR_LANES must be 8 or 16, got {LANES}")
 
 
 def vector_access(builder, masked, lanes):
