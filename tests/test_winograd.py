@@ -263,12 +263,13 @@ def test_few_images_run_the_implicit_gemm_and_predict_as_winograd(monkeypatch):
 
 
 def test_the_f4x4_limit_follows_the_cpu_family_and_leaves_thin_layers_alone(monkeypatch):
-    """On AMD's Zen cores F(4x4, 3x3) took only shares up to F4_MAX_PRODUCTS (14x14 measured
-    slower there); elsewhere (measured on an Intel Xeon) up to 0.75 of F(2x2)'s products,
-    unpooled and with the pool apart. Thin layers keep F4_MAX_PRODUCTS on every CPU."""
+    """On AMD's Zen 4 F(4x4, 3x3) took only shares up to F4_MAX_PRODUCTS (14x14 measured
+    slower there); elsewhere (measured on an Intel Xeon and on Zen 3) up to 0.75 of
+    F(2x2)'s products, unpooled and with the pool apart. Thin layers keep F4_MAX_PRODUCTS
+    on every CPU."""
     assert winograd.host_f4_max_products("znver4") == winograd.F4_MAX_PRODUCTS
-    assert winograd.host_f4_max_products("sapphirerapids") == 0.75
-    for cpu_name, f4_at_14 in (("znver4", False), ("sapphirerapids", True)):
+    assert winograd.host_f4_max_products("sapphirerapids") == winograd.host_f4_max_products("znver3") == 0.75
+    for cpu_name, f4_at_14 in (("znver4", False), ("sapphirerapids", True), ("znver3", True)):
         monkeypatch.setattr(winograd, "HOST_F4_MAX_PRODUCTS", winograd.host_f4_max_products(cpu_name))
         assert (winograd.plain_variant(14, 14) == winograd.F4_3) == f4_at_14
         assert winograd.pool_apart(np.float32, 14, 14) == f4_at_14

@@ -14,7 +14,7 @@ from nbnet.kernels.winograd5x5 import conv5x5_forward, toom_cook
 
 @pytest.fixture(autouse=True)
 def zen_pairs(monkeypatch):
-    """The layers here take this pass from 512 channel pairs (AMD Zen's rule) on any CPU
+    """The layers here take this pass from 512 channel pairs (Zen 4's rule) on any CPU
     and from one image: their tests are of the pass, test_applies_... checks where each CPU
     family takes it, tests/test_winograd.py from how many images."""
     from nbnet.layers import convolutional
@@ -120,8 +120,9 @@ def test_applies_to_5x5_stride_1_from_16_channels_and_512_pairs():
     assert not winograd5x5.applies((5, 5), (1, 1), 32, 64, 49)  # 7x7: the implicit GEMM is faster
 
 
-def test_off_amd_zen_the_implicit_gemm_keeps_up_to_1024_channel_pairs(monkeypatch):
+def test_off_zen4_the_implicit_gemm_keeps_up_to_1024_channel_pairs(monkeypatch):
     assert winograd5x5.min_channel_pairs("znver4") == winograd5x5.MIN_CHANNEL_PAIRS == 512
+    assert winograd5x5.min_channel_pairs("znver3") == winograd5x5.min_channel_pairs("sapphirerapids") == 1025
     monkeypatch.setattr(winograd5x5, "HOST_MIN_CHANNEL_PAIRS", winograd5x5.min_channel_pairs("sapphirerapids"))
     assert not winograd5x5.applies((5, 5), (1, 1), 16, 32, 196)
     assert not winograd5x5.applies((5, 5), (1, 1), 32, 32, 196)

@@ -191,6 +191,8 @@ def test_chunks_scale_with_the_l2_cache_read_from_sysfs(tmp_path):
             (tmp_path / name / field).write_text(f"{value}\n")
     assert l2_cache_bytes(tmp_path) == 2 << 20
     assert l2_cache_bytes(tmp_path / "missing") == 1 << 20
-    assert 400_000 <= winograd_tiles.chunk_values(1 << 20) < 420_000  # the EPYC's chunk, as before
+    assert winograd_tiles.chunk_values(512 << 10) == 800_000  # Zen 3: not the L2's 210k, measured slower
+    assert winograd_tiles.chunk_values(1 << 20) == 800_000
     assert winograd_tiles.chunk_values(2 << 20) > 800_000  # measured faster on the Xeon's 2 MB
+    assert winograd_tiles.chunk_values(8 << 20) > 3_000_000
     assert winograd_tiles.CHUNK_VALUES == winograd_tiles.chunk_values(l2_cache_bytes())

@@ -12,17 +12,18 @@ REDUCTION_CHUNKS = 16
 
 def host_cpu_name():
     """LLVM's name for this machine's CPU ("znver4" on the AMD EPYC of sessions 1-14,
-    "rocketlake" on the Intel Xeon of sessions 15-16): the size rules that were measured to
-    differ between CPU families key on it (see is_amd_zen)."""
+    "rocketlake" on the Intel Xeon of sessions 15-22, "znver3" on the AMD EPYC of session
+    23): the size rules that were measured to differ between CPUs key on it (see is_zen4)."""
     from llvmlite import binding
 
     return binding.get_host_cpu_name()
 
 
-def is_amd_zen(cpu_name):
-    """Whether LLVM's ``cpu_name`` is one of AMD's Zen cores, where the Winograd size rules
-    were first measured; other CPUs take the rules measured on the Intel Xeon."""
-    return cpu_name.startswith("znver")
+def is_zen4(cpu_name):
+    """Whether LLVM's ``cpu_name`` is AMD's Zen 4, where the Winograd size rules were first
+    measured; other CPUs take the rules measured on the Intel Xeon, which an AMD EPYC of
+    Zen 3 measured alike (see winograd.host_f4_max_products, winograd5x5.min_channel_pairs)."""
+    return cpu_name == "znver4"
 
 
 def l2_cache_bytes(folder="/sys/devices/system/cpu/cpu0/cache"):

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .activations import LINEAR, RELU
-from . import host_cpu_name, is_amd_zen, winograd_tiles
+from . import host_cpu_name, is_zen4, winograd_tiles
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from .pool import max_of_window
@@ -75,15 +75,18 @@ F4_MAX_PRODUCTS = 0.65
 # -> 32 (0.69) 11.8 / 11.9 -> 9.9 / 10.4, 22x22x32 -> 32 (0.67) 18.6 / 19.2 -> 15.7 / 15.2. The
 # Kaggle-style CNN of tools/bench_zoo.py (two such layers), b128 97.2 /
 # 101.8 -> 92.0 / 92.4 ms a step, b32 32.6 / 31.7 -> 30.8 / 29.6 (alternating processes).
-# So the unpooled pass takes F(4x4) up to 0.75 except on AMD's Zen cores, where 14x14 was
-# measured the other way; the pooled pass goes apart up to the same share (see pool_apart).
-OFF_ZEN_F4_MAX_PRODUCTS = 0.75
+# On an AMD EPYC of Zen 3 (AVX2) too, forward + backward, BLAS on one thread, batch 128,
+# ms, F(2x2) -> F(4x4), two runs: 14x14x64 -> 64 33.1 / 28.9 -> 27.5 / 18.0, 28x28x32 -> 32
+# 43.1 / 53.4 -> 20.1 / 31.6, 8x8x128 -> 128 46.3 / 33.8 -> 27.4 / 24.2. So the unpooled
+# pass takes F(4x4) up to 0.75 except on Zen 4, where 14x14 was measured the other way;
+# the pooled pass goes apart up to the same share (see pool_apart).
+WIDE_F4_MAX_PRODUCTS = 0.75
 
 
 def host_f4_max_products(cpu_name):
     """The share of F(2x2)'s products up to which the unpooled pass and a pool apart take
     F(4x4) on the CPU LLVM names ``cpu_name``."""
-    return F4_MAX_PRODUCTS if is_amd_zen(cpu_name) else OFF_ZEN_F4_MAX_PRODUCTS
+    return F4_MAX_PRODUCTS if is_zen4(cpu_name) else WIDE_F4_MAX_PRODUCTS
 
 
 HOST_F4_MAX_PRODUCTS = host_f4_max_products(host_cpu_name())

@@ -28,7 +28,7 @@ from numba import njit
 
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
-from . import host_cpu_name, is_amd_zen, winograd_tiles
+from . import host_cpu_name, is_zen4, winograd_tiles
 from .winograd_tiles import F2_5, chunk_ranges, image_placement, toom_cook, worker_buffers
 
 # Values (transformed input + products) per chunk: about 1.6 MB of float32.
@@ -53,15 +53,18 @@ MIN_PIXELS = 100
 # 34.3 against 42.0 / 41.0, 10x10x16 -> 32 4.6 / 4.7 against 6.5 / 6.7, 14x14x32 -> 32 16.7
 # / 16.7 against 17.5 / 17.3, 14x14x16 -> 64 18.3 / 18.4 against 17.0 / 18.6; from there
 # Winograd: 14x14x24 -> 48 24.5 / 25.0 against 20.0 / 20.2, 14x14x32 -> 64 36.2 / 36.9
-# against 30.4 / 32.4, 14x14x64 -> 64 71.6 / 69.9 against 52.3 / 52.3. AMD's Zen cores keep
-# MIN_CHANNEL_PAIRS (measured there as above).
-OFF_ZEN_MIN_CHANNEL_PAIRS = 1025
+# against 30.4 / 32.4, 14x14x64 -> 64 71.6 / 69.9 against 52.3 / 52.3. An AMD EPYC of Zen 3
+# (AVX2, the implicit GEMM's blocks of 8 lanes) alike, one process, batch 128, implicit
+# against F(2x2, 5x5), ms: 14x14x16 -> 32 14.9 against 17.0, 28x28x16 -> 32 53.1 against
+# 56.3, 14x14x32 -> 32 23.6 against 21.1, 14x14x16 -> 64 23.3 against 22.3, 14x14x32 -> 64
+# 54.3 against 34.9. Zen 4 keeps MIN_CHANNEL_PAIRS (measured there as above).
+WIDE_MIN_CHANNEL_PAIRS = 1025
 
 
 def min_channel_pairs(cpu_name):
     """The channel pairs from which a 5x5 conv takes this path on the CPU LLVM names
     ``cpu_name``."""
-    return MIN_CHANNEL_PAIRS if is_amd_zen(cpu_name) else OFF_ZEN_MIN_CHANNEL_PAIRS
+    return MIN_CHANNEL_PAIRS if is_zen4(cpu_name) else WIDE_MIN_CHANNEL_PAIRS
 
 
 HOST_MIN_CHANNEL_PAIRS = min_channel_pairs(host_cpu_name())

@@ -40,10 +40,18 @@ from .matmul import for_each_worker
 # -> 20.6 / 20.3, 16x16x128 -> 128 77.8 / 76.8 -> 70.4 / 73.6; batch 32 14x14x64 -> 64 5.7 /
 # 6.3 -> 5.7 / 5.9 (1.2M and 1.6M were no better: 14x14x64 -> 64 21.4 / 20.9); training
 # steps b128 (tools/bench_zoo.py, alternating processes) cifar_bn 93.4 / 84.9 -> 83.7 /
-# 82.8 ms, cifar 91.3 / 82.3 -> 79.7 / 79.7, kaggle_bn 119 / 106 -> 114 / 108.
+# 82.8 ms, cifar 91.3 / 82.3 -> 79.7 / 79.7, kaggle_bn 119 / 106 -> 114 / 108. On an AMD EPYC
+# of Zen 3 (512 kB L2 a core, 32 MB L3) the L2's share, 210k, was 10-15 % slower than 500k
+# or 800k (one process, alternating, forward + backward, batch 128, ms, 210k / 500k / 800k:
+# F(4x4) 14x14x64 -> 64 20.7 / 18.0 / 18.3, 8x8x128 -> 128 29.5 / 24.2 / 24.5, F(2x2)
+# 8x8x128 -> 128 36.6 / 33.8 / 33.5; 1.6M no better): the products' GEMMs grow too small
+# before the L2 pays. So no fewer than 800k on any core.
+MIN_CHUNK_VALUES = 800_000
+
+
 def chunk_values(l2_bytes):
     """Values a chunk holds on a core with ``l2_bytes`` of L2 cache."""
-    return l2_bytes * 2 // 5
+    return max(MIN_CHUNK_VALUES, l2_bytes * 2 // 5)
 
 
 CHUNK_VALUES = chunk_values(l2_cache_bytes())

@@ -85,8 +85,8 @@ def _check_span(layer, input_shape):
 # vs 16.0 (Winograd's own fused pool), 14x14x32 -> 32 8.9 vs 8.9, 16x16x32 -> 64 22.1 vs
 # 17.4. With winograd_tiles.py's transforms, one layer's forward + backward at batch 128 /
 # 32: 14x14x16 -> 16 (F(2x2)) 1.86 vs 2.22 / 0.50 vs 0.85. 5x5 convs take Winograd F(2x2,
-# 5x5) wherever winograd5x5.applies (from 16 channels: 512 channel pairs on AMD Zen, over
-# 1024 elsewhere).
+# 5x5) wherever winograd5x5.applies (from 16 channels: 512 channel pairs on AMD's Zen 4,
+# over 1024 elsewhere).
 IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 # Below this many images the implicit GEMM takes the convs Winograd would: Winograd's
 # fixed costs per call (the kernel's transform; handing the images to the worker threads
