@@ -281,7 +281,8 @@ def test_an_images_pixels_split_across_threads_give_the_same_bits():
 
 @pytest.mark.parametrize("batch, size, channels, filters, kernel_size, strides, padding, pool", [
     (5, 28, 1, 32, 3, 1, "valid", 2), (3, 28, 1, 16, 3, 1, "same", 2), (1, 12, 1, 6, 3, 1, "valid", 2),
-    (4, 13, 2, 20, 2, 1, "same", 3), (2, 15, 1, 40, 4, 2, "valid", 2), (3, 11, 16, 8, 1, 1, "valid", 2)])
+    (4, 13, 2, 20, 2, 1, "same", 3), (2, 15, 1, 40, 4, 2, "valid", 2), (3, 11, 16, 8, 1, 1, "valid", 2),
+    (19, 10, 1, 8, 3, 1, "valid", 2)])  # more images than the backward's chunks
 def test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs(batch, size, channels, filters, kernel_size,
                                                                   strides, padding, pool):
     """implicit_conv_maxpool_forward gives direct_conv_maxpool_forward's outputs and argmax:
@@ -314,26 +315,48 @@ def test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs(batch, size, ch
         np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(results[1][1], results[0][1])
     assert np.isfinite(results[1][0]).all() and (results[1][0] >= 0).all() and results[1][0].max() > 0
+    # The backward (a first layer's: no input gradient) from the same pooled gradient: the
+    # bias gradient bit for bit (the same unpooling, image after image), the kernel's to
+    # float rounding (summed in another order).
+    y, argmax = results[0]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = []
+    for backward in ("direct", "implicit"):
+        dkernel, dbias = np.full(kernel.shape, 0.5, np.float32), np.full(filters, 0.25, np.float32)
+        if backward == "direct":
+            conv.direct_conv_maxpool_backward(x, kernel.reshape(-1, filters), dy, argmax, y, RELU, kernel_size,
+                                              kernel_size, strides, strides, top, left, out_h, out_w, pool, pool,
+                                              dkernel.reshape(-1, filters), dbias, False, x[:0])
+        else:
+            implicit_gemm.implicit_conv_maxpool_backward(x, kernel, dy, argmax, y, RELU, strides, strides, top, left,
+                                                         out_h, out_w, pool, pool, dkernel, dbias)
+        grads.append((dkernel, dbias))
+    np.testing.assert_array_equal(grads[1][1], grads[0][1])
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5 * np.abs(grads[0][0]).max())
+    assert np.abs(grads[1][0] - 0.5).max() > 0.1
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_a_float32_conv_with_a_fused_max_pool_runs_it(monkeypatch, activation):
     """A Conv2D whose max pool the direct kernels fused runs implicit_conv_maxpool_forward
-    in float32 (its backward stays the direct kernels'), and trains as on them: a relu in
-    the pool's pass, a tanh on the pooled values after it."""
+    in float32 and, as a first layer, implicit_conv_maxpool_backward, and trains as on
+    them: a relu in the pool's pass, a tanh on the pooled values after it."""
     from nbnet.devices import cpu
 
     taken = []
-    original = cpu.implicit_conv_maxpool_forward
-    monkeypatch.setattr(cpu, "implicit_conv_maxpool_forward",
-                        lambda x, *rest: taken.append(x.shape) or original(x, *rest))
+    for name in ("implicit_conv_maxpool_forward", "implicit_conv_maxpool_backward"):
+        original = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda x, *rest, original=original, name=name:
+                            taken.append((name, x.shape)) or original(x, *rest))
     rng = np.random.default_rng(8)
     x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
     y = rng.standard_normal((6, 3)).astype(np.float32)
     model = lambda: [layers.Input((12, 12, 1)), layers.Conv2D(8, 3, activation=activation), layers.MaxPooling2D(2),
                      layers.Flatten(), layers.Dense(3)]
     on, _ = _both_ways(monkeypatch, model, x, y, 0.1)
-    assert on.layers[0]._direct and taken and taken[0] == (6, 12, 12, 1)
+    assert on.layers[0]._direct
+    assert ("implicit_conv_maxpool_forward", (6, 12, 12, 1)) in taken
+    assert ("implicit_conv_maxpool_backward", (6, 12, 12, 1)) in taken
 
 
 def test_the_vector_width_follows_the_cpus_registers():

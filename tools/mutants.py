@@ -219,9 +219,15 @@ MUTANTS += [
     M("implicit_backward_chunk_bounds", "the implicit GEMM's backward ends each chunk of images at (chunk + 1) "
       "* (batch // chunks): the last images of an uneven split add nothing to the kernel gradient",
       "kernels/implicit_gemm.py",
-      "        sums[:] = 0.0\n        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):",
-      "        sums[:] = 0.0\n        for n in range(chunk * batch // chunks, (chunk + 1) * (batch // chunks)):",
+      "        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):\n"
+      "            _pad_image(x[n], pad_top, pad_left, padded)\n            if need_dx:",
+      "        for n in range(chunk * batch // chunks, (chunk + 1) * (batch // chunks)):\n"
+      "            _pad_image(x[n], pad_top, pad_left, padded)\n            if need_dx:",
       ["tests/test_implicit_gemm.py"]),
+    M("implicit_pooled_backward_overwrites", "a first layer's pooled kernel gradient: each image's sums overwrite "
+      "its chunk's instead of adding to them", "kernels/implicit_gemm.py",
+      "image_dz.reshape(-1, filters), sums, 1, spare", "image_dz.reshape(-1, filters), sums, 0, spare",
+      ["tests/test_implicit_gemm.py::test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",

@@ -18,7 +18,7 @@ from ..kernels.depthwise import (depthwise_backward, depthwise_forward, grouped_
 from ..kernels.dropout import apply_mask  # noqa: F401
 from ..kernels.flip import flip_images  # noqa: F401
 from ..kernels.implicit_gemm import (implicit_conv_backward, implicit_conv_forward,  # noqa: F401
-                                     implicit_conv_maxpool_forward)
+                                     implicit_conv_maxpool_backward, implicit_conv_maxpool_forward)
 from ..kernels.matmul import matmul, workers  # noqa: F401
 from ..kernels.normalization import (batchnorm_backward, batchnorm_infer, batchnorm_infer_backward,  # noqa: F401
                                      fold_norm, update_moving_averages)

@@ -44,7 +44,7 @@ conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_b
 conv5x5_forward = conv5x5_backward = None
 planar_conv_forward = planar_conv_backward = None
 implicit_conv_forward = implicit_conv_backward = None
-implicit_conv_maxpool_forward = None
+implicit_conv_maxpool_forward = implicit_conv_maxpool_backward = None
 # Add runs the activation after it in its own pass on the CPU only (layers/merging.py).
 merge_add_activation = activation_gradient_copies = None
 # BatchNormalization runs a max pool after it in its own pass on the CPU only (layers/normalization.py).

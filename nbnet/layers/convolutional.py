@@ -239,7 +239,8 @@ class Conv2D(KernelMixin, Layer):
             self._y = None
             self._pooled, self._argmax = self.pool.absorbed_outputs((batch, out_h, out_w, self.filters), x.dtype)
             pooled_code = self._pooled_code()
-            if direct and can_implicit and ops.implicit_conv_maxpool_forward is not None:
+            self._implicit_pool = direct and can_implicit and ops.implicit_conv_maxpool_forward is not None
+            if self._implicit_pool:
                 # The direct kernels' outputs, its sums in vector registers (see implicit_gemm).
                 ops.implicit_conv_maxpool_forward(x, self.params["kernel"], bias, pooled_code, *geometry[2:],
                                                   *self.pool.pool_size, self._pooled, self._argmax)
@@ -327,6 +328,12 @@ class Conv2D(KernelMixin, Layer):
             dy2d = dy.reshape(-1, self.filters)
             self._activation_gradient(self._pooled.reshape(-1, self.filters), dy2d, False, ops.nothing(dtype))
             dy = dy2d.reshape(dy.shape)  # the same array, unless dy was not contiguous
+        if self._direct and pool_size and dx is None and self._implicit_pool:
+            # A first layer's: its kernel gradient summed in vector registers (see implicit_gemm).
+            ops.implicit_conv_maxpool_backward(self._x, self.params["kernel"], dy, self._argmax, self._pooled,
+                                               pooled_code, *self._geometry_used[2:], *pool_size, self.grads["kernel"],
+                                               dbias)
+            return dx
         if self._direct and pool_size:
             # dy is the pool's gradient; each image's conv gradient is made, used and dropped in one pass.
             ops.direct_conv_maxpool_backward(self._x, kernel2d, dy, self._argmax, self._pooled, pooled_code,
