@@ -492,6 +492,16 @@ def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_le
         _windows_forward(*args, ph, pw, taps, pixels, targets, y, argmax)
 
 
+@njit(cache=True, inline="always")
+def _kernel_gradient_tables(kh, kw, sh, sw, out_h, out_w, channels, filters):
+    """The padded image's (rows, wide), and _correlate's tables for a kernel gradient: the
+    taps' offsets (the block's rows), the pixels' (its sum) and where each tap's row of
+    the (taps, filters) sums starts."""
+    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
+    taps = _tap_offsets(kh, kw, channels, wide)
+    return rows, wide, taps, _pixel_offsets(out_h, out_w, sh, sw, wide, channels), _rows_of(taps.size, filters)
+
+
 # A first layer with its max pool fused (no input gradient): each image's conv gradient is
 # made from the pooled one into a buffer of one image, then its kernel gradient summed as
 # in _backward_chunks (taps as the block's rows, the image's pixels as the sum). The
@@ -504,10 +514,7 @@ def _pooled_kernel_gradient_chunks(first, stop, x, kh, kw, sh, sw, pad_top, pad_
                                    out_h, out_w, partial, bias_partial):
     batch, channels = x.shape[0], x.shape[3]
     filters = dy.shape[3]
-    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
-    taps = _tap_offsets(kh, kw, channels, wide)
-    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
-    tap_places = _rows_of(taps.size, filters)
+    rows, wide, taps, pixels, tap_places = _kernel_gradient_tables(kh, kw, sh, sw, out_h, out_w, channels, filters)
     nothing = np.zeros(0, np.float32)
     padded = np.zeros((rows, wide, channels), np.float32)
     image_dz = np.empty((out_h, out_w, filters), np.float32)
@@ -613,10 +620,7 @@ def _backward_chunks(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left
     summed into partial[chunk], and with ``need_dx`` their input gradients."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, filters = dz.shape
-    rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
-    taps = _tap_offsets(kh, kw, channels, wide)
-    pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
-    tap_places = _rows_of(taps.size, filters)
+    rows, wide, taps, pixels, tap_places = _kernel_gradient_tables(kh, kw, sh, sw, out_h, out_w, channels, filters)
     grid_rows, grid_wide, grid_top, grid_left = grid_shape[0], grid_shape[1], grid_shape[2], grid_shape[3]
     nothing = np.zeros(0, np.float32)
     padded = np.zeros((rows, wide, channels), np.float32)
