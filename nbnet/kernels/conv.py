@@ -124,8 +124,8 @@ _FILTER_BLOCK = 32
 _NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
 
 
-# In NumPy: compiled, this setup cost 0.6 s of a cold start (a pooled first layer's
-# backward); it runs once a call, 25 us (the MNIST CNN's first layer: of a 12 ms step).
+# In NumPy: compiled, this setup cost 0.6 s of a cold start (the direct backward's); it
+# runs once a call, 25 us (the MNIST CNN's first layer: of a 12 ms step).
 def _direct_setup(x, kernel2d, kh, kw, sh, sw, out_h, out_w):
     """(padded_h, padded_w, taps, offsets, packed): the zero-bordered image's size, the
     field rounded up to whole tap groups, each tap's offset in the image from its window's
@@ -326,7 +326,7 @@ def _direct_dkernel_image(image, dz, offsets, taps, sh, sw, padded_w, channels, 
                             block[t * _FILTER_BLOCK + m] += window[t] * grad + window_b[t] * grad_b
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _direct_backward_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
                             padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
                             need_dx, dx):
@@ -359,37 +359,10 @@ def _direct_backward_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, 
                                  padded_w, dimage, dx[n])
 
 
-# Two bodies: a first layer's (pooled, no input gradient: the case this path is taken for),
-# its other passes left out, and any other. The first call of the first's on an empty cache 3.6
-# -> 2.8 s (the helper process's longest kernel in the small ResNet's cold start).
-@njit(cache=True)
-def _first_layer_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w,
-                        out_h, out_w, ph, pw, taps, offsets, packed, partial, bias_partial, dx):
-    _direct_backward_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
-                            padded_w, out_h, out_w, ph, pw, taps, offsets, packed, True, partial, bias_partial, False,
-                            dx)
-
-
-@njit(cache=True)
-def _any_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
-                out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx):
-    _direct_backward_chunks(first, stop, x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h,
-                            padded_w, out_h, out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial,
-                            need_dx, dx)
-
-
-@njit(cache=True)
-def _first_layer_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w,
-                      ph, pw, taps, offsets, packed, partial, bias_partial, dx):
-    parallel_ranges(_first_layer_chunks, partial.shape[0],
-                    (x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
-                     pw, taps, offsets, packed, partial, bias_partial, dx))
-
-
 @njit(cache=True)
 def _direct_backward_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
                           out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx):
-    parallel_ranges(_any_chunks, partial.shape[0],
+    parallel_ranges(_direct_backward_chunks, partial.shape[0],
                     (x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w, ph,
                      pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx))
 
@@ -406,12 +379,8 @@ def _direct_backward(x, kernel2d, dz, dy, argmax, y, code, kh, kw, sh, sw, pad_t
     chunks = min(REDUCTION_CHUNKS, x.shape[0])
     partial = np.zeros((chunks, packed.size), dtype=x.dtype)
     bias_partial = np.zeros((chunks, filters), dtype=x.dtype)
-    if pooled and not need_dx:
-        _first_layer_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
-                          out_w, ph, pw, taps, offsets, packed, partial, bias_partial, dx)
-    else:
-        _direct_backward_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h,
-                              out_w, ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
+    _direct_backward_pass(x, dz, dy, argmax, y, code, field, sh, sw, pad_top, pad_left, padded_h, padded_w, out_h, out_w,
+                          ph, pw, taps, offsets, packed, pooled, partial, bias_partial, need_dx, dx)
     # packed (filter block, tap, filter in block) back to (tap, filter)
     blocks = packed.size // (taps * _FILTER_BLOCK)
     unpacked = partial.reshape(chunks, blocks, taps, _FILTER_BLOCK).transpose(0, 2, 1, 3).reshape(chunks, taps, -1)

@@ -505,7 +505,7 @@ def _kernel_gradient_tables(kh, kw, sh, sw, out_h, out_w, channels, filters):
 # A first layer with its max pool fused (no input gradient): each image's conv gradient is
 # made from the pooled one into a buffer of one image, then its kernel gradient summed as
 # in _backward_chunks (taps as the block's rows, the image's pixels as the sum). The
-# direct kernels' loop (conv._first_layer_pass, still float64's) ran at 17-18 GFLOP/s on an
+# direct kernels' loop (conv._direct_backward_chunks, still float64's) ran at 17-18 GFLOP/s on an
 # AMD EPYC (Zen 3). Batch 128, 2 cores, ms, direct -> this, alternating in one process:
 # 28x28x1 -> 26x26x32 3x3, 2x2 pool 1.64 -> 1.24, 'same' 28x28x1 -> 16 1.92 -> 1.30,
 # 32x32x3 -> 32 6.18 -> 3.34; a cold compile 3.2 -> 2.4 s.

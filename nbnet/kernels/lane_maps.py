@@ -31,7 +31,7 @@ def vector_lanes(features):
     as NUMBA_CPU_FEATURES spells them): 16 with AVX-512's 512-bit registers, 8 with
     AVX2's 256-bit ones (or none: LLVM splits the vectors). A 16-lane vector on AVX2 is
     two registers, so blocks sized for AVX-512's 32 registers spilled on the 16 of an AMD
-    EPYC (Zen 3): there the implicit GEMM ran 2-4x slower (see implicit_gemm.ROWS)."""
+    EPYC (Zen 3): there the implicit GEMM ran 1.7-4.7x slower (see implicit_gemm.ROWS)."""
     return 16 if "+avx512f" in features.split(",") else 8
 
 

@@ -76,7 +76,7 @@ F4_MAX_PRODUCTS = 0.65
 # Kaggle-style CNN of tools/bench_zoo.py (two such layers), b128 97.2 /
 # 101.8 -> 92.0 / 92.4 ms a step, b32 32.6 / 31.7 -> 30.8 / 29.6 (alternating processes).
 # On an AMD EPYC of Zen 3 (AVX2) too, forward + backward, BLAS on one thread, batch 128,
-# ms, F(2x2) -> F(4x4), two runs: 14x14x64 -> 64 33.1 / 28.9 -> 27.5 / 18.0, 28x28x32 -> 32
+# ms, F(2x2) -> F(4x4), two runs (chunks of 400k and 500k values): 14x14x64 -> 64 33.1 / 28.9 -> 27.5 / 18.0, 28x28x32 -> 32
 # 43.1 / 53.4 -> 20.1 / 31.6, 8x8x128 -> 128 46.3 / 33.8 -> 27.4 / 24.2. So the unpooled
 # pass takes F(4x4) up to 0.75 except on Zen 4, where 14x14 was measured the other way;
 # the pooled pass goes apart up to the same share (see pool_apart).

@@ -54,10 +54,12 @@ MIN_PIXELS = 100
 # / 16.7 against 17.5 / 17.3, 14x14x16 -> 64 18.3 / 18.4 against 17.0 / 18.6; from there
 # Winograd: 14x14x24 -> 48 24.5 / 25.0 against 20.0 / 20.2, 14x14x32 -> 64 36.2 / 36.9
 # against 30.4 / 32.4, 14x14x64 -> 64 71.6 / 69.9 against 52.3 / 52.3. An AMD EPYC of Zen 3
-# (AVX2, the implicit GEMM's blocks of 8 lanes) alike, one process, batch 128, implicit
-# against F(2x2, 5x5), ms: 14x14x16 -> 32 14.9 against 17.0, 28x28x16 -> 32 53.1 against
-# 56.3, 14x14x32 -> 32 23.6 against 21.1, 14x14x16 -> 64 23.3 against 22.3, 14x14x32 -> 64
-# 54.3 against 34.9. Zen 4 keeps MIN_CHANNEL_PAIRS (measured there as above).
+# (AVX2, the implicit GEMM's blocks of 8 lanes), one process, batch 128, implicit against
+# F(2x2, 5x5), ms: 14x14x16 -> 32 14.9 against 17.0, 28x28x16 -> 32 53.1 against 56.3,
+# 14x14x32 -> 32 23.6 against 21.1, 14x14x16 -> 64 23.3 against 22.3, 14x14x32 -> 64 54.3
+# against 34.9: its crossing lies between 512 and 1024 pairs, where the Xeon's lay at 1024
+# (Winograd 5-10 % ahead there on Zen 3, 0-5 % behind on the Xeon); it keeps the Xeon's
+# rule. Zen 4 keeps MIN_CHANNEL_PAIRS (measured there as above).
 WIDE_MIN_CHANNEL_PAIRS = 1025
 
 

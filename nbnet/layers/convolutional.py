@@ -328,7 +328,7 @@ class Conv2D(KernelMixin, Layer):
             dy2d = dy.reshape(-1, self.filters)
             self._activation_gradient(self._pooled.reshape(-1, self.filters), dy2d, False, ops.nothing(dtype))
             dy = dy2d.reshape(dy.shape)  # the same array, unless dy was not contiguous
-        if self._direct and pool_size and dx is None and self._implicit_pool:
+        if pool_size and dx is None and self._implicit_pool:
             # A first layer's: its kernel gradient summed in vector registers (see implicit_gemm).
             ops.implicit_conv_maxpool_backward(self._x, self.params["kernel"], dy, self._argmax, self._pooled,
                                                pooled_code, *self._geometry_used[2:], *pool_size, self.grads["kernel"],
