@@ -162,8 +162,7 @@ def test_bias_and_relu_in_the_stores_equal_their_own_pass(filters):
         expected = np.empty_like(plain)
         bias_activation_forward(plain, bias if use_bias else bias[:0], code, 0.0, expected)
         fused = np.full_like(plain, 7.0)
-        implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 1, 1, 6, 7, fused, bias if use_bias else None,
-                                            code == RELU)
+        implicit_gemm.implicit_conv_forward(x, kernel, 1, 1, 1, 1, 6, 7, fused, bias if use_bias else None, code)
         np.testing.assert_array_equal(fused, expected)
         assert np.isnan(fused).any() == (code == LINEAR)
 
@@ -232,8 +231,9 @@ def test_thin_layers_run_it_and_train_as_on_their_own_passes(monkeypatch):
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "leaky_relu", "elu"])
 def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monkeypatch):
     """Besides relu, a float32 conv on the implicit GEMM or Winograd adds its bias as it
-    stores and runs its activation in place over the output, its pass given no bias: the
-    bits of the conv, then bias_activation_forward with the bias (the pass it replaces)."""
+    stores; the implicit GEMM runs leaky relu, sigmoid and tanh over each part of an image
+    as it makes it, the others (Winograd's, ELU) run in place over the output in a pass
+    given no bias: the bits of the conv, then bias_activation_forward with the bias."""
     from nbnet.devices import cpu
     from nbnet.kernels.activations import bias_activation_forward
     from nbnet.kernels.winograd import plain_positions
@@ -247,10 +247,12 @@ def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monke
         conv.build((12, 12, channels), rng)
         conv.params["bias"][:] = rng.standard_normal(8)
         x = rng.standard_normal((images, 12, 12, channels)).astype(np.float32)
+        x[0, 3, 4, 0] = np.nan
         passes.clear()
         got = conv.forward(x).reshape(-1, 8).copy()
         assert conv._implicit == (images == 3) and conv._winograd == (images == 16)
-        assert passes == [(0, True)]  # one pass, in place, without the bias
+        in_stores = conv._implicit and activation != "elu"
+        assert passes == ([] if in_stores else [(0, True)])  # else one pass, in place, without the bias
         z = np.empty_like(got)
         if conv._implicit:
             implicit_gemm.implicit_conv_forward(x, conv.params["kernel"], 1, 1, size // 2, size // 2, 12, 12, z)
@@ -261,11 +263,35 @@ def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monke
                                                                      np.float32), z.reshape(images, 12, 12, 8))
         expected = np.empty_like(z)
         bias_activation_forward(z, conv.params["bias"], conv._code, conv._slope, expected)
+        assert np.isnan(expected).any()
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("code", ["tanh", "leaky_relu"])
+def test_an_activation_over_each_part_of_an_image_gives_the_same_bits_at_any_split(code):
+    """The implicit GEMM's activations run over each part of an image it makes (one image
+    split across the threads): the same bits as one pass over the whole output."""
+    from nbnet.kernels.activations import LEAKY_RELU, TANH, bias_activation_forward
+
+    code = {"tanh": TANH, "leaky_relu": LEAKY_RELU}[code]
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 13, 11, 32)).astype(np.float32)
+    kernel2d = rng.standard_normal((3 * 3 * 32, 40)).astype(np.float32) * 0.1
+    bias = rng.standard_normal(40).astype(np.float32)
+    plain = np.empty((2, 11 * 9, 40), np.float32)
+    implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, 0, 0.0, plain, 1)
+    expected = np.empty_like(plain)
+    bias_activation_forward(plain.reshape(-1, 40), bias[:0], code, 0.3, expected.reshape(-1, 40))
+    for parts in (1, 2, 3, 7):
+        z = np.full_like(plain, np.nan)
+        implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, code, 0.3, z, parts)
+        np.testing.assert_array_equal(z, expected)
 
 
 def test_an_images_pixels_split_across_threads_give_the_same_bits():
     """Fewer images than threads: each image's pixels in parts (a one-image predict)."""
+    from nbnet.kernels.activations import RELU
+
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 13, 11, 32)).astype(np.float32)
     kernel2d = rng.standard_normal((3 * 3 * 32, 40)).astype(np.float32)
@@ -273,7 +299,7 @@ def test_an_images_pixels_split_across_threads_give_the_same_bits():
     outputs = []
     for parts in (1, 2, 3, 7):
         z = np.full((1, 11 * 9, 40), np.nan, np.float32)
-        implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, 1, z, parts)
+        implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, RELU, 0.0, z, parts)
         outputs.append(z)
     for split in outputs[1:]:
         np.testing.assert_array_equal(split, outputs[0])

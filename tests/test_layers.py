@@ -339,6 +339,23 @@ def test_dense_backward_over_uneven_reduction_chunks(rows):
     np.testing.assert_allclose(dx, dz @ layer.params["kernel"].T, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does(activation):
+    """The float32 squash (a rational fit clamped to +-9, not libm) gives NaN for NaN, and
+    tanh (sigmoid) elsewhere within float32 rounding (sigmoid within 2e-8 of 0 far below
+    zero, where the clamp leaves it)."""
+    from nbnet.kernels.activations import SIGMOID, TANH, bias_activation_forward
+
+    z = np.array([[np.nan, np.inf, -np.inf, 0.3, -2.0, 12.0, -40.0, 1e-20]], np.float32)
+    y = np.empty_like(z)
+    bias_activation_forward(z, np.zeros(0, np.float32), TANH if activation == "tanh" else SIGMOID, 0.0, y)
+    with np.errstate(over="ignore"):
+        wide = z.astype(np.float64)
+        expected = np.tanh(wide) if activation == "tanh" else 1 / (1 + np.exp(-wide))
+    assert np.isnan(y[0, 0])
+    np.testing.assert_allclose(y[0, 1:], expected[0, 1:], rtol=2e-7, atol=2e-8)
+
+
 @pytest.mark.parametrize("act", ["softmax", "sigmoid", "tanh", "relu"])
 def test_dense_keep_logits(act):
     """keep_logits: forward keeps the pre-activation (x @ W + b) in ``logits`` and still returns

@@ -228,6 +228,15 @@ MUTANTS += [
       "its chunk's instead of adding to them", "kernels/implicit_gemm.py",
       "image_dz.reshape(-1, filters), sums, 1, spare", "image_dz.reshape(-1, filters), sums, 0, spare",
       ["tests/test_implicit_gemm.py::test_a_conv_with_its_max_pool_has_the_direct_kernels_outputs"]),
+    M("implicit_activation_part_short", "the implicit GEMM's tanh / sigmoid / leaky relu skip the last pixel of "
+      "each part of an image", "kernels/implicit_gemm.py",
+      "[start * filters:end * filters])", "[start * filters:(end - 1) * filters])",
+      ["tests/test_implicit_gemm.py::test_an_activation_over_each_part_of_an_image_gives_the_same_bits_at_any_split"]),
+    M("fast_tanh_clamp_swallows_nan", "the float32 tanh's clamp turns NaN into 1 (comparisons that are false for "
+      "NaN pick the bound)", "kernels/activations.py",
+      "    x = 9.0 if x > 9.0 else x\n    x = -9.0 if x < -9.0 else x\n",
+      "    x = x if x < 9.0 else 9.0\n    x = x if x > -9.0 else -9.0\n",
+      [LAYERS + "::test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",

@@ -59,7 +59,7 @@ from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
 from .parallel import parallel_ranges, range_body
 from .lane_maps import LANES, bias_and_relu, vector_access
-from .activations import RELU
+from .activations import LINEAR, RELU, activate_fusable
 from .pool import max_of_window, maxpool_2x2_image, maxpool_any_image, maxpool_activation_backward_image
 
 # Pixels a block: _wide_block holds 2 * ROWS accumulators, its two kernel vectors and the
@@ -284,10 +284,11 @@ def _rows_of(count, width):
 
 
 @range_body
-def _forward_jobs(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
+def _forward_jobs(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, alpha, z,
+                  parts):
     """Jobs first..stop-1 of _forward: job (image n, part) makes that part of the image's
     pixels (each pixel's sums are the same whichever block makes them: the same bits at
-    any split)."""
+    any split), then runs an activation other than relu over them while they are in cache."""
     channels = x.shape[3]
     filters = kernel2d.shape[1]
     rows, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
@@ -297,19 +298,22 @@ def _forward_jobs(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, o
     blocks = (pixels.size + ROWS - 1) // ROWS
     padded = np.zeros((rows, wide, channels), np.float32)
     spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
+    relu = int(code == RELU)
     for job in range(first, stop):
         n, part = job // parts, job % parts
         start, end = part * blocks // parts * ROWS, min(pixels.size, (part + 1) * blocks // parts * ROWS)
         _pad_image(x[n], pad_top, pad_left, padded)
         _correlate(padded, pixels[start:end], targets[start:end], taps, kernel2d, z[n], 0, spare, places, bias, relu)
+        if code != LINEAR and code != RELU:
+            activate_fusable(code, alpha, z[n].reshape(-1)[start * filters:end * filters])
 
 
 @njit(cache=True)
-def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts):
+def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, alpha, z, parts):
     """Each image's pixels in ``parts`` parts (more than one where the images are fewer
     than the threads), the jobs spread over the threads."""
     parallel_ranges(_forward_jobs, x.shape[0] * parts,
-                    (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, relu, z, parts))
+                    (x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias, code, alpha, z, parts))
 
 
 # From this many multiply-adds an image's pixels are split across the threads where the
@@ -320,19 +324,24 @@ def _forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, bias,
 SPLIT_IMAGE_MIN_MACS = 2_000_000
 
 
-def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, relu=False):
+def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
+                          alpha=0.0):
     """z[n, i*out_w + j, o] = sum over the window of x * kernel, ``kernel`` Keras's (kh, kw,
     in, out), strides (sh, sw); z is (batch * out_h * out_w, filters). With ``bias`` it is
-    added, with ``relu`` the rectifier applied, in the same pass and with the same result
-    as bias_activation_forward's (a separate pass over z: 1.9 of the 15.7 ms the strided
-    CNN of tools/bench_zoo.py took for 1000 images)."""
+    added and activation ``code`` (one of activations.activate_fusable's: relu, leaky relu
+    of slope ``alpha``, sigmoid, tanh) applied in the same pass, with the same result as
+    bias_activation_forward's: relu as each block stores (a separate pass over z: 1.9 of
+    the 15.7 ms the strided CNN of tools/bench_zoo.py took for 1000 images), the others
+    over each part of an image once its blocks are stored, still in cache (LeNet-5's
+    tanh convs, see Conv2D.forward)."""
     kh, kw, channels, filters = kernel.shape
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
     batch = x.shape[0]
     large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
     parts = max(1, numba_thread_count() // batch) if large else 1
     _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-             pad_left, out_h, out_w, bias, int(relu), z.reshape(x.shape[0], out_h * out_w, filters), parts)
+             pad_left, out_h, out_w, bias, int(code), float(alpha), z.reshape(x.shape[0], out_h * out_w, filters),
+             parts)
 
 
 # A conv whose max pool is fused (the direct kernels' case, see Conv2D): each image's conv
