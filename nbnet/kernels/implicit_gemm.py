@@ -49,6 +49,7 @@ fewer multiplies: the implicit GEMM taking every shape measured the Kaggle-style
 
 import functools
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -334,14 +335,37 @@ def implicit_conv_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z,
     the 15.7 ms the strided CNN of tools/bench_zoo.py took for 1000 images), the others
     over each part of an image once its blocks are stored, still in cache (LeNet-5's
     tanh convs, see Conv2D.forward)."""
+    function, args = _forward_call(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
+                                   numba_thread_count())
+    function(*args)
+
+
+def _forward_call(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha, threads):
+    """The kernel call implicit_conv_forward makes, its images split in parts for
+    ``threads`` threads: (function, args)."""
     kh, kw, channels, filters = kernel.shape
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
     batch = x.shape[0]
     large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
-    parts = max(1, numba_thread_count() // batch) if large else 1
-    _forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
-             pad_left, out_h, out_w, bias, int(code), float(alpha), z.reshape(x.shape[0], out_h * out_w, filters),
-             parts)
+    parts = max(1, threads // batch) if large else 1
+    return _forward, (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw,
+                      pad_top, pad_left, out_h, out_w, bias, int(code), float(alpha),
+                      z.reshape(x.shape[0], out_h * out_w, filters), parts)
+
+
+def _forward_replayed_as(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR, alpha=0.0):
+    """The kernel call itself, for a recorded inference program to make (see
+    inference_program; a one-image conv's wrapper took 3 of its 16 us), its images split
+    for as many threads as Numba has (the program may run on fewer: the same bits); None
+    where an operand is not contiguous (the call would read a copy made now)."""
+    if not all(array.flags.c_contiguous for array in (x, kernel, z) + (() if bias is None else (bias,))):
+        return None
+    function, args = _forward_call(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
+                                   numba.config.NUMBA_NUM_THREADS)
+    return function, args, {}
+
+
+implicit_conv_forward.replayed_as = _forward_replayed_as
 
 
 # A conv whose max pool is fused (the direct kernels' case, see Conv2D): each image's conv
@@ -489,16 +513,34 @@ def _windows_2x2_forward(x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, out_h, 
 def implicit_conv_maxpool_forward(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
     """y = maxpool of activation ``code`` of (conv of x + bias), with its argmax, as
     conv.direct_conv_maxpool_forward makes them; ``kernel`` Keras's."""
+    function, args = _maxpool_forward_call(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y,
+                                           argmax)
+    function(*args)
+
+
+def _maxpool_forward_call(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
+    """The kernel call implicit_conv_maxpool_forward makes: (function, args)."""
     kh, kw, channels, filters = kernel.shape
     taps, pixels, targets, corners = _pooled_tables(kh, kw, channels, filters, sh, sw, out_h, out_w, ph, pw)
     args = (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
             pad_left, out_h, out_w, np.ascontiguousarray(bias), code)
     if corners.size:
-        _planes_forward(*args, taps, pixels, targets, corners, y, argmax)
-    elif ph == 2 and pw == 2:
-        _windows_2x2_forward(*args, taps, pixels, targets, y, argmax)
-    else:
-        _windows_forward(*args, ph, pw, taps, pixels, targets, y, argmax)
+        return _planes_forward, args + (taps, pixels, targets, corners, y, argmax)
+    if ph == 2 and pw == 2:
+        return _windows_2x2_forward, args + (taps, pixels, targets, y, argmax)
+    return _windows_forward, args + (ph, pw, taps, pixels, targets, y, argmax)
+
+
+def _maxpool_forward_replayed_as(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
+    """As _forward_replayed_as, for implicit_conv_maxpool_forward."""
+    if not all(array.flags.c_contiguous for array in (x, kernel, bias)):
+        return None
+    function, args = _maxpool_forward_call(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
+                                           y, argmax)
+    return function, args, {}
+
+
+implicit_conv_maxpool_forward.replayed_as = _maxpool_forward_replayed_as
 
 
 @njit(cache=True, inline="always")

@@ -156,9 +156,25 @@ def fold_norm(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, 
     """A BatchNormalization folded into the conv or Dense layer before it, for inference:
     folded_kernel = kernel * scale, folded_bias = (bias - moving_mean) * scale + beta, with
     scale = gamma / sqrt(moving_variance + epsilon) in float64; ``bias`` of length 0: none."""
+    function, args, _ = _fold_norm_call(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon,
+                                        folded_kernel, folded_bias)
+    function(*args)
+
+
+def _fold_norm_call(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel, folded_bias):
+    """The kernel call fold_norm makes (a recorded inference program makes it directly, see
+    inference_program: a one-image predict folds on every run)."""
     filters = kernel.shape[-1]
-    _fold_rows(kernel.reshape(-1, filters), bias, gamma, beta, moving_mean, moving_variance, float(epsilon),
-               folded_kernel.reshape(-1, filters), folded_bias)
+    return _fold_rows, (kernel.reshape(-1, filters), bias, gamma, beta, moving_mean, moving_variance, float(epsilon),
+                        folded_kernel.reshape(-1, filters), folded_bias), {}
+
+
+def _fold_norm_replayed_as(kernel, *rest):
+    # A kernel that is not contiguous would reshape into a copy made now.
+    return _fold_norm_call(kernel, *rest) if kernel.flags.c_contiguous and rest[-2].flags.c_contiguous else None
+
+
+fold_norm.replayed_as = _fold_norm_replayed_as
 
 
 # One kernel for what were ten NumPy calls: a predict folds on every chunk (and a recorded
