@@ -298,3 +298,31 @@ def test_thread_counts_are_timed_from_the_count_replays_start_from():
     finally:
         numba.set_num_threads(before)
     assert chosen in (1, before) and set(program.started_from) == {before}
+
+
+def test_a_one_image_conv_replays_the_implicit_gemms_kernel_split_for_every_thread():
+    """The program calls the implicit GEMM's kernels, not their Python wrappers, a large
+    conv's image split in parts for all of Numba's threads though recorded on one: the
+    layers' bits whichever count it runs on. A non-contiguous operand keeps the wrapper
+    (the kernel would read a copy made at recording)."""
+    from nbnet.kernels import implicit_gemm
+
+    net = models.Sequential([layers.Conv2D(64, 3, padding="same", activation="tanh", input_shape=(14, 14, 32)),
+                             layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+                             layers.Dense(3)], seed=4)
+    x = np.random.default_rng(3).standard_normal((1, 14, 14, 32)).astype(np.float32)
+    for _ in range(2):
+        net.predict(x, verbose=0)
+    (program,) = programs(net)
+    names = [function.__name__ for function, _, _ in program.calls]
+    assert "_forward" in names and "implicit_conv_forward" not in names
+    parts = [args[-1] for function, args, _ in program.calls if function is implicit_gemm._forward]
+    assert parts[0] == max(1, numba.config.NUMBA_NUM_THREADS)  # 14x14x32 -> 64: 3.6M multiply-adds
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        program.threads = threads
+        y = np.random.default_rng(threads).standard_normal(x.shape).astype(np.float32)
+        np.testing.assert_array_equal(net.predict(y, verbose=0), layers_pass(net, y))
+    kernel = np.zeros((3, 3, 32, 64), np.float32)
+    z = np.empty((14 * 14, 64), np.float32)
+    assert implicit_gemm.implicit_conv_forward.replayed_as(x[:, :, ::-1], kernel, 1, 1, 1, 1, 14, 14, z) is None
+    assert implicit_gemm.implicit_conv_forward.replayed_as(x, kernel, 1, 1, 1, 1, 14, 14, z)[0] is implicit_gemm._forward

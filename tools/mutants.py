@@ -237,6 +237,11 @@ MUTANTS += [
       "    x = 9.0 if x > 9.0 else x\n    x = -9.0 if x < -9.0 else x\n",
       "    x = x if x < 9.0 else 9.0\n    x = x if x > -9.0 else -9.0\n",
       [LAYERS + "::test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does"]),
+    M("implicit_replay_splits_for_recording_threads", "a recorded one-image conv splits its image for the threads "
+      "it was recorded on (one), not for all of Numba's: no split when replayed on two", "kernels/implicit_gemm.py",
+      "                                   numba.config.NUMBA_NUM_THREADS)",
+      "                                   numba_thread_count())",
+      ["tests/test_inference_program.py::test_a_one_image_conv_replays_the_implicit_gemms_kernel_split_for_every_thread"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",
