@@ -222,6 +222,7 @@ POOL_CASES = [
     (3, 2, "same", (7, 8, 2)),
     (2, 1, "valid", (5, 6, 2)),
     ((2, 3), (1, 2), "same", (6, 7, 3)),
+    (2, None, "same", (6, 4, 3)),  # 2x2 windows tiling the image (the average pool's own loops)
 ]
 POOL_CLASSES = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}
 

@@ -242,6 +242,10 @@ MUTANTS += [
       "                                   numba.config.NUMBA_NUM_THREADS)",
       "                                   numba_thread_count())",
       ["tests/test_inference_program.py::test_a_one_image_conv_replays_the_implicit_gemms_kernel_split_for_every_thread"]),
+    M("avgpool_2x2_window_slip", "the 2x2 average pool's own loops sum a window's top-left value twice, its "
+      "top-right never", "kernels/pool.py",
+      "(((top[k] + top[k + channels]) + bottom[k])", "(((top[k] + top[k]) + bottom[k])",
+      [LAYERS + "::test_pool_forward_matches_reference"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",

@@ -70,6 +70,35 @@ def maxpool_backward(dy, argmax, dx):
     parallel_ranges(_maxpool_backward_range, dy.shape[0], (dy, argmax, dx))
 
 
+# 2x2 windows of stride 2 without padding (LeNet-5's) take loops of their own over each
+# pair of rows, unrolled over the window: the general loops ran 6 channels at 10 GB/s.
+# 1000 x 28x28x6, 2 cores, forward 2.38 -> 0.85 ms, backward 2.09 -> 0.88; 128 x 14x14x32
+# 0.096 -> 0.062 and 0.136 -> 0.105 (both forms vary up to 1.5x with where the arrays lie);
+# the same bits (the window summed in the same order). LeNet-5 (tools/ab_zoo.sh, three
+# rounds): b128 step 5.0 -> 4.55 ms, predict b1000 72-73k -> 80-83k images/s.
+@njit(inline="always")
+def _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, out_h, out_w, height, width):
+    """Whether every window is 2x2, stride 2, inside the image ('same' on an odd side has
+    a last window half outside)."""
+    return (ph == 2 and pw == 2 and sh == 2 and sw == 2 and pad_top == 0 and pad_left == 0
+            and 2 * out_h <= height and 2 * out_w <= width)
+
+
+@range_body
+def _avgpool_2x2_forward_range(begin, end, x, y):
+    channels = x.shape[3]
+    _, out_h, out_w, _ = y.shape
+    run = 2 * channels
+    quarter = x.dtype.type(0.25)
+    for n in range(begin, end):
+        for i in range(out_h):
+            top, bottom, out = x[n, 2 * i].reshape(-1), x[n, 2 * i + 1].reshape(-1), y[n, i].reshape(-1)
+            for j in range(out_w):
+                for c in range(channels):
+                    k = j * run + c  # (not 2 * j * channels: that form ran 1.5x slower)
+                    out[j * channels + c] = (((top[k] + top[k + channels]) + bottom[k]) + bottom[k + channels]) * quarter
+
+
 @range_body
 def _avgpool_forward_range(begin, end, x, ph, pw, sh, sw, pad_top, pad_left, y):
     batch, height, width, channels = x.shape
@@ -92,7 +121,31 @@ def _avgpool_forward_range(begin, end, x, ph, pw, sh, sw, pad_top, pad_left, y):
 
 @njit(cache=True)
 def avgpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y):
-    parallel_ranges(_avgpool_forward_range, x.shape[0], (x, ph, pw, sh, sw, pad_top, pad_left, y))
+    if _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, y.shape[1], y.shape[2], x.shape[1], x.shape[2]):
+        parallel_ranges(_avgpool_2x2_forward_range, x.shape[0], (x, y))
+    else:
+        parallel_ranges(_avgpool_forward_range, x.shape[0], (x, ph, pw, sh, sw, pad_top, pad_left, y))
+
+
+@range_body
+def _avgpool_2x2_backward_range(begin, end, dy, dx):
+    _, height, width, channels = dx.shape
+    _, out_h, out_w, _ = dy.shape
+    run = 2 * channels
+    quarter = dx.dtype.type(0.25)
+    for n in range(begin, end):
+        if 2 * out_h < height or 2 * out_w < width:
+            dx[n] = 0  # the last row or column, in no window
+        for i in range(out_h):
+            top, bottom, grad = dx[n, 2 * i].reshape(-1), dx[n, 2 * i + 1].reshape(-1), dy[n, i].reshape(-1)
+            for j in range(out_w):
+                for c in range(channels):
+                    k = j * run + c
+                    share = grad[j * channels + c] * quarter
+                    top[k] = share
+                    top[k + channels] = share
+                    bottom[k] = share
+                    bottom[k + channels] = share
 
 
 @range_body
@@ -114,7 +167,10 @@ def _avgpool_backward_range(begin, end, dy, ph, pw, sh, sw, pad_top, pad_left, d
 
 @njit(cache=True)
 def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
-    parallel_ranges(_avgpool_backward_range, dy.shape[0], (dy, ph, pw, sh, sw, pad_top, pad_left, dx))
+    if _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, dy.shape[1], dy.shape[2], dx.shape[1], dx.shape[2]):
+        parallel_ranges(_avgpool_2x2_backward_range, dy.shape[0], (dy, dx))
+    else:
+        parallel_ranges(_avgpool_backward_range, dy.shape[0], (dy, ph, pw, sh, sw, pad_top, pad_left, dx))
 
 
 # A Conv2D whose activation is ReLU or linear, followed by a max pool whose windows tile
