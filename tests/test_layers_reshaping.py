@@ -36,6 +36,25 @@ def test_global_average_pooling():
     assert kept.compute_output_shape((5, 4, 6)) == (1, 1, 6) and kept.forward(x).shape == (3, 1, 1, 6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_average_pooling_kernels_give_the_average_pools_bits(dtype):
+    """GlobalAveragePooling2D's own kernels and the average pool's over one window of the
+    whole image (which it took before, and takes on the GPU): the same bits."""
+    from nbnet.kernels.pool import avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((5, 7, 3, 9)) * 10).astype(dtype)
+    y, window = np.empty((5, 9), dtype), np.full((5, 1, 1, 9), np.nan, dtype)
+    global_avgpool_forward(x, y)
+    avgpool_forward(x, 7, 3, 1, 1, 0, 0, window)
+    np.testing.assert_array_equal(y, window.reshape(5, 9))
+    dy = rng.standard_normal((5, 9)).astype(dtype)
+    dx, spread = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    global_avgpool_backward(dy, dx)
+    avgpool_backward(dy.reshape(5, 1, 1, 9), 7, 3, 1, 1, 0, 0, spread)
+    np.testing.assert_array_equal(dx, spread)
+
+
 def test_global_max_pooling_routes_the_gradient_to_each_maximum():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)

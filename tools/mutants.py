@@ -246,6 +246,10 @@ MUTANTS += [
       "top-right never", "kernels/pool.py",
       "(((top[k] + top[k + channels]) + bottom[k])", "(((top[k] + top[k]) + bottom[k])",
       [LAYERS + "::test_pool_forward_matches_reference"]),
+    M("global_avgpool_backward_undivided", "GlobalAveragePooling2D's backward spreads the gradient undivided by the "
+      "pixels", "kernels/pool.py",
+      "                    dx[n, r, s, c] = dy[n, c] * inverse", "                    dx[n, r, s, c] = dy[n, c]",
+      ["tests/test_layers_reshaping.py::test_global_average_pooling"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",

@@ -33,7 +33,8 @@ from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_fo
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: F401
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
-                            maxpool_activation_backward, maxpool_forward)
+                            global_avgpool_backward, global_avgpool_forward, maxpool_activation_backward,
+                            maxpool_forward)
 from ..kernels.rescaling import scale_shift  # noqa: F401
 from ..kernels.training import add_into, check_finite, count_correct, fill_zero, gather_rows  # noqa: F401
 from ..kernels.upsampling import upsample_backward, upsample_forward  # noqa: F401

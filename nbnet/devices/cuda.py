@@ -51,6 +51,8 @@ merge_add_activation = activation_gradient_copies = None
 batchnorm_pool_train_forward = batchnorm_pool_infer = batchnorm_pool_backward = batchnorm_pool_infer_backward = None
 dense_forward = None  # Dense runs its matmul, then bias_activation_forward
 fold_norm = None  # BatchNormalization folds into the layer before it on the CPU only (KernelMixin.forward_folded)
+# GlobalAveragePooling2D takes the average pool's kernels on the GPU (one window, the image).
+global_avgpool_forward = global_avgpool_backward = None
 _nothing = {}
 
 

@@ -156,7 +156,10 @@ class _GlobalPooling2D(Layer):
 class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, x, training=False):
         y, window = self._pooled(x)
-        self.ops.avgpool_forward(x, *window, y)
+        if self.ops.global_avgpool_forward is not None:
+            self.ops.global_avgpool_forward(x, y.reshape(x.shape[0], x.shape[3]))
+        else:
+            self.ops.avgpool_forward(x, *window, y)
         self._x_shape, self._window_used = x.shape, window
         return self._out(y)
 
@@ -164,7 +167,10 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", self._x_shape, dy.dtype)
-        self.ops.avgpool_backward(dy.reshape(dy.shape[0], 1, 1, self._x_shape[3]), *self._window_used, dx)
+        if self.ops.global_avgpool_backward is not None:
+            self.ops.global_avgpool_backward(dy.reshape(dy.shape[0], self._x_shape[3]), dx)
+        else:
+            self.ops.avgpool_backward(dy.reshape(dy.shape[0], 1, 1, self._x_shape[3]), *self._window_used, dx)
         return dx
 
 
