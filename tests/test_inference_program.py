@@ -326,3 +326,27 @@ def test_a_one_image_conv_replays_the_implicit_gemms_kernel_split_for_every_thre
     z = np.empty((14 * 14, 64), np.float32)
     assert implicit_gemm.implicit_conv_forward.replayed_as(x[:, :, ::-1], kernel, 1, 1, 1, 1, 14, 14, z) is None
     assert implicit_gemm.implicit_conv_forward.replayed_as(x, kernel, 1, 1, 1, 1, 14, 14, z)[0] is implicit_gemm._forward
+
+
+def test_a_batch_normalization_of_its_own_makes_its_scale_again_on_each_replay():
+    """A norm that is not folded (after a pool) replays as two kernels, its scale made from
+    the moving variance of then: training after the recording reaches its predicts."""
+    def net_with_norm():
+        net = models.Sequential([
+            layers.Conv2D(4, 3, activation="relu", input_shape=(10, 10, 1)), layers.MaxPooling2D(2),
+            layers.BatchNormalization(), layers.Flatten(), layers.Dense(3)], seed=3)
+        net.compile(optimizer="adam", loss="mse")
+        return net
+
+    net, twin = net_with_norm(), net_with_norm()
+    x = np.random.default_rng(1).standard_normal((1, 10, 10, 1)).astype(np.float32)
+    for _ in range(2):
+        net.predict(x, verbose=0)
+    (program,) = programs(net)
+    names = [function.__name__ for function, _, _ in program.calls]
+    assert "moving_scale_into" in names and "batchnorm_infer" not in names
+    batch = np.random.default_rng(2).standard_normal((16, 10, 10, 1)).astype(np.float32) * 3 + 1
+    net.fit(batch, np.ones((16, 3), np.float32), epochs=3, batch_size=8, verbose=0)
+    twin.set_weights(net.get_weights())
+    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
+    assert programs(net) == [program]

@@ -250,6 +250,11 @@ MUTANTS += [
       "pixels", "kernels/pool.py",
       "                    dx[n, r, s, c] = dy[n, c] * inverse", "                    dx[n, r, s, c] = dy[n, c]",
       ["tests/test_layers_reshaping.py::test_global_average_pooling"]),
+    M("moving_scale_without_epsilon", "BatchNormalization's inference scale made without epsilon (gamma / "
+      "sqrt(moving_variance))", "kernels/normalization.py",
+      "scale[c] = np.float64(gamma[c]) / np.sqrt(np.float64(moving_variance[c]) + epsilon)",
+      "scale[c] = np.float64(gamma[c]) / np.sqrt(np.float64(moving_variance[c]))",
+      [LAYERS + "::test_batchnorm_inference_uses_moving_statistics"]),
     M("winograd_output_transform_sign", "Winograd A^T m A: the bottom-right output with a sign slip",
       "kernels/winograd.py",
       "a1 + b1 + c1, b1 - c1 - d1\n", "a1 + b1 + c1, b1 - c1 + d1\n",

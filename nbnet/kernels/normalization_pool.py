@@ -27,7 +27,8 @@ from numba import njit
 
 from .activations import RELU
 from .parallel import parallel_ranges, range_body
-from .normalization import _parameter_gradients, _partials, batch_statistics, input_gradient_terms, moving_scale
+from .normalization import (_parameter_gradients, _partials, batch_statistics, input_gradient_terms, moving_scale,
+                            moving_scale_into)
 from .pool import max_of_window
 
 
@@ -154,8 +155,19 @@ def batchnorm_pool_train_forward(x, gamma, beta, epsilon, code, y, argmax, mean_
 
 def batchnorm_pool_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code, y, argmax):
     """normalization.batchnorm_infer with the max pool after it (see above)."""
-    scale = moving_scale(gamma, moving_variance, epsilon).astype(x.dtype)
-    _affine_maxpool(x, moving_mean, scale, beta, code == RELU, y, argmax)
+    for function, args, _ in _batchnorm_pool_infer_calls(x, gamma, beta, moving_mean, moving_variance, epsilon, code,
+                                                         y, argmax):
+        function(*args)
+
+
+def _batchnorm_pool_infer_calls(x, gamma, beta, moving_mean, moving_variance, epsilon, code, y, argmax):
+    """The kernel calls batchnorm_pool_infer makes (see normalization._batchnorm_infer_calls)."""
+    scale = np.empty(gamma.shape, x.dtype)
+    return [(moving_scale_into, (gamma, moving_variance, float(epsilon), scale), {}),
+            (_affine_maxpool, (x, moving_mean, scale, beta, code == RELU, y, argmax), {})]
+
+
+batchnorm_pool_infer.replayed_as = _batchnorm_pool_infer_calls
 
 
 def batchnorm_pool_backward(dy, argmax, code, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx):
