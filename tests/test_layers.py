@@ -541,6 +541,20 @@ def test_pool_gradients(kind, case):
     assert_gradients(layer, x, limit=10**6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_average_pool_of_2x2_windows_takes_strided_views(dtype):
+    """The 2x2 average pool's own loops read rows flat: a transposed input and a reversed
+    gradient give what their contiguous copies give."""
+    layer = build(layers.AveragePooling2D(2), (6, 4, 3), dtype=dtype)
+    layer.needs_input_grad = True
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 3)).astype(dtype).transpose(0, 2, 1, 3)
+    expected = ref_pool("avg", np.ascontiguousarray(x), layer)
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-6)
+    dy = np.random.default_rng(2).standard_normal((2, 3, 2, 3)).astype(dtype)[:, ::-1]
+    strided = layer.backward(dy).copy()
+    np.testing.assert_array_equal(strided, layer.backward(np.ascontiguousarray(dy)))
+
+
 def test_pool_defaults_strides_to_pool_size():
     layer = layers.MaxPooling2D(3)
     assert layer.strides == (3, 3)

@@ -122,7 +122,8 @@ def _avgpool_forward_range(begin, end, x, ph, pw, sh, sw, pad_top, pad_left, y):
 @njit(cache=True)
 def avgpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, y):
     if _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, y.shape[1], y.shape[2], x.shape[1], x.shape[2]):
-        parallel_ranges(_avgpool_2x2_forward_range, x.shape[0], (x, y))
+        # Its rows are read flat: a strided view of an input is copied first.
+        parallel_ranges(_avgpool_2x2_forward_range, x.shape[0], (np.ascontiguousarray(x), y))
     else:
         parallel_ranges(_avgpool_forward_range, x.shape[0], (x, ph, pw, sh, sw, pad_top, pad_left, y))
 
@@ -168,7 +169,7 @@ def _avgpool_backward_range(begin, end, dy, ph, pw, sh, sw, pad_top, pad_left, d
 @njit(cache=True)
 def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
     if _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, dy.shape[1], dy.shape[2], dx.shape[1], dx.shape[2]):
-        parallel_ranges(_avgpool_2x2_backward_range, dy.shape[0], (dy, dx))
+        parallel_ranges(_avgpool_2x2_backward_range, dy.shape[0], (np.ascontiguousarray(dy), dx))
     else:
         parallel_ranges(_avgpool_backward_range, dy.shape[0], (dy, ph, pw, sh, sw, pad_top, pad_left, dx))
 
