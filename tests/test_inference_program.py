@@ -201,27 +201,35 @@ def test_the_program_runs_on_the_thread_count_it_measured_faster_with_the_same_b
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_a_folded_batch_normalization_folds_again_on_each_replay():
-    """A norm folded into the conv before it (KernelMixin.forward_folded): the program folds
-    through the device module, so training after the recording reaches its predicts."""
-    def folded_net():
-        net = models.Sequential([
-            layers.Conv2D(4, 3, padding="same", use_bias=False, input_shape=(12, 12, 1)),
-            layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(), layers.Dense(3)], seed=2)
+def assert_training_reaches_the_replay(make_layers, kernel_name, shift=0.0):
+    """A one-image program recorded for the net of ``make_layers()``, calling
+    ``kernel_name``: after training, its predicts are the layers' pass with the new weights
+    (a twin's)."""
+    def net_of():
+        net = models.Sequential(make_layers(), seed=2)
         net.compile(optimizer="adam", loss="mse")
         return net
 
-    net, twin = folded_net(), folded_net()
-    x = np.random.default_rng(1).standard_normal((1, 12, 12, 1)).astype(np.float32)
+    net, twin = net_of(), net_of()
+    x = np.random.default_rng(1).standard_normal((1,) + net.input_shape[1:]).astype(np.float32)
     for _ in range(2):
         net.predict(x, verbose=0)
     (program,) = programs(net)
-    assert "_fold_rows" in [function.__name__ for function, _, _ in program.calls]  # fold_norm's kernel
-    batch = np.random.default_rng(2).standard_normal((16, 12, 12, 1)).astype(np.float32)
+    assert kernel_name in [function.__name__ for function, _, _ in program.calls]
+    batch = np.random.default_rng(2).standard_normal((16,) + x.shape[1:]).astype(np.float32) * 3 + shift
     net.fit(batch, np.ones((16, 3), np.float32), epochs=3, batch_size=8, verbose=0)
     twin.set_weights(net.get_weights())
     np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
     assert programs(net) == [program]
+
+
+def test_a_folded_batch_normalization_folds_again_on_each_replay():
+    """A norm folded into the conv before it (KernelMixin.forward_folded): the program folds
+    through the device module (fold_norm's kernel), so training after the recording
+    reaches its predicts."""
+    assert_training_reaches_the_replay(lambda: [
+        layers.Conv2D(4, 3, padding="same", use_bias=False, input_shape=(12, 12, 1)),
+        layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(), layers.Dense(3)], "_fold_rows")
 
 
 @pytest.mark.parametrize("name", functional_architectures.NAMES + ("two_heads",))
@@ -331,22 +339,6 @@ def test_a_one_image_conv_replays_the_implicit_gemms_kernel_split_for_every_thre
 def test_a_batch_normalization_of_its_own_makes_its_scale_again_on_each_replay():
     """A norm that is not folded (after a pool) replays as two kernels, its scale made from
     the moving variance of then: training after the recording reaches its predicts."""
-    def net_with_norm():
-        net = models.Sequential([
-            layers.Conv2D(4, 3, activation="relu", input_shape=(10, 10, 1)), layers.MaxPooling2D(2),
-            layers.BatchNormalization(), layers.Flatten(), layers.Dense(3)], seed=3)
-        net.compile(optimizer="adam", loss="mse")
-        return net
-
-    net, twin = net_with_norm(), net_with_norm()
-    x = np.random.default_rng(1).standard_normal((1, 10, 10, 1)).astype(np.float32)
-    for _ in range(2):
-        net.predict(x, verbose=0)
-    (program,) = programs(net)
-    names = [function.__name__ for function, _, _ in program.calls]
-    assert "moving_scale_into" in names and "batchnorm_infer" not in names
-    batch = np.random.default_rng(2).standard_normal((16, 10, 10, 1)).astype(np.float32) * 3 + 1
-    net.fit(batch, np.ones((16, 3), np.float32), epochs=3, batch_size=8, verbose=0)
-    twin.set_weights(net.get_weights())
-    np.testing.assert_array_equal(net.predict(x, verbose=0), layers_pass(twin, x))
-    assert programs(net) == [program]
+    assert_training_reaches_the_replay(lambda: [
+        layers.Conv2D(4, 3, activation="relu", input_shape=(10, 10, 1)), layers.MaxPooling2D(2),
+        layers.BatchNormalization(), layers.Flatten(), layers.Dense(3)], "moving_scale_into", shift=1.0)
