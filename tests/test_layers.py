@@ -653,6 +653,25 @@ def test_batchnorm_inference_uses_moving_statistics():
     assert_gradients(layer, x, training=False)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moving_scale_kernel_gives_numpys_bits(dtype):
+    """The inference scale a replayed norm makes (moving_scale_into) and NumPy's
+    (moving_scale, which the frozen norm's backward takes): the same bits, a zero variance
+    with epsilon 0 inf in both, not an error."""
+    from nbnet.kernels.normalization import moving_scale, moving_scale_into
+
+    rng = np.random.default_rng(4)
+    gamma = (rng.standard_normal(500) * 3).astype(dtype)
+    variance = (rng.uniform(0, 5, 500) ** 3).astype(dtype)
+    variance[:5], variance[5:10] = 0.0, 1e-30
+    for epsilon in (1e-3, 0.0):
+        scale = np.empty(500, dtype)
+        moving_scale_into(gamma, variance, epsilon, scale)
+        with np.errstate(divide="ignore"):
+            np.testing.assert_array_equal(scale, moving_scale(gamma, variance, epsilon).astype(dtype))
+    assert np.isinf(scale[:5]).all()
+
+
 def test_frozen_batchnorm_runs_in_inference_mode_in_training_too():
     """As Keras 3 (checked with keras 3.15 on torch: a BatchNormalization(trainable=False)
     called with training=True gives its inference output, and fit leaves its moving mean

@@ -157,7 +157,7 @@ def batchnorm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon, code,
 def _batchnorm_infer_calls(x, gamma, beta, moving_mean, moving_variance, epsilon, code, alpha, y):
     """The kernel calls batchnorm_infer makes, the scale into a buffer of their own (a
     recorded inference program makes them directly, the scale made again from the weights
-    on each run: a one-image predict's norm 13.5 -> 7 us, see inference_program)."""
+    on each run: a one-image predict's norm 13.5 -> 8 us, see inference_program)."""
     scale = np.empty(gamma.shape, x.dtype)
     return [(moving_scale_into, (gamma, moving_variance, float(epsilon), scale), {}),
             (_affine_blocks, (x, moving_mean, scale, beta, code, alpha, y), {})]
@@ -166,10 +166,11 @@ def _batchnorm_infer_calls(x, gamma, beta, moving_mean, moving_variance, epsilon
 batchnorm_infer.replayed_as = _batchnorm_infer_calls
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def moving_scale_into(gamma, moving_variance, epsilon, scale):
-    """scale = moving_scale(...) in scale's type: the same float64 operations, one kernel
-    where NumPy made four arrays."""
+    """scale = moving_scale(...) in scale's type: the same float64 operations (a zero
+    variance with epsilon 0 gives inf, as NumPy's, not an exception), one kernel where
+    NumPy made four arrays."""
     for c in range(scale.shape[0]):
         scale[c] = np.float64(gamma[c]) / np.sqrt(np.float64(moving_variance[c]) + epsilon)
 
@@ -191,9 +192,13 @@ def _fold_norm_call(kernel, bias, gamma, beta, moving_mean, moving_variance, eps
                         folded_kernel.reshape(-1, filters), folded_bias), {}
 
 
-def _fold_norm_replayed_as(kernel, *rest):
+def _fold_norm_replayed_as(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel,
+                           folded_bias):
     # A kernel that is not contiguous would reshape into a copy made now.
-    return _fold_norm_call(kernel, *rest) if kernel.flags.c_contiguous and rest[-2].flags.c_contiguous else None
+    if not (kernel.flags.c_contiguous and folded_kernel.flags.c_contiguous):
+        return None
+    return _fold_norm_call(kernel, bias, gamma, beta, moving_mean, moving_variance, epsilon, folded_kernel,
+                           folded_bias)
 
 
 fold_norm.replayed_as = _fold_norm_replayed_as

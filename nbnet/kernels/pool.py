@@ -75,7 +75,10 @@ def maxpool_backward(dy, argmax, dx):
 # 1000 x 28x28x6, 2 cores, forward 2.38 -> 0.85 ms, backward 2.09 -> 0.88; 128 x 14x14x32
 # 0.096 -> 0.062 and 0.136 -> 0.105 (both forms vary up to 1.5x with where the arrays lie);
 # the same bits (the window summed in the same order). LeNet-5 (tools/ab_zoo.sh, three
-# rounds): b128 step 5.0 -> 4.55 ms, predict b1000 72-73k -> 80-83k images/s.
+# rounds): b128 step 5.0 -> 4.55 ms, predict b1000 72-73k -> 80-83k images/s. Their cost:
+# a model with an average pool compiles 0.75 s more (first calls on an empty cache,
+# forward 0.64 -> 1.09 s, backward 0.38 -> 0.71; the same with the loops inside the
+# general bodies instead of bodies of their own).
 @njit(inline="always")
 def _tiles_2x2(ph, pw, sh, sw, pad_top, pad_left, out_h, out_w, height, width):
     """Whether every window is 2x2, stride 2, inside the image ('same' on an odd side has
@@ -176,8 +179,9 @@ def avgpool_backward(dy, ph, pw, sh, sw, pad_top, pad_left, dx):
 
 # GlobalAveragePooling2D's mean over each image: kernels of their own, so that a model with
 # one and no AveragePooling2D compiles none of the windows' loops (avgpool_forward and
-# avgpool_backward with their 2x2 loops: 1.0 s of a cold start, these two 0.3). The same
-# sums in the same order as avgpool_forward's over one window of the whole image.
+# avgpool_backward with their 2x2 loops: 1.55-1.65 s of LeNet-5's compile in one process,
+# these two 0.42-0.50 of the BatchNormalization CIFAR CNN's). The same sums in the same
+# order as avgpool_forward's over one window of the whole image.
 @range_body
 def _global_avgpool_forward_range(begin, end, x, y):
     _, height, width, channels = x.shape
