@@ -3,6 +3,7 @@ nbnet's own ONNX export), in one run. Prints one JSON object.
 
     python tools/bench_zoo.py --torch-python /work/bench-venv/bin/python     # all architectures
     python tools/bench_zoo.py --only lenet5,mlp --steps 10                   # a few, quickly
+    python tools/bench_zoo.py --set holdout --torch-python ...               # the untuned second set
 
 Each architecture is written once as a list of layer specs (``ARCHITECTURES``) that both
 builders read: ``nbnet_model`` (a Keras-style functional model) and ``torch_model`` (an
@@ -97,6 +98,55 @@ ARCHITECTURES = {
                             ("dense", 128, "tanh"), ("dropout", 0.3), ("dense", 10, None)]),
 }
 
+# A second set, timed with --set holdout and never tuned against: networks of the same
+# kinds as the zoo's, as public scripts write them, to show whether the zoo's speed is
+# general (even kernels, depthwise convs, ELU/SELU, BatchNormalization in an MLP, LeNet on
+# colour images, a residual CIFAR net with a strided conv).
+HOLDOUT = {
+    # Caffe's LeNet: 5x5 valid convs of 20 and 50 filters, a dense layer of 500.
+    "caffe_lenet": ((28, 28, 1), [("conv", 20, 5, 1, "valid", "relu"), ("maxpool", 2),
+                                  ("conv", 50, 5, 1, "valid", "relu"), ("maxpool", 2), ("flatten",),
+                                  ("dense", 500, "relu"), ("dense", 10, None)]),
+    # The TensorFlow blog's Fashion-MNIST CNN: 2x2 kernels.
+    "fashion_2x2": ((28, 28, 1), [("conv", 64, 2, 1, "same", "relu"), ("maxpool", 2), ("dropout", 0.3),
+                                  ("conv", 32, 2, 1, "same", "relu"), ("maxpool", 2), ("dropout", 0.3),
+                                  ("flatten",), ("dense", 256, "relu"), ("dropout", 0.5), ("dense", 10, None)]),
+    # A DCGAN-style discriminator: 4x4 kernels of stride 2, leaky relu, BatchNormalization.
+    "dcgan_disc": ((28, 28, 1), [("conv", 64, 4, 2, "same", "leaky_relu"), ("conv", 128, 4, 2, "same", None),
+                                 ("bn",), ("act", "leaky_relu"), ("flatten",), ("dense", 10, None)]),
+    # MobileNet-style depthwise separable blocks on colour images.
+    "mobilenet_tiny": ((32, 32, 3), [("conv", 32, 3, 2, "same", None), ("bn",), ("act", "relu"),
+                                     ("dwconv", 3, 1, "same"), ("bn",), ("act", "relu"),
+                                     ("conv", 64, 1, 1, "valid", None), ("bn",), ("act", "relu"),
+                                     ("dwconv", 3, 2, "same"), ("bn",), ("act", "relu"),
+                                     ("conv", 128, 1, 1, "valid", None), ("bn",), ("act", "relu"),
+                                     ("gap",), ("dense", 10, None)]),
+    # LeCun's 784-300-100-10 with sigmoids.
+    "sigmoid_mlp": ((28, 28, 1), [("flatten",), ("dense", 300, "sigmoid"), ("dense", 100, "sigmoid"),
+                                  ("dense", 10, None)]),
+    "bn_mlp": ((28, 28, 1), [("flatten",), ("dense", 256, None), ("bn",), ("act", "relu"), ("dense", 256, None),
+                             ("bn",), ("act", "relu"), ("dense", 10, None)]),
+    # PyTorch's CIFAR tutorial net.
+    "cifar_lenet": ((32, 32, 3), [("conv", 6, 5, 1, "valid", "relu"), ("maxpool", 2),
+                                  ("conv", 16, 5, 1, "valid", "relu"), ("maxpool", 2), ("flatten",),
+                                  ("dense", 120, "relu"), ("dense", 84, "relu"), ("dense", 10, None)]),
+    "resnet_cifar": ((32, 32, 3), [("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                   ("residual", [("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                                 ("conv", 32, 3, 1, "same", None), ("bn",)]),
+                                   ("conv", 64, 3, 2, "same", "relu"),
+                                   ("residual", [("conv", 64, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                                 ("conv", 64, 3, 1, "same", None), ("bn",)]),
+                                   ("gap",), ("dense", 10, None)]),
+    "elu_cnn": ((28, 28, 1), [("conv", 32, 3, 1, "same", "elu"), ("conv", 32, 3, 1, "same", "elu"), ("maxpool", 2),
+                              ("conv", 64, 3, 1, "valid", "selu"), ("maxpool", 2), ("flatten",),
+                              ("dense", 128, "elu"), ("dense", 10, None)]),
+    # One wide first conv on a one-channel image, then global pooling.
+    "wide_first": ((28, 28, 1), [("conv", 128, 3, 1, "same", "relu"), ("maxpool", 2),
+                                 ("conv", 64, 3, 1, "same", "relu"), ("gap",), ("dense", 10, None)]),
+}
+ZOO = list(ARCHITECTURES)
+ARCHITECTURES.update(HOLDOUT)
+
 
 # -- FLOPs ------------------------------------------------------------------------------------
 def forward_flops(input_shape, specs):
@@ -107,10 +157,13 @@ def forward_flops(input_shape, specs):
         kind = spec[0]
         if kind == "conv":
             _, filters, k, stride, padding, _ = spec
-            out_h = math.ceil(h / stride) if padding == "same" else (h - k) // stride + 1
-            out_w = math.ceil(w / stride) if padding == "same" else (w - k) // stride + 1
+            out_h, out_w = _conv_size(h, k, stride, padding), _conv_size(w, k, stride, padding)
             flops += 2 * out_h * out_w * k * k * c * filters
             h, w, c = out_h, out_w, filters
+        elif kind == "dwconv":
+            _, k, stride, padding = spec
+            h, w = _conv_size(h, k, stride, padding), _conv_size(w, k, stride, padding)
+            flops += 2 * h * w * k * k * c
         elif kind in ("maxpool", "avgpool"):
             h, w = h // spec[1], w // spec[1]
         elif kind == "gap":
@@ -123,6 +176,10 @@ def forward_flops(input_shape, specs):
         elif kind == "residual":
             flops += forward_flops((h, w, c), spec[1])
     return flops
+
+
+def _conv_size(size, k, stride, padding):
+    return math.ceil(size / stride) if padding == "same" else (size - k) // stride + 1
 
 
 # -- nbnet --------------------------------------------------------------------------------------
@@ -139,6 +196,10 @@ def nbnet_model(name):
                 _, filters, k, stride, padding, activation = spec
                 x = layers.Conv2D(filters, k, strides=stride, padding=padding, activation=activation,
                                   use_bias=activation is not None or not _followed_by_bn(spec_list, spec))(x)
+            elif kind == "dwconv":
+                _, k, stride, padding = spec
+                x = layers.DepthwiseConv2D(k, strides=stride, padding=padding,
+                                           use_bias=not _followed_by_bn(spec_list, spec))(x)
             elif kind == "bn":
                 x = layers.BatchNormalization()(x)
             elif kind == "act":
@@ -235,7 +296,17 @@ def torch_model(name):
     from torch import nn
 
     input_shape, specs = ARCHITECTURES[name]
-    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": lambda: nn.LeakyReLU(0.2),
+                   "elu": nn.ELU, "selu": nn.SELU}
+
+    def same_padding(modules, size, k, stride):
+        """Keras's 'same' padding for a conv over ``size`` pixels: symmetric where it can
+        be (returned, for the conv), else a ZeroPad2d (more below and right) appended."""
+        total = max((_conv_size(size, k, stride, "same") - 1) * stride + k - size, 0)
+        if total % 2 == 0:
+            return total // 2
+        modules.append(nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2)))
+        return 0
 
     class Residual(nn.Module):
         def __init__(self, body):
@@ -252,14 +323,17 @@ def torch_model(name):
             kind = spec[0]
             if kind == "conv":
                 _, filters, k, stride, padding, activation = spec
-                pad = (k - 1) // 2 if padding == "same" else 0  # odd kernels: symmetric 'same'
+                pad = same_padding(modules, h, k, stride) if padding == "same" else 0  # square inputs
                 modules.append(nn.Conv2d(c, filters, k, stride, pad,
                                          bias=activation is not None or not _followed_by_bn(spec_list, spec)))
-                h = math.ceil(h / stride) if padding == "same" else (h - k) // stride + 1
-                w = math.ceil(w / stride) if padding == "same" else (w - k) // stride + 1
-                c = filters
+                h, w, c = _conv_size(h, k, stride, padding), _conv_size(w, k, stride, padding), filters
                 if activation:
                     modules.append(activations[activation]())
+            elif kind == "dwconv":
+                _, k, stride, padding = spec
+                pad = same_padding(modules, h, k, stride) if padding == "same" else 0
+                modules.append(nn.Conv2d(c, c, k, stride, pad, groups=c, bias=not _followed_by_bn(spec_list, spec)))
+                h, w = _conv_size(h, k, stride, padding), _conv_size(w, k, stride, padding)
             elif kind == "bn":
                 modules.append(nn.BatchNorm2d(c) if h * w > 1 else nn.BatchNorm1d(c))
             elif kind == "act":
@@ -353,12 +427,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per batch size")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--only", default=",".join(ARCHITECTURES), help="comma-separated architecture names")
+    parser.add_argument("--set", choices=("zoo", "holdout", "all"), default="zoo",
+                        help="the architectures timed when --only is not given: the zoo, the holdout set, or both")
+    parser.add_argument("--only", help="comma-separated architecture names")
     parser.add_argument("--torch-python", help="python of a virtualenv with torch installed")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each worker, taking turns; medians reported")
     parser.add_argument("--nbnet-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only is None:
+        args.only = ",".join({"zoo": ZOO, "holdout": list(HOLDOUT), "all": list(ARCHITECTURES)}[args.set])
     unknown = [name for name in args.only.split(",") if name not in ARCHITECTURES]
     if unknown:
         raise SystemExit(f"unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
