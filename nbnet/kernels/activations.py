@@ -6,8 +6,9 @@ forward pass needs to keep only one array per layer.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from . import REDUCTION_CHUNKS
 from .parallel import parallel_ranges, range_body
@@ -60,6 +61,74 @@ def exponential_unit(value, alpha, scale):
     return scale * x if x > 0.0 else scale * alpha * np.expm1(x)
 
 
+@intrinsic
+def _bits_of(typingctx, value):
+    """A float64's bits as an int64 (a bitcast: LLVM vectorises it, as it cannot a libm call)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _float_of(typingctx, bits):
+    """The float64 whose bits are the int64 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+# expm1(x) = 2^n (expm1(r) + 1) - 1 with x = n ln2 + r, |r| <= ln2 / 2; expm1(r) by its
+# Taylor series to r^10 (relative error under 3e-12 on that range: float32 results round
+# as from libm's, but for ties). n comes from the rounding of x / ln2 + 1.5 * 2^52, whose
+# low bits then hold it, and 2^n from its exponent bits: no float-to-int conversion (of
+# a NaN, undefined in LLVM) and no call, so a loop of it vectorises.
+_ROUNDING_SHIFT = 6755399441055744.0  # 1.5 * 2^52
+_LN2_HIGH, _LN2_LOW = 0.6931471803691238, 1.9082149292705877e-10  # high part exact in 32 bits
+_EXPM1_TERMS = tuple(1.0 / np.prod(np.arange(1.0, k + 1)) for k in range(10, 1, -1))  # 1/10! .. 1/2!
+
+
+@njit(inline="always")
+def expm1_below_zero(value):
+    """exp(value) - 1 for value <= 0 (or NaN, which it returns) in float64, within 3e-12
+    relative: -1 below -60 (where it is so in float64), 0 above 0."""
+    x = np.float64(value)
+    x = -60.0 if x < -60.0 else x
+    x = 0.0 if x > 0.0 else x  # (a vectorised loop computes it for every value, positive too)
+    shifted = x * 1.4426950408889634 + _ROUNDING_SHIFT
+    n = shifted - _ROUNDING_SHIFT
+    r = (x - n * _LN2_HIGH) - n * _LN2_LOW
+    t10, t9, t8, t7, t6, t5, t4, t3, t2 = _EXPM1_TERMS
+    series = ((((((((((t10 * r + t9) * r + t8) * r + t7) * r + t6) * r + t5) * r + t4) * r + t3) * r + t2) * r
+               + 1.0) * r)
+    power = _float_of((_bits_of(shifted) - _bits_of(_ROUNDING_SHIFT) + 1023) << 52)  # 2^n
+    return power * series + (power - 1.0)
+
+
+def exponential_units(values, alpha, scale):
+    """values = exponential_unit(values), in place: for float32 in one loop of
+    expm1_below_zero, which vectorises (libm's expm1, a call per value, took 2.7 ns a value
+    on two cores: ELU's bias + activation pass 20 of a 70 ms training step); float64 (the
+    gradient checks) keeps libm's. Chosen by the array's type when a kernel is compiled."""
+    raise NotImplementedError("exponential_units runs inside Numba kernels only")
+
+
+@njit(inline="always")
+def _fast_exponential_unit(value, alpha, scale):
+    x = np.float64(value)
+    return scale * x if x > 0.0 else scale * alpha * expm1_below_zero(x)
+
+
+@overload(exponential_units, inline="always")
+def _exponential_units_for(values, alpha, scale):
+    unit = exponential_unit if values.dtype == types.float64 else _fast_exponential_unit
+
+    def loop(values, alpha, scale):
+        dtype = values.dtype.type
+        for k in range(values.shape[0]):
+            values[k] = dtype(unit(values[k], alpha, scale))
+    return loop
+
+
 @njit(inline="always")
 def softplus(value):
     """log(1 + exp(value)) without overflow: max(x, 0) + log1p(exp(-|x|)), in float64."""
@@ -76,8 +145,7 @@ def activate(code, alpha, values):
     if code == ELU or code == SELU:
         unit_alpha = np.float64(alpha) if code == ELU else SELU_ALPHA
         unit_scale = 1.0 if code == ELU else SELU_SCALE
-        for k in range(values.shape[0]):
-            values[k] = dtype(exponential_unit(values[k], unit_alpha, unit_scale))
+        exponential_units(values, unit_alpha, unit_scale)
     elif code == SOFTPLUS:
         for k in range(values.shape[0]):
             values[k] = dtype(softplus(values[k]))
@@ -338,7 +406,8 @@ def _activation_backward_chunks(y, dy, code, alpha, dz, partial, sums):
 def _other_activation_backward_chunks_range(begin, end, y, dy, code, alpha, dz, partial, sums):
     rows, channels = y.shape
     chunks = partial.shape[0]
-    zero = y.dtype.type(0.0)
+    dtype = y.dtype.type
+    zero, one = dtype(0.0), dtype(1.0)
     for chunk in range(begin, end):
         for i in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             if code == SOFTMAX:
@@ -347,6 +416,13 @@ def _other_activation_backward_chunks_range(begin, end, y, dy, code, alpha, dz, 
                     dot += dy[i, k] * y[i, k]
                 for k in range(channels):
                     dz[i, k] = y[i, k] * (dy[i, k] - dot)
+            elif code == ELU or code == SELU:
+                # The code tested outside the loop, which then vectorises (with
+                # gradient_from_output inside, 14.5 of an ELU CNN's 70 ms training step).
+                above = one if code == ELU else dtype(SELU_SCALE)
+                below = dtype(alpha) if code == ELU else dtype(SELU_SCALE * SELU_ALPHA)
+                for k in range(channels):
+                    dz[i, k] = dy[i, k] * above if y[i, k] > zero else dy[i, k] * (y[i, k] + below)
             else:
                 for k in range(channels):
                     dz[i, k] = gradient_from_output(code, alpha, y[i, k], dy[i, k], zero)
