@@ -357,34 +357,40 @@ def test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does(activation):
     np.testing.assert_allclose(y[0, 1:], expected[0, 1:], rtol=2e-7, atol=2e-8)
 
 
-@pytest.mark.parametrize("activation", ["elu", "selu"])
-def test_float32_exponential_units_round_as_libm_expm1_does(activation):
-    """The float32 ELU and SELU (expm1 by a series the loop vectorises, not libm's call)
-    give the float32 rounding of the float64 libm formula on a sweep of every scale below
-    zero, NaN for NaN, -alpha (SELU: its scale times alpha) far below zero; and their
-    gradients from the output, computed with the code tested outside the loop, match the
-    formula's."""
-    from nbnet.kernels.activations import ELU, SELU, SELU_ALPHA, SELU_SCALE, activation_backward, \
+@pytest.mark.parametrize("activation", ["elu", "selu", "softplus"])
+def test_float32_exponential_activations_round_as_libm_does(activation):
+    """The float32 ELU, SELU and softplus (exp, expm1 and log1p by series the loop
+    vectorises, not libm's calls) give the float32 rounding of the float64 libm formula on
+    a sweep of every scale on both sides of zero, NaN for NaN; and their gradients from
+    the output, computed with the code tested outside the loop, match the formula's."""
+    from nbnet.kernels.activations import ELU, SELU, SELU_ALPHA, SELU_SCALE, SOFTPLUS, activation_backward, \
         bias_activation_forward
 
-    code, alpha = (ELU, 0.7) if activation == "elu" else (SELU, 0.0)
+    code, alpha = {"elu": (ELU, 0.7), "selu": (SELU, 0.0), "softplus": (SOFTPLUS, 0.0)}[activation]
     unit_alpha, scale = (0.7, 1.0) if activation == "elu" else (SELU_ALPHA, SELU_SCALE)
     rng = np.random.default_rng(5)
-    sweep = np.concatenate([-np.logspace(-40, 2.5, 4001), rng.standard_normal(4000) * 8,
-                            [0.0, -0.0, -np.inf, np.inf, 1e-30, -1e-45, -87.0, -104.0, -1000.0]])
+    sweep = np.concatenate([-np.logspace(-40, 2.5, 4001), np.logspace(-40, 2.5, 4001), rng.standard_normal(4000) * 8,
+                            [0.0, -0.0, -np.inf, np.inf, 1e-30, -1e-45, -87.0, -104.0, -1000.0, 1e30]])
     z = sweep.astype(np.float32).reshape(-1, 1)
     y = np.empty_like(z)
     bias_activation_forward(z, np.zeros(0, np.float32), code, alpha, y)
     wide = z.astype(np.float64)
-    expected = np.where(wide > 0, scale * wide, scale * unit_alpha * np.expm1(np.minimum(wide, 0))).astype(np.float32)
-    np.testing.assert_array_equal(y, expected)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if activation == "softplus":
+            expected = np.maximum(wide, 0) + np.log1p(np.exp(-np.abs(wide)))
+            slope = 1 / (1 + np.exp(-wide))
+        else:
+            expected = np.where(wide > 0, scale * wide, scale * unit_alpha * np.expm1(np.minimum(wide, 0)))
+            slope = np.where(y > 0, scale, y.astype(np.float64) + scale * unit_alpha)
+    np.testing.assert_array_equal(y, expected.astype(np.float32))
     nan = np.full((1, 1), np.nan, np.float32)
     bias_activation_forward(nan, np.zeros(0, np.float32), code, alpha, nan)
     assert np.isnan(nan[0, 0])
-    dy = rng.standard_normal(z.shape).astype(np.float32)
+    finite = np.isfinite(z[:, 0])
+    y, slope = y[finite], slope[finite]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
     dz, dbias = np.empty_like(dy), np.zeros(1, np.float32)
     activation_backward(y, dy, code, alpha, dz, dbias)
-    slope = np.where(y > 0, scale, y.astype(np.float64) + scale * unit_alpha)
     np.testing.assert_allclose(dz, dy * slope, rtol=1e-6, atol=1e-7)
 
 
