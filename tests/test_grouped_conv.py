@@ -95,6 +95,13 @@ CASES = [
     ("DepthwiseConv2D", dict(kernel_size=3, dilation_rate=2, padding="same", depth_multiplier=2, use_bias=False),
      (6, 7, 2)),
     ("DepthwiseConv2D", dict(kernel_size=2, strides=2, padding="same", depth_multiplier=2), (5, 5, 2)),
+    # A column stride of 1 takes the loops over whole output rows: a row stride of 2 and
+    # dilated columns with them, and the plain 3x3 'same' of a MobileNet block.
+    ("DepthwiseConv2D", dict(kernel_size=(3, 2), strides=(2, 1), dilation_rate=1, padding="same", activation="relu"),
+     (7, 6, 3)),
+    ("DepthwiseConv2D", dict(kernel_size=(2, 3), dilation_rate=(1, 2), padding="valid", depth_multiplier=3),
+     (5, 8, 2)),
+    ("DepthwiseConv2D", dict(kernel_size=3, padding="same", activation="relu"), (6, 5, 17)),
 ]
 
 

@@ -248,6 +248,13 @@ MUTANTS += [
     M("selu_gradient_below_without_scale", "SELU's hoisted gradient below zero adds alpha, not scale * alpha",
       "kernels/activations.py", "else dtype(SELU_SCALE * SELU_ALPHA)", "else dtype(SELU_ALPHA)",
       [LAYERS + "::test_float32_exponential_activations_round_as_libm_does"]),
+    M("depthwise_spread_sum_skips_a_copy", "a depth multiplier's input gradient sums only the first two of its "
+      "repeated channels' gradients", "kernels/depthwise.py", "            for m in range(1, mult):",
+      "            for m in range(1, min(mult, 2)):",
+      ["tests/test_grouped_conv.py::test_gradients"]),
+    M("depthwise_row_span_short", "a stride-1 depthwise tap leaves out the last output column it reaches",
+      "kernels/depthwise.py", "min(out_w, width - offset)), offset", "min(out_w, width - offset - 1)), offset",
+      ["tests/test_grouped_conv.py::test_forward_matches_reference"]),
     M("implicit_replay_splits_for_recording_threads", "a recorded one-image conv splits its image for the threads "
       "it was recorded on (one), not for all of Numba's: no split when replayed on two", "kernels/implicit_gemm.py",
       "                                   numba.config.NUMBA_NUM_THREADS)",
