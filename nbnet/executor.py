@@ -8,7 +8,7 @@ Conv2D whose only consumer is a MaxPooling2D it can absorb runs the pool in its 
 a BatchNormalization or Add whose only consumer is an elementwise Activation runs that
 (and a BatchNormalization a 2x2 MaxPooling2D after it, with a relu or none). In
 inference a BatchNormalization whose input comes only from a linear Conv2D or Dense is
-folded into that layer's kernel and bias (see KernelMixin.forward_folded).
+folded into that layer's kernel and bias (see NormFoldingMixin.forward_folded).
 Backward sums the gradients of a tensor that feeds several layers, and skips every step
 no trainable weight depends on.
 """

@@ -212,6 +212,43 @@ def test_a_normalisation_folded_into_its_conv_predicts_as_run_apart(channels, ac
     np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("strides, multiplier, use_bias", [(1, 1, False), (2, 2, True)])
+def test_a_normalisation_folds_into_a_depthwise_conv_as_into_a_conv(strides, multiplier, use_bias):
+    """The MobileNet block (DepthwiseConv2D, BatchNormalization, ReLU): in inference the
+    norm folds into the depthwise kernel (viewed with its C*M output channels last) and its
+    relu runs in the depthwise kernel's own pass, as run apart; training unchanged."""
+    rng = np.random.default_rng(strides)
+    x = rng.standard_normal((5, 9, 10, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    width = 3 * multiplier
+
+    def stack(fuse):
+        net = models.Sequential([layers.Input((9, 10, 3)),
+                                 layers.DepthwiseConv2D(3, strides=strides, padding="same",
+                                                        depth_multiplier=multiplier, use_bias=use_bias),
+                                 layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(),
+                                 layers.Dense(3, activation="softmax")], seed=4)
+        net.fuse_layers = fuse
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        net.build()
+        return net
+
+    folded, plain = stack(True), stack(False)
+    norm = folded.layers[1]
+    norm.params["gamma"][:] = rng.uniform(0.5, 2.0, width)
+    norm.params["beta"][:] = rng.standard_normal(width)
+    norm.state["moving_mean"][:] = rng.standard_normal(width)
+    norm.state["moving_variance"][:] = rng.uniform(0.2, 3.0, width)
+    plain.set_weights(folded.get_weights())
+    assert folded._plan.steps[0].norm is norm and folded._plan.steps[1].folded
+    np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+    folded.train_on_batch(x, y)
+    plain.train_on_batch(x, y)
+    for a, b in zip(folded.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation, size, trainable", [("relu", 12, True), (None, 13, True), ("relu", 9, True),
                                                           ("relu", 11, False)])
 def test_a_pool_after_a_normalisation_runs_in_its_passes(activation, size, trainable):

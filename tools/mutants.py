@@ -252,6 +252,16 @@ MUTANTS += [
       "repeated channels' gradients", "kernels/depthwise.py", "            for m in range(1, mult):",
       "            for m in range(1, min(mult, 2)):",
       ["tests/test_grouped_conv.py::test_gradients"]),
+    M("depthwise_never_folds", "DepthwiseConv2D refuses the BatchNormalization after it (the norm then runs its own "
+      "pass in every predict)", "layers/convolutional.py",
+      "MobileNet block: DepthwiseConv2D, BatchNormalization, ReLU).\"\"\"\n        return self._code == LINEAR",
+      "MobileNet block: DepthwiseConv2D, BatchNormalization, ReLU).\"\"\"\n        return False",
+      ["tests/test_fusion.py::test_a_normalisation_folds_into_a_depthwise_conv_as_into_a_conv"]),
+    M("depthwise_stores_without_activation", "the stride-1 depthwise kernel leaves out the activation it was "
+      "given to run", "kernels/depthwise.py",
+      "            if code != LINEAR:\n                activate_fusable(code, alpha, row)\n",
+      "            pass\n",
+      ["tests/test_grouped_conv.py::test_gradients"]),
     M("depthwise_row_span_short", "a stride-1 depthwise tap leaves out the last output column it reaches",
       "kernels/depthwise.py", "min(out_w, width - offset)), offset", "min(out_w, width - offset - 1)), offset",
       ["tests/test_grouped_conv.py::test_forward_matches_reference"]),

@@ -13,6 +13,7 @@ from ..kernels.activations import activation_backward, bias_activation_forward  
 from ..kernels.conv import (conv2d_backward, direct_conv_backward, direct_conv_forward,  # noqa: F401
                            direct_conv_maxpool_backward, direct_conv_maxpool_forward, im2col)
 from ..kernels.dense import dense_backward, dense_forward  # noqa: F401
+from ..kernels.depthwise import depthwise_forward as depthwise_activation_forward  # noqa: F401
 from ..kernels.depthwise import (depthwise_backward, depthwise_forward, grouped_col2im,  # noqa: F401
                                 grouped_conv_backward, grouped_conv_forward, grouped_im2col)
 from ..kernels.dropout import apply_mask  # noqa: F401

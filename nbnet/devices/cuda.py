@@ -50,9 +50,11 @@ merge_add_activation = activation_gradient_copies = None
 # BatchNormalization runs a max pool after it in its own pass on the CPU only (layers/normalization.py).
 batchnorm_pool_train_forward = batchnorm_pool_infer = batchnorm_pool_backward = batchnorm_pool_infer_backward = None
 dense_forward = None  # Dense runs its matmul, then bias_activation_forward
-fold_norm = None  # BatchNormalization folds into the layer before it on the CPU only (KernelMixin.forward_folded)
+fold_norm = None  # BatchNormalization folds into the layer before it on the CPU only (NormFoldingMixin.forward_folded)
 # GlobalAveragePooling2D takes the average pool's kernels on the GPU (one window, the image).
 global_avgpool_forward = global_avgpool_backward = None
+# Depthwise convs add their bias and run their activation in a pass of its own on the GPU.
+depthwise_activation_forward = None
 _nothing = {}
 
 

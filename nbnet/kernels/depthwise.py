@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from . import REDUCTION_CHUNKS
+from .activations import LINEAR, activate_fusable
 from .parallel import parallel_ranges, range_body
 from .matmul import add_transposed_product, matmul
 
@@ -61,7 +62,7 @@ def _tap_span(q, dw, pad_left, out_w, width):
 
 @range_body(fastmath={"contract"})
 def _depthwise_rows_forward_range(begin, end, x, tap_rows, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z,
-                                  spread_shape):
+                                  spread_shape, start, code, alpha):
     batch, height, width, channels = x.shape
     span = z.shape[1]  # C * M values a pixel
     mult = span // channels
@@ -72,7 +73,7 @@ def _depthwise_rows_forward_range(begin, end, x, tap_rows, kh, kw, sh, dh, dw, p
         for i in range(out_h):
             row = rows[n * out_h + i]
             for k in range(row.shape[0]):
-                row[k] = 0
+                row[k] = start[k]
             for p in range(kh):
                 y = i * sh - pad_top + p * dh
                 if y < 0 or y >= height:
@@ -86,22 +87,26 @@ def _depthwise_rows_forward_range(begin, end, x, tap_rows, kh, kw, sh, dh, dw, p
                     target, values, taps = row[lo:hi], source[lo + shift:hi + shift], tap_rows[p, q, lo:hi]
                     for k in range(hi - lo):
                         target[k] += values[k] * taps[k]
+            if code != LINEAR:
+                activate_fusable(code, alpha, row)
 
 
 @range_body(fastmath={"contract"})
 def _depthwise_pixels_forward_range(begin, end, x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z,
-                                    spread_shape):
+                                    spread_shape, bias, code, alpha):
     batch, height, width, channels = x.shape
     span = z.shape[1]
     mult = span // channels
     spread = np.empty(spread_shape, x.dtype)
+    flat = z.reshape(-1)
+    biased = bias.shape[0] > 0
     for n in range(begin, end):
         image = _image_rows(x, n, mult, spread)
         for i in range(out_h):
             for j in range(out_w):
                 out = z[(n * out_h + i) * out_w + j]
                 for o in range(span):
-                    out[o] = 0
+                    out[o] = bias[o] if biased else 0
                 for p in range(kh):
                     y = i * sh - pad_top + p * dh
                     if y < 0 or y >= height:
@@ -113,6 +118,9 @@ def _depthwise_pixels_forward_range(begin, end, x, kernel, kh, kw, sh, sw, dh, d
                         pixel, taps = image[y, xx * span:(xx + 1) * span], kernel[p, q]
                         for o in range(span):
                             out[o] += pixel[o] * taps[o]
+            if code != LINEAR:
+                first = (n * out_h + i) * out_w * span
+                activate_fusable(code, alpha, flat[first:first + out_w * span])
 
 
 @njit(inline="always")
@@ -133,44 +141,60 @@ def _spread_shape(x, span):
     return (height, width * span) if span > channels else (0, 0)
 
 
-def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z):
+def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
+                      alpha=0.0):
     """z[(n*out_h + i)*out_w + j, c*M + m] = sum over (p, q) of x[n, i*sh - pad_top + p*dh,
-    j*sw - pad_left + q*dw, c] * kernel[p, q, c*M + m] (no bias); zero outside the image.
-    Parallel over images, in the loops the module's docstring describes."""
+    j*sw - pad_left + q*dw, c] * kernel[p, q, c*M + m]; zero outside the image. With
+    ``bias`` the sums start from it, and activation ``code`` (one of activate_fusable's,
+    slope ``alpha``) runs over each output row once it is made, still in cache: no pass of
+    their own over z (MobileNet-style predicts, the norm after the depthwise conv folded
+    into it, see DepthwiseConv2D). Parallel over images, in the loops the module's
+    docstring describes."""
     function, args, _ = _forward_call(np.ascontiguousarray(x), np.ascontiguousarray(kernel), kh, kw, sh, sw, dh, dw,
-                                      pad_top, pad_left, out_h, out_w, z)
+                                      pad_top, pad_left, out_h, out_w, z, bias, code, alpha)
     function(*args)
 
 
-def _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z):
+def _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
+                  alpha=0.0):
     spread = _spread_shape(x, z.shape[1])
+    bias = np.zeros(0, z.dtype) if bias is None else np.ascontiguousarray(bias)
     if sw == 1:
-        return _depthwise_rows_forward, (x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread), {}
-    return (_depthwise_pixels_forward, (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread),
-            {})
+        return _depthwise_rows_forward, (x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread,
+                                         bias, int(code), float(alpha)), {}
+    return (_depthwise_pixels_forward, (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread,
+                                        bias, int(code), float(alpha)), {})
 
 
-def _forward_replayed_as(x, kernel, *geometry_and_z):
+def _forward_replayed_as(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
+                         alpha=0.0):
     """The kernel call itself, for a recorded inference program (see inference_program);
     None where an operand is not contiguous (the call would read a copy made now)."""
-    if not (x.flags.c_contiguous and kernel.flags.c_contiguous):
+    if not (x.flags.c_contiguous and kernel.flags.c_contiguous and (bias is None or bias.flags.c_contiguous)):
         return None
-    return _forward_call(x, kernel, *geometry_and_z)
+    return _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha)
 
 
 depthwise_forward.replayed_as = _forward_replayed_as
 
 
 @njit(cache=True)
-def _depthwise_rows_forward(x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape):
+def _depthwise_rows_forward(x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape, bias, code,
+                            alpha):
+    # Each output row starts from the bias (zeros without one), repeated along the row.
+    start = np.zeros(out_w * z.shape[1], z.dtype)
+    if bias.shape[0] > 0:
+        for j in range(out_w):
+            start[j * z.shape[1]:(j + 1) * z.shape[1]] = bias
     parallel_ranges(_depthwise_rows_forward_range, x.shape[0], (x, _tap_rows(kernel, out_w), kh, kw, sh, dh, dw,
-                    pad_top, pad_left, out_h, out_w, z, spread_shape))
+                    pad_top, pad_left, out_h, out_w, z, spread_shape, start, code, alpha))
 
 
 @njit(cache=True)
-def _depthwise_pixels_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape):
+def _depthwise_pixels_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape, bias,
+                              code, alpha):
     parallel_ranges(_depthwise_pixels_forward_range, x.shape[0], (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
-                    out_h, out_w, z, spread_shape))
+                    out_h, out_w, z, spread_shape, bias, code, alpha))
 
 
 @njit(inline="always")

@@ -14,7 +14,7 @@ from ..kernels.winograd import f4_over_implicit as winograd_f4_over_implicit, po
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
 from ..tensor import as_tensor
 from .base import Layer
-from .core import ActivationMixin, KernelMixin, _reg_config
+from .core import ActivationMixin, KernelMixin, NormFoldingMixin, _reg_config
 
 
 def pair(value, what, owner):
@@ -103,8 +103,8 @@ IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 # 907-918, cifar_bn 710-717 -> 591-596, pointwise_gap 483-490 -> 421-429, seed_cnn 274-280
 # -> 252-257.
 WINOGRAD_MIN_IMAGES = 16
-# Activations the implicit GEMM runs as it makes the output (see implicit_conv_forward):
-# no pass of their own over it.
+# Activations the implicit GEMM (see implicit_conv_forward) and the depthwise kernels
+# (depthwise_forward) run as they make the output: no pass of their own over it.
 IMPLICIT_STORE_ACTIVATIONS = (LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH)
 
 
@@ -396,7 +396,7 @@ class Conv2D(KernelMixin, Layer):
 
     def can_fold_norm(self):
         """Whether a BatchNormalization right after this layer can be folded into it for
-        inference (see KernelMixin.forward_folded): an ungrouped conv without an activation
+        inference (see NormFoldingMixin.forward_folded): an ungrouped conv without an activation
         of its own."""
         return self._plain and self._code == LINEAR
 
@@ -421,15 +421,21 @@ class Conv2D(KernelMixin, Layer):
         kernel = self.params["kernel"]
         z = self._buffer("logits" if self.keep_logits else "y", (rows, self.filters), x.dtype)
         self._x_shape, self._geometry_used = x.shape, geometry
+        bias = self._param_or_nothing(self.params, "bias", x.dtype)
         if self._depthwise(channels):
             self._x, self._cols = x, None
+            if _depthwise_finishes(self, ops):
+                ops.depthwise_activation_forward(x, kernel.reshape(*self.kernel_size, self.filters), *geometry, z, bias,
+                                                 self._code, self._slope)
+                self._y = z
+                return z.reshape(batch, out_h, out_w, self.filters)
             ops.depthwise_forward(x, kernel.reshape(*self.kernel_size, self.filters), *geometry, z)
         else:
             self._x = None
             self._cols = self._buffer("cols", (self.groups, rows, kernel.size // self.filters), x.dtype)
             ops.grouped_conv_forward(x, kernel.reshape(-1, self.filters), geometry, self._cols, z)
         y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
+        self._activate(z, bias, y)
         self._y = y
         return y.reshape(batch, out_h, out_w, self.filters)
 
@@ -457,7 +463,14 @@ class Conv2D(KernelMixin, Layer):
                 "groups": self.groups, **self._kernel_config()}
 
 
-class DepthwiseConv2D(ActivationMixin, Layer):
+def _depthwise_finishes(layer, ops):
+    """Whether the depthwise kernel adds ``layer``'s bias and runs its activation as it
+    makes the output (on the CPU, for activate_fusable's codes, logits not kept)."""
+    return (ops.depthwise_activation_forward is not None and not layer.keep_logits
+            and layer._code in IMPLICIT_STORE_ACTIVATIONS)
+
+
+class DepthwiseConv2D(NormFoldingMixin, ActivationMixin, Layer):
     """Keras's DepthwiseConv2D: each input channel c convolved with its own
     ``depth_multiplier`` kernels, output channel c*depth_multiplier + m. The weight is
     Keras 3's ``kernel`` (kh, kw, in, depth_multiplier); Keras 2's name,
@@ -518,11 +531,26 @@ class DepthwiseConv2D(ActivationMixin, Layer):
         out_h, out_w = geometry[-2:]
         z = self._buffer("logits" if self.keep_logits else "y", (batch * out_h * out_w, outs), x.dtype)
         # (kh, kw, C, M) viewed as (kh, kw, C*M): output channel c*M + m's taps, contiguous.
-        ops.depthwise_forward(x, self.params["kernel"].reshape(*self.kernel_size, outs), *geometry, z)
-        y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
-        self._activate(z, self._param_or_nothing(self.params, "bias", x.dtype), y)
+        kernel = self._fold_view(self.params["kernel"])
+        bias = self._param_or_nothing(self.params, "bias", x.dtype)
+        if _depthwise_finishes(self, ops):
+            ops.depthwise_activation_forward(x, kernel, *geometry, z, bias, self._code, self._slope)
+            y = z
+        else:
+            ops.depthwise_forward(x, kernel, *geometry, z)
+            y = self._buffer("y", z.shape, x.dtype) if self.keep_logits else z
+            self._activate(z, bias, y)
         self._x, self._y, self._geometry_used = x, y, geometry
         return y.reshape(batch, out_h, out_w, outs)
+
+    def _fold_view(self, kernel):
+        return kernel.reshape(*self.kernel_size, -1)
+
+    def can_fold_norm(self):
+        """Whether a BatchNormalization right after this layer can be folded into it for
+        inference (see NormFoldingMixin.forward_folded): no activation of its own (the
+        MobileNet block: DepthwiseConv2D, BatchNormalization, ReLU)."""
+        return self._code == LINEAR
 
     def backward(self, dy, from_logits=False):
         ops = self.ops

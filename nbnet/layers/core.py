@@ -56,11 +56,57 @@ def _bias_activation(ops, z2d, bias, code, slope, y2d):
 
 
 # Inputs fold a following BatchNormalization into the layer from this many rows (samples
-# times pixels) per row of the kernel (see KernelMixin.forward_folded).
+# times pixels) per row of the kernel (see NormFoldingMixin.forward_folded).
 FOLD_MIN_ROWS_PER_KERNEL_ROW = 1
 
 
-class KernelMixin(ActivationMixin):
+class NormFoldingMixin:
+    """A layer (Dense, Conv2D, DepthwiseConv2D) that a BatchNormalization right after it
+    folds into for inference: its kernel scaled and its bias shifted per output channel."""
+
+    def _fold_view(self, kernel):
+        """``kernel`` viewed with the output channels along its last axis."""
+        return kernel
+
+    def forward_folded(self, x, norm):
+        """The inference output of ``norm`` (a BatchNormalization, with its absorbed
+        activation) applied to this layer's: one pass whose kernel and bias hold the norm's
+        moving statistics, gamma and beta (scale = gamma / sqrt(moving_variance + epsilon);
+        kernel * scale, (bias - moving_mean) * scale + beta), with no pass of the norm's
+        own. Equal to running both up to float rounding. CPU only: elsewhere both run.
+        1000-image predicts of tools/bench_zoo.py's networks, with the norm's relu in the
+        conv's stores, ms (two runs each, processes alternating with the parent commit):
+        resnet_small 33.9 -> 29.6, kaggle_bn 152 -> 134, cifar_bn 123 -> 111."""
+        kernel = self.params["kernel"]
+        outputs = self._fold_view(kernel)
+        # Folding costs a pass over the kernel (one kernel call, fold_norm), the norm a pass
+        # over the output: where the kernel has more rows than the input the norm is
+        # cheaper (one image through the Kaggle-style CNN with all five norms folded, its
+        # 3136 -> 256 Dense layer's among them: 0.69 -> 0.87 ms, when a fold was ten NumPy
+        # calls). One image, us, from 16 rows per kernel row to 1 (fold_norm a kernel):
+        # resnet_small 168 -> 141 (its 14x14x16 convs folded), kaggle_bn 550 -> 527.
+        if not isinstance(kernel, np.ndarray) or (
+                x.size // x.shape[-1] < FOLD_MIN_ROWS_PER_KERNEL_ROW * (kernel.size // outputs.shape[-1])):
+            return norm.forward(self.forward(x), training=False)
+        # Folded through the device module, into buffers: a recorded inference program
+        # (inference_program.py) folds again on each replay, with the weights of then.
+        folded_kernel = self._buffer("folded_kernel", kernel.shape, kernel.dtype)
+        folded_bias = self._buffer("folded_bias", outputs.shape[-1:], kernel.dtype)
+        self.ops.fold_norm(outputs, self._param_or_nothing(self.params, "bias", kernel.dtype), norm.params["gamma"],
+                           norm.params["beta"], norm.state["moving_mean"], norm.state["moving_variance"],
+                           norm.epsilon, self._fold_view(folded_kernel), folded_bias)
+        params, code, slope = self.params, self._code, self._slope
+        self.params = {"kernel": folded_kernel, "bias": folded_bias}
+        self._code, self._slope = norm._activation_code()
+        try:
+            y = self.forward(x)
+        finally:
+            self.params, self._code, self._slope = params, code, slope
+        # A pool the norm runs in its own pass (executor.Plan._fuse_norm_pool) runs here.
+        return y if norm.pool_after is None else norm.pool_after.forward(y)
+
+
+class KernelMixin(NormFoldingMixin, ActivationMixin):
     """What Dense and Conv2D share: a kernel, an optional bias, their initializers and
     regularizers, and a fused activation."""
 
@@ -78,42 +124,6 @@ class KernelMixin(ActivationMixin):
         if not use_bias:
             self.weight_order = ("kernel",)
         self._init_activation(activation)
-
-    def forward_folded(self, x, norm):
-        """The inference output of ``norm`` (a BatchNormalization, with its absorbed
-        activation) applied to this layer's: one pass whose kernel and bias hold the norm's
-        moving statistics, gamma and beta (scale = gamma / sqrt(moving_variance + epsilon);
-        kernel * scale, (bias - moving_mean) * scale + beta), with no pass of the norm's
-        own. Equal to running both up to float rounding. CPU only: elsewhere both run.
-        1000-image predicts of tools/bench_zoo.py's networks, with the norm's relu in the
-        conv's stores, ms (two runs each, processes alternating with the parent commit):
-        resnet_small 33.9 -> 29.6, kaggle_bn 152 -> 134, cifar_bn 123 -> 111."""
-        kernel = self.params["kernel"]
-        # Folding costs a pass over the kernel (one kernel call, fold_norm), the norm a pass
-        # over the output: where the kernel has more rows than the input the norm is
-        # cheaper (one image through the Kaggle-style CNN with all five norms folded, its
-        # 3136 -> 256 Dense layer's among them: 0.69 -> 0.87 ms, when a fold was ten NumPy
-        # calls). One image, us, from 16 rows per kernel row to 1 (fold_norm a kernel):
-        # resnet_small 168 -> 141 (its 14x14x16 convs folded), kaggle_bn 550 -> 527.
-        if not isinstance(kernel, np.ndarray) or (
-                x.size // x.shape[-1] < FOLD_MIN_ROWS_PER_KERNEL_ROW * (kernel.size // kernel.shape[-1])):
-            return norm.forward(self.forward(x), training=False)
-        # Folded through the device module, into buffers: a recorded inference program
-        # (inference_program.py) folds again on each replay, with the weights of then.
-        folded_kernel = self._buffer("folded_kernel", kernel.shape, kernel.dtype)
-        folded_bias = self._buffer("folded_bias", kernel.shape[-1:], kernel.dtype)
-        self.ops.fold_norm(kernel, self._param_or_nothing(self.params, "bias", kernel.dtype), norm.params["gamma"],
-                           norm.params["beta"], norm.state["moving_mean"], norm.state["moving_variance"],
-                           norm.epsilon, folded_kernel, folded_bias)
-        params, code, slope = self.params, self._code, self._slope
-        self.params = {"kernel": folded_kernel, "bias": folded_bias}
-        self._code, self._slope = norm._activation_code()
-        try:
-            y = self.forward(x)
-        finally:
-            self.params, self._code, self._slope = params, code, slope
-        # A pool the norm runs in its own pass (executor.Plan._fuse_norm_pool) runs here.
-        return y if norm.pool_after is None else norm.pool_after.forward(y)
 
     def _create_kernel(self, kernel_shape, rng):
         self.params["kernel"] = self._kernel_init.draw(kernel_shape, rng)
@@ -152,7 +162,7 @@ class Dense(KernelMixin, Layer):
 
     def can_fold_norm(self):
         """Whether a BatchNormalization right after this layer can be folded into it for
-        inference (see KernelMixin.forward_folded): no activation of its own."""
+        inference (see NormFoldingMixin.forward_folded): no activation of its own."""
         return self._code == LINEAR
 
     def forward(self, x, training=False):
