@@ -66,13 +66,15 @@ def conv_reference(x, kernel, padding, dz, strides=(1, 1)):
     (2, 7, 7, 24, 40, (3, 3), "same", (1, 1)),       # 24 channels: a vector and 8 lanes of dx
     (2, 8, 8, 3, 16, (1, 1), "valid", (2, 2)),       # few channels, pixels with no tap
     (2, 11, 10, 4, 8, (3, 3), "valid", (2, 2)),      # few channels, the last row of the input unread
+    (2, 12, 12, 20, 50, (5, 5), "valid", (1, 1)),    # Caffe LeNet's second layer: columns by the work ratio
 ])
 @pytest.mark.parametrize("dx_route", ["columns", "phases"])
 def test_implicit_gemm_matches_numpy(batch, height, width, channels, filters, kernel_size, padding, strides,
                                      dx_route, monkeypatch):
     """The input gradient both ways: as columns added back (below COLUMNS_BELOW_CHANNELS
-    channels) and as the phase correlations."""
+    channels, or from COLUMNS_FROM_WORK_RATIO) and as the phase correlations."""
     monkeypatch.setattr(implicit_gemm, "COLUMNS_BELOW_CHANNELS", 1 << 20 if dx_route == "columns" else 0)
+    monkeypatch.setattr(implicit_gemm, "COLUMNS_FROM_WORK_RATIO", 0.0 if dx_route == "columns" else float("inf"))
     rng = np.random.default_rng(channels + filters + kernel_size[0])
     x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
     kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)

@@ -2,7 +2,7 @@
 cache empty (the first run after an install) and then filled (every later run), for the
 architectures of tools/bench_zoo.py. Prints one JSON object.
 
-    python tools/cold_start.py                          # every architecture, helper process on
+    python tools/cold_start.py                          # the zoo's architectures, helper process on
     python tools/cold_start.py --only kaggle_bn,strided --rounds 2
     python tools/cold_start.py --no-helper              # one process compiles everything
 
@@ -43,10 +43,11 @@ def first_fit_seconds(name, batch, cache_dir, helper):
 
 def main():
     sys.path.insert(0, str(HERE.parent))
-    from bench_zoo import ARCHITECTURES
+    from bench_zoo import ARCHITECTURES, ZOO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(ARCHITECTURES), help="comma-separated architecture names")
+    parser.add_argument("--only", default=",".join(ZOO),
+                        help="comma-separated architecture names (default: the zoo; its holdout set by name)")
     parser.add_argument("--batch", type=int, default=128, help="the fit's batch size")
     parser.add_argument("--rounds", type=int, default=1, help="cold runs of each architecture (medians reported)")
     parser.add_argument("--no-helper", action="store_true", help="NBNET_WARMUP_HELPER=0: no second process")

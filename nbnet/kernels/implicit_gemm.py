@@ -762,6 +762,27 @@ def _input_gradient(dz, kernel_t, kh, kw, sh, sw, pad_top, pad_left, dx):
 # even, 16 1.28 against 1.61 (the kernel gradient included: 0.41 of LeNet's 1.98). A
 # LeNet-5 training step, alternating in one process: b128 8.9 -> 7.8 ms, b32 3.1 -> 2.8.
 COLUMNS_BELOW_CHANNELS = 8
+# From more channels too where the phase correlations would make this many times the
+# columns' vector multiply-adds (masked lanes counted whole): a 'valid' conv of a large
+# kernel, whose input has many more pixels than its output (each a row of the phases'
+# work), with fewer channels than two vectors. Backward with dx at 128 images, 2 cores,
+# ms, phases -> columns (work ratio): 12x12x20 -> 50 5x5 'valid' (Caffe's LeNet) 8.8 ->
+# 4.4 (3.5), 12x12x16 -> 50 5.1 -> 3.5 (2.25), 12x12x16 -> 16 1.6 -> 1.3 (2.25); below the
+# ratio phases kept: 7x7x20 -> 50 3x3 'same' 1.60 / 1.35 (1.5), 14x14x20 -> 32 3.3 / 3.0
+# (1.5), 28x28x20 -> 20 12.0 / 12.7 (1.5), 28x28x10 -> 16 4.3 / 4.8 (1.5), 14x14x16 -> 16
+# 1.2 / 1.5 (1), 14x14x48 -> 64 12.6 / 13.3 (1).
+COLUMNS_FROM_WORK_RATIO = 2.0
+
+
+def _input_gradient_as_columns(kernel_shape, sh, sw, height, width, out_h, out_w):
+    """Whether the input gradient is made as columns (see COLUMNS_BELOW_CHANNELS and
+    COLUMNS_FROM_WORK_RATIO) rather than by the phase correlations."""
+    kh, kw, channels, _ = kernel_shape
+    if channels < COLUMNS_BELOW_CHANNELS:
+        return True
+    phases = height * width * -(-channels // LANES) * kh * kw / (sh * sw)
+    columns = out_h * out_w * -(-(kh * kw * channels) // LANES)
+    return phases >= COLUMNS_FROM_WORK_RATIO * columns
 
 
 def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, need_dx, dx):
@@ -773,7 +794,7 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     batch, height, width, _ = x.shape
     if batch == 0:
         return
-    if need_dx and channels < COLUMNS_BELOW_CHANNELS:
+    if need_dx and _input_gradient_as_columns(kernel.shape, sh, sw, height, width, out_h, out_w):
         implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, False, dx)
         _input_gradient(np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
                         np.ascontiguousarray(kernel.reshape(-1, filters).T), kh, kw, sh, sw, pad_top, pad_left, dx)
