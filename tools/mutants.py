@@ -257,13 +257,13 @@ MUTANTS += [
       "MobileNet block: DepthwiseConv2D, BatchNormalization, ReLU).\"\"\"\n        return self._code == LINEAR",
       "MobileNet block: DepthwiseConv2D, BatchNormalization, ReLU).\"\"\"\n        return False",
       ["tests/test_fusion.py::test_a_normalisation_folds_into_a_depthwise_conv_as_into_a_conv"]),
-    M("depthwise_stores_without_activation", "the stride-1 depthwise kernel leaves out the activation it was "
-      "given to run", "kernels/depthwise.py",
+    M("depthwise_stores_without_activation", "the depthwise kernel leaves out the activation it was given to run",
+      "kernels/depthwise.py",
       "            if code != LINEAR:\n                activate_fusable(code, alpha, row)\n",
       "            pass\n",
       ["tests/test_grouped_conv.py::test_gradients"]),
-    M("depthwise_row_span_short", "a stride-1 depthwise tap leaves out the last output column it reaches",
-      "kernels/depthwise.py", "min(out_w, width - offset)), offset", "min(out_w, width - offset - 1)), offset",
+    M("depthwise_row_span_short", "a depthwise tap leaves out the last output column it reaches",
+      "kernels/depthwise.py", "min(out_w, (width - 1 - offset) // sw + 1)", "min(out_w, (width - 1 - offset) // sw)",
       ["tests/test_grouped_conv.py::test_forward_matches_reference"]),
     M("implicit_replay_splits_for_recording_threads", "a recorded one-image conv splits its image for the threads "
       "it was recorded on (one), not for all of Numba's: no split when replayed on two", "kernels/implicit_gemm.py",

@@ -10,11 +10,12 @@ Two paths, picked by the layer:
   contiguous values of input, kernel and output alike, and vectorises: with M above 1
   each image's channels are first repeated M times (_image_rows), and with a column
   stride of 1 a loop covers a whole output row per tap (the tap's weights repeated along
-  it, _tap_rows), not one pixel's few channels. The kernel gradient and the input
-  gradient are two passes: in one loop nest the input gradient's loops ran 4x slower
-  than alone (measured, not understood). 2 cores, ms, forward / backward before -> after
-  (128 images, 3x3 'same'): 28x28x32 2.9 / 10.2 -> 2.1 / 3.4; 28x28x6 1.5 / 8.9 -> 0.5 /
-  1.0; 28x28x16 x2 7.8 / 34.5 -> 2.2 / 4.2; stride 2, 16x16x64 0.35 / 1.1 -> 0.36 / 0.70.
+  it, _tap_rows), not one pixel's few channels (a pixel's C * M values at other strides).
+  The kernel gradient and the input gradient are two passes: in one loop nest the input
+  gradient's loops ran 4x slower than alone (measured, not understood). 2 cores, ms,
+  forward / backward before -> after (128 images, 3x3 'same'): 28x28x32 2.9 / 10.2 -> 1.8
+  / 3.2; 28x28x6 1.5 / 8.9 -> 0.38 / 0.86; 28x28x16 x2 7.8 / 34.5 -> 1.9 / 3.7; stride 2,
+  16x16x64 0.35 / 1.1 -> 0.38 / 0.90, 28x28x16 x2 1.8 / 9.1 -> 1.06 / 2.56.
 * Grouped/dilated (any other groups, or groups == 1 with a dilation): per-group im2col
   into ``cols`` (groups, rows, kh*kw*C/groups), then one BLAS matmul per group against
   the kernel's columns of that group (see grouped_conv_forward), as conv.py does for one
@@ -34,18 +35,28 @@ from .parallel import parallel_ranges, range_body
 from .matmul import add_transposed_product, matmul
 
 
+# Compile time: the kernels below take their arrays already flattened to rows (x as
+# (batch, height, width * C), z and dz as (batch * out_h, out_w * C * M)), fill and zero
+# with plain loops, not slice assignments or reshapes (each compiled NumPy's broadcasting
+# into its kernel), and serve every stride with one body a pass (_add_tap). The holdout's
+# MobileNet-style CNN (tools/bench_zoo.py), one-process first fit on an empty cache: the
+# depthwise kernels compiled in 1.7 s before these loops, 7.9 s as six bodies with slice
+# assignments, 5.1 s with loops, 3.4 s as three bodies; its cold start with the warmup
+# helper 7.0 -> 9.2 s.
+
+
 @njit(inline="always")
 def _image_rows(x, n, mult, spread):
-    """Image n of ``x`` as rows of width * C * M values: each channel's value repeated M
-    times (in ``spread``, a (height, width * C * M) scratch) where the depth multiplier M
-    is above 1, so output channel c*M + m's input sits at the same index as its output
-    and every loop runs over contiguous values; the image itself with M = 1."""
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    """Image n of ``x`` (batch, height, width * C) as rows of width * C * M values: each
+    channel's value repeated M times (in ``spread``, a (height, width * C * M) scratch)
+    where the depth multiplier M is above 1, so output channel c*M + m's input sits at the
+    same index as its output and every loop runs over contiguous values; the image itself
+    with M = 1."""
     if mult == 1:
-        return x[n].reshape(height, width * channels)
-    for y in range(height):
-        source, target = x[n, y].reshape(-1), spread[y]
-        for k in range(width * channels):
+        return x[n]
+    for y in range(x.shape[1]):
+        source, target = x[n, y], spread[y]
+        for k in range(x.shape[2]):
             value = source[k]
             for m in range(mult):
                 target[k * mult + m] = value
@@ -53,92 +64,86 @@ def _image_rows(x, n, mult, spread):
 
 
 @njit(inline="always")
-def _tap_span(q, dw, pad_left, out_w, width):
+def _zero(rows):
+    for y in range(rows.shape[0]):
+        row = rows[y]
+        for k in range(row.shape[0]):
+            row[k] = 0
+
+
+@njit(inline="always")
+def _tap_span(q, sw, dw, pad_left, out_w, width):
     """The output columns [first, stop) whose tap q falls inside the row, and its column
-    offset (input column = output column + offset; stride 1)."""
+    offset (input column = output column * sw + offset)."""
     offset = q * dw - pad_left
-    return max(0, -offset), max(max(0, -offset), min(out_w, width - offset)), offset
+    first = (-offset + sw - 1) // sw if offset < 0 else 0
+    return first, max(first, min(out_w, (width - 1 - offset) // sw + 1)), offset
+
+
+@njit(inline="always")
+def _add_tap(target, source, weights, first, stop, offset, sw, span):
+    """target[j] += source[j * sw + offset] * weights[j] (pixels of ``span`` values) for
+    output columns j in [first, stop): one run of values at a column stride of 1, a run a
+    pixel else."""
+    if sw == 1:
+        lo, hi, shift = first * span, stop * span, offset * span
+        out, values, taps = target[lo:hi], source[lo + shift:hi + shift], weights[lo:hi]
+        for k in range(hi - lo):
+            out[k] += values[k] * taps[k]
+        return
+    for j in range(first, stop):
+        read = (j * sw + offset) * span
+        out, values, taps = target[j * span:(j + 1) * span], source[read:read + span], weights[j * span:(j + 1) * span]
+        for o in range(span):
+            out[o] += values[o] * taps[o]
+
+
+@njit(inline="always")
+def _tap_rows(kernel, out_w):
+    """(kh * kw, out_w * C * M): each tap's channel weights repeated along an output row,
+    made from the kernel's values of the call (a replay after training reads new ones)."""
+    kh, kw, span = kernel.shape
+    rows = np.empty((kh * kw, out_w * span), kernel.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            for j in range(out_w):
+                for o in range(span):
+                    rows[p * kw + q, j * span + o] = kernel[p, q, o]
+    return rows
 
 
 @range_body(fastmath={"contract"})
-def _depthwise_rows_forward_range(begin, end, x, tap_rows, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z,
-                                  spread_shape, start, code, alpha):
-    batch, height, width, channels = x.shape
-    span = z.shape[1]  # C * M values a pixel
-    mult = span // channels
+def _depthwise_forward_range(begin, end, x, tap_rows, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z,
+                             channels, spread_shape, start, code, alpha):
+    height, width = x.shape[1], x.shape[2] // channels
+    span = z.shape[1] // out_w  # C * M values a pixel
     spread = np.empty(spread_shape, x.dtype)
-    rows = z.reshape(batch * out_h, out_w * span)
     for n in range(begin, end):
-        image = _image_rows(x, n, mult, spread)
+        image = _image_rows(x, n, span // channels, spread)
         for i in range(out_h):
-            row = rows[n * out_h + i]
+            row = z[n * out_h + i]
             for k in range(row.shape[0]):
                 row[k] = start[k]
             for p in range(kh):
                 y = i * sh - pad_top + p * dh
                 if y < 0 or y >= height:
                     continue
-                source = image[y]
                 for q in range(kw):
-                    first, stop, offset = _tap_span(q, dw, pad_left, out_w, width)
-                    lo, hi, shift = first * span, stop * span, offset * span
-                    # Slices indexed from 0: a loop index LLVM cannot prove non-negative keeps
-                    # Numba's wraparound test, which stopped the loop vectorising (5x slower).
-                    target, values, taps = row[lo:hi], source[lo + shift:hi + shift], tap_rows[p, q, lo:hi]
-                    for k in range(hi - lo):
-                        target[k] += values[k] * taps[k]
+                    first, stop, offset = _tap_span(q, sw, dw, pad_left, out_w, width)
+                    _add_tap(row, image[y], tap_rows[p * kw + q], first, stop, offset, sw, span)
             if code != LINEAR:
                 activate_fusable(code, alpha, row)
-
-
-@range_body(fastmath={"contract"})
-def _depthwise_pixels_forward_range(begin, end, x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z,
-                                    spread_shape, bias, code, alpha):
-    batch, height, width, channels = x.shape
-    span = z.shape[1]
-    mult = span // channels
-    spread = np.empty(spread_shape, x.dtype)
-    flat = z.reshape(-1)
-    biased = bias.shape[0] > 0
-    for n in range(begin, end):
-        image = _image_rows(x, n, mult, spread)
-        for i in range(out_h):
-            for j in range(out_w):
-                out = z[(n * out_h + i) * out_w + j]
-                for o in range(span):
-                    out[o] = bias[o] if biased else 0
-                for p in range(kh):
-                    y = i * sh - pad_top + p * dh
-                    if y < 0 or y >= height:
-                        continue
-                    for q in range(kw):
-                        xx = j * sw - pad_left + q * dw
-                        if xx < 0 or xx >= width:
-                            continue
-                        pixel, taps = image[y, xx * span:(xx + 1) * span], kernel[p, q]
-                        for o in range(span):
-                            out[o] += pixel[o] * taps[o]
-            if code != LINEAR:
-                first = (n * out_h + i) * out_w * span
-                activate_fusable(code, alpha, flat[first:first + out_w * span])
-
-
-@njit(inline="always")
-def _tap_rows(kernel, out_w):
-    """(kh, kw, out_w * C * M): each tap's channel weights repeated along an output row."""
-    kh, kw, span = kernel.shape
-    rows = np.empty((kh, kw, out_w * span), kernel.dtype)
-    for p in range(kh):
-        for q in range(kw):
-            for j in range(out_w):
-                rows[p, q, j * span:(j + 1) * span] = kernel[p, q]
-    return rows
 
 
 def _spread_shape(x, span):
     """The shape of the scratch _image_rows repeats an image into (none where M is 1)."""
     height, width, channels = x.shape[1:]
     return (height, width * span) if span > channels else (0, 0)
+
+
+def _rows(array, count):
+    """``array`` (C-contiguous) viewed as ``count`` rows."""
+    return array.reshape(count, -1)
 
 
 def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
@@ -157,20 +162,20 @@ def depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_
 
 def _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
                   alpha=0.0):
+    batch, height, _, channels = x.shape
     spread = _spread_shape(x, z.shape[1])
     bias = np.zeros(0, z.dtype) if bias is None else np.ascontiguousarray(bias)
-    if sw == 1:
-        return _depthwise_rows_forward, (x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread,
-                                         bias, int(code), float(alpha)), {}
-    return (_depthwise_pixels_forward, (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread,
-                                        bias, int(code), float(alpha)), {})
+    rows, images = _rows(z, batch * out_h), x.reshape(batch, height, -1)
+    return _depthwise_forward, (images, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, rows,
+                                channels, spread, bias, int(code), float(alpha)), {}
 
 
 def _forward_replayed_as(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
                          alpha=0.0):
     """The kernel call itself, for a recorded inference program (see inference_program);
     None where an operand is not contiguous (the call would read a copy made now)."""
-    if not (x.flags.c_contiguous and kernel.flags.c_contiguous and (bias is None or bias.flags.c_contiguous)):
+    if not (x.flags.c_contiguous and kernel.flags.c_contiguous and z.flags.c_contiguous
+            and (bias is None or bias.flags.c_contiguous)):
         return None
     return _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha)
 
@@ -179,31 +184,24 @@ depthwise_forward.replayed_as = _forward_replayed_as
 
 
 @njit(cache=True)
-def _depthwise_rows_forward(x, kernel, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape, bias, code,
-                            alpha):
+def _depthwise_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, channels, spread_shape,
+                       bias, code, alpha):
     # Each output row starts from the bias (zeros without one), repeated along the row.
-    start = np.zeros(out_w * z.shape[1], z.dtype)
-    if bias.shape[0] > 0:
-        for j in range(out_w):
-            start[j * z.shape[1]:(j + 1) * z.shape[1]] = bias
-    parallel_ranges(_depthwise_rows_forward_range, x.shape[0], (x, _tap_rows(kernel, out_w), kh, kw, sh, dh, dw,
-                    pad_top, pad_left, out_h, out_w, z, spread_shape, start, code, alpha))
-
-
-@njit(cache=True)
-def _depthwise_pixels_forward(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, spread_shape, bias,
-                              code, alpha):
-    parallel_ranges(_depthwise_pixels_forward_range, x.shape[0], (x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
-                    out_h, out_w, z, spread_shape, bias, code, alpha))
+    span = kernel.shape[2]
+    start = np.zeros(out_w * span, z.dtype)
+    for j in range(out_w):
+        for o in range(bias.shape[0]):
+            start[j * span + o] = bias[o]
+    parallel_ranges(_depthwise_forward_range, x.shape[0], (x, _tap_rows(kernel, out_w), kh, kw, sh, sw, dh, dw,
+                    pad_top, pad_left, out_h, out_w, z, channels, spread_shape, start, code, alpha))
 
 
 @njit(inline="always")
 def _gather_spread(spread_dx, dx, n, mult):
-    """dx[n][..., c] = the sum over m of the spread gradient's c*M + m."""
-    height, width, channels = dx.shape[1], dx.shape[2], dx.shape[3]
-    for y in range(height):
-        source, target = spread_dx[y], dx[n, y].reshape(-1)
-        for k in range(width * channels):
+    """dx[n][y, k] (k over width * C) = the sum over m of the spread gradient's k*M + m."""
+    for y in range(dx.shape[1]):
+        source, target = spread_dx[y], dx[n, y]
+        for k in range(dx.shape[2]):
             total = source[k * mult]
             for m in range(1, mult):
                 total += source[k * mult + m]
@@ -211,125 +209,69 @@ def _gather_spread(spread_dx, dx, n, mult):
 
 
 @range_body(fastmath={"contract"})
-def _depthwise_rows_kernel_gradient_range(begin, end, x, dz, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w,
-                                          partial, spread_shape):
-    batch, height, width, channels = x.shape
-    span = dz.shape[1]
-    mult = span // channels
+def _depthwise_kernel_gradient_range(begin, end, x, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w,
+                                     channels, partial, spread_shape):
+    batch, height, width = x.shape[0], x.shape[1], x.shape[2] // channels
+    span = dz.shape[1] // out_w
     chunks = partial.shape[0]
     spread = np.empty(spread_shape, x.dtype)
     # Per tap, the products summed at each place of an output row, summed over the row's
     # pixels at the chunk's end: every loop over contiguous values.
-    sums = np.empty((kh, kw, out_w * span), x.dtype)
-    rows = dz.reshape(batch * out_h, out_w * span)
+    sums = np.empty((kh * kw, out_w * span), x.dtype)
     for chunk in range(begin, end):
-        sums[:] = 0
+        _zero(sums)
         for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            image = _image_rows(x, n, mult, spread)
+            image = _image_rows(x, n, span // channels, spread)
             for i in range(out_h):
-                row = rows[n * out_h + i]
+                row = dz[n * out_h + i]
                 for p in range(kh):
                     y = i * sh - pad_top + p * dh
                     if y < 0 or y >= height:
                         continue
-                    source = image[y]
                     for q in range(kw):
-                        first, stop, offset = _tap_span(q, dw, pad_left, out_w, width)
-                        lo, hi, shift = first * span, stop * span, offset * span
-                        grads, values, tap_sums = row[lo:hi], source[lo + shift:hi + shift], sums[p, q, lo:hi]
-                        for k in range(hi - lo):
-                            tap_sums[k] += values[k] * grads[k]
-        for p in range(kh):
-            for q in range(kw):
-                taps = partial[chunk, p, q]
-                taps[:] = 0
-                for j in range(out_w):
-                    pixel = sums[p, q, j * span:(j + 1) * span]
-                    for o in range(span):
-                        taps[o] += pixel[o]
+                        first, stop, offset = _tap_span(q, sw, dw, pad_left, out_w, width)
+                        _add_tap(sums[p * kw + q], image[y], row, first, stop, offset, sw, span)
+        for t in range(kh * kw):
+            taps = partial[chunk, t]
+            for o in range(span):
+                taps[o] = 0
+            for j in range(out_w):
+                pixel = sums[t, j * span:(j + 1) * span]
+                for o in range(span):
+                    taps[o] += pixel[o]
 
 
 @range_body(fastmath={"contract"})
-def _depthwise_rows_input_gradient_range(begin, end, dz, tap_rows, kh, kw, sh, dh, dw, pad_top, pad_left, out_h,
-                                         out_w, dx, spread_shape):
-    batch, height, width, channels = dx.shape
-    span = dz.shape[1]
+def _depthwise_input_gradient_range(begin, end, dz, tap_rows, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w,
+                                    channels, dx, spread_shape):
+    height, width = dx.shape[1], dx.shape[2] // channels
+    span = dz.shape[1] // out_w
     mult = span // channels
     spread = np.empty(spread_shape, dx.dtype)
-    rows = dz.reshape(batch * out_h, out_w * span)
     for n in range(begin, end):
-        grad = dx[n].reshape(height, width * channels) if mult == 1 else spread
-        grad[:] = 0
+        grad = dx[n] if mult == 1 else spread
+        _zero(grad)
         for i in range(out_h):
-            row = rows[n * out_h + i]
+            row = dz[n * out_h + i]
             for p in range(kh):
                 y = i * sh - pad_top + p * dh
                 if y < 0 or y >= height:
                     continue
                 target_row = grad[y]
                 for q in range(kw):
-                    first, stop, offset = _tap_span(q, dw, pad_left, out_w, width)
-                    lo, hi, shift = first * span, stop * span, offset * span
-                    grads, target, taps = row[lo:hi], target_row[lo + shift:hi + shift], tap_rows[p, q, lo:hi]
-                    for k in range(hi - lo):
-                        target[k] += grads[k] * taps[k]
-        if mult > 1:
-            _gather_spread(spread, dx, n, mult)
-
-
-@range_body(fastmath={"contract"})
-def _depthwise_pixels_kernel_gradient_range(begin, end, x, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h,
-                                            out_w, partial, spread_shape):
-    batch, height, width, channels = x.shape
-    span = dz.shape[1]
-    mult = span // channels
-    chunks = partial.shape[0]
-    spread = np.empty(spread_shape, x.dtype)
-    for chunk in range(begin, end):
-        grad_taps = partial[chunk]
-        grad_taps[:] = 0
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            image = _image_rows(x, n, mult, spread)
-            for i in range(out_h):
-                for j in range(out_w):
-                    grads = dz[(n * out_h + i) * out_w + j]
-                    for p in range(kh):
-                        y = i * sh - pad_top + p * dh
-                        if y < 0 or y >= height:
-                            continue
-                        for q in range(kw):
-                            xx = j * sw - pad_left + q * dw
-                            if xx < 0 or xx >= width:
-                                continue
-                            pixel, dtaps = image[y, xx * span:(xx + 1) * span], grad_taps[p, q]
+                    first, stop, offset = _tap_span(q, sw, dw, pad_left, out_w, width)
+                    taps = tap_rows[p * kw + q]
+                    if sw == 1:
+                        lo, hi, shift = first * span, stop * span, offset * span
+                        grads, target, run = row[lo:hi], target_row[lo + shift:hi + shift], taps[lo:hi]
+                        for k in range(hi - lo):
+                            target[k] += grads[k] * run[k]
+                    else:
+                        for j in range(first, stop):
+                            target = target_row[(j * sw + offset) * span:(j * sw + offset + 1) * span]
+                            grads, run = row[j * span:(j + 1) * span], taps[j * span:(j + 1) * span]
                             for o in range(span):
-                                dtaps[o] += pixel[o] * grads[o]
-
-
-@range_body(fastmath={"contract"})
-def _depthwise_pixels_input_gradient_range(begin, end, dz, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h,
-                                           out_w, dx, spread_shape):
-    batch, height, width, channels = dx.shape
-    span = dz.shape[1]
-    mult = span // channels
-    spread = np.empty(spread_shape, dx.dtype)
-    for n in range(begin, end):
-        grad = dx[n].reshape(height, width * channels) if mult == 1 else spread
-        grad[:] = 0
-        for i in range(out_h):
-            for j in range(out_w):
-                grads = dz[(n * out_h + i) * out_w + j]
-                for p in range(kh):
-                    y = i * sh - pad_top + p * dh
-                    if y < 0 or y >= height:
-                        continue
-                    for q in range(kw):
-                        xx = j * sw - pad_left + q * dw
-                        if xx < 0 or xx >= width:
-                            continue
-                        dpixel, taps = grad[y, xx * span:(xx + 1) * span], kernel[p, q]
-                        for o in range(span):
-                            dpixel[o] += grads[o] * taps[o]
+                                target[o] += grads[o] * run[o]
         if mult > 1:
             _gather_spread(spread, dx, n, mult)
 
@@ -342,38 +284,26 @@ def depthwise_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
     the loops depthwise_forward takes for the stride."""
     x = np.ascontiguousarray(x)
     kernel, dz = np.ascontiguousarray(kernel), np.ascontiguousarray(dz)
-    chunks = min(REDUCTION_CHUNKS, x.shape[0])
-    partial = np.empty((chunks,) + dkernel.shape, dz.dtype)
+    batch, height, _, channels = x.shape
+    chunks = min(REDUCTION_CHUNKS, batch)
+    partial = np.empty((chunks, kh * kw, dkernel.shape[-1]), dz.dtype)
     spread = _spread_shape(x, dz.shape[1])
-    dx = dx if need_dx else x[:0]
-    if sw == 1:
-        _depthwise_rows_backward(x, kernel, dz, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, partial, need_dx,
-                                 dx, spread)
-    else:
-        _depthwise_pixels_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, partial,
-                                   need_dx, dx, spread)
+    images, rows = x.reshape(batch, height, -1), _rows(dz, batch * out_h)
+    gradient = dx.reshape(batch, height, -1) if need_dx else images[:0]
+    _depthwise_backward(images, kernel, rows, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, channels,
+                        partial, need_dx, gradient, spread)
     for chunk in range(chunks):  # in chunk order: the same sum whatever the threads
-        dkernel += partial[chunk]
+        dkernel += partial[chunk].reshape(dkernel.shape)
 
 
 @njit(cache=True)
-def _depthwise_rows_backward(x, kernel, dz, kh, kw, sh, dh, dw, pad_top, pad_left, out_h, out_w, partial, need_dx,
-                             dx, spread_shape):
-    parallel_ranges(_depthwise_rows_kernel_gradient_range, partial.shape[0], (x, dz, kh, kw, sh, dh, dw, pad_top,
-                    pad_left, out_h, out_w, partial, spread_shape))
+def _depthwise_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, channels, partial,
+                        need_dx, dx, spread_shape):
+    parallel_ranges(_depthwise_kernel_gradient_range, partial.shape[0], (x, dz, kh, kw, sh, sw, dh, dw, pad_top,
+                    pad_left, out_h, out_w, channels, partial, spread_shape))
     if need_dx:
-        parallel_ranges(_depthwise_rows_input_gradient_range, x.shape[0], (dz, _tap_rows(kernel, out_w), kh, kw, sh,
-                        dh, dw, pad_top, pad_left, out_h, out_w, dx, spread_shape))
-
-
-@njit(cache=True)
-def _depthwise_pixels_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, partial,
-                               need_dx, dx, spread_shape):
-    parallel_ranges(_depthwise_pixels_kernel_gradient_range, partial.shape[0], (x, dz, kh, kw, sh, sw, dh, dw,
-                    pad_top, pad_left, out_h, out_w, partial, spread_shape))
-    if need_dx:
-        parallel_ranges(_depthwise_pixels_input_gradient_range, x.shape[0], (dz, kernel, kh, kw, sh, sw, dh, dw,
-                        pad_top, pad_left, out_h, out_w, dx, spread_shape))
+        parallel_ranges(_depthwise_input_gradient_range, x.shape[0], (dz, _tap_rows(kernel, out_w), kh, kw, sh, sw, dh,
+                        dw, pad_top, pad_left, out_h, out_w, channels, dx, spread_shape))
 
 
 @range_body
