@@ -168,6 +168,27 @@ def test_an_activation_that_is_an_output_or_softmax_is_not_absorbed():
         assert not any(layer.absorbed for layer in net.layers) and net.layers[1].activation_after is None
 
 
+def _fold_pair(build, rng, width):
+    """Two compiles of ``build()`` (a Sequential whose second layer is a BatchNormalization
+    of ``width`` channels), one folding its norms (fuse_layers) and one not, with the same
+    weights and a first norm of random statistics, gamma and beta."""
+    pair = []
+    for fuse in (True, False):
+        net = build()
+        net.fuse_layers = fuse
+        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        net.build()
+        pair.append(net)
+    folded, plain = pair
+    norm = folded.layers[1]
+    norm.params["gamma"][:] = rng.uniform(0.5, 2.0, width)
+    norm.params["beta"][:] = rng.standard_normal(width)
+    norm.state["moving_mean"][:] = rng.standard_normal(width)
+    norm.state["moving_variance"][:] = rng.uniform(0.2, 3.0, width)
+    plain.set_weights(folded.get_weights())
+    return folded, plain, norm
+
+
 @pytest.mark.parametrize("channels, activation, use_bias", [(3, "relu", False), (32, "relu", True), (32, "tanh", False),
                                                             (8, None, True)])
 def test_a_normalisation_folded_into_its_conv_predicts_as_run_apart(channels, activation, use_bias):
@@ -179,25 +200,15 @@ def test_a_normalisation_folded_into_its_conv_predicts_as_run_apart(channels, ac
     x = rng.standard_normal((7, 12, 12, channels)).astype(np.float32)
     y = rng.integers(0, 3, 7)
 
-    def stack(fuse):
+    def stack():
         after = [layers.Activation(activation)] if activation else []
-        net = models.Sequential([layers.Input((12, 12, channels)),
-                                 layers.Conv2D(16, 3, padding="same", use_bias=use_bias),
-                                 layers.BatchNormalization(), *after, layers.Conv2D(4, 3, activation="relu"),
-                                 layers.BatchNormalization(), layers.Flatten(), layers.Dense(6),
-                                 layers.BatchNormalization(), layers.Dense(3, activation="softmax")], seed=2)
-        net.fuse_layers = fuse
-        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        net.build()
-        return net
+        return models.Sequential([layers.Input((12, 12, channels)),
+                                  layers.Conv2D(16, 3, padding="same", use_bias=use_bias),
+                                  layers.BatchNormalization(), *after, layers.Conv2D(4, 3, activation="relu"),
+                                  layers.BatchNormalization(), layers.Flatten(), layers.Dense(6),
+                                  layers.BatchNormalization(), layers.Dense(3, activation="softmax")], seed=2)
 
-    folded, plain = stack(True), stack(False)
-    norm = folded.layers[1]
-    norm.params["gamma"][:] = rng.uniform(0.5, 2.0, 16)
-    norm.params["beta"][:] = rng.standard_normal(16)
-    norm.state["moving_mean"][:] = rng.standard_normal(16)
-    norm.state["moving_variance"][:] = rng.uniform(0.2, 3.0, 16)
-    plain.set_weights(folded.get_weights())
+    folded, plain, norm = _fold_pair(stack, rng, 16)
     steps = folded._plan.steps
     assert steps[0].norm is norm and steps[1].folded
     # The second conv has an activation of its own; the Dense layer folds its norm too.
@@ -220,26 +231,15 @@ def test_a_normalisation_folds_into_a_depthwise_conv_as_into_a_conv(strides, mul
     rng = np.random.default_rng(strides)
     x = rng.standard_normal((5, 9, 10, 3)).astype(np.float32)
     y = rng.integers(0, 3, 5)
-    width = 3 * multiplier
 
-    def stack(fuse):
-        net = models.Sequential([layers.Input((9, 10, 3)),
-                                 layers.DepthwiseConv2D(3, strides=strides, padding="same",
-                                                        depth_multiplier=multiplier, use_bias=use_bias),
-                                 layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(),
-                                 layers.Dense(3, activation="softmax")], seed=4)
-        net.fuse_layers = fuse
-        net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        net.build()
-        return net
+    def stack():
+        return models.Sequential([layers.Input((9, 10, 3)),
+                                  layers.DepthwiseConv2D(3, strides=strides, padding="same",
+                                                         depth_multiplier=multiplier, use_bias=use_bias),
+                                  layers.BatchNormalization(), layers.Activation("relu"), layers.Flatten(),
+                                  layers.Dense(3, activation="softmax")], seed=4)
 
-    folded, plain = stack(True), stack(False)
-    norm = folded.layers[1]
-    norm.params["gamma"][:] = rng.uniform(0.5, 2.0, width)
-    norm.params["beta"][:] = rng.standard_normal(width)
-    norm.state["moving_mean"][:] = rng.standard_normal(width)
-    norm.state["moving_variance"][:] = rng.uniform(0.2, 3.0, width)
-    plain.set_weights(folded.get_weights())
+    folded, plain, norm = _fold_pair(stack, rng, 3 * multiplier)
     assert folded._plan.steps[0].norm is norm and folded._plan.steps[1].folded
     np.testing.assert_allclose(folded.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
     folded.train_on_batch(x, y)
