@@ -84,7 +84,8 @@ def _tap_span(q, sw, dw, pad_left, out_w, width):
 def _add_tap(target, source, weights, first, stop, offset, sw, span):
     """target[j] += source[j * sw + offset] * weights[j] (pixels of ``span`` values) for
     output columns j in [first, stop): one run of values at a column stride of 1, a run a
-    pixel else."""
+    pixel else. The runs are slices indexed from 0: an index LLVM cannot prove
+    non-negative keeps Numba's wraparound test, and the loop did not vectorise (5x slower)."""
     if sw == 1:
         lo, hi, shift = first * span, stop * span, offset * span
         out, values, taps = target[lo:hi], source[lo + shift:hi + shift], weights[lo:hi]
