@@ -1,7 +1,8 @@
 """Elementary functions in float64 that a loop of them vectorises: no libm call (LLVM
-calls libm's exp, expm1, log1p and tanh once a value, 10-40x slower than a vector of
-fused multiply-adds). The activation kernels take them for float32 arrays, whose results
-they round as from libm's (float64 arrays, the gradient checks, keep libm's own).
+calls libm's exp, expm1, log1p and tanh once a value: one core, 32k values in cache, ns a
+value, ELU 6.5 with libm's expm1 -> 0.54, softplus 10.6 with exp and log1p -> 1.4). The
+activation kernels take them for float32 arrays, whose results they round as from libm's
+(float64 arrays, the gradient checks, keep libm's own).
 """
 
 import numpy as np
@@ -52,7 +53,7 @@ def _float_of(typingctx, bits):
 
 
 # expm1(x) = 2^n (expm1(r) + 1) - 1 with x = n ln2 + r, |r| <= ln2 / 2; expm1(r) by its
-# Taylor series to r^10 (relative error under 3e-12 on that range: float32 results round
+# Taylor series to r^10 (relative error at most 7.2e-13 on a sweep: float32 results round
 # as from libm's, but for ties). n comes from the rounding of x / ln2 + 1.5 * 2^52, whose
 # low bits then hold it, and 2^n from its exponent bits: no float-to-int conversion (of
 # a NaN, undefined in LLVM) and no call, so a loop of it vectorises.
@@ -80,14 +81,14 @@ def _exp_parts(value):
 
 @njit(inline="always")
 def expm1_below_zero(value):
-    """exp(value) - 1 for value <= 0 (or NaN, which it returns) in float64, within 3e-12
+    """exp(value) - 1 for value <= 0 (or NaN, which it returns) in float64, within 7.2e-13
     relative: -1 far below zero, 0 above 0."""
     power, series = _exp_parts(value)
     return power * series + (power - 1.0)
 
 
 # log1p(t) = 2 atanh(s), s = t / (2 + t), by atanh's series to s^23: for t in [0, 1]
-# (s <= 1/3) relative error under 2e-12, and no 1 + t that would lose a small t's digits.
+# (s <= 1/3) relative error at most 1.5e-13, and no 1 + t that would lose a small t's digits.
 # (To s^21, one of 180k float32 softplus values rounded otherwise than from libm's.)
 _ATANH_TERMS = tuple(1.0 / k for k in range(23, 1, -2))  # 1/23, 1/21 .. 1/3
 

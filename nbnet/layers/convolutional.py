@@ -105,7 +105,7 @@ IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 WINOGRAD_MIN_IMAGES = 16
 # Activations the implicit GEMM (see implicit_conv_forward) and the depthwise kernels
 # (depthwise_forward) run as they make the output: no pass of their own over it.
-IMPLICIT_STORE_ACTIVATIONS = (LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH)
+FUSED_ACTIVATIONS = (LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH)
 
 
 class Conv2D(KernelMixin, Layer):
@@ -291,7 +291,7 @@ class Conv2D(KernelMixin, Layer):
         bias_in_stores = not self.keep_logits and (
             implicit or ((winograd or winograd5x5) and x.dtype == np.float32))
         activation_in_stores = bias_in_stores and self._code in (
-            IMPLICIT_STORE_ACTIVATIONS if implicit else (LINEAR, RELU))
+            FUSED_ACTIVATIONS if implicit else (LINEAR, RELU))
         finish = (bias, self._code == RELU) if bias_in_stores else ()
         if implicit:
             ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias if bias_in_stores else None,
@@ -467,7 +467,7 @@ def _depthwise_finishes(layer, ops):
     """Whether the depthwise kernel adds ``layer``'s bias and runs its activation as it
     makes the output (on the CPU, for activate_fusable's codes, logits not kept)."""
     return (ops.depthwise_activation_forward is not None and not layer.keep_logits
-            and layer._code in IMPLICIT_STORE_ACTIVATIONS)
+            and layer._code in FUSED_ACTIVATIONS)
 
 
 class DepthwiseConv2D(NormFoldingMixin, ActivationMixin, Layer):
