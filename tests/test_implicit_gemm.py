@@ -290,21 +290,36 @@ def test_an_activation_over_each_part_of_an_image_gives_the_same_bits_at_any_spl
         np.testing.assert_array_equal(z, expected)
 
 
-def test_an_images_pixels_split_across_threads_give_the_same_bits():
-    """Fewer images than threads: each image's pixels in parts (a one-image predict)."""
+@pytest.mark.parametrize("stride, pad_top, pad_left, out_h, out_w", [
+    (1, 0, 0, 11, 9),  # 'valid'
+    (1, 1, 1, 13, 11),  # 'same': a zero border all round
+    (2, 0, 1, 7, 6),  # Keras's 'same' at stride 2: padding below and right only where needed
+])
+def test_an_images_pixels_split_across_threads_give_the_same_bits(stride, pad_top, pad_left, out_h, out_w):
+    """Fewer images than threads: each image's pixels in parts (a one-image predict), each
+    part copying only the rows its windows read into a buffer zeroed at its border only:
+    the same bits at any split, and the convolution's values."""
     from nbnet.kernels.activations import RELU
 
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((1, 13, 11, 32)).astype(np.float32)
+    x = rng.standard_normal((2, 13, 11, 32)).astype(np.float32)
     kernel2d = rng.standard_normal((3 * 3 * 32, 40)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
     outputs = []
     for parts in (1, 2, 3, 7):
-        z = np.full((1, 11 * 9, 40), np.nan, np.float32)
-        implicit_gemm._forward(x, kernel2d, 3, 3, 1, 1, 0, 0, 11, 9, bias, RELU, 0.0, z, parts)
+        z = np.full((2, out_h * out_w, 40), np.nan, np.float32)
+        implicit_gemm._forward(x, kernel2d, 3, 3, stride, stride, pad_top, pad_left, out_h, out_w, bias, RELU, 0.0,
+                               z, parts)
         outputs.append(z)
     for split in outputs[1:]:
         np.testing.assert_array_equal(split, outputs[0])
+    padded = np.zeros((2, (out_h - 1) * stride + 3, (out_w - 1) * stride + 3, 32), np.float64)
+    rows, cols = min(13, padded.shape[1] - pad_top), min(11, padded.shape[2] - pad_left)
+    padded[:, pad_top:pad_top + rows, pad_left:pad_left + cols] = x[:, :rows, :cols]
+    windows = np.stack([padded[:, p:p + (out_h - 1) * stride + 1:stride, q:q + (out_w - 1) * stride + 1:stride]
+                        for p in range(3) for q in range(3)], axis=3)
+    expected = np.maximum(windows.reshape(2, out_h * out_w, -1) @ kernel2d + bias, 0)
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("batch, size, channels, filters, kernel_size, strides, padding, pool", [

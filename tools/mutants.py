@@ -265,6 +265,12 @@ MUTANTS += [
     M("depthwise_row_span_short", "a depthwise tap leaves out the last output column it reaches",
       "kernels/depthwise.py", "min(out_w, (width - 1 - offset) // sw + 1)", "min(out_w, (width - 1 - offset) // sw)",
       ["tests/test_grouped_conv.py::test_forward_matches_reference"]),
+    M("implicit_part_copies_a_row_short", "a part of a split image copies one row fewer than its windows read",
+      "kernels/implicit_gemm.py", "(end - 1) // out_w * sh + kh)", "(end - 1) // out_w * sh + kh - 1)",
+      ["tests/test_implicit_gemm.py::test_an_images_pixels_split_across_threads_give_the_same_bits"]),
+    M("implicit_border_right_not_zeroed", "the implicit GEMM's image buffer keeps garbage right of the image",
+      "kernels/implicit_gemm.py", "            buffer[y, inside_right:] = zero\n", "            pass\n",
+      ["tests/test_implicit_gemm.py::test_an_images_pixels_split_across_threads_give_the_same_bits"]),
     M("implicit_replay_splits_for_recording_threads", "a recorded one-image conv splits its image for the threads "
       "it was recorded on (one), not for all of Numba's: no split when replayed on two", "kernels/implicit_gemm.py",
       "                                   numba.config.NUMBA_NUM_THREADS)",

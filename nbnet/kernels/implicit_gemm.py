@@ -224,15 +224,39 @@ def _pixel_offsets(out_h, out_w, sh, sw, wide, channels):
 def _pad_image(source, top, left, buffer):
     """Copies the (height, width, channels) image ``source`` into buffer (rows, wide,
     channels) at (top, left); parts outside the buffer are cut off. The rest of the buffer
-    keeps what it had: zeros, the buffer made with np.zeros and every image of a call
-    landing on the same part of it."""
+    keeps what it had: zeros, the buffer made with np.zeros (or _zero_border) and every
+    image of a call landing on the same part of it."""
+    _pad_rows(source, top, left, buffer, 0, buffer.shape[0])
+
+
+@njit(cache=True, inline="always")
+def _pad_rows(source, top, left, buffer, first, stop):
+    """_pad_image for the buffer's rows first..stop-1 only."""
     rows, wide, channels = buffer.shape
     height, width = source.shape[0], source.shape[1]
     run = np.uint64(channels)  # unsigned: see conv.pad_image
-    for y in range(max(0, -top), min(height, rows - top)):
+    for y in range(max(0, -top, first - top), min(height, rows - top, stop - top)):
         for xx in range(max(0, -left), min(width, wide - left)):
             for c in range(np.uint64(0), run):
                 buffer[y + top, xx + left, c] = source[y, xx, c]
+
+
+@njit(cache=True, inline="always")
+def _zero_border(buffer, top, left, height, width):
+    """Zeroes what _pad_image leaves alone in ``buffer`` for a (height, width) image at
+    (top, left): the border, not the whole buffer, which the image then covers."""
+    rows, wide, channels = buffer.shape
+    inside_top, inside_stop = min(rows, max(0, top)), max(0, min(rows, top + height))
+    inside_stop = max(inside_top, inside_stop)
+    inside_left, inside_right = min(wide, max(0, left)), max(0, min(wide, left + width))
+    inside_right = max(inside_left, inside_right)
+    zero = np.float32(0.0)
+    for y in range(rows):
+        if y < inside_top or y >= inside_stop:
+            buffer[y] = zero
+        else:
+            buffer[y, :inside_left] = zero
+            buffer[y, inside_right:] = zero
 
 
 # Inlined into its callers (Numba's inline="always": no library of its own), as are
@@ -297,13 +321,18 @@ def _forward_jobs(first, stop, x, kernel2d, kh, kw, sh, sw, pad_top, pad_left, o
     pixels = _pixel_offsets(out_h, out_w, sh, sw, wide, channels)
     targets = _rows_of(out_h * out_w, filters)
     blocks = (pixels.size + ROWS - 1) // ROWS
-    padded = np.zeros((rows, wide, channels), np.float32)
+    padded = np.empty((rows, wide, channels), np.float32)
+    _zero_border(padded, pad_top, pad_left, x.shape[1], x.shape[2])
     spare, places = np.empty(ROWS, np.int64), np.empty(ROWS, np.int64)
     relu = int(code == RELU)
     for job in range(first, stop):
         n, part = job // parts, job % parts
         start, end = part * blocks // parts * ROWS, min(pixels.size, (part + 1) * blocks // parts * ROWS)
-        _pad_image(x[n], pad_top, pad_left, padded)
+        if end <= start:
+            continue
+        # A part of an image (a one-image predict split over the threads) copies only the
+        # rows its windows read.
+        _pad_rows(x[n], pad_top, pad_left, padded, start // out_w * sh, (end - 1) // out_w * sh + kh)
         _correlate(padded, pixels[start:end], targets[start:end], taps, kernel2d, z[n], 0, spare, places, bias, relu)
         if code != LINEAR and code != RELU:
             activate_fusable(code, alpha, z[n].reshape(-1)[start * filters:end * filters])
