@@ -143,6 +143,14 @@ HOLDOUT = {
     # One wide first conv on a one-channel image, then global pooling.
     "wide_first": ((28, 28, 1), [("conv", 128, 3, 1, "same", "relu"), ("maxpool", 2),
                                  ("conv", 64, 3, 1, "same", "relu"), ("gap",), ("dense", 10, None)]),
+    # Added in session 26 from a scan of eight more untuned nets, the two furthest behind:
+    # a deep stack of thin 3x3 convs (8 and 16 filters: half the implicit GEMM's lanes
+    # idle), and sigmoid / tanh convs with average pools and a leaky relu dense layer.
+    "thin_deep": ((28, 28, 1), [("conv", 8, 3, 1, "same", "relu")] * 4 + [("maxpool", 2)]
+                  + [("conv", 16, 3, 1, "same", "relu")] * 2 + [("gap",), ("dense", 10, None)]),
+    "avg_sigmoid": ((28, 28, 1), [("conv", 16, 3, 1, "same", "sigmoid"), ("avgpool", 2),
+                                  ("conv", 32, 3, 1, "valid", "tanh"), ("avgpool", 2), ("flatten",),
+                                  ("dense", 64, "leaky_relu"), ("dense", 10, None)]),
 }
 ZOO = list(ARCHITECTURES)
 ARCHITECTURES.update(HOLDOUT)
