@@ -127,3 +127,94 @@ def test_conv2d_on_the_planar_path_trains_as_on_im2col(monkeypatch, pool):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for u, v in zip(weights_a, weights_b):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, height, width, channels, filters, kernel_size, padding", [
+    (5, 28, 28, 1, 6, (5, 5), "same"),     # LeNet-5's first layer
+    (3, 14, 14, 6, 8, (5, 5), "valid"),
+    (2, 13, 11, 3, 7, (7, 7), "same"),     # odd sides
+    (4, 9, 12, 8, 8, (3, 3), "same"),      # a thin 3x3 stack's
+    (2, 10, 9, 2, 3, (4, 4), "same"),      # an even kernel: the extra pad at the end
+    (1, 8, 12, 3, 5, (3, 5), "valid"),     # a rectangular kernel, one image
+    (2, 12, 45, 2, 1, (3, 3), "same"),     # one filter, rows of more than one block
+])
+def test_the_turned_block_matches_im2col(batch, height, width, channels, filters, kernel_size, padding):
+    """planar_block_forward (the implicit GEMM's block, rows turned to filters, its sums
+    stored turned: implicit_gemm._store_transposed) with a bias and an activation, and
+    planar_block_input_gradient (the same block over the output gradient) against im2col."""
+    from nbnet.kernels.activations import TANH, bias_activation_forward
+
+    rng = np.random.default_rng(channels * filters + width)
+    x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
+    kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    (z_expected, _, dx_expected), dz, (top, left, out_h, out_w) = im2col_reference(
+        x, kernel, padding, lambda *shape: rng.standard_normal(shape).astype(np.float32))
+    expected = np.empty_like(z_expected)
+    bias_activation_forward(z_expected, bias, TANH, 0.0, expected)
+
+    z = np.full(z_expected.shape, np.nan, np.float32)
+    planar.planar_block_forward(x, kernel, 1, 1, top, left, out_h, out_w, z, bias, TANH)
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
+    dx = np.full_like(x, np.nan)
+    planar.planar_block_input_gradient(dz, kernel, top, left, out_h, out_w, dx)
+    np.testing.assert_allclose(dx, dx_expected, rtol=1e-5, atol=1e-5 * np.abs(dx_expected).max())
+
+
+def test_the_turned_block_gives_the_same_bits_at_any_split():
+    """One image's positions in parts (a one-image predict on several threads): the same
+    bits whatever the parts, the activation run over each part's pixels."""
+    from nbnet.kernels.activations import LEAKY_RELU
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 21, 19, 4)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    outputs = []
+    for parts in (1, 2, 3, 7, 40):
+        z = np.full((1, 21 * 19, 8), np.nan, np.float32)
+        planar._block_forward(x, kernel, 1, 1, 21, 19, bias, LEAKY_RELU, 0.3, z, parts)
+        outputs.append(z)
+    assert not np.isnan(outputs[0]).any()
+    for split in outputs[1:]:
+        np.testing.assert_array_equal(split, outputs[0])
+
+
+def test_a_conv_of_few_filters_takes_the_turned_block_and_trains_as_on_the_implicit_gemm(monkeypatch):
+    """Conv2D layers of at most 8 filters run their forward on the turned block, and of 8
+    channels in their input gradient; predictions and one SGD step's weights equal the
+    implicit GEMM's."""
+    from nbnet.layers import convolutional
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 16, 16, 1)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    results = []
+    for applies in (planar.blocks_apply, lambda *args: False):
+        monkeypatch.setattr(convolutional, "planar_blocks_apply", applies)
+        model = models.Sequential(
+            [layers.Input((16, 16, 1)), layers.Conv2D(8, 3, padding="same", activation="relu"),
+             layers.Conv2D(8, 3, padding="same", activation="tanh"), layers.Conv2D(6, 3, padding="same"),
+             layers.Conv2D(4, 5, activation="relu"), layers.Flatten(), layers.Dense(3)], seed=0)
+        model.compile(optimizers.SGD(0.1), "mse")
+        before = model.predict(x, verbose=0)
+        model.train_on_batch(x, y)
+        results.append((before, model.get_weights(),
+                        [(layer._blocks_forward, layer._blocks_input_gradient) for layer in model.layers[:4]]))
+    (a, weights_a, used), (b, weights_b, unused) = results
+    # The last conv's input gradient (6 channels, a 'valid' 5x5) goes as the implicit GEMM's columns.
+    assert used == [(True, False), (True, True), (True, True), (True, False)]
+    assert unused == [(False, False)] * 4
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for u, v in zip(weights_a, weights_b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_the_turned_block_applies_to_few_filters_at_stride_1():
+    float32 = np.float32
+    assert planar.blocks_apply((3, 3), (1, 1), 8, 28, float32) == (planar.LANES == 16)
+    assert planar.blocks_apply((5, 5), (1, 1), 6, 28, float32) == (planar.LANES == 16)
+    assert not planar.blocks_apply((3, 3), (1, 1), 9, 28, float32)   # the implicit GEMM's: more than 8 rows
+    assert not planar.blocks_apply((3, 3), (2, 2), 8, 28, float32)   # strided
+    assert not planar.blocks_apply((3, 3), (1, 1), 8, 28, np.float64)
+    assert not planar.blocks_apply((5, 5), (1, 1), 8, 10, float32)   # dropped positions too many

@@ -265,6 +265,18 @@ MUTANTS += [
     M("depthwise_row_span_short", "a depthwise tap leaves out the last output column it reaches",
       "kernels/depthwise.py", "min(out_w, (width - 1 - offset) // sw + 1)", "min(out_w, (width - 1 - offset) // sw)",
       ["tests/test_grouped_conv.py::test_forward_matches_reference"]),
+    M("turned_input_gradient_pad_off_by_one", "the turned block's input gradient pads the output gradient one "
+      "column short on the left", "kernels/planar.py", "kh - 1 - pad_top, kw - 1 - pad_left,",
+      "kh - 1 - pad_top, kw - pad_left,", ["tests/test_planar.py::test_the_turned_block_matches_im2col"]),
+    M("turned_store_swaps_quarters", "the turned block stores a vector's second and third quarters of positions "
+      "swapped", "kernels/implicit_gemm.py", "position = v * 16 + half * 8 + part * 4 + pair * 2",
+      "position = v * 16 + part * 8 + half * 4 + pair * 2", ["tests/test_planar.py::test_the_turned_block_matches_im2col"]),
+    M("turned_relayout_skips_a_column", "the turned block's sums reach z without each row's first pixel",
+      "kernels/planar.py", "range(max(0, low - i * wide), min(out_w, high - i * wide))",
+      "range(max(1, low - i * wide), min(out_w, high - i * wide))", ["tests/test_planar.py::test_the_turned_block_matches_im2col"]),
+    M("turned_activation_stops_a_pixel_short", "the turned block's activation leaves out each part's last pixel",
+      "kernels/planar.py", "max(0, min(out_w, high - (i_high - 1) * wide))",
+      "max(0, min(out_w - 1, high - (i_high - 1) * wide))", ["tests/test_planar.py::test_the_turned_block_matches_im2col"]),
     M("implicit_part_copies_a_row_short", "a part of a split image copies one row fewer than its windows read",
       "kernels/implicit_gemm.py", "(end - 1) // out_w * sh + kh)", "(end - 1) // out_w * sh + kh - 1)",
       ["tests/test_implicit_gemm.py::test_an_images_pixels_split_across_threads_give_the_same_bits"]),

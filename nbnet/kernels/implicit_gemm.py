@@ -80,11 +80,12 @@ def applies(dtype):
     return np.dtype(dtype) == np.float32
 
 
-def _emit_block(builder, args, masked, vectors=1):
+def _emit_block(builder, args, masked, vectors=1, planar=False):
     """The IR of _block (see there); with ``masked``, every load and store of B and C
     covers only the first ``lanes`` lanes (a separate block: a target without masked
     vector instructions would pay for the masks on every tap); ``vectors`` (unmasked
-    only) side by side vectors of filters per row."""
+    only) side by side vectors of filters per row; ``planar``: the table gives B's
+    offsets and A's are consecutive (see _planar_block)."""
     a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes, bias, relu = args
     i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
     vector, pointer, zero, load, store = vector_access(builder, masked, lanes)
@@ -113,12 +114,12 @@ def _emit_block(builder, args, masked, vectors=1):
         phi.add_incoming(zero, before)
         sums.append(phi)
     column = builder.load(builder.gep(column_offsets, [k]))
-    row_of_b = builder.gep(b, [builder.mul(k, b_stride)])
+    row_of_b = builder.gep(b, [column if planar else builder.mul(k, b_stride)])
     weights = [load(builder.bitcast(builder.gep(row_of_b, [ir.Constant(i64, v * LANES)]), pointer))
                for v in range(vectors)]
     added = []
     for r in range(ROWS):
-        value = builder.load(builder.gep(a, [builder.add(rows[r], column)]))
+        value = builder.load(builder.gep(a, [builder.add(rows[r], k if planar else column)]))
         spread = builder.shuffle_vector(builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined,
                                         first_lane)
         for v in range(vectors):
@@ -136,6 +137,9 @@ def _emit_block(builder, args, masked, vectors=1):
         total.add_incoming(zero, before)
         total.add_incoming(added[index], loop)
         totals.append(total)
+    if planar:
+        _store_transposed(builder, totals, c, pointer)
+        return
     # The forward pass adds the bias (an address, 0 for none) and applies relu here, as
     # bias_activation_forward would in a pass of its own.
     has_bias = builder.icmp_unsigned("!=", bias, ir.Constant(i64, 0))
@@ -154,6 +158,42 @@ def _emit_block(builder, args, masked, vectors=1):
                         store(builder.fadd(load(target), total), target)
                     with otherwise:
                         store(total, target)
+
+
+def _store_transposed(builder, totals, c, pointer):
+    """Stores the planar block's sums (ROWS = 8 rows of filters, two vectors of 16
+    positions each) as 32 positions of 8 values, position-major, from address ``c``:
+    three rounds of interleaving shuffles turn each two rows of 16 into vectors of two
+    positions' 8 filters."""
+    i64 = ir.IntType(64)
+
+    def interleave(x, y, mask):
+        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 16), mask))
+
+    for v in range(2):
+        rows = [totals[r * 2 + v] for r in range(8)]
+        # Round 1: rows 2h, 2h+1 -> (position, row) pairs, positions 0-7 and 8-15.
+        pairs = []
+        for h in range(4):
+            x, y = rows[2 * h], rows[2 * h + 1]
+            pairs.append((interleave(x, y, [i // 2 + 16 * (i % 2) for i in range(16)]),
+                          interleave(x, y, [8 + i // 2 + 16 * (i % 2) for i in range(16)])))
+        # Round 2: two pairs -> four rows a position, positions 0-3, 4-7 (of each half).
+        quads = []
+        for h in range(2):
+            for half in range(2):
+                x, y = pairs[2 * h][half], pairs[2 * h + 1][half]
+                low = [(i // 4) * 2 + (i % 4 % 2) + 16 * (i % 4 // 2) for i in range(16)]
+                quads.append((interleave(x, y, low), interleave(x, y, [m + 8 for m in low])))
+        # quads[h * 2 + half][part]: rows 4h..4h+3, positions half * 8 + part * 4 + (0..3).
+        for half in range(2):
+            for part in range(2):
+                x, y = quads[half][part], quads[2 + half][part]
+                for pair in range(2):
+                    mask = [pair * 8 + (i % 8 // 4) * 16 + (i // 8) * 4 + i % 4 for i in range(16)]
+                    position = v * 16 + half * 8 + part * 4 + pair * 2
+                    target = builder.bitcast(builder.gep(c, [ir.Constant(i64, position * 8)]), pointer)
+                    builder.store(interleave(x, y, mask), target, align=4)
 
 
 @intrinsic
@@ -179,6 +219,20 @@ def _wide_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c
     broadcast value used twice."""
     def codegen(context, builder, signature, args):
         _emit_block(builder, args, masked=False, vectors=2)
+        return context.get_dummy_value()
+
+    return types.void(*([types.int64] * 13)), codegen
+
+
+@intrinsic
+def _planar_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes,
+                  bias, relu):
+    """_wide_block with the operands' roles turned (kernels/planar.py): for r < ROWS,
+    C[c_offsets[r] + :2 * LANES] (+)= the sum over k < count of A[row_offsets[r] + k] *
+    B[column_offsets[k] + :2 * LANES]: rows are filters, A their taps' weights, B an
+    image's planes at each tap's offset, the lanes consecutive output positions."""
+    def codegen(context, builder, signature, args):
+        _emit_block(builder, args, masked=False, vectors=2, planar=True)
         return context.get_dummy_value()
 
     return types.void(*([types.int64] * 13)), codegen
@@ -803,7 +857,7 @@ COLUMNS_BELOW_CHANNELS = 8
 COLUMNS_FROM_WORK_RATIO = 2.0
 
 
-def _input_gradient_as_columns(kernel_shape, sh, sw, height, width, out_h, out_w):
+def input_gradient_as_columns(kernel_shape, sh, sw, height, width, out_h, out_w):
     """Whether the input gradient is made as columns (see COLUMNS_BELOW_CHANNELS and
     COLUMNS_FROM_WORK_RATIO) rather than by the phase correlations."""
     kh, kw, channels, _ = kernel_shape
@@ -823,7 +877,7 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     batch, height, width, _ = x.shape
     if batch == 0:
         return
-    if need_dx and _input_gradient_as_columns(kernel.shape, sh, sw, height, width, out_h, out_w):
+    if need_dx and input_gradient_as_columns(kernel.shape, sh, sw, height, width, out_h, out_w):
         implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel, False, dx)
         _input_gradient(np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
                         np.ascontiguousarray(kernel.reshape(-1, filters).T), kh, kw, sh, sw, pad_top, pad_left, dx)

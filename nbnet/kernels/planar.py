@@ -19,11 +19,16 @@ stores the accumulator once for _TAPS multiply-adds. Only the CPU has this path;
 runs im2col and its GEMM.
 """
 
+import numba
 import numpy as np
 from numba import njit
 
+from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
-from .parallel import parallel_ranges
+from .activations import LINEAR, activate_fusable
+from .implicit_gemm import ROWS, SPLIT_IMAGE_MIN_MACS, _planar_block
+from .lane_maps import LANES
+from .parallel import parallel_ranges, range_body
 
 _TAPS = 4
 # The input gradient's pass takes this many filters at once (its accumulator is loaded and
@@ -297,3 +302,135 @@ def planar_conv_backward(x, kernel, dz, pad_top, pad_left, out_h, out_w, dkernel
     for chunk in range(1, chunks):
         total = total + partial[chunk, :filters, :field]
     dkernel += total.reshape(filters, channels, kh, kw).transpose(2, 3, 1, 0)
+
+
+# The forward pass in vector registers (float32): implicit_gemm's block with the operands'
+# roles turned (_planar_block): a block's rows are filters, its lanes 2 * LANES consecutive
+# positions of the planes, so a layer of few filters fills every lane, where the implicit
+# GEMM's vectors run along the filters (6 of its 16 lanes for LeNet-5's first conv).
+@njit(cache=True, inline="always")
+def _block_taps(kernel, plane, wide):
+    """(offsets, weights) as _taps makes them, unpadded: weights (filters, taps) float32."""
+    kh, kw, channels, filters = kernel.shape
+    offsets = np.empty(kh * kw * channels, np.int64)
+    weights = np.empty((filters, offsets.size), np.float32)
+    t = 0
+    for c in range(channels):
+        for p in range(kh):
+            for q in range(kw):
+                offsets[t] = c * plane + p * wide + q
+                for o in range(filters):
+                    weights[o, t] = kernel[p, q, c, o]
+                t += 1
+    return offsets, weights
+
+
+@njit(cache=True, inline="always")
+def _correlate_blocks(source, offsets, weights, first, stop, out, rows):
+    """out[f, o] = sum over taps t of weights[o, t] * source[offsets[t] + f] for f in
+    [first, stop) (whole blocks of 2 * LANES), ``out`` (positions, ROWS) position-major:
+    the block stores its sums turned (see implicit_gemm._store_transposed)."""
+    filters, taps = weights.shape
+    for r in range(ROWS):
+        rows[r] = min(r, filters - 1) * taps
+    for f in range(first, stop, 2 * LANES):
+        _planar_block(weights.ctypes.data, rows.ctypes.data, offsets.ctypes.data, taps, source.ctypes.data + 4 * f,
+                      0, out.ctypes.data + 4 * ROWS * f, 0, ROWS, 0, LANES, 0, 0)
+
+
+@range_body
+def _block_forward_jobs(first, stop, x, kernel, pad_top, pad_left, out_h, out_w, bias, code, alpha, z, parts):
+    """Jobs first..stop-1: job (image n, part) makes that part of the image's positions,
+    moves them to z's (pixel, filter) rows with the bias, and runs the activation over them
+    while they are in cache."""
+    kh, kw, channels, filters = kernel.shape
+    rows_n, wide = out_h + kh - 1, out_w + kw - 1
+    offsets, weights = _block_taps(kernel, rows_n * wide, wide)
+    length = _span(out_h * wide)
+    planes = np.zeros(channels * rows_n * wide + length, np.float32)
+    out = np.empty((length, ROWS), np.float32)
+    rows = np.empty(ROWS, np.int64)
+    blocks = length // (2 * LANES)
+    biased = bias.size > 0
+    for job in range(first, stop):
+        n, part = job // parts, job % parts
+        low, high = part * blocks // parts * 2 * LANES, (part + 1) * blocks // parts * 2 * LANES
+        if high <= low:
+            continue
+        _to_planes(x, n, pad_top, pad_left, rows_n, wide, planes)
+        _correlate_blocks(planes, offsets, weights, low, high, out, rows)
+        i_low, i_high = low // wide, min(out_h, -(-high // wide))
+        image = z[n]
+        for i in range(i_low, i_high):
+            for j in range(max(0, low - i * wide), min(out_w, high - i * wide)):
+                row, sums = image[i * out_w + j], out[i * wide + j]
+                if biased:
+                    for o in range(filters):
+                        row[o] = sums[o] + bias[o]
+                else:
+                    for o in range(filters):
+                        row[o] = sums[o]
+        if code != LINEAR:
+            p_low = i_low * out_w + max(0, min(out_w, low - i_low * wide))
+            p_high = (i_high - 1) * out_w + max(0, min(out_w, high - (i_high - 1) * wide))
+            if p_high > p_low:
+                activate_fusable(code, alpha, image.reshape(-1)[p_low * filters:p_high * filters])
+
+
+@njit(cache=True)
+def _block_forward(x, kernel, pad_top, pad_left, out_h, out_w, bias, code, alpha, z, parts):
+    parallel_ranges(_block_forward_jobs, x.shape[0] * parts,
+                    (x, kernel, pad_top, pad_left, out_h, out_w, bias, code, alpha, z, parts))
+
+
+# Where the turned block runs a stride-1 float32 conv: fewer filters than a vector's lanes
+# (the implicit GEMM leaves the rest of its lanes empty) on rows whose dropped positions
+# (kw - 1 of each wide row) are a small share.
+def blocks_apply(kernel_size, strides, filters, out_w, dtype):
+    kh, kw = kernel_size
+    return (np.dtype(dtype) == np.float32 and LANES == 16 and ROWS == 8 and tuple(strides) == (1, 1)
+            and filters <= ROWS and out_w >= 3 * (kw - 1))
+
+
+def planar_block_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR, alpha=0.0):
+    """implicit_gemm.implicit_conv_forward's result (the same arguments; strides 1 only) by
+    the turned block; ``z`` is (batch * out_h * out_w, filters)."""
+    function, args = _block_forward_call(x, kernel, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
+                                         numba_thread_count())
+    function(*args)
+
+
+def _block_forward_call(x, kernel, pad_top, pad_left, out_h, out_w, z, bias, code, alpha, threads):
+    kh, kw, channels, filters = kernel.shape
+    bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
+    batch = x.shape[0]
+    large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
+    parts = max(1, threads // batch) if large else 1
+    return _block_forward, (np.ascontiguousarray(x), np.ascontiguousarray(kernel), pad_top, pad_left, out_h, out_w,
+                            bias, int(code), float(alpha), z.reshape(batch, out_h * out_w, filters), parts)
+
+
+def _block_forward_replayed_as(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
+                               alpha=0.0):
+    """As implicit_gemm's: the kernel call itself, split for Numba's full thread count."""
+    if not all(array.flags.c_contiguous for array in (x, kernel, z) + (() if bias is None else (bias,))):
+        return None
+    function, args = _block_forward_call(x, kernel, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
+                                         numba.config.NUMBA_NUM_THREADS)
+    return function, args, {}
+
+
+planar_block_forward.replayed_as = _block_forward_replayed_as
+
+
+def planar_block_input_gradient(dz, kernel, pad_top, pad_left, out_h, out_w, dx):
+    """dx = the input gradient of a stride-1 conv (``kernel`` Keras's (kh, kw, in, out),
+    padding (pad_top, pad_left)) from ``dz``, its (batch * out_h * out_w, filters) gradient
+    before the activation: the conv of dz, zero-padded by the kernel's size less the
+    forward's padding, with the kernel turned half round and its channels and filters
+    swapped, made by planar_block_forward (its rows the input's channels)."""
+    kh, kw, channels, filters = kernel.shape
+    batch, height, width, _ = dx.shape
+    turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    planar_block_forward(dz.reshape(batch, out_h, out_w, filters), turned, 1, 1, kh - 1 - pad_top, kw - 1 - pad_left,
+                         height, width, dx.reshape(batch * height * width, channels))

@@ -7,8 +7,8 @@ from .. import initializers, regularizers
 from ..errors import NbnetError
 from ..kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
 from ..kernels.conv import direct_applies, output_geometry
-from ..kernels.implicit_gemm import applies as implicit_applies
-from ..kernels.planar import applies as planar_applies
+from ..kernels.implicit_gemm import applies as implicit_applies, input_gradient_as_columns
+from ..kernels.planar import applies as planar_applies, blocks_apply as planar_blocks_apply
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
 from ..kernels.winograd import f4_over_implicit as winograd_f4_over_implicit, pool_apart as winograd_pool_apart
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
@@ -230,6 +230,18 @@ class Conv2D(KernelMixin, Layer):
         implicit = (planar or im2col or thin_winograd or (direct and self.pool is None)) and can_implicit
         if implicit:
             planar = direct = winograd = winograd5x5 = im2col = False
+        # Few filters: kernels/planar.py's turned block fills the vector lanes the implicit
+        # GEMM's filters would leave idle; as it does for the input gradient of few channels
+        # that the implicit GEMM would make by its phase correlations, vectors along the
+        # channels (fewer still go as columns, see implicit_gemm.COLUMNS_BELOW_CHANNELS).
+        blocks = implicit and ops.planar_block_forward is not None and planar_blocks_apply(
+            self.kernel_size, self.strides, self.filters, out_w, x.dtype)
+        conv_forward = ops.planar_block_forward if blocks else ops.implicit_conv_forward
+        self._blocks_forward = blocks
+        self._blocks_input_gradient = (
+            implicit and ops.planar_block_input_gradient is not None
+            and planar_blocks_apply(self.kernel_size, self.strides, x.shape[3], width, x.dtype)
+            and not input_gradient_as_columns(self.params["kernel"].shape, *self.strides, height, width, out_h, out_w))
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
         self._fused_winograd = winograd and pooled_winograd
@@ -256,7 +268,7 @@ class Conv2D(KernelMixin, Layer):
             else:
                 z = self._buffer("y", (rows, self.filters), x.dtype)
                 if implicit:
-                    ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z)
+                    conv_forward(x, self.params["kernel"], *geometry[2:], z)
                 elif winograd:
                     ops.conv3x3_forward(x, self.params["kernel"], *geometry[4:6],
                                         self._kernel_transform(plain_positions(x.dtype, out_h, out_w)),
@@ -294,8 +306,8 @@ class Conv2D(KernelMixin, Layer):
             FUSED_ACTIVATIONS if implicit else (LINEAR, RELU))
         finish = (bias, self._code == RELU) if bias_in_stores else ()
         if implicit:
-            ops.implicit_conv_forward(x, self.params["kernel"], *geometry[2:], z, bias if bias_in_stores else None,
-                                      self._code if activation_in_stores else LINEAR, self._slope)
+            conv_forward(x, self.params["kernel"], *geometry[2:], z, bias if bias_in_stores else None,
+                         self._code if activation_in_stores else LINEAR, self._slope)
         elif planar:
             ops.planar_conv_forward(x, self.params["kernel"], *geometry[4:], z)
         elif direct:
@@ -362,8 +374,12 @@ class Conv2D(KernelMixin, Layer):
             dz = dy.reshape(-1, self.filters)  # overwritten in place with the gradient before the activation
             self._activation_gradient(self._y, dz, from_logits, dbias)
         if self._implicit:
+            blocks_dx = dx is not None and self._blocks_input_gradient
             ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
-                                       self.grads["kernel"], dx is not None, dx if dx is not None else self._x[:0])
+                                       self.grads["kernel"], dx is not None and not blocks_dx,
+                                       dx if dx is not None else self._x[:0])
+            if blocks_dx:
+                ops.planar_block_input_gradient(dz, self.params["kernel"], *self._geometry_used[4:], dx)
             return dx
         if self._planar:
             ops.planar_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[4:], self.grads["kernel"],
