@@ -415,7 +415,8 @@ def test_the_vector_width_follows_the_cpus_registers():
 
 @pytest.mark.slow
 def test_the_blocks_at_the_other_vector_width_match_numpy(tmp_path):
-    """This module and the Winograd lane maps' tests, rerun with the width this CPU does not
+    """This module's, the Winograd lane maps' and the planar convs' tests (the turned block's
+    at 16 lanes only), rerun with the width this CPU does not
     take (NBNET_VECTOR_LANES; a 16-lane vector is legal, if slower, on AVX2), in a Numba
     cache of their own: both block shapes stay proven whichever machine runs the suite."""
     other = 8 if lane_maps.LANES == 16 else 16
@@ -425,7 +426,7 @@ def test_the_blocks_at_the_other_vector_width_match_numpy(tmp_path):
                            cwd=root, env=env, capture_output=True, text=True, check=True)
     assert width.stdout.split() == [str(other)]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_implicit_gemm.py",
-                          "tests/test_winograd_tiles.py", "-k", "not other_vector_width"],
+                          "tests/test_winograd_tiles.py", "tests/test_planar.py", "-k", "not other_vector_width"],
                          cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout

@@ -129,6 +129,12 @@ def test_conv2d_on_the_planar_path_trains_as_on_im2col(monkeypatch, pool):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
 
 
+# The turned block is AVX-512's: ROWS = 8 rows of filters by 16 lanes (on AVX2 the implicit
+# GEMM keeps these convs; test_implicit_gemm's other-width test reruns this file at 16).
+turned_block = pytest.mark.skipif(planar.LANES != 16, reason="the turned block needs 16-lane vectors (AVX-512)")
+
+
+@turned_block
 @pytest.mark.parametrize("batch, height, width, channels, filters, kernel_size, padding", [
     (5, 28, 28, 1, 6, (5, 5), "same"),     # LeNet-5's first layer
     (3, 14, 14, 6, 8, (5, 5), "valid"),
@@ -137,6 +143,9 @@ def test_conv2d_on_the_planar_path_trains_as_on_im2col(monkeypatch, pool):
     (2, 10, 9, 2, 3, (4, 4), "same"),      # an even kernel: the extra pad at the end
     (1, 8, 12, 3, 5, (3, 5), "valid"),     # a rectangular kernel, one image
     (2, 12, 45, 2, 1, (3, 3), "same"),     # one filter, rows of more than one block
+    (2, 11, 37, 8, 8, (3, 3), "same"),     # 8 channels: the planes copied by runs of 16 pixels
+    (2, 6, 20, 16, 5, (3, 3), "valid"),    # two groups of 8 channels, a row's runs overlapping
+    (2, 9, 21, 4, 8, (3, 3), "same"),      # an output gradient of 8 channels copied by runs
 ])
 def test_the_turned_block_matches_im2col(batch, height, width, channels, filters, kernel_size, padding):
     """planar_block_forward (the implicit GEMM's block, rows turned to filters, its sums
@@ -156,11 +165,13 @@ def test_the_turned_block_matches_im2col(batch, height, width, channels, filters
     z = np.full(z_expected.shape, np.nan, np.float32)
     planar.planar_block_forward(x, kernel, 1, 1, top, left, out_h, out_w, z, bias, TANH)
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
-    dx = np.full_like(x, np.nan)
-    planar.planar_block_input_gradient(dz, kernel, top, left, out_h, out_w, dx)
-    np.testing.assert_allclose(dx, dx_expected, rtol=1e-5, atol=1e-5 * np.abs(dx_expected).max())
+    if channels <= planar.ROWS:  # (the input's channels are the turned block's rows there)
+        dx = np.full_like(x, np.nan)
+        planar.planar_block_input_gradient(dz, kernel, top, left, out_h, out_w, dx)
+        np.testing.assert_allclose(dx, dx_expected, rtol=1e-5, atol=1e-5 * np.abs(dx_expected).max())
 
 
+@turned_block
 def test_the_turned_block_gives_the_same_bits_at_any_split():
     """One image's positions in parts (a one-image predict on several threads): the same
     bits whatever the parts, the activation run over each part's pixels."""
@@ -180,6 +191,7 @@ def test_the_turned_block_gives_the_same_bits_at_any_split():
         np.testing.assert_array_equal(split, outputs[0])
 
 
+@turned_block
 def test_a_conv_of_few_filters_takes_the_turned_block_and_trains_as_on_the_implicit_gemm(monkeypatch):
     """Conv2D layers of at most 8 filters run their forward on the turned block, and of 8
     channels in their input gradient; predictions and one SGD step's weights equal the
@@ -218,3 +230,28 @@ def test_the_turned_block_applies_to_few_filters_at_stride_1():
     assert not planar.blocks_apply((3, 3), (2, 2), 8, 28, float32)   # strided
     assert not planar.blocks_apply((3, 3), (1, 1), 8, 28, np.float64)
     assert not planar.blocks_apply((5, 5), (1, 1), 8, 10, float32)   # dropped positions too many
+
+
+@pytest.mark.parametrize("height, width, channels, top, left, rows, wide", [
+    (28, 28, 8, 1, 1, 30, 30),   # 'same' 3x3
+    (13, 37, 16, 2, 0, 17, 39),  # two groups of channels
+    (20, 20, 8, -1, -2, 18, 17),  # the image cut off on every side
+    (6, 9, 8, 1, 1, 8, 11),  # rows shorter than a run: the loop
+    (4, 17, 24, 0, -3, 4, 12),  # three groups, 12 pixels kept
+])
+def test_the_planes_copied_by_runs_of_16_pixels_are_the_loops(height, width, channels, top, left, rows, wide):
+    """_to_planes_fast (16 x 8 transposes in registers, _pixels_to_planes) writes the
+    values _to_planes' loop writes, and nothing else."""
+    from numba import njit
+
+    @njit
+    def both(x, top, left, rows, wide):
+        slow = np.full(x.shape[3] * rows * wide + 64, -7.0, np.float32)
+        fast = slow.copy()
+        planar._to_planes(x, 1, top, left, rows, wide, slow)
+        planar._to_planes_fast(x, 1, top, left, rows, wide, fast)
+        return slow, fast
+
+    x = np.random.default_rng(channels).standard_normal((2, height, width, channels)).astype(np.float32)
+    slow, fast = both(x, top, left, rows, wide)
+    np.testing.assert_array_equal(fast, slow)
