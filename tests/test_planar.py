@@ -149,15 +149,16 @@ turned_block = pytest.mark.skipif(planar.LANES != 16, reason="the turned block n
 ])
 def test_the_turned_block_matches_im2col(batch, height, width, channels, filters, kernel_size, padding):
     """planar_block_forward (the implicit GEMM's block, rows turned to filters, its sums
-    stored turned: implicit_gemm._store_transposed) with a bias and an activation, and
-    planar_block_input_gradient (the same block over the output gradient) against im2col."""
+    stored turned: implicit_gemm._store_transposed) with a bias and an activation,
+    planar_block_kernel_gradient and planar_block_input_gradient (the same block over the
+    output gradient) against im2col."""
     from nbnet.kernels.activations import TANH, bias_activation_forward
 
     rng = np.random.default_rng(channels * filters + width)
     x = rng.standard_normal((batch, height, width, channels)).astype(np.float32)
     kernel = rng.standard_normal(kernel_size + (channels, filters)).astype(np.float32)
     bias = rng.standard_normal(filters).astype(np.float32)
-    (z_expected, _, dx_expected), dz, (top, left, out_h, out_w) = im2col_reference(
+    (z_expected, dkernel_expected, dx_expected), dz, (top, left, out_h, out_w) = im2col_reference(
         x, kernel, padding, lambda *shape: rng.standard_normal(shape).astype(np.float32))
     expected = np.empty_like(z_expected)
     bias_activation_forward(z_expected, bias, TANH, 0.0, expected)
@@ -165,6 +166,9 @@ def test_the_turned_block_matches_im2col(batch, height, width, channels, filters
     z = np.full(z_expected.shape, np.nan, np.float32)
     planar.planar_block_forward(x, kernel, 1, 1, top, left, out_h, out_w, z, bias, TANH)
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
+    dkernel = np.ones_like(kernel)  # added into
+    planar.planar_block_kernel_gradient(x, kernel, dz, 1, 1, top, left, out_h, out_w, dkernel)
+    np.testing.assert_allclose(dkernel - 1, dkernel_expected, rtol=1e-5, atol=1e-5 * np.abs(dkernel_expected).max())
     if channels <= planar.ROWS:  # (the input's channels are the turned block's rows there)
         dx = np.full_like(x, np.nan)
         planar.planar_block_input_gradient(dz, kernel, top, left, out_h, out_w, dx)
@@ -193,9 +197,9 @@ def test_the_turned_block_gives_the_same_bits_at_any_split():
 
 @turned_block
 def test_a_conv_of_few_filters_takes_the_turned_block_and_trains_as_on_the_implicit_gemm(monkeypatch):
-    """Conv2D layers of at most 8 filters run their forward on the turned block, and of 8
-    channels in their input gradient; predictions and one SGD step's weights equal the
-    implicit GEMM's."""
+    """Conv2D layers of at most 8 filters run their forward and kernel gradient on the
+    turned block, and of 8 channels in their input gradient; predictions and one SGD
+    step's weights equal the implicit GEMM's."""
     from nbnet.layers import convolutional
 
     rng = np.random.default_rng(6)
@@ -212,11 +216,14 @@ def test_a_conv_of_few_filters_takes_the_turned_block_and_trains_as_on_the_impli
         before = model.predict(x, verbose=0)
         model.train_on_batch(x, y)
         results.append((before, model.get_weights(),
-                        [(layer._blocks_forward, layer._blocks_input_gradient) for layer in model.layers[:4]]))
+                        [(layer._blocks_forward, layer._blocks_input_gradient, layer._blocks_kernel_gradient)
+                         for layer in model.layers[:4]]))
     (a, weights_a, used), (b, weights_b, unused) = results
-    # The last conv's input gradient (6 channels, a 'valid' 5x5) goes as the implicit GEMM's columns.
-    assert used == [(True, False), (True, True), (True, True), (True, False)]
-    assert unused == [(False, False)] * 4
+    # The first conv's kernel gradient (a window row of 3 values) and the last conv's input
+    # gradient (6 channels, a 'valid' 5x5: the implicit GEMM's columns, which make its
+    # kernel gradient in the same pass) stay the implicit GEMM's.
+    assert used == [(True, False, False), (True, True, True), (True, True, True), (True, False, True)]
+    assert unused == [(False, False, False)] + [(False, False, True)] * 3  # (the input gradient's then: no use)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for u, v in zip(weights_a, weights_b):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
@@ -255,3 +262,22 @@ def test_the_planes_copied_by_runs_of_16_pixels_are_the_loops(height, width, cha
     x = np.random.default_rng(channels).standard_normal((2, height, width, channels)).astype(np.float32)
     slow, fast = both(x, top, left, rows, wide)
     np.testing.assert_array_equal(fast, slow)
+
+
+@turned_block
+@pytest.mark.parametrize("stride, padding", [(1, "same"), (2, "same"), (2, "valid")])
+def test_the_turned_blocks_kernel_gradient_has_the_implicit_gemms_bits(stride, padding):
+    """The same products summed in the same order (each image's pixels in turn, the images
+    of a chunk after one another): the implicit GEMM's kernel gradient, bit for bit, at any
+    stride."""
+    from nbnet.kernels import implicit_gemm
+
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((19, 15, 17, 8)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 8, 7)).astype(np.float32)
+    out_h, out_w, top, left = conv.output_geometry(15, 17, (3, 3), (stride, stride), padding)
+    dz = rng.standard_normal((19 * out_h * out_w, 7)).astype(np.float32)
+    expected, got = np.full_like(kernel, 0.5), np.full_like(kernel, 0.5)
+    implicit_gemm.implicit_conv_backward(x, kernel, dz, stride, stride, top, left, out_h, out_w, expected, False, x[:0])
+    planar.planar_block_kernel_gradient(x, kernel, dz, stride, stride, top, left, out_h, out_w, got)
+    np.testing.assert_array_equal(got, expected)

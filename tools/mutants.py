@@ -282,6 +282,10 @@ MUTANTS += [
       ["tests/test_planar.py::test_the_planes_copied_by_runs_of_16_pixels_are_the_loops"]),
     M("planes_transpose_lanes_unordered", "the 16 x 8 transpose stores its lanes in the order its shuffles left them",
       "kernels/planar.py", "order = [(p & 1) * 8 + (p >> 1) for p in range(16)]", "order = list(range(16))", ["tests/test_planar.py::test_the_planes_copied_by_runs_of_16_pixels_are_the_loops"]),
+    M("turned_kernel_gradient_keeps_last_image", "the turned block's kernel gradient keeps each chunk's last image's "
+      "products instead of their sum", "kernels/planar.py", "sums[base + lane, o] += scratch[lane, o]",
+      "sums[base + lane, o] = scratch[lane, o]",
+      ["tests/test_planar.py::test_the_turned_blocks_kernel_gradient_has_the_implicit_gemms_bits"]),
     M("implicit_part_copies_a_row_short", "a part of a split image copies one row fewer than its windows read",
       "kernels/implicit_gemm.py", "(end - 1) // out_w * sh + kh)", "(end - 1) // out_w * sh + kh - 1)",
       ["tests/test_implicit_gemm.py::test_an_images_pixels_split_across_threads_give_the_same_bits"]),

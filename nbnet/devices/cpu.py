@@ -33,7 +33,7 @@ from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_fo
                                take_forward)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
 from ..kernels.planar import (planar_block_forward, planar_block_input_gradient,  # noqa: F401
-                             planar_conv_backward, planar_conv_forward)
+                             planar_block_kernel_gradient, planar_conv_backward, planar_conv_forward)
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             global_avgpool_backward, global_avgpool_forward, maxpool_activation_backward,
                             maxpool_forward)

@@ -43,7 +43,7 @@ name = "cuda"
 conv3x3_maxpool_forward = conv3x3_maxpool_backward = conv3x3_forward = conv3x3_backward = None
 conv5x5_forward = conv5x5_backward = None
 planar_conv_forward = planar_conv_backward = None
-planar_block_forward = planar_block_input_gradient = None
+planar_block_forward = planar_block_input_gradient = planar_block_kernel_gradient = None
 implicit_conv_forward = implicit_conv_backward = None
 implicit_conv_maxpool_forward = implicit_conv_maxpool_backward = None
 # Add runs the activation after it in its own pass on the CPU only (layers/merging.py).

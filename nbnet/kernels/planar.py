@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from ..threads import numba_thread_count
 from . import REDUCTION_CHUNKS
 from .activations import LINEAR, activate_fusable
-from .implicit_gemm import ROWS, SPLIT_IMAGE_MIN_MACS, _planar_block
+from .implicit_gemm import ROWS, SPLIT_IMAGE_MIN_MACS, _pad_image, _planar_block
 from .lane_maps import LANES
 from .parallel import parallel_ranges, range_body
 
@@ -522,3 +522,85 @@ def planar_block_input_gradient(dz, kernel, pad_top, pad_left, out_h, out_w, dx)
     turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
     planar_block_forward(dz.reshape(batch, out_h, out_w, filters), turned, 1, 1, kh - 1 - pad_top, kw - 1 - pad_left,
                          height, width, dx.reshape(batch * height * width, channels))
+
+
+# The kernel gradient of a conv of at most 8 filters by the turned block: its rows the
+# filters (the output gradient turned into planes, one run of pixels a filter), its lanes
+# 32 consecutive values of a kernel row's window in the zero-bordered NHWC image (kw *
+# channels of them: the taps (q, c) of row p, in the kernel's own order), the sum over the
+# image's pixels; where the implicit GEMM's vectors run along the few filters.
+@range_body
+def _block_kernel_gradient_chunks(first, stop, x, dz, kh, kw, sh, sw, pad_top, pad_left, partial):
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, filters = dz.shape
+    rows_n, wide = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
+    span = kw * channels
+    groups = -(-span // (2 * LANES))
+    # (the window's last vector reads up to 2 * LANES values past the image's end)
+    flat = np.zeros(rows_n * wide * channels + (groups + 1) * 2 * LANES, np.float32)
+    padded = flat[:rows_n * wide * channels].reshape(rows_n, wide, channels)
+    pixels = out_h * out_w
+    offsets = np.empty(pixels, np.int64)
+    for i in range(out_h):
+        for j in range(out_w):
+            offsets[i * out_w + j] = (i * sh * wide + j * sw) * channels
+    turned = np.empty(filters * pixels, np.float32)
+    rows = np.empty(ROWS, np.int64)
+    for r in range(ROWS):
+        rows[r] = min(r, filters - 1) * pixels
+    scratch = np.empty((2 * LANES, ROWS), np.float32)
+    chunks = partial.shape[0]
+    for chunk in range(first, stop):
+        sums = partial[chunk]
+        sums[:] = 0.0
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            _pad_image(x[n], pad_top, pad_left, padded)
+            if filters % 8 == 0:
+                _to_planes_fast(dz, n, 0, 0, out_h, out_w, turned)
+            else:
+                _to_planes(dz, n, 0, 0, out_h, out_w, turned)
+            for p in range(kh):
+                for group in range(groups):
+                    _planar_block(turned.ctypes.data, rows.ctypes.data, offsets.ctypes.data, pixels,
+                                  flat.ctypes.data + 4 * (p * wide * channels + group * 2 * LANES), 0,
+                                  scratch.ctypes.data, 0, ROWS, 0, LANES, 0, 0)
+                    base = p * span + group * 2 * LANES
+                    for lane in range(min(2 * LANES, span - group * 2 * LANES)):
+                        for o in range(filters):
+                            sums[base + lane, o] += scratch[lane, o]
+
+
+@njit(cache=True)
+def _block_kernel_gradient(x, dz, kh, kw, sh, sw, pad_top, pad_left, partial):
+    parallel_ranges(_block_kernel_gradient_chunks, partial.shape[0],
+                    (x, dz, kh, kw, sh, sw, pad_top, pad_left, partial))
+
+
+def kernel_gradient_blocks_apply(kernel_shape, filters, dtype):
+    """Whether the turned block makes the kernel gradient: float32, AVX-512, at most 8
+    filters, and a kernel row's window (kw * channels values) filling more than half the
+    lanes of its vectors (the implicit GEMM fills filters / 16 of its lanes)."""
+    kh, kw, channels = kernel_shape[:3]
+    span = kw * channels
+    lanes = -(-span // (2 * LANES)) * 2 * LANES
+    return (np.dtype(dtype) == np.float32 and LANES == 16 and ROWS == 8 and filters <= ROWS
+            and 2 * span > lanes)
+
+
+def planar_block_kernel_gradient(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_w, dkernel):
+    """dkernel (Keras's (kh, kw, in, out)) += the conv's kernel gradient from ``dz``, its
+    (batch * out_h * out_w, filters) gradient before the activation, by the turned block.
+    Partial sums per fixed chunk of images, added in order: the same bits at any thread
+    count."""
+    kh, kw, channels, filters = kernel.shape
+    if LANES != 16 or ROWS != 8 or filters > ROWS:
+        raise ValueError("planar_block_kernel_gradient makes up to 8 filters with 16-lane vectors (AVX-512)")
+    batch = x.shape[0]
+    if batch == 0:
+        return
+    chunks = min(REDUCTION_CHUNKS, batch)
+    partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
+    _block_kernel_gradient(np.ascontiguousarray(x), np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
+                           kh, kw, sh, sw, pad_top, pad_left, partial)
+    for chunk in range(chunks):
+        dkernel += partial[chunk].reshape(dkernel.shape)

@@ -9,6 +9,7 @@ from ..kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
 from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.implicit_gemm import applies as implicit_applies, input_gradient_as_columns
 from ..kernels.planar import applies as planar_applies, blocks_apply as planar_blocks_apply
+from ..kernels.planar import kernel_gradient_blocks_apply as planar_kernel_gradient_blocks_apply
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
 from ..kernels.winograd import f4_over_implicit as winograd_f4_over_implicit, pool_apart as winograd_pool_apart
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
@@ -242,6 +243,11 @@ class Conv2D(KernelMixin, Layer):
             implicit and ops.planar_block_input_gradient is not None
             and planar_blocks_apply(self.kernel_size, self.strides, x.shape[3], width, x.dtype)
             and not input_gradient_as_columns(self.params["kernel"].shape, *self.strides, height, width, out_h, out_w))
+        # Its kernel gradient too, where the input gradient is not the implicit GEMM's (which
+        # makes both in one pass over each image).
+        self._blocks_kernel_gradient = (implicit and ops.planar_block_kernel_gradient is not None
+                                        and planar_kernel_gradient_blocks_apply(self.params["kernel"].shape,
+                                                                                self.filters, x.dtype))
         self._x_shape, self._geometry_used = x.shape, geometry
         self._direct, self._winograd, self._planar, self._winograd5x5 = direct, winograd, planar, winograd5x5
         self._fused_winograd = winograd and pooled_winograd
@@ -375,9 +381,13 @@ class Conv2D(KernelMixin, Layer):
             self._activation_gradient(self._y, dz, from_logits, dbias)
         if self._implicit:
             blocks_dx = dx is not None and self._blocks_input_gradient
-            ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
-                                       self.grads["kernel"], dx is not None and not blocks_dx,
-                                       dx if dx is not None else self._x[:0])
+            if self._blocks_kernel_gradient and (dx is None or blocks_dx):
+                ops.planar_block_kernel_gradient(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
+                                                 self.grads["kernel"])
+            else:
+                ops.implicit_conv_backward(self._x, self.params["kernel"], dz, *self._geometry_used[2:],
+                                           self.grads["kernel"], dx is not None and not blocks_dx,
+                                           dx if dx is not None else self._x[:0])
             if blocks_dx:
                 ops.planar_block_input_gradient(dz, self.params["kernel"], *self._geometry_used[4:], dx)
             return dx
