@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nbnet import layers, models, optimizers
-from nbnet.kernels import conv, implicit_gemm, lane_maps, planar
+from nbnet.kernels import conv, implicit_gemm, lane_maps, planar_blocks
 
 
 def _random(rng):
@@ -257,9 +257,9 @@ def test_convs_add_the_bias_in_their_stores_for_any_activation(activation, monke
         assert passes == ([] if in_stores else [(0, True)])  # else one pass, in place, without the bias
         z = np.empty_like(got)
         if conv._implicit:
-            # 8 filters: the implicit GEMM's turned block (kernels/planar.py) makes them.
-            assert conv._blocks_forward == (planar.LANES == 16)
-            forward = planar.planar_block_forward if conv._blocks_forward else implicit_gemm.implicit_conv_forward
+            # 8 filters: the implicit GEMM's turned block (kernels/planar_blocks.py) makes them.
+            assert conv._blocks_forward == (planar_blocks.LANES == 16)
+            forward = planar_blocks.planar_block_forward if conv._blocks_forward else implicit_gemm.implicit_conv_forward
             forward(x, conv.params["kernel"], 1, 1, size // 2, size // 2, 12, 12, z)
         else:
             from nbnet.kernels.winograd import conv3x3_forward
@@ -426,7 +426,7 @@ def test_the_blocks_at_the_other_vector_width_match_numpy(tmp_path):
                            cwd=root, env=env, capture_output=True, text=True, check=True)
     assert width.stdout.split() == [str(other)]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_implicit_gemm.py",
-                          "tests/test_winograd_tiles.py", "tests/test_planar.py", "-k", "not other_vector_width"],
+                          "tests/test_winograd_tiles.py", "tests/test_planar_blocks.py", "-k", "not other_vector_width"],
                          cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout

@@ -32,8 +32,9 @@ from ..kernels.onnx_ops import (binary_backward, binary_backward_same, binary_fo
                                clip_forward, log_softmax_backward, log_softmax_forward, permute_forward, take_backward,
                                take_forward)
 from ..kernels.padding import zero_pad_backward, zero_pad_forward  # noqa: F401
-from ..kernels.planar import (planar_block_forward, planar_block_input_gradient,  # noqa: F401
-                             planar_block_kernel_gradient, planar_conv_backward, planar_conv_forward)
+from ..kernels.planar import planar_conv_backward, planar_conv_forward  # noqa: F401
+from ..kernels.planar_blocks import (planar_block_forward, planar_block_input_gradient,  # noqa: F401
+                                    planar_block_kernel_gradient)
 from ..kernels.pool import (avgpool_backward, avgpool_forward, bias_activation_maxpool,  # noqa: F401
                             global_avgpool_backward, global_avgpool_forward, maxpool_activation_backward,
                             maxpool_forward)

@@ -8,8 +8,9 @@ from ..errors import NbnetError
 from ..kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH
 from ..kernels.conv import direct_applies, output_geometry
 from ..kernels.implicit_gemm import applies as implicit_applies, input_gradient_as_columns
-from ..kernels.planar import applies as planar_applies, blocks_apply as planar_blocks_apply
-from ..kernels.planar import kernel_gradient_blocks_apply as planar_kernel_gradient_blocks_apply
+from ..kernels.planar import applies as planar_applies
+from ..kernels.planar_blocks import blocks_apply as planar_blocks_apply
+from ..kernels.planar_blocks import kernel_gradient_blocks_apply as planar_kernel_gradient_blocks_apply
 from ..kernels.winograd import applies as winograd_applies, plain_applies as winograd_plain_applies, plain_positions
 from ..kernels.winograd import f4_over_implicit as winograd_f4_over_implicit, pool_apart as winograd_pool_apart
 from ..kernels.winograd5x5 import applies as winograd5x5_applies
@@ -231,7 +232,7 @@ class Conv2D(KernelMixin, Layer):
         implicit = (planar or im2col or thin_winograd or (direct and self.pool is None)) and can_implicit
         if implicit:
             planar = direct = winograd = winograd5x5 = im2col = False
-        # Few filters: kernels/planar.py's turned block fills the vector lanes the implicit
+        # Few filters: kernels/planar_blocks.py's turned block fills the vector lanes the implicit
         # GEMM's filters would leave idle; as it does for the input gradient of few channels
         # that the implicit GEMM would make by its phase correlations, vectors along the
         # channels (fewer still go as columns, see implicit_gemm.COLUMNS_BELOW_CHANNELS).
