@@ -81,6 +81,15 @@ def _taps(kernel, plane, wide):
     field = kh * kw * channels
     offsets = np.zeros(-(-field // _TAPS) * _TAPS, np.int64)
     weights = np.zeros((-(-filters // _SPREAD_FILTERS) * _SPREAD_FILTERS, offsets.size), kernel.dtype)
+    fill_taps(kernel, plane, wide, offsets, weights)
+    return offsets, weights
+
+
+@njit(inline="always")
+def fill_taps(kernel, plane, wide, offsets, weights):
+    """offsets[t], weights[o, t] for the kernel's taps t in (c, p, q) order (the first
+    kh * kw * channels of each; the rest left as they are)."""
+    kh, kw, channels, filters = kernel.shape
     t = 0
     for c in range(channels):
         for p in range(kh):
@@ -89,7 +98,6 @@ def _taps(kernel, plane, wide):
                 for o in range(filters):
                     weights[o, t] = kernel[p, q, c, o]
                 t += 1
-    return offsets, weights
 
 
 @njit(inline="always")

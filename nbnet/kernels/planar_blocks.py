@@ -33,7 +33,7 @@ from .activations import LINEAR, activate_fusable
 from .implicit_gemm import ROWS, SPLIT_IMAGE_MIN_MACS, _pad_image, _planar_block
 from .lane_maps import LANES
 from .parallel import parallel_ranges, range_body
-from .planar import _span, _to_planes
+from .planar import _span, _to_planes, fill_taps
 
 
 @intrinsic
@@ -112,14 +112,7 @@ def _block_taps(kernel, plane, wide):
     kh, kw, channels, filters = kernel.shape
     offsets = np.empty(kh * kw * channels, np.int64)
     weights = np.empty((filters, offsets.size), np.float32)
-    t = 0
-    for c in range(channels):
-        for p in range(kh):
-            for q in range(kw):
-                offsets[t] = c * plane + p * wide + q
-                for o in range(filters):
-                    weights[o, t] = kernel[p, q, c, o]
-                t += 1
+    fill_taps(kernel, plane, wide, offsets, weights)
     return offsets, weights
 
 
