@@ -227,10 +227,12 @@ def _wide_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c
 @intrinsic
 def _planar_block(typingctx, a, row_offsets, column_offsets, count, b, b_stride, c, c_offsets, valid_rows, add, lanes,
                   bias, relu):
-    """_wide_block with the operands' roles turned (kernels/planar.py): for r < ROWS,
-    C[c_offsets[r] + :2 * LANES] (+)= the sum over k < count of A[row_offsets[r] + k] *
-    B[column_offsets[k] + :2 * LANES]: rows are filters, A their taps' weights, B an
-    image's planes at each tap's offset, the lanes consecutive output positions."""
+    """_wide_block with the operands' roles turned (kernels/planar_blocks.py): for r <
+    ROWS, the sum over k < count of A[row_offsets[r] + k] * B[column_offsets[k] + :2 *
+    LANES] (rows are filters, A their taps' weights, B an image's planes at each tap's
+    offset, the lanes consecutive output positions), stored turned from C: position p's
+    ROWS sums at C[p * ROWS:] (_store_transposed). ``b_stride``, ``c_offsets``,
+    ``valid_rows``, ``add``, ``bias`` and ``relu`` are not read (every row is stored)."""
     def codegen(context, builder, signature, args):
         _emit_block(builder, args, masked=False, vectors=2, planar=True)
         return context.get_dummy_value()
