@@ -4,6 +4,7 @@ nbnet's own ONNX export), in one run. Prints one JSON object.
     python tools/bench_zoo.py --torch-python /work/bench-venv/bin/python     # all architectures
     python tools/bench_zoo.py --only lenet5,mlp --steps 10                   # a few, quickly
     python tools/bench_zoo.py --set holdout --torch-python ...               # the untuned second set
+    python tools/bench_zoo.py --set scan --torch-python ...                  # session 26's other scanned nets
 
 Each architecture is written once as a list of layer specs (``ARCHITECTURES``) that both
 builders read: ``nbnet_model`` (a Keras-style functional model) and ``torch_model`` (an
@@ -152,8 +153,30 @@ HOLDOUT = {
                                   ("conv", 32, 3, 1, "valid", "tanh"), ("avgpool", 2), ("flatten",),
                                   ("dense", 64, "leaky_relu"), ("dense", 10, None)]),
 }
+# The rest of session 26's scan of untuned nets (`--set scan`; thin_deep and avg_sigmoid
+# went into the holdout): a 7x7 stride-2 stem, 5x5 stride-2 convs, a strided
+# BatchNormalization CNN on colour images, wider MLPs, ELU/SELU dense layers.
+SCAN = {
+    "stem7": ((32, 32, 3), [("conv", 32, 7, 2, "same", "relu"), ("maxpool", 2), ("conv", 64, 3, 1, "same", "relu"),
+                            ("gap",), ("dense", 10, None)]),
+    "strided5": ((28, 28, 1), [("conv", 32, 5, 2, "same", "relu"), ("conv", 64, 5, 2, "same", "relu"), ("flatten",),
+                               ("dense", 10, None)]),
+    "strided_bn": ((32, 32, 3), [("conv", 32, 3, 1, "same", None), ("bn",), ("act", "relu"),
+                                 ("conv", 64, 3, 2, "same", None), ("bn",), ("act", "relu"),
+                                 ("conv", 128, 3, 2, "same", None), ("bn",), ("act", "relu"), ("gap",),
+                                 ("dense", 10, None)]),
+    "mlp_1024": ((28, 28, 1), [("flatten",), ("dense", 1024, "relu"), ("dropout", 0.5), ("dense", 256, "tanh"),
+                               ("dense", 10, None)]),
+    "cnn_dense_bn": ((28, 28, 1), [("conv", 24, 5, 1, "same", "relu"), ("maxpool", 2),
+                                   ("conv", 48, 5, 1, "same", "relu"), ("maxpool", 2), ("flatten",),
+                                   ("dense", 256, None), ("bn",), ("act", "relu"), ("dropout", 0.4),
+                                   ("dense", 10, None)]),
+    "elu_mlp": ((28, 28, 1), [("flatten",), ("dense", 400, "elu"), ("dense", 200, "selu"), ("dense", 10, None)]),
+}
 ZOO = list(ARCHITECTURES)
 ARCHITECTURES.update(HOLDOUT)
+ALL = list(ARCHITECTURES)  # --set all: the zoo and the holdout (the figures' sets)
+ARCHITECTURES.update(SCAN)
 
 
 # -- FLOPs ------------------------------------------------------------------------------------
@@ -435,8 +458,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per batch size")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--set", choices=("zoo", "holdout", "all"), default="zoo",
-                        help="the architectures timed when --only is not given: the zoo, the holdout set, or both")
+    parser.add_argument("--set", choices=("zoo", "holdout", "all", "scan"), default="zoo",
+                        help="the architectures timed when --only is not given: the zoo, the holdout set, both, "
+                             "or the scan's other nets")
     parser.add_argument("--only", help="comma-separated architecture names")
     parser.add_argument("--torch-python", help="python of a virtualenv with torch installed")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each worker, taking turns; medians reported")
@@ -444,7 +468,7 @@ def main():
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only is None:
-        args.only = ",".join({"zoo": ZOO, "holdout": list(HOLDOUT), "all": list(ARCHITECTURES)}[args.set])
+        args.only = ",".join({"zoo": ZOO, "holdout": list(HOLDOUT), "all": ALL, "scan": list(SCAN)}[args.set])
     unknown = [name for name in args.only.split(",") if name not in ARCHITECTURES]
     if unknown:
         raise SystemExit(f"unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
