@@ -10,6 +10,13 @@ Nothing here compiles at import: Numba compiles on first call and caches to disk
 REDUCTION_CHUNKS = 16
 
 
+def contiguous(*arrays):
+    """Whether every array given (None skipped) is C-contiguous: a kernel call recorded for
+    an inference program (a function's ``replayed_as``) must name the arrays themselves,
+    not a copy made while recording."""
+    return all(array is None or array.flags.c_contiguous for array in arrays)
+
+
 def host_cpu_name():
     """LLVM's name for this machine's CPU ("znver4" on the AMD EPYC of sessions 1-14,
     "rocketlake" on the Intel Xeon of sessions 15-22, "znver3" on the AMD EPYC of session

@@ -29,7 +29,7 @@ Dilation 1 and one group never come here: conv.py's paths (and their fusions) ke
 import numpy as np
 from numba import njit
 
-from . import REDUCTION_CHUNKS
+from . import REDUCTION_CHUNKS, contiguous
 from .activations import LINEAR, activate_fusable
 from .parallel import parallel_ranges, range_body
 from .matmul import add_transposed_product, matmul
@@ -175,8 +175,7 @@ def _forward_replayed_as(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, o
                          alpha=0.0):
     """The kernel call itself, for a recorded inference program (see inference_program);
     None where an operand is not contiguous (the call would read a copy made now)."""
-    if not (x.flags.c_contiguous and kernel.flags.c_contiguous and z.flags.c_contiguous
-            and (bias is None or bias.flags.c_contiguous)):
+    if not contiguous(x, kernel, z, bias):
         return None
     return _forward_call(x, kernel, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha)
 

@@ -57,7 +57,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..threads import numba_thread_count
-from . import REDUCTION_CHUNKS
+from . import REDUCTION_CHUNKS, contiguous
 from .parallel import parallel_ranges, range_body
 from .lane_maps import LANES, bias_and_relu, vector_access
 from .activations import LINEAR, RELU, activate_fusable
@@ -430,12 +430,19 @@ def _forward_call(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias, c
     ``threads`` threads: (function, args)."""
     kh, kw, channels, filters = kernel.shape
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
-    batch = x.shape[0]
-    large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
-    parts = max(1, threads // batch) if large else 1
     return _forward, (np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw,
                       pad_top, pad_left, out_h, out_w, bias, int(code), float(alpha),
-                      z.reshape(x.shape[0], out_h * out_w, filters), parts)
+                      z.reshape(x.shape[0], out_h * out_w, filters), image_parts(kernel.shape, out_h, out_w,
+                                                                                 x.shape[0], threads))
+
+
+def image_parts(kernel_shape, out_h, out_w, batch, threads):
+    """The parts each image's pixels are split into for ``threads`` threads: more than one
+    where the images are fewer than the threads and an image's conv is large (see
+    SPLIT_IMAGE_MIN_MACS)."""
+    kh, kw, channels, filters = kernel_shape
+    large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
+    return max(1, threads // batch) if large else 1
 
 
 def _forward_replayed_as(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR, alpha=0.0):
@@ -443,7 +450,7 @@ def _forward_replayed_as(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, 
     inference_program; a one-image conv's wrapper took 3 of its 16 us), its images split
     for as many threads as Numba has (the program may run on fewer: the same bits); None
     where an operand is not contiguous (the call would read a copy made now)."""
-    if not all(array.flags.c_contiguous for array in (x, kernel, z) + (() if bias is None else (bias,))):
+    if not contiguous(x, kernel, z, bias):
         return None
     function, args = _forward_call(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
                                    numba.config.NUMBA_NUM_THREADS)
@@ -618,7 +625,7 @@ def _maxpool_forward_call(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_
 
 def _maxpool_forward_replayed_as(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw, y, argmax):
     """As _forward_replayed_as, for implicit_conv_maxpool_forward."""
-    if not all(array.flags.c_contiguous for array in (x, kernel, bias)):
+    if not contiguous(x, kernel, bias):
         return None
     function, args = _maxpool_forward_call(x, kernel, bias, code, sh, sw, pad_top, pad_left, out_h, out_w, ph, pw,
                                            y, argmax)

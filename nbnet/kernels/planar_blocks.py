@@ -28,9 +28,9 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..threads import numba_thread_count
-from . import REDUCTION_CHUNKS
+from . import REDUCTION_CHUNKS, contiguous
 from .activations import LINEAR, activate_fusable
-from .implicit_gemm import ROWS, SPLIT_IMAGE_MIN_MACS, _pad_image, _planar_block
+from .implicit_gemm import ROWS, _pad_image, _planar_block, image_parts
 from .lane_maps import LANES
 from .parallel import parallel_ranges, range_body
 from .planar import _span, _to_planes, fill_taps
@@ -194,7 +194,8 @@ def _block_forward(x, kernel, pad_top, pad_left, out_h, out_w, bias, code, alpha
 
 # Where the turned block runs a stride-1 float32 conv: fewer filters than a vector's lanes
 # (the implicit GEMM leaves the rest of its lanes empty) on rows whose dropped positions
-# (kw - 1 of each wide row) are a small share.
+# (kw - 1 of each wide row) are a small share: planar.applies' rule of three, not measured
+# again for this block.
 def blocks_apply(kernel_size, strides, filters, out_w, dtype):
     kh, kw = kernel_size
     return (np.dtype(dtype) == np.float32 and LANES == 16 and ROWS == 8 and tuple(strides) == (1, 1)
@@ -212,19 +213,17 @@ def planar_block_forward(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, 
 
 
 def _block_forward_call(x, kernel, pad_top, pad_left, out_h, out_w, z, bias, code, alpha, threads):
-    kh, kw, channels, filters = kernel.shape
+    batch, filters = x.shape[0], kernel.shape[3]
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
-    batch = x.shape[0]
-    large = out_h * out_w * filters * kh * kw * channels >= SPLIT_IMAGE_MIN_MACS
-    parts = max(1, threads // batch) if large else 1
     return _block_forward, (np.ascontiguousarray(x), np.ascontiguousarray(kernel), pad_top, pad_left, out_h, out_w,
-                            bias, int(code), float(alpha), z.reshape(batch, out_h * out_w, filters), parts)
+                            bias, int(code), float(alpha), z.reshape(batch, out_h * out_w, filters),
+                            image_parts(kernel.shape, out_h, out_w, batch, threads))
 
 
 def _block_forward_replayed_as(x, kernel, sh, sw, pad_top, pad_left, out_h, out_w, z, bias=None, code=LINEAR,
                                alpha=0.0):
     """As implicit_gemm's: the kernel call itself, split for Numba's full thread count."""
-    if not all(array.flags.c_contiguous for array in (x, kernel, z) + (() if bias is None else (bias,))):
+    if not contiguous(x, kernel, z, bias):
         return None
     function, args = _block_forward_call(x, kernel, pad_top, pad_left, out_h, out_w, z, bias, code, alpha,
                                          numba.config.NUMBA_NUM_THREADS)
