@@ -165,11 +165,10 @@ def _block_forward_jobs(first, stop, x, kernel, pad_top, pad_left, out_h, out_w,
                 # of 28x28x8 on one core 1.7 -> 1.2 us, against the loop below).
                 sums = out.reshape(-1)[(i * wide + j_low) * ROWS:(i * wide + j_high) * ROWS]
                 row = image.reshape(-1)[(i * out_w + j_low) * ROWS:(i * out_w + j_high) * ROWS]
-                if biased:
-                    for k in range(sums.size):
-                        row[k] = sums[k] + tiled[k]
-                else:
-                    row[:] = sums
+                # (a loop, not row[:] = sums: an array's slice assignment compiles Numba's
+                # shape-mismatch message, 1.5 s of a cold start)
+                for k in range(sums.size):
+                    row[k] = sums[k] + tiled[k] if biased else sums[k]
                 continue
             for j in range(j_low, j_high):
                 row, sums = image[i * out_w + j], out[i * wide + j]
