@@ -357,6 +357,25 @@ def test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does(activation):
     np.testing.assert_allclose(y[0, 1:], expected[0, 1:], rtol=2e-7, atol=2e-8)
 
 
+@pytest.mark.parametrize("activation,ulps", [("tanh", 2.0), ("sigmoid", 3.5)])
+def test_float32_tanh_and_sigmoid_are_within_a_few_ulps(activation, ulps):
+    """The float32 tanh and sigmoid (float32 exp by a fitted series, tanh's small values by
+    a fitted odd polynomial) are within a few units in the last place of the exact value
+    on a dense sweep of both sides of zero, every scale and both sides of tanh's switch
+    between its two formulas; float32 libm's tanhf is within about 2.7."""
+    from nbnet.kernels.activations import SIGMOID, TANH, bias_activation_forward
+
+    sweep = np.concatenate([np.linspace(-30, 30, 1_200_001), np.linspace(0.6, 0.65, 100_001),
+                            np.logspace(-38, 1.5, 20_001)])
+    z = np.concatenate([sweep, -sweep]).astype(np.float32).reshape(-1, 6)
+    y = np.empty_like(z)
+    bias_activation_forward(z, np.zeros(0, np.float32), TANH if activation == "tanh" else SIGMOID, 0.0, y)
+    wide = z.astype(np.float64)
+    exact = np.tanh(wide) if activation == "tanh" else 1 / (1 + np.exp(-wide))
+    unit = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y - exact) / unit) <= ulps
+
+
 @pytest.mark.parametrize("activation", ["elu", "selu", "softplus"])
 def test_float32_exponential_activations_round_as_libm_does(activation):
     """The float32 ELU, SELU and softplus (exp, expm1 and log1p by series the loop

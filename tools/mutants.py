@@ -232,11 +232,19 @@ MUTANTS += [
       "each part of an image", "kernels/implicit_gemm.py",
       "[start * filters:end * filters])", "[start * filters:(end - 1) * filters])",
       ["tests/test_implicit_gemm.py::test_an_activation_over_each_part_of_an_image_gives_the_same_bits_at_any_split"]),
-    M("fast_tanh_clamp_swallows_nan", "the float32 tanh's clamp turns NaN into 1 (comparisons that are false for "
-      "NaN pick the bound)", "kernels/fast_math.py",
-      "    x = 9.0 if x > 9.0 else x\n    x = -9.0 if x < -9.0 else x\n",
-      "    x = x if x < 9.0 else 9.0\n    x = x if x > -9.0 else -9.0\n",
+    M("fast_exp_clamp_swallows_nan", "the float32 exp's clamp turns NaN into the bound (comparisons that are "
+      "false for NaN pick it): tanh and sigmoid of NaN come out finite", "kernels/fast_math.py",
+      "    y = _EXP32_MAX if value > _EXP32_MAX else value\n    y = -_EXP32_MAX if y < -_EXP32_MAX else y\n",
+      "    y = value if value < _EXP32_MAX else _EXP32_MAX\n    y = y if y > -_EXP32_MAX else -_EXP32_MAX\n",
       [LAYERS + "::test_float32_tanh_and_sigmoid_pass_nan_on_as_keras_does"]),
+    M("fast_exp_drops_low_part_of_ln2", "the float32 exp's range reduction drops the low part of ln 2 (exp off by "
+      "about 1.4e-6 relative times n)", "kernels/fast_math.py",
+      "    r = (y - n * _LN2_HIGH32) - n * _LN2_LOW32\n", "    r = y - n * _LN2_HIGH32\n",
+      [LAYERS + "::test_float32_tanh_and_sigmoid_are_within_a_few_ulps"]),
+    M("fast_tanh_small_values_by_exp", "the float32 tanh takes (1 - e) / (1 + e) for small values too, where "
+      "1 - exp(-2|x|) loses their digits", "kernels/fast_math.py",
+      "    return small if a < _TANH_SMALL else large\n", "    return large\n",
+      [LAYERS + "::test_float32_tanh_and_sigmoid_are_within_a_few_ulps"]),
     M("expm1_series_low_half_of_ln2", "the float32 ELU's range reduction drops the low part of ln 2 (results off "
       "by up to 2e-10 relative times n: some float32 roundings change)", "kernels/fast_math.py",
       "    r = (x - n * _LN2_HIGH) - n * _LN2_LOW\n", "    r = x - n * _LN2_HIGH\n",

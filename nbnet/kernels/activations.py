@@ -10,7 +10,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from . import REDUCTION_CHUNKS
-from .fast_math import expm1_below_zero, fast_softplus, fast_tanh
+from .fast_math import expm1_below_zero, fast_softplus, sigmoid_float32, tanh_float32
 from .parallel import parallel_ranges, range_body
 
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, LEAKY_RELU, ELU, SELU, SOFTPLUS = 0, 1, 2, 3, 4, 5, 6, 7, 8
@@ -111,8 +111,8 @@ def activate(code, alpha, values):
 def activate_fusable(code, alpha, values):
     """``activate`` for the codes a BatchNormalization runs inside its own pass (see
     executor.NORM_ACTIVATIONS) and LINEAR: its kernels take this one, as each vectorised
-    loop costs compile time (the exponential ones 0.4 s in each). Sigmoid and tanh share
-    one loop, as sigmoid(x) = 1/2 + tanh(x/2)/2."""
+    loop costs compile time (the exponential ones 0.4 s in each); sigmoid and tanh are
+    squash's, compiled once and called."""
     dtype = values.dtype.type
     zero = dtype(0.0)
     if code == RELU:
@@ -126,10 +126,10 @@ def activate_fusable(code, alpha, values):
 
 
 def squash(code, values):
-    """values = sigmoid(values) or tanh(values) (``code``), in place: for float32 one loop
-    of fast_tanh (sigmoid(x) = 1/2 + tanh(x/2)/2); for float64 (the gradient checks)
-    libm's exact functions. Chosen by the array's type when a kernel is compiled, so a
-    float32 kernel does not also compile the float64 loop."""
+    """values = sigmoid(values) or tanh(values) (``code``), in place: for float32 by
+    fast_math's float32 functions; for float64 (the gradient checks) libm's exact
+    functions. Chosen by the array's type when a kernel is compiled, so a float32 kernel
+    does not also compile the float64 loop."""
     raise NotImplementedError("squash runs inside Numba kernels only")
 
 
@@ -140,11 +140,12 @@ def squash(code, values):
 # measurable). The same flags as those kernels: the same bits as when inlined.
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _fast_squash(code, values):
-    dtype = values.dtype.type
-    half = 0.5 if code == SIGMOID else 1.0
-    shift = 0.5 if code == SIGMOID else 0.0
-    for k in range(values.shape[0]):
-        values[k] = dtype(shift + half * fast_tanh(half * np.float64(values[k])))
+    if code == SIGMOID:
+        for k in range(values.shape[0]):
+            values[k] = sigmoid_float32(values[k])
+    else:
+        for k in range(values.shape[0]):
+            values[k] = tanh_float32(values[k])
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
