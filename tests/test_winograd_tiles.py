@@ -103,11 +103,10 @@ def test_passes_match_a_float64_convolution(monkeypatch, variant, batch, height,
 
 
 @pytest.mark.parametrize("variant", [winograd_tiles.F2_3, winograd_tiles.F4_3, winograd_tiles.F2_5])
-def test_bias_and_activation_in_the_stores_equal_their_own_pass(variant):
-    """forward with a bias and an activation (relu in the stores, the others over each row
-    of blocks) gives bias_activation_forward's bits on its plain output: edge blocks
-    (9x7), filters past whole vectors (20), a NaN (relu passes 0)."""
-    from nbnet.kernels.activations import LEAKY_RELU, LINEAR, RELU, SIGMOID, TANH, bias_activation_forward
+def test_bias_and_relu_in_the_stores_equal_their_own_pass(variant):
+    """forward with a bias and relu gives bias_activation_forward's bits on its plain
+    output: edge blocks (9x7), filters past whole vectors (20), a NaN (relu passes 0)."""
+    from nbnet.kernels.activations import LINEAR, RELU, bias_activation_forward
 
     size = winograd_tiles.SIZES[variant][1]
     rng = np.random.default_rng(variant)
@@ -119,14 +118,13 @@ def test_bias_and_activation_in_the_stores_equal_their_own_pass(variant):
     plain = np.empty((2, 9, 7, 20), np.float32)
     winograd_tiles.forward(variant, x, kernel, size // 2, size // 2, u, plain)
     assert np.isnan(plain).any()
-    for code, use_bias in ((RELU, True), (RELU, False), (LINEAR, True), (LEAKY_RELU, True), (SIGMOID, True),
-                           (TANH, False)):
+    for code, use_bias in ((RELU, True), (RELU, False), (LINEAR, True)):
         expected = np.empty_like(plain)
-        bias_activation_forward(plain.reshape(-1, 20), bias if use_bias else bias[:0], code, 0.2,
+        bias_activation_forward(plain.reshape(-1, 20), bias if use_bias else bias[:0], code, 0.0,
                                 expected.reshape(-1, 20))
         fused = np.full_like(plain, 7.0)
         winograd_tiles.forward(variant, x, kernel, size // 2, size // 2, u, fused, bias if use_bias else None,
-                               code, 0.2)
+                               code == RELU)
         np.testing.assert_array_equal(fused, expected)
 
 

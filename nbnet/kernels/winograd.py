@@ -474,20 +474,20 @@ def conv3x3_maxpool_forward(x, kernel, bias, code, pad_top, pad_left, u, y, argm
              lambda m, start, end, quad: output_maxpool(m, bias, code, start, end, y, argmax))
 
 
-def conv3x3_forward(x, kernel, pad_top, pad_left, u, z, bias=None, code=LINEAR, alpha=0.0):
+def conv3x3_forward(x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
     """z = conv3x3(x, kernel), z of shape (batch, out_h, out_w, filters) from the input
     corner (-pad_top, -pad_left); ``u`` a (plain_positions, in, out) buffer for the
-    kernel's transform; in float32 (only) a ``bias`` added and activation ``code`` applied
-    as z is made (see winograd_tiles.forward). Forward and backward of a Conv2D layer, batch 128 on 2 cores, im2col ->
+    kernel's transform; in float32 (only) a ``bias`` added and ``relu`` applied as z is
+    stored (see winograd_tiles.forward). Forward and backward of a Conv2D layer, batch 128 on 2 cores, im2col ->
     Winograd (ms): 28x28x32 -> 32 filters 71.0 -> 26.7, 16x16x64 -> 64 59.7 -> 24.2,
     14x14x64 -> 64 40.7 -> 19.4, 16x16x32 -> 64 30.3 -> 14.1, 14x14x16 -> 16 9.0 -> 5.6;
     batch 32: 28x28x32 -> 32 18.1 -> 10.1, 14x14x64 -> 64 12.5 -> 6.4."""
     _, out_h, out_w, _ = z.shape
     if z.dtype == np.float32:
-        winograd_tiles.forward(plain_variant(out_h, out_w), x, kernel, pad_top, pad_left, u, z, bias, code, alpha)
+        winograd_tiles.forward(plain_variant(out_h, out_w), x, kernel, pad_top, pad_left, u, z, bias, relu)
         return
-    if bias is not None or code != LINEAR:
-        raise ValueError("conv3x3_forward adds a bias and an activation in float32 only")
+    if bias is not None or relu:
+        raise ValueError("conv3x3_forward adds a bias and relu in float32 only")
     _forward(x, kernel, pad_top, pad_left, u, (out_h + 1) // 2, (out_w + 1) // 2, False,
              lambda m, start, end, quad: output_blocks(m, start, end, quad, z))
 

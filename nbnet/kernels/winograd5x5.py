@@ -26,7 +26,6 @@ chunk's transformed input and products stay in its core's cache.
 import numpy as np
 from numba import njit
 
-from .activations import LINEAR
 from .conv import crop_image, pad_image
 from .matmul import for_each_worker
 from . import host_cpu_name, is_zen4, winograd_tiles
@@ -304,16 +303,16 @@ def _worker_scratch(x, tiles_h, tiles_w, filters, chunk_tiles, pad_top, pad_left
         np.empty((12, filters), x.dtype)))
 
 
-def conv5x5_forward(x, kernel, pad_top, pad_left, u, z, bias=None, code=LINEAR, alpha=0.0):
+def conv5x5_forward(x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
     """z = conv5x5(x, kernel), z of shape (batch, out_h, out_w, filters) from the input
     corner (-pad_top, -pad_left); ``u`` a (36, in, out) buffer for the kernel's transform;
-    in float32 (only) a ``bias`` added and activation ``code`` applied as z is made (see
+    in float32 (only) a ``bias`` added and ``relu`` applied as z is stored (see
     winograd_tiles.forward)."""
     if z.dtype == np.float32:
-        winograd_tiles.forward(F2_5, x, kernel, pad_top, pad_left, u, z, bias, code, alpha)
+        winograd_tiles.forward(F2_5, x, kernel, pad_top, pad_left, u, z, bias, relu)
         return
-    if bias is not None or code != LINEAR:
-        raise ValueError("conv5x5_forward adds a bias and an activation in float32 only")
+    if bias is not None or relu:
+        raise ValueError("conv5x5_forward adds a bias and relu in float32 only")
     _, out_h, out_w, filters = z.shape
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     kernel_transform(kernel, u)

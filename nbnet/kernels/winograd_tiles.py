@@ -28,7 +28,6 @@ from numba import njit
 from numpy.polynomial import polynomial
 
 from . import l2_cache_bytes
-from .activations import LINEAR, RELU, activate_fusable
 from .conv import crop_image, pad_image
 from .lane_maps import LANES, lane_map, masked_lane_map
 from .matmul import for_each_worker
@@ -254,17 +253,14 @@ def input_transform_adjoint(variant, m, n, dv, first, stop, pad_top, pad_left, t
 
 
 @njit(cache=True, nogil=True)
-def output_blocks(variant, m, n, products, first, stop, block, bias, code, alpha, z):
+def output_blocks(variant, m, n, products, first, stop, block, bias, relu, z):
     """z[image, m*ti + r, m*tj + s] = (A^T p A)[r, s] for block (ti, tj) of images
     first..stop-1 and its products p, where that lies inside z: blocks partly outside
     (sides that are not a multiple of m) are written through ``block`` (m*m, filters).
-    ``bias`` (length 0: none) added as they are stored, and activation ``code`` (slope
-    ``alpha``; one of activate_fusable's) applied: relu in the stores, the others over
-    each row of blocks once it is made, while it is in cache."""
+    ``bias`` (length 0: none) added and with ``relu`` the rectifier applied as they are
+    stored."""
     out_h, out_w, filters = z.shape[1], z.shape[2], z.shape[3]
     shift = bias.ctypes.data if bias.size else 0
-    relu = int(code == RELU)
-    flat = z.reshape(-1)
     tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
     position = products.shape[1] * filters
     tile = 0
@@ -285,10 +281,6 @@ def output_blocks(variant, m, n, products, first, stop, block, bias, code, alpha
                             for o in range(filters):
                                 target[o] = values[o]
                 tile += 1
-            if code != LINEAR and code != RELU:
-                row_values = out_w * filters
-                begin = (image_index * out_h + m * ti) * row_values
-                activate_fusable(code, alpha, flat[begin:begin + min(m, out_h - m * ti) * row_values])
 
 
 @njit(cache=True, nogil=True)
@@ -391,13 +383,12 @@ def _worker_scratch(variant, n, x, tiles_h, tiles_w, filters, chunk_tiles, pad_t
         np.zeros(rows * columns * channels, np.float32), np.empty((m * m, filters), np.float32)))
 
 
-def forward(variant, x, kernel, pad_top, pad_left, u, z, bias=None, code=LINEAR, alpha=0.0):
+def forward(variant, x, kernel, pad_top, pad_left, u, z, bias=None, relu=False):
     """z = the stride-1 convolution of x by ``kernel`` (r, r, in, out), z of shape (batch,
     out_h, out_w, filters) from the input corner (-pad_top, -pad_left); ``u`` a
     (positions(variant), in, out) buffer for the kernel's transform. With ``bias`` it is
-    added, and activation ``code`` (LINEAR, RELU, LEAKY_RELU with slope ``alpha``, SIGMOID,
-    TANH) applied, as the output is made (the same bits as bias_activation_forward's pass
-    after it). Float32."""
+    added, with ``relu`` the rectifier applied, as the output is stored (the same bits
+    as bias_activation_forward's pass). Float32."""
     m, n, tiles_h, tiles_w, chunk = _geometry(variant, x, z.shape)
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias)
     kernel_transform(variant, kernel, u)
@@ -408,7 +399,7 @@ def forward(variant, x, kernel, pad_top, pad_left, u, z, bias=None, code=LINEAR,
         for start, end, tiles in chunk_ranges(first, stop, tiles_h * tiles_w, chunk):
             input_transform(variant, m, n, x, start, end, pad_top, pad_left, tiles_h, tiles_w, image, v)
             np.matmul(v[:, :tiles], u, out=products[:, :tiles])
-            output_blocks(variant, m, n, products, start, end, block, bias, int(code), float(alpha), z)
+            output_blocks(variant, m, n, products, start, end, block, bias, int(relu), z)
 
     for_each_worker(run, x.shape[0])
 

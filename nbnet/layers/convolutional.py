@@ -105,9 +105,8 @@ IMPLICIT_OVER_WINOGRAD_CHANNELS = 16
 # 907-918, cifar_bn 710-717 -> 591-596, pointwise_gap 483-490 -> 421-429, seed_cnn 274-280
 # -> 252-257.
 WINOGRAD_MIN_IMAGES = 16
-# Activations the implicit GEMM (see implicit_conv_forward), the float32 Winograd passes
-# (winograd_tiles.forward) and the depthwise kernels (depthwise_forward) run as they make
-# the output: no pass of their own over it.
+# Activations the implicit GEMM (see implicit_conv_forward) and the depthwise kernels
+# (depthwise_forward) run as they make the output: no pass of their own over it.
 FUSED_ACTIVATIONS = (LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH)
 
 
@@ -310,8 +309,9 @@ class Conv2D(KernelMixin, Layer):
         # 1.34 / 1.32, 5x5 16 -> 32 sigmoid 3.90 / 4.00 -> 3.57 / 3.72.
         bias_in_stores = not self.keep_logits and (
             implicit or ((winograd or winograd5x5) and x.dtype == np.float32))
-        activation_in_stores = bias_in_stores and self._code in FUSED_ACTIVATIONS
-        finish = (bias, self._code if activation_in_stores else LINEAR, self._slope) if bias_in_stores else ()
+        activation_in_stores = bias_in_stores and self._code in (
+            FUSED_ACTIVATIONS if implicit else (LINEAR, RELU))
+        finish = (bias, self._code == RELU) if bias_in_stores else ()
         if implicit:
             conv_forward(x, self.params["kernel"], *geometry[2:], z, bias if bias_in_stores else None,
                          self._code if activation_in_stores else LINEAR, self._slope)
