@@ -334,3 +334,28 @@ def test_a_thin_conv_with_enough_channel_pairs_runs_f4x4_and_trains_as_the_impli
     assert used and not unused and implicit
     for a, b in zip(weights, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [3, 6, 15, 16, 32])
+@pytest.mark.parametrize("code, pool_size, height, width", [(RELU, 2, 11, 9), (LINEAR, 2, 8, 8), (RELU, 3, 10, 7)])
+def test_the_pools_activation_gradient_matches_numpy(channels, code, pool_size, height, width):
+    """pool.maxpool_activation_backward (few channels: each window's gradient stored at its
+    maximum in a zeroed image; from 16 the pass over every pixel) against NumPy: the
+    gradient at each window's maximum where the rectifier passed it, zero elsewhere (rows
+    and columns past the last whole window too, whatever the buffer held), the bias
+    gradient the sum."""
+    rng = np.random.default_rng(channels + pool_size)
+    z = rng.standard_normal((5, height, width, channels)).astype(np.float32)
+    out_shape = (5, height // pool_size, width // pool_size, channels)
+    y, argmax = np.empty(out_shape, np.float32), np.empty(out_shape, np.int32)
+    pool.bias_activation_maxpool(z, np.zeros(0, np.float32), code, pool_size, pool_size, y, argmax)
+    dy = rng.standard_normal(out_shape).astype(np.float32)
+    dz = np.full(z.shape, np.nan, np.float32)  # stale values from an earlier step
+    dbias = np.ones(channels, np.float32)
+    pool.maxpool_activation_backward(dy, argmax, y, code, pool_size, pool_size, dz, dbias)
+    expected = np.zeros(z.shape, np.float32)
+    passed = dy if code == LINEAR else np.where(y > 0, dy, 0)
+    n, i, j, c = np.indices(out_shape)
+    expected.reshape(5, -1, channels)[n, argmax, c] = passed
+    np.testing.assert_array_equal(dz, expected)
+    np.testing.assert_allclose(dbias, 1 + expected.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)

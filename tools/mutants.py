@@ -232,6 +232,16 @@ MUTANTS += [
       "each part of an image", "kernels/implicit_gemm.py",
       "[start * filters:end * filters])", "[start * filters:(end - 1) * filters])",
       ["tests/test_implicit_gemm.py::test_an_activation_over_each_part_of_an_image_gives_the_same_bits_at_any_split"]),
+    M("pool_scatter_keeps_stale_gradients", "the few-channel pool gradient does not zero the image first: "
+      "pixels that are no window's maximum keep what the buffer held", "kernels/pool.py",
+      "    flat = dz.reshape(-1)\n    for k in range(flat.size):\n        flat[k] = zero\n",
+      "    flat = dz.reshape(-1)\n",
+      ["tests/test_winograd.py::test_the_pools_activation_gradient_matches_numpy"]),
+    M("pool_scatter_ignores_the_rectifier", "the few-channel pool gradient passes every window's gradient, also "
+      "where relu cut its maximum to zero", "kernels/pool.py",
+      "                grad = pooled_grads[c] if linear | (pooled[c] > zero) else zero\n",
+      "                grad = pooled_grads[c]\n",
+      ["tests/test_winograd.py::test_the_pools_activation_gradient_matches_numpy"]),
     M("fast_exp_clamp_swallows_nan", "the float32 exp's clamp turns NaN into the bound (comparisons that are "
       "false for NaN pick it): tanh and sigmoid of NaN come out finite", "kernels/fast_math.py",
       "    y = _EXP32_MAX if value > _EXP32_MAX else value\n    y = -_EXP32_MAX if y < -_EXP32_MAX else y\n",
