@@ -10,6 +10,13 @@ Nothing here compiles at import: Numba compiles on first call and caches to disk
 REDUCTION_CHUNKS = 16
 
 
+def add_partials(partial, total):
+    """total += partial[0] + partial[1] + ..., one chunk's partial sums after another (each
+    reshaped to ``total``'s shape): the same bits whatever the threads that made them."""
+    for part in partial:
+        total += part.reshape(total.shape)
+
+
 def contiguous(*arrays):
     """Whether every array given (None skipped) is C-contiguous: a kernel call recorded for
     an inference program (a function's ``replayed_as``) must name the arrays themselves,

@@ -29,7 +29,7 @@ Dilation 1 and one group never come here: conv.py's paths (and their fusions) ke
 import numpy as np
 from numba import njit
 
-from . import REDUCTION_CHUNKS, contiguous
+from . import REDUCTION_CHUNKS, add_partials, contiguous
 from .activations import LINEAR, activate_fusable
 from .parallel import parallel_ranges, range_body
 from .matmul import add_transposed_product, matmul
@@ -292,8 +292,7 @@ def depthwise_backward(x, kernel, dz, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
     gradient = dx.reshape(batch, height, -1) if need_dx else images[:0]
     _depthwise_backward(images, kernel, rows, kh, kw, sh, sw, dh, dw, pad_top, pad_left, out_h, out_w, channels,
                         partial, need_dx, gradient, spread)
-    for chunk in range(chunks):  # in chunk order: the same sum whatever the threads
-        dkernel += partial[chunk].reshape(dkernel.shape)
+    add_partials(partial, dkernel)
 
 
 @njit(cache=True)

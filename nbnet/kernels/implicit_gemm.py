@@ -57,7 +57,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..threads import numba_thread_count
-from . import REDUCTION_CHUNKS, contiguous
+from . import REDUCTION_CHUNKS, add_partials, contiguous
 from .parallel import parallel_ranges, range_body
 from .lane_maps import LANES, bias_and_relu, vector_access
 from .activations import LINEAR, RELU, activate_fusable
@@ -696,10 +696,9 @@ def implicit_conv_maxpool_backward(x, kernel, dy, argmax, y, code, sh, sw, pad_t
     bias_partial = np.zeros((chunks, filters), np.float32)
     _pooled_kernel_gradient(np.ascontiguousarray(x), kh, kw, sh, sw, pad_top, pad_left, np.ascontiguousarray(dy),
                             argmax, y, code, ph, pw, out_h, out_w, partial, bias_partial)
-    for chunk in range(chunks):
-        dkernel += partial[chunk].reshape(dkernel.shape)
-        if dbias.shape[0] > 0:
-            dbias += bias_partial[chunk]
+    add_partials(partial, dkernel)
+    if dbias.shape[0] > 0:
+        add_partials(bias_partial, dbias)
 
 
 # The input gradient of a strided conv, by phases: the input pixels (u, v) of the padded
@@ -905,5 +904,4 @@ def implicit_conv_backward(x, kernel, dz, sh, sw, pad_top, pad_left, out_h, out_
     _backward(np.ascontiguousarray(x), np.ascontiguousarray(kernel.reshape(-1, filters)), kh, kw, sh, sw, pad_top,
               pad_left, np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters), partial, need_dx, grid, bounds,
               taps, weights, corners, places, uncovered, target)
-    for chunk in range(chunks):
-        dkernel += partial[chunk].reshape(dkernel.shape)
+    add_partials(partial, dkernel)

@@ -28,7 +28,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..threads import numba_thread_count
-from . import REDUCTION_CHUNKS, contiguous
+from . import REDUCTION_CHUNKS, add_partials, contiguous
 from .activations import LINEAR, activate_fusable
 from .implicit_gemm import ROWS, _pad_image, _planar_block, image_parts
 from .lane_maps import LANES
@@ -323,5 +323,4 @@ def planar_block_kernel_gradient(x, kernel, dz, sh, sw, pad_top, pad_left, out_h
     partial = np.empty((chunks, kh * kw * channels, filters), np.float32)
     _block_kernel_gradient(np.ascontiguousarray(x), np.ascontiguousarray(dz).reshape(batch, out_h, out_w, filters),
                            kh, kw, sh, sw, pad_top, pad_left, partial)
-    for chunk in range(chunks):
-        dkernel += partial[chunk].reshape(dkernel.shape)
+    add_partials(partial, dkernel)
